@@ -1,0 +1,75 @@
+import {Command, Flags, type Interfaces} from '@oclif/core'
+
+import {BoxError, ExitCode} from './lib/errors.js'
+import {createProgress, type Progress} from './lib/progress.js'
+
+export type FlagsOf<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
+export type ArgsOf<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
+
+/**
+ * Every box command extends this: typed `this.flags`/`this.args`, an AbortSignal
+ * that Ctrl-C trips (so library code can clean up), progress on stderr, and
+ * BoxError printed as message, detail and suggestions with its exit code.
+ */
+export abstract class BaseCommand<T extends typeof Command> extends Command {
+  static baseFlags = {
+    'no-color': Flags.boolean({helpGroup: 'GLOBAL', description: 'Disable colors and spinners (plain progress lines).'}),
+  }
+
+  protected flags!: FlagsOf<T>
+  protected args!: ArgsOf<T>
+  private readonly abortController = new AbortController()
+  private interrupted = false
+
+  /** Aborted on the first Ctrl-C / SIGTERM; a second one exits at once. */
+  protected get signal(): AbortSignal {
+    return this.abortController.signal
+  }
+
+  private readonly onSignal = (signal: NodeJS.Signals) => {
+    if (this.interrupted) process.exit(ExitCode.INTERRUPTED)
+    this.interrupted = true
+    this.abortController.abort(new BoxError(`interrupted (${signal})`, {exitCode: ExitCode.INTERRUPTED}))
+  }
+
+  public async init(): Promise<void> {
+    await super.init()
+    const {args, flags} = await this.parse({
+      flags: this.ctor.flags,
+      baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
+      enableJsonFlag: this.ctor.enableJsonFlag,
+      args: this.ctor.args,
+      strict: this.ctor.strict,
+    })
+    this.flags = flags as FlagsOf<T>
+    this.args = args as ArgsOf<T>
+    process.on('SIGINT', this.onSignal)
+    process.on('SIGTERM', this.onSignal)
+  }
+
+  protected progress(): Progress {
+    return createProgress({plain: this.flags['no-color'], silent: this.jsonEnabled()})
+  }
+
+  protected async catch(error: Error & {exitCode?: number}): Promise<unknown> {
+    const reason = this.signal.aborted ? this.signal.reason : undefined
+    const boxError = error instanceof BoxError ? error : reason instanceof BoxError && this.interrupted ? reason : undefined
+    if (!boxError) return super.catch(error)
+    if (this.jsonEnabled()) {
+      this.logJson({error: {message: boxError.message, detail: boxError.detail, suggestions: boxError.suggestions, exitCode: boxError.exitCode}})
+    } else {
+      const lines = [`Error: ${boxError.message}`]
+      if (boxError.detail) lines.push(boxError.detail.replace(/^/gm, '  | '))
+      for (const suggestion of boxError.suggestions) lines.push(`  → ${suggestion}`)
+      process.stderr.write(`${lines.join('\n')}\n`)
+    }
+    process.exitCode = boxError.exitCode
+    return undefined
+  }
+
+  protected async finally(error: Error | undefined): Promise<unknown> {
+    process.off('SIGINT', this.onSignal)
+    process.off('SIGTERM', this.onSignal)
+    return super.finally(error)
+  }
+}

@@ -1,0 +1,73 @@
+import {execa, type Options, type ResultPromise} from 'execa'
+
+import {BoxError, tail} from './errors.js'
+import {packageFor} from './host-tools.js'
+
+export interface RunOptions extends Pick<Options, 'cwd' | 'env' | 'input' | 'timeout' | 'cancelSignal' | 'stdin' | 'stdout' | 'stderr'> {
+  /** What the command was doing, for the error message ("extracting the box"). */
+  purpose?: string
+  /** Suggestions added to the error when the command fails. */
+  suggestions?: string[]
+}
+
+export interface RunResult {
+  stdout: string
+  stderr: string
+  exitCode: number
+}
+
+/** Throws the BoxError a missing program deserves, naming the package to install. */
+export function missingProgramError(command: string, cause?: unknown): BoxError {
+  const pkg = packageFor(command)
+  return new BoxError(`${command} is not installed`, {
+    cause,
+    suggestions: pkg ? [`install it: sudo apt-get install ${pkg}`] : [`install ${command} and make sure it is on PATH`],
+  })
+}
+
+/**
+ * Run a program with an argument array (never a shell string) and turn a failure
+ * into a BoxError that names the command, its exit code and the tail of its output.
+ */
+export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  const {purpose, suggestions, ...execaOptions} = options
+  try {
+    const result = await execa(command, args, {...execaOptions, stripFinalNewline: true})
+    return {stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? ''), exitCode: result.exitCode ?? 0}
+  } catch (error) {
+    throw toBoxError(command, args, error, purpose, suggestions)
+  }
+}
+
+/** Like run, but for a long-lived child the caller supervises (stdio and lifetime are the caller's). */
+export function spawn(command: string, args: readonly string[], options: Options = {}): ResultPromise {
+  return execa(command, args, options)
+}
+
+/** Whether the program exists on PATH (execa resolves it the same way). */
+export async function hasProgram(command: string): Promise<boolean> {
+  try {
+    await execa(command, ['--version'], {reject: false, timeout: 10_000, stdin: 'ignore'})
+    return true
+  } catch {
+    return false
+  }
+}
+
+export function toBoxError(command: string, args: readonly string[], error: unknown, purpose?: string, suggestions: string[] = []): BoxError {
+  const e = error as {code?: string; exitCode?: number; stderr?: unknown; stdout?: unknown; timedOut?: boolean; isCanceled?: boolean; signal?: string}
+  if (e?.code === 'ENOENT') return missingProgramError(command, error)
+  const what = purpose ? `${purpose} failed` : `${command} failed`
+  const shown = [command, ...args].join(' ')
+  let reason: string
+  if (e?.timedOut) reason = 'timed out'
+  else if (e?.isCanceled) reason = 'was cancelled'
+  else if (e?.signal) reason = `was killed by ${e.signal}`
+  else reason = `exited with code ${e?.exitCode ?? '?'}`
+  const output = [e?.stderr, e?.stdout].map((s) => (typeof s === 'string' ? s : '')).filter(Boolean).join('\n')
+  return new BoxError(`${what}: \`${shown}\` ${reason}`, {
+    cause: error,
+    detail: output ? tail(output) : undefined,
+    suggestions,
+  })
+}
