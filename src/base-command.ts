@@ -18,6 +18,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   protected flags!: FlagsOf<T>
   protected args!: ArgsOf<T>
+  /** Positional arguments as parsed (for commands with `strict = false`). */
+  protected positionals: string[] = []
   private readonly abortController = new AbortController()
   private interrupted = false
 
@@ -34,7 +36,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   public async init(): Promise<void> {
     await super.init()
-    const {args, flags} = await this.parse({
+    const {args, flags, argv} = await this.parse({
       flags: this.ctor.flags,
       baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
       enableJsonFlag: this.ctor.enableJsonFlag,
@@ -43,6 +45,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     })
     this.flags = flags as FlagsOf<T>
     this.args = args as ArgsOf<T>
+    this.positionals = argv as string[]
     process.on('SIGINT', this.onSignal)
     process.on('SIGTERM', this.onSignal)
   }

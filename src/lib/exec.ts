@@ -1,3 +1,6 @@
+import {constants} from 'node:fs'
+import {access} from 'node:fs/promises'
+import {delimiter, join} from 'node:path'
 import {execa, type Options, type ResultPromise} from 'execa'
 
 import {BoxError, tail} from './errors.js'
@@ -44,14 +47,16 @@ export function spawn(command: string, args: readonly string[], options: Options
   return execa(command, args, options)
 }
 
-/** Whether the program exists on PATH (execa resolves it the same way). */
-export async function hasProgram(command: string): Promise<boolean> {
-  try {
-    await execa(command, ['--version'], {reject: false, timeout: 10_000, stdin: 'ignore'})
-    return true
-  } catch {
-    return false
+/** Full path of an executable on PATH, or undefined: checks presence without running anything. */
+export async function findOnPath(command: string, path = process.env.PATH ?? ''): Promise<string | undefined> {
+  for (const dir of path.split(delimiter).filter(Boolean)) {
+    const candidate = join(dir, command)
+    try {
+      await access(candidate, constants.X_OK)
+      return candidate
+    } catch {}
   }
+  return undefined
 }
 
 export function toBoxError(command: string, args: readonly string[], error: unknown, purpose?: string, suggestions: string[] = []): BoxError {

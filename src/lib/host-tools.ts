@@ -5,8 +5,8 @@
 export interface HostTool {
   command: string
   package: string
-  /** Arguments that print a version (first line is shown). */
-  versionArgs: string[]
+  /** Arguments that print a version (first line is shown); omitted when the tool has none. */
+  versionArgs?: string[]
   /** What needs it; a missing `required` tool makes `box doctor` fail. */
   purpose: string
   required: boolean
@@ -16,7 +16,7 @@ export const HOST_TOOLS: HostTool[] = [
   {command: 'qemu-system-x86_64', package: 'qemu-system-x86', versionArgs: ['--version'], purpose: 'runs machines', required: true},
   {command: 'qemu-img', package: 'qemu-utils', versionArgs: ['--version'], purpose: 'overlays, box images', required: true},
   {command: 'ssh', package: 'openssh-client', versionArgs: ['-V'], purpose: 'box ssh, provisioning', required: true},
-  {command: 'ssh-keygen', package: 'openssh-client', versionArgs: ['-h'], purpose: 'per-machine keys', required: true},
+  {command: 'ssh-keygen', package: 'openssh-client', purpose: 'per-machine keys', required: true},
   {command: 'zstd', package: 'zstd', versionArgs: ['--version'], purpose: 'zstd-compressed boxes', required: true},
   {command: 'debootstrap', package: 'debootstrap', versionArgs: ['--version'], purpose: 'box build', required: false},
   {command: 'mke2fs', package: 'e2fsprogs', versionArgs: ['-V'], purpose: 'box build', required: false},

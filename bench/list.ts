@@ -1,0 +1,62 @@
+/**
+ * `box list` wall time with 20 boxes in a temp store (target ≤ 0.3 s).
+ * Spawns the built CLI (run `npm run build` first) several times and prints the median,
+ * next to the median of a bare `node -e 0` on the same machine at the same moment, so a
+ * busy host can be told apart from a slow box. Usage: npx tsx bench/list.ts [runs]
+ * (BOX_BENCH_CLI=path/to/bin/run.js measures another build).
+ */
+import {mkdtemp, rm} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {execa} from 'execa'
+
+import {addBoxFromFile, listBoxes} from '../src/lib/store.js'
+import {PROJECT_ROOT} from '../src/lib/paths.js'
+import {makeBoxFile} from '../test/fixtures/boxes.js'
+
+const BOXES = 20
+const runs = Number(process.argv[2] ?? 9)
+const cli = process.env.BOX_BENCH_CLI ?? join(PROJECT_ROOT, 'bin', 'run.js')
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+}
+
+async function timeRuns(command: string, args: string[], env: Record<string, string>): Promise<number[]> {
+  const times: number[] = []
+  for (let run = 0; run <= runs; run++) {
+    const started = process.hrtime.bigint()
+    await execa(command, args, {env, stdin: 'ignore'})
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9
+    if (run > 0) times.push(seconds) // the first run warms the page cache
+  }
+  return times
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'box-bench-list-'))
+try {
+  const dataDir = join(dir, 'data')
+  const file = await makeBoxFile(dir, {imageBytes: 64 * 1024})
+  for (let index = 0; index < BOXES; index++) {
+    await addBoxFromFile({dataDir, name: `bench/box${index % 10}`, file, version: `1.${index}.0`})
+  }
+  if ((await listBoxes(dataDir)).length !== BOXES) throw new Error('store setup failed')
+  const env = {BOX_DATA_DIR: dataDir, NO_COLOR: '1'}
+
+  const {stdout} = await execa('node', [cli, 'list'], {env})
+  if (stdout.trim().split('\n').length !== BOXES + 1) throw new Error(`box list printed an unexpected table:\n${stdout}`)
+
+  const list = await timeRuns('node', [cli, 'list'], env)
+  const listJson = await timeRuns('node', [cli, 'list', '--json'], env)
+  const bareNode = await timeRuns('node', ['-e', '0'], env)
+  const format = (values: number[]) => `median ${median(values).toFixed(3)} s (min ${Math.min(...values).toFixed(3)}, max ${Math.max(...values).toFixed(3)})`
+  console.log(`box list, ${BOXES} boxes, ${runs} runs: ${format(list)}`)
+  console.log(`box list --json:                ${format(listJson)}`)
+  console.log(`node -e 0 (host baseline):      ${format(bareNode)}`)
+  console.log(`target ≤ 0.300 s: ${median(list) <= 0.3 ? 'met' : 'NOT met'}`)
+} finally {
+  await rm(dir, {recursive: true, force: true})
+}

@@ -1,0 +1,26 @@
+#!/bin/bash
+# dracut module for box's resnap (Fedora/RHEL-like boxes). dracut 056 removed its own
+# rd.lvm.snapshot feature; this brings the same behaviour back. UNTESTED: box builds
+# Debian boxes only so far.
+# Install: cp -r 90resnap /usr/lib/dracut/modules.d/ && dracut -f --add resnap
+
+check() {
+    require_binaries lvm || return 1
+    # Only when asked for (dracut --add resnap).
+    return 255
+}
+
+depends() {
+    echo lvm
+    return 0
+}
+
+installkernel() {
+    instmods dm_mod dm_snapshot
+}
+
+install() {
+    inst_multiple lvm
+    # pre-mount hooks are sourced by dracut's init: resnap.sh must never `exit`.
+    inst_hook pre-mount 10 "$moddir/resnap.sh"
+}

@@ -1,0 +1,303 @@
+/**
+ * Stage "configure": turn a copy of the cached debootstrap tree into the worker box's
+ * root, on the host (chroot, no mounts needed): users and keys, fstab for the resnap
+ * layout, networkd, per-machine ssh host keys in /persistent, trimmed units, the
+ * resnap initramfs script, provisiond, then update-initramfs — ~3 s here against
+ * minutes inside a TCG guest.
+ */
+import {chmod, chown, mkdir, readdir, readFile, rm, writeFile} from 'node:fs/promises'
+import {dirname, join} from 'node:path'
+
+import {BoxError} from '../lib/errors.js'
+import {run} from '../lib/exec.js'
+import {PROJECT_ROOT} from '../lib/paths.js'
+import type {Stage} from '../lib/progress.js'
+import {mapperPath} from '../lib/resnap.js'
+import type {Recipe} from './recipe.js'
+
+/** Modules the box's initramfs needs on QEMU/libvirt (ext4 and the serial console are built into Debian's cloud kernel). */
+export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_mod', 'dm_snapshot']
+
+/**
+ * Units a worker does not need; each one cost boot time under TCG or writes in the
+ * background (which fills the root snapshot). Masking a unit that is not installed is harmless.
+ */
+export const MASKED_UNITS = [
+  'lvm2-monitor.service', // dmeventd monitoring: we use no autoextend; slow at boot
+  'lvm2-lvmpolld.socket',
+  'dm-event.socket',
+  'systemd-networkd-wait-online.service',
+  'systemd-udev-settle.service',
+  'systemd-timesyncd.service', // the hypervisor's clock is enough; kvm-clock
+  'systemd-pstore.service',
+  'getty@tty1.service', // no VGA console; serial-getty on ttyS0 stays
+  'apt-daily.timer',
+  'apt-daily-upgrade.timer',
+  'man-db.timer',
+  'dpkg-db-backup.timer',
+  'e2scrub_all.timer',
+  'e2scrub_reap.service',
+  'fstrim.timer',
+  'logrotate.timer',
+  'systemd-tmpfiles-clean.timer',
+  // Early-boot units that each cost seconds under TCG and do nothing useful on a worker VM:
+  'systemd-network-generator.service', // ip= on the kernel command line: unused
+  'getty-static.service',
+  'systemd-sysusers.service', // the image's users are made at build time
+  'systemd-update-utmp.service',
+  'systemd-update-utmp-runlevel.service',
+  'systemd-journal-flush.service', // journald is volatile: nothing to flush
+  'systemd-random-seed.service', // / is recreated every boot: a saved seed would repeat
+  'kmod-static-nodes.service',
+  'modprobe@configfs.service',
+  'modprobe@dm_mod.service', // loaded by the initramfs
+  'modprobe@drm.service',
+  'modprobe@efi_pstore.service',
+  'modprobe@fuse.service',
+  'modprobe@loop.service',
+  'dev-hugepages.mount',
+  'dev-mqueue.mount',
+  'sys-kernel-debug.mount',
+  'sys-kernel-tracing.mount',
+  'sys-kernel-config.mount',
+  'sys-fs-fuse-connections.mount',
+  'proc-sys-fs-binfmt_misc.automount',
+  'systemd-binfmt.service',
+  // The initramfs's udev already processed every device (its database is kept in /run/udev);
+  // a second coldplug of everything cost ~10 s under TCG.
+  'systemd-udev-trigger.service',
+]
+
+export interface ConfigureOptions {
+  recipe: Recipe
+  /** The tree to change (a private copy of the cached rootfs). */
+  root: string
+  stage?: Stage
+  signal?: AbortSignal
+}
+
+/** Directory of the project's shipped guest files (initramfs/, provisioners/, static/). */
+export function projectFile(...parts: string[]): string {
+  return join(PROJECT_ROOT, ...parts)
+}
+
+/** Write a file inside the tree, replacing whatever is there (never writing through a symlink to the host). */
+async function put(root: string, path: string, content: string | Buffer, mode = 0o644): Promise<void> {
+  const target = join(root, path)
+  await mkdir(dirname(target), {recursive: true})
+  await rm(target, {force: true})
+  await writeFile(target, content, {mode, flag: 'wx'})
+  await chmod(target, mode)
+}
+
+async function install(root: string, source: string, path: string, mode: number): Promise<void> {
+  await put(root, path, await readFile(source), mode)
+}
+
+async function chroot(root: string, args: string[], purpose: string, signal?: AbortSignal): Promise<string> {
+  const {stdout} = await run('chroot', [root, ...args], {
+    purpose,
+    cancelSignal: signal,
+    env: {DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C', PATH: '/usr/sbin:/usr/bin:/sbin:/bin'},
+    stdin: 'ignore',
+  })
+  return stdout
+}
+
+export async function configureRootfs(options: ConfigureOptions): Promise<void> {
+  const {recipe, root, stage, signal} = options
+  const step = (text: string) => {
+    signal?.throwIfAborted()
+    stage?.update(text)
+  }
+
+  step('users')
+  for (const [index, user] of recipe.users.entries()) {
+    await chroot(root, ['useradd', '--create-home', '--shell', '/bin/bash', '--user-group', user.name], `creating user ${user.name}`, signal)
+    // '*' (not '!'): no password login, but not "locked", so key login works with or without PAM.
+    await chroot(root, ['usermod', '--password', '*', user.name], `setting ${user.name}'s password field`, signal)
+    if (user.sudo === 'nopasswd') await put(root, `etc/sudoers.d/90-box-${user.name}`, `${user.name} ALL=(ALL) NOPASSWD:ALL\n`, 0o440)
+    const {uid, gid, home} = await passwdEntry(root, user.name)
+    const keys = await Promise.all(recipe.authorizedKeyFiles[index]!.map((file) => readFile(file, 'utf8')))
+    const sshDir = join(home, '.ssh').replace(/^\//, '')
+    await mkdir(join(root, sshDir), {recursive: true, mode: 0o700})
+    await put(root, join(sshDir, 'authorized_keys'), keys.map((key) => `${key.trim()}\n`).join(''), 0o600)
+    await chown(join(root, sshDir), uid, gid)
+    await chown(join(root, sshDir, 'authorized_keys'), uid, gid)
+  }
+
+  step('hostname, fstab, network')
+  await put(root, 'etc/hostname', `${recipe.hostname}\n`)
+  await put(root, 'etc/hosts', `127.0.0.1\tlocalhost\n127.0.1.1\t${recipe.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`)
+  await put(root, 'etc/fstab', fstab(recipe))
+  await mkdir(join(root, 'persistent'), {recursive: true})
+  await put(root, 'etc/systemd/network/20-box-wired.network', '[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n')
+  // No systemd-resolved (it needs dbus, which costs boot time): the resolver of QEMU's
+  // user networking, where box runs its machines. Other networks: provisioning can replace it.
+  await put(root, 'etc/resolv.conf', '# box: DNS of QEMU user networking (slirp)\nnameserver 10.0.2.3\n')
+  // machine-id is created at first boot (each resnap boot gets a fresh one).
+  await put(root, 'etc/machine-id', '')
+  await rm(join(root, 'var/lib/dbus/machine-id'), {force: true})
+  // Kernel upgrades keep /boot/vmlinuz and /boot/initrd.img pointing at the newest kernel (grub.cfg uses them).
+  await put(root, 'etc/kernel-img.conf', 'do_symlinks = yes\nlink_in_boot = yes\n')
+
+  step('ssh')
+  await removeHostKeys(root)
+  await put(
+    root,
+    'etc/ssh/sshd_config.d/box.conf',
+    [
+      '# box: the host key is per machine, made at first boot in /persistent (survives resnap).',
+      'HostKey /persistent/ssh/ssh_host_ed25519_key',
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      'UseDNS no',
+      '',
+    ].join('\n'),
+  )
+  await put(root, 'etc/systemd/system/box-ssh-hostkey.service', SSH_HOSTKEY_UNIT)
+  await put(root, 'etc/systemd/system/ssh.service.d/box.conf', '[Unit]\nWants=box-ssh-hostkey.service\nAfter=box-ssh-hostkey.service\n')
+
+  step('systemd units')
+  await put(root, 'etc/systemd/journald.conf.d/box.conf', '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n')
+  await install(root, projectFile('provisioners', 'provisiond'), 'usr/local/sbin/provisiond', 0o755)
+  await install(root, projectFile('provisioners', 'provisiond.service'), 'etc/systemd/system/provisiond.service', 0o644)
+  const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service']
+  if (recipe.lvm.swap) {
+    await put(root, 'etc/systemd/system/box-swap.service', swapUnit(mapperPath(recipe.lvm.vg, recipe.lvm.swap)))
+    units.push('box-swap.service')
+  }
+  await chroot(root, ['systemctl', 'enable', ...units], 'enabling units', signal)
+  await chroot(root, ['systemctl', 'mask', ...MASKED_UNITS], 'masking units a worker does not need', signal)
+
+  step('lvm.conf')
+  await put(root, 'etc/lvm/lvm.conf', tuneLvmConf(await readFile(join(root, 'etc/lvm/lvm.conf'), 'utf8')))
+
+  step('initramfs')
+  await install(root, projectFile('initramfs', 'hooks', 'resnap'), 'etc/initramfs-tools/hooks/resnap', 0o755)
+  await install(root, projectFile('initramfs', 'scripts', 'local-top', 'resnap'), 'etc/initramfs-tools/scripts/local-top/resnap', 0o755)
+  await put(root, 'etc/initramfs-tools/modules', `# box: only what a QEMU/libvirt worker needs (MODULES=list)\n${INITRAMFS_MODULES.join('\n')}\n`)
+  await put(root, 'etc/initramfs-tools/conf.d/box.conf', '# box: small initramfs\nMODULES=list\nCOMPRESS=zstd\n')
+  // Swap is not a resume device: without this the initramfs may wait for it.
+  await put(root, 'etc/initramfs-tools/conf.d/resume', 'RESUME=none\n')
+  await chroot(root, ['update-initramfs', '-u', '-k', 'all'], 'update-initramfs in the rootfs', signal)
+
+  step('shrinking')
+  await shrinkTree(root)
+}
+
+/** fstab for the resnap layout: / is the snapshot, /boot by label, the rest by mapper path and nofail. */
+export function fstab(recipe: Pick<Recipe, 'lvm'>): string {
+  const {lvm} = recipe
+  const lines = [
+    '# box: / is the resnap snapshot of the origin LV (see /proc/cmdline); fsck is pointless on a fresh snapshot.',
+    `${mapperPath(lvm.vg, lvm.snapshot)}\t/\text4\tdefaults,errors=remount-ro\t0\t0`,
+    'LABEL=boot\t/boot\text4\tdefaults,nofail\t0\t0',
+    `${mapperPath(lvm.vg, lvm.persistent)}\t/persistent\text4\tdefaults,nofail\t0\t0`,
+  ]
+  // noauto: box-swap.service turns it on after boot, so waiting for the device never delays sysinit (and ssh).
+  if (lvm.swap) lines.push(`${mapperPath(lvm.vg, lvm.swap)}\tnone\tswap\tsw,noauto,nofail\t0\t0`)
+  return `${lines.join('\n')}\n`
+}
+
+/** issue_discards so freed extents reach the qcow2; no dmeventd monitoring (lvm2-monitor is masked). */
+export function tuneLvmConf(text: string): string {
+  let out = text
+  const set = (key: string, value: string) => {
+    const re = new RegExp(`^(\\s*)#?\\s*${key}\\s*=.*$`, 'm')
+    if (!re.test(out)) throw new BoxError(`lvm.conf has no ${key} setting to change`)
+    out = out.replace(re, `$1${key} = ${value}`)
+  }
+  set('issue_discards', '1')
+  set('monitoring', '0')
+  return out
+}
+
+/** Swap on after boot instead of from fstab: an fstab swap orders swap.target (hence sysinit and sshd) after its device. */
+function swapUnit(device: string): string {
+  const deviceUnit = systemdDeviceUnit(device)
+  return `[Unit]
+Description=box: swap on ${device} (after boot, off the critical path to sshd)
+Requires=${deviceUnit}
+After=${deviceUnit}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/swapon ${device}
+ExecStop=/usr/sbin/swapoff ${device}
+
+[Install]
+WantedBy=multi-user.target
+`
+}
+
+/** `systemd-escape -p --suffix=device PATH` for the names the recipe allows ([A-Za-z0-9_.+-]). */
+export function systemdDeviceUnit(path: string): string {
+  const escaped = path
+    .replace(/^\/+/, '')
+    .split('/')
+    .map((part) => part.replace(/[^A-Za-z0-9_.:]/g, (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, '0')}`))
+    .join('-')
+  return `${escaped}.device`
+}
+
+const SSH_HOSTKEY_UNIT = `[Unit]
+Description=box: per-machine ssh host key in /persistent/ssh (survives resnap)
+RequiresMountsFor=/persistent
+Before=ssh.service
+ConditionPathExists=!/persistent/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/mkdir -p -m 0700 /persistent/ssh
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C box-host -f /persistent/ssh/ssh_host_ed25519_key
+
+[Install]
+WantedBy=multi-user.target
+`
+
+async function removeHostKeys(root: string): Promise<void> {
+  const dir = join(root, 'etc/ssh')
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (name.startsWith('ssh_host_')) await rm(join(dir, name), {force: true})
+  }
+}
+
+async function passwdEntry(root: string, name: string): Promise<{uid: number; gid: number; home: string}> {
+  const passwd = await readFile(join(root, 'etc/passwd'), 'utf8')
+  const fields = passwd
+    .split('\n')
+    .map((line) => line.split(':'))
+    .find((entry) => entry[0] === name)
+  if (!fields) throw new BoxError(`user ${name} missing from the rootfs after useradd`)
+  return {uid: Number(fields[2]), gid: Number(fields[3]), home: fields[5]!}
+}
+
+/** Docs, man pages, locales, apt lists and logs: not needed on a worker, and later installs skip docs too. */
+async function shrinkTree(root: string): Promise<void> {
+  const emptyDir = async (path: string, keep: (name: string) => boolean = () => false) => {
+    for (const name of await readdir(join(root, path)).catch(() => [] as string[])) {
+      if (!keep(name)) await rm(join(root, path, name), {recursive: true, force: true})
+    }
+  }
+  await emptyDir('usr/share/doc')
+  await emptyDir('usr/share/man')
+  await emptyDir('usr/share/info')
+  await emptyDir('usr/share/locale', (name) => name === 'locale.alias')
+  await emptyDir('var/lib/apt/lists', (name) => name === 'partial')
+  await emptyDir('var/cache/apt', (name) => name === 'archives')
+  await emptyDir('var/cache/apt/archives', (name) => name === 'partial' || name === 'lock')
+  await emptyDir('var/cache/debconf', (name) => !name.endsWith('-old'))
+  await emptyDir('var/log')
+  await put(
+    root,
+    'etc/dpkg/dpkg.cfg.d/box-nodoc',
+    '# box: keep the worker small; later installs skip docs, man pages and translations too\npath-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\npath-exclude=/usr/share/man/*\npath-exclude=/usr/share/info/*\npath-exclude=/usr/share/locale/*\npath-include=/usr/share/locale/locale.alias\n',
+  )
+}
+
+/** Copy the cached rootfs into a private tree (reflink where the filesystem can). */
+export async function copyRootfs(source: string, target: string, signal?: AbortSignal): Promise<void> {
+  await run('cp', ['-a', '--reflink=auto', source, target], {purpose: 'copying the cached rootfs', cancelSignal: signal})
+}

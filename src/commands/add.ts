@@ -1,0 +1,49 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand} from '../base-command.js'
+
+export default class Add extends BaseCommand<typeof Add> {
+  static summary = 'Add a box to the local store.'
+  static description = `SOURCE is a .box file or the URL of one (a tar, plain, gzip or zstd, holding metadata.json and the disk image), or a box catalog (Vagrant's metadata JSON) by URL or path. A catalog can be given alone: its name is used. The box is stored as NAME/VERSION/PROVIDER; for a .box the version comes from --box-version, else metadata.json's box.version, else "0"; for a catalog --box-version is a constraint and the newest matching version is added. Downloads resume where an interrupted one stopped.`
+  static examples = [
+    '<%= config.bin %> add debian/bookworm ./bookworm.box',
+    '<%= config.bin %> add worker ./worker.box --box-version 1.2.0 --force',
+    '<%= config.bin %> add worker https://example.org/worker.box --checksum 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08',
+    '<%= config.bin %> add https://example.org/worker.json --box-version ">= 1.2, < 2"',
+  ]
+  static enableJsonFlag = true
+
+  static args = {
+    name: Args.string({required: true, description: 'Box name ("worker", "org/name"), or a catalog URL/path alone.'}),
+    source: Args.string({description: 'Path or URL of the .box file, or of a catalog.'}),
+  }
+
+  static flags = {
+    'box-version': Flags.string({description: 'For a .box: store it as this version. For a catalog: a version constraint (">= 1.2, < 2", "~> 1.4").'}),
+    provider: Flags.string({description: 'The provider the box must be for (a catalog picks a matching one; qemu also takes libvirt boxes).'}),
+    checksum: Flags.string({description: 'Expected checksum of the .box (overrides the catalog\'s).'}),
+    'checksum-type': Flags.string({description: 'Type of --checksum (default: guessed from its length).', options: ['md5', 'sha1', 'sha256', 'sha384', 'sha512']}),
+    force: Flags.boolean({description: 'Replace an installed box of the same name, version and provider.'}),
+  }
+
+  public async run() {
+    const {addBoxFromSource, checksumFromFlags} = await import('../lib/box-source.js')
+    const {formatBytes} = await import('../lib/progress.js')
+    // `box add SOURCE` (a catalog names its box) or `box add NAME SOURCE`.
+    const [name, source] = this.args.source === undefined ? [undefined, this.args.name] : [this.args.name, this.args.source]
+    const {box, catalogUrl} = await addBoxFromSource({
+      dataDir: this.config.dataDir,
+      cacheDir: this.config.cacheDir,
+      name,
+      source,
+      version: this.flags['box-version'],
+      provider: this.flags.provider,
+      checksum: checksumFromFlags(this.flags.checksum, this.flags['checksum-type']),
+      force: this.flags.force,
+      signal: this.signal,
+      progress: this.progress(),
+    })
+    this.log(`Added box ${box.name} ${box.version} (${box.provider}), ${formatBytes(box.size)}`)
+    return {...box, catalogUrl}
+  }
+}

@@ -1,0 +1,20 @@
+import {Flags} from '@oclif/core'
+
+import {haltMachine} from '../lib/machine.js'
+import {MachineCommand} from '../machine-command.js'
+
+export default class Halt extends MachineCommand<typeof Halt> {
+  static summary = 'Power machines off: ACPI shutdown, forced after a timeout.'
+  static flags = {
+    force: Flags.boolean({char: 'f', description: 'Power off at once, without asking the guest.'}),
+    timeout: Flags.integer({description: 'Seconds to wait for the guest to power off before forcing it.', default: 30}),
+  }
+
+  async run(): Promise<void> {
+    const {machines, context} = await this.project()
+    for (const machine of machines) {
+      const how = await haltMachine(context, machine, {force: this.flags.force, timeoutMs: this.flags.timeout * 1000})
+      this.log(how === 'not-running' ? `${machine.name}: not running` : `${machine.name}: halted${how === 'forced' ? ' (forced)' : ''}`)
+    }
+  }
+}

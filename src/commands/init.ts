@@ -1,0 +1,34 @@
+import {Args, Flags} from '@oclif/core'
+
+import {BaseCommand} from '../base-command.js'
+import {BOXFILE_ENV, BOXFILE_NAME, DEFAULT_INIT_BOX, writeNewBoxfile} from '../lib/boxfile.js'
+import {BoxError, ExitCode} from '../lib/errors.js'
+
+export default class Init extends BaseCommand<typeof Init> {
+  static summary = 'Write a commented Boxfile into the current directory.'
+  static description = `Every field is written with a comment and the worker defaults (qemu, 2 CPUs, 1024 MiB, resnap always). An existing Boxfile is kept unless --force. ${BOXFILE_ENV} names another file to write.`
+  static examples = ['<%= config.bin %> init', '<%= config.bin %> init debian-bookworm --box-url https://example.org/boxes/debian-bookworm.json', '<%= config.bin %> init my-box --minimal']
+
+  static args = {
+    box: Args.string({description: `name of the box in the store (default: ${DEFAULT_INIT_BOX})`}),
+  }
+
+  static flags = {
+    'box-url': Flags.string({description: 'URL or path of the .box or catalog JSON to get the box from'}),
+    force: Flags.boolean({char: 'f', description: 'overwrite an existing Boxfile'}),
+    minimal: Flags.boolean({char: 'm', description: 'only the box lines, without the commented reference'}),
+  }
+
+  async run(): Promise<void> {
+    if (this.flags['box-url'] !== undefined && this.args.box === undefined) {
+      throw new BoxError('--box-url needs a BOX name: box init NAME --box-url URL', {exitCode: ExitCode.USAGE})
+    }
+    const file = await writeNewBoxfile(process.env[BOXFILE_ENV] || BOXFILE_NAME, {
+      box: this.args.box,
+      boxUrl: this.flags['box-url'],
+      minimal: this.flags.minimal,
+      force: this.flags.force,
+    })
+    this.log(`Wrote ${file}. Check it with: box validate; start it with: box up`)
+  }
+}

@@ -1,0 +1,20 @@
+import {Flags} from '@oclif/core'
+
+import {haltMachine, upMachine} from '../lib/machine.js'
+import {MachineCommand} from '../machine-command.js'
+
+export default class Reload extends MachineCommand<typeof Reload> {
+  static summary = 'Halt and start machines again (the Boxfile\'s resnap policy applies to the new boot).'
+  static flags = {
+    provision: Flags.boolean({description: 'Run every provisioner again, not only the run: always ones.'}),
+    resnap: Flags.boolean({allowNo: true, description: 'Override the resnap policy for this boot.'}),
+  }
+
+  async run(): Promise<void> {
+    const {machines, context} = await this.project()
+    for (const machine of machines) {
+      await haltMachine(context, machine)
+      await upMachine(context, machine, {provision: this.flags.provision, resnap: this.flags.resnap})
+    }
+  }
+}

@@ -1,0 +1,325 @@
+import {randomUUID} from 'node:crypto'
+import {mkdir, readFile, rm, writeFile, rename} from 'node:fs/promises'
+import {join} from 'node:path'
+import {execa} from 'execa'
+
+import {QemuProvider} from '../providers/qemu/index.js'
+import type {MachineHandle, MachineState, Provider} from '../providers/provider.js'
+import {COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
+import type {ResolvedMachine} from './boxfile.js'
+import {BoxError, ExitCode} from './errors.js'
+import {run} from './exec.js'
+import {registerMachine, unregisterMachine} from './global-index.js'
+import {acquireLock} from './lock.js'
+import {PROJECT_ROOT} from './paths.js'
+import type {Progress} from './progress.js'
+import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from './ssh.js'
+import {findBox, type StoredBox} from './store.js'
+
+/** Everything about a machine that must survive between commands (`machine.json`). */
+export interface MachineRecord {
+  id: string
+  name: string
+  provider: string
+  box: {name: string; version: string; provider: string; path: string}
+  user: string
+  sshPort?: number
+  /** Provisioners with run: once have run (on the first successful `up`). */
+  provisioned: boolean
+  createdAt: string
+}
+
+export interface MachineContext {
+  /** The Boxfile's directory; machines live in `.box/machines/<name>` under it. */
+  projectDir: string
+  dataDir: string
+  cacheDir: string
+  progress: Progress
+  signal?: AbortSignal
+  /** Where provisioner output goes, line by line (already prefixed with the machine name). */
+  output?: (line: string) => void
+  provider?: Provider
+}
+
+export function machineDir(projectDir: string, name: string): string {
+  return join(projectDir, '.box', 'machines', name)
+}
+
+const files = (stateDir: string) => ({
+  record: join(stateDir, 'machine.json'),
+  key: join(stateDir, 'id_ed25519'),
+  lock: join(stateDir, 'lock'),
+})
+
+export function providerFor(name: string, cacheDir: string): Provider {
+  if (name === 'qemu') return new QemuProvider(cacheDir)
+  throw new BoxError(`provider "${name}" is not available in this version of box`, {
+    exitCode: ExitCode.USAGE,
+    suggestions: ['use provider: qemu in the Boxfile'],
+  })
+}
+
+export async function readRecord(stateDir: string): Promise<MachineRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(files(stateDir).record, 'utf8')) as MachineRecord
+  } catch {
+    return undefined
+  }
+}
+
+async function writeRecord(stateDir: string, record: MachineRecord): Promise<void> {
+  const target = files(stateDir).record
+  await writeFile(`${target}.tmp`, `${JSON.stringify(record, null, 2)}\n`, {mode: 0o600})
+  await rename(`${target}.tmp`, target)
+}
+
+/** The box a machine wants, from the store (newest installed version a QEMU machine can run). */
+async function resolveBox(context: MachineContext, machine: ResolvedMachine): Promise<StoredBox> {
+  const providers = COMPATIBLE_BOX_PROVIDERS[machine.provider] ?? [machine.provider]
+  const stored = await findBox(context.dataDir, {name: machine.box, providers})
+  if (stored) return stored
+  throw new BoxError(`box "${machine.box}" is not installed (machine ${machine.name})`, {
+    suggestions: [machine.boxUrl ? `add it: box add ${machine.box} ${machine.boxUrl}` : `add it: box add ${machine.box} FILE.box`, 'list installed boxes: box list'],
+  })
+}
+
+function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): MachineHandle {
+  return {
+    name: machine.name,
+    stateDir,
+    box: {dir: box.path, metadata: box.metadata},
+    cpus: machine.cpus,
+    memoryMiB: machine.memoryMiB,
+    forwardedPorts: machine.forwardedPorts.map((p) => ({guest: p.guest, host: p.host, hostIp: p.hostIp, protocol: p.protocol})),
+  }
+}
+
+export function sshTarget(stateDir: string, record: MachineRecord, provider: Provider): SshTarget {
+  if (!record.sshPort) throw new BoxError(`machine ${record.name} has never been started`, {suggestions: ['start it: box up'] })
+  return {host: '127.0.0.1', port: record.sshPort, user: record.user, keyFile: files(stateDir).key, controlPath: provider.sshControlPath({stateDir})}
+}
+
+export interface UpOptions {
+  /** Override the Boxfile's resnap policy for this boot (`--no-resnap` → false). */
+  resnap?: boolean
+  /** Boot the origin instead of the snapshot. */
+  base?: boolean
+  /** Run provisioners even if they ran before. */
+  provision?: boolean
+  /** Skip provisioners. */
+  noProvision?: boolean
+  sshTimeoutMs?: number
+}
+
+export interface UpResult {
+  name: string
+  state: MachineState
+  sshPort: number
+  bootMs?: number
+  alreadyRunning: boolean
+}
+
+/**
+ * Create (first time) and boot a machine, wait for ssh, install its own key and
+ * run its provisioners. Any failure or Ctrl-C after QEMU started stops QEMU again.
+ */
+export async function upMachine(context: MachineContext, machine: ResolvedMachine, options: UpOptions = {}): Promise<UpResult> {
+  const stateDir = machineDir(context.projectDir, machine.name)
+  await mkdir(stateDir, {recursive: true, mode: 0o700})
+  const release = await acquireLock(files(stateDir).lock, `machine ${machine.name}`)
+  try {
+    const provider = context.provider ?? providerFor(machine.provider, context.cacheDir)
+    let record = await readRecord(stateDir)
+    let state = await provider.state({stateDir})
+    if (state === 'running' && record?.sshPort) {
+      context.progress.info(`${machine.name}: already running (ssh on 127.0.0.1:${record.sshPort})`)
+      return {name: machine.name, state, sshPort: record.sshPort, alreadyRunning: true}
+    }
+    if (state === 'aborted') context.progress.warn(`${machine.name}: QEMU had died (aborted); starting it again`)
+
+    let box: {path: string; metadata: StoredBox['metadata']}
+    if (!record || state === 'not_created') {
+      const stored = await resolveBox(context, machine)
+      box = stored
+      record = await createMachine(context, provider, stateDir, machine, stored)
+      state = 'poweroff'
+    } else {
+      const metadata = JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8'))
+      box = {path: record.box.path, metadata}
+    }
+    const handle = handleFor(stateDir, machine, box)
+    const choice = {resnap: options.base ? false : (options.resnap ?? machine.resnap === 'always'), base: options.base}
+
+    const boot = context.progress.stage(`${machine.name}: booting${choice.base ? ' the origin (--base)' : choice.resnap ? ' with resnap' : ''}`)
+    const started = Date.now()
+    let booted
+    try {
+      booted = await provider.start(handle, {choice, sshPort: record.sshPort, signal: context.signal})
+      if (booted.sshPort !== record.sshPort) {
+        if (record.sshPort) context.progress.warn(`${machine.name}: port ${record.sshPort} is taken; ssh now on 127.0.0.1:${booted.sshPort}`)
+        record = {...record, sshPort: booted.sshPort}
+        await writeRecord(stateDir, record)
+      }
+      const target = sshTarget(stateDir, record, provider)
+      await waitForMachineSsh(target, record, {
+        timeoutMs: options.sshTimeoutMs ?? 300_000,
+        isAlive: booted.isAlive,
+        serialLog: booted.serialLog,
+        signal: context.signal,
+        onAttempt: (ms) => boot.update(`waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round(ms / 1000)} s)`),
+      })
+      boot.done(`ssh on 127.0.0.1:${record.sshPort}`)
+    } catch (error) {
+      boot.fail()
+      // No orphan QEMU: whatever went wrong (Ctrl-C included), stop what we started.
+      await provider.halt({stateDir}, {force: true, timeoutMs: 0})
+      throw context.signal?.aborted ? context.signal.reason : error
+    }
+    const bootMs = Date.now() - started
+
+    if (!options.noProvision) {
+      const {runProvisioners} = await import('./provision.js')
+      const firstTime = !record.provisioned || options.provision === true
+      await runProvisioners(context, machine, sshTarget(stateDir, record, provider), {firstTime})
+      if (!record.provisioned) await writeRecord(stateDir, {...record, provisioned: true})
+    }
+    return {name: machine.name, state: 'running', sshPort: record.sshPort!, bootMs, alreadyRunning: false}
+  } finally {
+    await release()
+  }
+}
+
+async function createMachine(context: MachineContext, provider: Provider, stateDir: string, machine: ResolvedMachine, stored: StoredBox): Promise<MachineRecord> {
+  const stage = context.progress.stage(`${machine.name}: creating from ${stored.name} ${stored.version}`)
+  const key = files(stateDir).key
+  await rm(key, {force: true})
+  await rm(`${key}.pub`, {force: true})
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `box-${machine.name}`, '-f', key], {purpose: 'creating the machine ssh key'})
+  const record: MachineRecord = {
+    id: randomUUID(),
+    name: machine.name,
+    provider: provider.name,
+    box: {name: stored.name, version: stored.version, provider: stored.provider, path: stored.path},
+    user: machine.ssh.username ?? stored.metadata.box?.user ?? 'vagrant',
+    provisioned: false,
+    createdAt: new Date().toISOString(),
+  }
+  await provider.create(handleFor(stateDir, machine, stored))
+  await writeRecord(stateDir, record)
+  await registerMachine(context.dataDir, {id: record.id, name: machine.name, projectDir: context.projectDir, stateDir, provider: provider.name, box: {name: stored.name, version: stored.version, provider: stored.provider}})
+  stage.done('linked clone, own ssh key')
+  return record
+}
+
+/**
+ * Wait for sshd with the machine's own key. A machine fresh from its box only knows
+ * the box's insecure key: then log in with that once and install the machine key.
+ */
+async function waitForMachineSsh(target: SshTarget, record: MachineRecord, options: Parameters<typeof waitForSsh>[1]): Promise<void> {
+  if (record.provisioned) {
+    await waitForSsh(target, options)
+    return
+  }
+  const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(target.keyFile, '..', 'insecure_key'))
+  try {
+    await waitForSsh(target, {...options, timeoutMs: 5000, isAlive: undefined}).catch(async () => {
+      const bootstrap = {...target, keyFile: insecure, controlPath: undefined}
+      await waitForSsh(bootstrap, options)
+      await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
+      await waitForSsh(target, {...options, timeoutMs: 30_000})
+    })
+  } finally {
+    await rm(insecure, {force: true})
+  }
+}
+
+/**
+ * Replace the authorized keys of `user` by the machine's key. Boxes built by box read
+ * authorized keys from /persistent (so the key survives every resnap and the insecure
+ * key never comes back); other boxes get it in ~/.ssh/authorized_keys.
+ */
+export async function installMachineKey(target: SshTarget, user: string, publicKey: string): Promise<void> {
+  const script = `set -eu
+user="$1"
+if sshd -T 2>/dev/null | grep -qi '^authorizedkeysfile .*/persistent/ssh/authorized_keys'; then
+  file=/persistent/ssh/authorized_keys/$user
+else
+  file=$(getent passwd "$user" | cut -d: -f6)/.ssh/authorized_keys
+fi
+mkdir -p "$(dirname "$file")"
+cat > "$file.new"
+chown "$user" "$file.new" && chmod 0600 "$file.new"
+mv "$file.new" "$file"
+`
+  await sshRun(target, ['sudo', 'sh', '-c', script, 'sh', user], {input: publicKey, purpose: 'installing the machine ssh key'})
+}
+
+export interface MachineStatus {
+  name: string
+  state: MachineState
+  provider: string
+  box?: string
+  ssh?: string
+  forwardedPorts: Array<{guest: number; host: number; hostIp: string; protocol: string}>
+  /** Fill of the root snapshot's copy-on-write area, percent (running resnap boxes only). */
+  snapshotUsedPercent?: number
+  warning?: string
+}
+
+export async function machineStatus(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine): Promise<MachineStatus> {
+  const stateDir = machineDir(context.projectDir, machine.name)
+  const provider = providerFor(machine.provider, context.cacheDir)
+  const state = await provider.state({stateDir})
+  const record = await readRecord(stateDir)
+  const status: MachineStatus = {
+    name: machine.name,
+    state,
+    provider: machine.provider,
+    box: record ? `${record.box.name} ${record.box.version}` : undefined,
+    ssh: record?.sshPort ? `127.0.0.1:${record.sshPort}` : undefined,
+    forwardedPorts: machine.forwardedPorts,
+  }
+  if (state === 'running' && record) {
+    status.snapshotUsedPercent = await snapshotUsage(sshTarget(stateDir, record, provider), record)
+    if (status.snapshotUsedPercent !== undefined && status.snapshotUsedPercent > 80) {
+      status.warning = `root snapshot is ${status.snapshotUsedPercent.toFixed(1)}% full: at 100% it is invalidated; reboot with resnap (box resnap) or use a bigger lvsize`
+    }
+  }
+  return status
+}
+
+async function snapshotUsage(target: SshTarget, record: MachineRecord): Promise<number | undefined> {
+  try {
+    const metadata = JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8'))
+    const lvm = metadata.box?.lvm
+    if (!lvm) return undefined
+    const {stdout} = await sshRun(target, ['sudo', '-n', 'lvs', '--noheadings', '-o', 'data_percent', `${lvm.vg}/${lvm.snapshot}`], {timeoutMs: 5000})
+    const value = Number.parseFloat(stdout.trim())
+    return Number.isFinite(value) ? value : undefined
+  } catch {
+    return undefined
+  }
+}
+
+export async function haltMachine(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine, options: {force?: boolean; timeoutMs?: number} = {}): Promise<'acpi' | 'forced' | 'not-running'> {
+  const stateDir = machineDir(context.projectDir, machine.name)
+  const provider = providerFor(machine.provider, context.cacheDir)
+  await closeSshMaster(provider.sshControlPath({stateDir}))
+  return provider.halt({stateDir}, {force: options.force, timeoutMs: options.timeoutMs ?? 30_000})
+}
+
+export async function destroyMachine(context: Pick<MachineContext, 'projectDir' | 'cacheDir' | 'dataDir'>, machine: ResolvedMachine): Promise<boolean> {
+  const stateDir = machineDir(context.projectDir, machine.name)
+  const record = await readRecord(stateDir)
+  const provider = providerFor(machine.provider, context.cacheDir)
+  await closeSshMaster(provider.sshControlPath({stateDir}))
+  await provider.destroy({stateDir})
+  await rm(stateDir, {recursive: true, force: true})
+  if (record) await unregisterMachine(context.dataDir, record.id)
+  return record !== undefined
+}
+
+async function closeSshMaster(controlPath: string): Promise<void> {
+  await execa('ssh', ['-o', `ControlPath=${controlPath}`, '-O', 'exit', 'box-machine'], {reject: false, stdin: 'ignore', timeout: 3000})
+  await rm(controlPath, {force: true})
+}

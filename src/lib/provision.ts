@@ -1,0 +1,72 @@
+import {readFile, stat} from 'node:fs/promises'
+import {basename} from 'node:path'
+import {createInterface} from 'node:readline'
+import {execa} from 'execa'
+
+import type {Provisioner, ResolvedMachine} from './boxfile.js'
+import {BoxError} from './errors.js'
+import type {MachineContext} from './machine.js'
+import {shJoin} from './shell-quote.js'
+import {sshArgs, sshRun, type SshTarget} from './ssh.js'
+
+/** Which provisioners run now: `once` on the first up (or when asked), `always` every time, `never` only by name. */
+export function provisionersToRun(provisioners: Provisioner[], firstTime: boolean): Provisioner[] {
+  return provisioners.filter((p) => p.run === 'always' || (p.run === 'once' && firstTime))
+}
+
+export async function runProvisioners(context: MachineContext, machine: ResolvedMachine, target: SshTarget, options: {firstTime: boolean}): Promise<number> {
+  const selected = provisionersToRun(machine.provisioners, options.firstTime)
+  for (const provisioner of selected) {
+    context.signal?.throwIfAborted()
+    const stage = context.progress.stage(`${machine.name}: provisioner ${provisioner.name}`)
+    try {
+      if (provisioner.type === 'shell') await runShell(context, machine.name, target, provisioner)
+      else await copyIn(target, provisioner.source, provisioner.destination)
+      stage.done()
+    } catch (error) {
+      stage.fail()
+      throw error
+    }
+  }
+  return selected.length
+}
+
+async function runShell(context: MachineContext, name: string, target: SshTarget, provisioner: Extract<Provisioner, {type: 'shell'}>): Promise<void> {
+  const script = provisioner.inline ?? (await readFile(provisioner.path!, 'utf8'))
+  // The script travels over ssh's stdin into a private temp file, then runs from there
+  // so it keeps its own stdin and shebang; nothing of it is on a command line.
+  const {stdout: remoteFile} = await sshRun(target, ['sh', '-c', 'f=$(mktemp /tmp/box-provision.XXXXXX) && cat > "$f" && chmod 0700 "$f" && echo "$f"'], {input: script, purpose: `uploading provisioner ${provisioner.name}`})
+  const envWords = Object.entries(provisioner.env).map(([key, value]) => `${key}=${value}`)
+  const inline = provisioner.inline !== undefined && !provisioner.inline.startsWith('#!')
+  const command = [...(provisioner.privileged ? ['sudo', '-n'] : []), 'env', ...envWords, ...(inline ? ['sh', remoteFile] : [remoteFile]), ...provisioner.args]
+  const remote = `${shJoin(command)}; status=$?; rm -f ${shJoin([remoteFile])}; exit $status`
+  const child = execa('ssh', sshArgs(target, undefined, remote), {reject: false, stdin: 'ignore', cancelSignal: context.signal})
+  const prefix = (line: string) => context.output?.(`${name}: ${line}`) ?? process.stdout.write(`${name}: ${line}\n`)
+  const pump = (stream: NodeJS.ReadableStream | null) => stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
+  await Promise.all([pump(child.stdout), pump(child.stderr)])
+  const result = await child
+  if (result.exitCode !== 0) {
+    throw new BoxError(`provisioner "${provisioner.name}" of ${name} failed with exit code ${result.exitCode}`, {
+      exitCode: typeof result.exitCode === 'number' && result.exitCode > 0 ? result.exitCode : 1,
+      suggestions: ['fix the script, then run it again: box provision'],
+    })
+  }
+}
+
+/** File provisioner: a file is streamed with cat, a directory as a tar. */
+async function copyIn(target: SshTarget, source: string, destination: string): Promise<void> {
+  const info = await stat(source).catch(() => undefined)
+  if (!info) throw new BoxError(`file provisioner: ${source} does not exist`)
+  const dest = destination.startsWith('~/') ? `"$HOME"/${shJoin([destination.slice(2)])}` : shJoin([destination])
+  if (info.isDirectory()) {
+    const remote = `mkdir -p ${dest} && tar -xf - -C ${dest}`
+    const tar = execa('tar', ['-C', source, '-cf', '-', '.'])
+    await execa('ssh', sshArgs(target, undefined, remote), {stdin: tar.stdout!})
+    await tar
+    return
+  }
+  const remote = `mkdir -p "$(dirname ${dest})" && cat > ${dest}`
+  await execa('ssh', sshArgs(target, undefined, remote), {inputFile: source}).catch((error: unknown) => {
+    throw new BoxError(`copying ${basename(source)} to ${destination} failed`, {cause: error, detail: String((error as {stderr?: string}).stderr ?? '')})
+  })
+}

@@ -1,0 +1,427 @@
+/**
+ * The local box store, laid out like Vagrant's:
+ *
+ *   <dataDir>/boxes/<NAME escaped>/<VERSION>/<PROVIDER>/{metadata.json, box.img, …}
+ *   <dataDir>/boxes/<NAME escaped>/catalog_url      (the catalog this box came from)
+ *
+ * Imports are atomic: a box is extracted into `boxes/.tmp-*`, checked, then renamed into
+ * place, so a box in the store is always complete. Names starting with "." are the
+ * store's own scratch space and never boxes.
+ */
+import {randomBytes} from 'node:crypto'
+import {mkdir, mkdtemp, readdir, readFile, rename, rm, rmdir, stat, writeFile} from 'node:fs/promises'
+import {join, resolve} from 'node:path'
+
+import type {BoxMetadata} from './box-metadata.js'
+import {BoxError, ExitCode} from './errors.js'
+import type {Progress} from './progress.js'
+import {compareVersions, isVersion} from './versions.js'
+
+export interface StoredBox {
+  name: string
+  version: string
+  provider: string
+  /** Directory holding metadata.json, box.img, … */
+  path: string
+  /** Bytes of all files in `path` (apparent size). */
+  size: number
+  /** ISO time the box was added. */
+  addedAt: string
+  metadata: BoxMetadata
+}
+
+/** Written next to metadata.json at import: where the box came from and when. */
+const STORE_INFO_FILE = '.box-store.json'
+interface StoreInfo {
+  addedAt: string
+  source?: string
+}
+
+const SCRATCH_PREFIX = '.tmp-'
+/** Vagrant's escape for "org/name" box names, so a store can be shared in spirit with Vagrant's. */
+const SLASH_ESCAPE = '-VAGRANTSLASH-'
+
+export function boxesDir(dataDir: string): string {
+  return join(dataDir, 'boxes')
+}
+
+// ---------------------------------------------------------------------------------
+// Names, versions, providers
+
+const NAME_PATTERN = /^[A-Za-z0-9._/-]+$/
+const PROVIDER_PATTERN = /^[A-Za-z0-9_-]+$/
+
+/** Throws a BoxError unless `name` is a valid box name ("debian/bookworm64", "worker"). */
+export function validateBoxName(name: string): void {
+  const problem = !name
+    ? 'it is empty'
+    : !NAME_PATTERN.test(name)
+      ? 'only letters, digits and . _ - / are allowed'
+      : name.split('/').some((part) => part === '' || part === '.' || part === '..')
+        ? 'it must not start or end with "/" or contain "//", "." or ".." segments'
+        : name.startsWith('.') || name.startsWith('-')
+          ? 'it must not start with "." or "-"'
+          : name.includes(SLASH_ESCAPE)
+            ? `it must not contain ${SLASH_ESCAPE}`
+            : undefined
+  if (problem) throw new BoxError(`invalid box name ${JSON.stringify(name)}: ${problem}`, {exitCode: ExitCode.USAGE})
+}
+
+export function validateBoxVersion(version: string): void {
+  if (!isVersion(version)) {
+    throw new BoxError(`invalid box version ${JSON.stringify(version)}: expected numbers separated by dots, such as 1.2.3`, {exitCode: ExitCode.USAGE})
+  }
+}
+
+export function validateProviderName(provider: string): void {
+  if (!PROVIDER_PATTERN.test(provider)) {
+    throw new BoxError(`invalid provider name ${JSON.stringify(provider)}: only letters, digits, _ and - are allowed`, {exitCode: ExitCode.USAGE})
+  }
+}
+
+/** "org/name" → "org-VAGRANTSLASH-name": one directory per box, whatever its name. */
+export function escapeBoxName(name: string): string {
+  return name.split('/').join(SLASH_ESCAPE)
+}
+
+export function unescapeBoxName(directory: string): string {
+  return directory.split(SLASH_ESCAPE).join('/')
+}
+
+/** Newest first; versions that are not well-formed (hand-made directories) sort last, by text. */
+function compareNewestFirst(a: string, b: string): number {
+  const aValid = isVersion(a)
+  const bValid = isVersion(b)
+  if (aValid && bValid) return compareVersions(b, a)
+  if (aValid !== bValid) return aValid ? -1 : 1
+  return a < b ? 1 : a > b ? -1 : 0
+}
+
+export function boxPath(dataDir: string, box: {name: string; version: string; provider: string}): string {
+  return join(boxesDir(dataDir), escapeBoxName(box.name), box.version, box.provider)
+}
+
+// ---------------------------------------------------------------------------------
+// Adding
+
+export interface AddBoxOptions {
+  dataDir: string
+  name: string
+  /** Version to store the box as; default: metadata.json's box.version, else "0". */
+  version?: string
+  /** Expected provider; the box's metadata.json must say the same. */
+  provider?: string
+  /** Replace an installed box of the same name, version and provider. */
+  force?: boolean
+  signal?: AbortSignal
+  progress?: Progress
+}
+
+export interface AddBoxFromFileOptions extends AddBoxOptions {
+  /** A .box file (tar, tar.gz or tar.zst) on this machine. */
+  file: string
+  /** Recorded as where the box came from (default: the file's absolute path). */
+  source?: string
+}
+
+/**
+ * Import a .box file atomically: extract into a scratch directory inside the store,
+ * validate metadata.json, then rename into `NAME/VERSION/PROVIDER`. Nothing is left
+ * behind when anything fails (including Ctrl-C through `signal`).
+ */
+export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<StoredBox> {
+  const {dataDir, name, force = false, signal, progress} = options
+  validateBoxName(name)
+  if (options.version !== undefined) validateBoxVersion(options.version)
+  if (options.provider !== undefined) validateProviderName(options.provider)
+  const file = resolve(options.file)
+  const fileInfo = await stat(file).catch(() => undefined)
+  if (!fileInfo?.isFile()) throw new BoxError(`box file not found: ${file}`, {exitCode: ExitCode.USAGE})
+
+  const root = boxesDir(dataDir)
+  await mkdir(root, {recursive: true})
+  const scratch = await mkdtemp(join(root, SCRATCH_PREFIX))
+  const staged = join(scratch, 'box')
+  try {
+    const {extractBoxArchive} = await import('./archive.js')
+    const {formatBytes} = await import('./progress.js')
+    const stage = progress?.stage(`Extracting ${name}`)
+    try {
+      await extractBoxArchive({
+        file,
+        dest: staged,
+        signal,
+        onProgress: stage && ((done, total) => stage.update(`${formatBytes(done)} of ${formatBytes(total)}`)),
+      })
+      stage?.done(formatBytes(fileInfo.size))
+    } catch (error) {
+      stage?.fail()
+      throw error
+    }
+
+    const metadata = await readBoxMetadata(staged, file)
+    const provider = metadata.provider
+    validateProviderName(provider)
+    if (options.provider !== undefined && options.provider !== provider) {
+      throw new BoxError(`${file} is a box for the ${provider} provider, not ${options.provider}`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: [`add it without --provider, or with --provider ${provider}`],
+      })
+    }
+    const version = options.version ?? metadata.box?.version ?? '0'
+    validateBoxVersion(version)
+    await checkBoxContents(staged, metadata, file)
+    const info: StoreInfo = {addedAt: new Date().toISOString(), source: options.source ?? file}
+    await writeFile(join(staged, STORE_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`)
+
+    signal?.throwIfAborted()
+    const target = boxPath(dataDir, {name, version, provider})
+    await mkdir(join(target, '..'), {recursive: true})
+    await moveIntoPlace(staged, target, scratch, force, `${name} ${version} (${provider})`)
+    return await readStoredBox(dataDir, name, version, provider)
+  } finally {
+    await rm(scratch, {recursive: true, force: true})
+  }
+}
+
+async function readBoxMetadata(dir: string, file: string): Promise<BoxMetadata> {
+  let text: string
+  try {
+    text = await readFile(join(dir, 'metadata.json'), 'utf8')
+  } catch {
+    throw new BoxError(`${file} is not a box: it has no metadata.json`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['a .box is a tar holding metadata.json (with at least {"provider": "qemu"}) and the disk image'],
+    })
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (error) {
+    throw new BoxError(`metadata.json in ${file} is not valid JSON: ${(error as Error).message}`, {exitCode: ExitCode.USAGE})
+  }
+  // zod is loaded only here: `box list` stays fast without it.
+  const {BoxMetadataSchema} = await import('./box-metadata.js')
+  const parsed = BoxMetadataSchema.safeParse(json)
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(top level)'}: ${issue.message}`)
+    throw new BoxError(`metadata.json in ${file} is invalid`, {exitCode: ExitCode.USAGE, detail: problems.join('\n')})
+  }
+  return parsed.data
+}
+
+/** A QEMU/libvirt box must carry its disk (and the kernel/initrd its metadata names). */
+async function checkBoxContents(dir: string, metadata: BoxMetadata, file: string): Promise<void> {
+  const required: string[] = []
+  if (metadata.provider === 'qemu' || metadata.provider === 'libvirt') required.push('box.img')
+  if (metadata.box?.kernel) required.push(metadata.box.kernel)
+  if (metadata.box?.initrd) required.push(metadata.box.initrd)
+  for (const name of required) {
+    const info = await stat(resolve(dir, name)).catch(() => undefined)
+    if (!resolve(dir, name).startsWith(`${dir}/`) || !info?.isFile()) {
+      throw new BoxError(`${file} is missing ${name}, which its metadata.json requires`, {exitCode: ExitCode.USAGE})
+    }
+  }
+}
+
+/**
+ * rename(2) the staged box to `target`. With force, the old box is first renamed into the
+ * scratch directory (removed with it), and put back if the new one cannot take its place.
+ */
+async function moveIntoPlace(staged: string, target: string, scratch: string, force: boolean, what: string): Promise<void> {
+  const exists = await stat(target).then(
+    () => true,
+    () => false,
+  )
+  if (exists && !force) {
+    throw new BoxError(`box ${what} is already installed`, {
+      exitCode: ExitCode.FAILURE,
+      suggestions: ['add --force to replace it', 'or give it another version with --box-version'],
+    })
+  }
+  if (!exists) {
+    try {
+      await rename(staged, target)
+    } catch (error) {
+      // Another `box add` of the same box won the race: rename fails on a non-empty directory.
+      if (['ENOTEMPTY', 'EEXIST'].includes((error as NodeJS.ErrnoException).code ?? '')) {
+        throw new BoxError(`box ${what} is already installed`, {suggestions: ['add --force to replace it']})
+      }
+      throw error
+    }
+    return
+  }
+  const old = join(scratch, 'old')
+  await rename(target, old)
+  try {
+    await rename(staged, target)
+  } catch (error) {
+    await rename(old, target).catch(() => undefined)
+    throw error
+  }
+}
+
+/** Remember the catalog a box came from (`box outdated` and `box update` ask it again). */
+export async function setCatalogUrl(dataDir: string, name: string, url: string): Promise<void> {
+  validateBoxName(name)
+  const dir = join(boxesDir(dataDir), escapeBoxName(name))
+  await mkdir(dir, {recursive: true})
+  const temp = join(dir, `.catalog_url.${randomBytes(4).toString('hex')}`)
+  await writeFile(temp, `${url}\n`)
+  await rename(temp, join(dir, 'catalog_url'))
+}
+
+export async function getCatalogUrl(dataDir: string, name: string): Promise<string | undefined> {
+  validateBoxName(name)
+  const text = await readFile(join(boxesDir(dataDir), escapeBoxName(name), 'catalog_url'), 'utf8').catch(() => undefined)
+  return text?.trim() || undefined
+}
+
+// ---------------------------------------------------------------------------------
+// Listing and finding
+
+/** Every installed box, by name, then newest version first, then provider. */
+export async function listBoxes(dataDir: string, filter: {name?: string} = {}): Promise<StoredBox[]> {
+  const root = boxesDir(dataDir)
+  let names: string[]
+  if (filter.name !== undefined) {
+    validateBoxName(filter.name)
+    names = [escapeBoxName(filter.name)]
+  } else {
+    names = (await readdir(root, {withFileTypes: true}).catch(() => [])).filter((entry) => entry.isDirectory() && !entry.name.startsWith('.')).map((entry) => entry.name)
+  }
+  const found = await Promise.all(
+    names.map(async (directory) => {
+      const name = unescapeBoxName(directory)
+      const versions = await subdirectories(join(root, directory))
+      const perVersion = await Promise.all(
+        versions.map(async (version) => {
+          const providers = await subdirectories(join(root, directory, version))
+          return Promise.all(providers.map((provider) => readStoredBox(dataDir, name, version, provider).catch(() => undefined)))
+        }),
+      )
+      return perVersion.flat()
+    }),
+  )
+  return found
+    .flat()
+    .filter((box): box is StoredBox => box !== undefined)
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : compareNewestFirst(a.version, b.version) || (a.provider < b.provider ? -1 : a.provider > b.provider ? 1 : 0)))
+}
+
+export interface FindBoxQuery {
+  name: string
+  /** An exact version; default: the newest installed. */
+  version?: string
+  /** Acceptable box providers, preferred first (e.g. COMPATIBLE_BOX_PROVIDERS.qemu). */
+  providers: string[]
+}
+
+/** The newest installed box matching the query, or undefined. */
+export async function findBox(dataDir: string, query: FindBoxQuery): Promise<StoredBox | undefined> {
+  const boxes = (await listBoxes(dataDir, {name: query.name})).filter(
+    (box) => query.providers.includes(box.provider) && (query.version === undefined || box.version === query.version || (isVersion(box.version) && isVersion(query.version) && compareVersions(box.version, query.version) === 0)),
+  )
+  // listBoxes sorts newest first; among one version, prefer the caller's provider order.
+  const newest = boxes[0]
+  if (!newest) return undefined
+  return boxes.filter((box) => box.version === newest.version).sort((a, b) => query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))[0]
+}
+
+async function subdirectories(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, {withFileTypes: true}).catch(() => [])
+  return entries.filter((entry) => entry.isDirectory() && !entry.name.startsWith('.')).map((entry) => entry.name)
+}
+
+async function readStoredBox(dataDir: string, name: string, version: string, provider: string): Promise<StoredBox> {
+  const path = boxPath(dataDir, {name, version, provider})
+  // Validated in full at import; here only what listing relies on, without loading zod.
+  const metadata = JSON.parse(await readFile(join(path, 'metadata.json'), 'utf8')) as BoxMetadata
+  if (typeof metadata?.provider !== 'string') throw new Error(`${path}/metadata.json has no provider`)
+  const [size, info] = await Promise.all([directorySize(path), readFile(join(path, STORE_INFO_FILE), 'utf8').then((text) => JSON.parse(text) as StoreInfo, () => undefined)])
+  const addedAt = info?.addedAt ?? (await stat(path)).mtime.toISOString()
+  return {name, version, provider, path, size, addedAt, metadata}
+}
+
+async function directorySize(dir: string): Promise<number> {
+  const entries = await readdir(dir, {withFileTypes: true})
+  const sizes = await Promise.all(
+    entries.map(async (entry) => {
+      const path = join(dir, entry.name)
+      if (entry.isDirectory()) return directorySize(path)
+      if (entry.isFile()) return (await stat(path)).size
+      return 0
+    }),
+  )
+  return sizes.reduce((sum, size) => sum + size, 0)
+}
+
+// ---------------------------------------------------------------------------------
+// Removing
+
+export interface RemoveBoxOptions {
+  dataDir: string
+  name: string
+  version?: string
+  provider?: string
+  /** Remove every matching version/provider instead of insisting on exactly one. */
+  all?: boolean
+  /** Remove even when machines on this host are backed by the box (they will stop working). */
+  force?: boolean
+}
+
+/**
+ * Remove installed boxes. Refuses when the selection is ambiguous (several versions or
+ * providers and no --all) and when a machine on this host still uses a box.
+ */
+export async function removeBox(options: RemoveBoxOptions): Promise<StoredBox[]> {
+  const {dataDir, name} = options
+  validateBoxName(name)
+  const installed = await listBoxes(dataDir, {name})
+  if (installed.length === 0) {
+    throw new BoxError(`box ${name} is not installed`, {exitCode: ExitCode.USAGE, suggestions: ['see the installed boxes with: box list']})
+  }
+  const selected = installed.filter((box) => (options.version === undefined || box.version === options.version) && (options.provider === undefined || box.provider === options.provider))
+  const describe = (box: StoredBox) => `${box.name} ${box.version} (${box.provider})`
+  if (selected.length === 0) {
+    throw new BoxError(`no installed box matches ${[name, options.version, options.provider && `(${options.provider})`].filter(Boolean).join(' ')}`, {
+      exitCode: ExitCode.USAGE,
+      detail: `installed:\n${installed.map(describe).join('\n')}`,
+    })
+  }
+  if (selected.length > 1 && !options.all) {
+    throw new BoxError(`${name} has ${selected.length} matching versions/providers installed; say which to remove`, {
+      exitCode: ExitCode.USAGE,
+      detail: selected.map(describe).join('\n'),
+      suggestions: ['pick one with --box-version V (and --provider P)', 'or remove them all with --all'],
+    })
+  }
+
+  if (!options.force) {
+    const {machinesUsingBox} = await import('./global-index.js')
+    const users = (await Promise.all(selected.map(async (box) => (await machinesUsingBox(dataDir, box)).map((machine) => ({box, machine}))))).flat()
+    if (users.length > 0) {
+      throw new BoxError(`cannot remove ${name}: ${users.length === 1 ? 'a machine uses' : `${users.length} machines use`} it`, {
+        detail: users.map(({box, machine}) => `${machine.name} in ${machine.projectDir} (id ${machine.id}) uses ${describe(box)}`).join('\n'),
+        suggestions: ['destroy those machines first (box destroy, in their project directory)', 'or remove anyway with --force (those machines will no longer start)'],
+      })
+    }
+  }
+
+  const root = boxesDir(dataDir)
+  for (const box of selected) {
+    // Rename first so the box disappears at once; then delete at leisure.
+    const trash = join(root, `${SCRATCH_PREFIX}remove-${randomBytes(6).toString('hex')}`)
+    await rename(box.path, trash)
+    await rm(trash, {recursive: true, force: true})
+    await rmdir(join(box.path, '..')).catch(() => undefined) // the version directory, once empty
+  }
+  await removeNameIfEmpty(join(root, escapeBoxName(name)))
+  return selected
+}
+
+/** Drop a box's directory (and its remembered catalog URL) once no version is left. */
+async function removeNameIfEmpty(dir: string): Promise<void> {
+  if ((await subdirectories(dir)).length > 0) return
+  await rm(dir, {recursive: true, force: true})
+}

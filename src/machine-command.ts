@@ -1,0 +1,34 @@
+import {Args, Command} from '@oclif/core'
+
+import {BaseCommand} from './base-command.js'
+import {loadBoxfile, selectMachines, type Boxfile, type ResolvedMachine} from './lib/boxfile.js'
+import type {MachineContext} from './lib/machine.js'
+
+/** Base of the commands that act on the machines of the Boxfile (`box up [NAME…]`). */
+export abstract class MachineCommand<T extends typeof Command> extends BaseCommand<T> {
+  static args = {
+    names: Args.string({description: 'Machine names from the Boxfile (default: all of them).', required: false}),
+  }
+
+  static strict = false
+
+  /** Words after `--` on the command line (a command for the guest). */
+  protected get guestCommand(): string[] {
+    const separator = this.argv.indexOf('--')
+    return separator === -1 ? [] : this.argv.slice(separator + 1)
+  }
+
+  protected async project(): Promise<{boxfile: Boxfile; machines: ResolvedMachine[]; context: MachineContext}> {
+    const boxfile = await loadBoxfile()
+    const names = this.positionals.slice(0, this.positionals.length - this.guestCommand.length)
+    const machines = selectMachines(boxfile, names)
+    const context: MachineContext = {
+      projectDir: boxfile.dir,
+      dataDir: this.config.dataDir,
+      cacheDir: this.config.cacheDir,
+      progress: this.progress(),
+      signal: this.signal,
+    }
+    return {boxfile, machines, context}
+  }
+}

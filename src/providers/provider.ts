@@ -1,0 +1,57 @@
+import type {BootChoice} from '../lib/resnap.js'
+import type {BoxImage} from './qemu/instance.js'
+
+export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'
+
+export interface ForwardedPortRecord {
+  guest: number
+  host: number
+  hostIp: string
+  protocol: 'tcp' | 'udp'
+}
+
+/** What a provider needs to know about one machine; commands never see provider internals. */
+export interface MachineHandle {
+  name: string
+  /** `<project>/.box/machines/<name>`: everything the machine owns lives here. */
+  stateDir: string
+  box: BoxImage
+  cpus: number
+  memoryMiB: number
+  forwardedPorts: ForwardedPortRecord[]
+}
+
+export interface StartOptions {
+  choice: BootChoice
+  /** Host port for ssh used last time; kept when still free. */
+  sshPort?: number
+  signal?: AbortSignal
+}
+
+export interface Started {
+  sshPort: number
+  /** Serial console log, shown when the guest does not come up. */
+  serialLog: string
+  isAlive(): boolean
+}
+
+export interface HaltOptions {
+  force?: boolean
+  timeoutMs: number
+}
+
+/**
+ * The one interface every provider implements (QEMU here, VirtualBox later):
+ * create the disk, start, report state, stop, destroy.
+ */
+export interface Provider {
+  readonly name: string
+  create(machine: MachineHandle): Promise<void>
+  start(machine: MachineHandle, options: StartOptions): Promise<Started>
+  state(machine: Pick<MachineHandle, 'stateDir'>): Promise<MachineState>
+  halt(machine: Pick<MachineHandle, 'stateDir'>, options: HaltOptions): Promise<'acpi' | 'forced' | 'not-running'>
+  /** Stop whatever runs (forcefully) and delete the machine's disk; must succeed even half-created. */
+  destroy(machine: Pick<MachineHandle, 'stateDir'>): Promise<void>
+  /** Control sockets may not fit in deep project paths (108-byte limit): providers say where theirs live. */
+  sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string
+}

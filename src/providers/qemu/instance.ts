@@ -1,0 +1,104 @@
+import {mkdir} from 'node:fs/promises'
+import {join} from 'node:path'
+
+import type {BoxMetadata} from '../../lib/box-metadata.js'
+import {BoxError} from '../../lib/errors.js'
+import {run} from '../../lib/exec.js'
+import {freePort} from '../../lib/ports.js'
+import {socketPath} from '../../lib/short-socket.js'
+import {bootCommandLine, type BootChoice} from '../../lib/resnap.js'
+import type {Accel} from './accel.js'
+import type {DirectBoot, PortForward} from './argv.js'
+import {HostPortInUseError, launchQemu} from './process.js'
+
+/** The files of one QEMU machine inside its state directory. */
+export interface InstanceFiles {
+  stateDir: string
+  overlay: string
+  qmpSocket: string
+  serialLog: string
+  pidFile: string
+}
+
+export function instanceFiles(stateDir: string): InstanceFiles {
+  return {
+    stateDir,
+    overlay: join(stateDir, 'disk.qcow2'),
+    qmpSocket: socketPath(stateDir, 'qmp.sock'),
+    serialLog: join(stateDir, 'serial.log'),
+    pidFile: join(stateDir, 'qemu.pid'),
+  }
+}
+
+/** An unpacked box: its folder and metadata.json. */
+export interface BoxImage {
+  dir: string
+  metadata: BoxMetadata
+}
+
+/** A linked clone: a qcow2 overlay whose backing file is the box's image, so nothing is copied. */
+export async function createOverlay(box: BoxImage, overlay: string): Promise<void> {
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(box.dir, 'box.img'), overlay], {purpose: 'creating the machine disk'})
+}
+
+/**
+ * Direct kernel boot when the box ships a kernel and an LVM layout (faster than
+ * firmware + grub, and the resnap choice is made per boot); undefined means the
+ * disk's own grub decides.
+ */
+export function directBootFor(box: BoxImage, choice: BootChoice): DirectBoot | undefined {
+  const info = box.metadata.box
+  if (!info?.kernel) return undefined
+  const append = bootCommandLine(info, choice)
+  if (!append) return undefined
+  return {kernel: join(box.dir, info.kernel), initrd: info.initrd ? join(box.dir, info.initrd) : undefined, append}
+}
+
+export interface BootOptions {
+  name: string
+  files: InstanceFiles
+  box: BoxImage
+  accel: Accel
+  cpus: number
+  memoryMiB: number
+  choice: BootChoice
+  /** Use the disk's boot loader even when direct kernel boot is possible. */
+  firmwareBoot?: boolean
+  /** Host port for ssh; a free one is picked when missing or taken. */
+  sshPort?: number
+  forwards?: PortForward[]
+}
+
+export interface Booted {
+  pid: number
+  sshPort: number
+}
+
+/** Start QEMU for a machine; ssh is forwarded on 127.0.0.1 (the next free port if the wanted one is taken). */
+export async function bootInstance(options: BootOptions): Promise<Booted> {
+  await mkdir(options.files.stateDir, {recursive: true})
+  const directBoot = options.firmwareBoot ? undefined : directBootFor(options.box, options.choice)
+  let sshPort = options.sshPort ?? (await freePort())
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const pid = await launchQemu({
+        name: options.name,
+        accel: options.accel,
+        cpus: options.cpus,
+        memoryMiB: options.memoryMiB,
+        disk: options.files.overlay,
+        directBoot,
+        forwards: [{guest: 22, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...(options.forwards ?? [])],
+        qmpSocket: options.files.qmpSocket,
+        serialLog: options.files.serialLog,
+        pidFile: options.files.pidFile,
+      })
+      return {pid, sshPort}
+    } catch (error) {
+      // Only the ssh port is ours to move; a taken user-chosen port is the user's to fix.
+      if (!(error instanceof HostPortInUseError) || attempt >= 5) throw error
+      if (options.forwards?.length) throw new BoxError(error.message, {detail: error.detail, suggestions: ['choose another host port in the Boxfile, or stop what uses it']})
+      sshPort = await freePort()
+    }
+  }
+}

@@ -1,0 +1,107 @@
+import {readFile, rm} from 'node:fs/promises'
+import {setTimeout as sleep} from 'node:timers/promises'
+
+import {BoxError} from '../../lib/errors.js'
+import {run} from '../../lib/exec.js'
+import {buildQemuArgs, type QemuLaunchSpec} from './argv.js'
+import {QmpClient} from './qmp.js'
+
+export const QEMU_BINARY = 'qemu-system-x86_64'
+
+/** QEMU could not bind a forwarded host port; the caller may pick another one. */
+export class HostPortInUseError extends BoxError {}
+
+/**
+ * Start QEMU in the background (-daemonize: the parent exits once the guest is set up,
+ * so startup errors still reach us) and return its pid.
+ */
+export async function launchQemu(spec: QemuLaunchSpec): Promise<number> {
+  await rm(spec.qmpSocket, {force: true})
+  try {
+    await run(QEMU_BINARY, buildQemuArgs({...spec, daemonize: true}), {purpose: `starting QEMU for ${spec.name}`, stdin: 'ignore'})
+  } catch (error) {
+    const detail = (error as BoxError).detail ?? ''
+    if (/host forwarding rule|Could not set up host forwarding/i.test(detail)) {
+      throw new HostPortInUseError(`a forwarded host port of ${spec.name} is already in use`, {detail, cause: error})
+    }
+    throw error
+  }
+  const pid = await runningPid(spec.pidFile, spec.qmpSocket)
+  if (!pid) throw new BoxError(`QEMU for ${spec.name} exited right after starting`, {suggestions: [`see the serial log: ${spec.serialLog}`]})
+  return pid
+}
+
+/**
+ * The pid of this machine's QEMU if it is running. The pid file alone is not proof:
+ * after a crash the pid may belong to another process, so its command line must
+ * name this machine's QMP socket.
+ */
+export async function runningPid(pidFile: string, qmpSocket: string): Promise<number | undefined> {
+  let pid: number
+  try {
+    pid = Number.parseInt((await readFile(pidFile, 'utf8')).trim(), 10)
+  } catch {
+    return undefined
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return undefined
+  try {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8')
+    return cmdline.includes(qmpSocket) ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    if (!isAlive(pid)) return true
+    await sleep(100)
+  }
+  return !isAlive(pid)
+}
+
+export interface StopResult {
+  /** 'acpi' when the guest powered itself off, 'forced' when QEMU was told to quit or killed. */
+  how: 'acpi' | 'forced' | 'not-running'
+}
+
+/**
+ * ACPI power-down through QMP, then `quit` after the timeout (or at once with force),
+ * then SIGKILL if QEMU still does not go away.
+ */
+export async function stopQemu(options: {pidFile: string; qmpSocket: string; timeoutMs: number; force?: boolean}): Promise<StopResult> {
+  const pid = await runningPid(options.pidFile, options.qmpSocket)
+  if (!pid) return {how: 'not-running'}
+  if (!options.force) {
+    try {
+      const qmp = await QmpClient.connect(options.qmpSocket)
+      await qmp.execute('system_powerdown')
+      qmp.close()
+      if (await waitForExit(pid, options.timeoutMs)) return {how: 'acpi'}
+    } catch {
+      // QMP unreachable: fall through to forcing.
+    }
+  }
+  try {
+    const qmp = await QmpClient.connect(options.qmpSocket, 2000)
+    await qmp.execute('quit').catch(() => {})
+    qmp.close()
+  } catch {}
+  if (!(await waitForExit(pid, 3000))) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+    await waitForExit(pid, 3000)
+  }
+  return {how: 'forced'}
+}

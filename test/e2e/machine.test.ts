@@ -1,0 +1,166 @@
+import {mkdir, mkdtemp, readFile, rm, writeFile, copyFile, stat} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
+import {execa} from 'execa'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {ensureBox} from '../../src/build/index.js'
+import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {testCacheDir} from '../support/cache.js'
+import {box, type CliEnv} from '../support/cli.js'
+
+/** Every QEMU process whose command line mentions `text` (to prove nothing is left running). */
+async function qemuProcessesMentioning(text: string): Promise<string[]> {
+  const {stdout} = await execa('ps', ['-eo', 'pid=,args='], {reject: false})
+  return stdout.split('\n').filter((line) => line.includes('qemu-system') && line.includes(text))
+}
+
+const BOXFILE = `box: reference
+memory: 1024
+cpus: 2
+forwarded_ports:
+  - guest: 8080
+    host: 0
+provisioners:
+  - type: shell
+    name: hello
+    inline: |
+      echo "provisioned as $(id -un) with GREETING=$GREETING"
+      echo once >> /persistent/provision-count
+    env:
+      GREETING: "hi there"
+  - type: shell
+    name: every-boot
+    run: always
+    privileged: false
+    inline: echo "always runs"
+`
+
+describe('machines on QEMU through the CLI', () => {
+  let env: CliEnv
+  let project: string
+
+  beforeAll(async () => {
+    const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
+    const root = await mkdtemp(join(tmpdir(), 'box-machine-'))
+    project = join(root, 'project')
+    await mkdir(project)
+    env = {cwd: project, dataDir: join(root, 'data'), cacheDir: testCacheDir()}
+    const added = await box(env, ['add', 'reference', boxFile])
+    expect(added.exitCode, added.stderr).toBe(0)
+  })
+
+  afterAll(async () => {
+    if (env) {
+      await box(env, ['destroy', '-f'])
+      await rm(join(env.cwd, '..'), {recursive: true, force: true})
+    }
+  })
+
+  it('status says not_created before the first up', async () => {
+    await writeFile(join(project, 'Boxfile'), BOXFILE.replace('host: 0', 'host: 18080'))
+    const status = await box(env, ['status', '--json'])
+    expect(status.exitCode, status.stderr).toBe(0)
+    expect(JSON.parse(status.stdout)).toEqual([expect.objectContaining({name: 'default', state: 'not_created'})])
+  })
+
+  it('up boots a linked clone, installs the machine key, runs provisioners', async () => {
+    const up = await box(env, ['up'])
+    expect(up.exitCode, up.stderr).toBe(0)
+    expect(up.stdout).toContain('default: provisioned as root with GREETING=hi there')
+    expect(up.stdout).toContain('default: always runs')
+    const disk = join(project, '.box', 'machines', 'default', 'disk.qcow2')
+    const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', '-U', disk])).stdout)
+    expect(info['backing-filename']).toMatch(/box\.img$/)
+    const key = await stat(join(project, '.box', 'machines', 'default', 'id_ed25519'))
+    expect(key.mode & 0o777).toBe(0o600)
+  })
+
+  it('ssh runs commands with their exit code, and the insecure key no longer works', async () => {
+    const ok = await box(env, ['ssh', '-c', 'findmnt -no SOURCE /'])
+    expect(ok.exitCode, ok.stderr).toBe(0)
+    expect(ok.stdout.trim()).toMatch(/root_snap$/)
+    expect((await box(env, ['ssh', '--', 'sh', '-c', 'exit 7'])).exitCode).toBe(7)
+    expect((await box(env, ['ssh', '--', 'echo', 'a b;c'])).stdout.trim()).toBe('a b;c')
+    const config = (await box(env, ['ssh-config'])).stdout
+    const port = /Port (\d+)/.exec(config)![1]!
+    const insecure = join(env.cwd, '..', 'insecure')
+    await copyFile(join(PROJECT_ROOT, 'static', 'insecure_key'), insecure)
+    await execa('chmod', ['600', insecure])
+    const denied = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'IdentitiesOnly=yes', '-i', insecure, '-p', port, 'box@127.0.0.1', 'true'], {reject: false})
+    expect(denied.exitCode).not.toBe(0)
+  })
+
+  it('status reports running, the forwarded port and the snapshot fill', async () => {
+    const status = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
+    expect(status.state).toBe('running')
+    expect(status.forwardedPorts).toEqual([expect.objectContaining({guest: 8080, host: 18080, hostIp: '127.0.0.1'})])
+    expect(typeof status.snapshotUsedPercent).toBe('number')
+    const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout)
+    expect(global).toEqual([expect.objectContaining({name: 'default', state: 'running', directory: project})])
+  })
+
+  it('a second up of a running machine changes nothing; a resnap keeps the machine key and the once-provisioners do not rerun', async () => {
+    expect((await box(env, ['up'])).exitCode).toBe(0)
+    const resnap = await box(env, ['resnap'])
+    expect(resnap.exitCode, resnap.stderr).toBe(0)
+    expect(resnap.stdout).not.toContain('provisioned as')
+    expect(resnap.stdout).toContain('default: always runs')
+    expect((await box(env, ['ssh', '-c', 'cat /persistent/provision-count'])).stdout.trim()).toBe('once')
+  })
+
+  it('a QEMU killed with SIGKILL is reported aborted and up starts it again', async () => {
+    const pid = Number.parseInt(await readFile(join(project, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10)
+    process.kill(pid, 'SIGKILL')
+    await sleep(500)
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('aborted')
+    const up = await box(env, ['up'])
+    expect(up.exitCode, up.stderr).toBe(0)
+    expect((await box(env, ['ssh', '-c', 'true'])).exitCode).toBe(0)
+  })
+
+  it('halt powers off through ACPI', async () => {
+    const halt = await box(env, ['halt'])
+    expect(halt.exitCode, halt.stderr).toBe(0)
+    expect(halt.stdout).toContain('default: halted')
+    expect(halt.stdout).not.toContain('forced')
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
+    expect(await qemuProcessesMentioning(project)).toEqual([])
+  })
+
+  it('Ctrl-C during up leaves no QEMU behind', async () => {
+    const child = execa('node', [join(PROJECT_ROOT, 'bin', 'run.js'), 'up'], {cwd: project, reject: false, env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir}})
+    for (let i = 0; i < 100 && (await qemuProcessesMentioning(project)).length === 0; i++) await sleep(200)
+    expect(await qemuProcessesMentioning(project)).toHaveLength(1)
+    child.kill('SIGINT')
+    const result = await child
+    expect(result.exitCode).toBe(130)
+    expect(await qemuProcessesMentioning(project)).toEqual([])
+  })
+
+  it('a second up of the same machine at once fails clearly', async () => {
+    const first = box(env, ['up'])
+    await sleep(1500)
+    const second = await box(env, ['up'])
+    expect(second.exitCode).not.toBe(0)
+    expect(second.stderr).toMatch(/machine default is busy/)
+    expect((await first).exitCode).toBe(0)
+  })
+
+  it('destroy -f removes the machine and its state', async () => {
+    const destroy = await box(env, ['destroy', '-f'])
+    expect(destroy.exitCode, destroy.stderr).toBe(0)
+    expect(await qemuProcessesMentioning(project)).toEqual([])
+    await expect(stat(join(project, '.box', 'machines', 'default'))).rejects.toThrow()
+    expect(JSON.parse((await box(env, ['global-status', '--json'])).stdout)).toEqual([])
+  })
+
+  it('a failing provisioner fails up with its name and exit code', async () => {
+    await writeFile(join(project, 'Boxfile'), 'box: reference\nprovisioners:\n  - type: shell\n    name: breaks\n    inline: |\n      echo about to fail\n      exit 3\n')
+    const up = await box(env, ['up'])
+    expect(up.exitCode).toBe(3)
+    expect(up.stdout).toContain('default: about to fail')
+    expect(up.stderr).toMatch(/provisioner "breaks" of default failed with exit code 3/)
+  })
+})

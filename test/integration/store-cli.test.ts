@@ -1,0 +1,153 @@
+/**
+ * `box add`, `box list`, `box remove` as users run them: the built CLI (dist/, which
+ * `npm test` builds first) in a child process with BOX_DATA_DIR pointing at a temp dir.
+ */
+import {mkdir, readdir} from 'node:fs/promises'
+import {join} from 'node:path'
+
+import {execa} from 'execa'
+import {afterEach, beforeEach, describe, expect, it} from 'vitest'
+
+import {registerMachine} from '../../src/lib/global-index.js'
+import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
+
+let dir: string
+let dataDir: string
+let cleanup: () => Promise<void>
+
+beforeEach(async () => {
+  ;({dir, cleanup} = await makeTempDir('box-cli-'))
+  dataDir = join(dir, 'data')
+})
+afterEach(async () => {
+  await cleanup()
+})
+
+/** BOX_TEST_CLI may point at another build's bin/run.js (a private copy while others rebuild dist/). */
+const CLI = process.env.BOX_TEST_CLI ?? join(PROJECT_ROOT, 'bin', 'run.js')
+
+async function box(...args: string[]) {
+  const result = await execa('node', [CLI, ...args], {
+    reject: false,
+    env: {BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: join(dir, 'cache'), NO_COLOR: '1'},
+    stdin: 'ignore',
+    timeout: 60_000,
+  })
+  return {exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr)}
+}
+
+/** `box list --json`, parsed; fails the test with box's stderr when the command fails. */
+async function listJson(): Promise<Array<Record<string, unknown>>> {
+  const result = await box('list', '--json')
+  expect(result.exitCode, result.stderr).toBe(0)
+  return JSON.parse(result.stdout) as Array<Record<string, unknown>>
+}
+
+describe('box add / list / remove', () => {
+  it('an empty store says how to add a box; --json gives []', async () => {
+    const plain = await box('list')
+    expect(plain.exitCode, plain.stderr).toBe(0)
+    expect(plain.stdout.trim()).toBe('There are no boxes installed. Add one with: box add NAME FILE')
+    const json = await box('list', '--json')
+    expect(json.exitCode, json.stderr).toBe(0)
+    expect(JSON.parse(json.stdout)).toEqual([])
+  })
+
+  it('adds, lists (table and --json), refuses a duplicate, removes', async () => {
+    const file = await makeBoxFile(dir, {metadata: {provider: 'qemu', format: 'qcow2', box: {version: '1.2.0', user: 'box'}}, compression: 'zstd'})
+
+    const added = await box('add', 'org/worker', file)
+    expect(added.exitCode, added.stderr).toBe(0)
+    expect(added.stdout).toMatch(/^Added box org\/worker 1\.2\.0 \(qemu\), \d+(\.\d)? KB$/m)
+    expect(added.stderr).toMatch(/Extracting org\/worker/)
+
+    const addedJson = await box('add', 'other', file, '--box-version', '0.1', '--json')
+    expect(addedJson.exitCode, addedJson.stderr).toBe(0)
+    expect(JSON.parse(addedJson.stdout)).toMatchObject({name: 'other', version: '0.1', provider: 'qemu'})
+
+    const table = await box('list')
+    expect(table.exitCode, table.stderr).toBe(0)
+    const lines = table.stdout.trim().split('\n')
+    expect(lines[0]).toMatch(/^NAME\s+VERSION\s+PROVIDER\s+SIZE$/)
+    expect(lines.slice(1).map((line) => line.split(/\s+/).slice(0, 3))).toEqual([
+      ['org/worker', '1.2.0', 'qemu'],
+      ['other', '0.1', 'qemu'],
+    ])
+
+    const listed = await listJson()
+    expect(listed.map((entry) => entry.name)).toEqual(['org/worker', 'other'])
+    expect(listed[0]).toMatchObject({version: '1.2.0', provider: 'qemu', path: join(dataDir, 'boxes', 'org-VAGRANTSLASH-worker', '1.2.0', 'qemu')})
+    expect(listed[0].size).toBeGreaterThan(0)
+
+    const duplicate = await box('add', 'org/worker', file)
+    expect(duplicate.exitCode, duplicate.stderr).toBe(1)
+    expect(duplicate.stderr).toContain('Error: box org/worker 1.2.0 (qemu) is already installed')
+    expect(duplicate.stderr).toContain('--force')
+    const forced = await box('add', 'org/worker', file, '--force')
+    expect(forced.exitCode, forced.stderr).toBe(0)
+
+    const removed = await box('remove', 'org/worker')
+    expect(removed.exitCode, removed.stderr).toBe(0)
+    expect(removed.stdout.trim()).toBe('Removed box org/worker 1.2.0 (qemu)')
+    expect((await listJson()).map((entry) => entry.name)).toEqual(['other'])
+  })
+
+  it('bad input: missing file, bad name, not a box, missing argument', async () => {
+    const missing = await box('add', 'x', join(dir, 'nope.box'))
+    expect(missing.exitCode, missing.stderr).toBe(2)
+    // The message is the source resolver's (a path may also be a catalog or a URL).
+    expect(missing.stderr).toContain(join(dir, 'nope.box'))
+
+    const file = await makeBoxFile(dir)
+    const badName = await box('add', '../escape', file)
+    expect(badName.exitCode, badName.stderr).toBe(2)
+    expect(badName.stderr).toContain('invalid box name "../escape"')
+
+    const noMetadata = await makeBoxFile(dir, {metadata: null})
+    const notABox = await box('add', 'x', noMetadata)
+    expect(notABox.exitCode, notABox.stderr).toBe(2)
+    expect(notABox.stderr).toContain('it has no metadata.json')
+
+    const jsonError = await box('add', 'x', noMetadata, '--json')
+    expect(jsonError.exitCode, jsonError.stderr).toBe(2)
+    expect(JSON.parse(jsonError.stdout).error.message).toContain('it has no metadata.json')
+
+    expect((await box('add', 'x')).exitCode).not.toBe(0)
+    expect(await readdir(join(dataDir, 'boxes'))).toEqual([])
+  })
+
+  it('remove is refused while a machine uses the box, naming the machine', async () => {
+    const file = await makeBoxFile(dir)
+    const added = await box('add', 'worker', file, '--box-version', '3')
+    expect(added.exitCode, added.stderr).toBe(0)
+    const projectDir = join(dir, 'project')
+    const stateDir = join(projectDir, '.box', 'default')
+    await mkdir(stateDir, {recursive: true})
+    await registerMachine(dataDir, {id: 'abc123', name: 'default', projectDir, stateDir, provider: 'qemu', box: {name: 'worker', version: '3', provider: 'qemu'}})
+
+    const refused = await box('remove', 'worker')
+    expect(refused.exitCode, refused.stderr).toBe(1)
+    expect(refused.stderr).toContain('Error: cannot remove worker: a machine uses it')
+    expect(refused.stderr).toContain(`default in ${projectDir} (id abc123) uses worker 3 (qemu)`)
+    expect(await listJson()).toHaveLength(1)
+
+    const notInstalled = await box('remove', 'ghost')
+    expect(notInstalled.exitCode, notInstalled.stderr).toBe(2)
+    expect(notInstalled.stderr).toContain('box ghost is not installed')
+  })
+
+  it('remove with several versions needs --box-version or --all', async () => {
+    const file = await makeBoxFile(dir)
+    for (const version of ['1', '2']) {
+      const added = await box('add', 'multi', file, '--box-version', version)
+      expect(added.exitCode, added.stderr).toBe(0)
+    }
+    const ambiguous = await box('remove', 'multi')
+    expect(ambiguous.exitCode, ambiguous.stderr).toBe(2)
+    expect(ambiguous.stderr).toContain('multi has 2 matching versions/providers installed')
+    const all = await box('remove', 'multi', '--all', '--json')
+    expect(all.exitCode, all.stderr).toBe(0)
+    expect(JSON.parse(all.stdout).map((entry: {version: string}) => entry.version)).toEqual(['2', '1'])
+  })
+})

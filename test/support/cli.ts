@@ -1,0 +1,24 @@
+import {join} from 'node:path'
+import {execa, type ResultPromise} from 'execa'
+
+import {PROJECT_ROOT} from '../../src/lib/paths.js'
+
+export const BIN = join(PROJECT_ROOT, 'bin', 'run.js')
+
+export interface CliEnv {
+  cwd: string
+  dataDir: string
+  cacheDir: string
+}
+
+/** Run the built CLI (`npm test` builds dist/ first) as a user would. */
+export function box(env: CliEnv, args: string[], options: {input?: string; timeout?: number} = {}): ResultPromise<{reject: false}> {
+  return execa('node', [BIN, ...args], {
+    cwd: env.cwd,
+    reject: false,
+    input: options.input,
+    stdin: options.input === undefined ? 'ignore' : undefined,
+    timeout: options.timeout ?? 600_000,
+    env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir, NO_COLOR: '1'},
+  }) as ResultPromise<{reject: false}>
+}

@@ -1,0 +1,75 @@
+import {mkdir, mkdtemp, readFile, rm} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {extractBoxArchive} from '../../src/lib/archive.js'
+import {BoxMetadataSchema} from '../../src/lib/box-metadata.js'
+import type {BootChoice} from '../../src/lib/resnap.js'
+import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from '../../src/lib/ssh.js'
+import {resolveAccel} from '../../src/providers/qemu/accel.js'
+import {bootInstance, createOverlay, instanceFiles, type BoxImage, type InstanceFiles} from '../../src/providers/qemu/instance.js'
+import {isAlive, runningPid, stopQemu} from '../../src/providers/qemu/process.js'
+import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {testCacheDir} from './cache.js'
+
+/**
+ * One real QEMU guest from a .box, booted and halted by the tests of one file:
+ * the box is unpacked once, the machine is a linked clone, ssh uses the box's
+ * documented insecure key.
+ */
+export class TestGuest {
+  readonly files: InstanceFiles
+  target?: SshTarget
+  lastBootMs = 0
+
+  private constructor(readonly workDir: string, readonly box: BoxImage, private readonly keyFile: string) {
+    this.files = instanceFiles(join(workDir, 'machine'))
+  }
+
+  static async fromBox(boxFile: string): Promise<TestGuest> {
+    const workDir = await mkdtemp(join(tmpdir(), 'box-guest-'))
+    const boxDir = join(workDir, 'box')
+    await extractBoxArchive({file: boxFile, dest: boxDir})
+    const metadata = BoxMetadataSchema.parse(JSON.parse(await readFile(join(boxDir, 'metadata.json'), 'utf8')))
+    const keyFile = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(workDir, 'key'))
+    const guest = new TestGuest(workDir, {dir: boxDir, metadata}, keyFile)
+    await mkdir(guest.files.stateDir, {recursive: true})
+    await createOverlay(guest.box, guest.files.overlay)
+    return guest
+  }
+
+  async boot(choice: BootChoice, options: {firmwareBoot?: boolean} = {}): Promise<SshTarget> {
+    const {accel} = await resolveAccel({cacheDir: testCacheDir()})
+    const started = Date.now()
+    const booted = await bootInstance({name: 'test', files: this.files, box: this.box, accel, cpus: 2, memoryMiB: 1024, choice, firmwareBoot: options.firmwareBoot})
+    this.target = {host: '127.0.0.1', port: booted.sshPort, user: this.box.metadata.box?.user ?? 'box', keyFile: this.keyFile, controlPath: join(this.workDir, 'ssh.ctl')}
+    await waitForSsh(this.target, {timeoutMs: 240_000, serialLog: this.files.serialLog, isAlive: () => isAlive(booted.pid)})
+    this.lastBootMs = Date.now() - started
+    return this.target
+  }
+
+  /** Run a shell script as root in the guest; returns its stdout. */
+  async root(script: string): Promise<string> {
+    if (!this.target) throw new Error('guest not booted')
+    const {stdout} = await sshRun(this.target, ['sudo', 'sh', '-eu'], {input: script, timeoutMs: 120_000})
+    return stdout
+  }
+
+  async serialLog(): Promise<string> {
+    return readFile(this.files.serialLog, 'utf8').catch(() => '')
+  }
+
+  async halt(): Promise<void> {
+    await stopQemu({pidFile: this.files.pidFile, qmpSocket: this.files.qmpSocket, timeoutMs: 60_000})
+    this.target = undefined
+  }
+
+  async isRunning(): Promise<boolean> {
+    return (await runningPid(this.files.pidFile, this.files.qmpSocket)) !== undefined
+  }
+
+  async dispose(): Promise<void> {
+    await stopQemu({pidFile: this.files.pidFile, qmpSocket: this.files.qmpSocket, timeoutMs: 0, force: true})
+    await rm(this.workDir, {recursive: true, force: true})
+  }
+}

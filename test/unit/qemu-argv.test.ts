@@ -1,0 +1,82 @@
+import {describe, expect, it} from 'vitest'
+
+import {kernelCommandLine, mapperPath} from '../../src/lib/resnap.js'
+import {shJoin, shQuote} from '../../src/lib/shell-quote.js'
+import {socketPath} from '../../src/lib/short-socket.js'
+import {buildQemuArgs, type QemuLaunchSpec} from '../../src/providers/qemu/argv.js'
+import {probeFirmware} from '../../src/providers/qemu/accel.js'
+
+const spec: QemuLaunchSpec = {
+  name: 'web',
+  accel: 'tcg',
+  cpus: 2,
+  memoryMiB: 1024,
+  disk: '/p/.box/machines/web/disk.qcow2',
+  forwards: [
+    {guest: 22, host: 2222, hostIp: '127.0.0.1', protocol: 'tcp'},
+    {guest: 80, host: 8080, hostIp: '127.0.0.1', protocol: 'tcp'},
+  ],
+  qmpSocket: '/p/qmp.sock',
+  serialLog: '/p/serial.log',
+  pidFile: '/p/qemu.pid',
+}
+
+describe('QEMU argv', () => {
+  it('forwards ports on loopback only and wires QMP, serial and pid file', () => {
+    const args = buildQemuArgs(spec)
+    const netdev = args[args.indexOf('-netdev') + 1]
+    expect(netdev).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80')
+    expect(args).toContain('unix:/p/qmp.sock,server=on,wait=off')
+    expect(args).toContain('file:/p/serial.log')
+    expect(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg,thread=multi', '-cpu', 'max'])
+    expect(args).not.toContain('-kernel')
+    expect(args).not.toContain('-daemonize')
+  })
+
+  it('boots the kernel directly when asked', () => {
+    const args = buildQemuArgs({...spec, accel: 'kvm', directBoot: {kernel: '/b/vmlinuz', initrd: '/b/initrd.img', append: 'root=/dev/x ro resnap'}, daemonize: true})
+    expect(args.slice(args.indexOf('-kernel'))).toEqual(['-kernel', '/b/vmlinuz', '-initrd', '/b/initrd.img', '-append', 'root=/dev/x ro resnap', '-daemonize'])
+    expect(args).toContain('host')
+  })
+})
+
+describe('resnap command line', () => {
+  const lvm = {vg: 'vagrant-pipeline', root: 'root', snapshot: 'root_snap', snapshot_size: '45G', persistent: 'persistent'}
+
+  it('is the seed\'s grub line, with dashes doubled in mapper names', () => {
+    expect(kernelCommandLine(lvm, {resnap: true})).toBe('root=/dev/mapper/vagrant--pipeline-root_snap ro volgroup=vagrant-pipeline lvroot=root lvsnap=root_snap lvsize=45G resnap')
+    expect(kernelCommandLine(lvm, {resnap: false}, 'console=ttyS0')).toBe('root=/dev/mapper/vagrant--pipeline-root_snap ro volgroup=vagrant-pipeline lvroot=root lvsnap=root_snap lvsize=45G console=ttyS0')
+  })
+
+  it('boots the origin with --base and never resnaps it', () => {
+    expect(kernelCommandLine(lvm, {resnap: true, base: true})).toMatch(/^root=\/dev\/mapper\/vagrant--pipeline-root ro .* lvsize=45G$/)
+    expect(mapperPath('a-b', 'c-d')).toBe('/dev/mapper/a--b-c--d')
+  })
+})
+
+describe('shell quoting', () => {
+  it('quotes what the remote shell would interpret', () => {
+    expect(shQuote('plain-word_1.2/x')).toBe('plain-word_1.2/x')
+    expect(shQuote("it's $HOME; rm -rf /")).toBe(`'it'\\''s $HOME; rm -rf /'`)
+    expect(shJoin(['echo', 'a b', ''])).toBe("echo 'a b' ''")
+  })
+})
+
+describe('socket paths', () => {
+  it('moves sockets of deep folders out of the 108-byte limit', () => {
+    expect(socketPath('/p/.box/machines/web', 'qmp.sock')).toBe('/p/.box/machines/web/qmp.sock')
+    const deep = `/${'d'.repeat(120)}/.box/machines/web`
+    const short = socketPath(deep, 'qmp.sock')
+    expect(short.length).toBeLessThan(108)
+    expect(short).toBe(socketPath(deep, 'qmp.sock'))
+  })
+})
+
+describe('accel probe firmware', () => {
+  it('is 64 KiB with the reset vector jumping to the code at F000:0000', () => {
+    const image = probeFirmware()
+    expect(image.length).toBe(0x10000)
+    expect(image.subarray(0xfff0, 0xfff5).toString('hex')).toBe('ea000000f0')
+    expect(image[0]).toBe(0xfa) // cli
+  })
+})
