@@ -2,7 +2,7 @@
  * Download throughput: box's download() against curl, from the same loopback server in
  * one run, and the CPU that checksumming adds.
  *
- *   node --import tsx bench/download.ts [--size-mb 1024] [--rounds 3]
+ *   node --import tsx bench/download.ts [--size-mb 1024] [--rounds 3] [--out-dir /dev/shm]
  *
  * The server is a separate node process (so it does not share download()'s event loop)
  * serving a file of random bytes (nothing compresses) with Range support. Each round
@@ -26,6 +26,8 @@ const {values} = parseArgs({
   options: {
     'size-mb': {type: 'string', default: '1024'},
     rounds: {type: 'string', default: '3'},
+    /** Where the downloads are written (default: the temp dir; /dev/shm takes the disk out of the figures). */
+    'out-dir': {type: 'string'},
     serve: {type: 'string'},
   },
 })
@@ -33,7 +35,7 @@ const {values} = parseArgs({
 if (values.serve) {
   await serve(values.serve)
 } else {
-  await main(Number(values['size-mb']), Number(values.rounds))
+  await main(Number(values['size-mb']), Number(values.rounds), values['out-dir'])
 }
 
 /** The server process: GET (with Range) of one file; prints its port on stdout. */
@@ -50,8 +52,9 @@ async function serve(file: string): Promise<void> {
   server.listen(0, '127.0.0.1', () => process.stdout.write(`${(server.address() as AddressInfo).port}\n`))
 }
 
-async function main(sizeMb: number, rounds: number): Promise<void> {
+async function main(sizeMb: number, rounds: number, outDir: string | undefined): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'box-bench-download-'))
+  const outputDir = outDir ? await mkdtemp(join(outDir, 'box-bench-download-')) : dir
   const file = join(dir, 'served.box')
   const bytes = sizeMb * 1024 * 1024
   let server: ReturnType<typeof spawn> | undefined
@@ -66,7 +69,7 @@ async function main(sizeMb: number, rounds: number): Promise<void> {
       server!.once('exit', (code) => reject(new Error(`server exited with ${code}`)))
     })
     const url = `http://127.0.0.1:${port}/served.box`
-    const output = join(dir, 'out.box')
+    const output = join(outputDir, 'out.box')
 
     // One unmeasured pass warms the page cache for the served file.
     await runCurl(url, output)
@@ -88,7 +91,7 @@ async function main(sizeMb: number, rounds: number): Promise<void> {
     const hashed = best(results.sha256)
     const line = (label: string, run: Run, cpu = true) =>
       `${label.padEnd(26)} ${run.mbPerSecond.toFixed(0).padStart(6)} MB/s  ${run.seconds.toFixed(2)} s${cpu ? `  CPU ${run.cpuSeconds.toFixed(2)} s` : ''}`
-    console.log(`\n${sizeMb} MiB over http://127.0.0.1, best of ${rounds} rounds (MB = 10^6 bytes)`)
+    console.log(`\n${sizeMb} MiB over http://127.0.0.1 into ${outputDir}, best of ${rounds} rounds (MB = 10^6 bytes)`)
     console.log(line('curl -o', curl, false))
     console.log(line('download()', plain))
     console.log(line('download() + sha256', hashed))
@@ -100,6 +103,7 @@ async function main(sizeMb: number, rounds: number): Promise<void> {
   } finally {
     server?.kill()
     await rm(dir, {recursive: true, force: true})
+    await rm(outputDir, {recursive: true, force: true})
   }
 }
 

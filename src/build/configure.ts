@@ -5,7 +5,7 @@
  * resnap initramfs script, provisiond, then update-initramfs — ~3 s here against
  * minutes inside a TCG guest.
  */
-import {chmod, chown, mkdir, readdir, readFile, rm, writeFile} from 'node:fs/promises'
+import {chmod, mkdir, readdir, readFile, rm, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 
 import {BoxError} from '../lib/errors.js'
@@ -63,9 +63,8 @@ export const MASKED_UNITS = [
   'sys-fs-fuse-connections.mount',
   'proc-sys-fs-binfmt_misc.automount',
   'systemd-binfmt.service',
-  // The initramfs's udev already processed every device (its database is kept in /run/udev);
-  // a second coldplug of everything cost ~10 s under TCG.
-  'systemd-udev-trigger.service',
+  'systemd-machine-id-commit.service', // each resnap boot gets a fresh machine-id anyway
+  'systemd-modules-load.service', // nothing in modules-load.d; the initramfs loaded what the box needs
 ]
 
 export interface ConfigureOptions {
@@ -117,13 +116,11 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
     // '*' (not '!'): no password login, but not "locked", so key login works with or without PAM.
     await chroot(root, ['usermod', '--password', '*', user.name], `setting ${user.name}'s password field`, signal)
     if (user.sudo === 'nopasswd') await put(root, `etc/sudoers.d/90-box-${user.name}`, `${user.name} ALL=(ALL) NOPASSWD:ALL\n`, 0o440)
-    const {uid, gid, home} = await passwdEntry(root, user.name)
+    // sshd reads authorized keys from /persistent only, so the key `box up` installs
+    // survives every resnap and the insecure key never comes back with the snapshot.
+    // The box's own keys are the seed, copied there at first boot (box-ssh-setup).
     const keys = await Promise.all(recipe.authorizedKeyFiles[index]!.map((file) => readFile(file, 'utf8')))
-    const sshDir = join(home, '.ssh').replace(/^\//, '')
-    await mkdir(join(root, sshDir), {recursive: true, mode: 0o700})
-    await put(root, join(sshDir, 'authorized_keys'), keys.map((key) => `${key.trim()}\n`).join(''), 0o600)
-    await chown(join(root, sshDir), uid, gid)
-    await chown(join(root, sshDir, 'authorized_keys'), uid, gid)
+    await put(root, `etc/box/authorized_keys/${user.name}`, keys.map((key) => `${key.trim()}\n`).join(''), 0o644)
   }
 
   step('hostname, fstab, network')
@@ -141,14 +138,20 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   // Kernel upgrades keep /boot/vmlinuz and /boot/initrd.img pointing at the newest kernel (grub.cfg uses them).
   await put(root, 'etc/kernel-img.conf', 'do_symlinks = yes\nlink_in_boot = yes\n')
 
+  // box halt presses the ACPI power button; without logind (no dbus) acpid is what answers it.
+  // The button driver is a module, and the trimmed udev coldplug never loads it by alias.
+  await put(root, 'etc/acpi/events/box-power-button', 'event=button/power.*\naction=/usr/bin/systemctl poweroff\n')
+  await put(root, 'etc/modules-load.d/box-power-button.conf', 'button\n')
+
   step('ssh')
   await removeHostKeys(root)
   await put(
     root,
     'etc/ssh/sshd_config.d/box.conf',
     [
-      '# box: the host key is per machine, made at first boot in /persistent (survives resnap).',
+      '# box: host key and authorized keys are per machine, in /persistent (they survive resnap).',
       'HostKey /persistent/ssh/ssh_host_ed25519_key',
+      'AuthorizedKeysFile /persistent/ssh/authorized_keys/%u',
       'PasswordAuthentication no',
       'KbdInteractiveAuthentication no',
       'UseDNS no',
@@ -156,9 +159,17 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
     ].join('\n'),
   )
   await put(root, 'etc/systemd/system/box-ssh-hostkey.service', SSH_HOSTKEY_UNIT)
-  await put(root, 'etc/systemd/system/ssh.service.d/box.conf', '[Unit]\nWants=box-ssh-hostkey.service\nAfter=box-ssh-hostkey.service\n')
+  await install(root, projectFile('provisioners', 'box-ssh-setup'), 'usr/local/sbin/box-ssh-setup', 0o755)
+  await put(root, 'etc/systemd/system/ssh.service', sshServiceOverride(await readFile(join(root, 'lib/systemd/system/ssh.service'), 'utf8')))
 
   step('systemd units')
+  // Coldplug only what a worker uses (disks, LVs, the NIC, the serial console): the full
+  // trigger (every PCI, ACPI, CPU and memory device) took ~10 s under TCG.
+  await put(
+    root,
+    'etc/systemd/system/systemd-udev-trigger.service.d/box.conf',
+    '[Service]\nExecStart=\nExecStart=-udevadm trigger --type=devices --action=add --subsystem-match=block --subsystem-match=net --subsystem-match=tty\n',
+  )
   await put(root, 'etc/systemd/journald.conf.d/box.conf', '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n')
   await install(root, projectFile('provisioners', 'provisiond'), 'usr/local/sbin/provisiond', 0o755)
   await install(root, projectFile('provisioners', 'provisiond.service'), 'etc/systemd/system/provisiond.service', 0o644)
@@ -180,6 +191,8 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await put(root, 'etc/initramfs-tools/conf.d/box.conf', '# box: small initramfs\nMODULES=list\nCOMPRESS=zstd\n')
   // Swap is not a resume device: without this the initramfs may wait for it.
   await put(root, 'etc/initramfs-tools/conf.d/resume', 'RESUME=none\n')
+  const udevScript = narrowInitramfsUdev(await readFile(join(root, 'usr/share/initramfs-tools/scripts/init-top/udev'), 'utf8'))
+  if (udevScript) await put(root, 'etc/initramfs-tools/scripts/init-top/udev', udevScript, 0o755)
   await chroot(root, ['update-initramfs', '-u', '-k', 'all'], 'update-initramfs in the rootfs', signal)
 
   step('shrinking')
@@ -242,16 +255,42 @@ export function systemdDeviceUnit(path: string): string {
   return `${escaped}.device`
 }
 
+/**
+ * Debian's ssh.service, ordered after our host key instead of network.target: sshd
+ * listens on the wildcard address, so it need not wait for DHCP (networkd took ~10 s
+ * to start under TCG). A full unit in /etc, because a drop-in cannot remove an After=.
+ */
+export function sshServiceOverride(vendorUnit: string): string {
+  if (!/^After=.*network\.target/m.test(vendorUnit)) throw new BoxError('unexpected ssh.service: no After=network.target to replace')
+  return vendorUnit
+    .replace(/^After=.*network\.target.*$/m, 'After=auditd.service box-ssh-hostkey.service\nWants=box-ssh-hostkey.service')
+    .replace(/^\[Unit\]$/m, '[Unit]\n# box: Debian\'s unit, started without waiting for network.target (see box build)')
+}
+
+/**
+ * initramfs-tools' init-top/udev coldplugs every device (ACPI, CPUs, memory blocks,
+ * platform…) and settles: seconds under TCG. The box's initramfs only needs PCI/virtio
+ * (module autoload), disks and the NIC; MODULES=list loads the rest explicitly. The
+ * copy in /etc/initramfs-tools/scripts replaces the vendor script of the same name.
+ * Undefined when the vendor script is not the one this was written for.
+ */
+export function narrowInitramfsUdev(vendorScript: string): string | undefined {
+  const triggers = 'udevadm trigger --type=subsystems --action=add\nudevadm trigger --type=devices --action=add\n'
+  if (!vendorScript.includes(triggers)) return undefined
+  return vendorScript.replace(
+    triggers,
+    '# box: coldplug only what a QEMU worker needs to find its root (see box build, configure.ts)\nudevadm trigger --type=devices --action=add --subsystem-match=pci --subsystem-match=virtio --subsystem-match=block --subsystem-match=net\n',
+  )
+}
+
 const SSH_HOSTKEY_UNIT = `[Unit]
-Description=box: per-machine ssh host key in /persistent/ssh (survives resnap)
+Description=box: per-machine ssh host key and authorized keys in /persistent/ssh (survive resnap)
 RequiresMountsFor=/persistent
 Before=ssh.service
-ConditionPathExists=!/persistent/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/mkdir -p -m 0700 /persistent/ssh
-ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C box-host -f /persistent/ssh/ssh_host_ed25519_key
+ExecStart=/usr/local/sbin/box-ssh-setup
 
 [Install]
 WantedBy=multi-user.target
@@ -262,16 +301,6 @@ async function removeHostKeys(root: string): Promise<void> {
   for (const name of await readdir(dir).catch(() => [] as string[])) {
     if (name.startsWith('ssh_host_')) await rm(join(dir, name), {force: true})
   }
-}
-
-async function passwdEntry(root: string, name: string): Promise<{uid: number; gid: number; home: string}> {
-  const passwd = await readFile(join(root, 'etc/passwd'), 'utf8')
-  const fields = passwd
-    .split('\n')
-    .map((line) => line.split(':'))
-    .find((entry) => entry[0] === name)
-  if (!fields) throw new BoxError(`user ${name} missing from the rootfs after useradd`)
-  return {uid: Number(fields[2]), gid: Number(fields[3]), home: fields[5]!}
 }
 
 /** Docs, man pages, locales, apt lists and logs: not needed on a worker, and later installs skip docs too. */

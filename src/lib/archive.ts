@@ -16,7 +16,7 @@ import {execa} from 'execa'
 import * as tar from 'tar-stream'
 
 import {BoxError, ExitCode} from './errors.js'
-import {missingProgramError, toBoxError} from './exec.js'
+import {toBoxError} from './exec.js'
 
 export type Compression = 'zstd' | 'gzip' | 'none'
 
@@ -59,6 +59,9 @@ export interface ExtractedBoxArchive {
   /** Entry names written, normalised (no leading ./). */
   entries: string[]
 }
+
+/** Large reads: fewer syscalls and stream hops for multi-gigabyte disk images. */
+const READ_CHUNK = 1024 * 1024
 
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd])
 const GZIP_MAGIC = Buffer.from([0x1f, 0x8b])
@@ -117,7 +120,7 @@ export async function writeBoxArchive(options: WriteBoxArchiveOptions): Promise<
   let bytesDone = 0
   onProgress?.(0, bytesTotal)
 
-  // Feed the pack while the pipeline drains it; an error here destroys the pack, which fails the pipeline.
+  // Feed the pack while the pipeline drains it.
   const feed = (async () => {
     for (const file of files) {
       signal?.throwIfAborted()
@@ -134,16 +137,17 @@ export async function writeBoxArchive(options: WriteBoxArchiveOptions): Promise<
           callback(null, chunk)
         },
       })
-      await pipeline(createReadStream(join(sourceDir, file.name)), counter, entry, {signal})
+      await pipeline(createReadStream(join(sourceDir, file.name), {highWaterMark: READ_CHUNK}), counter, entry, {signal})
     }
     pack.finalize()
-  })().catch((error: unknown) => {
-    pack.destroy(error as Error)
-    throw error
-  })
+  })()
 
   try {
-    await Promise.all([pipeline(pack, compressor.stream, hashOutput, fileOut, {signal}), feed])
+    await settleTogether([pipeline(pack, compressor.stream, hashOutput, fileOut, {signal}), feed], () => {
+      pack.destroy()
+      compressor.stream.destroy()
+      fileOut.destroy()
+    })
     await compressor.finished
     await rename(partial, output)
   } catch (error) {
@@ -167,7 +171,7 @@ export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Prom
   const fileSize = (await stat(file)).size
   await mkdir(dest, {recursive: true})
 
-  const input = createReadStream(file)
+  const input = createReadStream(file, {highWaterMark: READ_CHUNK})
   let bytesRead = 0
   onProgress?.(0, fileSize)
   const countInput = new Transform({
@@ -190,7 +194,11 @@ export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Prom
   }
 
   try {
-    await Promise.all([pipeline(input, countInput, decompressor.stream, extract, {signal}), consume()])
+    await settleTogether([pipeline(input, countInput, decompressor.stream, extract, {signal}), consume()], () => {
+      input.destroy()
+      decompressor.stream.destroy()
+      extract.destroy()
+    })
     await decompressor.finished
   } catch (error) {
     input.destroy()
@@ -207,8 +215,13 @@ export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Prom
  * reading stops at the entry, so it is quick when the file comes first, as box writes it.
  * Entries larger than `maxBytes` are refused (metadata is small; a disk image is not).
  */
-export async function readArchiveFile(file: string, name: string, options: {maxBytes?: number; signal?: AbortSignal} = {}): Promise<Buffer | undefined> {
+export async function readArchiveFile(
+  file: string,
+  name: string,
+  options: {maxBytes?: number; signal?: AbortSignal; /** Give up (undefined) after this many entries: a cheap peek. */ maxEntries?: number} = {},
+): Promise<Buffer | undefined> {
   const maxBytes = options.maxBytes ?? 16 * 1024 * 1024
+  let entriesSeen = 0
   const wanted = normaliseEntryName(name)
   const compression = await detectCompression(file)
   const input = createReadStream(file)
@@ -229,6 +242,7 @@ export async function readArchiveFile(file: string, name: string, options: {maxB
         found = Buffer.concat(chunks)
         break
       }
+      if (++entriesSeen >= (options.maxEntries ?? Number.POSITIVE_INFINITY)) break
       entry.resume()
     }
   } catch (error) {
@@ -242,8 +256,28 @@ export async function readArchiveFile(file: string, name: string, options: {maxB
   await decompressor.finished.catch(() => undefined)
   if (failure) throw archiveError(failure, options.signal, `reading ${file}`, decompressor)
   // A damaged archive ends the entry loop early through the pipeline, not the loop.
-  if (found === undefined && pipelineError) throw archiveError(pipelineError, options.signal, `reading ${file}`, decompressor)
+  if (found === undefined && pipelineError && entriesSeen < (options.maxEntries ?? Number.POSITIVE_INFINITY)) throw archiveError(pipelineError, options.signal, `reading ${file}`, decompressor)
   return found
+}
+
+/**
+ * Await stream jobs that feed each other. On the first failure every stream is destroyed
+ * (so none waits forever), all jobs settle, and the most telling error wins: a BoxError
+ * (a refused entry) over the "premature close" it causes downstream.
+ */
+async function settleTogether(jobs: Array<Promise<unknown>>, destroyAll: () => void): Promise<void> {
+  let destroyed = false
+  const watched = jobs.map((job) =>
+    job.catch((error: unknown) => {
+      if (!destroyed) {
+        destroyed = true
+        destroyAll()
+      }
+      throw error
+    }),
+  )
+  const errors = (await Promise.allSettled(watched)).flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []))
+  if (errors.length > 0) throw errors.find((error) => error instanceof BoxError) ?? errors[0]
 }
 
 // ---------------------------------------------------------------------------------
@@ -530,9 +564,9 @@ function archiveError(error: unknown, signal: AbortSignal | undefined, doing: st
   if (signal?.aborted) return signal.reason instanceof BoxError ? signal.reason : new BoxError(`${doing} was interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
   if (error instanceof BoxError) return error
   const code = (error as {code?: string}).code
-  if (code === 'ENOENT' && (error as {path?: string}).path === undefined) return missingProgramError('zstd', error)
   const processError = stage.processError?.()
-  if (processError instanceof BoxError && processError.message.includes('zstd is not installed')) return processError
+  // zstd missing: the exec wrapper's error names the package to install.
+  if (processError instanceof BoxError && (processError.cause as {code?: string} | undefined)?.code === 'ENOENT') return processError
   if (code === 'ENOSPC') return new BoxError(`${doing} failed: no space left on the device`, {cause: error})
   const message = (error as Error).message ?? String(error)
   return new BoxError(`${doing} failed: ${message}`, {

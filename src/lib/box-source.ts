@@ -11,7 +11,7 @@ import {COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
 import {hostArchitecture, loadCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from './catalog.js'
 import {CHECKSUM_TYPES, download, isChecksumType, partPath, type Checksum, type DownloadOptions} from './download.js'
 import {BoxError, ExitCode} from './errors.js'
-import {formatBytes, formatTransfer, type Progress} from './progress.js'
+import {formatBytes, formatDuration, formatTransfer, type Progress} from './progress.js'
 import {addBoxFromFile, findBox, setCatalogUrl, type StoredBox} from './store.js'
 
 /**
@@ -86,13 +86,16 @@ async function fetchIfCatalog(url: string, options: {signal?: AbortSignal; timeo
   })
   const onAbort = () => request.destroy(new Error('aborted'))
   options.signal?.addEventListener('abort', onAbort, {once: true})
+  // Kept here: got wraps an error given to destroy() in its own.
+  let httpFailure: BoxError | undefined
   try {
     const chunks: Buffer[] = []
     let bytes = 0
     let json: boolean | undefined
     request.once('response', (response: {statusCode: number; statusMessage?: string; headers: Record<string, string | string[] | undefined>}) => {
       if (response.statusCode >= 400) {
-        request.destroy(new BoxError(`HTTP ${response.statusCode}${response.statusMessage ? ` ${response.statusMessage}` : ''} for ${url}`))
+        httpFailure = new BoxError(`HTTP ${response.statusCode}${response.statusMessage ? ` ${response.statusMessage}` : ''} for ${url}`)
+        request.destroy(httpFailure)
       } else if (/\bjson\b/i.test(String(response.headers['content-type'] ?? ''))) {
         json = true
       }
@@ -112,6 +115,7 @@ async function fetchIfCatalog(url: string, options: {signal?: AbortSignal; timeo
     }
     return Buffer.concat(chunks).toString('utf8')
   } catch (error) {
+    if (httpFailure) throw httpFailure
     if (error instanceof BoxError) throw error
     if (options.signal?.aborted) throw new BoxError(`fetching ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED})
     throw new BoxError(`cannot fetch ${url}: ${(error as Error).message}`, {cause: error})
@@ -154,6 +158,8 @@ export interface AddFromSourceOptions {
   version?: string
   /** For a catalog: the provider to pick (qemu also takes libvirt boxes); for a .box: the provider it must be for. */
   provider?: string
+  /** For a catalog: acceptable providers, preferred first (overrides `provider`). */
+  providers?: readonly string[]
   /** Overrides the catalog's checksum; for a .box, checked before import. */
   checksum?: Checksum
   force?: boolean
@@ -200,7 +206,7 @@ async function addFromCatalog(options: AddFromSourceOptions, location: string, c
       suggestions: [`box add ${location}`, `or: box add ${catalog.name} ${location}`],
     })
   }
-  const providers = options.provider ? (COMPATIBLE_BOX_PROVIDERS[options.provider] ?? [options.provider]) : DEFAULT_PROVIDERS
+  const providers = options.providers ?? (options.provider ? (COMPATIBLE_BOX_PROVIDERS[options.provider] ?? [options.provider]) : DEFAULT_PROVIDERS)
   const resolved = resolveCatalog(catalog, {constraint: options.version, providers, architecture: options.architecture ?? hostArchitecture()})
   const what = `${resolved.name} ${resolved.version} (${resolved.provider.name})`
   if (!options.force) {
@@ -235,30 +241,23 @@ interface ImportRequest {
 async function importBox(options: AddFromSourceOptions, request: ImportRequest): Promise<AddedBox> {
   const {dataDir, cacheDir, force, signal} = options
   const {name, location, progress} = request
-  const store = {dataDir, name, version: request.version, provider: request.provider, force, signal, progress}
+  const storeOptions = {dataDir, name, version: request.version, provider: request.provider, force, signal, progress}
 
   if (!isHttpUrl(location)) {
     const file = localPath(location)
     if (request.checksum) await verifyFileChecksum(file, request.checksum, progress)
-    return {box: await addBoxFromFile({...store, file, source: file}), fetched: 0}
+    return {box: await addBoxFromFile({...storeOptions, file, source: file}), fetched: 0}
   }
 
   const dest = downloadPath(cacheDir, location)
   await mkdir(join(cacheDir, 'downloads'), {recursive: true})
   let fetched = 0
-  const complete = await stat(dest).then(
-    (info) => info.isFile(),
-    () => false,
-  )
-  if (complete) {
-    // Downloaded before, then the import was interrupted: use it (checked again if we can).
-    if (request.checksum) await verifyFileChecksum(dest, request.checksum, progress)
-  } else {
+  if (!(await reusableDownload(dest, request.checksum, progress))) {
     fetched = await downloadWithProgress({url: location, dest, checksum: request.checksum, signal, ...options.downloadOptions}, progress)
   }
 
   try {
-    const box = await addBoxFromFile({...store, file: dest, source: location})
+    const box = await addBoxFromFile({...storeOptions, file: dest, source: location})
     await rm(dest, {force: true})
     return {box, url: location, fetched}
   } catch (error) {
@@ -268,15 +267,41 @@ async function importBox(options: AddFromSourceOptions, request: ImportRequest):
   }
 }
 
+/**
+ * A complete download left by a run whose import was interrupted (Ctrl-C during
+ * extraction) is used as it is, after the checksum if there is one; one that fails it is
+ * removed so the download starts afresh.
+ */
+async function reusableDownload(dest: string, checksum: Checksum | undefined, progress: Progress | undefined): Promise<boolean> {
+  const exists = await stat(dest).then(
+    (info) => info.isFile(),
+    () => false,
+  )
+  if (!exists) return false
+  if (!checksum) return true
+  try {
+    await verifyFileChecksum(dest, checksum, progress)
+    return true
+  } catch (error) {
+    if (!(error instanceof BoxError)) throw error
+    await rm(dest, {force: true})
+    return false
+  }
+}
+
 async function downloadWithProgress(options: DownloadOptions, progress: Progress | undefined): Promise<number> {
   const resuming = await stat(partPath(options.dest)).then(
     (info) => info.size,
     () => 0,
   )
-  const stage = progress?.stage(`Downloading ${options.url}${resuming > 0 ? ` (resuming after ${formatBytes(resuming)})` : ''}`)
+  const stage = progress?.stage(`Downloading ${options.url}${resuming > 0 ? `, resuming after ${formatBytes(resuming)}` : ''}`)
   const started = performance.now()
   try {
-    const result = await download({...options, onProgress: stage && ((p) => stage.update(formatTransfer(p)))})
+    const result = await download({
+      ...options,
+      onProgress: stage && ((p) => stage.update(formatTransfer(p))),
+      onRetry: progress && (({error, attempt, delayMs}) => progress.warn(`${error.message}; retry ${attempt} in ${formatDuration(delayMs)}`)),
+    })
     const seconds = (performance.now() - started) / 1000
     stage?.done(`${formatBytes(result.bytes)}${result.fetched > 0 && seconds > 0 ? `, ${formatBytes(result.fetched / seconds)}/s` : ''}${options.checksum ? `, ${options.checksum.type} verified` : ''}`)
     return result.fetched

@@ -21,6 +21,8 @@ const optionalText = z
   .string()
   .nullish()
   .transform((value) => (value === null || value === undefined || value.trim() === '' ? undefined : value.trim()))
+  // Optional in the parsed type too, so code can build catalogs without spelling out every field.
+  .optional()
 
 const CatalogProviderSchema = z.looseObject({
   name: z.string().min(1, 'a provider name is required'),
@@ -31,7 +33,7 @@ const CatalogProviderSchema = z.looseObject({
       .transform((value) => value.toLowerCase())
       .pipe(z.enum(CHECKSUM_TYPES, {error: `must be one of ${CHECKSUM_TYPES.join(', ')}`}))
       .optional(),
-  ),
+  ).optional(),
   checksum: optionalText,
   architecture: optionalText,
   default_architecture: z.boolean().optional(),

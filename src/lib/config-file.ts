@@ -66,7 +66,14 @@ export function configError(loaded: LoadedYaml<unknown>, path: ReadonlyArray<str
 }
 
 function invalid(what: string, file: string, problems: string[]): BoxError {
-  return new BoxError(`invalid ${what} ${file}:\n${problems.map((p) => `  ${p}`).join('\n')}`, {
+  const position = (problem: string) => problem.slice(file.length + 1).split(':', 2).map(Number) as [number, number]
+  // Report in file order, whatever order the schema found them in.
+  const sorted = [...new Set(problems)].sort((a, b) => {
+    const [la, ca] = position(a)
+    const [lb, cb] = position(b)
+    return la - lb || ca - cb
+  })
+  return new BoxError(`invalid ${what} ${file}:\n${sorted.map((p) => `  ${p}`).join('\n')}`, {
     exitCode: ExitCode.USAGE,
     suggestions: [`fix the ${what} at the position shown`],
   })

@@ -1,7 +1,8 @@
 import {createHash, type Hash} from 'node:crypto'
-import {createReadStream, writeSync} from 'node:fs'
-import {open, readFile, rename, rm, stat, writeFile, type FileHandle} from 'node:fs/promises'
+import {createReadStream, writeSync, writevSync} from 'node:fs'
+import {mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle} from 'node:fs/promises'
 import {STATUS_CODES} from 'node:http'
+import {dirname} from 'node:path'
 import {pipeline} from 'node:stream/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 
@@ -47,6 +48,8 @@ export interface DownloadOptions {
   retries?: number
   /** First backoff delay; doubled per attempt without progress, capped at 30 s. Default 1 s. */
   retryDelayMs?: number
+  /** Told before each retry (for a "retrying in 2 s" line). */
+  onRetry?: (info: {error: Error; attempt: number; delayMs: number}) => void
 }
 
 export interface DownloadResult {
@@ -72,11 +75,12 @@ const DEFAULT_RETRIES = 5
 const DEFAULT_RETRY_DELAY_MS = 1000
 const MAX_RETRY_DELAY_MS = 30_000
 const PROGRESS_INTERVAL_MS = 200
+const WRITE_BATCH_BYTES = 1 << 20
 const RATE_WINDOW_MS = 5000
 /** Statuses worth another attempt: the server or a proxy is busy or broken for now. */
 const TRANSIENT_STATUSES = new Set([408, 425, 429, 500, 502, 503, 504])
 const TRANSIENT_CODES = new Set([
-  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
+  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN',
   'ENETUNREACH', 'EHOSTUNREACH', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_GOT_REQUEST_ERROR',
 ])
 /** Errors of the local disk: retrying cannot help. */
@@ -97,11 +101,21 @@ export function isChecksumType(value: string): value is ChecksumType {
 /** Download `url` to `dest`, resuming a previous partial download of the same URL. */
 export async function download(options: DownloadOptions): Promise<DownloadResult> {
   const {url, dest, checksum, signal} = options
-  const retries = options.retries ?? DEFAULT_RETRIES
-  const retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS
   const expectedDigest = checksum ? normalizeDigest(checksum) : undefined
   throwIfAborted(signal, url)
+  await mkdir(dirname(dest), {recursive: true})
+  const unlock = await lockPart(dest, url)
+  try {
+    return await downloadLocked(options, expectedDigest)
+  } finally {
+    await unlock()
+  }
+}
 
+async function downloadLocked(options: DownloadOptions, expectedDigest: string | undefined): Promise<DownloadResult> {
+  const {url, dest, checksum, signal} = options
+  const retries = options.retries ?? DEFAULT_RETRIES
+  const retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS
   const part = await openPart(dest, url, checksum?.type)
   const resumedFrom = part.size
   const meter = createMeter(options.onProgress)
@@ -121,15 +135,18 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
         continue
       } catch (error) {
         if (signal?.aborted) throw interruptedError(url, dest)
-        const transient = isTransient(error)
+        const failure = classifyFailure(error)
         // A full disk: the partial file only takes space the user needs back.
-        if (transient.diskFull) await removePart(dest)
-        if (!transient.retry) throw transient.error
+        if (failure.diskFull) await removePart(dest)
+        if (!failure.retry) throw failure.error
         // A connection that keeps making progress is not failing: only count attempts that got nothing.
         if (part.size > before) failures = 0
-        if (failures >= retries) throw transient.error
-        const delay = Math.min(retryDelayMs * 2 ** failures, MAX_RETRY_DELAY_MS) * (0.8 + Math.random() * 0.4)
+        if (failures >= retries) throw failure.error
+        const backoff = retryDelayMs * 2 ** failures * (0.8 + Math.random() * 0.4)
+        // A server that says when to come back (429/503 Retry-After) is believed, within reason.
+        const delay = Math.min(Math.max(backoff, error instanceof HttpStatusError ? (error.retryAfterMs ?? 0) : 0), MAX_RETRY_DELAY_MS)
         failures++
+        options.onRetry?.({error: failure.error, attempt: failures, delayMs: delay})
         await sleep(delay, undefined, {signal}).catch(() => {
           throw interruptedError(url, dest)
         })
@@ -177,7 +194,7 @@ async function openPart(dest: string, url: string, hashType?: ChecksumType): Pro
     await removePart(dest)
     return {dest, size: 0, hash: hashType ? createHash(hashType) : undefined, hashType}
   }
-  if (!hashType) return {dest, size: existing.size, info, total: info!.total}
+  if (!hashType) return {dest, size: existing!.size, info, total: info!.total}
   // Hash what is already there once, then the same hash continues with the new bytes.
   const hash = createHash(hashType)
   let size = 0
@@ -188,6 +205,39 @@ async function openPart(dest: string, url: string, hashType?: ChecksumType): Pro
     }
   })
   return {dest, size, hash, hashType, info, total: info!.total}
+}
+
+/**
+ * One writer per part file: two `box add` of the same URL would interleave their bytes.
+ * The lock holds the owner's pid; a lock whose process is gone (a crash) is taken over.
+ */
+async function lockPart(dest: string, url: string): Promise<() => Promise<void>> {
+  const lock = `${partPath(dest)}.lock`
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      await writeFile(lock, `${process.pid}\n`, {flag: 'wx'})
+      return () => rm(lock, {force: true})
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw classifyFailure(error).error
+    }
+    const owner = Number((await readFile(lock, 'utf8').catch(() => '')).trim())
+    if (owner > 0 && isProcessAlive(owner)) {
+      throw new BoxError(`${url} is already being downloaded${owner === process.pid ? '' : ` by process ${owner}`}`, {
+        suggestions: ['wait for that download to finish (this command can then be run again)'],
+      })
+    }
+    await rm(lock, {force: true})
+  }
+  throw new BoxError(`cannot lock ${partPath(dest)} for downloading ${url}`)
+}
+
+function isProcessAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
 }
 
 /** If-Range takes a strong ETag or a date; weak ETags ("W/…") may not be used for ranges. */
@@ -333,54 +383,61 @@ function waitForResponse(request: GotRequest): Promise<import('got').Response> {
 }
 
 /**
- * Drain the body into the part file. Each chunk is written synchronously as it arrives,
- * then added to the hash, so the hash always covers exactly the bytes on disk (a retry
- * continues it) and a cut connection loses nothing that was received. Blocking writes of
- * socket-sized chunks into the page cache are what curl does too: they are the cheapest
- * path here (no queue, no promise per chunk, chunks die young), and while a write blocks
- * the socket is not read, which is the backpressure.
+ * Drain the body into the part file, with blocking writes as curl does: no queue of
+ * pending promises, chunks die young (cheap GC), and while a write blocks the socket is
+ * not read, which is the backpressure. Chunks are gathered into ~1 MB writev calls (16×
+ * fewer syscalls than one per socket read). Only bytes on disk are counted and hashed, so
+ * a retry continues the same hash; and a cut connection or Ctrl-C flushes what was
+ * received first, so nothing received is fetched again.
  */
 async function writeBody(request: GotRequest, part: Part, meter: Meter): Promise<void> {
   const fd = (part.handle ??= await open(partPath(part.dest), part.size > 0 ? 'r+' : 'w')).fd
+  let batch: Buffer[] = []
+  let batchBytes = 0
+  // A disk error is ours: pass it on as it is, not as got's wrapper of the destroyed request.
+  let writeError: Error | undefined
+  const flush = (): boolean => {
+    if (batchBytes === 0 || writeError) return !writeError
+    try {
+      writeChunks(fd, batch, batchBytes, part.size)
+    } catch (error) {
+      writeError = error as Error
+      // fd errors carry no path; the user needs to know which disk filled up.
+      ;(writeError as NodeJS.ErrnoException).path ??= partPath(part.dest)
+      return false
+    }
+    for (const chunk of batch) part.hash?.update(chunk)
+    part.size += batchBytes
+    batch = []
+    batchBytes = 0
+    meter.update(part.size, part.total)
+    return true
+  }
   await new Promise<void>((resolve, reject) => {
-    // A disk error is ours: pass it on as it is, not as got's wrapper of the destroyed request.
-    let writeError: Error | undefined
     request.on('data', (chunk: Buffer) => {
       if (writeError) return
-      try {
-        appendToPart(part, fd, chunk)
-      } catch (error) {
-        writeError = error as Error
+      batch.push(chunk)
+      batchBytes += chunk.length
+      if (batchBytes >= WRITE_BATCH_BYTES && !flush()) {
         request.destroy()
         reject(writeError)
-        return
       }
-      meter.update(part.size, part.total)
     })
-    request.once('end', resolve)
-    request.once('error', (error: Error) => reject(writeError ?? error))
+    request.once('end', () => (flush() ? resolve() : reject(writeError)))
+    request.once('error', (error: Error) => {
+      flush()
+      reject(writeError ?? error)
+    })
   })
 }
 
-function appendToPart(part: Part, fd: number, data: Buffer): void {
-  let written = 0
-  try {
-    while (written < data.length) {
-      // Explicit positions: a truncate (restart) must not leave the file offset behind.
-      written += writeSync(fd, data, written, data.length - written, part.size + written)
-    }
-  } catch (error) {
-    // Whatever part of the chunk did land is on disk: account for it, so a resume is exact.
-    if (written > 0) {
-      part.hash?.update(data.subarray(0, written))
-      part.size += written
-    }
-    // fd errors carry no path; the user needs to know which disk filled up.
-    ;(error as NodeJS.ErrnoException).path ??= partPath(part.dest)
-    throw error
-  }
-  part.hash?.update(data)
-  part.size += data.length
+/** Write `chunks` (`bytes` in all) at `position`, finishing a short writev with plain writes. */
+function writeChunks(fd: number, chunks: Buffer[], bytes: number, position: number): void {
+  // Explicit positions: a truncate (restart) must not leave the file offset behind.
+  let written = writevSync(fd, chunks, position)
+  if (written === bytes) return
+  const all = Buffer.concat(chunks, bytes)
+  while (written < bytes) written += writeSync(fd, all, written, bytes - written, position + written)
 }
 
 function stringHeader(value: string | string[] | undefined): string | undefined {
@@ -417,7 +474,7 @@ function httpError(url: string, status: number, statusMessage: string | undefine
 }
 
 /** Sort a failed attempt into "try again" or "give up", and give the error the user should see. */
-function isTransient(error: unknown): {retry: boolean; error: Error; diskFull?: boolean} {
+function classifyFailure(error: unknown): {retry: boolean; error: Error; diskFull?: boolean} {
   if (error instanceof HttpStatusError) return {retry: TRANSIENT_STATUSES.has(error.status), error}
   const e = error as NodeJS.ErrnoException & {event?: string; timings?: unknown; options?: {url?: URL}}
   const code = e?.code ?? ''

@@ -4,7 +4,8 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 
 import {QemuProvider} from '../providers/qemu/index.js'
-import type {MachineHandle, MachineState, Provider} from '../providers/provider.js'
+import {VirtualBoxProvider} from '../providers/virtualbox/index.js'
+import type {ForwardedPortRecord, MachineHandle, MachineState, Provider} from '../providers/provider.js'
 import {COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
 import type {ResolvedMachine} from './boxfile.js'
 import {BoxError, ExitCode} from './errors.js'
@@ -24,6 +25,10 @@ export interface MachineRecord {
   box: {name: string; version: string; provider: string; path: string}
   user: string
   sshPort?: number
+  /** The machine's own key replaced the box's insecure one in the guest. */
+  keyInstalled?: boolean
+  /** Forwards in force at the last boot (host ports may have moved off taken ones). */
+  forwardedPorts?: ForwardedPortRecord[]
   /** Provisioners with run: once have run (on the first successful `up`). */
   provisioned: boolean
   createdAt: string
@@ -53,6 +58,7 @@ const files = (stateDir: string) => ({
 
 export function providerFor(name: string, cacheDir: string): Provider {
   if (name === 'qemu') return new QemuProvider(cacheDir)
+  if (name === 'virtualbox') return new VirtualBoxProvider()
   throw new BoxError(`provider "${name}" is not available in this version of box`, {
     exitCode: ExitCode.USAGE,
     suggestions: ['use provider: qemu in the Boxfile'],
@@ -155,13 +161,15 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
     let booted
     try {
       booted = await provider.start(handle, {choice, sshPort: record.sshPort, signal: context.signal})
-      if (booted.sshPort !== record.sshPort) {
-        if (record.sshPort) context.progress.warn(`${machine.name}: port ${record.sshPort} is taken; ssh now on 127.0.0.1:${booted.sshPort}`)
-        record = {...record, sshPort: booted.sshPort}
-        await writeRecord(stateDir, record)
+      if (booted.sshPort !== record.sshPort && record.sshPort) context.progress.warn(`${machine.name}: port ${record.sshPort} is taken; ssh now on 127.0.0.1:${booted.sshPort}`)
+      for (const forward of booted.forwardedPorts) {
+        const wanted = handle.forwardedPorts.find((p) => p.guest === forward.guest && p.protocol === forward.protocol)
+        if (wanted && wanted.host !== forward.host) context.progress.warn(`${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`)
       }
+      record = {...record, sshPort: booted.sshPort, forwardedPorts: booted.forwardedPorts}
+      await writeRecord(stateDir, record)
       const target = sshTarget(stateDir, record, provider)
-      await waitForMachineSsh(target, record, {
+      record = await waitForMachineSsh(stateDir, target, record, {
         timeoutMs: options.sshTimeoutMs ?? 300_000,
         isAlive: booted.isAlive,
         serialLog: booted.serialLog,
@@ -212,25 +220,26 @@ async function createMachine(context: MachineContext, provider: Provider, stateD
 }
 
 /**
- * Wait for sshd with the machine's own key. A machine fresh from its box only knows
- * the box's insecure key: then log in with that once and install the machine key.
+ * Wait for sshd. A machine fresh from its box only knows the box's insecure key:
+ * log in with that once and install the machine's own key, which is used from then on.
  */
-async function waitForMachineSsh(target: SshTarget, record: MachineRecord, options: Parameters<typeof waitForSsh>[1]): Promise<void> {
-  if (record.provisioned) {
+async function waitForMachineSsh(stateDir: string, target: SshTarget, record: MachineRecord, options: Parameters<typeof waitForSsh>[1]): Promise<MachineRecord> {
+  if (record.keyInstalled) {
     await waitForSsh(target, options)
-    return
+    return record
   }
-  const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(target.keyFile, '..', 'insecure_key'))
+  const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(stateDir, 'insecure_key'))
   try {
-    await waitForSsh(target, {...options, timeoutMs: 5000, isAlive: undefined}).catch(async () => {
-      const bootstrap = {...target, keyFile: insecure, controlPath: undefined}
-      await waitForSsh(bootstrap, options)
-      await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
-      await waitForSsh(target, {...options, timeoutMs: 30_000})
-    })
+    const bootstrap = {...target, keyFile: insecure, controlPath: undefined}
+    await waitForSsh(bootstrap, options)
+    await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
   } finally {
     await rm(insecure, {force: true})
   }
+  await waitForSsh(target, {...options, timeoutMs: 30_000})
+  const updated = {...record, keyInstalled: true}
+  await writeRecord(stateDir, updated)
+  return updated
 }
 
 /**
@@ -277,7 +286,7 @@ export async function machineStatus(context: Pick<MachineContext, 'projectDir' |
     provider: machine.provider,
     box: record ? `${record.box.name} ${record.box.version}` : undefined,
     ssh: record?.sshPort ? `127.0.0.1:${record.sshPort}` : undefined,
-    forwardedPorts: machine.forwardedPorts,
+    forwardedPorts: state === 'running' && record?.forwardedPorts ? record.forwardedPorts : machine.forwardedPorts,
   }
   if (state === 'running' && record) {
     status.snapshotUsedPercent = await snapshotUsage(sshTarget(stateDir, record, provider), record)

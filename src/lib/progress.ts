@@ -53,8 +53,9 @@ export function createProgress(options: ProgressOptions = {}): Progress {
   }
 
   return {
-    info: (message) => write(`${message}\n`),
-    warn: (message) => write(`warning: ${message}\n`),
+    // On a TTY a stage's line may be showing: clear it first (the spinner redraws below).
+    info: (message) => write(`${tty ? '\r\u001B[2K' : ''}${message}\n`),
+    warn: (message) => write(`${tty ? '\r\u001B[2K' : ''}warning: ${message}\n`),
     stage(name) {
       const started = Date.now()
       let detail = ''

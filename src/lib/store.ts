@@ -27,6 +27,7 @@ export interface StoredBox {
   size: number
   /** ISO time the box was added. */
   addedAt: string
+  /** metadata.json: validated at import; findBox returns it parsed (schema defaults applied), listBoxes as stored. */
   metadata: BoxMetadata
 }
 
@@ -140,10 +141,12 @@ export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<St
 
   const root = boxesDir(dataDir)
   await mkdir(root, {recursive: true})
+  await removeStaleScratch(root)
+  const {extractBoxArchive} = await import('./archive.js')
+  if (!force) await refuseInstalledEarly(dataDir, name, file, options)
   const scratch = await mkdtemp(join(root, SCRATCH_PREFIX))
   const staged = join(scratch, 'box')
   try {
-    const {extractBoxArchive} = await import('./archive.js')
     const {formatBytes} = await import('./progress.js')
     const stage = progress?.stage(`Extracting ${name}`)
     try {
@@ -182,6 +185,51 @@ export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<St
   } finally {
     await rm(scratch, {recursive: true, force: true})
   }
+}
+
+/**
+ * When metadata.json is the archive's first entry (box writes it so), learn the box's
+ * version and provider before extracting gigabytes only to refuse a duplicate.
+ * Anything unusual is left to the full check after extraction.
+ */
+async function refuseInstalledEarly(dataDir: string, name: string, file: string, options: {version?: string; provider?: string}): Promise<void> {
+  const {readArchiveFile} = await import('./archive.js')
+  const text = await readArchiveFile(file, 'metadata.json', {maxEntries: 1, maxBytes: 1024 * 1024}).catch(() => undefined)
+  if (!text) return
+  let metadata: {provider?: unknown; box?: {version?: unknown}}
+  try {
+    metadata = JSON.parse(text.toString('utf8'))
+  } catch {
+    return
+  }
+  const provider = options.provider ?? metadata.provider
+  const version = options.version ?? metadata.box?.version ?? '0'
+  if (typeof provider !== 'string' || typeof version !== 'string' || !PROVIDER_PATTERN.test(provider) || !isVersion(version)) return
+  if (await stat(boxPath(dataDir, {name, version, provider})).then(() => true, () => false)) throw alreadyInstalled(`${name} ${version} (${provider})`)
+}
+
+function alreadyInstalled(what: string): BoxError {
+  return new BoxError(`box ${what} is already installed`, {
+    exitCode: ExitCode.FAILURE,
+    suggestions: ['add --force to replace it', 'or give it another version with --box-version'],
+  })
+}
+
+/** Scratch older than this was left by a process that crashed (or lost power) mid-import. */
+const STALE_SCRATCH_MS = 24 * 60 * 60 * 1000
+
+/** Best effort: a crash can skip our cleanup, so the next import sweeps what it left. */
+async function removeStaleScratch(root: string): Promise<void> {
+  const entries = await readdir(root, {withFileTypes: true}).catch(() => [])
+  await Promise.all(
+    entries
+      .filter((entry) => entry.isDirectory() && entry.name.startsWith(SCRATCH_PREFIX))
+      .map(async (entry) => {
+        const path = join(root, entry.name)
+        const info = await stat(path).catch(() => undefined)
+        if (info && Date.now() - info.mtimeMs > STALE_SCRATCH_MS) await rm(path, {recursive: true, force: true}).catch(() => undefined)
+      }),
+  )
 }
 
 async function readBoxMetadata(dir: string, file: string): Promise<BoxMetadata> {
@@ -233,19 +281,14 @@ async function moveIntoPlace(staged: string, target: string, scratch: string, fo
     () => true,
     () => false,
   )
-  if (exists && !force) {
-    throw new BoxError(`box ${what} is already installed`, {
-      exitCode: ExitCode.FAILURE,
-      suggestions: ['add --force to replace it', 'or give it another version with --box-version'],
-    })
-  }
+  if (exists && !force) throw alreadyInstalled(what)
   if (!exists) {
     try {
       await rename(staged, target)
     } catch (error) {
       // Another `box add` of the same box won the race: rename fails on a non-empty directory.
       if (['ENOTEMPTY', 'EEXIST'].includes((error as NodeJS.ErrnoException).code ?? '')) {
-        throw new BoxError(`box ${what} is already installed`, {suggestions: ['add --force to replace it']})
+        throw alreadyInstalled(what)
       }
       throw error
     }
@@ -325,7 +368,17 @@ export async function findBox(dataDir: string, query: FindBoxQuery): Promise<Sto
   // listBoxes sorts newest first; among one version, prefer the caller's provider order.
   const newest = boxes[0]
   if (!newest) return undefined
-  return boxes.filter((box) => box.version === newest.version).sort((a, b) => query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))[0]
+  const chosen = boxes.filter((box) => box.version === newest.version).sort((a, b) => query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))[0]
+  // A box about to boot gets its metadata through the schema (defaults such as kernel_args filled in).
+  const {BoxMetadataSchema} = await import('./box-metadata.js')
+  const parsed = BoxMetadataSchema.safeParse(chosen.metadata)
+  if (!parsed.success) {
+    throw new BoxError(`the stored metadata.json of ${chosen.name} ${chosen.version} (${chosen.provider}) is invalid`, {
+      detail: parsed.error.issues.map((issue) => `${issue.path.join('.') || '(top level)'}: ${issue.message}`).join('\n'),
+      suggestions: [`add the box again: box add ${chosen.name} FILE --force`],
+    })
+  }
+  return {...chosen, metadata: parsed.data}
 }
 
 async function subdirectories(dir: string): Promise<string[]> {

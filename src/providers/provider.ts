@@ -30,6 +30,8 @@ export interface StartOptions {
 
 export interface Started {
   sshPort: number
+  /** Forwards in force this boot (a taken host port moved to a free one). */
+  forwardedPorts: ForwardedPortRecord[]
   /** Serial console log, shown when the guest does not come up. */
   serialLog: string
   isAlive(): boolean

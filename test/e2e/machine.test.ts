@@ -1,6 +1,8 @@
 import {mkdir, mkdtemp, readFile, rm, writeFile, copyFile, stat} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
+import {createServer} from 'node:net'
+import {once} from 'node:events'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -65,8 +67,11 @@ describe('machines on QEMU through the CLI', () => {
     expect(JSON.parse(status.stdout)).toEqual([expect.objectContaining({name: 'default', state: 'not_created'})])
   })
 
-  it('up boots a linked clone, installs the machine key, runs provisioners', async () => {
-    const up = await box(env, ['up'])
+  it('up boots a linked clone, installs the machine key, runs provisioners, moves a taken port', async () => {
+    const squatter = createServer().listen(18080, '127.0.0.1')
+    await once(squatter, 'listening')
+    const up = await box(env, ['up']).finally(() => squatter.close())
+    expect(up.stderr).toMatch(/host port 18080 is taken; guest port 8080 is forwarded from 127\.0\.0\.1:\d+/)
     expect(up.exitCode, up.stderr).toBe(0)
     expect(up.stdout).toContain('default: provisioned as root with GREETING=hi there')
     expect(up.stdout).toContain('default: always runs')
@@ -95,7 +100,8 @@ describe('machines on QEMU through the CLI', () => {
   it('status reports running, the forwarded port and the snapshot fill', async () => {
     const status = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
     expect(status.state).toBe('running')
-    expect(status.forwardedPorts).toEqual([expect.objectContaining({guest: 8080, host: 18080, hostIp: '127.0.0.1'})])
+    expect(status.forwardedPorts).toEqual([expect.objectContaining({guest: 8080, hostIp: '127.0.0.1'})])
+    expect(status.forwardedPorts[0].host).toBeGreaterThan(18080)
     expect(typeof status.snapshotUsedPercent).toBe('number')
     const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout)
     expect(global).toEqual([expect.objectContaining({name: 'default', state: 'running', directory: project})])

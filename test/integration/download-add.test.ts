@@ -1,6 +1,6 @@
 import {createHash} from 'node:crypto'
 import {existsSync} from 'node:fs'
-import {readdir, readFile, stat, writeFile} from 'node:fs/promises'
+import {mkdir, readdir, readFile, stat, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {pathToFileURL} from 'node:url'
 
@@ -83,6 +83,21 @@ describe('box add from a .box URL', () => {
     expect(server.requests[1].range).toBe(`bytes=${half}-`)
     expect(server.bytesSent()).toBe(data.length)
     expect(existsSync(partPath(downloadPath(cacheDir, url)))).toBe(false)
+  })
+
+  it('imports a finished download left by an interrupted import, and replaces one that fails the checksum', async () => {
+    const data = await serveBox('/worker.box')
+    const url = server.url('/worker.box')
+    await mkdir(join(cacheDir, 'downloads'), {recursive: true})
+    await writeFile(downloadPath(cacheDir, url), data)
+    const reused = await addBoxFromSource({dataDir, cacheDir, name: 'worker', source: url, version: '1', checksum: {type: 'sha256', value: sha256(data)}})
+    expect(reused.fetched).toBe(0)
+    expect(server.requests).toHaveLength(0)
+
+    await writeFile(downloadPath(cacheDir, url), Buffer.from('stale'))
+    const fresh = await addBoxFromSource({dataDir, cacheDir, name: 'worker', source: url, version: '2', checksum: {type: 'sha256', value: sha256(data)}})
+    expect(fresh.fetched).toBe(data.length)
+    expect(existsSync(downloadPath(cacheDir, url))).toBe(false)
   })
 
   it('leaves nothing in the store or the cache on a checksum mismatch', async () => {
@@ -170,6 +185,15 @@ describe('box add from a catalog', () => {
     expect(boxRequests()).toBe(before)
     // --force replaces it.
     await addBoxFromSource({dataDir, cacheDir, source: server.url('/worker'), version: '1.0.0', force: true})
+  })
+
+  it('names URL and status when the catalog is missing, and URL when it is not a catalog', async () => {
+    const missing = server.url('/missing')
+    expect((await rejection(addBoxFromSource({dataDir, cacheDir, source: missing}))).message).toBe(`HTTP 404 Not Found for ${missing}`)
+    server.files.set('/broken.json', {data: Buffer.from('{"name": "x", "versions": [{"version": "one"}]}'), contentType: 'application/json'})
+    const broken = await rejection(addBoxFromSource({dataDir, cacheDir, source: server.url('/broken.json')}))
+    expect(broken.message).toBe(`${server.url('/broken.json')} is not a valid box catalog`)
+    expect(broken.detail).toContain('versions[0].version: must be a version')
   })
 
   it('refuses a NAME that differs from the catalog name', async () => {

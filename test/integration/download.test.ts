@@ -146,11 +146,21 @@ describe('download', () => {
     expect(server.requests).toHaveLength(1)
   })
 
+  it('gives up after the retries, with the last error', async () => {
+    const dest = join(dir, 'test.box')
+    server.plan.push({status: 503}, {status: 503}, {status: 503})
+    await expect(download({url: server.url('/test.box'), dest, retries: 2, retryDelayMs: 10})).rejects.toThrow(`HTTP 503 Service Unavailable for ${server.url('/test.box')}`)
+    expect(server.requests).toHaveLength(3)
+    expect(existsSync(partPath(dest))).toBe(false)
+  })
+
   it('retries a transient 503 and then succeeds', async () => {
     const dest = join(dir, 'test.box')
     server.plan.push({status: 503}, {status: 502})
-    await download({url: server.url('/test.box'), dest, retryDelayMs: 10})
+    const retries: string[] = []
+    await download({url: server.url('/test.box'), dest, retryDelayMs: 10, onRetry: ({error, attempt}) => retries.push(`${attempt}: ${error.message}`)})
     expect(server.requests.map((r) => r.status)).toEqual([503, 502, 200])
+    expect(retries).toEqual([`1: HTTP 503 Service Unavailable for ${server.url('/test.box')}`, `2: HTTP 502 Bad Gateway for ${server.url('/test.box')}`])
     expect((await readFile(dest)).equals(data)).toBe(true)
   })
 
@@ -227,6 +237,27 @@ describe('download', () => {
     controller.abort()
     await expect(download({url: server.url('/test.box'), dest, signal: controller.signal})).rejects.toThrow(/interrupted/)
     expect(server.requests).toHaveLength(0)
+  })
+
+  it('refuses to write a part another live process is downloading, and takes over a stale lock', async () => {
+    const dest = join(dir, 'test.box')
+    // pid 1 is always alive: another downloader holds the part.
+    await writeFile(`${partPath(dest)}.lock`, '1\n')
+    await expect(download({url: server.url('/test.box'), dest})).rejects.toThrow(/is already being downloaded by process 1/)
+    expect(server.requests).toHaveLength(0)
+    // A pid that cannot exist: the owner crashed.
+    await writeFile(`${partPath(dest)}.lock`, '2147483646\n')
+    await download({url: server.url('/test.box'), dest})
+    expect(existsSync(`${partPath(dest)}.lock`)).toBe(false)
+    expect((await readFile(dest)).equals(data)).toBe(true)
+  })
+
+  it('downloads an empty file', async () => {
+    server.files.set('/empty', {data: Buffer.alloc(0), etag: '"e"'})
+    const dest = join(dir, 'empty.box')
+    const result = await download({url: server.url('/empty'), dest, checksum: {type: 'sha256', value: sha256(Buffer.alloc(0))}})
+    expect(result.bytes).toBe(0)
+    expect((await stat(dest)).size).toBe(0)
   })
 
   it('fails fast with a clear error when nothing listens on the port', async () => {

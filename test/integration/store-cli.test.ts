@@ -2,7 +2,7 @@
  * `box add`, `box list`, `box remove` as users run them: the built CLI (dist/, which
  * `npm test` builds first) in a child process with BOX_DATA_DIR pointing at a temp dir.
  */
-import {mkdir, readdir} from 'node:fs/promises'
+import {mkdir, readdir, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {execa} from 'execa'
@@ -135,6 +135,32 @@ describe('box add / list / remove', () => {
     const notInstalled = await box('remove', 'ghost')
     expect(notInstalled.exitCode, notInstalled.stderr).toBe(2)
     expect(notInstalled.stderr).toContain('box ghost is not installed')
+  })
+
+  it('Ctrl-C during add exits 130 and leaves nothing in the store', async () => {
+    // 1 GiB of zeros: a tiny zstd file whose extraction takes a few seconds.
+    const source = join(dir, 'src')
+    await mkdir(source)
+    await writeFile(join(source, 'metadata.json'), '{"provider":"qemu"}')
+    await writeFile(join(source, 'box.img'), 'disk')
+    await execa('truncate', ['-s', '1G', join(source, 'big.img')])
+    const file = join(dir, 'slow.box')
+    await execa('tar', ['--zstd', '-cf', file, '-C', source, 'metadata.json', 'box.img', 'big.img'])
+
+    const child = execa('node', [CLI, 'add', 'slow', file], {reject: false, env: {BOX_DATA_DIR: dataDir, NO_COLOR: '1'}, stdin: 'ignore'})
+    let stderr = ''
+    await new Promise<void>((started, failed) => {
+      child.stderr?.on('data', (chunk: Buffer) => {
+        stderr += String(chunk)
+        if (stderr.includes('Extracting slow')) started()
+      })
+      child.once('exit', () => failed(new Error(`box add ended before extracting:\n${stderr}`)))
+    })
+    child.kill('SIGINT')
+    const result = await child
+    expect(result.exitCode, String(result.stderr)).toBe(130)
+    expect(String(result.stderr)).toContain('interrupted (SIGINT)')
+    expect(await readdir(join(dataDir, 'boxes'))).toEqual([])
   })
 
   it('remove with several versions needs --box-version or --all', async () => {

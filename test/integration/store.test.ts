@@ -1,10 +1,12 @@
 import {existsSync} from 'node:fs'
-import {mkdir, readFile, readdir, rm, writeFile} from 'node:fs/promises'
+import {mkdir, readFile, readdir, rm, utimes, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
+import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {BoxError} from '../../src/lib/errors.js'
+import {PROJECT_ROOT} from '../../src/lib/paths.js'
 import {listMachines, machinesUsingBox, registerMachine, unregisterMachine} from '../../src/lib/global-index.js'
 import {
   addBoxFromFile,
@@ -114,8 +116,11 @@ describe('addBoxFromFile', () => {
     const box = await addBoxFromFile({dataDir, name: 'dup', file: first})
     const firstImage = await sha256File(join(box.path, 'box.img'))
 
-    const error = await rejection(addBoxFromFile({dataDir, name: 'dup', file: second}))
+    const stages: string[] = []
+    const progress = {stage: (stageName: string) => (stages.push(stageName), {update() {}, done() {}, fail() {}}), info() {}, warn() {}}
+    const error = await rejection(addBoxFromFile({dataDir, name: 'dup', file: second, progress}))
     expect(error.message).toBe('box dup 1.0.0 (qemu) is already installed')
+    expect(stages).toEqual([]) // refused from metadata.json alone, before extracting anything
     expect(error.suggestions.join(' ')).toMatch(/--force/)
     expect(await sha256File(join(box.path, 'box.img'))).toBe(firstImage)
 
@@ -124,6 +129,14 @@ describe('addBoxFromFile', () => {
     expect(await sha256File(join(box.path, 'box.img'))).not.toBe(firstImage)
     expect(await listBoxes(dataDir)).toHaveLength(1)
     expect(await storeTopLevel()).toEqual(['dup'])
+  })
+
+  it('a duplicate whose metadata.json is not first is still refused, after extraction', async () => {
+    const file = await makeBoxFile(dir)
+    await addBoxFromFile({dataDir, name: 'late', file})
+    const metadataLast = await writeRawTar(join(dir, 'late.box'), [{header: {name: 'box.img'}, content: 'disk'}, {header: {name: 'metadata.json'}, content: '{"provider":"qemu"}'}], 'zstd')
+    expect((await rejection(addBoxFromFile({dataDir, name: 'late', file: metadataLast}))).message).toBe('box late 0 (qemu) is already installed')
+    expect(await storeTopLevel()).toEqual(['late'])
   })
 
   it('refuses a provider that does not match the metadata', async () => {
@@ -139,6 +152,17 @@ describe('addBoxFromFile', () => {
     controller.abort()
     await expect(addBoxFromFile({dataDir, name: 'aborted', file, signal: controller.signal})).rejects.toThrow(/interrupted/)
     expect(await storeTopLevel()).toEqual([])
+  })
+
+  it('sweeps scratch left by a crashed import (older than a day), not a running one', async () => {
+    const stale = join(boxesDir(dataDir), '.tmp-crashed')
+    const running = join(boxesDir(dataDir), '.tmp-running')
+    await mkdir(join(stale, 'box'), {recursive: true})
+    await mkdir(join(running, 'box'), {recursive: true})
+    const twoDaysAgo = new Date(Date.now() - 2 * 24 * 3600 * 1000)
+    await utimes(stale, twoDaysAgo, twoDaysAgo)
+    await addBoxFromFile({dataDir, name: 'fresh', file: await makeBoxFile(dir)})
+    expect(await storeTopLevel()).toEqual(['.tmp-running', 'fresh'])
   })
 
   it('validates names, versions and sources', async () => {
@@ -171,6 +195,13 @@ describe('listBoxes and findBox', () => {
     expect(await findBox(dataDir, {name: 'alpha', version: '1.9.0', providers: ['libvirt', 'qemu']})).toMatchObject({provider: 'libvirt'})
     expect(await findBox(dataDir, {name: 'alpha', providers: ['virtualbox']})).toBeUndefined()
     expect(await findBox(dataDir, {name: 'gamma', providers: ['qemu']})).toBeUndefined()
+  })
+
+  it('findBox gives the metadata parsed, defaults included', async () => {
+    const file = await makeBoxFile(dir, {metadata: {provider: 'qemu', box: {version: '1.0.0', user: 'box', kernel: 'box.img'}}})
+    await addBoxFromFile({dataDir, name: 'k', file})
+    const found = await findBox(dataDir, {name: 'k', providers: ['qemu']})
+    expect(found?.metadata.box).toEqual({version: '1.0.0', user: 'box', kernel: 'box.img', kernel_args: ''})
   })
 
   it('an empty or missing store lists nothing; scratch directories are ignored', async () => {
@@ -284,6 +315,18 @@ describe('global index', () => {
   it('loses no update under concurrent writers', async () => {
     await Promise.all(Array.from({length: 40}, (_, index) => registerMachine(dataDir, entry(`m${index}`, dir))))
     expect(await listMachines(dataDir)).toHaveLength(40)
+    expect((await readdir(dataDir)).sort()).toEqual(['machines.json'])
+  })
+
+  it('loses no update when several processes write at once', async () => {
+    const module = join(PROJECT_ROOT, 'src', 'lib', 'global-index.ts')
+    const writer = (process_: number) =>
+      `const {registerMachine} = await import(${JSON.stringify(module)});` +
+      `await Promise.all(Array.from({length: 10}, (_, i) => registerMachine(${JSON.stringify(dataDir)}, {id: 'p${process_}-' + i, name: 'm', projectDir: '/p', stateDir: '/p', provider: 'qemu', box: {name: 'b', version: '1', provider: 'qemu'}})))`
+    await Promise.all([0, 1, 2, 3].map((process_) => execa('node', ['--import', 'tsx', '--input-type=module', '-e', writer(process_)], {cwd: PROJECT_ROOT})))
+    const ids = (await listMachines(dataDir)).map((machine) => machine.id)
+    expect(ids).toHaveLength(40)
+    expect(new Set(ids).size).toBe(40)
     expect((await readdir(dataDir)).sort()).toEqual(['machines.json'])
   })
 

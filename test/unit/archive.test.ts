@@ -48,6 +48,11 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
       const extracted = await extractBoxArchive({file: output, dest})
       expect(extracted).toEqual({compression, entries})
       for (const name of entries) expect(await sha256File(join(dest, name))).toBe(await sha256File(join(source, name)))
+      // The 8 MiB of zeros come back as a hole, not as allocated blocks.
+      const big = await stat(join(dest, 'big.img'))
+      expect(big.size).toBe(8 * 1024 * 1024)
+      expect(big.blocks * 512).toBeLessThan(1024 * 1024)
+      expect((await stat(join(dest, 'box.img'))).size).toBe(3 * 1024 * 1024 + 17)
     })
   }
 
@@ -60,6 +65,53 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
       const metadata = await readArchiveFile(output, 'metadata.json')
       expect(JSON.parse(String(metadata))).toEqual({provider: 'libvirt', format: 'qcow2'})
       expect(await readArchiveFile(output, 'missing.json')).toBeUndefined()
+    }
+  })
+
+  it('zero runs at unaligned offsets survive the sparse writer byte for byte', async () => {
+    const source = join(dir, 'src')
+    const entries = await makeBoxSource(source)
+    const {randomBytes} = await import('node:crypto')
+    const mixed = Buffer.concat([randomBytes(5000), Buffer.alloc(20_000), randomBytes(3), Buffer.alloc(70_001), randomBytes(4096), Buffer.alloc(4095), Buffer.from([7]), Buffer.alloc(9000)])
+    await writeFile(join(source, 'mixed.img'), mixed)
+    const output = join(dir, 'mixed.box')
+    await writeBoxArchive({sourceDir: source, entries: [...entries, 'mixed.img'], output, compression: 'gzip'})
+    const dest = join(dir, 'dest')
+    await extractBoxArchive({file: output, dest})
+    expect((await readFile(join(dest, 'mixed.img'))).equals(mixed)).toBe(true)
+  })
+
+  it('readArchiveFile stops at the entry: the rest of the archive is never needed', async () => {
+    const source = join(dir, 'src')
+    const entries = await makeBoxSource(source, {imageBytes: 2 * 1024 * 1024})
+    for (const compression of ['zstd', 'gzip', 'none'] as const) {
+      const output = join(dir, `early.${compression}.box`)
+      await writeBoxArchive({sourceDir: source, entries, output, compression})
+      // Cut the archive inside box.img: reading metadata.json must still work…
+      const cut = join(dir, `cut.${compression}.box`)
+      await writeFile(cut, (await readFile(output)).subarray(0, 256 * 1024))
+      expect(JSON.parse(String(await readArchiveFile(cut, 'metadata.json')))).toMatchObject({provider: 'qemu'})
+      // …while a later entry cannot be reached, and says why.
+      await expect(readArchiveFile(cut, 'Vagrantfile')).rejects.toThrow(/reading .*cut\..*\.box failed/)
+    }
+  })
+
+  it('a missing zstd names the package to install and leaves nothing behind', async () => {
+    const source = join(dir, 'src')
+    const entries = await makeBoxSource(source)
+    const zstdBox = join(dir, 'ok.box')
+    await writeBoxArchive({sourceDir: source, entries, output: zstdBox, compression: 'zstd'})
+    const savedPath = process.env.PATH
+    process.env.PATH = join(dir, 'empty-path')
+    try {
+      const output = join(dir, 'nozstd.box')
+      await expect(writeBoxArchive({sourceDir: source, entries, output, compression: 'zstd'})).rejects.toThrow('zstd is not installed')
+      expect(existsSync(`${output}.partial`)).toBe(false)
+      const error = await extractBoxArchive({file: zstdBox, dest: join(dir, 'dest')}).catch((error_: unknown) => error_)
+      expect((error as BoxError).message).toBe('zstd is not installed')
+      expect((error as BoxError).suggestions).toEqual(['install it: sudo apt-get install zstd'])
+    } finally {
+      process.env.PATH = savedPath
     }
   })
 

@@ -233,9 +233,9 @@ describe('unknown fields and bad values name the position, the field and what is
         ),
       ),
     ).toEqual([
+      'Boxfile:2:13: ssh.user: unknown field (accepted: username, forward_agent)',
       'Boxfile:4:36: forwarded_ports.0.proto: unknown field (accepted: guest, host, protocol, host_ip)',
       'Boxfile:9:11: provisioners.0.mode: unknown field (accepted: type, name, source, destination, run)',
-      'Boxfile:2:13: ssh.user: unknown field (accepted: username, forward_agent)',
       'Boxfile:12:15: machines.web.machines: unknown field (accepted: box, box_url, box_version, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site)',
     ])
   })
@@ -279,12 +279,12 @@ describe('unknown fields and bad values name the position, the field and what is
     ).toEqual([
       'Boxfile:1:6: box: must be a box name such as debian-bookworm or org/name (letters, digits, ".", "_", "-")',
       'Boxfile:2:7: cpus: must be a whole number of CPUs, at least 1',
-      'Boxfile:5:17: synced_folders: must be a list, e.g. [{source: ., destination: /srv/project}]',
-      'Boxfile:7:72: provisioners.0.args: must be a list of arguments, e.g. [--verbose, 2]',
-      'Boxfile:7:62: provisioners.0.env.1X: environment variable names use letters, digits and "_" and do not start with a digit',
-      'Boxfile:7:47: provisioners.0.privileged: must be true or false',
       'Boxfile:3:11: hostname: must be a host name such as worker-1 or worker-1.example.org (letters, digits and "-" in dot-separated labels)',
       'Boxfile:4:7: site: must be a host name such as example.org (letters, digits and "-" in dot-separated labels)',
+      'Boxfile:5:17: synced_folders: must be a list, e.g. [{source: ., destination: /srv/project}]',
+      'Boxfile:7:47: provisioners.0.privileged: must be true or false',
+      'Boxfile:7:62: provisioners.0.env.1X: environment variable names use letters, digits and "_" and do not start with a digit',
+      'Boxfile:7:72: provisioners.0.args: must be a list of arguments, e.g. [--verbose, 2]',
     ])
   })
 

@@ -72,6 +72,39 @@ describe('parseCatalog', () => {
   })
 })
 
+describe('Vagrant Cloud style metadata', () => {
+  // The shape app.vagrantup.com serves: extra keys, nulls, upper-case architecture flags.
+  const cloud = {
+    tags: [],
+    username: 'generic',
+    name: 'generic/debian12',
+    private: false,
+    short_description: 'Generic Debian 12',
+    description_html: '<p>…</p>',
+    versions: [
+      {
+        version: '4.3.12',
+        status: 'active',
+        description_html: null,
+        created_at: '2024-02-01T00:00:00.000Z',
+        providers: [
+          {name: 'libvirt', url: 'https://vagrantcloud.com/generic/boxes/debian12/versions/4.3.12/providers/libvirt/amd64/vagrant.box', checksum: null, checksum_type: null, architecture: 'amd64', default_architecture: true, original_url: 'https://example.org/x.box'},
+          {name: 'virtualbox', url: 'https://vagrantcloud.com/…/virtualbox/amd64/vagrant.box', checksum: 'ab'.repeat(32), checksum_type: 'sha256', architecture: 'amd64', default_architecture: true},
+        ],
+      },
+      {version: '4.3.13', status: 'unreleased', providers: [{name: 'libvirt', url: 'https://vagrantcloud.com/x.box', architecture: 'amd64'}]},
+    ],
+  }
+
+  it('parses, keeps unknown keys, and resolves the libvirt box for qemu', () => {
+    const parsed = parseCatalog(cloud, 'https://vagrantcloud.com/generic/debian12')
+    expect(parsed.username).toBe('generic')
+    const resolved = resolveCatalog(parsed, {providers: qemu, architecture: 'amd64'})
+    expect(resolved).toMatchObject({version: '4.3.12', provider: {name: 'libvirt'}, checksum: undefined})
+    expect(() => resolveCatalog(parsed, {constraint: '4.3.13', providers: qemu})).toThrow(/no version of generic\/debian12 matches version 4.3.13/)
+  })
+})
+
 describe('resolveCatalog', () => {
   it('picks the newest version with a qemu-compatible provider, preferring the host architecture', () => {
     const resolved = resolveCatalog(catalog, {providers: qemu, architecture: 'amd64'})

@@ -33,7 +33,7 @@ export class QemuProvider implements Provider {
       sshPort: options.sshPort,
       forwards: machine.forwardedPorts,
     })
-    return {sshPort: booted.sshPort, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
+    return {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
   }
 
   async state(machine: Pick<MachineHandle, 'stateDir'>): Promise<MachineState> {

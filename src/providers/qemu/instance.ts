@@ -4,7 +4,7 @@ import {join} from 'node:path'
 import type {BoxMetadata} from '../../lib/box-metadata.js'
 import {BoxError} from '../../lib/errors.js'
 import {run} from '../../lib/exec.js'
-import {freePort} from '../../lib/ports.js'
+import {availableForwards, freePort, isPortFree} from '../../lib/ports.js'
 import {socketPath} from '../../lib/short-socket.js'
 import {bootCommandLine, type BootChoice} from '../../lib/resnap.js'
 import type {Accel} from './accel.js'
@@ -72,13 +72,17 @@ export interface BootOptions {
 export interface Booted {
   pid: number
   sshPort: number
+  /** The forwards in force: a taken host port moves to the next free one. */
+  forwards: PortForward[]
 }
+
 
 /** Start QEMU for a machine; ssh is forwarded on 127.0.0.1 (the next free port if the wanted one is taken). */
 export async function bootInstance(options: BootOptions): Promise<Booted> {
   await mkdir(options.files.stateDir, {recursive: true})
   const directBoot = options.firmwareBoot ? undefined : directBootFor(options.box, options.choice)
-  let sshPort = options.sshPort ?? (await freePort())
+  let sshPort = options.sshPort && (await isPortFree(options.sshPort)) ? options.sshPort : await freePort()
+  const forwards = await availableForwards(options.forwards ?? [])
   for (let attempt = 0; ; attempt++) {
     try {
       const pid = await launchQemu({
@@ -88,16 +92,16 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
         memoryMiB: options.memoryMiB,
         disk: options.files.overlay,
         directBoot,
-        forwards: [{guest: 22, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...(options.forwards ?? [])],
+        forwards: [{guest: 22, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...forwards],
         qmpSocket: options.files.qmpSocket,
         serialLog: options.files.serialLog,
         pidFile: options.files.pidFile,
       })
-      return {pid, sshPort}
+      return {pid, sshPort, forwards}
     } catch (error) {
-      // Only the ssh port is ours to move; a taken user-chosen port is the user's to fix.
-      if (!(error instanceof HostPortInUseError) || attempt >= 5) throw error
-      if (options.forwards?.length) throw new BoxError(error.message, {detail: error.detail, suggestions: ['choose another host port in the Boxfile, or stop what uses it']})
+      // A port taken between the check and QEMU's bind (or a UDP port): retry with a new ssh port, then give up clearly.
+      if (!(error instanceof HostPortInUseError)) throw error
+      if (attempt >= 3) throw new BoxError(error.message, {detail: error.detail, suggestions: ['choose other host ports in the Boxfile, or stop what uses them']})
       sshPort = await freePort()
     }
   }

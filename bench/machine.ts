@@ -1,0 +1,95 @@
+/**
+ * Machine loop figures (issue 4), on the reference box under whatever accelerator
+ * the probe picks:
+ *   - QEMU start → ssh ready, plain QEMU (same argv, hand-run) vs `box up`, side by side;
+ *   - `box ssh -c true` and `box status` on a running machine (median of 10);
+ *   - `box halt`;
+ *   - disk written by the creation of a second machine from the same box (before boot).
+ * Run: npm run build && node --import tsx bench/machine.ts
+ */
+import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {execa} from 'execa'
+
+import {ensureBox} from '../src/build/index.js'
+import {extractBoxArchive} from '../src/lib/archive.js'
+import {BoxMetadataSchema} from '../src/lib/box-metadata.js'
+import {PROJECT_ROOT} from '../src/lib/paths.js'
+import {installPrivateKey, waitForSsh} from '../src/lib/ssh.js'
+import {resolveAccel} from '../src/providers/qemu/accel.js'
+import {bootInstance, createOverlay, instanceFiles} from '../src/providers/qemu/instance.js'
+import {isAlive, stopQemu} from '../src/providers/qemu/process.js'
+import {testCacheDir} from '../test/support/cache.js'
+import {readFile} from 'node:fs/promises'
+
+const BIN = join(PROJECT_ROOT, 'bin', 'run.js')
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
+const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`
+
+async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const started = performance.now()
+  const value = await fn()
+  return [value, performance.now() - started]
+}
+
+const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
+const work = await mkdtemp(join(tmpdir(), 'box-bench-'))
+const cacheDir = testCacheDir()
+const env = {BOX_DATA_DIR: join(work, 'data'), BOX_CACHE_DIR: cacheDir}
+const {accel} = await resolveAccel({cacheDir})
+console.log(`accelerator: ${accel}`)
+
+try {
+  // Plain QEMU: the same box, overlay and argv box uses, started and polled by hand.
+  const boxDir = join(work, 'plain-box')
+  await extractBoxArchive({file: boxFile, dest: boxDir})
+  const metadata = BoxMetadataSchema.parse(JSON.parse(await readFile(join(boxDir, 'metadata.json'), 'utf8')))
+  const files = instanceFiles(join(work, 'plain'))
+  await mkdir(files.stateDir, {recursive: true})
+  await createOverlay({dir: boxDir, metadata}, files.overlay)
+  const key = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(work, 'key'))
+  const [, plainMs] = await timed(async () => {
+    const booted = await bootInstance({name: 'plain', files, box: {dir: boxDir, metadata}, accel, cpus: 2, memoryMiB: 1024, choice: {resnap: true}})
+    await waitForSsh({host: '127.0.0.1', port: booted.sshPort, user: 'box', keyFile: key}, {timeoutMs: 300_000, isAlive: () => isAlive(booted.pid)})
+  })
+  await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: 30_000})
+  console.log(`plain QEMU start → ssh ready: ${seconds(plainMs)}`)
+
+  const project = join(work, 'project')
+  await mkdir(project)
+  await writeFile(join(project, 'Boxfile'), 'box: reference\n')
+  await execa('node', [BIN, 'add', 'reference', boxFile], {env})
+  const cli = (args: string[]) => execa('node', [BIN, ...args], {cwd: project, env, stdin: 'ignore'})
+  // First up creates the machine and swaps the insecure key for its own: measure the second.
+  await cli(['up'])
+  await cli(['halt'])
+  const [, upMs] = await timed(() => cli(['up']))
+  console.log(`box up → ssh ready: ${seconds(upMs)} (overhead vs plain QEMU: ${seconds(upMs - plainMs)})`)
+
+  await cli(['ssh', '-c', 'true'])
+  const sshTimes: number[] = []
+  for (let i = 0; i < 10; i++) sshTimes.push((await timed(() => cli(['ssh', '-c', 'true'])))[1])
+  console.log(`box ssh -c true: median ${seconds(median(sshTimes))}`)
+  const statusTimes: number[] = []
+  for (let i = 0; i < 10; i++) statusTimes.push((await timed(() => cli(['status'])))[1])
+  console.log(`box status (running, with snapshot fill): median ${seconds(median(statusTimes))}`)
+  const [, haltMs] = await timed(() => cli(['halt']))
+  console.log(`box halt: ${seconds(haltMs)}`)
+
+  // A second machine from the same box: the linked clone and its key, before any boot.
+  const second = join(work, 'second')
+  await mkdir(second)
+  const before = await du(join(work))
+  await createOverlay({dir: boxDir, metadata}, join(second, 'disk.qcow2'))
+  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(second, 'id_ed25519')])
+  console.log(`disk written creating a second machine: ${((await du(work)) - before) / 1024} KiB`)
+} finally {
+  await execa('node', [BIN, 'destroy', '-f'], {cwd: join(work, 'project'), env, reject: false})
+  await rm(work, {recursive: true, force: true})
+}
+
+async function du(path: string): Promise<number> {
+  const {stdout} = await execa('du', ['-sk', path])
+  return Number.parseInt(stdout, 10) * 1024
+}
