@@ -64,7 +64,7 @@ export const MASKED_UNITS = [
   'proc-sys-fs-binfmt_misc.automount',
   'systemd-binfmt.service',
   'systemd-machine-id-commit.service', // each resnap boot gets a fresh machine-id anyway
-  'systemd-modules-load.service', // nothing in modules-load.d; the initramfs loaded what the box needs
+  // Not systemd-modules-load.service: it loads `button` (modules-load.d) for acpid's power button.
 ]
 
 export interface ConfigureOptions {

@@ -1,4 +1,4 @@
-import {Flags} from '@oclif/core'
+import {Args, Flags} from '@oclif/core'
 
 import {BoxError, ExitCode} from '../lib/errors.js'
 import {packageMachine, type PackageResult} from '../lib/package.js'
@@ -13,6 +13,10 @@ export default class Package extends MachineCommand<typeof Package> {
     '<%= config.bin %> package worker --output worker-1.3.0.box --version 1.3.0 --catalog worker.json --url https://example.org/boxes/worker-1.3.0.box',
   ]
   static enableJsonFlag = true
+  static args = {
+    names: Args.string({description: 'The machine to package (default: the Boxfile\'s only machine).', required: false}),
+  }
+
   static flags = {
     output: Flags.string({char: 'o', description: 'The .box to write (default: ./<box>-<version>.box).'}),
     include: Flags.string({multiple: true, description: 'A file to ship in the box under include/ (repeatable).'}),

@@ -50,7 +50,7 @@ export async function findInstalledBox(dataDir: string, query: {name: string; co
   return boxes[0]
 }
 
-export interface EnsureBoxOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions'> {
+export interface EnsureBoxInstalledOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions'> {
   name: string
   /** Boxfile's box_url: a catalog or .box, by URL or path. */
   url?: string
@@ -64,7 +64,7 @@ export interface EnsureBoxOptions extends Pick<AddFromSourceOptions, 'dataDir' |
  * The box a machine needs: the newest installed one satisfying the constraint, else
  * fetched from `url` (what `up` does for a missing box), else a clear error.
  */
-export async function ensureBox(options: EnsureBoxOptions): Promise<StoredBox> {
+export async function ensureBoxInstalled(options: EnsureBoxInstalledOptions): Promise<StoredBox> {
   const installed = await findInstalledBox(options.dataDir, {name: options.name, constraint: options.constraint, providers: options.providers})
   if (installed) return installed
   const wanted = `${options.name}${options.constraint ? ` (${options.constraint})` : ''}`

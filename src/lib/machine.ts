@@ -6,7 +6,7 @@ import {execa} from 'execa'
 import {QemuProvider} from '../providers/qemu/index.js'
 import {VirtualBoxProvider} from '../providers/virtualbox/index.js'
 import type {ForwardedPortRecord, MachineHandle, MachineState, Provider} from '../providers/provider.js'
-import {COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
+import {BoxMetadataSchema, COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
 import type {ResolvedMachine} from './boxfile.js'
 import {BoxError, ExitCode} from './errors.js'
 import {run} from './exec.js'
@@ -15,7 +15,7 @@ import {acquireLock} from './lock.js'
 import {PROJECT_ROOT} from './paths.js'
 import type {Progress} from './progress.js'
 import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from './ssh.js'
-import {findBox, type StoredBox} from './store.js'
+import type {StoredBox} from './store.js'
 
 /** Everything about a machine that must survive between commands (`machine.json`). */
 export interface MachineRecord {
@@ -79,13 +79,18 @@ async function writeRecord(stateDir: string, record: MachineRecord): Promise<voi
   await rename(`${target}.tmp`, target)
 }
 
-/** The box a machine wants, from the store (newest installed version a QEMU machine can run). */
+/** The box a machine wants: the newest installed one its box_version allows, else fetched from box_url. */
 async function resolveBox(context: MachineContext, machine: ResolvedMachine): Promise<StoredBox> {
-  const providers = COMPATIBLE_BOX_PROVIDERS[machine.provider] ?? [machine.provider]
-  const stored = await findBox(context.dataDir, {name: machine.box, providers})
-  if (stored) return stored
-  throw new BoxError(`box "${machine.box}" is not installed (machine ${machine.name})`, {
-    suggestions: [machine.boxUrl ? `add it: box add ${machine.box} ${machine.boxUrl}` : `add it: box add ${machine.box} FILE.box`, 'list installed boxes: box list'],
+  const {ensureBoxInstalled} = await import('./box-updates.js')
+  return ensureBoxInstalled({
+    dataDir: context.dataDir,
+    cacheDir: context.cacheDir,
+    name: machine.box,
+    url: machine.boxUrl,
+    constraint: machine.boxVersion,
+    providers: COMPATIBLE_BOX_PROVIDERS[machine.provider] ?? [machine.provider],
+    signal: context.signal,
+    progress: context.progress,
   })
 }
 
@@ -93,7 +98,8 @@ function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: strin
   return {
     name: machine.name,
     stateDir,
-    box: {dir: box.path, metadata: box.metadata},
+    // Parsed here (store listings keep metadata as stored): defaults such as kernel_args apply.
+    box: {dir: box.path, metadata: BoxMetadataSchema.parse(box.metadata)},
     cpus: machine.cpus,
     memoryMiB: machine.memoryMiB,
     forwardedPorts: machine.forwardedPorts.map((p) => ({guest: p.guest, host: p.host, hostIp: p.hostIp, protocol: p.protocol})),

@@ -244,6 +244,8 @@ async function readSourceMetadata(record: MachineRecord): Promise<BoxMetadata> {
 }
 
 async function refuseExistingOutput(output: string, force: boolean): Promise<void> {
+  const parent = await stat(dirname(output)).catch(() => undefined)
+  if (!parent?.isDirectory()) throw new BoxError(`cannot write ${output}: ${dirname(output)} is not a directory`, {exitCode: ExitCode.USAGE})
   const existing = await stat(output).catch(() => undefined)
   if (!existing) return
   if (!existing.isFile()) throw new BoxError(`${output} exists and is not a file`, {exitCode: ExitCode.USAGE})
@@ -481,7 +483,7 @@ async function shipKernel(
 }
 
 /** Kernel versions as `sort -V` orders them ("6.1.0-28-cloud-amd64" < "6.1.0-31-cloud-amd64"). */
-function compareKernelVersions(a: string, b: string): number {
+export function compareKernelVersions(a: string, b: string): number {
   const parts = (text: string) => text.split(/(\d+)/).filter(Boolean)
   const left = parts(a)
   const right = parts(b)

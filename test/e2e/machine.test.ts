@@ -39,7 +39,7 @@ provisioners:
     inline: echo "always runs"
 `
 
-describe('machines on QEMU through the CLI', () => {
+describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   let env: CliEnv
   let project: string
 
@@ -159,13 +159,15 @@ describe('machines on QEMU through the CLI', () => {
     expect(destroy.exitCode, destroy.stderr).toBe(0)
     expect(await qemuProcessesMentioning(project)).toEqual([])
     await expect(stat(join(project, '.box', 'machines', 'default'))).rejects.toThrow()
-    expect(JSON.parse((await box(env, ['global-status', '--json'])).stdout)).toEqual([])
+    const global = await box(env, ['global-status', '--json'])
+    expect(global.exitCode, global.stderr).toBe(0)
+    expect(JSON.parse(global.stdout)).toEqual([])
   })
 
   it('a failing provisioner fails up with its name and exit code', async () => {
     await writeFile(join(project, 'Boxfile'), 'box: reference\nprovisioners:\n  - type: shell\n    name: breaks\n    inline: |\n      echo about to fail\n      exit 3\n')
     const up = await box(env, ['up'])
-    expect(up.exitCode).toBe(3)
+    expect(up.exitCode, up.stderr).toBe(3)
     expect(up.stdout).toContain('default: about to fail')
     expect(up.stderr).toMatch(/provisioner "breaks" of default failed with exit code 3/)
   })

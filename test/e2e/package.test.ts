@@ -23,6 +23,8 @@ import {BIN, box, type CliEnv} from '../support/cli.js'
  */
 
 const MARKER = 'changed in the origin by the maintainer'
+/** A boot under TCG on a busy 2-core host: about a minute, sometimes several. */
+const BOOT_TIMEOUT = 420_000
 const vagrantInstalled = (await findOnPath('vagrant')) !== undefined
 
 async function sha256(file: string): Promise<string> {
@@ -86,11 +88,15 @@ describe('box package: the maintainer loop on the reference box', () => {
     expect(refused.stderr).toMatch(/machine default is running/)
     expect(refused.stderr).toContain('box halt default')
     expect(refused.stderr).toContain('--halt')
-  })
+  }, BOOT_TIMEOUT)
 
   it('package --halt writes a Vagrant-format box, prints its sha256 and adds it to a catalog', async () => {
     const url = `file://${packaged}`
-    const result = await box(origin, ['package', '--halt', '-o', packaged, '--version', '0.2.0', '--catalog', catalog, '--url', url])
+    const info = join(root, 'info.json')
+    const notes = join(root, 'NOTES.txt')
+    await writeFile(info, JSON.stringify({author: 'box tests'}))
+    await writeFile(notes, 'shipped with the box\n')
+    const result = await box(origin, ['package', '--halt', '-o', packaged, '--version', '0.2.0', '--catalog', catalog, '--url', url, '--info', info, '--include', notes])
     expect(result.exitCode, result.stderr).toBe(0)
     expect(result.stderr).toMatch(/the origin was changed/)
     const digest = await sha256(packaged)
@@ -100,13 +106,14 @@ describe('box package: the maintainer loop on the reference box', () => {
 
     const listing = (await execa('tar', ['--zstd', '-tf', packaged])).stdout.split('\n')
     expect(listing[0]).toBe('metadata.json')
-    expect(listing).toEqual(expect.arrayContaining(['Vagrantfile', 'box.img', 'vmlinuz', 'initrd.img']))
+    expect(listing).toEqual(expect.arrayContaining(['Vagrantfile', 'info.json', 'box.img', 'vmlinuz', 'initrd.img', 'include/NOTES.txt']))
+    expect((await execa('tar', ['--zstd', '-xOf', packaged, 'include/NOTES.txt'])).stdout).toBe('shipped with the box')
     const metadata = JSON.parse((await execa('tar', ['--zstd', '-xOf', packaged, 'metadata.json'])).stdout)
     expect(metadata).toMatchObject({provider: 'libvirt', format: 'qcow2', virtual_size: 8, box: {version: '0.2.0', user: 'box', kernel: 'vmlinuz', lvm: {vg: 'box', snapshot: 'root_snap'}}})
 
     const written = JSON.parse(await readFile(catalog, 'utf8'))
     expect(written).toEqual({name: 'reference', versions: [{version: '0.2.0', providers: [{name: 'libvirt', url, checksum_type: 'sha256', checksum: digest}]}]})
-  })
+  }, BOOT_TIMEOUT)
 
   it('refuses an existing output unless --force', async () => {
     const refused = await box(origin, ['package', '-o', packaged])
@@ -184,7 +191,7 @@ describe('box package: the maintainer loop on the reference box', () => {
     expect(await look('/etc/box-snapshot-only')).toMatch(/not found/)
     await rm(unpacked, {recursive: true, force: true})
     expect((await box(consumer, ['destroy', '-f'])).exitCode).toBe(0)
-  })
+  }, BOOT_TIMEOUT * 2)
 
   it.runIf(vagrantInstalled)('vagrant box add accepts the box and the catalog', async () => {
     const vagrantHome = join(root, 'vagrant-home')
@@ -228,5 +235,5 @@ describe('box package: the maintainer loop on the reference box', () => {
       await box(project, ['destroy', '-f'])
     }
     expect(await qemuProcessesMentioning(project.cwd)).toEqual([])
-  })
+  }, BOOT_TIMEOUT)
 })

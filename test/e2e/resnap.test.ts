@@ -11,7 +11,7 @@ import {TestGuest} from '../support/guest.js'
  * The reference box, booted for real under QEMU: the resnap flow of DESIGN §4.
  * One guest is shared by the whole file; each test boots it the way it needs.
  */
-describe('reference box: resnap boot flow', () => {
+describe('reference box: resnap boot flow', {timeout: 420_000}, () => {
   let guest: TestGuest
   let vg: string
   let rootSnap: string

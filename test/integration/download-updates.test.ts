@@ -5,14 +5,14 @@ import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {addBoxFromSource} from '../../src/lib/box-source.js'
-import {checkOutdated, ensureBox, findInstalledBox, updateBoxes, updateTargets} from '../../src/lib/box-updates.js'
+import {checkOutdated, ensureBoxInstalled, findInstalledBox, updateBoxes, updateTargets} from '../../src/lib/box-updates.js'
 import {registerMachine} from '../../src/lib/global-index.js'
 import {planPrune, pruneBoxes} from '../../src/lib/prune.js'
 import {addBoxFromFile, listBoxes, setCatalogUrl} from '../../src/lib/store.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {startTestServer, type TestServer} from './download-server.js'
 
-/** outdated / update / prune / ensureBox against a catalog on a real local HTTP server. */
+/** outdated / update / prune / ensureBoxInstalled against a catalog on a real local HTTP server. */
 
 let server: TestServer
 let dir: string
@@ -93,18 +93,18 @@ describe('outdated and update', () => {
   })
 })
 
-describe('ensureBox (what up does for a missing box)', () => {
+describe('ensureBoxInstalled (what up does for a missing box)', () => {
   it('fetches a missing box from box_url within box_version, then finds it installed', async () => {
-    const box = await ensureBox({dataDir, cacheDir, name: 'org/worker', url: server.url('/catalog.json'), constraint: '< 1.1', providers: ['qemu', 'libvirt']})
+    const box = await ensureBoxInstalled({dataDir, cacheDir, name: 'org/worker', url: server.url('/catalog.json'), constraint: '< 1.1', providers: ['qemu', 'libvirt']})
     expect(box).toMatchObject({version: '1.0.0', provider: 'qemu'})
     const requests = server.requests.length
-    expect((await ensureBox({dataDir, cacheDir, name: 'org/worker', url: server.url('/catalog.json'), constraint: '< 1.1', providers: ['qemu', 'libvirt']})).version).toBe('1.0.0')
+    expect((await ensureBoxInstalled({dataDir, cacheDir, name: 'org/worker', url: server.url('/catalog.json'), constraint: '< 1.1', providers: ['qemu', 'libvirt']})).version).toBe('1.0.0')
     expect(server.requests.length).toBe(requests)
     expect(await findInstalledBox(dataDir, {name: 'org/worker', constraint: '>= 1.1', providers: ['qemu', 'libvirt']})).toBeUndefined()
   })
 
   it('says how to get a missing box without box_url', async () => {
-    await expect(ensureBox({dataDir, cacheDir, name: 'nope', providers: ['qemu']})).rejects.toThrow('box nope is not installed')
+    await expect(ensureBoxInstalled({dataDir, cacheDir, name: 'nope', providers: ['qemu']})).rejects.toThrow('box nope is not installed')
   })
 })
 

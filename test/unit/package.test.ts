@@ -4,7 +4,7 @@ import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {lvRangesOnPv, metadataTextFromArea, parseLvmText, parseMbr, parsePvLabel} from '../../src/lib/disk-image.js'
-import {nextVersion, updateCatalog} from '../../src/lib/package.js'
+import {compareKernelVersions, nextVersion, updateCatalog} from '../../src/lib/package.js'
 
 /** LVM metadata as lvm2 2.03 writes it for the reference box (trimmed). */
 const METADATA = `box {
@@ -157,6 +157,11 @@ describe('versions and catalogs', () => {
   })
   afterEach(async () => {
     await rm(dir, {recursive: true, force: true})
+  })
+
+  it('orders kernel versions as sort -V does (the newest in /boot is the one shipped)', () => {
+    const kernels = ['6.1.0-31-cloud-amd64', '6.1.0-9-cloud-amd64', '6.10.2-1-cloud-amd64', '6.1.0-28-cloud-amd64']
+    expect(kernels.sort(compareKernelVersions)).toEqual(['6.1.0-9-cloud-amd64', '6.1.0-28-cloud-amd64', '6.1.0-31-cloud-amd64', '6.10.2-1-cloud-amd64'])
   })
 
   it('bumps the last number of a version', () => {
