@@ -8,7 +8,8 @@ import {join} from 'node:path'
 
 import {BoxError} from '../lib/errors.js'
 import {run} from '../lib/exec.js'
-import {kernelCommandLine} from '../lib/resnap.js'
+import {GRUB_ENTRY, grubBootSelection} from '../lib/boot-choice.js'
+import {kernelCommandLine, type BootChoice} from '../lib/resnap.js'
 import {lvmLayout, parseSize, type RecipeFields} from './recipe.js'
 
 export interface BootFiles {
@@ -58,27 +59,32 @@ export async function splitBoot(root: string, bootDir: string, recipe: RecipeFie
 }
 
 /**
- * grub.cfg: the default entry boots the snapshot with resnap, the second the origin
- * (for maintainers changing the base box). Same command line as direct kernel boot.
+ * grub.cfg: the default entry boots the snapshot with resnap; `keep` boots it without
+ * resnap and `origin` the origin (maintainers changing the base box). Same command
+ * lines as direct kernel boot. Providers without a kernel command line (VirtualBox)
+ * pick the entry for one boot through the SMBIOS SKU (src/lib/boot-choice.ts).
  */
 export function grubConfig(recipe: RecipeFields): string {
   const lvm = lvmLayout(recipe)
-  const resnap = kernelCommandLine(lvm, {resnap: true}, recipe.kernel_args)
-  const origin = kernelCommandLine(lvm, {resnap: false, base: true}, recipe.kernel_args)
+  const line = (choice: BootChoice) => kernelCommandLine(lvm, choice, recipe.kernel_args)
   return `# box: written by \`box build\` (${recipe.name} ${recipe.version}). /boot is its own partition (label boot).
 serial --unit=0 --speed=115200
 terminal_input serial console
 terminal_output serial console
-set default=0
 set timeout=1
-
-menuentry '${recipe.name}: resnap (fresh ${lvm.snapshot} from ${lvm.root})' {
-  linux /vmlinuz ${resnap}
+${grubBootSelection()}
+menuentry '${recipe.name}: resnap (fresh ${lvm.snapshot} from ${lvm.root})' --id ${GRUB_ENTRY.resnap} {
+  linux /vmlinuz ${line({resnap: true})}
   initrd /initrd.img
 }
 
-menuentry '${recipe.name}: origin ${lvm.vg}/${lvm.root} (change the base box)' {
-  linux /vmlinuz ${origin}
+menuentry '${recipe.name}: keep ${lvm.snapshot} (no resnap)' --id ${GRUB_ENTRY.keep} {
+  linux /vmlinuz ${line({resnap: false})}
+  initrd /initrd.img
+}
+
+menuentry '${recipe.name}: origin ${lvm.vg}/${lvm.root} (change the base box)' --id ${GRUB_ENTRY.origin} {
+  linux /vmlinuz ${line({resnap: false, base: true})}
   initrd /initrd.img
 }
 `

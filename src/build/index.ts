@@ -195,11 +195,6 @@ export async function ensureBox(recipeDir: string, options: EnsureBoxOptions = {
   return {path, recipeHash, built: true, build}
 }
 
-/** Cache dir the test suites share, so the box is built once per machine. */
-export function testCacheDir(): string {
-  return process.env.BOX_TEST_CACHE ?? `${defaultCacheDir()}-test`
-}
-
 /**
  * Hash of everything a built box depends on: the recipe (and its mirror), the key
  * files it names, the shipped guest files (initramfs/, provisioners/, the insecure
@@ -222,6 +217,12 @@ export async function fullRecipeHash(recipe: Recipe, mirror: string): Promise<st
     }
   }
   add('static/insecure_key.pub', await readFile(join(PROJECT_ROOT, 'static', 'insecure_key.pub')))
+  // Shared modules whose output lands in the image: kernel command lines and grub's boot choice.
+  const lib = builderSources.replace(/build$/, 'lib')
+  for (const name of ['resnap', 'boot-choice']) {
+    const file = join(PROJECT_ROOT, lib, `${name}.${lib.startsWith('src') ? 'ts' : 'js'}`)
+    add(relative(PROJECT_ROOT, file), await readFile(file))
+  }
   return hash.digest('hex').slice(0, 16)
 }
 

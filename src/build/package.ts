@@ -4,12 +4,13 @@
  * a Vagrantfile, and the kernel and initrd for direct boot — as a zstd tar written to
  * `<output>.partial` and renamed into place (src/lib/archive.ts).
  */
-import {copyFile, mkdir, open, readFile, rm, writeFile} from 'node:fs/promises'
+import {copyFile, mkdir, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {writeBoxArchive, type WrittenBoxArchive} from '../lib/archive.js'
 import type {BoxMetadata} from '../lib/box-metadata.js'
-import {BoxError, ExitCode} from '../lib/errors.js'
+import {acquireLock} from '../lib/lock.js'
+import {BoxError} from '../lib/errors.js'
 import {run} from '../lib/exec.js'
 import {formatBytes, type Stage} from '../lib/progress.js'
 import {lvmLayout, parseSize, type RecipeFields} from './recipe.js'
@@ -84,40 +85,9 @@ export async function packageBox(options: PackageOptions): Promise<WrittenBoxArc
   return written
 }
 
-/**
- * `<output>.lock` (O_EXCL) so two builds never write the same box at once; a lock
- * left by a dead process is taken over. Returns the release function.
- */
+/** `<output>.lock`: two builds never write the same box at once (a dead owner's lock is taken over). */
 export async function lockOutput(output: string): Promise<() => Promise<void>> {
-  const lock = `${output}.lock`
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const handle = await open(lock, 'wx')
-      await handle.writeFile(`${process.pid}\n`)
-      await handle.close()
-      return async () => {
-        await rm(lock, {force: true})
-      }
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
-      const pid = Number((await readFile(lock, 'utf8').catch(() => '')).trim())
-      if (pid && pid !== process.pid && processAlive(pid)) {
-        throw new BoxError(`another build (pid ${pid}) is writing ${output}`, {
-          exitCode: ExitCode.FAILURE,
-          suggestions: ['wait for it to finish, or choose another --output', `if no build is running, remove ${lock}`],
-        })
-      }
-      await rm(lock, {force: true})
-    }
-  }
-  throw new BoxError(`cannot lock ${output} (${lock} keeps coming back)`)
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
+  return acquireLock(`${output}.lock`, {
+    busy: (pid) => new BoxError(`another build (pid ${pid}) is writing ${output}`, {suggestions: ['wait for it to finish, or choose another --output']}),
+  })
 }

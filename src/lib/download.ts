@@ -8,6 +8,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import got, {type Request as GotRequest} from 'got'
 
+import {acquireLock} from './lock.js'
 import {BoxError, ExitCode} from './errors.js'
 
 /**
@@ -212,32 +213,11 @@ async function openPart(dest: string, url: string, hashType?: ChecksumType): Pro
  * The lock holds the owner's pid; a lock whose process is gone (a crash) is taken over.
  */
 async function lockPart(dest: string, url: string): Promise<() => Promise<void>> {
-  const lock = `${partPath(dest)}.lock`
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      await writeFile(lock, `${process.pid}\n`, {flag: 'wx'})
-      return () => rm(lock, {force: true})
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw classifyFailure(error).error
-    }
-    const owner = Number((await readFile(lock, 'utf8').catch(() => '')).trim())
-    if (owner > 0 && isProcessAlive(owner)) {
-      throw new BoxError(`${url} is already being downloaded${owner === process.pid ? '' : ` by process ${owner}`}`, {
-        suggestions: ['wait for that download to finish (this command can then be run again)'],
-      })
-    }
-    await rm(lock, {force: true})
-  }
-  throw new BoxError(`cannot lock ${partPath(dest)} for downloading ${url}`)
-}
-
-function isProcessAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM'
-  }
+  return acquireLock(`${partPath(dest)}.lock`, {
+    busy: (pid) => new BoxError(`${url} is already being downloaded${pid === process.pid ? '' : ` by process ${pid}`}`, {
+      suggestions: ['wait for that download to finish (this command can then be run again)'],
+    }),
+  })
 }
 
 /** If-Range takes a strong ETag or a date; weak ETags ("W/…") may not be used for ranges. */

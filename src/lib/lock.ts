@@ -3,21 +3,30 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {BoxError} from './errors.js'
 
-function alive(pid: number): boolean {
+/** Whether a process exists (EPERM: it does, under another user). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
-  } catch {
-    return false
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 
+export interface LockOptions {
+  /** How long to wait for a live owner to let go; 0 fails at once. */
+  waitMs?: number
+  /** The error for a lock a live process holds. */
+  busy: (ownerPid: number) => BoxError
+}
+
 /**
- * An exclusive lock file holding the owner's pid. A lock whose owner is dead is
- * taken over; a live one is waited for up to `waitMs`, then `what` is reported busy.
+ * An exclusive lock file (O_EXCL) holding the owner's pid. A lock whose owner is dead
+ * (a crash, a SIGKILL) is taken over; a live one is waited for up to `waitMs`.
+ * Returns the release function.
  */
-export async function acquireLock(file: string, what: string, waitMs = 3000): Promise<() => Promise<void>> {
-  const deadline = Date.now() + waitMs
+export async function acquireLock(file: string, options: LockOptions): Promise<() => Promise<void>> {
+  const deadline = Date.now() + (options.waitMs ?? 0)
   for (;;) {
     try {
       const handle = await open(file, 'wx', 0o600)
@@ -30,15 +39,11 @@ export async function acquireLock(file: string, what: string, waitMs = 3000): Pr
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
     }
     const owner = Number.parseInt(await readFile(file, 'utf8').catch(() => ''), 10)
-    if (!Number.isInteger(owner) || !alive(owner)) {
+    if (!Number.isInteger(owner) || !processAlive(owner)) {
       await rm(file, {force: true})
       continue
     }
-    if (Date.now() > deadline) {
-      throw new BoxError(`${what} is busy: another box command (pid ${owner}) is working on it`, {
-        suggestions: ['wait for that command to finish, then try again'],
-      })
-    }
+    if (Date.now() >= deadline) throw options.busy(owner)
     await sleep(200)
   }
 }

@@ -56,6 +56,14 @@ const files = (stateDir: string) => ({
   lock: join(stateDir, 'lock'),
 })
 
+/** One command at a time per machine: a second one waits briefly, then says who holds it. */
+export async function lockMachine(stateDir: string, name: string): Promise<() => Promise<void>> {
+  return acquireLock(files(stateDir).lock, {
+    waitMs: 3000,
+    busy: (pid) => new BoxError(`machine ${name} is busy: another box command (pid ${pid}) is working on it`, {suggestions: ['wait for that command to finish, then try again']}),
+  })
+}
+
 export function providerFor(name: string, cacheDir: string): Provider {
   if (name === 'qemu') return new QemuProvider(cacheDir)
   if (name === 'virtualbox') return new VirtualBoxProvider()
@@ -138,7 +146,7 @@ export interface UpResult {
 export async function upMachine(context: MachineContext, machine: ResolvedMachine, options: UpOptions = {}): Promise<UpResult> {
   const stateDir = machineDir(context.projectDir, machine.name)
   await mkdir(stateDir, {recursive: true, mode: 0o700})
-  const release = await acquireLock(files(stateDir).lock, `machine ${machine.name}`)
+  const release = await lockMachine(stateDir, machine.name)
   try {
     const provider = context.provider ?? providerFor(machine.provider, context.cacheDir)
     let record = await readRecord(stateDir)

@@ -26,9 +26,8 @@ import {execa} from 'execa'
 
 import {BoxError, ExitCode, tail} from './errors.js'
 import {run, spawn, toBoxError} from './exec.js'
-import {acquireLock} from './lock.js'
 import {PROJECT_ROOT} from './paths.js'
-import {haltMachine, machineDir, providerFor, readRecord, sshTarget, type MachineContext, type MachineRecord} from './machine.js'
+import {haltMachine, lockMachine, machineDir, providerFor, readRecord, sshTarget, type MachineContext, type MachineRecord} from './machine.js'
 import {formatBytes, type Progress} from './progress.js'
 import {sshRun} from './ssh.js'
 import {compareVersions, isVersion} from './versions.js'
@@ -119,7 +118,7 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
     progress.warn(`${machine.name}: QEMU died without a clean shutdown; the filesystems will be checked at the next boot of the new box`)
   }
 
-  const release = await acquireLock(join(stateDir, 'lock'), `machine ${machine.name}`)
+  const release = await lockMachine(stateDir, machine.name)
   if ((await provider.state({stateDir})) === 'running') {
     await release()
     throw new BoxError(`machine ${machine.name} was started while package was getting ready`, {suggestions: [`halt it, then package again: box halt ${machine.name}`]})

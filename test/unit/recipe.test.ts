@@ -154,14 +154,17 @@ describe('hashes', () => {
 })
 
 describe('generated files', () => {
-  it('grub.cfg boots the snapshot with resnap by default and offers the origin', async () => {
+  it('grub.cfg boots the snapshot with resnap by default and offers keep and the origin', async () => {
     const recipe = await loadRecipe(REFERENCE)
     const cfg = grubConfig(recipe)
     const lines = cfg.split('\n').filter((line) => line.trim().startsWith('linux '))
     expect(lines[0]).toContain('root=/dev/mapper/box-root_snap ro volgroup=box lvroot=root lvsnap=root_snap lvsize=2G resnap console=ttyS0')
-    expect(lines[1]).toContain('root=/dev/mapper/box-root ro')
+    expect(lines[1]).toContain('root=/dev/mapper/box-root_snap ro')
     expect(lines[1]).not.toMatch(/\bresnap\b/)
-    expect(cfg).toContain('set default=0')
+    expect(lines[2]).toContain('root=/dev/mapper/box-root ro')
+    expect(lines[2]).not.toMatch(/\bresnap\b/)
+    expect(cfg).toContain('set default=resnap')
+    expect(cfg.match(/--id (\w+)/g)).toEqual(['--id resnap', '--id keep', '--id origin'])
   })
 
   it('fstab mounts the snapshot as /, /boot by label and the rest nofail', async () => {

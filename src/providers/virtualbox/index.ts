@@ -15,7 +15,7 @@ import {availableForwards, freePort, isPortFree} from '../../lib/ports.js'
 import {socketPath} from '../../lib/short-socket.js'
 import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
 import type {BoxImage} from '../qemu/instance.js'
-import {DMI_SYSTEM_SKU_KEY, dmiSkuFor} from './boot-choice.js'
+import {DMI_SYSTEM_SKU_KEY, dmiSkuFor} from '../../lib/boot-choice.js'
 import {
   addStorageController,
   attachDisk,
@@ -129,7 +129,10 @@ export class VirtualBoxProvider implements Provider {
     const name = baseVmName(box.dir)
     await mkdir(this.basesDir, {recursive: true})
     const marker = join(this.basesDir, `${name}.json`)
-    const release = await acquireLock(join(this.basesDir, `${name}.lock`), `VirtualBox base VM ${name}`, 30 * 60_000)
+    const release = await acquireLock(join(this.basesDir, `${name}.lock`), {
+      waitMs: 30 * 60_000,
+      busy: (pid) => new BoxError(`VirtualBox base VM ${name} is being made by another box command (pid ${pid})`, {suggestions: ['wait for it to finish, then try again']}),
+    })
     try {
       const disk = await virtualBoxDiskOf(box)
       const info = await findVm(name)

@@ -6,7 +6,7 @@
  * `next_entry` (`grub-reboot origin`), kept in grubenv on the plain /boot partition;
  * that one-shot choice wins over the host's.
  */
-import type {BootChoice} from '../../lib/resnap.js'
+import type {BootChoice} from './resnap.js'
 
 /** Where VirtualBox takes the SMBIOS type 1 SKU string from (BIOS firmware). */
 export const DMI_SYSTEM_SKU_KEY = 'VBoxInternal/Devices/pcbios/0/Config/DmiSystemSKU'
