@@ -199,6 +199,10 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
     }
     const bootMs = Date.now() - started
 
+    if (machine.syncedFolders.some((folder) => !folder.disabled)) {
+      const {syncFolders} = await import('./sync.js')
+      await syncFolders(machine, sshTarget(stateDir, record, provider), {progress: context.progress, signal: context.signal})
+    }
     if (!options.noProvision) {
       const {runProvisioners} = await import('./provision.js')
       const firstTime = !record.provisioned || options.provision === true

@@ -24,6 +24,10 @@ cpus: 2
 forwarded_ports:
   - guest: 8080
     host: 0
+synced_folders:
+  - source: src
+    destination: /srv/project
+    exclude: ['*.tmp']
 provisioners:
   - type: shell
     name: hello
@@ -62,6 +66,9 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
 
   it('status says not_created before the first up', async () => {
     await writeFile(join(project, 'Boxfile'), BOXFILE.replace('host: 0', 'host: 18080'))
+    await mkdir(join(project, 'src', 'lib'), {recursive: true})
+    await writeFile(join(project, 'src', 'lib', 'code.txt'), 'version 1\n')
+    await writeFile(join(project, 'src', 'scratch.tmp'), 'not synced\n')
     const status = await box(env, ['status', '--json'])
     expect(status.exitCode, status.stderr).toBe(0)
     expect(JSON.parse(status.stdout)).toEqual([expect.objectContaining({name: 'default', state: 'not_created'})])
@@ -95,6 +102,16 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     await execa('chmod', ['600', insecure])
     const denied = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'IdentitiesOnly=yes', '-i', insecure, '-p', port, 'box@127.0.0.1', 'true'], {reject: false})
     expect(denied.exitCode).not.toBe(0)
+  })
+
+  it('synced folders are copied at up and again by box rsync, excludes honoured', async () => {
+    const list = async () => (await box(env, ['ssh', '-c', 'cd /srv/project && find . -type f | sort && cat lib/code.txt'])).stdout.trim()
+    expect(await list()).toBe('./lib/code.txt\nversion 1')
+    await writeFile(join(project, 'src', 'lib', 'code.txt'), 'version 2\n')
+    await writeFile(join(project, 'src', 'new.txt'), 'new\n')
+    const sync = await box(env, ['rsync'])
+    expect(sync.exitCode, sync.stderr).toBe(0)
+    expect(await list()).toBe('./lib/code.txt\n./new.txt\nversion 2')
   })
 
   it('status reports running, the forwarded port and the snapshot fill', async () => {
@@ -137,9 +154,14 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
 
   it('Ctrl-C during up leaves no QEMU behind', async () => {
     const child = execa('node', [join(PROJECT_ROOT, 'bin', 'run.js'), 'up'], {cwd: project, reject: false, env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir}})
-    for (let i = 0; i < 100 && (await qemuProcessesMentioning(project)).length === 0; i++) await sleep(200)
-    expect(await qemuProcessesMentioning(project)).toHaveLength(1)
-    child.kill('SIGINT')
+    try {
+      // QEMU has daemonized once its pid file exists (its parent may linger for a moment).
+      const pidFile = join(project, '.box', 'machines', 'default', 'qemu.pid')
+      for (let i = 0; i < 150 && !(await stat(pidFile).catch(() => undefined)); i++) await sleep(200)
+      expect((await qemuProcessesMentioning(project)).length).toBeGreaterThanOrEqual(1)
+    } finally {
+      child.kill('SIGINT')
+    }
     const result = await child
     expect(result.exitCode).toBe(130)
     expect(await qemuProcessesMentioning(project)).toEqual([])

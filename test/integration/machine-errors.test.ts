@@ -1,0 +1,89 @@
+import {mkdir, symlink, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import {execa} from 'execa'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {writeBoxArchive} from '../../src/lib/archive.js'
+import {findOnPath} from '../../src/lib/exec.js'
+import {makeTempDir} from '../fixtures/boxes.js'
+import {box, type CliEnv} from '../support/cli.js'
+
+/** The machine commands' bad input, none of which needs a guest to boot. */
+describe('machine commands: bad input', () => {
+  let dir: string
+  let cleanup: () => Promise<void>
+  let env: CliEnv
+
+  beforeAll(async () => {
+    ;({dir, cleanup} = await makeTempDir('box-machine-errors-'))
+    env = {cwd: join(dir, 'project'), dataDir: join(dir, 'data'), cacheDir: join(dir, 'cache')}
+    await mkdir(env.cwd)
+    // A small but real box: a qcow2 image and Vagrant libvirt metadata.
+    const source = join(dir, 'source')
+    await mkdir(source)
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', join(source, 'box.img'), '64M'])
+    await writeFile(join(source, 'metadata.json'), JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}))
+    await writeBoxArchive({sourceDir: source, entries: ['metadata.json', 'box.img'], output: join(dir, 'tiny.box'), compression: 'gzip'})
+    expect((await box(env, ['add', 'tiny', join(dir, 'tiny.box')])).exitCode).toBe(0)
+  })
+
+  afterAll(async () => {
+    await cleanup?.()
+  })
+
+  it('no Boxfile: exit 2, says how to make one', async () => {
+    const result = await box(env, ['up'])
+    expect(result.exitCode).toBe(2)
+    expect(result.stderr).toMatch(/no Boxfile found in .*; create one with: box init BOX/)
+  })
+
+  it('an unknown machine name lists the known ones', async () => {
+    await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\nmachines:\n  web: {}\n  db: {}\n')
+    const result = await box(env, ['status', 'cache'])
+    expect(result.exitCode).not.toBe(0)
+    expect(result.stderr).toMatch(/cache/)
+    expect(result.stderr).toMatch(/web/)
+    expect(result.stderr).toMatch(/db/)
+  })
+
+  it('a box that is not installed: says how to add it', async () => {
+    await writeFile(join(env.cwd, 'Boxfile'), 'box: absent\n')
+    const result = await box(env, ['up'])
+    expect(result.exitCode).toBe(1)
+    expect(result.stderr).toMatch(/box absent is not installed/)
+    expect(result.stderr).toMatch(/box add absent/)
+  })
+
+  it('ssh and provision on a machine never started say to start it', async () => {
+    await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\n')
+    for (const command of [['ssh', '-c', 'true'], ['provision'], ['rsync']]) {
+      const result = await box(env, command)
+      expect(result.exitCode, command.join(' ')).toBe(1)
+      expect(result.stderr).toMatch(/machine default is not running[\s\S]*box up/)
+    }
+  })
+
+  it('destroy without -f and without a terminal refuses instead of hanging', async () => {
+    const result = await box(env, ['destroy'])
+    expect(result.exitCode).toBe(2)
+    expect(result.stderr).toMatch(/pass -f/)
+  })
+
+  it('qemu missing: names the Debian package to install, and leaves no machine running', async () => {
+    // A PATH with every tool box needs except the QEMU system emulator.
+    const bin = join(dir, 'bin')
+    await mkdir(bin)
+    for (const tool of ['node', 'qemu-img', 'ssh', 'ssh-keygen']) await symlink((await findOnPath(tool))!, join(bin, tool))
+    const result = await execa(join(bin, 'node'), [join(process.cwd(), 'bin', 'run.js'), 'up'], {
+      cwd: env.cwd,
+      reject: false,
+      stdin: 'ignore',
+      env: {PATH: bin, BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: join(dir, 'empty-cache')},
+      extendEnv: false,
+    })
+    expect(result.exitCode).toBe(1)
+    expect(result.stderr).toMatch(/qemu-system-x86_64 is not installed/)
+    expect(result.stderr).toMatch(/apt-get install qemu-system-x86/)
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
+  })
+})
