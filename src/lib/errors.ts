@@ -30,10 +30,6 @@ export class BoxError extends Error {
   }
 }
 
-export function isBoxError(error: unknown): error is BoxError {
-  return error instanceof BoxError
-}
-
 /** Last `lines` lines of a text, for error details. */
 export function tail(text: string, lines = 20): string {
   const all = text.replace(/\s+$/, '').split('\n')

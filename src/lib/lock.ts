@@ -4,7 +4,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {BoxError} from './errors.js'
 
 /** Whether a process exists (EPERM: it does, under another user). */
-export function processAlive(pid: number): boolean {
+function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
