@@ -7,7 +7,7 @@
  *   - disk written by the creation of a second machine from the same box (before boot).
  * Run: npm run build && node --import tsx bench/machine.ts
  */
-import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {execa} from 'execa'
@@ -21,7 +21,6 @@ import {resolveAccel} from '../src/providers/qemu/accel.js'
 import {bootInstance, createOverlay, instanceFiles} from '../src/providers/qemu/instance.js'
 import {isAlive, stopQemu} from '../src/providers/qemu/process.js'
 import {testCacheDir} from '../test/support/cache.js'
-import {readFile} from 'node:fs/promises'
 
 const BIN = join(PROJECT_ROOT, 'bin', 'run.js')
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!

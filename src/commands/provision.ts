@@ -1,5 +1,4 @@
-import {BoxError} from '../lib/errors.js'
-import {machineDir, providerFor, readRecord, sshTarget} from '../lib/machine.js'
+import {runningMachineTarget} from '../lib/machine.js'
 import {runProvisioners} from '../lib/provision.js'
 import {MachineCommand} from '../machine-command.js'
 
@@ -9,13 +8,7 @@ export default class Provision extends MachineCommand<typeof Provision> {
   async run(): Promise<void> {
     const {machines, context} = await this.project()
     for (const machine of machines) {
-      const stateDir = machineDir(context.projectDir, machine.name)
-      const provider = providerFor(machine.provider, context.cacheDir)
-      const record = await readRecord(stateDir)
-      if (!record || (await provider.state({stateDir})) !== 'running') {
-        throw new BoxError(`machine ${machine.name} is not running`, {suggestions: [`start it: box up ${machine.name}`]})
-      }
-      const count = await runProvisioners(context, machine, sshTarget(stateDir, record, provider), {firstTime: true})
+      const count = await runProvisioners(context, machine, await runningMachineTarget(context, machine), {firstTime: true})
       if (count === 0) this.log(`${machine.name}: no provisioners to run`)
     }
   }

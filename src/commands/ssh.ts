@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core'
 import {execa} from 'execa'
 
 import {BoxError, ExitCode} from '../lib/errors.js'
-import {machineDir, providerFor, readRecord, sshTarget} from '../lib/machine.js'
+import {runningMachineTarget} from '../lib/machine.js'
 import {sshArgs} from '../lib/ssh.js'
 import {MachineCommand} from '../machine-command.js'
 
@@ -20,13 +20,7 @@ export default class Ssh extends MachineCommand<typeof Ssh> {
       throw new BoxError(`box ssh needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {exitCode: ExitCode.USAGE, suggestions: [`name one: box ssh ${machines[0]!.name}`]})
     }
     const machine = machines[0]!
-    const stateDir = machineDir(context.projectDir, machine.name)
-    const provider = providerFor(machine.provider, context.cacheDir)
-    const record = await readRecord(stateDir)
-    if (!record || (await provider.state({stateDir})) !== 'running') {
-      throw new BoxError(`machine ${machine.name} is not running`, {suggestions: ['start it: box up']})
-    }
-    const target = sshTarget(stateDir, record, provider)
+    const target = await runningMachineTarget(context, machine)
     const words = this.guestCommand
     const interactive = this.flags.command === undefined && words.length === 0
     const args = sshArgs(target, words, this.flags.command)

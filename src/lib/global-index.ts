@@ -5,13 +5,13 @@
  * with rename(2), so readers never see half a file and no update is lost.
  */
 import {randomBytes} from 'node:crypto'
-import {mkdir, open, readFile, rename, rm, stat, unlink, writeFile} from 'node:fs/promises'
+import {mkdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
-import {setTimeout as sleep} from 'node:timers/promises'
 
 import {z} from 'zod'
 
 import {BoxError} from './errors.js'
+import {acquireLock} from './lock.js'
 
 export const MachineEntrySchema = z.object({
   /** Unique per machine (the lifecycle code picks it; a UUID is fine). */
@@ -34,8 +34,6 @@ const IndexFileSchema = z.object({
 type IndexFile = z.infer<typeof IndexFileSchema>
 
 const INDEX_FILE = 'machines.json'
-/** A lock older than this is from a writer that died; nobody holds it for more than milliseconds. */
-const STALE_LOCK_MS = 30_000
 const LOCK_WAIT_MS = 10_000
 
 export function indexPath(dataDir: string): string {
@@ -131,53 +129,20 @@ async function updateIndex(dataDir: string, change: (machines: MachineEntry[]) =
   })
 }
 
-/**
- * Hold `lockFile` (created with O_EXCL, holding our pid) while `work` runs. A lock whose
- * owner is dead, or that is older than STALE_LOCK_MS, is broken.
- */
+/** Hold the index lock while `work` runs (a dead writer's lock is taken over). */
 async function withLock<T>(lockFile: string, work: () => Promise<T>): Promise<T> {
-  const deadline = Date.now() + LOCK_WAIT_MS
-  let delay = 2
-  for (;;) {
-    try {
-      const handle = await open(lockFile, 'wx')
-      await handle.writeFile(`${process.pid}\n`)
-      await handle.close()
-      break
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
-      if (await isStaleLock(lockFile)) {
-        await unlink(lockFile).catch(() => undefined)
-        continue
-      }
-      if (Date.now() > deadline) {
-        throw new BoxError(`the machine index is locked by another box process (${lockFile})`, {
-          suggestions: ['try again; if no other box command is running, remove the lock file'],
-        })
-      }
-      // Jitter so waiting writers do not retry in lockstep; the critical section is milliseconds long.
-      await sleep(delay + Math.random() * delay)
-      delay = Math.min(delay * 2, 20)
-    }
-  }
+  const release = await acquireLock(lockFile, {
+    waitMs: LOCK_WAIT_MS,
+    // The critical section is milliseconds long: poll often.
+    pollMs: 5,
+    busy: () => new BoxError(`the machine index is locked by another box process (${lockFile})`, {
+      suggestions: ['try again; if no other box command is running, remove the lock file'],
+    }),
+  })
   try {
     return await work()
   } finally {
-    await unlink(lockFile).catch(() => undefined)
-  }
-}
-
-async function isStaleLock(lockFile: string): Promise<boolean> {
-  const [text, info] = await Promise.all([readFile(lockFile, 'utf8').catch(() => ''), stat(lockFile).catch(() => undefined)])
-  if (!info) return false // gone already: just retry
-  if (Date.now() - info.mtimeMs > STALE_LOCK_MS) return true
-  const pid = Number.parseInt(text, 10)
-  if (!Number.isInteger(pid) || pid <= 0) return false // being written right now
-  try {
-    process.kill(pid, 0)
-    return false
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'ESRCH'
+    await release()
   }
 }
 

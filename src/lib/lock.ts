@@ -1,4 +1,4 @@
-import {open, readFile, rm} from 'node:fs/promises'
+import {open, readFile, rm, stat} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 
 import {BoxError} from './errors.js'
@@ -16,9 +16,14 @@ function processAlive(pid: number): boolean {
 export interface LockOptions {
   /** How long to wait for a live owner to let go; 0 fails at once. */
   waitMs?: number
+  /** Pause between attempts (short for locks held for milliseconds). */
+  pollMs?: number
   /** The error for a lock a live process holds. */
   busy: (ownerPid: number) => BoxError
 }
+
+/** A lock file still without a pid after this long was left by a writer that died mid-create. */
+const UNWRITTEN_LOCK_MS = 5000
 
 /**
  * An exclusive lock file (O_EXCL) holding the owner's pid. A lock whose owner is dead
@@ -38,12 +43,20 @@ export async function acquireLock(file: string, options: LockOptions): Promise<(
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
     }
-    const owner = Number.parseInt(await readFile(file, 'utf8').catch(() => ''), 10)
-    if (!Number.isInteger(owner) || !processAlive(owner)) {
+    const [text, info] = await Promise.all([readFile(file, 'utf8').catch(() => ''), stat(file).catch(() => undefined)])
+    if (!info) continue // released meanwhile
+    const owner = Number.parseInt(text, 10)
+    if (Number.isInteger(owner) && owner > 0) {
+      if (!processAlive(owner)) {
+        await rm(file, {force: true})
+        continue
+      }
+      if (Date.now() >= deadline) throw options.busy(owner)
+    } else if (Date.now() - info.mtimeMs > UNWRITTEN_LOCK_MS) {
+      // No pid yet: another process is between create and write, unless it died there.
       await rm(file, {force: true})
       continue
     }
-    if (Date.now() >= deadline) throw options.busy(owner)
-    await sleep(200)
+    await sleep(options.pollMs ?? 200)
   }
 }

@@ -5,7 +5,7 @@ import {execa} from 'execa'
 
 import {QemuProvider} from '../providers/qemu/index.js'
 import {VirtualBoxProvider} from '../providers/virtualbox/index.js'
-import type {ForwardedPortRecord, MachineHandle, MachineState, Provider} from '../providers/provider.js'
+import type {MachineHandle, MachineState, Provider} from '../providers/provider.js'
 import {BoxMetadataSchema, COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
 import type {ResolvedMachine} from './boxfile.js'
 import {BoxError, ExitCode} from './errors.js'
@@ -13,6 +13,7 @@ import {run} from './exec.js'
 import {registerMachine, unregisterMachine} from './global-index.js'
 import {acquireLock} from './lock.js'
 import {PROJECT_ROOT} from './paths.js'
+import type {ForwardedPort} from './ports.js'
 import type {Progress} from './progress.js'
 import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from './ssh.js'
 import type {StoredBox} from './store.js'
@@ -27,8 +28,10 @@ export interface MachineRecord {
   sshPort?: number
   /** The machine's own key replaced the box's insecure one in the guest. */
   keyInstalled?: boolean
+  /** The guest file holding it: /persistent/… for boxes built by box, else ~/.ssh (in the root filesystem). */
+  authorizedKeysFile?: string
   /** Forwards in force at the last boot (host ports may have moved off taken ones). */
-  forwardedPorts?: ForwardedPortRecord[]
+  forwardedPorts?: ForwardedPort[]
   /** Provisioners with run: once have run (on the first successful `up`). */
   provisioned: boolean
   createdAt: string
@@ -117,6 +120,17 @@ function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: strin
 export function sshTarget(stateDir: string, record: MachineRecord, provider: Provider): SshTarget {
   if (!record.sshPort) throw new BoxError(`machine ${record.name} has never been started`, {suggestions: ['start it: box up'] })
   return {host: '127.0.0.1', port: record.sshPort, user: record.user, keyFile: files(stateDir).key, controlPath: provider.sshControlPath({stateDir})}
+}
+
+/** The ssh target of a machine that must be running (ssh, provision, rsync); a clear error otherwise. */
+export async function runningMachineTarget(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine): Promise<SshTarget> {
+  const stateDir = machineDir(context.projectDir, machine.name)
+  const provider = providerFor(machine.provider, context.cacheDir)
+  const record = await readRecord(stateDir)
+  if (!record || (await provider.state({stateDir})) !== 'running') {
+    throw new BoxError(`machine ${machine.name} is not running`, {suggestions: [`start it: box up ${machine.name}`]})
+  }
+  return sshTarget(stateDir, record, provider)
 }
 
 export interface UpOptions {
@@ -247,15 +261,16 @@ async function waitForMachineSsh(stateDir: string, target: SshTarget, record: Ma
     return record
   }
   const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(stateDir, 'insecure_key'))
+  let authorizedKeysFile: string
   try {
     const bootstrap = {...target, keyFile: insecure, controlPath: undefined}
     await waitForSsh(bootstrap, options)
-    await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
+    authorizedKeysFile = await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
   } finally {
     await rm(insecure, {force: true})
   }
   await waitForSsh(target, {...options, timeoutMs: 30_000})
-  const updated = {...record, keyInstalled: true}
+  const updated = {...record, keyInstalled: true, authorizedKeysFile}
   await writeRecord(stateDir, updated)
   return updated
 }
@@ -265,7 +280,7 @@ async function waitForMachineSsh(stateDir: string, target: SshTarget, record: Ma
  * authorized keys from /persistent (so the key survives every resnap and the insecure
  * key never comes back); other boxes get it in ~/.ssh/authorized_keys.
  */
-export async function installMachineKey(target: SshTarget, user: string, publicKey: string): Promise<void> {
+export async function installMachineKey(target: SshTarget, user: string, publicKey: string): Promise<string> {
   const script = `set -eu
 user="$1"
 if sshd -T 2>/dev/null | grep -qi '^authorizedkeysfile .*/persistent/ssh/authorized_keys'; then
@@ -277,8 +292,10 @@ mkdir -p "$(dirname "$file")"
 cat > "$file.new"
 chown "$user" "$file.new" && chmod 0600 "$file.new"
 mv "$file.new" "$file"
+echo "$file"
 `
-  await sshRun(target, ['sudo', 'sh', '-c', script, 'sh', user], {input: publicKey, purpose: 'installing the machine ssh key'})
+  const {stdout} = await sshRun(target, ['sudo', 'sh', '-c', script, 'sh', user], {input: publicKey, purpose: 'installing the machine ssh key'})
+  return stdout.trim()
 }
 
 export interface MachineStatus {

@@ -146,7 +146,10 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
     await zeroImageRanges(scrubbed, dropped)
     if (layout && lvm) {
       await restorePersistent(scrubbed, record, lvm, rangesOf(lvm.persistent), progress)
-      if (originChanged) await resetLoginKeys(scrubbed, rangesOf(lvm.root), record.user, workDir)
+      // Only when `up` put the machine key into the root filesystem (boxes whose sshd reads ~/.ssh):
+      // keys in /persistent never reach the package, which ships the source box's /persistent.
+      const keyInRoot = !record.authorizedKeysFile?.startsWith('/persistent/')
+      if (originChanged && keyInRoot) await resetLoginKeys(scrubbed, rangesOf(lvm.root), record.user, workDir)
     } else if (originChanged) {
       progress.warn(`${record.box.name} has no LVM layout box knows: the disk is packaged as the machine left it, its ssh keys included (put ${join(PROJECT_ROOT, 'static', 'insecure_key.pub')} back as the login user's authorized_keys before halting)`)
     }

@@ -1,14 +1,8 @@
+import type {ForwardedPort} from '../lib/ports.js'
 import type {BootChoice} from '../lib/resnap.js'
 import type {BoxImage} from './qemu/instance.js'
 
 export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'
-
-export interface ForwardedPortRecord {
-  guest: number
-  host: number
-  hostIp: string
-  protocol: 'tcp' | 'udp'
-}
 
 /** What a provider needs to know about one machine; commands never see provider internals. */
 export interface MachineHandle {
@@ -18,7 +12,7 @@ export interface MachineHandle {
   box: BoxImage
   cpus: number
   memoryMiB: number
-  forwardedPorts: ForwardedPortRecord[]
+  forwardedPorts: ForwardedPort[]
 }
 
 export interface StartOptions {
@@ -31,7 +25,7 @@ export interface StartOptions {
 export interface Started {
   sshPort: number
   /** Forwards in force this boot (a taken host port moved to a free one). */
-  forwardedPorts: ForwardedPortRecord[]
+  forwardedPorts: ForwardedPort[]
   /** Serial console log, shown when the guest does not come up. */
   serialLog: string
   isAlive(): boolean

@@ -15,7 +15,8 @@ import {BoxError} from '../../src/lib/errors.js'
 import {HOST_TOOLS} from '../../src/lib/host-tools.js'
 import {providerFor} from '../../src/lib/machine.js'
 import {freePort} from '../../src/lib/ports.js'
-import type {ForwardedPortRecord, MachineHandle} from '../../src/providers/provider.js'
+import type {ForwardedPort} from '../../src/lib/ports.js'
+import type {MachineHandle} from '../../src/providers/provider.js'
 import {DMI_SYSTEM_SKU_KEY, dmiSkuFor, grubBootSelection, grubEntryFor} from '../../src/lib/boot-choice.js'
 import {convertForVirtualBox} from '../../src/providers/virtualbox/convert.js'
 import {baseVmName, readVirtualBoxRecord, removeVirtualBoxBase, VirtualBoxProvider} from '../../src/providers/virtualbox/index.js'
@@ -93,7 +94,7 @@ async function makeConvertedResnapBox(): Promise<MachineHandle['box']> {
   return {dir: boxDir, metadata}
 }
 
-function machine(name: string, box: MachineHandle['box'], forwardedPorts: ForwardedPortRecord[] = []): MachineHandle {
+function machine(name: string, box: MachineHandle['box'], forwardedPorts: ForwardedPort[] = []): MachineHandle {
   return {name, stateDir: join(dir, 'project', '.box', 'machines', name), box, cpus: 2, memoryMiB: 1024, forwardedPorts}
 }
 

@@ -1,12 +1,5 @@
+import type {ForwardedPort} from '../../lib/ports.js'
 import {accelArgs, type Accel} from './accel.js'
-
-export interface PortForward {
-  guest: number
-  host: number
-  /** Always explicit; box defaults it to 127.0.0.1 so nothing is exposed by accident. */
-  hostIp: string
-  protocol: 'tcp' | 'udp'
-}
 
 export interface DirectBoot {
   kernel: string
@@ -24,7 +17,7 @@ export interface QemuLaunchSpec {
   disk: string
   /** Direct kernel boot; without it the disk's own boot loader (grub) runs. */
   directBoot?: DirectBoot
-  forwards: PortForward[]
+  forwards: ForwardedPort[]
   qmpSocket: string
   serialLog: string
   pidFile: string
@@ -34,7 +27,7 @@ export interface QemuLaunchSpec {
   daemonize?: boolean
 }
 
-export function hostfwd(forward: PortForward): string {
+export function hostfwd(forward: ForwardedPort): string {
   return `hostfwd=${forward.protocol}:${forward.hostIp}:${forward.host}-:${forward.guest}`
 }
 

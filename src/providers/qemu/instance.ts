@@ -4,11 +4,11 @@ import {join} from 'node:path'
 import type {BoxMetadata} from '../../lib/box-metadata.js'
 import {BoxError} from '../../lib/errors.js'
 import {run} from '../../lib/exec.js'
-import {availableForwards, freePort, isPortFree} from '../../lib/ports.js'
+import {availableForwards, freePort, isPortFree, type ForwardedPort} from '../../lib/ports.js'
 import {socketPath} from '../../lib/short-socket.js'
 import {bootCommandLine, type BootChoice} from '../../lib/resnap.js'
 import type {Accel} from './accel.js'
-import type {DirectBoot, PortForward} from './argv.js'
+import type {DirectBoot} from './argv.js'
 import {HostPortInUseError, launchQemu} from './process.js'
 
 /** The files of one QEMU machine inside its state directory. */
@@ -66,14 +66,14 @@ export interface BootOptions {
   firmwareBoot?: boolean
   /** Host port for ssh; a free one is picked when missing or taken. */
   sshPort?: number
-  forwards?: PortForward[]
+  forwards?: ForwardedPort[]
 }
 
 export interface Booted {
   pid: number
   sshPort: number
   /** The forwards in force: a taken host port moves to the next free one. */
-  forwards: PortForward[]
+  forwards: ForwardedPort[]
 }
 
 
