@@ -40,7 +40,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       flags: this.ctor.flags,
       baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
       enableJsonFlag: this.ctor.enableJsonFlag,
-      args: this.ctor.args,
+      // oclif reads a missing argument from piped stdin: a machine name would come out of
+      // `--password-stdin`'s password or a script meant for the guest. Arguments come from argv only.
+      args: Object.fromEntries(Object.entries(this.ctor.args ?? {}).map(([name, arg]) => [name, {...arg, ignoreStdin: true}])),
       strict: this.ctor.strict,
     })
     this.flags = flags as FlagsOf<T>

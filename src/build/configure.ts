@@ -22,6 +22,12 @@ export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_
  * Units a worker does not need; each one cost boot time under TCG or writes in the
  * background (which fills the root snapshot). Masking a unit that is not installed is harmless.
  */
+/**
+ * The files of provisioners/ that the image carries (the others, e.g. the `secure`
+ * template, run from the host): cached boxes are keyed by these, not the whole folder.
+ */
+export const IMAGE_PROVISIONERS = ['box-ssh-setup', 'provisiond', 'provisiond.service', 'box-lockdown.service'] as const
+
 export const MASKED_UNITS = [
   'lvm2-monitor.service', // dmeventd monitoring: we use no autoextend; slow at boot
   'lvm2-lvmpolld.socket',
@@ -173,7 +179,8 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await put(root, 'etc/systemd/journald.conf.d/box.conf', '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n')
   await install(root, projectFile('provisioners', 'provisiond'), 'usr/local/sbin/provisiond', 0o755)
   await install(root, projectFile('provisioners', 'provisiond.service'), 'etc/systemd/system/provisiond.service', 0o644)
-  const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service']
+  await install(root, projectFile('provisioners', 'box-lockdown.service'), 'etc/systemd/system/box-lockdown.service', 0o644)
+  const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service', 'box-lockdown.service']
   if (recipe.lvm.swap) {
     await put(root, 'etc/systemd/system/box-swap.service', swapUnit(mapperPath(recipe.lvm.vg, recipe.lvm.swap)))
     units.push('box-swap.service')

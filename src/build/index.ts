@@ -13,7 +13,7 @@ import {findOnPath, missingProgramError} from '../lib/exec.js'
 import {defaultCacheDir, PROJECT_ROOT} from '../lib/paths.js'
 import {createProgress, formatBytes, type Progress, type Stage} from '../lib/progress.js'
 import {makeApplianceInitrd, runAppliance} from './appliance.js'
-import {configureRootfs, copyRootfs} from './configure.js'
+import {configureRootfs, copyRootfs, IMAGE_PROVISIONERS} from './configure.js'
 import {makeImages, resolveBootLink, splitBoot} from './image.js'
 import {removeTree} from './mounts.js'
 import {lockOutput, packageBox} from './package.js'
@@ -197,8 +197,8 @@ export async function ensureBox(recipeDir: string, options: EnsureBoxOptions = {
 
 /**
  * Hash of everything a built box depends on: the recipe (and its mirror), the key
- * files it names, the shipped guest files (initramfs/, provisioners/, the insecure
- * key) and the builder's own sources — editing the builder invalidates cached boxes.
+ * files it names, the shipped guest files (initramfs/, the image's provisioners, the
+ * insecure key) and the builder's own sources — editing the builder invalidates cached boxes.
  */
 export async function fullRecipeHash(recipe: Recipe, mirror: string): Promise<string> {
   const hash = createHash('sha256')
@@ -210,12 +210,13 @@ export async function fullRecipeHash(recipe: Recipe, mirror: string): Promise<st
   add('mirror', mirror)
   for (const file of recipe.authorizedKeyFiles.flat()) add(`key:${relative(recipe.dir, file)}`, await readFile(file))
   const builderSources = existsSync(join(PROJECT_ROOT, 'src', 'build')) ? join('src', 'build') : join('dist', 'build')
-  for (const dir of ['initramfs', 'provisioners', builderSources]) {
+  for (const dir of ['initramfs', builderSources]) {
     for (const file of await listFiles(join(PROJECT_ROOT, dir))) {
       if (file.endsWith('.map')) continue
       add(relative(PROJECT_ROOT, file), await readFile(file))
     }
   }
+  for (const name of IMAGE_PROVISIONERS) add(`provisioners/${name}`, await readFile(join(PROJECT_ROOT, 'provisioners', name)))
   add('static/insecure_key.pub', await readFile(join(PROJECT_ROOT, 'static', 'insecure_key.pub')))
   // Shared modules whose output lands in the image: kernel command lines and grub's boot choice.
   const lib = builderSources.replace(/build$/, 'lib')

@@ -40,6 +40,8 @@ export const MACHINE_DEFAULTS = {
   protocol: 'tcp' as Protocol,
   privileged: true,
   run: 'once' as ProvisionerRun,
+  /** The port a director serves its site's workers on (box secure opens it). */
+  directorPort: 8443,
 }
 
 /** Store names: "name" or "org/name" as Vagrant catalogs spell them. */
@@ -115,6 +117,7 @@ export interface ResolvedMachine {
   ssh: {username?: string; forwardAgent: boolean}
   hostname?: string
   site?: string
+  directorPort: number
 }
 
 export interface Boxfile {
@@ -288,6 +291,7 @@ const machineShape = {
   ssh: closedObject({username: text('a user name').optional(), forward_agent: flag().optional()}),
   hostname: hostName('worker-1 or worker-1.example.org'),
   site: hostName('example.org'),
+  director_port: port('director'),
 }
 type MachineShape = typeof machineShape
 const MachineSettingsSchema = closedObject(
@@ -447,6 +451,7 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
       ssh: {username: ssh.username, forwardAgent: ssh.forward_agent ?? false},
       hostname: settings.hostname ?? defaults.hostname,
       site: settings.site ?? defaults.site,
+      directorPort: settings.director_port ?? defaults.director_port ?? MACHINE_DEFAULTS.directorPort,
     })
   }
   checkHostPorts(allPorts, loaded, problem)

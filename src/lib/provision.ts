@@ -33,24 +33,52 @@ export async function runProvisioners(context: MachineContext, machine: Resolved
 
 async function runShell(context: MachineContext, name: string, target: SshTarget, provisioner: Extract<Provisioner, {type: 'shell'}>): Promise<void> {
   const script = provisioner.inline ?? (await readFile(provisioner.path!, 'utf8'))
-  // The script travels over ssh's stdin into a private temp file, then runs from there
-  // so it keeps its own stdin and shebang; nothing of it is on a command line.
-  const {stdout: remoteFile} = await sshRun(target, ['sh', '-c', 'f=$(mktemp /tmp/box-provision.XXXXXX) && cat > "$f" && chmod 0700 "$f" && echo "$f"'], {input: script, purpose: `uploading provisioner ${provisioner.name}`})
-  const envWords = Object.entries(provisioner.env).map(([key, value]) => `${key}=${value}`)
-  const inline = provisioner.inline !== undefined && !provisioner.inline.startsWith('#!')
-  const command = [...(provisioner.privileged ? ['sudo', '-n'] : []), 'env', ...envWords, ...(inline ? ['sh', remoteFile] : [remoteFile]), ...provisioner.args]
-  const remote = `${shJoin(command)}; status=$?; rm -f ${shJoin([remoteFile])}; exit $status`
-  const child = execa('ssh', sshArgs(target, undefined, remote), {reject: false, stdin: 'ignore', cancelSignal: context.signal})
-  const prefix = (line: string) => context.output?.(`${name}: ${line}`) ?? process.stdout.write(`${name}: ${line}\n`)
-  const pump = (stream: NodeJS.ReadableStream | null) => stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
-  await Promise.all([pump(child.stdout), pump(child.stderr)])
-  const result = await child
-  if (result.exitCode !== 0) {
-    throw new BoxError(`provisioner "${provisioner.name}" of ${name} failed with exit code ${result.exitCode}`, {
-      exitCode: typeof result.exitCode === 'number' && result.exitCode > 0 ? result.exitCode : 1,
+  const exitCode = await runGuestScript(context, name, target, {
+    name: provisioner.name,
+    script,
+    viaSh: provisioner.inline !== undefined && !provisioner.inline.startsWith('#!'),
+    privileged: provisioner.privileged,
+    env: provisioner.env,
+    args: provisioner.args,
+  })
+  if (exitCode !== 0) {
+    throw new BoxError(`provisioner "${provisioner.name}" of ${name} failed with exit code ${exitCode}`, {
+      exitCode,
       suggestions: ['fix the script, then run it again: box provision'],
     })
   }
+}
+
+export interface GuestScript {
+  /** For messages. */
+  name: string
+  script: string
+  /** Run as `sh FILE` (a script without a shebang) rather than executing FILE. */
+  viaSh: boolean
+  privileged: boolean
+  env?: Record<string, string>
+  args?: readonly string[]
+  /** The script's standard input: how a secret reaches the guest without touching a command line. */
+  input?: string
+}
+
+/**
+ * Run a script in the guest, its output streamed line by line with the machine's name as
+ * prefix. The script travels over ssh's stdin into a private temp file, then runs from
+ * there (removed afterwards), so nothing of it is on a command line. Resolves to the
+ * script's exit code (1 when the process was killed and has none).
+ */
+export async function runGuestScript(context: MachineContext, machineName: string, target: SshTarget, guestScript: GuestScript): Promise<number> {
+  const {stdout: remoteFile} = await sshRun(target, ['sh', '-c', 'f=$(mktemp /tmp/box-provision.XXXXXX) && cat > "$f" && chmod 0700 "$f" && echo "$f"'], {input: guestScript.script, purpose: `uploading ${guestScript.name}`})
+  const envWords = Object.entries(guestScript.env ?? {}).map(([key, value]) => `${key}=${value}`)
+  const command = [...(guestScript.privileged ? ['sudo', '-n'] : []), 'env', ...envWords, ...(guestScript.viaSh ? ['sh', remoteFile] : [remoteFile]), ...(guestScript.args ?? [])]
+  const remote = `${shJoin(command)}; status=$?; rm -f ${shJoin([remoteFile])}; exit $status`
+  const child = execa('ssh', sshArgs(target, undefined, remote), {reject: false, cancelSignal: context.signal, ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input})})
+  const prefix = (line: string) => context.output?.(`${machineName}: ${line}`) ?? process.stdout.write(`${machineName}: ${line}\n`)
+  const pump = (stream: NodeJS.ReadableStream | null) => stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
+  await Promise.all([pump(child.stdout), pump(child.stderr)])
+  const result = await child
+  return result.exitCode ?? 1
 }
 
 /** File provisioner: a file is streamed with cat, a directory as a tar. */

@@ -28,10 +28,14 @@ afterEach(async () => {
 const CLI = process.env.BOX_TEST_CLI ?? join(PROJECT_ROOT, 'bin', 'run.js')
 
 async function box(...args: string[]) {
+  return boxWithInput(undefined, ...args)
+}
+
+async function boxWithInput(input: string | undefined, ...args: string[]) {
   const result = await execa('node', [CLI, ...args], {
     reject: false,
     env: {BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: join(dir, 'cache'), NO_COLOR: '1'},
-    stdin: 'ignore',
+    ...(input === undefined ? {stdin: 'ignore' as const} : {input}),
     timeout: 60_000,
   })
   return {exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr)}
@@ -115,6 +119,15 @@ describe('box add / list / remove', () => {
 
     expect((await box('add', 'x')).exitCode).not.toBe(0)
     expect(await readdir(join(dataDir, 'boxes'))).toEqual([])
+  })
+
+  it('never takes a missing argument from piped stdin (it may be a password or a script)', async () => {
+    const file = await makeBoxFile(dir)
+    expect((await box('add', 'demo', file)).exitCode).toBe(0)
+    const removal = await boxWithInput('demo\n', 'remove')
+    expect(removal.exitCode).toBe(2)
+    expect(removal.stderr).toMatch(/Missing 1 required arg/)
+    expect((await listJson()).map((entry) => entry.name)).toEqual(['demo'])
   })
 
   it('remove is refused while a machine uses the box, naming the machine', async () => {

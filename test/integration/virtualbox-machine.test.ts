@@ -70,6 +70,7 @@ const web: ResolvedMachine = {
   syncedFolders: [],
   provisioners: [],
   ssh: {forwardAgent: false},
+  directorPort: 8443,
 }
 
 async function calls(): Promise<string[][]> {

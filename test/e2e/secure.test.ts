@@ -1,0 +1,288 @@
+/**
+ * `box secure` on a real guest: the questions answered in a real terminal (tmux), the
+ * lockdown checked inside the guest and from the host, the password searched for where
+ * it must never be, and the lockdown still in force after a resnap.
+ */
+import {mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {connect} from 'node:net'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
+import {execa} from 'execa'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {ensureBox} from '../../src/build/index.js'
+import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {testCacheDir} from '../support/cache.js'
+import {BIN, box, type CliEnv} from '../support/cli.js'
+
+const BOXFILE = `box: reference
+site: example.org
+forwarded_ports:
+  - {guest: 8443, host: 28443}   # the director's port (director_port's default)
+  - {guest: 2222, host: 22222}   # any other port: the firewall drops it
+`
+// Quotes, spaces and a "$" make any shell-quoting slip visible.
+const FIRST_PASSWORD = `It's a $ecret "pass" ${Date.now()}`
+const SECOND_PASSWORD = `second-${Date.now()}-pässword`
+
+/** Collects `ps` output every 50 ms until stopped: a password on any command line shows up here. */
+function sampleHostProcesses(): {stop: () => Promise<string>} {
+  let running = true
+  const samples: string[] = []
+  const loop = (async () => {
+    while (running) {
+      samples.push((await execa('ps', ['-eo', 'args='], {reject: false})).stdout)
+      await sleep(50)
+    }
+  })()
+  return {
+    stop: async () => {
+      running = false
+      await loop
+      return samples.join('\n')
+    },
+  }
+}
+
+/** Whether a TCP service behind a forwarded port sends its first bytes (an ssh banner) within `ms`. */
+function bannerWithin(port: number, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    const done = (result: boolean) => {
+      socket.destroy()
+      resolve(result)
+    }
+    socket.once('data', (data) => done(data.toString().startsWith('SSH-')))
+    socket.once('error', () => done(false))
+    socket.once('close', () => done(false))
+    socket.setTimeout(ms, () => done(false))
+  })
+}
+
+/** A private tmux server: box secure runs in a real terminal and is answered key by key. */
+class Terminal {
+  private readonly socket = `box-secure-test-${process.pid}`
+
+  async tmux(args: string[], input?: string): Promise<string> {
+    return (await execa('tmux', ['-L', this.socket, ...args], input === undefined ? {stdin: 'ignore'} : {input})).stdout
+  }
+
+  screen(): Promise<string> {
+    return this.tmux(['capture-pane', '-p', '-t', 'secure'])
+  }
+
+  async waitFor(predicate: (screen: string) => boolean, what: string, timeoutMs = 60_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const screen = await this.screen()
+      if (predicate(screen)) return screen
+      if (Date.now() > deadline) throw new Error(`the terminal never showed ${what}; it shows:\n${screen}`)
+      await sleep(200)
+    }
+  }
+
+  async keys(...keys: string[]): Promise<void> {
+    await this.tmux(['send-keys', '-t', 'secure', ...keys])
+  }
+
+  /** Typed text that must not appear on any command line: through a paste buffer fed on stdin. */
+  async typeSecret(text: string): Promise<void> {
+    await this.tmux(['load-buffer', '-b', 'secret', '-'], text)
+    await this.tmux(['paste-buffer', '-d', '-b', 'secret', '-t', 'secure'])
+  }
+
+  async kill(): Promise<void> {
+    await execa('tmux', ['-L', this.socket, 'kill-server'], {reject: false})
+  }
+}
+
+const occurrences = (text: string, needle: string) => text.split(needle).length - 1
+
+describe('box secure on a real guest', {timeout: 420_000}, () => {
+  let env: CliEnv
+  let project: string
+  let stateDir: string
+  const terminal = new Terminal()
+  const ssh = async (command: string) => {
+    const result = await box(env, ['ssh', '-c', command])
+    expect(result.exitCode, `${command}: ${result.stderr}`).toBe(0)
+    return result.stdout
+  }
+  const hostPort = async (guest: number): Promise<number> => {
+    const [status] = JSON.parse((await box(env, ['status', '--json'])).stdout) as Array<{forwardedPorts: Array<{guest: number; host: number}>}>
+    return status!.forwardedPorts.find((port) => port.guest === guest)!.host
+  }
+
+  beforeAll(async () => {
+    const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
+    const root = await mkdtemp(join(tmpdir(), 'box-secure-'))
+    project = join(root, 'project')
+    await mkdir(project)
+    stateDir = join(project, '.box')
+    env = {cwd: project, dataDir: join(root, 'data'), cacheDir: testCacheDir()}
+    expect((await box(env, ['add', 'reference', boxFile])).exitCode).toBe(0)
+    await writeFile(join(project, 'Boxfile'), BOXFILE)
+    const up = await box(env, ['up'])
+    expect(up.exitCode, up.stderr).toBe(0)
+  })
+
+  afterAll(async () => {
+    await terminal.kill()
+    if (env) {
+      await box(env, ['destroy', '-f'])
+      await rm(join(env.cwd, '..'), {recursive: true, force: true})
+    }
+  })
+
+  it('before securing: --status says so, and missing answers without a terminal name their flags', async () => {
+    const status = JSON.parse((await box(env, ['secure', '--status', '--json'])).stdout)
+    expect(status).toEqual([expect.objectContaining({machine: 'default', configured: false, inForce: false})])
+
+    const noRole = await box(env, ['secure', '--yes'])
+    expect(noRole.exitCode).toBe(2)
+    expect(noRole.stderr).toContain('pass --role')
+    // The Boxfile gives the site; the user name is missing.
+    const noUser = await box(env, ['secure', '--role', 'worker', '--yes'])
+    expect(noUser.exitCode).toBe(2)
+    expect(noUser.stderr).toContain('pass --username')
+    // No terminal (stdin is not one): no question, no hang.
+    const noPassword = await box(env, ['secure', '--role', 'worker', '--username', 'alice'])
+    expect(noPassword.exitCode).toBe(2)
+    expect(noPassword.stderr).toContain('pass --password-stdin')
+    const badSite = await box(env, ['secure', '--role', 'worker', '--site', 'not a site', '--username', 'alice', '--password-stdin'], {input: 'x\n'})
+    expect(badSite.exitCode).toBe(2)
+    expect(badSite.stderr).toContain('--site: "not a site" is not a host name')
+  })
+
+  it('asks its four questions in a terminal, and the password appears nowhere', async () => {
+    // A sampler in the guest too: the password must not be on a command line there either.
+    await ssh('setsid sh -c "while :; do ps -eo args=; sleep 0.05; done" > /tmp/ps-samples 2>&1 < /dev/null & echo $! > /tmp/ps-sampler')
+    const hostProcesses = sampleHostProcesses()
+    const exitFile = join(project, '..', 'secure-exit')
+    await terminal.tmux([
+      'new-session', '-d', '-s', 'secure', '-x', '160', '-y', '40', '-c', project,
+      '-e', `BOX_DATA_DIR=${env.dataDir}`, '-e', `BOX_CACHE_DIR=${env.cacheDir}`, '-e', 'NO_COLOR=1',
+      // The exit code goes to a file; the pane stays open to be read.
+      'sh', '-c', 'node "$0" secure; echo $? > "$1"; sleep 600', BIN, exitFile,
+    ])
+    await terminal.waitFor((screen) => screen.includes('Worker or director?'), 'the role question')
+    await terminal.keys('Down', 'Enter')
+    const siteQuestion = await terminal.waitFor((screen) => screen.includes('Site name?'), 'the site question')
+    expect(siteQuestion).toContain('example.org') // the Boxfile's site, offered as default
+    await terminal.keys('Enter')
+    await terminal.waitFor((screen) => screen.includes('User name?'), 'the user question')
+    await terminal.keys('-l', 'alice')
+    await terminal.keys('Enter')
+    await terminal.waitFor((screen) => screen.includes('Password?'), 'the password question')
+    await terminal.typeSecret(FIRST_PASSWORD)
+    await terminal.keys('Enter')
+    await terminal.waitFor((screen) => screen.includes('Password again?'), 'the confirmation')
+    await terminal.typeSecret('a typo')
+    await terminal.keys('Enter')
+    // Different twice: asked again.
+    await terminal.waitFor((screen) => screen.includes('differ') && occurrences(screen, 'Password?') === 2, 'the password asked again')
+    await terminal.typeSecret(FIRST_PASSWORD)
+    await terminal.keys('Enter')
+    await terminal.waitFor((screen) => occurrences(screen, 'Password again?') === 2, 'the second confirmation')
+    await terminal.typeSecret(FIRST_PASSWORD)
+    await terminal.keys('Enter')
+
+    const deadline = Date.now() + 180_000
+    while (!(await stat(exitFile).catch(() => undefined)) && Date.now() < deadline) await sleep(500)
+    const screen = await terminal.screen()
+    const hostPs = await hostProcesses.stop()
+    expect((await readFile(exitFile, 'utf8')).trim(), screen).toBe('0')
+    expect(screen).toContain('default: secured as director of example.org (user alice)')
+
+    await ssh('kill $(cat /tmp/ps-sampler)')
+    const guestPs = await ssh('cat /tmp/ps-samples')
+    expect(guestPs).toContain('ps -eo args=') // the sampler did sample
+    expect(hostPs).toContain('secure') // …and so did the host's
+    const stateFiles: string[] = []
+    for (const entry of await readdir(stateDir, {recursive: true, withFileTypes: true})) {
+      // The machine's disk holds the guest's /persistent, where the password belongs (root only).
+      if (entry.isFile() && entry.name !== 'disk.qcow2') stateFiles.push(await readFile(join(entry.parentPath, entry.name), 'latin1'))
+    }
+    const places: Record<string, string> = {
+      terminal: screen,
+      'host processes': hostPs,
+      'guest processes': guestPs,
+      'state dir': stateFiles.join('\n'),
+      'serial log': await readFile(join(stateDir, 'machines', 'default', 'serial.log'), 'utf8'),
+      'guest journal': await ssh('sudo journalctl -b -o cat --no-pager'),
+      'guest shell histories and temp files': await ssh('sudo cat /root/.*history /home/*/.*history /tmp/box-provision.* 2>/dev/null; true'),
+    }
+    expect(places['state dir']).toContain('ssh') // the search did read the state
+    for (const [place, text] of Object.entries(places)) {
+      expect(text.includes(FIRST_PASSWORD), `the password is in the ${place}`).toBe(false)
+      expect(text.includes(FIRST_PASSWORD.replaceAll("'", "'\\''")), `the quoted password is in the ${place}`).toBe(false)
+    }
+    // It is where it belongs, exactly as typed.
+    expect(await ssh('sudo cat /persistent/secure/password')).toBe(FIRST_PASSWORD)
+  })
+
+  it('locks the guest down: key-only sshd, a dropping firewall, private files, no password anywhere', async () => {
+    const status = JSON.parse((await box(env, ['secure', '--status', '--json'])).stdout)[0]
+    expect(status).toMatchObject({role: 'director', site: 'example.org', username: 'alice', directorPort: 8443, inForce: true})
+
+    const sshd = await ssh('sudo sshd -T')
+    for (const setting of ['passwordauthentication no', 'kbdinteractiveauthentication no', 'permitrootlogin no', 'authenticationmethods publickey', 'allowusers box', 'allowtcpforwarding no']) {
+      expect(sshd).toContain(setting)
+    }
+    const ruleset = await ssh('sudo nft list ruleset')
+    expect(ruleset).toMatch(/hook input priority filter; policy drop;/)
+    expect(ruleset).toContain('ip saddr 10.0.2.2 tcp dport 22 accept')
+    expect(ruleset).toContain('tcp dport 8443 accept')
+    expect(await ssh(`sudo sh -c 'stat -c "%a %U %n" /persistent/secure /persistent/secure/* /persistent/runsecure'`)).toBe(
+      [
+        '700 root /persistent/secure',
+        '600 root /persistent/secure/nftables.conf',
+        '600 root /persistent/secure/password',
+        '600 root /persistent/secure/secure.conf',
+        '600 root /persistent/secure/sshd.conf',
+        '700 root /persistent/runsecure',
+      ].join('\n'),
+    )
+    expect(await ssh('sudo cat /persistent/secure/secure.conf')).toMatch(/ROLE=director\nSITE=example.org\nUSERNAME=alice\nDIRECTOR_PORT=8443$/)
+    expect(await ssh('sudo passwd -S root')).toMatch(/^root L /)
+    expect(await ssh('sudo systemctl is-enabled serial-getty@ttyS0.service || true')).toBe('masked')
+
+    // From the host: the director's port answers, any other port is dropped.
+    await ssh('sudo /usr/sbin/sshd -p 2222 -p 8443 -o AllowUsers=nobody')
+    expect(await bannerWithin(await hostPort(8443), 15_000)).toBe(true)
+    expect(await bannerWithin(await hostPort(2222), 5000)).toBe(false)
+  })
+
+  it('securing again replaces the configuration: now a worker, the director port closed', async () => {
+    const again = await box(env, ['secure', '--role', 'worker', '--site', 'other.example', '--username', 'bob', '--password-stdin', '--yes'], {input: `${SECOND_PASSWORD}\n`})
+    expect(again.exitCode, again.stderr).toBe(0)
+    expect(again.stdout).toContain('default: secured as worker of other.example (user bob)')
+    expect(again.stdout).not.toContain(SECOND_PASSWORD)
+    const ruleset = await ssh('sudo nft list ruleset')
+    expect(ruleset).not.toContain('8443')
+    expect(occurrences(ruleset, 'table inet box_secure')).toBe(1)
+    expect(await ssh('sudo cat /persistent/secure/secure.conf')).toMatch(/ROLE=worker\nSITE=other.example\nUSERNAME=bob$/)
+    expect(await ssh('sudo cat /persistent/secure/password')).toBe(SECOND_PASSWORD)
+    expect(await ssh('sudo ls -a /persistent')).not.toMatch(/\.secure\.|\.runsecure\.new/)
+    expect(await bannerWithin(await hostPort(8443), 5000)).toBe(false)
+  })
+
+  it('after a resnap the box is still secured, before and without any ssh', async () => {
+    await ssh('sudo touch /root/resnap-marker')
+    const resnap = await box(env, ['resnap'])
+    expect(resnap.exitCode, resnap.stderr).toBe(0)
+    expect(await ssh('sudo ls /root')).not.toContain('resnap-marker')
+
+    const status = JSON.parse((await box(env, ['secure', '--status', '--json'])).stdout)[0]
+    expect(status).toMatchObject({role: 'worker', site: 'other.example', username: 'bob', inForce: true})
+    expect(await ssh('sudo systemctl is-active box-lockdown.service')).toBe('active')
+    // The early unit loaded the firewall before the network came up.
+    const order = await ssh('sudo journalctl -b -o short-monotonic --no-pager -u box-lockdown.service -u systemd-networkd.service')
+    expect(order.indexOf('box: apply the lockdown')).toBeGreaterThan(-1)
+    expect(order.indexOf('box: apply the lockdown')).toBeLessThan(order.indexOf('systemd-networkd'))
+    expect(await ssh('sudo journalctl -b -o cat --no-pager -u provisiond')).toContain('/persistent/runsecure succeeded')
+    expect(await ssh('sudo sshd -T')).toContain('passwordauthentication no')
+    expect(await ssh('sudo systemctl is-active serial-getty@ttyS0.service || true')).toBe('inactive')
+  })
+})
