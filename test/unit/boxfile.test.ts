@@ -65,6 +65,7 @@ describe('defaults', () => {
         ssh: {username: undefined, forwardAgent: false},
         hostname: undefined,
         site: undefined,
+        directorPort: 8443,
       },
     ])
   })
@@ -271,6 +272,7 @@ describe('unknown fields and bad values name the position, the field and what is
           'cpus: 0',
           'hostname: worker_1',
           'site: -example.org',
+          'director_port: 70000',
           'synced_folders: .',
           'provisioners:',
           '  - {type: shell, inline: "true", privileged: yes, env: {1X: a}, args: --verbose}',
@@ -281,10 +283,11 @@ describe('unknown fields and bad values name the position, the field and what is
       'Boxfile:2:7: cpus: must be a whole number of CPUs, at least 1',
       'Boxfile:3:11: hostname: must be a host name such as worker-1 or worker-1.example.org (letters, digits and "-" in dot-separated labels)',
       'Boxfile:4:7: site: must be a host name such as example.org (letters, digits and "-" in dot-separated labels)',
-      'Boxfile:5:17: synced_folders: must be a list, e.g. [{source: ., destination: /srv/project}]',
-      'Boxfile:7:47: provisioners.0.privileged: must be true or false',
-      'Boxfile:7:62: provisioners.0.env.1X: environment variable names use letters, digits and "_" and do not start with a digit',
-      'Boxfile:7:72: provisioners.0.args: must be a list of arguments, e.g. [--verbose, 2]',
+      'Boxfile:5:16: director_port: must be a port number 1-65535',
+      'Boxfile:6:17: synced_folders: must be a list, e.g. [{source: ., destination: /srv/project}]',
+      'Boxfile:8:47: provisioners.0.privileged: must be true or false',
+      'Boxfile:8:62: provisioners.0.env.1X: environment variable names use letters, digits and "_" and do not start with a digit',
+      'Boxfile:8:72: provisioners.0.args: must be a list of arguments, e.g. [--verbose, 2]',
     ])
   })
 
@@ -488,13 +491,13 @@ describe('the init template', () => {
     const text = await renderBoxfile({box: 'b'}, file)
     // Uncomment the example fields and their indented lines; prose comments are never indented.
     const uncomment = (part: string) =>
-      part.replace(/^# ((?:box_version|forwarded_ports|synced_folders|provisioners|ssh|hostname|site|machines):.*|  .*)$/gm, '$1').replace(/\s+# or inline:.*$/m, '')
+      part.replace(/^# ((?:box_version|forwarded_ports|synced_folders|provisioners|ssh|hostname|site|director_port|machines):.*|  .*)$/gm, '$1').replace(/\s+# or inline:.*$/m, '')
     const machinesAt = text.indexOf('# machines:')
     expect(machinesAt).toBeGreaterThan(0)
 
     const single = await parse(uncomment(text.slice(0, machinesAt)))
     expect(single.machines).toHaveLength(1)
-    expect(single.machines[0]).toMatchObject({boxVersion: '>= 1.0, < 2', hostname: 'worker-1', site: 'example.org', ssh: {username: 'vagrant', forwardAgent: false}})
+    expect(single.machines[0]).toMatchObject({boxVersion: '>= 1.0, < 2', hostname: 'worker-1', site: 'example.org', directorPort: 8443, ssh: {username: 'vagrant', forwardAgent: false}})
     expect(single.machines[0]!.forwardedPorts).toHaveLength(2)
     expect(single.machines[0]!.syncedFolders).toHaveLength(1)
     expect(single.machines[0]!.provisioners.map((p) => p.type)).toEqual(['shell', 'file'])
