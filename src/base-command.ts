@@ -58,7 +58,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   protected async catch(error: Error & {exitCode?: number}): Promise<unknown> {
     const reason = this.signal.aborted ? this.signal.reason : undefined
-    const boxError = error instanceof BoxError ? error : reason instanceof BoxError && this.interrupted ? reason : undefined
+    // @inquirer/prompts reads Ctrl-C itself (the terminal is raw) and rejects with ExitPromptError.
+    const promptClosed = error.name === 'ExitPromptError' ? new BoxError('interrupted: the question was not answered', {exitCode: ExitCode.INTERRUPTED}) : undefined
+    const boxError = error instanceof BoxError ? error : (promptClosed ?? (reason instanceof BoxError && this.interrupted ? reason : undefined))
     if (!boxError) return super.catch(error)
     if (this.jsonEnabled()) {
       this.logJson({error: {message: boxError.message, detail: boxError.detail, suggestions: boxError.suggestions, exitCode: boxError.exitCode}})

@@ -3,7 +3,7 @@
  * lockdown checked inside the guest and from the host, the password searched for where
  * it must never be, and the lockdown still in force after a resnap.
  */
-import {mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, readFile, rm, writeFile} from 'node:fs/promises'
 import {connect} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -63,13 +63,25 @@ function bannerWithin(port: number, ms: number): Promise<boolean> {
 /** A private tmux server: box secure runs in a real terminal and is answered key by key. */
 class Terminal {
   private readonly socket = `box-secure-test-${process.pid}`
+  private session = ''
+
+  /** A new session running `box secure ARGS…`; box's exit code is written to `exitFile`. */
+  async start(session: string, env: CliEnv, exitFile: string, args: string[] = []): Promise<void> {
+    this.session = session
+    await this.tmux([
+      'new-session', '-d', '-s', session, '-x', '160', '-y', '40', '-c', env.cwd,
+      '-e', `BOX_DATA_DIR=${env.dataDir}`, '-e', `BOX_CACHE_DIR=${env.cacheDir}`, '-e', 'NO_COLOR=1', '-e', `EXIT_FILE=${exitFile}`,
+      // The pane stays open after box exits, to be read.
+      'sh', '-c', 'node "$0" secure "$@"; echo $? > "$EXIT_FILE"; sleep 600', BIN, ...args,
+    ])
+  }
 
   async tmux(args: string[], input?: string): Promise<string> {
     return (await execa('tmux', ['-L', this.socket, ...args], input === undefined ? {stdin: 'ignore'} : {input})).stdout
   }
 
   screen(): Promise<string> {
-    return this.tmux(['capture-pane', '-p', '-t', 'secure'])
+    return this.tmux(['capture-pane', '-p', '-t', this.session])
   }
 
   async waitFor(predicate: (screen: string) => boolean, what: string, timeoutMs = 60_000): Promise<string> {
@@ -83,18 +95,29 @@ class Terminal {
   }
 
   async keys(...keys: string[]): Promise<void> {
-    await this.tmux(['send-keys', '-t', 'secure', ...keys])
+    await this.tmux(['send-keys', '-t', this.session, ...keys])
   }
 
   /** Typed text that must not appear on any command line: through a paste buffer fed on stdin. */
   async typeSecret(text: string): Promise<void> {
     await this.tmux(['load-buffer', '-b', 'secret', '-'], text)
-    await this.tmux(['paste-buffer', '-d', '-b', 'secret', '-t', 'secure'])
+    await this.tmux(['paste-buffer', '-d', '-b', 'secret', '-t', this.session])
   }
 
   async kill(): Promise<void> {
     await execa('tmux', ['-L', this.socket, 'kill-server'], {reject: false})
   }
+}
+
+/** The exit code box wrote to `file`, waiting for it. */
+async function exitCodeIn(file: string, timeoutMs: number): Promise<string | undefined> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const text = await readFile(file, 'utf8').catch(() => '')
+    if (text.endsWith('\n')) return text.trim()
+    await sleep(500)
+  }
+  return undefined
 }
 
 const occurrences = (text: string, needle: string) => text.split(needle).length - 1
@@ -155,17 +178,22 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     expect(badSite.stderr).toContain('--site: "not a site" is not a host name')
   })
 
+  it('Ctrl-C at a question ends box secure with 130 and changes nothing', async () => {
+    const exitFile = join(project, '..', 'interrupted-exit')
+    await terminal.start('interrupted', env, exitFile)
+    await terminal.waitFor((screen) => screen.includes('Worker or director?'), 'the role question')
+    await terminal.keys('C-c')
+    expect(await exitCodeIn(exitFile, 30_000), await terminal.screen()).toBe('130')
+    expect(await terminal.screen()).toContain('interrupted')
+    expect(JSON.parse((await box(env, ['secure', '--status', '--json'])).stdout)[0].configured).toBe(false)
+  })
+
   it('asks its four questions in a terminal, and the password appears nowhere', async () => {
     // A sampler in the guest too: the password must not be on a command line there either.
     await ssh('setsid sh -c "while :; do ps -eo args=; sleep 0.05; done" > /tmp/ps-samples 2>&1 < /dev/null & echo $! > /tmp/ps-sampler')
     const hostProcesses = sampleHostProcesses()
     const exitFile = join(project, '..', 'secure-exit')
-    await terminal.tmux([
-      'new-session', '-d', '-s', 'secure', '-x', '160', '-y', '40', '-c', project,
-      '-e', `BOX_DATA_DIR=${env.dataDir}`, '-e', `BOX_CACHE_DIR=${env.cacheDir}`, '-e', 'NO_COLOR=1',
-      // The exit code goes to a file; the pane stays open to be read.
-      'sh', '-c', 'node "$0" secure; echo $? > "$1"; sleep 600', BIN, exitFile,
-    ])
+    await terminal.start('secure', env, exitFile)
     await terminal.waitFor((screen) => screen.includes('Worker or director?'), 'the role question')
     await terminal.keys('Down', 'Enter')
     const siteQuestion = await terminal.waitFor((screen) => screen.includes('Site name?'), 'the site question')
@@ -188,11 +216,10 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     await terminal.typeSecret(FIRST_PASSWORD)
     await terminal.keys('Enter')
 
-    const deadline = Date.now() + 180_000
-    while (!(await stat(exitFile).catch(() => undefined)) && Date.now() < deadline) await sleep(500)
+    const exitCode = await exitCodeIn(exitFile, 180_000)
     const screen = await terminal.screen()
     const hostPs = await hostProcesses.stop()
-    expect((await readFile(exitFile, 'utf8')).trim(), screen).toBe('0')
+    expect(exitCode, screen).toBe('0')
     expect(screen).toContain('default: secured as director of example.org (user alice)')
 
     await ssh('kill $(cat /tmp/ps-sampler)')
