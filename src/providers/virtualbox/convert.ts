@@ -85,7 +85,7 @@ export async function convertVirtualBoxForQemu(boxDir: string, targetDir: string
   const disk = join(targetDir, 'box.img')
   const virtualSize = await convertDisk({source: join(boxDir, vmdk), sourceFormat: 'vmdk', output: disk, outputFormat: 'qcow2', purpose: 'converting the VirtualBox disk (VMDK) to qcow2 for QEMU'}, options)
   // The descriptor, its manifest and the VMDK describe the VirtualBox appliance only.
-  await copyOtherFiles(boxDir, targetDir, new Set([...names.filter((name) => /\.(ovf|mf|vmdk)$/.test(name))]))
+  await copyOtherFiles(boxDir, targetDir, new Set(names.filter((name) => /\.(ovf|mf|vmdk)$/.test(name))))
   // virtual_size: whole GiB, as vagrant-libvirt writes it.
   await writeMetadata(targetDir, {...metadata, provider: 'libvirt', format: 'qcow2', virtual_size: Math.ceil(virtualSize / 2 ** 30), converted_from: 'virtualbox'})
   return {dir: targetDir, disk}
