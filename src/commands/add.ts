@@ -4,7 +4,9 @@ import {BaseCommand} from '../base-command.js'
 
 export default class Add extends BaseCommand<typeof Add> {
   static summary = 'Add a box to the local store.'
-  static description = `SOURCE is a .box file or the URL of one (a tar, plain, gzip or zstd, holding metadata.json and the disk image), or a box catalog (Vagrant's metadata JSON) by URL or path. A catalog can be given alone: its name is used. The box is stored as NAME/VERSION/PROVIDER; for a .box the version comes from --box-version, else metadata.json's box.version, else "0"; for a catalog --box-version is a constraint and the newest matching version is added. Downloads resume where an interrupted one stopped.`
+  static description = `SOURCE is a .box file or the URL of one (a tar, plain, gzip or zstd, holding metadata.json and the disk image), or a box catalog (Vagrant's metadata JSON) by URL or path. A catalog can be given alone: its name is used. The box is stored as NAME/VERSION/PROVIDER; for a .box the version comes from --box-version, else metadata.json's box.version, else "0"; for a catalog --box-version is a constraint and the newest matching version is added. Downloads resume where an interrupted one stopped.
+
+The box is stored for every provider this host runs: a Vagrant VirtualBox box (OVF + VMDK) is kept as it is for VirtualBox and converted with qemu-img into a libvirt box (qcow2) for QEMU, box's default provider; a libvirt/qemu box gets a VirtualBox copy (VDI) when VBoxManage is on PATH (otherwise on the first \`box up\` of a VirtualBox machine). --no-convert stores the box only as it is.`
   static examples = [
     '<%= config.bin %> add debian/bookworm ./bookworm.box',
     '<%= config.bin %> add worker ./worker.box --box-version 1.2.0 --force',
@@ -23,7 +25,8 @@ export default class Add extends BaseCommand<typeof Add> {
     provider: Flags.string({description: 'The provider the box must be for (a catalog picks a matching one; qemu also takes libvirt boxes).'}),
     checksum: Flags.string({description: 'Expected checksum of the .box (overrides the catalog\'s).'}),
     'checksum-type': Flags.string({description: 'Type of --checksum (default: guessed from its length).', options: ['md5', 'sha1', 'sha256', 'sha384', 'sha512']}),
-    force: Flags.boolean({description: 'Replace an installed box of the same name, version and provider.'}),
+    force: Flags.boolean({description: 'Replace an installed box of the same name, version and provider (and its converted copies).'}),
+    convert: Flags.boolean({default: true, allowNo: true, description: 'Also store a copy converted for the other provider this host runs (--no-convert: only the box as it is).'}),
   }
 
   public async run() {
@@ -31,7 +34,7 @@ export default class Add extends BaseCommand<typeof Add> {
     const {formatBytes} = await import('../lib/progress.js')
     // `box add SOURCE` (a catalog names its box) or `box add NAME SOURCE`.
     const [name, source] = this.args.source === undefined ? [undefined, this.args.name] : [this.args.name, this.args.source]
-    const {box, catalogUrl} = await addBoxFromSource({
+    const {box, converted, catalogUrl} = await addBoxFromSource({
       dataDir: this.config.dataDir,
       cacheDir: this.config.cacheDir,
       name,
@@ -40,10 +43,17 @@ export default class Add extends BaseCommand<typeof Add> {
       provider: this.flags.provider,
       checksum: checksumFromFlags(this.flags.checksum, this.flags['checksum-type']),
       force: this.flags.force,
+      convertFor: this.flags.convert ? undefined : [],
       signal: this.signal,
       progress: this.progress(),
     })
     this.log(`Added box ${box.name} ${box.version} (${box.provider}), ${formatBytes(box.size)}`)
-    return {...box, catalogUrl}
+    for (const copy of converted) this.log(`Converted it for ${describeProviderOf(copy.provider)}: ${copy.name} ${copy.version} (${copy.provider}), ${formatBytes(copy.size)}`)
+    return {...box, converted, catalogUrl}
   }
+}
+
+/** The host provider that runs a converted copy, as the user writes it in a Boxfile. */
+function describeProviderOf(boxProvider: string): string {
+  return boxProvider === 'virtualbox' ? 'VirtualBox (provider: virtualbox)' : 'QEMU (provider: qemu, the default)'
 }

@@ -35,6 +35,8 @@ export const BoxMetadataSchema = z.looseObject({
   provider: z.string(),
   format: z.string().optional(),
   virtual_size: z.number().optional(),
+  /** The provider of the box this one was converted from by box (box-conversion.ts). */
+  converted_from: z.string().optional(),
   box: BoxInfoSchema.optional(),
 })
 export type BoxMetadata = z.infer<typeof BoxMetadataSchema>

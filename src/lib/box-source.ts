@@ -163,6 +163,11 @@ export interface AddFromSourceOptions {
   /** Overrides the catalog's checksum; for a .box, checked before import. */
   checksum?: Checksum
   force?: boolean
+  /**
+   * Host providers to store a converted copy for too (box-conversion.ts); default: every
+   * provider this host runs, so `up` works whichever one a Boxfile names. [] keeps the box only as it is.
+   */
+  convertFor?: readonly string[]
   /** Architecture to pick from a catalog; default: this host's. */
   architecture?: string
   signal?: AbortSignal
@@ -173,6 +178,8 @@ export interface AddFromSourceOptions {
 
 export interface AddedBox {
   box: StoredBox
+  /** Copies converted for other providers (a VirtualBox box's libvirt copy for QEMU, …). */
+  converted: StoredBox[]
   /** The catalog the box came from, remembered in the store. */
   catalogUrl?: string
   /** The URL the .box was downloaded from, if it was. */
@@ -241,12 +248,15 @@ interface ImportRequest {
 async function importBox(options: AddFromSourceOptions, request: ImportRequest): Promise<AddedBox> {
   const {dataDir, cacheDir, force, signal} = options
   const {name, location, progress} = request
-  const storeOptions = {dataDir, name, version: request.version, provider: request.provider, force, signal, progress}
+  const {hostProvidersOnThisHost} = await import('./box-conversion.js')
+  const convertFor = options.convertFor ?? (await hostProvidersOnThisHost())
+  const storeOptions = {dataDir, name, version: request.version, provider: request.provider, force, convertFor, signal, progress}
 
   if (!isHttpUrl(location)) {
     const file = localPath(location)
     if (request.checksum) await verifyFileChecksum(file, request.checksum, progress)
-    return {box: await addBoxFromFile({...storeOptions, file, source: file}), fetched: 0}
+    const {converted, ...box} = await addBoxFromFile({...storeOptions, file, source: file})
+    return {box, converted, fetched: 0}
   }
 
   const dest = downloadPath(cacheDir, location)
@@ -257,9 +267,9 @@ async function importBox(options: AddFromSourceOptions, request: ImportRequest):
   }
 
   try {
-    const box = await addBoxFromFile({...storeOptions, file: dest, source: location})
+    const {converted, ...box} = await addBoxFromFile({...storeOptions, file: dest, source: location})
     await rm(dest, {force: true})
-    return {box, url: location, fetched}
+    return {box, converted, url: location, fetched}
   } catch (error) {
     // Keep a finished download across Ctrl-C (the rerun imports it at once); otherwise it is suspect or unneeded.
     if (!signal?.aborted) await rm(dest, {force: true})

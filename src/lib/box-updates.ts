@@ -1,6 +1,7 @@
 import {COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
 import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './box-source.js'
 import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
+import {hostProvidersOnThisHost, providersConvertibleFor} from './box-conversion.js'
 import {BoxError, ExitCode} from './errors.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './store.js'
 import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from './versions.js'
@@ -56,26 +57,43 @@ export interface EnsureBoxInstalledOptions extends Pick<AddFromSourceOptions, 'd
   url?: string
   /** Boxfile's box_version. */
   constraint?: string
-  /** Acceptable box providers, preferred first (COMPATIBLE_BOX_PROVIDERS[machine provider]). */
-  providers: readonly string[]
+  /** The machine's provider ("qemu", "virtualbox"): the box must run under it, as it is or converted. */
+  hostProvider: string
 }
 
 /**
- * The box a machine needs: the newest installed one satisfying the constraint, else
+ * The box a machine needs: the newest installed one satisfying the constraint (converted
+ * for the machine's provider once, when only another provider's box is installed), else
  * fetched from `url` (what `up` does for a missing box), else a clear error.
  */
 export async function ensureBoxInstalled(options: EnsureBoxInstalledOptions): Promise<StoredBox> {
-  const installed = await findInstalledBox(options.dataDir, {name: options.name, constraint: options.constraint, providers: options.providers})
+  const {dataDir, name, constraint, hostProvider} = options
+  const providers = COMPATIBLE_BOX_PROVIDERS[hostProvider] ?? [hostProvider]
+  const installed = await findInstalledBox(dataDir, {name, constraint, providers})
   if (installed) return installed
-  const wanted = `${options.name}${options.constraint ? ` (${options.constraint})` : ''}`
+  const convertible = await findInstalledBox(dataDir, {name, constraint, providers: providersConvertibleFor(hostProvider)})
+  if (convertible) {
+    const {convertStoredBox} = await import('./store.js')
+    return convertStoredBox({dataDir, box: convertible, hostProvider, signal: options.signal, progress: options.progress})
+  }
+  const wanted = `${name}${constraint ? ` (${constraint})` : ''}`
   if (!options.url) {
     throw new BoxError(`box ${wanted} is not installed`, {
-      suggestions: [`add it: box add ${options.name} FILE_OR_URL`, 'or give box_url in the Boxfile so up fetches it', 'list installed boxes: box list'],
+      suggestions: [`add it: box add ${name} FILE_OR_URL`, 'or give box_url in the Boxfile so up fetches it', 'list installed boxes: box list'],
     })
   }
   options.progress?.info(`Box ${wanted} is not installed; fetching it from ${options.url}`)
-  const {box} = await addBoxFromSource({...options, source: options.url, version: options.constraint, providers: options.providers})
-  return box
+  // A catalog offering only the other provider's box will do: it is converted on import.
+  const added = await addBoxFromSource({
+    ...options,
+    source: options.url,
+    version: constraint,
+    providers: [...providers, ...providersConvertibleFor(hostProvider)],
+    convertFor: [...new Set([...(await hostProvidersOnThisHost()), hostProvider])],
+  })
+  const forMachine = [added.box, ...added.converted].find((box) => providers.includes(box.provider))
+  if (!forMachine) throw new BoxError(`${options.url} gave ${added.box.name} ${added.box.version} (${added.box.provider}), which the ${hostProvider} provider cannot run`)
+  return forMachine
 }
 
 export interface OutdatedEntry {

@@ -6,7 +6,7 @@ import {execa} from 'execa'
 import {QemuProvider} from '../providers/qemu/index.js'
 import {VirtualBoxProvider} from '../providers/virtualbox/index.js'
 import type {MachineHandle, MachineState, Provider} from '../providers/provider.js'
-import {BoxMetadataSchema, COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
+import {BoxMetadataSchema} from './box-metadata.js'
 import type {ResolvedMachine} from './boxfile.js'
 import {BoxError, ExitCode} from './errors.js'
 import {run} from './exec.js'
@@ -99,7 +99,7 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
     name: machine.box,
     url: machine.boxUrl,
     constraint: machine.boxVersion,
-    providers: COMPATIBLE_BOX_PROVIDERS[machine.provider] ?? [machine.provider],
+    hostProvider: machine.provider,
     signal: context.signal,
     progress: context.progress,
   })

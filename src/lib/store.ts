@@ -12,6 +12,7 @@ import {randomBytes} from 'node:crypto'
 import {mkdir, mkdtemp, readdir, readFile, rename, rm, rmdir, stat, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
+import type {BoxConversion} from './box-conversion.js'
 import type {BoxMetadata} from './box-metadata.js'
 import {BoxError, ExitCode} from './errors.js'
 import type {Progress} from './progress.js'
@@ -112,10 +113,21 @@ export interface AddBoxOptions {
   version?: string
   /** Expected provider; the box's metadata.json must say the same. */
   provider?: string
-  /** Replace an installed box of the same name, version and provider. */
+  /** Replace an installed box of the same name, version and provider (and its converted copies). */
   force?: boolean
+  /**
+   * Host providers ("qemu", "virtualbox") to store a converted copy for as well, in the
+   * same atomic import (box-conversion.ts). Providers that run the box as it is are
+   * skipped, and so is a copy whose NAME/VERSION/PROVIDER is installed already (unless force).
+   */
+  convertFor?: readonly string[]
   signal?: AbortSignal
   progress?: Progress
+}
+
+/** A box just imported, with the copies converted for other providers (box-conversion.ts). */
+export interface ImportedBox extends StoredBox {
+  converted: StoredBox[]
 }
 
 export interface AddBoxFromFileOptions extends AddBoxOptions {
@@ -127,10 +139,11 @@ export interface AddBoxFromFileOptions extends AddBoxOptions {
 
 /**
  * Import a .box file atomically: extract into a scratch directory inside the store,
- * validate metadata.json, then rename into `NAME/VERSION/PROVIDER`. Nothing is left
- * behind when anything fails (including Ctrl-C through `signal`).
+ * validate metadata.json, convert copies for `convertFor`, then rename everything into
+ * `NAME/VERSION/PROVIDER`. Nothing is left behind when anything fails (including Ctrl-C
+ * through `signal`).
  */
-export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<StoredBox> {
+export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<ImportedBox> {
   const {dataDir, name, force = false, signal, progress} = options
   validateBoxName(name)
   if (options.version !== undefined) validateBoxVersion(options.version)
@@ -174,16 +187,103 @@ export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<St
     const version = options.version ?? metadata.box?.version ?? '0'
     validateBoxVersion(version)
     await checkBoxContents(staged, metadata, file)
+    const target = boxPath(dataDir, {name, version, provider})
+    if (!force && (await exists(target))) throw alreadyInstalled(`${name} ${version} (${provider})`)
     const info: StoreInfo = {addedAt: new Date().toISOString(), source: options.source ?? file}
-    await writeFile(join(staged, STORE_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`)
+
+    const moves: StagedMove[] = []
+    const {conversionFor} = await import('./box-conversion.js')
+    for (const hostProvider of new Set(options.convertFor ?? [])) {
+      const conversion = conversionFor(provider, hostProvider)
+      if (!conversion) continue
+      const copy = {name, version, provider: conversion.storedAs}
+      if (!force && (await exists(boxPath(dataDir, copy)))) {
+        progress?.info(`Keeping the installed ${name} ${version} (${copy.provider}) for ${hostProvider}`)
+        continue
+      }
+      const convertedDir = join(scratch, `converted-${conversion.storedAs}`)
+      await convertStaged({staged, into: convertedDir, conversion, what: `${name} ${version}`, signal, progress})
+      await writeStoreInfo(convertedDir, info)
+      moves.push({staged: convertedDir, box: copy})
+    }
+    await writeStoreInfo(staged, info)
+    // The box itself last: a failed move undoes the copies placed before it.
+    moves.push({staged, box: {name, version, provider}})
 
     signal?.throwIfAborted()
-    const target = boxPath(dataDir, {name, version, provider})
-    await mkdir(join(target, '..'), {recursive: true})
-    await moveIntoPlace(staged, target, scratch, force, `${name} ${version} (${provider})`)
-    return await readStoredBox(dataDir, name, version, provider)
+    await moveAllIntoPlace(dataDir, moves, scratch, force)
+    const [stored, ...converted] = await Promise.all([...moves].reverse().map(({box}) => readStoredBox(dataDir, box.name, box.version, box.provider)))
+    return {...stored!, converted}
   } finally {
     await rm(scratch, {recursive: true, force: true})
+  }
+}
+
+/** A box ready in scratch space and where it goes. */
+interface StagedMove {
+  staged: string
+  box: {name: string; version: string; provider: string}
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  )
+}
+
+async function writeStoreInfo(dir: string, info: StoreInfo): Promise<void> {
+  await writeFile(join(dir, STORE_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`)
+}
+
+/** Convert the box in `staged` into `into`, with a progress stage; `into` is scratch the caller removes. */
+async function convertStaged(options: {staged: string; into: string; conversion: BoxConversion; what: string; signal?: AbortSignal; progress?: Progress}): Promise<void> {
+  const {conversion, progress} = options
+  const stage = progress?.stage(`Converting ${options.what} for ${conversion.label}`)
+  try {
+    await conversion.convert(options.staged, options.into, {signal: options.signal, onProgress: stage && ((percent) => stage.update(`${Math.floor(percent)} %`))})
+    const {formatBytes} = await import('./progress.js')
+    stage?.done(`${formatBytes(await directorySize(options.into))} as ${conversion.storedAs}`)
+  } catch (error) {
+    stage?.fail()
+    if (options.signal?.aborted) throw new BoxError(`converting ${options.what} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
+    throw error
+  }
+}
+
+/**
+ * Give an installed box a copy converted for `hostProvider` (a machine's first `up` under a
+ * provider the box was not added for, e.g. VirtualBox installed after `box add`). Atomic
+ * like an import, and locked: a second `up` of the same box waits and then uses the copy.
+ */
+export async function convertStoredBox(options: {dataDir: string; box: StoredBox; hostProvider: string; signal?: AbortSignal; progress?: Progress}): Promise<StoredBox> {
+  const {dataDir, box, hostProvider} = options
+  const {conversionFor} = await import('./box-conversion.js')
+  const conversion = conversionFor(box.provider, hostProvider)
+  if (!conversion) throw new BoxError(`box ${box.name} ${box.version} (${box.provider}) cannot be converted for ${hostProvider}`)
+  const copy = {name: box.name, version: box.version, provider: conversion.storedAs}
+  const root = boxesDir(dataDir)
+  const {acquireLock} = await import('./lock.js')
+  const lockName = `${escapeBoxName(copy.name)}-${copy.version}-${copy.provider}`
+  const release = await acquireLock(join(root, `.convert-${lockName}.lock`), {
+    waitMs: 60 * 60_000,
+    busy: (pid) => new BoxError(`box ${box.name} ${box.version} is being converted for ${hostProvider} by another box command (pid ${pid})`, {suggestions: ['wait for it to finish, then try again']}),
+  })
+  try {
+    if (!(await exists(boxPath(dataDir, copy)))) {
+      const scratch = await mkdtemp(join(root, SCRATCH_PREFIX))
+      try {
+        const convertedDir = join(scratch, 'box')
+        await convertStaged({staged: box.path, into: convertedDir, conversion, what: `${box.name} ${box.version}`, signal: options.signal, progress: options.progress})
+        await writeStoreInfo(convertedDir, {addedAt: new Date().toISOString(), source: box.path})
+        await moveAllIntoPlace(dataDir, [{staged: convertedDir, box: copy}], scratch, false)
+      } finally {
+        await rm(scratch, {recursive: true, force: true})
+      }
+    }
+    return await readStoredBox(dataDir, copy.name, copy.version, copy.provider)
+  } finally {
+    await release()
   }
 }
 
@@ -273,16 +373,33 @@ async function checkBoxContents(dir: string, metadata: BoxMetadata, file: string
 }
 
 /**
- * rename(2) the staged box to `target`. With force, the old box is first renamed into the
- * scratch directory (removed with it), and put back if the new one cannot take its place.
+ * rename(2) each staged box into place, all or nothing. With force an installed box is
+ * first renamed into the scratch directory (removed with it); when a later move fails,
+ * the boxes placed so far are taken back and what they replaced is put back.
  */
-async function moveIntoPlace(staged: string, target: string, scratch: string, force: boolean, what: string): Promise<void> {
-  const exists = await stat(target).then(
-    () => true,
-    () => false,
-  )
-  if (exists && !force) throw alreadyInstalled(what)
-  if (!exists) {
+async function moveAllIntoPlace(dataDir: string, moves: StagedMove[], scratch: string, force: boolean): Promise<void> {
+  const placed: Array<{target: string; replaced?: string}> = []
+  try {
+    for (const [index, {staged, box}] of moves.entries()) {
+      const target = boxPath(dataDir, box)
+      await mkdir(join(target, '..'), {recursive: true})
+      const replaced = join(scratch, `replaced-${index}`)
+      placed.push({target, replaced: (await moveIntoPlace(staged, target, replaced, force, `${box.name} ${box.version} (${box.provider})`)) ? replaced : undefined})
+    }
+  } catch (error) {
+    for (const [index, {target, replaced}] of placed.reverse().entries()) {
+      await rename(target, join(scratch, `undone-${index}`)).catch(() => undefined)
+      if (replaced) await rename(replaced, target).catch(() => undefined)
+    }
+    throw error
+  }
+}
+
+/** rename(2) `staged` to `target`; with force, an installed box goes to `replaced` first. Returns whether one was replaced. */
+async function moveIntoPlace(staged: string, target: string, replaced: string, force: boolean, what: string): Promise<boolean> {
+  const installed = await exists(target)
+  if (installed && !force) throw alreadyInstalled(what)
+  if (!installed) {
     try {
       await rename(staged, target)
     } catch (error) {
@@ -292,16 +409,16 @@ async function moveIntoPlace(staged: string, target: string, scratch: string, fo
       }
       throw error
     }
-    return
+    return false
   }
-  const old = join(scratch, 'old')
-  await rename(target, old)
+  await rename(target, replaced)
   try {
     await rename(staged, target)
   } catch (error) {
-    await rename(old, target).catch(() => undefined)
+    await rename(replaced, target).catch(() => undefined)
     throw error
   }
+  return true
 }
 
 /** Remember the catalog a box came from (`box outdated` and `box update` ask it again). */
@@ -442,7 +559,9 @@ export async function removeBox(options: RemoveBoxOptions): Promise<StoredBox[]>
       detail: `installed:\n${installed.map(describe).join('\n')}`,
     })
   }
-  if (selected.length > 1 && !options.all) {
+  // A copy converted from a selected box goes with it: `box remove NAME` means the box in every format.
+  const isCopyOfSelected = (box: StoredBox) => selected.some((source) => source !== box && source.version === box.version && source.provider === box.metadata.converted_from)
+  if (selected.filter((box) => !isCopyOfSelected(box)).length > 1 && !options.all) {
     throw new BoxError(`${name} has ${selected.length} matching versions/providers installed; say which to remove`, {
       exitCode: ExitCode.USAGE,
       detail: selected.map(describe).join('\n'),
@@ -459,6 +578,14 @@ export async function removeBox(options: RemoveBoxOptions): Promise<StoredBox[]>
         suggestions: ['destroy those machines first (box destroy, in their project directory)', 'or remove anyway with --force (those machines will no longer start)'],
       })
     }
+  }
+
+  // VirtualBox keeps a base VM per box it ran; it goes first, and VirtualBox refuses while linked clones use it.
+  const {findOnPath} = await import('./exec.js')
+  const virtualBoxBoxes = selected.filter((box) => box.provider === 'virtualbox')
+  if (virtualBoxBoxes.length > 0 && (await findOnPath('VBoxManage'))) {
+    const {removeVirtualBoxBase} = await import('../providers/virtualbox/index.js')
+    for (const box of virtualBoxBoxes) await removeVirtualBoxBase(box.path, join(dataDir, 'virtualbox'))
   }
 
   const root = boxesDir(dataDir)
