@@ -96,6 +96,7 @@ const web: ResolvedMachine = {
   syncedFolders: [],
   provisioners: [],
   ssh: {forwardAgent: false},
+  directorPort: 8443,
 }
 
 describe('box add of a libvirt box', () => {
