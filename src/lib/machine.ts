@@ -1,16 +1,15 @@
+// Modules that load zod (box-metadata, global-index) are imported where they are needed,
+// not here: box ssh and box status load this module and must start fast.
 import {randomUUID} from 'node:crypto'
 import {mkdir, readFile, rm, writeFile, rename} from 'node:fs/promises'
 import {join} from 'node:path'
-import {execa} from 'execa'
 
 import {QemuProvider} from '../providers/qemu/index.js'
 import {VirtualBoxProvider} from '../providers/virtualbox/index.js'
 import type {MachineHandle, MachineState, Provider} from '../providers/provider.js'
-import {BoxMetadataSchema, COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
 import type {ResolvedMachine} from './boxfile.js'
 import {BoxError, ExitCode} from './errors.js'
-import {run} from './exec.js'
-import {registerMachine, unregisterMachine} from './global-index.js'
+import {run, spawn} from './exec.js'
 import {acquireLock} from './lock.js'
 import {PROJECT_ROOT} from './paths.js'
 import type {ForwardedPort} from './ports.js'
@@ -93,6 +92,7 @@ async function writeRecord(stateDir: string, record: MachineRecord): Promise<voi
 /** The box a machine wants: the newest installed one its box_version allows, else fetched from box_url. */
 async function resolveBox(context: MachineContext, machine: ResolvedMachine): Promise<StoredBox> {
   const {ensureBoxInstalled} = await import('./box-updates.js')
+  const {COMPATIBLE_BOX_PROVIDERS} = await import('./box-metadata.js')
   return ensureBoxInstalled({
     dataDir: context.dataDir,
     cacheDir: context.cacheDir,
@@ -105,7 +105,8 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
   })
 }
 
-function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): MachineHandle {
+async function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): Promise<MachineHandle> {
+  const {BoxMetadataSchema} = await import('./box-metadata.js')
   return {
     name: machine.name,
     stateDir,
@@ -181,7 +182,7 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
       const metadata = JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8'))
       box = {path: record.box.path, metadata}
     }
-    const handle = handleFor(stateDir, machine, box)
+    const handle = await handleFor(stateDir, machine, box)
     const choice = {resnap: options.base ? false : (options.resnap ?? machine.resnap === 'always'), base: options.base}
 
     const boot = context.progress.stage(`${machine.name}: booting${choice.base ? ' the origin (--base)' : choice.resnap ? ' with resnap' : ''}`)
@@ -244,8 +245,9 @@ async function createMachine(context: MachineContext, provider: Provider, stateD
     provisioned: false,
     createdAt: new Date().toISOString(),
   }
-  await provider.create(handleFor(stateDir, machine, stored))
+  await provider.create(await handleFor(stateDir, machine, stored))
   await writeRecord(stateDir, record)
+  const {registerMachine} = await import('./global-index.js')
   await registerMachine(context.dataDir, {id: record.id, name: machine.name, projectDir: context.projectDir, stateDir, provider: provider.name, box: {name: stored.name, version: stored.version, provider: stored.provider}})
   stage.done('linked clone, own ssh key')
   return record
@@ -359,11 +361,14 @@ export async function destroyMachine(context: Pick<MachineContext, 'projectDir' 
   await closeSshMaster(provider.sshControlPath({stateDir}))
   await provider.destroy({stateDir})
   await rm(stateDir, {recursive: true, force: true})
-  if (record) await unregisterMachine(context.dataDir, record.id)
+  if (record) {
+    const {unregisterMachine} = await import('./global-index.js')
+    await unregisterMachine(context.dataDir, record.id)
+  }
   return record !== undefined
 }
 
 async function closeSshMaster(controlPath: string): Promise<void> {
-  await execa('ssh', ['-o', `ControlPath=${controlPath}`, '-O', 'exit', 'box-machine'], {reject: false, stdin: 'ignore', timeout: 3000})
+  await spawn('ssh', ['-o', `ControlPath=${controlPath}`, '-O', 'exit', 'box-machine'], {reject: false, stdin: 'ignore', timeout: 3000})
   await rm(controlPath, {force: true})
 }
