@@ -2,6 +2,7 @@ import {COMPATIBLE_BOX_PROVIDERS} from './box-metadata.js'
 import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './box-source.js'
 import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
 import {BoxError, ExitCode} from './errors.js'
+import {findBoxfile} from './project.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './store.js'
 import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from './versions.js'
 
@@ -217,7 +218,7 @@ async function catalogFor(dataDir: string, target: UpdateTarget, signal?: AbortS
  * came from a catalog.
  */
 export async function updateTargets(options: {dataDir: string; cwd: string}): Promise<UpdateTarget[]> {
-  const {findBoxfile, loadBoxfile} = await import('./boxfile.js')
+  const {loadBoxfile} = await import('./boxfile.js')
   const file = await findBoxfile(options.cwd).catch(() => undefined)
   if (file) {
     const boxfile = await loadBoxfile({cwd: options.cwd, file})
