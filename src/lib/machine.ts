@@ -12,6 +12,7 @@ import {BoxError, ExitCode} from './errors.js'
 import {run, spawn} from './exec.js'
 import {acquireLock} from './lock.js'
 import {PROJECT_ROOT} from './paths.js'
+import {mapperPath} from './resnap.js'
 import type {ForwardedPort} from './ports.js'
 import type {Progress} from './progress.js'
 import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from './ssh.js'
@@ -315,8 +316,7 @@ export interface MachineStatus {
 export async function machineStatus(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine): Promise<MachineStatus> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const provider = providerFor(machine.provider, context.cacheDir)
-  const state = await provider.state({stateDir})
-  const record = await readRecord(stateDir)
+  const [state, record] = await Promise.all([provider.state({stateDir}), readRecord(stateDir)])
   const status: MachineStatus = {
     name: machine.name,
     state,
@@ -334,17 +334,34 @@ export async function machineStatus(context: Pick<MachineContext, 'projectDir' |
   return status
 }
 
+/**
+ * Asks device-mapper rather than lvs: under TCG, `sudo lvs` takes about 0.5 s longer than
+ * `sudo dmsetup status` (which costs little more than sudo itself).
+ */
 async function snapshotUsage(target: SshTarget, record: MachineRecord): Promise<number | undefined> {
   try {
     const metadata = JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8'))
     const lvm = metadata.box?.lvm
     if (!lvm) return undefined
-    const {stdout} = await sshRun(target, ['sudo', '-n', 'lvs', '--noheadings', '-o', 'data_percent', `${lvm.vg}/${lvm.snapshot}`], {timeoutMs: 5000})
-    const value = Number.parseFloat(stdout.trim())
-    return Number.isFinite(value) ? value : undefined
+    const {stdout} = await sshRun(target, ['sudo', '-n', 'dmsetup', 'status', mapperPath(lvm.vg, lvm.snapshot)], {timeoutMs: 5000})
+    return snapshotDataPercent(stdout)
   } catch {
     return undefined
   }
+}
+
+/**
+ * A snapshot's Data% as lvs shows it (two decimals), from its `dmsetup status` line:
+ * "0 6291456 snapshot 1808/4194304 16" is sectors used/total, then metadata sectors.
+ * A snapshot that filled up is "Invalid" (or "Overflow"): 100 %.
+ */
+export function snapshotDataPercent(dmStatus: string): number | undefined {
+  const [, , target, usage] = dmStatus.trim().split(/\s+/)
+  if (target !== 'snapshot') return undefined
+  if (usage === 'Invalid' || usage === 'Overflow') return 100
+  const match = /^(\d+)\/(\d+)$/.exec(usage ?? '')
+  if (!match || Number(match[2]) === 0) return undefined
+  return Math.round((Number(match[1]) / Number(match[2])) * 10_000) / 100
 }
 
 export async function haltMachine(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine, options: {force?: boolean; timeoutMs?: number} = {}): Promise<'acpi' | 'forced' | 'not-running'> {
