@@ -21,9 +21,9 @@ export interface RunResult {
   exitCode: number
 }
 
-// execa takes ~0.1 s to load, which box ssh and box status cannot afford: it is loaded on
-// first use. With require() (Node >= 20.19 loads ES modules so) because spawn hands back
-// its child synchronously.
+// execa takes ~0.1 s to load, a third of box ssh's time budget, so it is loaded on first
+// use; with require() (Node >= 20.19 loads ES modules that way), as spawn must return its
+// child synchronously.
 const requireModule = createRequire(import.meta.url)
 const loadExeca = (): typeof import('execa').execa => (requireModule('execa') as typeof import('execa')).execa
 
