@@ -1,8 +1,9 @@
 import {Args, Command} from '@oclif/core'
 
 import {BaseCommand} from './base-command.js'
-import {loadBoxfile, selectMachines, type Boxfile, type ResolvedMachine} from './lib/boxfile.js'
+import type {ResolvedMachine} from './lib/boxfile.js'
 import type {MachineContext} from './lib/machine.js'
+import {loadProjectBoxfile, selectMachines} from './lib/project.js'
 
 /** Base of the commands that act on the machines of the Boxfile (`box up [NAME…]`). */
 export abstract class MachineCommand<T extends typeof Command> extends BaseCommand<T> {
@@ -18,8 +19,8 @@ export abstract class MachineCommand<T extends typeof Command> extends BaseComma
     return separator === -1 ? [] : this.argv.slice(separator + 1)
   }
 
-  protected async project(): Promise<{boxfile: Boxfile; machines: ResolvedMachine[]; context: MachineContext}> {
-    const boxfile = await loadBoxfile()
+  protected async project(): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
+    const boxfile = await loadProjectBoxfile({version: this.config.version})
     const names = this.positionals.slice(0, this.positionals.length - this.guestCommand.length)
     const machines = selectMachines(boxfile, names)
     const context: MachineContext = {
@@ -29,6 +30,6 @@ export abstract class MachineCommand<T extends typeof Command> extends BaseComma
       progress: this.progress(),
       signal: this.signal,
     }
-    return {boxfile, machines, context}
+    return {machines, context}
   }
 }

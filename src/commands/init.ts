@@ -1,7 +1,8 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../base-command.js'
-import {BOXFILE_ENV, BOXFILE_NAME, DEFAULT_INIT_BOX, writeNewBoxfile} from '../lib/boxfile.js'
+import {DEFAULT_INIT_BOX, writeNewBoxfile} from '../lib/boxfile.js'
+import {BOXFILE_ENV, BOXFILE_NAME} from '../lib/project.js'
 import {BoxError, ExitCode} from '../lib/errors.js'
 
 export default class Init extends BaseCommand<typeof Init> {

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
-import {execa} from 'execa'
 
 import {BoxError, ExitCode} from '../lib/errors.js'
+import {runAttached} from '../lib/exec.js'
 import {runningMachineTarget} from '../lib/machine.js'
 import {sshArgs} from '../lib/ssh.js'
 import {MachineCommand} from '../machine-command.js'
@@ -24,7 +24,6 @@ export default class Ssh extends MachineCommand<typeof Ssh> {
     const words = this.guestCommand
     const interactive = this.flags.command === undefined && words.length === 0
     const args = sshArgs(target, words, this.flags.command)
-    const result = await execa('ssh', interactive ? ['-t', ...args] : args, {stdio: 'inherit', reject: false})
-    process.exitCode = result.exitCode ?? 1
+    process.exitCode = await runAttached('ssh', interactive ? ['-t', ...args] : args)
   }
 }

@@ -3,6 +3,7 @@ import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './box
 import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
 import {hostProvidersOnThisHost, providersConvertibleFor} from './box-conversion.js'
 import {BoxError, ExitCode} from './errors.js'
+import {findBoxfile} from './project.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './store.js'
 import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from './versions.js'
 
@@ -235,7 +236,7 @@ async function catalogFor(dataDir: string, target: UpdateTarget, signal?: AbortS
  * came from a catalog.
  */
 export async function updateTargets(options: {dataDir: string; cwd: string}): Promise<UpdateTarget[]> {
-  const {findBoxfile, loadBoxfile} = await import('./boxfile.js')
+  const {loadBoxfile} = await import('./boxfile.js')
   const file = await findBoxfile(options.cwd).catch(() => undefined)
   if (file) {
     const boxfile = await loadBoxfile({cwd: options.cwd, file})

@@ -9,11 +9,9 @@ import {z} from 'zod'
 import {configError, loadYamlFile, parseYaml, type LoadedYaml} from './config-file.js'
 import {BoxError, ExitCode} from './errors.js'
 import {PROJECT_ROOT} from './paths.js'
+import {BOXFILE_NAME, findBoxfile} from './project.js'
 import {parseConstraint, VersionSyntaxError} from './versions.js'
 
-export const BOXFILE_NAME = 'Boxfile'
-/** Name or path of the Boxfile to use instead of ./Boxfile (a bare name is searched for upwards). */
-export const BOXFILE_ENV = 'BOX_BOXFILE'
 /** The single machine's name when the Boxfile has no `machines:` section (Vagrant's too). */
 export const DEFAULT_MACHINE_NAME = 'default'
 /** The box `box init` writes when given none: the project's reference box. */
@@ -322,28 +320,6 @@ export type BoxfileSettings = z.infer<typeof BoxfileSchema>
 // ---------------------------------------------------------------------------
 // Finding and loading.
 
-/**
- * The Boxfile for `cwd`: like Vagrant, the first one found in cwd or a parent.
- * BOX_BOXFILE overrides it: a bare name is searched for the same way, a path
- * (with a "/") is taken as is, relative to cwd.
- */
-export async function findBoxfile(cwd: string, env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  const override = env[BOXFILE_ENV]
-  if (override && override.includes('/')) {
-    const file = resolve(cwd, override)
-    if (!(await isFile(file))) throw new BoxError(`${BOXFILE_ENV}=${override}: no such file ${file}`, {exitCode: ExitCode.USAGE})
-    return file
-  }
-  const name = override || BOXFILE_NAME
-  const start = resolve(cwd)
-  for (let dir = start; ; dir = dirname(dir)) {
-    const candidate = join(dir, name)
-    if (await isFile(candidate)) return candidate
-    if (dirname(dir) === dir) break
-  }
-  throw new BoxError(`no ${name} found in ${start} or its parents; create one with: box init BOX`, {exitCode: ExitCode.USAGE})
-}
-
 export interface LoadBoxfileOptions {
   /** Where to search from (default: the process's cwd). */
   cwd?: string
@@ -361,19 +337,6 @@ export async function loadBoxfile(options: LoadBoxfileOptions = {}): Promise<Box
 /** Parse Boxfile text as if it were at `file` (relative paths start at its directory). */
 export async function parseBoxfile(file: string, text: string): Promise<Boxfile> {
   return resolveBoxfile(parseYaml(resolve(file), text, BoxfileSchema, 'Boxfile'))
-}
-
-/** The machines `names` ask for, in that order; all of them for no names. */
-export function selectMachines(boxfile: Boxfile, names: readonly string[]): ResolvedMachine[] {
-  if (names.length === 0) return boxfile.machines
-  const byName = new Map(boxfile.machines.map((machine) => [machine.name, machine]))
-  const unknown = names.filter((name) => !byName.has(name))
-  if (unknown.length > 0) {
-    const known = boxfile.machines.map((machine) => machine.name).join(', ')
-    const what = unknown.length === 1 ? `unknown machine "${unknown[0]}"` : `unknown machines ${unknown.map((name) => `"${name}"`).join(', ')}`
-    throw new BoxError(`${what} in ${boxfile.file}; its machines: ${known}`, {exitCode: ExitCode.USAGE})
-  }
-  return [...new Set(names)].map((name) => byName.get(name)!)
 }
 
 // ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
+import {spawn as spawnChild} from 'node:child_process'
 import {constants} from 'node:fs'
 import {access} from 'node:fs/promises'
+import {createRequire} from 'node:module'
 import {delimiter, join} from 'node:path'
-import {execa, type Options, type ResultPromise} from 'execa'
+import type {Options, ResultPromise} from 'execa'
 
 import {BoxError, tail} from './errors.js'
 import {packageFor} from './host-tools.js'
@@ -19,6 +21,12 @@ export interface RunResult {
   exitCode: number
 }
 
+// execa takes ~0.1 s to load, a third of box ssh's time budget, so it is loaded on first
+// use; with require() (Node >= 20.19 loads ES modules that way), as spawn must return its
+// child synchronously.
+const requireModule = createRequire(import.meta.url)
+const loadExeca = (): typeof import('execa').execa => (requireModule('execa') as typeof import('execa')).execa
+
 /** Throws the BoxError a missing program deserves, naming the package to install. */
 export function missingProgramError(command: string, cause?: unknown): BoxError {
   const pkg = packageFor(command)
@@ -35,16 +43,29 @@ export function missingProgramError(command: string, cause?: unknown): BoxError 
 export async function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const {purpose, suggestions, ...execaOptions} = options
   try {
-    const result = await execa(command, args, {...execaOptions, stripFinalNewline: true})
+    const result = await loadExeca()(command, args, {...execaOptions, stripFinalNewline: true})
     return {stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? ''), exitCode: result.exitCode ?? 0}
   } catch (error) {
     throw toBoxError(command, args, error, purpose, suggestions)
   }
 }
 
-/** Like run, but for a long-lived child the caller supervises (stdio and lifetime are the caller's). */
+/** Like run, but the child and its result are the caller's (execa's options as they are: reject, stdio, lifetime). */
 export function spawn(command: string, args: readonly string[], options: Options = {}): ResultPromise {
-  return execa(command, args, options)
+  return loadExeca()(command, args, options)
+}
+
+/**
+ * Run a program on this terminal (stdio inherited: box ssh) and resolve to its exit code,
+ * 1 if a signal ended it. Plain node:child_process, not execa: it has nothing to capture,
+ * and box ssh cannot afford loading execa.
+ */
+export function runAttached(command: string, args: readonly string[]): Promise<number> {
+  return new Promise((resolve, reject) => {
+    spawnChild(command, args, {stdio: 'inherit'})
+      .on('error', (error: NodeJS.ErrnoException) => reject(error.code === 'ENOENT' ? missingProgramError(command, error) : error))
+      .on('close', (code) => resolve(code ?? 1))
+  })
 }
 
 /** Full path of an executable on PATH, or undefined: checks presence without running anything. */

@@ -1,10 +1,9 @@
 import {chmod, copyFile, mkdir, readFile, stat} from 'node:fs/promises'
 import {dirname} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
-import {execa} from 'execa'
 
 import {BoxError, tail} from './errors.js'
-import {run, type RunResult} from './exec.js'
+import {run, spawn, type RunResult} from './exec.js'
 import {shJoin} from './shell-quote.js'
 
 export interface SshTarget {
@@ -74,7 +73,7 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
   for (;;) {
     options.signal?.throwIfAborted()
     options.onAttempt?.(Date.now() - started)
-    const result = await execa('ssh', [...sshArgs(probe, ['true']), '-o', 'ConnectTimeout=3'], {reject: false, stdin: 'ignore', timeout: 8000, cancelSignal: options.signal})
+    const result = await spawn('ssh', [...sshArgs(probe, ['true']), '-o', 'ConnectTimeout=3'], {reject: false, stdin: 'ignore', timeout: 8000, cancelSignal: options.signal})
     if (result.exitCode === 0) return Date.now() - started
     if (options.isAlive && !(await options.isAlive())) {
       throw new BoxError('the machine stopped while box waited for ssh', {detail: await serialTail(options.serialLog), suggestions: serialHint(options.serialLog)})

@@ -133,6 +133,21 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect((await box(env, ['ssh', '-c', 'cat /persistent/provision-count'])).stdout.trim()).toBe('once')
   })
 
+  it('reload halts and boots again: running, the machine key still works, only the run: always provisioners rerun', async () => {
+    const pidFile = join(project, '.box', 'machines', 'default', 'qemu.pid')
+    const pidBefore = await readFile(pidFile, 'utf8')
+    const reload = await box(env, ['reload'])
+    expect(reload.exitCode, reload.stderr).toBe(0)
+    expect(await readFile(pidFile, 'utf8')).not.toBe(pidBefore)
+    expect(reload.stdout).toContain('default: always runs')
+    expect(reload.stdout).not.toContain('provisioned as')
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('running')
+    // box ssh offers the machine's own key and no other (IdentitiesOnly).
+    const count = await box(env, ['ssh', '-c', 'cat /persistent/provision-count'])
+    expect(count.exitCode, count.stderr).toBe(0)
+    expect(count.stdout.trim()).toBe('once')
+  })
+
   it('a QEMU killed with SIGKILL is reported aborted and up starts it again', async () => {
     const pid = Number.parseInt(await readFile(join(project, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10)
     process.kill(pid, 'SIGKILL')

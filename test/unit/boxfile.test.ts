@@ -5,15 +5,14 @@ import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {
-  findBoxfile,
   loadBoxfile,
   parseBoxfile,
   parseMemory,
   renderBoxfile,
-  selectMachines,
   type Boxfile,
 } from '../../src/lib/boxfile.js'
 import {BoxError} from '../../src/lib/errors.js'
+import {findBoxfile, selectMachines} from '../../src/lib/project.js'
 
 let dir: string
 let file: string

@@ -1,10 +1,9 @@
 import {access, constants, mkdir, readFile, writeFile} from 'node:fs/promises'
 import {hostname, platform, release} from 'node:os'
 import {join} from 'node:path'
-import {execa} from 'execa'
 
 import {BoxError, ExitCode} from '../../lib/errors.js'
-import {missingProgramError} from '../../lib/exec.js'
+import {missingProgramError, spawn} from '../../lib/exec.js'
 
 export type Accel = 'kvm' | 'hvf' | 'tcg'
 export const ACCELS: readonly Accel[] = ['kvm', 'hvf', 'tcg']
@@ -114,7 +113,7 @@ export async function resolveAccel(options: ProbeOptions): Promise<AccelResult> 
 export async function probeOnce(qemu: string, accel: Accel, firmwareFile: string, deadlineMs: number): Promise<AccelAttempt> {
   const started = Date.now()
   const args = ['-accel', accel, '-bios', firmwareFile, ...probeMachineArgs()]
-  const child = execa(qemu, args, {stdin: 'ignore', reject: false, timeout: deadlineMs, killSignal: 'SIGKILL'})
+  const child = spawn(qemu, args, {stdin: 'ignore', reject: false, timeout: deadlineMs, killSignal: 'SIGKILL'})
   const result = await child.catch((error: unknown) => error as {code?: string})
   const ms = Date.now() - started
   if ((result as {code?: string}).code === 'ENOENT') throw missingProgramError(qemu)
@@ -131,7 +130,7 @@ function probeMachineArgs(): string[] {
 
 export async function qemuVersion(qemu = 'qemu-system-x86_64'): Promise<string> {
   try {
-    const {stdout} = await execa(qemu, ['--version'], {timeout: 10_000})
+    const stdout = String((await spawn(qemu, ['--version'], {timeout: 10_000})).stdout)
     return /version ([\d.]+)/.exec(stdout)?.[1] ?? stdout.split('\n')[0]!
   } catch (error) {
     if ((error as {code?: string}).code === 'ENOENT') throw missingProgramError(qemu, error)
