@@ -3,9 +3,9 @@
  * --boot the time from QEMU start to sshd accepting a login under TCG — direct kernel
  * boot and grub — plus the resnap line from the console.
  *
- *   node --import tsx bench/build.ts                 # from scratch in a temp cache (debootstrap included)
- *   node --import tsx bench/build.ts --cache DIR     # reuse DIR's rootfs cache (configure → package only)
- *   node --import tsx bench/build.ts --box FILE --boot   # only the boot figures, for an existing .box
+ *   node --import tsx/esm bench/build.ts                 # from scratch in a temp cache (debootstrap included)
+ *   node --import tsx/esm bench/build.ts --cache DIR     # reuse DIR's rootfs cache (configure → package only)
+ *   node --import tsx/esm bench/build.ts --box FILE --boot   # only the boot figures, for an existing .box
  */
 import {mkdtemp, rm, stat} from 'node:fs/promises'
 import {createServer} from 'node:net'

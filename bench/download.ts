@@ -2,7 +2,7 @@
  * Download throughput: box's download() against curl, from the same loopback server in
  * one run, and the CPU that checksumming adds.
  *
- *   node --import tsx bench/download.ts [--size-mb 1024] [--rounds 3] [--out-dir /dev/shm]
+ *   node --import tsx/esm bench/download.ts [--size-mb 1024] [--rounds 3] [--out-dir /dev/shm]
  *
  * The server is a separate node process (so it does not share download()'s event loop)
  * serving a file of random bytes (nothing compresses) with Range support. Each round

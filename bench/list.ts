@@ -2,7 +2,7 @@
  * `box list` wall time with 20 boxes in a temp store (target ≤ 0.3 s).
  * Spawns the built CLI (run `npm run build` first) several times and prints the median,
  * next to the median of a bare `node -e 0` on the same machine at the same moment, so a
- * busy host can be told apart from a slow box. Usage: npx tsx bench/list.ts [runs]
+ * busy host can be told apart from a slow box. Usage: node --import tsx/esm bench/list.ts [runs]
  * (BOX_BENCH_CLI=path/to/bin/run.js measures another build).
  */
 import {mkdtemp, readFile, rm} from 'node:fs/promises'

@@ -6,7 +6,7 @@
  *     with the host's load average: the machine is shared);
  *   - `box halt`;
  *   - disk written by the creation of a second machine from the same box (before boot).
- * Run: npm run build && node --import tsx bench/machine.ts
+ * Run: npm run build && node --import tsx/esm bench/machine.ts
  */
 import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {availableParallelism, loadavg, tmpdir} from 'node:os'

@@ -5,7 +5,7 @@
  * chain. The machine is a linked clone of the stored box, made as `up` makes it but not
  * booted (a boot costs a minute under TCG and changes nothing packaging measures); set
  * BOX_BENCH_PROJECT to a project directory to package its halted machine instead.
- * Usage: npx tsx bench/package.ts
+ * Usage: node --import tsx/esm bench/package.ts
  */
 import {mkdir, mkdtemp, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'

@@ -23,7 +23,8 @@ export interface RunResult {
 
 // execa takes ~0.1 s to load, a third of box ssh's time budget, so it is loaded on first
 // use; with require() (Node >= 20.19 loads ES modules that way), as spawn must return its
-// child synchronously.
+// child synchronously. (Scripts run from source need `node --import tsx/esm`: tsx's
+// CommonJS hook cannot require an ES module.)
 const requireModule = createRequire(import.meta.url)
 const loadExeca = (): typeof import('execa').execa => (requireModule('execa') as typeof import('execa')).execa
 
