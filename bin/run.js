@@ -1,4 +1,11 @@
 #!/usr/bin/env node
-import { execute } from '@oclif/core'
+import {runFastPath} from '../dist/lib/fast-path.bundle.js'
 
-await execute({ dir: import.meta.url })
+// box ssh and box status answer without loading oclif when their arguments are plain (src/fast-path.ts).
+if (!(await runFastPath(process.argv.slice(2)))) {
+  const {execute, settings} = await import('@oclif/core')
+  // Always the compiled commands: under NODE_ENV=test or development oclif would look for
+  // the TypeScript sources to run with tsx (and warn that it found none).
+  settings.enableAutoTranspile = false
+  await execute({dir: import.meta.url})
+}

@@ -1,6 +1,6 @@
 import {Command, Flags, type Interfaces} from '@oclif/core'
 
-import {BoxError, ExitCode} from './lib/errors.js'
+import {BoxError, boxErrorJson, ExitCode, formatBoxError} from './lib/errors.js'
 import {createProgress, type Progress} from './lib/progress.js'
 
 export type FlagsOf<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
@@ -62,14 +62,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     const promptClosed = error.name === 'ExitPromptError' ? new BoxError('interrupted: the question was not answered', {exitCode: ExitCode.INTERRUPTED}) : undefined
     const boxError = error instanceof BoxError ? error : (promptClosed ?? (reason instanceof BoxError && this.interrupted ? reason : undefined))
     if (!boxError) return super.catch(error)
-    if (this.jsonEnabled()) {
-      this.logJson({error: {message: boxError.message, detail: boxError.detail, suggestions: boxError.suggestions, exitCode: boxError.exitCode}})
-    } else {
-      const lines = [`Error: ${boxError.message}`]
-      if (boxError.detail) lines.push(boxError.detail.replace(/^/gm, '  | '))
-      for (const suggestion of boxError.suggestions) lines.push(`  → ${suggestion}`)
-      process.stderr.write(`${lines.join('\n')}\n`)
-    }
+    if (this.jsonEnabled()) this.logJson(boxErrorJson(boxError))
+    else process.stderr.write(formatBoxError(boxError))
     process.exitCode = boxError.exitCode
     return undefined
   }

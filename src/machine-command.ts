@@ -3,7 +3,7 @@ import {Args, Command} from '@oclif/core'
 import {BaseCommand} from './base-command.js'
 import type {ResolvedMachine} from './lib/boxfile.js'
 import type {MachineContext} from './lib/machine.js'
-import {loadProjectBoxfile, selectMachines} from './lib/project.js'
+import {openProject} from './lib/project.js'
 
 /** Base of the commands that act on the machines of the Boxfile (`box up [NAME…]`). */
 export abstract class MachineCommand<T extends typeof Command> extends BaseCommand<T> {
@@ -20,16 +20,13 @@ export abstract class MachineCommand<T extends typeof Command> extends BaseComma
   }
 
   protected async project(): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
-    const boxfile = await loadProjectBoxfile({version: this.config.version})
-    const names = this.positionals.slice(0, this.positionals.length - this.guestCommand.length)
-    const machines = selectMachines(boxfile, names)
-    const context: MachineContext = {
-      projectDir: boxfile.dir,
+    return openProject({
+      version: this.config.version,
+      names: this.positionals.slice(0, this.positionals.length - this.guestCommand.length),
       dataDir: this.config.dataDir,
       cacheDir: this.config.cacheDir,
       progress: this.progress(),
       signal: this.signal,
-    }
-    return {machines, context}
+    })
   }
 }

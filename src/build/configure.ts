@@ -13,6 +13,7 @@ import {run} from '../lib/exec.js'
 import {PROJECT_ROOT} from '../lib/paths.js'
 import type {Stage} from '../lib/progress.js'
 import {mapperPath} from '../lib/resnap.js'
+import {AGENT_PORT_NAME} from '../providers/qemu/agent.js'
 import type {Recipe} from './recipe.js'
 
 /** Modules the box's initramfs needs on QEMU/libvirt (ext4 and the serial console are built into Debian's cloud kernel). */
@@ -26,7 +27,7 @@ export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_
  * The files of provisioners/ that the image carries (the others, e.g. the `secure`
  * template, run from the host): cached boxes are keyed by these, not the whole folder.
  */
-export const IMAGE_PROVISIONERS = ['box-ssh-setup', 'provisiond', 'provisiond.service', 'box-lockdown.service'] as const
+export const IMAGE_PROVISIONERS = ['box-ssh-setup', 'provisiond', 'provisiond.service', 'box-lockdown.service', 'box-agent', 'box-agent.service'] as const
 
 export const MASKED_UNITS = [
   'lvm2-monitor.service', // dmeventd monitoring: we use no autoextend; slow at boot
@@ -174,12 +175,17 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await put(
     root,
     'etc/systemd/system/systemd-udev-trigger.service.d/box.conf',
-    '[Service]\nExecStart=\nExecStart=-udevadm trigger --type=devices --action=add --subsystem-match=block --subsystem-match=net --subsystem-match=tty\n',
+    '[Service]\nExecStart=\nExecStart=-udevadm trigger --type=devices --action=add --subsystem-match=block --subsystem-match=net --subsystem-match=tty --subsystem-match=virtio-ports\n',
   )
   await put(root, 'etc/systemd/journald.conf.d/box.conf', '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n')
   await install(root, projectFile('provisioners', 'provisiond'), 'usr/local/sbin/provisiond', 0o755)
   await install(root, projectFile('provisioners', 'provisiond.service'), 'etc/systemd/system/provisiond.service', 0o644)
   await install(root, projectFile('provisioners', 'box-lockdown.service'), 'etc/systemd/system/box-lockdown.service', 0o644)
+  // box-agent (box status's questions on a virtio-serial port) starts when udev sees its port.
+  await install(root, projectFile('provisioners', 'box-agent'), 'usr/local/sbin/box-agent', 0o755)
+  await install(root, projectFile('provisioners', 'box-agent.service'), 'etc/systemd/system/box-agent.service', 0o644)
+  await put(root, 'etc/udev/rules.d/60-box-agent.rules', `SUBSYSTEM=="virtio-ports", ATTR{name}=="${AGENT_PORT_NAME}", TAG+="systemd", ENV{SYSTEMD_WANTS}+="box-agent.service"\n`)
+  await put(root, 'etc/modules-load.d/box-agent.conf', 'virtio_console\n')
   const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service', 'box-lockdown.service']
   if (recipe.lvm.swap) {
     await put(root, 'etc/systemd/system/box-swap.service', swapUnit(mapperPath(recipe.lvm.vg, recipe.lvm.swap)))

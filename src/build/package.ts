@@ -12,6 +12,7 @@ import type {BoxMetadata} from '../lib/box-metadata.js'
 import {acquireLock} from '../lib/lock.js'
 import {BoxError} from '../lib/errors.js'
 import {run} from '../lib/exec.js'
+import {AGENT_PROTOCOL} from '../providers/qemu/agent.js'
 import {formatBytes, type Stage} from '../lib/progress.js'
 import {lvmLayout, parseSize, type RecipeFields} from './recipe.js'
 
@@ -31,6 +32,7 @@ export function boxMetadata(recipe: RecipeFields, recipeHash: string): BoxMetada
       kernel_args: recipe.kernel_args,
       lvm: lvmLayout(recipe),
       recipe_hash: recipeHash,
+      agent: AGENT_PROTOCOL,
     },
   }
 }

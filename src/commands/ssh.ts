@@ -1,9 +1,6 @@
 import {Flags} from '@oclif/core'
 
-import {BoxError, ExitCode} from '../lib/errors.js'
-import {runAttached} from '../lib/exec.js'
-import {runningMachineTarget} from '../lib/machine.js'
-import {sshArgs} from '../lib/ssh.js'
+import {sshSession} from '../lib/machine.js'
 import {MachineCommand} from '../machine-command.js'
 
 export default class Ssh extends MachineCommand<typeof Ssh> {
@@ -16,14 +13,6 @@ export default class Ssh extends MachineCommand<typeof Ssh> {
 
   async run(): Promise<void> {
     const {machines, context} = await this.project()
-    if (machines.length !== 1) {
-      throw new BoxError(`box ssh needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {exitCode: ExitCode.USAGE, suggestions: [`name one: box ssh ${machines[0]!.name}`]})
-    }
-    const machine = machines[0]!
-    const target = await runningMachineTarget(context, machine)
-    const words = this.guestCommand
-    const interactive = this.flags.command === undefined && words.length === 0
-    const args = sshArgs(target, words, this.flags.command)
-    process.exitCode = await runAttached('ssh', interactive ? ['-t', ...args] : args)
+    process.exitCode = await sshSession(context, machines, {command: this.flags.command, words: this.guestCommand})
   }
 }

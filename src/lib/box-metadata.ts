@@ -24,6 +24,8 @@ export const BoxInfoSchema = z.object({
   kernel_args: z.string().default(''),
   lvm: LvmLayoutSchema.optional(),
   recipe_hash: z.string().optional(),
+  /** Protocol version of box-agent, when the image runs it (status then asks it, not ssh + sudo). */
+  agent: z.number().int().positive().optional(),
 })
 export type BoxInfo = z.infer<typeof BoxInfoSchema>
 

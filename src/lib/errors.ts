@@ -30,6 +30,19 @@ export class BoxError extends Error {
   }
 }
 
+/** A BoxError as the CLI prints it on stderr: message, detail indented, suggestions. */
+export function formatBoxError(error: BoxError): string {
+  const lines = [`Error: ${error.message}`]
+  if (error.detail) lines.push(error.detail.replace(/^/gm, '  | '))
+  for (const suggestion of error.suggestions) lines.push(`  → ${suggestion}`)
+  return `${lines.join('\n')}\n`
+}
+
+/** A BoxError as `--json` prints it on stdout. */
+export function boxErrorJson(error: BoxError): {error: {message: string; detail?: string; suggestions: string[]; exitCode: number}} {
+  return {error: {message: error.message, detail: error.detail, suggestions: error.suggestions, exitCode: error.exitCode}}
+}
+
 /** Last `lines` lines of a text, for error details. */
 export function tail(text: string, lines = 20): string {
   const all = text.replace(/\s+$/, '').split('\n')

@@ -2,6 +2,7 @@ import {spawn as spawnChild} from 'node:child_process'
 import {constants} from 'node:fs'
 import {access} from 'node:fs/promises'
 import {createRequire} from 'node:module'
+import {constants as osConstants} from 'node:os'
 import {delimiter, join} from 'node:path'
 import type {Options, ResultPromise} from 'execa'
 
@@ -58,14 +59,26 @@ export function spawn(command: string, args: readonly string[], options: Options
 
 /**
  * Run a program on this terminal (stdio inherited: box ssh) and resolve to its exit code,
- * 1 if a signal ended it. Plain node:child_process, not execa: it has nothing to capture,
- * and box ssh cannot afford loading execa.
+ * 128 + the signal's number if a signal ended it. Ctrl-C reaches the whole foreground
+ * process group, so box ignores it and waits for the program; a SIGTERM or SIGHUP sent to box
+ * alone is passed on. Plain node:child_process, not execa: box ssh cannot afford loading execa.
  */
 export function runAttached(command: string, args: readonly string[]): Promise<number> {
   return new Promise((resolve, reject) => {
-    spawnChild(command, args, {stdio: 'inherit'})
-      .on('error', (error: NodeJS.ErrnoException) => reject(error.code === 'ENOENT' ? missingProgramError(command, error) : error))
-      .on('close', (code) => resolve(code ?? 1))
+    const child = spawnChild(command, args, {stdio: 'inherit'})
+    const ignore = () => {}
+    const forward = (signal: NodeJS.Signals) => child.kill(signal)
+    process.on('SIGINT', ignore).on('SIGQUIT', ignore).on('SIGTERM', forward).on('SIGHUP', forward)
+    const done = () => process.off('SIGINT', ignore).off('SIGQUIT', ignore).off('SIGTERM', forward).off('SIGHUP', forward)
+    child
+      .on('error', (error: NodeJS.ErrnoException) => {
+        done()
+        reject(error.code === 'ENOENT' ? missingProgramError(command, error) : error)
+      })
+      .on('close', (code, signal) => {
+        done()
+        resolve(code ?? 128 + (signal ? osConstants.signals[signal] : 0))
+      })
   })
 }
 

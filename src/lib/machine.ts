@@ -9,13 +9,12 @@ import {VirtualBoxProvider} from '../providers/virtualbox/index.js'
 import type {MachineHandle, MachineState, Provider} from '../providers/provider.js'
 import type {ResolvedMachine} from './boxfile.js'
 import {BoxError, ExitCode} from './errors.js'
-import {run, spawn} from './exec.js'
+import {run, runAttached, spawn} from './exec.js'
 import {acquireLock} from './lock.js'
 import {PROJECT_ROOT} from './paths.js'
-import {mapperPath} from './resnap.js'
 import type {ForwardedPort} from './ports.js'
 import type {Progress} from './progress.js'
-import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from './ssh.js'
+import {installPrivateKey, sshArgs, sshRun, waitForSsh, type SshTarget} from './ssh.js'
 import type {StoredBox} from './store.js'
 
 /** Everything about a machine that must survive between commands (`machine.json`). */
@@ -132,6 +131,20 @@ export async function runningMachineTarget(context: Pick<MachineContext, 'projec
     throw new BoxError(`machine ${machine.name} is not running`, {suggestions: [`start it: box up ${machine.name}`]})
   }
   return sshTarget(stateDir, record, provider)
+}
+
+/**
+ * box ssh: an interactive shell with a TTY, or `command` (one shell string, as ssh takes it)
+ * or `words` (each quoted for the remote shell); resolves to ssh's exit code.
+ */
+export async function sshSession(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machines: readonly ResolvedMachine[], options: {command?: string; words: readonly string[]}): Promise<number> {
+  if (machines.length !== 1) {
+    throw new BoxError(`box ssh needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {exitCode: ExitCode.USAGE, suggestions: [`name one: box ssh ${machines[0]!.name}`]})
+  }
+  const target = await runningMachineTarget(context, machines[0]!)
+  const args = sshArgs(target, options.words, options.command)
+  const interactive = options.command === undefined && options.words.length === 0
+  return runAttached('ssh', interactive ? ['-t', ...args] : args)
 }
 
 export interface UpOptions {
@@ -298,69 +311,6 @@ echo "$file"
 `
   const {stdout} = await sshRun(target, ['sudo', 'sh', '-c', script, 'sh', user], {input: publicKey, purpose: 'installing the machine ssh key'})
   return stdout.trim()
-}
-
-export interface MachineStatus {
-  name: string
-  state: MachineState
-  provider: string
-  box?: string
-  ssh?: string
-  forwardedPorts: Array<{guest: number; host: number; hostIp: string; protocol: string}>
-  /** Fill of the root snapshot's copy-on-write area, percent (running resnap boxes only). */
-  snapshotUsedPercent?: number
-  warning?: string
-}
-
-export async function machineStatus(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine): Promise<MachineStatus> {
-  const stateDir = machineDir(context.projectDir, machine.name)
-  const provider = providerFor(machine.provider, context.cacheDir)
-  const [state, record] = await Promise.all([provider.state({stateDir}), readRecord(stateDir)])
-  const status: MachineStatus = {
-    name: machine.name,
-    state,
-    provider: machine.provider,
-    box: record ? `${record.box.name} ${record.box.version}` : undefined,
-    ssh: record?.sshPort ? `127.0.0.1:${record.sshPort}` : undefined,
-    forwardedPorts: state === 'running' && record?.forwardedPorts ? record.forwardedPorts : machine.forwardedPorts,
-  }
-  if (state === 'running' && record) {
-    status.snapshotUsedPercent = await snapshotUsage(sshTarget(stateDir, record, provider), record)
-    if (status.snapshotUsedPercent !== undefined && status.snapshotUsedPercent > 80) {
-      status.warning = `root snapshot is ${status.snapshotUsedPercent.toFixed(1)}% full: at 100% it is invalidated; reboot with resnap (box resnap) or use a bigger lvsize`
-    }
-  }
-  return status
-}
-
-/**
- * Asks device-mapper rather than lvs: under TCG, `sudo lvs` takes about 0.5 s longer than
- * `sudo dmsetup status` (which costs little more than sudo itself).
- */
-async function snapshotUsage(target: SshTarget, record: MachineRecord): Promise<number | undefined> {
-  try {
-    const metadata = JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8'))
-    const lvm = metadata.box?.lvm
-    if (!lvm) return undefined
-    const {stdout} = await sshRun(target, ['sudo', '-n', 'dmsetup', 'status', mapperPath(lvm.vg, lvm.snapshot)], {timeoutMs: 5000})
-    return snapshotDataPercent(stdout)
-  } catch {
-    return undefined
-  }
-}
-
-/**
- * A snapshot's Data% as lvs shows it (two decimals), from its `dmsetup status` line:
- * "0 6291456 snapshot 1808/4194304 16" is sectors used/total, then metadata sectors.
- * A snapshot that filled up is "Invalid" (or "Overflow"): 100 %.
- */
-export function snapshotDataPercent(dmStatus: string): number | undefined {
-  const [, , target, usage] = dmStatus.trim().split(/\s+/)
-  if (target !== 'snapshot') return undefined
-  if (usage === 'Invalid' || usage === 'Overflow') return 100
-  const match = /^(\d+)\/(\d+)$/.exec(usage ?? '')
-  if (!match || Number(match[2]) === 0) return undefined
-  return Math.round((Number(match[1]) / Number(match[2])) * 10_000) / 100
 }
 
 export async function haltMachine(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine, options: {force?: boolean; timeoutMs?: number} = {}): Promise<'acpi' | 'forced' | 'not-running'> {

@@ -12,6 +12,8 @@ import {fileURLToPath} from 'node:url'
 
 import type {Boxfile, ResolvedMachine} from './boxfile.js'
 import {BoxError, ExitCode} from './errors.js'
+import type {MachineContext} from './machine.js'
+import {createProgress} from './progress.js'
 
 export const BOXFILE_NAME = 'Boxfile'
 /** Name or path of the Boxfile to use instead of ./Boxfile (a bare name is searched for upwards). */
@@ -53,6 +55,27 @@ export function selectMachines(boxfile: Pick<Boxfile, 'file' | 'machines'>, name
     throw new BoxError(`${what} in ${boxfile.file}; its machines: ${known}`, {exitCode: ExitCode.USAGE})
   }
   return [...new Set(names)].map((name) => byName.get(name)!)
+}
+
+export interface OpenProjectOptions extends Pick<MachineContext, 'dataDir' | 'cacheDir'>, Partial<Pick<MachineContext, 'progress' | 'signal'>> {
+  /** box's version: part of the Boxfile cache key. */
+  version: string
+  /** Machine names asked for (all of the Boxfile's for none). */
+  names: readonly string[]
+  cwd?: string
+}
+
+/** The machines a machine command acts on and the context they run in. */
+export async function openProject(options: OpenProjectOptions): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
+  const boxfile = await loadProjectBoxfile({version: options.version, cwd: options.cwd})
+  const context: MachineContext = {
+    projectDir: boxfile.dir,
+    dataDir: options.dataDir,
+    cacheDir: options.cacheDir,
+    progress: options.progress ?? createProgress({silent: true}),
+    signal: options.signal,
+  }
+  return {machines: selectMachines(boxfile, options.names), context}
 }
 
 const PARSER_MODULE = fileURLToPath(new URL('boxfile.js', import.meta.url))

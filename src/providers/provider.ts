@@ -50,4 +50,6 @@ export interface Provider {
   destroy(machine: Pick<MachineHandle, 'stateDir'>): Promise<void>
   /** Control sockets may not fit in deep project paths (108-byte limit): providers say where theirs live. */
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string
+  /** One question to box-agent in a running guest whose box declares it (provisioners/box-agent); absent where there is no channel. */
+  askAgent?(machine: Pick<MachineHandle, 'stateDir'>, request: string, options: {timeoutMs: number}): Promise<string>
 }

@@ -9,6 +9,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {ensureBox} from '../../src/build/index.js'
 import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {snapshotDataPercent} from '../../src/lib/status.js'
+import {QemuProvider} from '../../src/providers/qemu/index.js'
 import {testCacheDir} from '../support/cache.js'
 import {box, type CliEnv} from '../support/cli.js'
 
@@ -50,7 +52,8 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   beforeAll(async () => {
     const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
     const root = await mkdtemp(join(tmpdir(), 'box-machine-'))
-    project = join(root, 'project')
+    // A comma in the path: QEMU's option lists must escape it.
+    project = join(root, 'my,project')
     await mkdir(project)
     env = {cwd: project, dataDir: join(root, 'data'), cacheDir: testCacheDir()}
     const added = await box(env, ['add', 'reference', boxFile])
@@ -120,8 +123,31 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(status.forwardedPorts).toEqual([expect.objectContaining({guest: 8080, hostIp: '127.0.0.1'})])
     expect(status.forwardedPorts[0].host).toBeGreaterThan(18080)
     expect(typeof status.snapshotUsedPercent).toBe('number')
+    // Through the oclif command (--no-color) the same as through the fast path.
+    expect((await box(env, ['status', '--no-color'])).stdout).toMatch(/^default +running +ssh 127\.0\.0\.1:\d+ +ports 127\.0\.0\.1:\d+→8080\/tcp +root snapshot \d+\.\d% used$/)
     const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout)
     expect(global).toEqual([expect.objectContaining({name: 'default', state: 'running', directory: project})])
+  })
+
+  it('box-agent answers the snapshot fill as dmsetup sees it, and nothing but its fixed questions', async () => {
+    const agent = new QemuProvider()
+    const machine = {stateDir: join(project, '.box', 'machines', 'default')}
+    const ask = (request: string) => agent.askAgent(machine, request, {timeoutMs: 10_000})
+    expect(await ask('ping')).toBe('pong')
+    const fill = async () => JSON.parse((await box(env, ['status', '--json'])).stdout)[0].snapshotUsedPercent as number
+    const before = await fill()
+    // 64 MiB written to / are copied into the 2 GiB snapshot: about 3 % more.
+    const write = await box(env, ['ssh', '-c', 'dd if=/dev/urandom of=/var/tmp/fill bs=1M count=64 conv=fsync status=none'])
+    expect(write.exitCode, write.stderr).toBe(0)
+    const after = await fill()
+    expect(after - before).toBeGreaterThan(2.5)
+    const fromDmsetup = snapshotDataPercent((await box(env, ['ssh', '-c', 'sudo dmsetup status box-root_snap'])).stdout)!
+    expect(Math.abs(fromDmsetup - after)).toBeLessThan(0.5)
+    expect(snapshotDataPercent(await ask('dm-status box-root_snap'))).toBeCloseTo(fromDmsetup, 0)
+    await expect(ask('dm-status --help')).rejects.toThrow(/not a device-mapper name/)
+    await expect(ask('dm-status a;reboot')).rejects.toThrow(/not a device-mapper name/)
+    await expect(ask('exec reboot')).rejects.toThrow(/unknown request: exec/)
+    expect(await ask('ping')).toBe('pong')
   })
 
   it('a second up of a running machine changes nothing; a resnap keeps the machine key and the once-provisioners do not rerun', async () => {

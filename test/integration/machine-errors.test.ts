@@ -1,4 +1,4 @@
-import {mkdir, symlink, writeFile} from 'node:fs/promises'
+import {mkdir, rm, symlink, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -61,6 +61,25 @@ describe('machine commands: bad input', () => {
       expect(result.exitCode, command.join(' ')).toBe(1)
       expect(result.stderr).toMatch(/machine default is not running[\s\S]*box up/)
     }
+  })
+
+  it('box ssh and box status say the same through their fast path as through oclif', async () => {
+    // --no-color is not a fast-path flag: the same command then runs through oclif.
+    const both = async (boxfile: string | undefined, args: string[]) => {
+      if (boxfile === undefined) await rm(join(env.cwd, 'Boxfile'), {force: true})
+      else await writeFile(join(env.cwd, 'Boxfile'), boxfile)
+      const [fast, oclif] = [await box(env, args), await box(env, [...args, '--no-color'])]
+      expect({exitCode: fast.exitCode, stdout: fast.stdout, stderr: fast.stderr}, args.join(' ')).toEqual({exitCode: oclif.exitCode, stdout: oclif.stdout, stderr: oclif.stderr})
+      return fast
+    }
+    expect((await both(undefined, ['status'])).exitCode).toBe(2)
+    expect((await both(undefined, ['status', '--json'])).stdout).toMatch(/"message": "no Boxfile found/)
+    expect((await both('box: tiny\nmachines:\n  web: {}\n  db: {}\n', ['status', 'db', 'web'])).stdout).toMatch(/^db +not_created\nweb +not_created$/)
+    expect(JSON.parse((await both('box: tiny\n', ['status', '--json'])).stdout)).toEqual([expect.objectContaining({name: 'default', state: 'not_created'})])
+    expect((await both('box: tiny\nmachines:\n  web: {}\n  db: {}\n', ['ssh', '-c', 'true'])).stderr).toMatch(/box ssh needs one machine/)
+    expect((await both('box: tiny\n', ['ssh', '--', 'true'])).stderr).toMatch(/machine default is not running/)
+    expect((await both('box: tiny\nmemory: lots\n', ['status'])).stderr).toMatch(/Boxfile:2:9/)
+    await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\n') // as the tests below expect
   })
 
   it('destroy without -f and without a terminal refuses instead of hanging', async () => {

@@ -26,11 +26,24 @@ describe('QEMU argv', () => {
     const args = buildQemuArgs(spec)
     const netdev = args[args.indexOf('-netdev') + 1]
     expect(netdev).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80')
-    expect(args).toContain('unix:/p/qmp.sock,server=on,wait=off')
-    expect(args).toContain('file:/p/serial.log')
+    expect(args).toContain('socket,id=qmp,path=/p/qmp.sock,server=on,wait=off')
+    expect(args).toContain('file,id=serial,path=/p/serial.log')
     expect(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg,thread=multi', '-cpu', 'max'])
     expect(args).not.toContain('-kernel')
     expect(args).not.toContain('-daemonize')
+  })
+
+  it('doubles commas in paths inside option lists, where a single one would start the next option', () => {
+    const args = buildQemuArgs({...spec, disk: '/a,b/disk.qcow2', serialLog: '/a,b/serial.log', qmpSocket: '/a,b/qmp.sock', agentFifo: '/a,b/agent'})
+    expect(args).toContain('file=/a,,b/disk.qcow2,if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap')
+    expect(args).toContain('file,id=serial,path=/a,,b/serial.log')
+    expect(args).toContain('socket,id=qmp,path=/a,,b/qmp.sock,server=on,wait=off')
+    expect(args).toContain('pipe,id=agent,path=/a,,b/agent')
+    expect(args).toContain('virtserialport,bus=serial0.0,chardev=agent,name=box.agent')
+  })
+
+  it('has no agent port unless asked', () => {
+    expect(buildQemuArgs(spec).join(' ')).not.toContain('virtserialport')
   })
 
   it('boots the kernel directly when asked', () => {

@@ -1,5 +1,6 @@
 import type {ForwardedPort} from '../../lib/ports.js'
 import {accelArgs, type Accel} from './accel.js'
+import {AGENT_PORT_NAME} from './agent.js'
 
 export interface DirectBoot {
   kernel: string
@@ -21,6 +22,8 @@ export interface QemuLaunchSpec {
   qmpSocket: string
   serialLog: string
   pidFile: string
+  /** Base path of the FIFOs behind the box-agent port (agent.ts); no port without it. */
+  agentFifo?: string
   /** systemd credentials handed to the guest through SMBIOS type 11 (no secrets: visible in the process list). */
   smbiosCredentials?: Record<string, string>
   /** Fork into the background once the guest is set up (the parent exits with QEMU's startup status). */
@@ -29,6 +32,11 @@ export interface QemuLaunchSpec {
 
 export function hostfwd(forward: ForwardedPort): string {
   return `hostfwd=${forward.protocol}:${forward.hostIp}:${forward.host}-:${forward.guest}`
+}
+
+/** A path inside a QEMU option list ("file=PATH,if=virtio"): a comma is written twice. */
+export function optionValue(path: string): string {
+  return path.replaceAll(',', ',,')
 }
 
 export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
@@ -40,16 +48,25 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     '-m', String(spec.memoryMiB),
     '-nodefaults', '-no-user-config', '-display', 'none',
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
-    '-drive', `file=${spec.disk},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
+    '-drive', `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
     '-netdev', ['user', 'id=net0', ...spec.forwards.map(hostfwd)].join(','),
     // romfile= skips the iPXE option ROM: nothing boots from the network.
     '-device', 'virtio-net-pci,netdev=net0,romfile=',
     // sshd and the kernel want entropy early; without it a TCG boot can stall.
     '-device', 'virtio-rng-pci',
-    '-serial', `file:${spec.serialLog}`,
-    '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
+    '-chardev', `file,id=serial,path=${optionValue(spec.serialLog)}`,
+    '-serial', 'chardev:serial',
+    '-chardev', `socket,id=qmp,path=${optionValue(spec.qmpSocket)},server=on,wait=off`,
+    '-mon', 'chardev=qmp,mode=control',
     '-pidfile', spec.pidFile,
   ]
+  if (spec.agentFifo) {
+    args.push(
+      '-device', 'virtio-serial-pci,id=serial0',
+      '-chardev', `pipe,id=agent,path=${optionValue(spec.agentFifo)}`,
+      '-device', `virtserialport,bus=serial0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+    )
+  }
   if (spec.directBoot) {
     args.push('-kernel', spec.directBoot.kernel)
     if (spec.directBoot.initrd) args.push('-initrd', spec.directBoot.initrd)

@@ -4,6 +4,7 @@ import {defaultCacheDir} from '../../lib/paths.js'
 import {socketPath} from '../../lib/short-socket.js'
 import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
 import {resolveAccel} from './accel.js'
+import {askAgent} from './agent.js'
 import {bootInstance, createOverlay, instanceFiles} from './instance.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
 import {access} from 'node:fs/promises'
@@ -34,6 +35,10 @@ export class QemuProvider implements Provider {
       forwards: machine.forwardedPorts,
     })
     return {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
+  }
+
+  askAgent(machine: Pick<MachineHandle, 'stateDir'>, request: string, options: {timeoutMs: number}): Promise<string> {
+    return askAgent(instanceFiles(machine.stateDir).agentFifo, request, options)
   }
 
   async state(machine: Pick<MachineHandle, 'stateDir'>): Promise<MachineState> {

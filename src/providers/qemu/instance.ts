@@ -1,3 +1,4 @@
+import {existsSync} from 'node:fs'
 import {mkdir} from 'node:fs/promises'
 import {join} from 'node:path'
 
@@ -8,6 +9,7 @@ import {availableForwards, freePort, isPortFree, type ForwardedPort} from '../..
 import {socketPath} from '../../lib/short-socket.js'
 import {bootCommandLine, type BootChoice} from '../../lib/resnap.js'
 import type {Accel} from './accel.js'
+import {agentFifos} from './agent.js'
 import type {DirectBoot} from './argv.js'
 import {HostPortInUseError, launchQemu} from './process.js'
 
@@ -18,6 +20,8 @@ export interface InstanceFiles {
   qmpSocket: string
   serialLog: string
   pidFile: string
+  /** Base path of the box-agent FIFOs (`agent.in`, `agent.out`). */
+  agentFifo: string
 }
 
 export function instanceFiles(stateDir: string): InstanceFiles {
@@ -27,6 +31,7 @@ export function instanceFiles(stateDir: string): InstanceFiles {
     qmpSocket: socketPath(stateDir, 'qmp.sock'),
     serialLog: join(stateDir, 'serial.log'),
     pidFile: join(stateDir, 'qemu.pid'),
+    agentFifo: join(stateDir, 'agent'),
   }
 }
 
@@ -83,6 +88,8 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
   const directBoot = options.firmwareBoot ? undefined : directBootFor(options.box, options.choice)
   let sshPort = options.sshPort && (await isPortFree(options.sshPort)) ? options.sshPort : await freePort()
   const forwards = await availableForwards(options.forwards ?? [])
+  const agentFifo = options.box.metadata.box?.agent === undefined ? undefined : options.files.agentFifo
+  if (agentFifo) await makeFifos(agentFifo)
   for (let attempt = 0; ; attempt++) {
     try {
       const pid = await launchQemu({
@@ -96,6 +103,7 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
         qmpSocket: options.files.qmpSocket,
         serialLog: options.files.serialLog,
         pidFile: options.files.pidFile,
+        agentFifo,
       })
       return {pid, sshPort, forwards}
     } catch (error) {
@@ -105,4 +113,10 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
       sshPort = await freePort()
     }
   }
+}
+
+/** The box-agent FIFOs QEMU's pipe chardev opens (it fails to start without them). */
+async function makeFifos(base: string): Promise<void> {
+  const missing = Object.values(agentFifos(base)).filter((fifo) => !existsSync(fifo))
+  if (missing.length > 0) await run('mkfifo', ['-m', '600', ...missing], {purpose: 'creating the guest agent FIFOs'})
 }

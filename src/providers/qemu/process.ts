@@ -3,7 +3,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {BoxError} from '../../lib/errors.js'
 import {run} from '../../lib/exec.js'
-import {buildQemuArgs, type QemuLaunchSpec} from './argv.js'
+import {buildQemuArgs, optionValue, type QemuLaunchSpec} from './argv.js'
 import {QmpClient} from './qmp.js'
 
 export const QEMU_BINARY = 'qemu-system-x86_64'
@@ -46,7 +46,7 @@ export async function runningPid(pidFile: string, qmpSocket: string): Promise<nu
   if (!Number.isInteger(pid) || pid <= 0) return undefined
   try {
     const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8')
-    return cmdline.includes(qmpSocket) ? pid : undefined
+    return cmdline.includes(optionValue(qmpSocket)) ? pid : undefined
   } catch {
     return undefined
   }
