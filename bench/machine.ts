@@ -3,7 +3,8 @@
  * the probe picks:
  *   - QEMU start → ssh ready, plain QEMU (same argv, hand-run) vs `box up`, side by side;
  *   - `box ssh -c true` and `box status` on a running machine (median of 10 after a warm-up,
- *     with the host's load average: the machine is shared);
+ *     with the host's load average: the machine is shared), beside plain ssh through the same
+ *     master connection and `node -e 0` (the parts box cannot make faster);
  *   - `box halt`;
  *   - disk written by the creation of a second machine from the same box (before boot).
  * Run: npm run build && node --import tsx/esm bench/machine.ts
@@ -17,8 +18,9 @@ import {ensureBox} from '../src/build/index.js'
 import {extractBoxArchive} from '../src/lib/archive.js'
 import {BoxMetadataSchema} from '../src/lib/box-metadata.js'
 import {PROJECT_ROOT} from '../src/lib/paths.js'
-import {installPrivateKey, waitForSsh} from '../src/lib/ssh.js'
+import {installPrivateKey, sshArgs, waitForSsh} from '../src/lib/ssh.js'
 import {resolveAccel} from '../src/providers/qemu/accel.js'
+import {QemuProvider} from '../src/providers/qemu/index.js'
 import {bootInstance, createOverlay, instanceFiles} from '../src/providers/qemu/instance.js'
 import {isAlive, stopQemu} from '../src/providers/qemu/process.js'
 import {testCacheDir} from '../test/support/cache.js'
@@ -75,6 +77,20 @@ try {
     return seconds(median(times))
   }
   console.log(`box ssh -c true: median ${await medianOf10(['ssh', '-c', 'true'])}`)
+  // The same command through the same master connection by hand: the guest's share (sshd
+  // forking bash under TCG); box's own share is the difference.
+  const machineDir = join(project, '.box', 'machines', 'default')
+  const {sshPort} = JSON.parse(await readFile(join(machineDir, 'machine.json'), 'utf8')) as {sshPort: number}
+  const rawSsh = () => execa('ssh', sshArgs({host: '127.0.0.1', port: sshPort, user: 'box', keyFile: join(machineDir, 'id_ed25519'), controlPath: new QemuProvider().sshControlPath({stateDir: machineDir})}, ['true']), {stdin: 'ignore'})
+  await rawSsh()
+  const rawTimes: number[] = []
+  for (let i = 0; i < 10; i++) rawTimes.push((await timed(rawSsh))[1])
+  console.log(`plain ssh -c true through box's master connection: median ${seconds(median(rawTimes))}`)
+  console.log(`node -e 0: median ${await (async () => {
+    const times: number[] = []
+    for (let i = 0; i < 10; i++) times.push((await timed(() => execa('node', ['-e', '0'])))[1])
+    return seconds(median(times))
+  })()}`)
   console.log(`box status (running, with snapshot fill): median ${await medianOf10(['status'])}`)
   console.log(`host load average (1 min): ${loadavg()[0]!.toFixed(2)} on ${availableParallelism()} cores`)
   const [, haltMs] = await timed(() => cli(['halt']))
