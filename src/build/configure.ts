@@ -205,6 +205,10 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
     'etc/systemd/system/systemd-udev-trigger.service.d/box.conf',
     '[Service]\nExecStart=\nExecStart=-udevadm trigger --type=devices --action=add --subsystem-match=block --subsystem-match=net --subsystem-match=tty\n',
   )
+  // The initramfs activates the VG (initramfs/scripts/local-top/resnap); lvm2's udev rule
+  // would pvscan and activate it again from the real root's coldplug (~1.5 s of CPU under
+  // TCG while sshd starts). A worker box has one disk: nothing else to autoactivate.
+  await symlinkIn(root, 'etc/udev/rules.d/69-lvm.rules', '/dev/null')
   await put(root, 'etc/systemd/journald.conf.d/box.conf', '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n')
   await install(root, projectFile('provisioners', 'provisiond'), 'usr/local/sbin/provisiond', 0o755)
   await install(root, projectFile('provisioners', 'provisiond.service'), 'etc/systemd/system/provisiond.service', 0o644)
