@@ -8,6 +8,7 @@
  *   RECIPE=dir         another recipe (default boxes/debian-bookworm)
  *   INITRD=file        boot this initrd instead of the box's (experiments)
  *   HOLD=file          keep each booted guest running until the file (an ssh command line) is removed
+ *   PROBE_LOG=1        probe ssh like waitForSsh, printing each attempt (PROBE_CONNECT_TIMEOUT=s, default 10)
  *   JOURNAL=1          print the boot's journal (monotonic time stamps)
  *   DMESG=1 SERIAL=1   print the guest's dmesg / the serial log, lines stamped with host seconds since QEMU start
  * Run: node --import tsx/esm bench/boot-profile.ts
@@ -58,7 +59,7 @@ try {
       // The same probe as waitForSsh, each attempt's outcome printed (host seconds since QEMU start).
       for (;;) {
         const at = (performance.now() - started) / 1000
-        const probe = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ConnectTimeout=10', '-i', key, '-p', String(booted.sshPort), 'box@127.0.0.1', 'true'], {reject: false, timeout: 8000, stdin: 'ignore'})
+        const probe = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', `ConnectTimeout=${process.env.PROBE_CONNECT_TIMEOUT ?? 10}`, '-i', key, '-p', String(booted.sshPort), 'box@127.0.0.1', 'true'], {reject: false, timeout: 8000, stdin: 'ignore'})
         console.log(`probe at ${at.toFixed(1)} s: ${probe.timedOut ? 'killed after 8 s' : `exit ${probe.exitCode}`} after ${((performance.now() - started) / 1000 - at).toFixed(1)} s ${probe.stderr.split('\n').filter(Boolean).slice(-1)[0] ?? ''}`)
         if (probe.exitCode === 0) break
         await new Promise((resolve) => setTimeout(resolve, 250))
