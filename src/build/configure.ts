@@ -5,7 +5,7 @@
  * resnap initramfs script, provisiond, then update-initramfs — ~3 s here against
  * minutes inside a TCG guest.
  */
-import {chmod, mkdir, readdir, readFile, rm, writeFile} from 'node:fs/promises'
+import {chmod, mkdir, readdir, readFile, rm, symlink, writeFile} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 
 import {BoxError} from '../lib/errors.js'
@@ -16,8 +16,30 @@ import {mapperPath} from '../lib/resnap.js'
 import {AGENT_PORT_NAME} from '../providers/qemu/agent.js'
 import type {Recipe} from './recipe.js'
 
-/** Modules the box's initramfs needs on QEMU/libvirt (ext4 and the serial console are built into Debian's cloud kernel). */
-export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_mod', 'dm_snapshot']
+/**
+ * Modules the box's initramfs needs on QEMU/libvirt (ext4 and the serial console are built
+ * into Debian's cloud kernel). `button` answers QEMU's ACPI power button (box halt, through
+ * acpid): loaded here it stays loaded, and systemd-modules-load (~1.5 s under TCG) is masked.
+ */
+export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_mod', 'dm_snapshot', 'button']
+
+/**
+ * systemd generators a worker box never needs (no GPT auto-root, LUKS, verity, integrity,
+ * hibernation, offline updates, rc.local, SysV scripts without a native unit, systemd.run=):
+ * each is a process systemd waits for before it loads units, a few hundred ms under TCG.
+ * Masked by a link to /dev/null in /etc/systemd/system-generators.
+ */
+export const MASKED_GENERATORS = [
+  'systemd-gpt-auto-generator',
+  'systemd-cryptsetup-generator',
+  'systemd-veritysetup-generator',
+  'systemd-integritysetup-generator',
+  'systemd-hibernate-resume-generator',
+  'systemd-system-update-generator',
+  'systemd-rc-local-generator',
+  'systemd-sysv-generator',
+  'systemd-run-generator',
+]
 
 /**
  * Units a worker does not need; each one cost boot time under TCG or writes in the
@@ -71,7 +93,7 @@ export const MASKED_UNITS = [
   'proc-sys-fs-binfmt_misc.automount',
   'systemd-binfmt.service',
   'systemd-machine-id-commit.service', // each resnap boot gets a fresh machine-id anyway
-  // Not systemd-modules-load.service: it loads `button` (modules-load.d) for acpid's power button.
+  'systemd-modules-load.service', // its one module, `button`, is loaded by the initramfs (INITRAMFS_MODULES)
 ]
 
 export interface ConfigureOptions {
@@ -94,6 +116,13 @@ async function put(root: string, path: string, content: string | Buffer, mode = 
   await rm(target, {force: true})
   await writeFile(target, content, {mode, flag: 'wx'})
   await chmod(target, mode)
+}
+
+async function symlinkIn(root: string, path: string, target: string): Promise<void> {
+  const link = join(root, path)
+  await mkdir(dirname(link), {recursive: true})
+  await rm(link, {force: true})
+  await symlink(target, link)
 }
 
 async function install(root: string, source: string, path: string, mode: number): Promise<void> {
@@ -146,9 +175,9 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await put(root, 'etc/kernel-img.conf', 'do_symlinks = yes\nlink_in_boot = yes\n')
 
   // box halt presses the ACPI power button; without logind (no dbus) acpid is what answers it.
-  // The button driver is a module, and the trimmed udev coldplug never loads it by alias.
+  // The button driver is a module, and the trimmed udev coldplug never loads it by alias:
+  // the initramfs loads it (INITRAMFS_MODULES).
   await put(root, 'etc/acpi/events/box-power-button', 'event=button/power.*\naction=/usr/bin/systemctl poweroff\n')
-  await put(root, 'etc/modules-load.d/box-power-button.conf', 'button\n')
 
   step('ssh')
   await removeHostKeys(root)
@@ -177,6 +206,10 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
     'etc/systemd/system/systemd-udev-trigger.service.d/box.conf',
     '[Service]\nExecStart=\nExecStart=-udevadm trigger --type=devices --action=add --subsystem-match=block --subsystem-match=net --subsystem-match=tty --subsystem-match=virtio-ports\n',
   )
+  // The initramfs activates the VG (initramfs/scripts/local-top/resnap); lvm2's udev rule
+  // would pvscan and activate it again from the real root's coldplug (~1.5 s of CPU under
+  // TCG while sshd starts). A worker box has one disk: nothing else to autoactivate.
+  await symlinkIn(root, 'etc/udev/rules.d/69-lvm.rules', '/dev/null')
   await put(root, 'etc/systemd/journald.conf.d/box.conf', '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n')
   await install(root, projectFile('provisioners', 'provisiond'), 'usr/local/sbin/provisiond', 0o755)
   await install(root, projectFile('provisioners', 'provisiond.service'), 'etc/systemd/system/provisiond.service', 0o644)
@@ -193,6 +226,7 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   }
   await chroot(root, ['systemctl', 'enable', ...units], 'enabling units', signal)
   await chroot(root, ['systemctl', 'mask', ...MASKED_UNITS], 'masking units a worker does not need', signal)
+  for (const generator of MASKED_GENERATORS) await symlinkIn(root, `etc/systemd/system-generators/${generator}`, '/dev/null')
 
   step('lvm.conf')
   await put(root, 'etc/lvm/lvm.conf', tuneLvmConf(await readFile(join(root, 'etc/lvm/lvm.conf'), 'utf8')))
@@ -271,12 +305,15 @@ export function systemdDeviceUnit(path: string): string {
 /**
  * Debian's ssh.service, ordered after our host key instead of network.target: sshd
  * listens on the wildcard address, so it need not wait for DHCP (networkd took ~10 s
- * to start under TCG). A full unit in /etc, because a drop-in cannot remove an After=.
+ * to start under TCG). Without the `sshd -t` before start (~1 s under TCG, on the way to
+ * ssh; sshd checks its configuration itself and fails the unit just the same); reload
+ * keeps it. A full unit in /etc, because a drop-in cannot remove an After=.
  */
 export function sshServiceOverride(vendorUnit: string): string {
   if (!/^After=.*network\.target/m.test(vendorUnit)) throw new BoxError('unexpected ssh.service: no After=network.target to replace')
   return vendorUnit
     .replace(/^After=.*network\.target.*$/m, 'After=auditd.service box-ssh-hostkey.service\nWants=box-ssh-hostkey.service')
+    .replace(/^ExecStartPre=\/usr\/sbin\/sshd -t\n/m, '')
     .replace(/^\[Unit\]$/m, '[Unit]\n# box: Debian\'s unit, started without waiting for network.target (see box build)')
 }
 

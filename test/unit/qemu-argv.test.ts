@@ -5,6 +5,7 @@ import {shJoin, shQuote} from '../../src/lib/shell-quote.js'
 import {socketPath} from '../../src/lib/short-socket.js'
 import {buildQemuArgs, type QemuLaunchSpec} from '../../src/providers/qemu/argv.js'
 import {probeFirmware} from '../../src/providers/qemu/accel.js'
+import {directBootFor, TCG_KERNEL_ARGS} from '../../src/providers/qemu/instance.js'
 
 const spec: QemuLaunchSpec = {
   name: 'web',
@@ -91,5 +92,26 @@ describe('accel probe firmware', () => {
     expect(image.length).toBe(0x10000)
     expect(image.subarray(0xfff0, 0xfff5).toString('hex')).toBe('ea000000f0')
     expect(image[0]).toBe(0xfa) // cli
+  })
+})
+
+describe('direct kernel boot command line', () => {
+  const box = {
+    dir: '/b',
+    metadata: {
+      provider: 'libvirt',
+      format: 'qcow2',
+      virtual_size: 8,
+      box: {version: '1', user: 'box', kernel: 'vmlinuz', initrd: 'initrd.img', kernel_args: 'console=ttyS0', lvm: {vg: 'box', root: 'root', snapshot: 'root_snap', snapshot_size: '2G', persistent: 'persistent'}},
+    },
+  } as unknown as Parameters<typeof directBootFor>[0]
+
+  it('adds the TCG-only arguments under TCG, and only there', () => {
+    const tcg = directBootFor(box, {resnap: true}, 'tcg')!
+    const kvm = directBootFor(box, {resnap: true}, 'kvm')!
+    expect(kvm.append).toBe('root=/dev/mapper/box-root_snap ro volgroup=box lvroot=root lvsnap=root_snap lvsize=2G resnap console=ttyS0')
+    expect(tcg.append).toBe(`${kvm.append} ${TCG_KERNEL_ARGS}`)
+    expect(TCG_KERNEL_ARGS.split(' ')).toEqual(['mitigations=off', 'tsc=reliable'])
+    expect(kvm.kernel).toBe('/b/vmlinuz')
   })
 })
