@@ -66,8 +66,9 @@ export async function runFastPath(argv: readonly string[]): Promise<boolean> {
         if (status.warning) process.stderr.write(`warning: ${status.name}: ${status.warning}\n`)
       }
     }
-  } catch (error) {
-    if (!(error instanceof BoxError)) throw error
+  } catch (caught) {
+    // Anything else is reported as oclif reports it: its message, exit code 1.
+    const error = caught instanceof BoxError ? caught : new BoxError(caught instanceof Error ? caught.message : String(caught))
     if (parsed.json) process.stdout.write(`${JSON.stringify(boxErrorJson(error), null, 2)}\n`)
     else process.stderr.write(formatBoxError(error))
     process.exitCode = error.exitCode

@@ -19,9 +19,10 @@ import type {Recipe} from './recipe.js'
 /**
  * Modules the box's initramfs needs on QEMU/libvirt (ext4 and the serial console are built
  * into Debian's cloud kernel). `button` answers QEMU's ACPI power button (box halt, through
- * acpid): loaded here it stays loaded, and systemd-modules-load (~1.5 s under TCG) is masked.
+ * acpid) and `virtio_console` carries box-agent's port: loaded here they stay loaded, and
+ * systemd-modules-load (~1.5 s under TCG) is masked.
  */
-export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_mod', 'dm_snapshot', 'button']
+export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_mod', 'dm_snapshot', 'button', 'virtio_console']
 
 /**
  * systemd generators a worker box never needs (no GPT auto-root, LUKS, verity, integrity,
@@ -93,7 +94,7 @@ export const MASKED_UNITS = [
   'proc-sys-fs-binfmt_misc.automount',
   'systemd-binfmt.service',
   'systemd-machine-id-commit.service', // each resnap boot gets a fresh machine-id anyway
-  'systemd-modules-load.service', // its one module, `button`, is loaded by the initramfs (INITRAMFS_MODULES)
+  'systemd-modules-load.service', // its modules (`button`, `virtio_console`) are loaded by the initramfs (INITRAMFS_MODULES)
 ]
 
 export interface ConfigureOptions {
@@ -218,7 +219,6 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await install(root, projectFile('provisioners', 'box-agent'), 'usr/local/sbin/box-agent', 0o755)
   await install(root, projectFile('provisioners', 'box-agent.service'), 'etc/systemd/system/box-agent.service', 0o644)
   await put(root, 'etc/udev/rules.d/60-box-agent.rules', `SUBSYSTEM=="virtio-ports", ATTR{name}=="${AGENT_PORT_NAME}", TAG+="systemd", ENV{SYSTEMD_WANTS}+="box-agent.service"\n`)
-  await put(root, 'etc/modules-load.d/box-agent.conf', 'virtio_console\n')
   const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service', 'box-lockdown.service']
   if (recipe.lvm.swap) {
     await put(root, 'etc/systemd/system/box-swap.service', swapUnit(mapperPath(recipe.lvm.vg, recipe.lvm.swap)))

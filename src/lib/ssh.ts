@@ -73,7 +73,9 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
   for (;;) {
     options.signal?.throwIfAborted()
     options.onAttempt?.(Date.now() - started)
-    const result = await spawn('ssh', [...sshArgs(probe, ['true']), '-o', 'ConnectTimeout=3'], {reject: false, stdin: 'ignore', timeout: 8000, cancelSignal: options.signal})
+    // sshOptions' ConnectTimeout (10 s) also bounds the wait for sshd's banner, which a
+    // loaded TCG guest can be slow to send: a shorter one could fail every attempt.
+    const result = await spawn('ssh', sshArgs(probe, ['true']), {reject: false, stdin: 'ignore', timeout: 15_000, cancelSignal: options.signal})
     if (result.exitCode === 0) return Date.now() - started
     if (options.isAlive && !(await options.isAlive())) {
       throw new BoxError('the machine stopped while box waited for ssh', {detail: await serialTail(options.serialLog), suggestions: serialHint(options.serialLog)})
