@@ -198,6 +198,7 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await put(root, 'etc/systemd/system/box-ssh-hostkey.service', SSH_HOSTKEY_UNIT)
   await install(root, projectFile('provisioners', 'box-ssh-setup'), 'usr/local/sbin/box-ssh-setup', 0o755)
   await put(root, 'etc/systemd/system/ssh.service', sshServiceOverride(await readFile(join(root, 'lib/systemd/system/ssh.service'), 'utf8')))
+  await put(root, 'etc/pam.d/sshd', withoutDynamicMotd(await readFile(join(root, 'etc/pam.d/sshd'), 'utf8')))
 
   step('systemd units')
   // Coldplug only what a worker uses (disks, LVs, the NIC, the serial console): the full
@@ -300,6 +301,17 @@ export function systemdDeviceUnit(path: string): string {
     .map((part) => part.replace(/[^A-Za-z0-9_.:]/g, (char) => `\\x${char.charCodeAt(0).toString(16).padStart(2, '0')}`))
     .join('-')
   return `${escaped}.device`
+}
+
+/**
+ * Debian's sshd PAM stack without the dynamic motd: pam_motd runs /etc/update-motd.d at every
+ * login, 0.4 s of each new ssh connection under TCG (up's first login, provisioners, ssh
+ * masters). The static /etc/motd is still shown.
+ */
+export function withoutDynamicMotd(pamSshd: string): string {
+  const line = /^session\s+optional\s+pam_motd\.so\s+motd=\/run\/motd\.dynamic\s*$/m
+  if (!line.test(pamSshd)) throw new BoxError('unexpected /etc/pam.d/sshd: no pam_motd line for /run/motd.dynamic')
+  return pamSshd.replace(line, (found) => `# box: no update-motd scripts at every login (slow under emulation)\n#${found}`)
 }
 
 /**

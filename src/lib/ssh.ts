@@ -65,7 +65,14 @@ export interface WaitForSshOptions {
   onAttempt?: (elapsedMs: number) => void
 }
 
-/** Poll until sshd accepts our key; on timeout the error shows the serial log's tail. */
+/**
+ * Poll until sshd accepts our key; on timeout the error shows the serial log's tail.
+ *
+ * A probe made before the guest's network is up hangs: QEMU's user-mode network accepts the
+ * connection on the host at once but retransmits its SYN to the guest only seconds later.
+ * So a probe waits 2 s for sshd's banner (about 0.3 s under TCG once sshd listens) and the
+ * next one starts afresh; after a minute, when only a loaded host boots that slowly, 10 s.
+ */
 export async function waitForSsh(target: SshTarget, options: WaitForSshOptions): Promise<number> {
   const started = Date.now()
   const deadline = started + options.timeoutMs
@@ -73,9 +80,10 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
   for (;;) {
     options.signal?.throwIfAborted()
     options.onAttempt?.(Date.now() - started)
-    // sshOptions' ConnectTimeout (10 s) also bounds the wait for sshd's banner, which a
-    // loaded TCG guest can be slow to send: a shorter one could fail every attempt.
-    const result = await spawn('ssh', sshArgs(probe, ['true']), {reject: false, stdin: 'ignore', timeout: 15_000, cancelSignal: options.signal})
+    const connectTimeoutS = Date.now() - started < 60_000 ? 2 : 10
+    // First: ssh takes an option's first value (sshOptions has its own ConnectTimeout).
+    const args = ['-o', `ConnectTimeout=${connectTimeoutS}`, ...sshArgs(probe, ['true'])]
+    const result = await spawn('ssh', args, {reject: false, stdin: 'ignore', timeout: (connectTimeoutS + 10) * 1000, cancelSignal: options.signal})
     if (result.exitCode === 0) return Date.now() - started
     if (options.isAlive && !(await options.isAlive())) {
       throw new BoxError('the machine stopped while box waited for ssh', {detail: await serialTail(options.serialLog), suggestions: serialHint(options.serialLog)})

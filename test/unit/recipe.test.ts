@@ -5,7 +5,7 @@ import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {resolveModules, sfdiskLayout} from '../../src/build/appliance.js'
-import {fstab, systemdDeviceUnit, tuneLvmConf} from '../../src/build/configure.js'
+import {fstab, systemdDeviceUnit, tuneLvmConf, withoutDynamicMotd} from '../../src/build/configure.js'
 import {grubConfig} from '../../src/build/image.js'
 import {fullRecipeHash} from '../../src/build/index.js'
 import {boxMetadata} from '../../src/build/package.js'
@@ -185,6 +185,12 @@ describe('generated files', () => {
     const conf = 'devices {\n\t# issue_discards = 0\n}\nactivation {\n\tmonitoring = 1\n}\n'
     expect(tuneLvmConf(conf)).toBe('devices {\n\tissue_discards = 1\n}\nactivation {\n\tmonitoring = 0\n}\n')
     expect(() => tuneLvmConf('nothing here')).toThrow(/issue_discards/)
+  })
+
+  it('drops only the dynamic motd from sshd\'s PAM stack', () => {
+    const pam = '@include common-account\nsession    optional     pam_motd.so  motd=/run/motd.dynamic\nsession    optional     pam_motd.so noupdate\n'
+    expect(withoutDynamicMotd(pam)).toBe('@include common-account\n# box: no update-motd scripts at every login (slow under emulation)\n#session    optional     pam_motd.so  motd=/run/motd.dynamic\nsession    optional     pam_motd.so noupdate\n')
+    expect(() => withoutDynamicMotd('@include common-account\n')).toThrow(/pam_motd/)
   })
 
   it('sfdisk layout and metadata follow the recipe', async () => {
