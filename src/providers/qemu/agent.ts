@@ -54,7 +54,8 @@ export async function askAgent(base: string, request: string, options: AgentRequ
 async function exchange(base: string, request: string, timeoutMs: number): Promise<string> {
   const {toGuest, fromGuest} = agentFifos(base)
   const id = randomUUID().slice(0, 8)
-  // Non-blocking opens fail (ENXIO) rather than hang when QEMU does not hold the FIFOs.
+  // Non-blocking opens: reading never waits for a writer, and opening for writing fails
+  // (ENXIO) rather than hangs when no QEMU holds the FIFOs (the machine is not running).
   const reader = new Socket({fd: await openFd(fromGuest, constants.O_RDONLY | constants.O_NONBLOCK), readable: true, writable: false})
   let timer: NodeJS.Timeout | undefined
   try {
