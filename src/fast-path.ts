@@ -14,7 +14,7 @@ import {BoxError, boxErrorJson, formatBoxError} from './lib/errors.js'
 import {sshSession} from './lib/machine.js'
 import {defaultCacheDir, defaultDataDir, PROJECT_ROOT} from './lib/paths.js'
 import {openProject} from './lib/project.js'
-import {formatStatus, machineStatus} from './lib/status.js'
+import {machineStatus, printStatuses} from './lib/status.js'
 
 interface Parsed {
   command: 'ssh' | 'status'
@@ -58,14 +58,8 @@ export async function runFastPath(argv: readonly string[]): Promise<boolean> {
       return true
     }
     const statuses = await Promise.all(machines.map((machine) => machineStatus(context, machine)))
-    if (parsed.json) {
-      process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`)
-    } else {
-      for (const status of statuses) {
-        process.stdout.write(`${formatStatus(status)}\n`)
-        if (status.warning) process.stderr.write(`warning: ${status.name}: ${status.warning}\n`)
-      }
-    }
+    if (parsed.json) process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`)
+    else printStatuses(statuses, (line) => process.stdout.write(`${line}\n`), (line) => process.stderr.write(`${line}\n`))
   } catch (caught) {
     // Anything else is reported as oclif reports it: its message, exit code 1.
     const error = caught instanceof BoxError ? caught : new BoxError(caught instanceof Error ? caught.message : String(caught))

@@ -1,4 +1,4 @@
-import {formatStatus, machineStatus, type MachineStatus} from '../lib/status.js'
+import {machineStatus, printStatuses, type MachineStatus} from '../lib/status.js'
 import {MachineCommand} from '../machine-command.js'
 
 export default class Status extends MachineCommand<typeof Status> {
@@ -9,12 +9,7 @@ export default class Status extends MachineCommand<typeof Status> {
   async run(): Promise<MachineStatus[]> {
     const {machines, context} = await this.project()
     const statuses = await Promise.all(machines.map((machine) => machineStatus(context, machine)))
-    if (!this.jsonEnabled()) {
-      for (const status of statuses) {
-        this.log(formatStatus(status))
-        if (status.warning) this.logToStderr(`warning: ${status.name}: ${status.warning}`)
-      }
-    }
+    if (!this.jsonEnabled()) printStatuses(statuses, (line) => this.log(line), (line) => this.logToStderr(line))
     return statuses
   }
 }

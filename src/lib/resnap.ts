@@ -1,8 +1,12 @@
 import type {BoxInfo, LvmLayout} from './box-metadata.js'
 
 /** device-mapper doubles every dash inside VG and LV names: vg "my-vg", lv "root" → my--vg-root. */
+export function mapperName(vg: string, lv: string): string {
+  return `${vg.replaceAll('-', '--')}-${lv.replaceAll('-', '--')}`
+}
+
 export function mapperPath(vg: string, lv: string): string {
-  return `/dev/mapper/${vg.replaceAll('-', '--')}-${lv.replaceAll('-', '--')}`
+  return `/dev/mapper/${mapperName(vg, lv)}`
 }
 
 export interface BootChoice {

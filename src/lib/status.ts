@@ -9,7 +9,7 @@ import {join} from 'node:path'
 import type {MachineState, Provider} from '../providers/provider.js'
 import type {ResolvedMachine} from './boxfile.js'
 import {machineDir, providerFor, readRecord, sshTarget, type MachineContext, type MachineRecord} from './machine.js'
-import {mapperPath} from './resnap.js'
+import {mapperName} from './resnap.js'
 import {sshRun} from './ssh.js'
 
 export interface MachineStatus {
@@ -48,8 +48,16 @@ export async function machineStatus(context: Pick<MachineContext, 'projectDir' |
   return status
 }
 
+/** `box status` as text: a line per machine on `out`, warnings on `err`. */
+export function printStatuses(statuses: readonly MachineStatus[], out: (line: string) => void, err: (line: string) => void): void {
+  for (const status of statuses) {
+    out(formatStatus(status))
+    if (status.warning) err(`warning: ${status.name}: ${status.warning}`)
+  }
+}
+
 /** One line of `box status`: name, state, then what applies. */
-export function formatStatus(status: MachineStatus): string {
+function formatStatus(status: MachineStatus): string {
   const ports = status.forwardedPorts.map((p) => `${p.hostIp}:${p.host}→${p.guest}/${p.protocol}`)
   const parts = [
     status.state,
@@ -69,10 +77,10 @@ async function snapshotUsage(provider: Provider, stateDir: string, record: Machi
     const metadata = JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8'))
     const lvm = metadata.box?.lvm
     if (!lvm) return undefined
-    const device = mapperPath(lvm.vg, lvm.snapshot)
+    const device = mapperName(lvm.vg, lvm.snapshot)
     if (metadata.box.agent !== undefined && provider.askAgent) {
       // A machine started before its box had the agent has no port: ssh answers instead.
-      const answer = await provider.askAgent({stateDir}, `dm-status ${device.slice('/dev/mapper/'.length)}`, {timeoutMs: 3000}).catch(() => undefined)
+      const answer = await provider.askAgent({stateDir}, `dm-status ${device}`, {timeoutMs: 3000}).catch(() => undefined)
       if (answer !== undefined) return snapshotDataPercent(answer)
     }
     const {stdout} = await sshRun(sshTarget(stateDir, record, provider), ['sudo', '-n', 'dmsetup', 'status', device], {timeoutMs: 5000})
