@@ -215,6 +215,7 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
         timeoutMs: options.sshTimeoutMs ?? 300_000,
         isAlive: booted.isAlive,
         serialLog: booted.serialLog,
+        sshListening: booted.sshListening,
         signal: context.signal,
         onAttempt: (ms) => boot.update(`waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round(ms / 1000)} s)`),
       })

@@ -63,28 +63,32 @@ export interface WaitForSshOptions {
   serialLog?: string
   signal?: AbortSignal
   onAttempt?: (elapsedMs: number) => void
+  /**
+   * Asks the guest whether sshd listens yet (box-agent): false for not yet or no answer yet,
+   * undefined when the guest cannot tell. Until it says true, no connection is tried.
+   */
+  sshListening?: () => Promise<boolean | undefined>
 }
 
+/** How long box waits for the guest to say sshd listens before it falls back to probing. */
+const LISTENING_GRACE_MS = 90_000
+
 /**
- * Poll until sshd accepts our key; on timeout the error shows the serial log's tail.
+ * Poll until sshd accepts our key; on timeout the error shows the serial log's tail. With a
+ * `controlPath`, the connection that gets in stays as the master for the commands that follow.
  *
  * A probe made before the guest's network is up hangs: QEMU's user-mode network accepts the
- * connection on the host at once but retransmits its SYN to the guest only seconds later.
- * So a probe waits 2 s for sshd's banner (about 0.3 s under TCG once sshd listens) and the
- * next one starts afresh; after a minute, when only a loaded host boots that slowly, 10 s.
+ * connection on the host at once but retransmits its SYN to the guest only seconds later,
+ * and keeps doing so after the host gave up: each abandoned probe reaches sshd later and
+ * costs it a fork when the guest is busiest. So when the guest can say whether sshd listens
+ * (`sshListening`), the first probe waits for that, and for sshd's banner up to 10 s. Else a
+ * probe waits 2 s for the banner (about 0.3 s under TCG once sshd listens) and the next one
+ * starts afresh; after a minute, when only a loaded host boots that slowly, 10 s.
  */
 export async function waitForSsh(target: SshTarget, options: WaitForSshOptions): Promise<number> {
   const started = Date.now()
   const deadline = started + options.timeoutMs
-  const probe = {...target, controlPath: undefined}
-  for (;;) {
-    options.signal?.throwIfAborted()
-    options.onAttempt?.(Date.now() - started)
-    const connectTimeoutS = Date.now() - started < 60_000 ? 2 : 10
-    // First: ssh takes an option's first value (sshOptions has its own ConnectTimeout).
-    const args = ['-o', `ConnectTimeout=${connectTimeoutS}`, ...sshArgs(probe, ['true'])]
-    const result = await spawn('ssh', args, {reject: false, stdin: 'ignore', timeout: (connectTimeoutS + 10) * 1000, cancelSignal: options.signal})
-    if (result.exitCode === 0) return Date.now() - started
+  const check = async () => {
     if (options.isAlive && !(await options.isAlive())) {
       throw new BoxError('the machine stopped while box waited for ssh', {detail: await serialTail(options.serialLog), suggestions: serialHint(options.serialLog)})
     }
@@ -94,6 +98,31 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
         suggestions: serialHint(options.serialLog),
       })
     }
+  }
+  let listening = false
+  if (options.sshListening) {
+    while (Date.now() - started < LISTENING_GRACE_MS) {
+      options.signal?.throwIfAborted()
+      options.onAttempt?.(Date.now() - started)
+      const answer = await options.sshListening()
+      if (answer === undefined) break
+      if (answer) {
+        listening = true
+        break
+      }
+      await check()
+      await sleep(200)
+    }
+  }
+  for (;;) {
+    options.signal?.throwIfAborted()
+    options.onAttempt?.(Date.now() - started)
+    const connectTimeoutS = listening || Date.now() - started >= 60_000 ? 10 : 2
+    // First: ssh takes an option's first value (sshOptions has its own ConnectTimeout).
+    const args = ['-o', `ConnectTimeout=${connectTimeoutS}`, ...sshArgs(target, ['true'])]
+    const result = await spawn('ssh', args, {reject: false, stdin: 'ignore', timeout: (connectTimeoutS + 10) * 1000, cancelSignal: options.signal})
+    if (result.exitCode === 0) return Date.now() - started
+    await check()
     await sleep(250)
   }
 }

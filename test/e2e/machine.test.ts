@@ -12,7 +12,7 @@ import {PROJECT_ROOT} from '../../src/lib/paths.js'
 import {snapshotDataPercent} from '../../src/lib/status.js'
 import {QemuProvider} from '../../src/providers/qemu/index.js'
 import {testCacheDir} from '../support/cache.js'
-import {box, type CliEnv} from '../support/cli.js'
+import {BIN, box, type CliEnv} from '../support/cli.js'
 
 /** Every QEMU process whose command line mentions `text` (to prove nothing is left running). */
 async function qemuProcessesMentioning(text: string): Promise<string[]> {
@@ -147,6 +147,12 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     await expect(ask('dm-status --help')).rejects.toThrow(/not a device-mapper name/)
     await expect(ask('dm-status a;reboot')).rejects.toThrow(/not a device-mapper name/)
     await expect(ask('exec reboot')).rejects.toThrow(/unknown request: exec/)
+    // What box up waits for before it connects: sshd listens on 22, nothing on 1 or 8080.
+    expect(await ask('tcp-listening 22')).toBe('yes')
+    expect(await ask('tcp-listening 1')).toBe('no')
+    expect(await ask('tcp-listening 8080')).toBe('no')
+    await expect(ask('tcp-listening 22;reboot')).rejects.toThrow(/not a port number/)
+    await expect(ask('tcp-listening 0x16')).rejects.toThrow(/not a port number/)
     expect(await ask('ping')).toBe('pong')
   })
 
@@ -172,6 +178,11 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     const count = await box(env, ['ssh', '-c', 'cat /persistent/provision-count'])
     expect(count.exitCode, count.stderr).toBe(0)
     expect(count.stdout.trim()).toBe('once')
+    // up asked box-agent whether sshd listened before connecting: no earlier probe lingered
+    // in QEMU's network to reach sshd later (each would log a preauth disconnect).
+    const sshdLog = await box(env, ['ssh', '-c', 'sudo journalctl -b -u ssh.service -o cat --no-pager'])
+    expect(sshdLog.stdout).toContain('Accepted publickey')
+    expect(sshdLog.stdout).not.toContain('[preauth]')
   })
 
   it('a QEMU killed with SIGKILL is reported aborted and up starts it again', async () => {
@@ -194,7 +205,7 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   })
 
   it('Ctrl-C during up leaves no QEMU behind', async () => {
-    const child = execa('node', [join(PROJECT_ROOT, 'bin', 'run.js'), 'up'], {cwd: project, reject: false, env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir}})
+    const child = execa(BIN, ['up'], {cwd: project, reject: false, env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir}})
     try {
       // QEMU has daemonized once its pid file exists (its parent may linger for a moment).
       const pidFile = join(project, '.box', 'machines', 'default', 'qemu.pid')

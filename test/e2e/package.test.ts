@@ -124,7 +124,7 @@ describe('box package: the maintainer loop on the reference box', () => {
 
   it('Ctrl-C mid-way leaves nothing at the output path', async () => {
     const output = join(root, 'out', 'interrupted.box')
-    const child = execa('node', [BIN, 'package', '-o', output, '--compression', 'gzip', '--no-color'], {
+    const child = execa(BIN, ['package', '-o', output, '--compression', 'gzip', '--no-color'], {
       cwd: origin.cwd,
       reject: false,
       env: {BOX_DATA_DIR: origin.dataDir, BOX_CACHE_DIR: origin.cacheDir},

@@ -72,7 +72,7 @@ class Terminal {
       'new-session', '-d', '-s', session, '-x', '160', '-y', '40', '-c', env.cwd,
       '-e', `BOX_DATA_DIR=${env.dataDir}`, '-e', `BOX_CACHE_DIR=${env.cacheDir}`, '-e', 'NO_COLOR=1', '-e', `EXIT_FILE=${exitFile}`,
       // The pane stays open after box exits, to be read.
-      'sh', '-c', 'node "$0" secure "$@"; echo $? > "$EXIT_FILE"; sleep 600', BIN, ...args,
+      'sh', '-c', '"$0" secure "$@"; echo $? > "$EXIT_FILE"; sleep 600', BIN, ...args,
     ])
   }
 

@@ -3,7 +3,8 @@ import {execa, type ResultPromise} from 'execa'
 
 import {PROJECT_ROOT} from '../../src/lib/paths.js'
 
-export const BIN = join(PROJECT_ROOT, 'bin', 'run.js')
+/** The launcher npm puts on PATH (bin/box, which runs bin/run.js with node). */
+export const BIN = join(PROJECT_ROOT, 'bin', 'box')
 
 export interface CliEnv {
   cwd: string
@@ -13,7 +14,7 @@ export interface CliEnv {
 
 /** Run the built CLI (`npm test` builds dist/ first) as a user would. */
 export function box(env: CliEnv, args: string[], options: {input?: string; timeout?: number} = {}): ResultPromise<{reject: false}> {
-  return execa('node', [BIN, ...args], {
+  return execa(BIN, args, {
     cwd: env.cwd,
     reject: false,
     input: options.input,

@@ -29,7 +29,7 @@ describe('QEMU argv', () => {
     expect(netdev).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80')
     expect(args).toContain('socket,id=qmp,path=/p/qmp.sock,server=on,wait=off')
     expect(args).toContain('file,id=serial,path=/p/serial.log')
-    expect(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg,thread=multi', '-cpu', 'max'])
+    expect(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg,thread=multi', '-cpu', 'max,la57=off,erms=off'])
     expect(args).not.toContain('-kernel')
     expect(args).not.toContain('-daemonize')
   })

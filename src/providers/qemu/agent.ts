@@ -30,6 +30,9 @@ export function agentFifos(base: string): {toGuest: string; fromGuest: string} {
   return {toGuest: `${base}.in`, fromGuest: `${base}.out`}
 }
 
+/** The agent answered with an error: it does not know the request, or the request failed in the guest. */
+export class AgentRefusal extends BoxError {}
+
 export interface AgentRequestOptions {
   timeoutMs: number
 }
@@ -71,7 +74,7 @@ async function exchange(base: string, request: string, timeoutMs: number): Promi
         if (line === undefined) return
         const [, status, ...text] = line.split(' ')
         if (status === 'ok') resolve(text.join(' '))
-        else reject(new BoxError(`the guest agent refused "${request}": ${text.join(' ')}`))
+        else reject(new AgentRefusal(`the guest agent refused "${request}": ${text.join(' ')}`))
       })
     })
     const timeout = new Promise<never>((_, reject) => {

@@ -4,8 +4,8 @@ import {defaultCacheDir} from '../../lib/paths.js'
 import {socketPath} from '../../lib/short-socket.js'
 import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
 import {resolveAccel} from './accel.js'
-import {askAgent} from './agent.js'
-import {bootInstance, createOverlay, instanceFiles} from './instance.js'
+import {AgentRefusal, askAgent} from './agent.js'
+import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles} from './instance.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
 import {access} from 'node:fs/promises'
 
@@ -34,7 +34,18 @@ export class QemuProvider implements Provider {
       sshPort: options.sshPort,
       forwards: machine.forwardedPorts,
     })
-    return {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
+    const started: Started = {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
+    if (machine.box.metadata.box?.agent !== undefined) {
+      started.sshListening = async () => {
+        try {
+          return (await this.askAgent(machine, `tcp-listening ${GUEST_SSH_PORT}`, {timeoutMs: 1000})) === 'yes'
+        } catch (error) {
+          // Refused: an agent older than this question. Any other failure: not up yet.
+          return error instanceof AgentRefusal ? undefined : false
+        }
+      }
+    }
+    return started
   }
 
   askAgent(machine: Pick<MachineHandle, 'stateDir'>, request: string, options: {timeoutMs: number}): Promise<string> {

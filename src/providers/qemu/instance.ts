@@ -41,6 +41,9 @@ export interface BoxImage {
   metadata: BoxMetadata
 }
 
+/** The guest's sshd port, forwarded from a free host port on 127.0.0.1. */
+export const GUEST_SSH_PORT = 22
+
 /** A linked clone: a qcow2 overlay whose backing file is the box's image, so nothing is copied. */
 export async function createOverlay(box: BoxImage, overlay: string): Promise<void> {
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(box.dir, 'box.img'), overlay], {purpose: 'creating the machine disk'})
@@ -109,7 +112,7 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
         memoryMiB: options.memoryMiB,
         disk: options.files.overlay,
         directBoot,
-        forwards: [{guest: 22, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...forwards],
+        forwards: [{guest: GUEST_SSH_PORT, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...forwards],
         qmpSocket: options.files.qmpSocket,
         serialLog: options.files.serialLog,
         pidFile: options.files.pidFile,
