@@ -1,5 +1,5 @@
 import {constants, openSync} from 'node:fs'
-import {mkdtemp, rm} from 'node:fs/promises'
+import {mkdtemp, readFile, rm} from 'node:fs/promises'
 import {Socket} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -7,7 +7,8 @@ import {createInterface} from 'node:readline'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {agentFifos, askAgent} from '../../src/providers/qemu/agent.js'
+import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {AGENT_PORT_NAME, agentFifos, askAgent} from '../../src/providers/qemu/agent.js'
 
 /**
  * The host side of box-agent against real FIFOs. What QEMU and the guest do is played by
@@ -89,5 +90,10 @@ describe('box-agent requests from the host', () => {
     guest = new GuestStandIn(base, (id, request) => `${id} ok ${request.split(' ')[1]}`)
     const answers = await Promise.all(['a', 'b', 'c', 'd'].map((word) => askAgent(base, `echo ${word}`, {timeoutMs: 5000})))
     expect(answers).toEqual(['a', 'b', 'c', 'd'])
+  })
+
+  it('names the port the guest script opens', async () => {
+    const script = await readFile(join(PROJECT_ROOT, 'provisioners', 'box-agent'), 'utf8')
+    expect(script).toContain(`exec 3<>/dev/virtio-ports/${AGENT_PORT_NAME}\n`)
   })
 })
