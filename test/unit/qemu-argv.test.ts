@@ -1,3 +1,4 @@
+import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 
 import {kernelCommandLine, mapperPath} from '../../src/lib/resnap.js'
@@ -83,6 +84,14 @@ describe('socket paths', () => {
     const short = socketPath(deep, 'qmp.sock')
     expect(short.length).toBeLessThan(108)
     expect(short).toBe(socketPath(deep, 'qmp.sock'))
+  })
+
+  it('leaves room for the 17 characters ssh adds to a ControlPath while it binds it', () => {
+    // 91 bytes in the folder: ssh would bind 108 and fail.
+    const stateDir = `/${'d'.repeat(64)}/.box/machines/web`
+    expect(join(stateDir, 'ssh.ctl').length).toBe(91)
+    expect(socketPath(stateDir, 'ssh.ctl').length + 17).toBeLessThanOrEqual(107)
+    expect(socketPath(stateDir.slice(1), 'ssh.ctl')).toBe(join(stateDir.slice(1), 'ssh.ctl'))
   })
 })
 
