@@ -270,6 +270,8 @@ async function createMachine(context: MachineContext, provider: Provider, stateD
 /**
  * Wait for sshd. A machine fresh from its box only knows the box's insecure key:
  * log in with that once and install the machine's own key, which is used from then on.
+ * The insecure login is one connection (a master, closed once the key is in place), and
+ * the machine key's first login stays as the master for what follows.
  */
 async function waitForMachineSsh(stateDir: string, target: SshTarget, record: MachineRecord, options: Parameters<typeof waitForSsh>[1]): Promise<MachineRecord> {
   if (record.keyInstalled) {
@@ -278,11 +280,12 @@ async function waitForMachineSsh(stateDir: string, target: SshTarget, record: Ma
   }
   const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(stateDir, 'insecure_key'))
   let authorizedKeysFile: string
+  const bootstrap = {...target, keyFile: insecure}
   try {
-    const bootstrap = {...target, keyFile: insecure, controlPath: undefined}
     await waitForSsh(bootstrap, options)
     authorizedKeysFile = await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
   } finally {
+    if (bootstrap.controlPath) await closeSshMaster(bootstrap.controlPath)
     await rm(insecure, {force: true})
   }
   await waitForSsh(target, {...options, timeoutMs: 30_000})

@@ -92,6 +92,16 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(key.mode & 0o777).toBe(0o600)
   })
 
+  it('up logged in twice: once with the insecure key, then with the machine key, whose connection ssh reuses', async () => {
+    const fingerprint = async (key: string) => (await execa('ssh-keygen', ['-l', '-f', key])).stdout.split(' ')[1]!
+    const log = await box(env, ['ssh', '-c', 'sudo journalctl -b -u ssh.service -o cat --no-pager'])
+    expect(log.exitCode, log.stderr).toBe(0)
+    const logins = log.stdout.split('\n').filter((line) => line.startsWith('Accepted publickey'))
+    expect(logins).toHaveLength(2)
+    expect(logins[0]).toContain(await fingerprint(join(PROJECT_ROOT, 'static', 'insecure_key.pub')))
+    expect(logins[1]).toContain(await fingerprint(join(project, '.box', 'machines', 'default', 'id_ed25519.pub')))
+  })
+
   it('ssh runs commands with their exit code, and the insecure key no longer works', async () => {
     const ok = await box(env, ['ssh', '-c', 'findmnt -no SOURCE /'])
     expect(ok.exitCode, ok.stderr).toBe(0)
