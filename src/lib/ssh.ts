@@ -64,14 +64,13 @@ export interface WaitForSshOptions {
   signal?: AbortSignal
   onAttempt?: (elapsedMs: number) => void
   /**
-   * Asks the guest whether sshd listens yet (box-agent): false for not yet or no answer yet,
-   * undefined when the guest cannot tell. Until it says true, no connection is tried.
+   * Asks the guest whether sshd listens yet (box-agent); undefined when the guest cannot
+   * tell, rejects when no answer came. Until it says true, no connection is tried.
    */
   sshListening?: () => Promise<boolean | undefined>
+  /** A guest whose agent has not answered at all by then is probed instead (its agent may be off); 60 s. */
+  agentSilenceMs?: number
 }
-
-/** How long box waits for the guest to say sshd listens before it falls back to probing. */
-const LISTENING_GRACE_MS = 90_000
 
 /**
  * Poll until sshd accepts our key; on timeout the error shows the serial log's tail. With a
@@ -100,19 +99,25 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
     }
   }
   let listening = false
-  if (options.sshListening) {
-    while (Date.now() - started < LISTENING_GRACE_MS) {
-      options.signal?.throwIfAborted()
-      options.onAttempt?.(Date.now() - started)
-      const answer = await options.sshListening()
-      if (answer === undefined) break
-      if (answer) {
-        listening = true
-        break
-      }
-      await check()
-      await sleep(200)
+  let heard = false
+  const agentSilenceMs = options.agentSilenceMs ?? 60_000
+  while (options.sshListening && (heard || Date.now() - started < agentSilenceMs)) {
+    options.signal?.throwIfAborted()
+    options.onAttempt?.(Date.now() - started)
+    const answer = await options.sshListening().then(
+      (value) => {
+        heard = true
+        return value
+      },
+      () => false,
+    )
+    if (answer === undefined) break
+    if (answer) {
+      listening = true
+      break
     }
+    await check()
+    await sleep(200)
   }
   for (;;) {
     options.signal?.throwIfAborted()

@@ -29,7 +29,7 @@ export interface Started {
   /** Serial console log, shown when the guest does not come up. */
   serialLog: string
   isAlive(): boolean
-  /** Whether sshd listens in the guest yet (box-agent); undefined when the guest cannot tell. Absent without an agent. */
+  /** Whether sshd listens in the guest yet (box-agent); undefined when the guest cannot tell, rejects without an answer. Absent without an agent. */
   sshListening?(): Promise<boolean | undefined>
 }
 

@@ -40,8 +40,9 @@ export class QemuProvider implements Provider {
         try {
           return (await this.askAgent(machine, `tcp-listening ${GUEST_SSH_PORT}`, {timeoutMs: 1000})) === 'yes'
         } catch (error) {
-          // Refused: an agent older than this question. Any other failure: not up yet.
-          return error instanceof AgentRefusal ? undefined : false
+          // Refused: an agent older than this question, which cannot tell.
+          if (error instanceof AgentRefusal) return undefined
+          throw error
         }
       }
     }
