@@ -151,7 +151,8 @@ async function readCache(file: string): Promise<{key: unknown; result: AccelResu
  * two that only cost time under emulation. With ERMS, the guest kernel and glibc copy and
  * clear memory with `rep movsb`/`rep stosb`, which TCG runs one byte per loop; without it,
  * eight bytes at a time. LA57 makes every page walk five levels deep. Measured here (Debian
- * 12 reference box, QEMU 7.2): sshd listening 16–17 s after start instead of 18–20 s.
+ * 12 reference box, QEMU 7.2, bench/tcg-cpu.sh): sshd listening at 15.4–16.3 s of guest
+ * uptime instead of 18.2–20.2 s with plain `max`.
  */
 export const TCG_CPU = 'max,la57=off,erms=off'
 

@@ -35,7 +35,7 @@ export class QemuProvider implements Provider {
       forwards: machine.forwardedPorts,
     })
     const started: Started = {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
-    if (machine.box.metadata.box?.agent !== undefined) {
+    if (booted.agent) {
       started.sshListening = async () => {
         try {
           return (await this.askAgent(machine, `tcp-listening ${GUEST_SSH_PORT}`, {timeoutMs: 1000})) === 'yes'

@@ -92,6 +92,8 @@ export interface Booted {
   sshPort: number
   /** The forwards in force: a taken host port moves to the next free one. */
   forwards: ForwardedPort[]
+  /** The guest has box-agent's port (its box declares the agent). */
+  agent: boolean
 }
 
 
@@ -118,7 +120,7 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
         pidFile: options.files.pidFile,
         agentFifo,
       })
-      return {pid, sshPort, forwards}
+      return {pid, sshPort, forwards, agent: agentFifo !== undefined}
     } catch (error) {
       // A port taken between the check and QEMU's bind (or a UDP port): retry with a new ssh port, then give up clearly.
       if (!(error instanceof HostPortInUseError)) throw error
