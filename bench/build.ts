@@ -15,11 +15,11 @@ import {parseArgs} from 'node:util'
 
 import {execa} from 'execa'
 
-import {buildBox} from '../src/build/index.js'
-import {BoxMetadataSchema} from '../src/lib/box-metadata.js'
-import {PROJECT_ROOT} from '../src/lib/paths.js'
-import {createProgress, formatBytes, formatDuration} from '../src/lib/progress.js'
-import {bootCommandLine} from '../src/lib/resnap.js'
+import {buildBox} from '../src/builder/index.js'
+import {BoxMetadataSchema} from '../src/lib/box/metadata.js'
+import {PROJECT_ROOT} from '../src/lib/core/paths.js'
+import {createProgress, formatBytes, formatDuration} from '../src/lib/core/progress.js'
+import {bootCommandLine} from '../src/lib/box/resnap.js'
 
 const {values} = parseArgs({
   options: {

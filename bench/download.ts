@@ -20,7 +20,7 @@ import {join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
 
-import {download, type Checksum} from '../src/lib/download.js'
+import {download, type Checksum} from '../src/lib/store/download.js'
 
 const {values} = parseArgs({
   options: {

@@ -11,8 +11,8 @@ import {join} from 'node:path'
 
 import {execa} from 'execa'
 
-import {addBoxFromFile, listBoxes} from '../src/lib/store.js'
-import {PROJECT_ROOT} from '../src/lib/paths.js'
+import {addBoxFromFile, listBoxes} from '../src/lib/store/store.js'
+import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {makeBoxFile} from '../test/fixtures/boxes.js'
 
 const BOXES = 20

@@ -14,14 +14,14 @@ import {randomUUID} from 'node:crypto'
 
 import {execa} from 'execa'
 
-import {ensureBox} from '../src/build/index.js'
-import {parseBoxfile} from '../src/lib/boxfile.js'
-import {imageRangeSpec, lvRangesOnPv, readLvmOnDisk} from '../src/lib/disk-image.js'
-import {machineDir, type MachineRecord} from '../src/lib/machine.js'
-import {packageMachine} from '../src/lib/package.js'
-import {PROJECT_ROOT} from '../src/lib/paths.js'
-import {createProgress, formatBytes} from '../src/lib/progress.js'
-import {addBoxFromFile} from '../src/lib/store.js'
+import {ensureBox} from '../src/builder/index.js'
+import {parseBoxfile} from '../src/lib/boxfile/boxfile.js'
+import {imageRangeSpec, lvRangesOnPv, readLvmOnDisk} from '../src/lib/box/disk-image.js'
+import {machineDir, type MachineRecord} from '../src/lib/machine/machine.js'
+import {packageMachine} from '../src/lib/machine/package.js'
+import {PROJECT_ROOT} from '../src/lib/core/paths.js'
+import {createProgress, formatBytes} from '../src/lib/core/progress.js'
+import {addBoxFromFile} from '../src/lib/store/store.js'
 import {testCacheDir} from '../test/support/cache.js'
 
 const MB = 1e6

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-import {runFastPath} from '../dist/lib/fast-path.bundle.js'
+import {runFastPath} from '../dist/lib/bundle/fast-path.js'
 
-// box ssh and box status answer without loading oclif when their arguments are plain (src/fast-path.ts).
+// box ssh and box status answer without loading oclif when their arguments are plain (src/cli/fast-path.ts).
 if (!(await runFastPath(process.argv.slice(2)))) {
   const {execute, settings} = await import('@oclif/core')
   // Always the compiled commands: under NODE_ENV=test or development oclif would look for

@@ -1,17 +1,19 @@
-// Bundles box ssh's and box status's path (dist/fast-path.js, run by bin/run.js) into one
+// Bundles box ssh's and box status's path (dist/cli/fast-path.js, run by bin/run.js) into one
 // file after `tsc`: Node 20 spends about 2 ms on each ES module it loads, and their two dozen
-// modules were a fifth of `box ssh -c true`. The bundle sits in dist/lib/ so the paths its
-// modules derive from import.meta.url (PROJECT_ROOT, the Boxfile parser) stay right.
+// modules were a fifth of `box ssh -c true`. The bundle sits in dist/lib/bundle/, at the depth
+// of every dist/lib/<layer>/ folder, so the paths its modules derive from import.meta.url
+// (PROJECT_ROOT, the Boxfile parser) stay right.
 // What the bundled modules load lazily stays a separate dist/lib module, and so does
-// errors.js: BoxError must be one class, whichever copy of the code throws it.
+// core/errors.js: BoxError must be one class, whichever copy of the code throws it.
 import {build} from 'esbuild'
 import {dirname, relative, resolve} from 'node:path'
 
-const outfile = 'dist/lib/fast-path.bundle.js'
+const outfile = 'dist/lib/bundle/fast-path.js'
 const outDir = resolve(dirname(outfile))
+const sharedErrors = resolve('dist/lib/core/errors.js')
 
 await build({
-  entryPoints: ['dist/fast-path.js'],
+  entryPoints: ['dist/cli/fast-path.js'],
   outfile,
   bundle: true,
   platform: 'node',
@@ -25,10 +27,8 @@ await build({
       setup(bundle) {
         bundle.onResolve({filter: /^\.\.?\//}, (args) => {
           const target = resolve(args.resolveDir, args.path)
-          const shared = target === resolve(outDir, 'errors.js')
-          if (args.kind !== 'dynamic-import' && !shared) return undefined
-          // The specifier is kept as written, so it must mean the same from the bundle's folder.
-          if (!shared && args.resolveDir !== outDir) throw new Error(`${args.importer}: lazy import of ${args.path} outside dist/lib cannot stay external`)
+          if (args.kind !== 'dynamic-import' && target !== sharedErrors) return undefined
+          // Rewritten to mean the same module from the bundle's folder.
           return {path: `./${relative(outDir, target)}`, external: true}
         })
       },

@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 export default class Add extends BaseCommand<typeof Add> {
   static summary = 'Add a box to the local store.'
@@ -30,8 +30,8 @@ The box is stored for every provider this host runs: a Vagrant VirtualBox box (O
   }
 
   public async run() {
-    const {addBoxFromSource, checksumFromFlags} = await import('../lib/box-source.js')
-    const {formatBytes} = await import('../lib/progress.js')
+    const {addBoxFromSource, checksumFromFlags} = await import('../lib/store/add.js')
+    const {formatBytes} = await import('../lib/core/progress.js')
     // `box add SOURCE` (a catalog names its box) or `box add NAME SOURCE`.
     const [name, source] = this.args.source === undefined ? [undefined, this.args.name] : [this.args.name, this.args.source]
     const {box, converted, catalogUrl} = await addBoxFromSource({

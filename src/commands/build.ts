@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 export default class Build extends BaseCommand<typeof Build> {
   static summary = 'Build a .box from a recipe (e.g. boxes/debian-bookworm).'
@@ -21,8 +21,8 @@ Stages: rootfs (debootstrap, cached by suite, mirror and packages), configure (o
   }
 
   public async run() {
-    const {buildBox} = await import('../build/index.js')
-    const {formatBytes, formatDuration} = await import('../lib/progress.js')
+    const {buildBox} = await import('../builder/index.js')
+    const {formatBytes, formatDuration} = await import('../lib/core/progress.js')
     const result = await buildBox({
       recipeDir: this.args.recipe,
       output: this.flags.output,

@@ -1,8 +1,8 @@
 import {Flags} from '@oclif/core'
 
-import {BoxError, ExitCode} from '../lib/errors.js'
-import {destroyMachine} from '../lib/machine.js'
-import {MachineCommand} from '../machine-command.js'
+import {BoxError, ExitCode} from '../lib/core/errors.js'
+import {destroyMachine} from '../lib/machine/machine.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Destroy extends MachineCommand<typeof Destroy> {
   static summary = 'Stop machines and delete their disks and state.'

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
-import {runDoctor, type DoctorReport} from '../lib/doctor.js'
+import {BaseCommand} from '../cli/base-command.js'
+import {runDoctor, type DoctorReport} from '../lib/host/doctor.js'
 
 export default class Doctor extends BaseCommand<typeof Doctor> {
   static summary = 'Check the host tools box needs and the acceleration machines will use.'

@@ -1,6 +1,6 @@
-import {listMachines} from '../lib/global-index.js'
-import {providerFor} from '../lib/machine.js'
-import {BaseCommand} from '../base-command.js'
+import {listMachines} from '../lib/store/machine-index.js'
+import {providerFor} from '../lib/machine/machine.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 interface GlobalStatusEntry {
   id: string

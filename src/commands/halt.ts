@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
-import {haltMachine} from '../lib/machine.js'
-import {MachineCommand} from '../machine-command.js'
+import {haltMachine} from '../lib/machine/machine.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Halt extends MachineCommand<typeof Halt> {
   static summary = 'Power machines off: ACPI shutdown, forced after a timeout.'

@@ -1,9 +1,9 @@
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
-import {DEFAULT_INIT_BOX, writeNewBoxfile} from '../lib/boxfile.js'
-import {BOXFILE_ENV, BOXFILE_NAME} from '../lib/project.js'
-import {BoxError, ExitCode} from '../lib/errors.js'
+import {BaseCommand} from '../cli/base-command.js'
+import {DEFAULT_INIT_BOX, writeNewBoxfile} from '../lib/boxfile/boxfile.js'
+import {BOXFILE_ENV, BOXFILE_NAME} from '../lib/machine/project.js'
+import {BoxError, ExitCode} from '../lib/core/errors.js'
 
 export default class Init extends BaseCommand<typeof Init> {
   static summary = 'Write a commented Boxfile into the current directory.'

@@ -1,4 +1,4 @@
-import {BaseCommand} from '../base-command.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 export default class List extends BaseCommand<typeof List> {
   static summary = 'List the boxes in the local store.'
@@ -6,13 +6,13 @@ export default class List extends BaseCommand<typeof List> {
   static enableJsonFlag = true
 
   public async run() {
-    const {listBoxes} = await import('../lib/store.js')
+    const {listBoxes} = await import('../lib/store/store.js')
     const boxes = await listBoxes(this.config.dataDir)
     if (boxes.length === 0) {
       this.log('There are no boxes installed. Add one with: box add NAME FILE')
       return boxes
     }
-    const {formatBytes} = await import('../lib/progress.js')
+    const {formatBytes} = await import('../lib/core/progress.js')
     const rows = [['NAME', 'VERSION', 'PROVIDER', 'SIZE'], ...boxes.map((box) => [box.name, box.version, box.provider, formatBytes(box.size)])]
     const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)))
     for (const row of rows) this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  '))

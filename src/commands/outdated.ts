@@ -1,6 +1,6 @@
 import {Args} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 export default class Outdated extends BaseCommand<typeof Outdated> {
   static summary = 'Show installed boxes that have a newer version in their catalog.'
@@ -13,7 +13,7 @@ export default class Outdated extends BaseCommand<typeof Outdated> {
   }
 
   public async run() {
-    const {checkOutdated} = await import('../lib/box-updates.js')
+    const {checkOutdated} = await import('../lib/store/updates.js')
     const entries = await checkOutdated({dataDir: this.config.dataDir, name: this.args.name, signal: this.signal})
     if (entries.length === 0) {
       this.log('There are no boxes installed.')

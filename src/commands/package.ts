@@ -1,9 +1,9 @@
 import {Args, Flags} from '@oclif/core'
 
-import {BoxError, ExitCode} from '../lib/errors.js'
-import {packageMachine, type PackageResult} from '../lib/package.js'
-import {formatBytes, formatDuration} from '../lib/progress.js'
-import {MachineCommand} from '../machine-command.js'
+import {BoxError, ExitCode} from '../lib/core/errors.js'
+import {packageMachine, type PackageResult} from '../lib/machine/package.js'
+import {formatBytes, formatDuration} from '../lib/core/progress.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Package extends MachineCommand<typeof Package> {
   static summary = 'Package a halted machine\'s disk as a new .box (Vagrant-compatible).'

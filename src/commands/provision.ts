@@ -1,6 +1,6 @@
-import {runningMachineTarget} from '../lib/machine.js'
-import {runProvisioners} from '../lib/provision.js'
-import {MachineCommand} from '../machine-command.js'
+import {runningMachineTarget} from '../lib/machine/machine.js'
+import {runProvisioners} from '../lib/machine/provision.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Provision extends MachineCommand<typeof Provision> {
   static summary = 'Run the provisioners (run: once and always) on running machines.'

@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 export default class Prune extends BaseCommand<typeof Prune> {
   static summary = 'Remove old box versions.'
@@ -17,8 +17,8 @@ export default class Prune extends BaseCommand<typeof Prune> {
   }
 
   public async run() {
-    const {pruneBoxes} = await import('../lib/prune.js')
-    const {formatBytes} = await import('../lib/progress.js')
+    const {pruneBoxes} = await import('../lib/store/prune.js')
+    const {formatBytes} = await import('../lib/core/progress.js')
     const dryRun = this.flags['dry-run'] === true
     const result = await pruneBoxes({dataDir: this.config.dataDir, name: this.args.name, dryRun})
     const describe = (box: {name: string; version: string; provider: string}) => `${box.name} ${box.version} (${box.provider})`

@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
-import {haltMachine, upMachine} from '../lib/machine.js'
-import {MachineCommand} from '../machine-command.js'
+import {haltMachine, upMachine} from '../lib/machine/machine.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Reload extends MachineCommand<typeof Reload> {
   static summary = 'Halt and start machines again (the Boxfile\'s resnap policy applies to the new boot).'

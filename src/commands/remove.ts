@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 export default class Remove extends BaseCommand<typeof Remove> {
   static summary = 'Remove a box from the local store.'
@@ -20,7 +20,7 @@ export default class Remove extends BaseCommand<typeof Remove> {
   }
 
   public async run() {
-    const {removeBox} = await import('../lib/store.js')
+    const {removeBox} = await import('../lib/store/store.js')
     const removed = await removeBox({
       dataDir: this.config.dataDir,
       name: this.args.name,

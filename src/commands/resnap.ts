@@ -1,5 +1,5 @@
-import {haltMachine, upMachine} from '../lib/machine.js'
-import {MachineCommand} from '../machine-command.js'
+import {haltMachine, upMachine} from '../lib/machine/machine.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Resnap extends MachineCommand<typeof Resnap> {
   static summary = 'Reboot machines with a fresh root snapshot now: everything outside /persistent goes back to the box\'s state.'

@@ -1,6 +1,6 @@
-import {runningMachineTarget} from '../lib/machine.js'
-import {syncFolders} from '../lib/sync.js'
-import {MachineCommand} from '../machine-command.js'
+import {runningMachineTarget} from '../lib/machine/machine.js'
+import {syncFolders} from '../lib/machine/sync.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Rsync extends MachineCommand<typeof Rsync> {
   static summary = 'Copy the synced folders of running machines into them again (rsync over ssh).'

@@ -1,8 +1,8 @@
 import {Flags} from '@oclif/core'
 
-import {runningMachineTarget} from '../lib/machine.js'
-import {collectAnswers, ROLES, secureMachine, secureStatus, type SecureStatus} from '../lib/secure.js'
-import {MachineCommand} from '../machine-command.js'
+import {runningMachineTarget} from '../lib/machine/machine.js'
+import {collectAnswers, ROLES, secureMachine, secureStatus, type SecureStatus} from '../lib/machine/secure.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Secure extends MachineCommand<typeof Secure> {
   static summary = 'Lock a running machine down as a worker or director of a site.'

@@ -1,5 +1,5 @@
-import {machineDir, providerFor, readRecord, sshTarget} from '../lib/machine.js'
-import {MachineCommand} from '../machine-command.js'
+import {machineDir, providerFor, readRecord, sshTarget} from '../lib/machine/machine.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class SshConfig extends MachineCommand<typeof SshConfig> {
   static summary = 'Print an OpenSSH config block for machines (for ssh, VS Code Remote-SSH, Ansible).'

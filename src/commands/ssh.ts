@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
-import {sshSession} from '../lib/machine.js'
-import {MachineCommand} from '../machine-command.js'
+import {sshSession} from '../lib/machine/machine.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Ssh extends MachineCommand<typeof Ssh> {
   static summary = 'Open a shell in a machine, or run a command there.'

@@ -1,5 +1,5 @@
-import {machineStatus, printStatuses, type MachineStatus} from '../lib/status.js'
-import {MachineCommand} from '../machine-command.js'
+import {machineStatus, printStatuses, type MachineStatus} from '../lib/machine/status.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Status extends MachineCommand<typeof Status> {
   static summary = 'State of the Boxfile\'s machines: not_created, running, poweroff or aborted.'

@@ -1,8 +1,8 @@
 import {Flags} from '@oclif/core'
 
-import {upMachine, type UpResult} from '../lib/machine.js'
-import {formatDuration} from '../lib/progress.js'
-import {MachineCommand} from '../machine-command.js'
+import {upMachine, type UpResult} from '../lib/machine/machine.js'
+import {formatDuration} from '../lib/core/progress.js'
+import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Up extends MachineCommand<typeof Up> {
   static summary = 'Create and start machines, wait for ssh, run provisioners.'

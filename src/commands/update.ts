@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 
-import {BaseCommand} from '../base-command.js'
+import {BaseCommand} from '../cli/base-command.js'
 
 export default class Update extends BaseCommand<typeof Update> {
   static summary = "Download the newest version of a box that its catalog offers."
@@ -18,9 +18,9 @@ export default class Update extends BaseCommand<typeof Update> {
   }
 
   public async run() {
-    const {COMPATIBLE_BOX_PROVIDERS} = await import('../lib/box-metadata.js')
-    const {updateTargets, updateBoxes} = await import('../lib/box-updates.js')
-    const {BoxError, ExitCode} = await import('../lib/errors.js')
+    const {COMPATIBLE_BOX_PROVIDERS} = await import('../lib/box/metadata.js')
+    const {updateTargets, updateBoxes} = await import('../lib/store/updates.js')
+    const {BoxError, ExitCode} = await import('../lib/core/errors.js')
     if (!this.args.name && (this.flags['box-version'] || this.flags.provider)) {
       throw new BoxError('--box-version and --provider need a box NAME', {exitCode: ExitCode.USAGE})
     }

@@ -1,5 +1,5 @@
-import type {ForwardedPort} from '../lib/ports.js'
-import type {BootChoice} from '../lib/resnap.js'
+import type {ForwardedPort} from '../lib/core/ports.js'
+import type {BootChoice} from '../lib/box/resnap.js'
 import type {BoxImage} from './qemu/instance.js'
 
 export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'

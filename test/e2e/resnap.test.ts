@@ -1,9 +1,9 @@
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {ensureBox} from '../../src/build/index.js'
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
-import {mapperPath} from '../../src/lib/resnap.js'
+import {ensureBox} from '../../src/builder/index.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
+import {mapperPath} from '../../src/lib/box/resnap.js'
 import {testCacheDir} from '../support/cache.js'
 import {TestGuest} from '../support/guest.js'
 

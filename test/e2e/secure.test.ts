@@ -11,8 +11,8 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {ensureBox} from '../../src/build/index.js'
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {ensureBox} from '../../src/builder/index.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from '../support/cache.js'
 import {BIN, box, type CliEnv} from '../support/cli.js'
 

@@ -3,7 +3,7 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {BoxError} from '../../src/lib/errors.js'
+import {BoxError} from '../../src/lib/core/errors.js'
 import {candidateAccels, probeFirmware, probeOnce, resolveAccel} from '../../src/providers/qemu/accel.js'
 import {writeFile} from 'node:fs/promises'
 

@@ -12,13 +12,13 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {ensureBox} from '../../src/build/index.js'
+import {ensureBox} from '../../src/builder/index.js'
 import {testCacheDir} from '../support/cache.js'
-import {lockOutput} from '../../src/build/package.js'
-import {readArchiveFile} from '../../src/lib/archive.js'
-import {BoxMetadataSchema} from '../../src/lib/box-metadata.js'
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
-import {createProgress} from '../../src/lib/progress.js'
+import {lockOutput} from '../../src/builder/package.js'
+import {readArchiveFile} from '../../src/lib/box/archive.js'
+import {BoxMetadataSchema} from '../../src/lib/box/metadata.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
+import {createProgress} from '../../src/lib/core/progress.js'
 
 const RECIPE = join(PROJECT_ROOT, 'boxes', 'debian-bookworm')
 const CLI = process.env.BOX_TEST_CLI ?? join(PROJECT_ROOT, 'bin', 'run.js')

@@ -10,9 +10,9 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {downloadPath} from '../../src/lib/box-source.js'
-import {partPath} from '../../src/lib/download.js'
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {downloadPath} from '../../src/lib/store/add.js'
+import {partPath} from '../../src/lib/store/download.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {startTestServer, type TestServer} from './download-server.js'
 

@@ -4,11 +4,11 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {addBoxFromSource} from '../../src/lib/box-source.js'
-import {checkOutdated, ensureBoxInstalled, findInstalledBox, updateBoxes, updateTargets} from '../../src/lib/box-updates.js'
-import {registerMachine} from '../../src/lib/global-index.js'
-import {planPrune, pruneBoxes} from '../../src/lib/prune.js'
-import {addBoxFromFile, listBoxes, setCatalogUrl} from '../../src/lib/store.js'
+import {addBoxFromSource} from '../../src/lib/store/add.js'
+import {checkOutdated, ensureBoxInstalled, findInstalledBox, updateBoxes, updateTargets} from '../../src/lib/store/updates.js'
+import {registerMachine} from '../../src/lib/store/machine-index.js'
+import {planPrune, pruneBoxes} from '../../src/lib/store/prune.js'
+import {addBoxFromFile, listBoxes, setCatalogUrl} from '../../src/lib/store/store.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {startTestServer, type TestServer} from './download-server.js'
 

@@ -8,8 +8,8 @@ import {promisify} from 'node:util'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {download, partPath, type DownloadProgress} from '../../src/lib/download.js'
-import {BoxError} from '../../src/lib/errors.js'
+import {download, partPath, type DownloadProgress} from '../../src/lib/store/download.js'
+import {BoxError} from '../../src/lib/core/errors.js'
 import {startTestServer, type TestServer} from './download-server.js'
 
 const execFileAsync = promisify(execFile)

@@ -5,7 +5,7 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 
 /** `box init` and `box validate` as users run them: the built CLI in a temp project directory. */
 

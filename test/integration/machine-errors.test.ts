@@ -3,8 +3,8 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {writeBoxArchive} from '../../src/lib/archive.js'
-import {findOnPath} from '../../src/lib/exec.js'
+import {writeBoxArchive} from '../../src/lib/box/archive.js'
+import {findOnPath} from '../../src/lib/core/exec.js'
 import {makeTempDir} from '../fixtures/boxes.js'
 import {box, type CliEnv} from '../support/cli.js'
 

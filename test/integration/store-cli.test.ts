@@ -8,8 +8,8 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {registerMachine} from '../../src/lib/global-index.js'
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {registerMachine} from '../../src/lib/store/machine-index.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 
 let dir: string

@@ -5,9 +5,9 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {BoxError} from '../../src/lib/errors.js'
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
-import {listMachines, machinesUsingBox, registerMachine, unregisterMachine} from '../../src/lib/global-index.js'
+import {BoxError} from '../../src/lib/core/errors.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
+import {listMachines, machinesUsingBox, registerMachine, unregisterMachine} from '../../src/lib/store/machine-index.js'
 import {
   addBoxFromFile,
   boxesDir,
@@ -19,7 +19,7 @@ import {
   setCatalogUrl,
   unescapeBoxName,
   validateBoxName,
-} from '../../src/lib/store.js'
+} from '../../src/lib/store/store.js'
 import {makeBoxFile, makeTempDir, sha256File, writeRawTar} from '../fixtures/boxes.js'
 
 let dir: string

@@ -10,7 +10,7 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {makeTempDir} from '../fixtures/boxes.js'
 import {makeVirtualBoxBoxFromReference, packVirtualBoxBox, sha256} from '../fixtures/virtualbox-box.js'
 import {startTestServer, type TestServer} from './download-server.js'

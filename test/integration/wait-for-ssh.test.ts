@@ -4,7 +4,7 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, beforeEach, describe, expect, it} from 'vitest'
 
-import {waitForSsh, type SshTarget} from '../../src/lib/ssh.js'
+import {waitForSsh, type SshTarget} from '../../src/lib/machine/ssh.js'
 import {makeTempDir} from '../fixtures/boxes.js'
 
 /**

@@ -1,4 +1,4 @@
-import {defaultCacheDir} from '../../src/lib/paths.js'
+import {defaultCacheDir} from '../../src/lib/core/paths.js'
 
 /**
  * Where tests keep what is slow to make (the built reference box, keyed by recipe

@@ -1,7 +1,7 @@
 import {join} from 'node:path'
 import {execa, type ResultPromise} from 'execa'
 
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 
 /** The launcher npm puts on PATH (bin/box, which runs bin/run.js with node). */
 export const BIN = join(PROJECT_ROOT, 'bin', 'box')

@@ -7,7 +7,7 @@ import {createInterface} from 'node:readline'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {AGENT_PORT_NAME, agentFifos, askAgent} from '../../src/providers/qemu/agent.js'
 
 /**

@@ -5,8 +5,8 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {detectCompression, extractBoxArchive, readArchiveFile, writeBoxArchive, type Compression} from '../../src/lib/archive.js'
-import {BoxError} from '../../src/lib/errors.js'
+import {detectCompression, extractBoxArchive, readArchiveFile, writeBoxArchive, type Compression} from '../../src/lib/box/archive.js'
+import {BoxError} from '../../src/lib/core/errors.js'
 import {listTree, makeBoxSource, makeTempDir, sha256File, writeRawTar} from '../fixtures/boxes.js'
 
 let dir: string

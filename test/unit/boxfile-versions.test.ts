@@ -1,6 +1,6 @@
 import {describe, expect, it} from 'vitest'
 
-import {compareVersions, parseConstraint, satisfies, VersionSyntaxError} from '../../src/lib/versions.js'
+import {compareVersions, parseConstraint, satisfies, VersionSyntaxError} from '../../src/lib/core/versions.js'
 
 describe('parseConstraint (box_version)', () => {
   it('reads operators, bare versions and comma-separated lists', () => {

@@ -10,9 +10,9 @@ import {
   parseMemory,
   renderBoxfile,
   type Boxfile,
-} from '../../src/lib/boxfile.js'
-import {BoxError} from '../../src/lib/errors.js'
-import {findBoxfile, selectMachines} from '../../src/lib/project.js'
+} from '../../src/lib/boxfile/boxfile.js'
+import {BoxError} from '../../src/lib/core/errors.js'
+import {findBoxfile, selectMachines} from '../../src/lib/machine/project.js'
 
 let dir: string
 let file: string

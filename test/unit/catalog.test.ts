@@ -5,9 +5,9 @@ import {pathToFileURL} from 'node:url'
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {COMPATIBLE_BOX_PROVIDERS} from '../../src/lib/box-metadata.js'
-import {loadCatalog, parseCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from '../../src/lib/catalog.js'
-import {BoxError} from '../../src/lib/errors.js'
+import {COMPATIBLE_BOX_PROVIDERS} from '../../src/lib/box/metadata.js'
+import {loadCatalog, parseCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from '../../src/lib/store/catalog.js'
+import {BoxError} from '../../src/lib/core/errors.js'
 
 const sha = (digit: string) => digit.repeat(64)
 

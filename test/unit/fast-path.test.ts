@@ -1,6 +1,6 @@
 import {describe, expect, it} from 'vitest'
 
-import {parseFastPath} from '../../src/fast-path.js'
+import {parseFastPath} from '../../src/cli/fast-path.js'
 
 describe('the fast path of box ssh and box status', () => {
   it('takes the plain forms of ssh', () => {

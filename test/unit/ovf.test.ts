@@ -1,6 +1,6 @@
 import {describe, expect, it} from 'vitest'
 
-import {BoxError} from '../../src/lib/errors.js'
+import {BoxError} from '../../src/lib/core/errors.js'
 import {ovfDisks} from '../../src/providers/virtualbox/ovf.js'
 
 /** Trimmed from what `VBoxManage export` writes for a Vagrant base box (OVF 1.0). */

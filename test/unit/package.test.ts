@@ -3,8 +3,8 @@ import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {lvRangesOnPv, metadataTextFromArea, parseLvmText, parseMbr, parsePvLabel} from '../../src/lib/disk-image.js'
-import {compareKernelVersions, nextVersion, updateCatalog} from '../../src/lib/package.js'
+import {lvRangesOnPv, metadataTextFromArea, parseLvmText, parseMbr, parsePvLabel} from '../../src/lib/box/disk-image.js'
+import {compareKernelVersions, nextVersion, updateCatalog} from '../../src/lib/machine/package.js'
 
 /** LVM metadata as lvm2 2.03 writes it for the reference box (trimmed). */
 const METADATA = `box {

@@ -4,7 +4,7 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {boxfileCachePath, loadProjectBoxfile} from '../../src/lib/project.js'
+import {boxfileCachePath, loadProjectBoxfile} from '../../src/lib/machine/project.js'
 
 let dir: string
 let file: string

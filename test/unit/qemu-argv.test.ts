@@ -1,9 +1,9 @@
 import {join} from 'node:path'
 import {describe, expect, it} from 'vitest'
 
-import {kernelCommandLine, mapperPath} from '../../src/lib/resnap.js'
-import {shJoin, shQuote} from '../../src/lib/shell-quote.js'
-import {socketPath} from '../../src/lib/short-socket.js'
+import {kernelCommandLine, mapperPath} from '../../src/lib/box/resnap.js'
+import {shJoin, shQuote} from '../../src/lib/core/shell-quote.js'
+import {socketPath} from '../../src/lib/core/short-socket.js'
 import {buildQemuArgs, type QemuLaunchSpec} from '../../src/providers/qemu/argv.js'
 import {probeFirmware} from '../../src/providers/qemu/accel.js'
 import {directBootFor, TCG_KERNEL_ARGS} from '../../src/providers/qemu/instance.js'

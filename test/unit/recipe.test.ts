@@ -4,14 +4,14 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {resolveModules, sfdiskLayout} from '../../src/build/appliance.js'
-import {fstab, systemdDeviceUnit, tuneLvmConf, withoutDynamicMotd} from '../../src/build/configure.js'
-import {grubConfig} from '../../src/build/image.js'
-import {fullRecipeHash} from '../../src/build/index.js'
-import {boxMetadata} from '../../src/build/package.js'
-import {loadRecipe, parseSize, rootfsHash} from '../../src/build/recipe.js'
-import {BoxError} from '../../src/lib/errors.js'
-import {PROJECT_ROOT} from '../../src/lib/paths.js'
+import {resolveModules, sfdiskLayout} from '../../src/builder/appliance.js'
+import {fstab, systemdDeviceUnit, tuneLvmConf, withoutDynamicMotd} from '../../src/builder/configure.js'
+import {grubConfig} from '../../src/builder/image.js'
+import {fullRecipeHash} from '../../src/builder/index.js'
+import {boxMetadata} from '../../src/builder/package.js'
+import {loadRecipe, parseSize, rootfsHash} from '../../src/builder/recipe.js'
+import {BoxError} from '../../src/lib/core/errors.js'
+import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 
 const REFERENCE = join(PROJECT_ROOT, 'boxes', 'debian-bookworm')
 const MIRROR = 'http://deb.debian.org/debian'

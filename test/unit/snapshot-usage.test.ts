@@ -1,6 +1,6 @@
 import {describe, expect, it} from 'vitest'
 
-import {snapshotDataPercent} from '../../src/lib/status.js'
+import {snapshotDataPercent} from '../../src/lib/machine/status.js'
 
 describe('the root snapshot fill from dmsetup status', () => {
   it('is used/total sectors in percent with two decimals, as lvs shows Data%', () => {

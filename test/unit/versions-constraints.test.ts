@@ -1,6 +1,6 @@
 import {describe, expect, it} from 'vitest'
 
-import {compareVersions, parseConstraint, satisfies, VersionSyntaxError} from '../../src/lib/versions.js'
+import {compareVersions, parseConstraint, satisfies, VersionSyntaxError} from '../../src/lib/core/versions.js'
 
 describe('version constraints (Vagrant / RubyGems rules)', () => {
   it.each([

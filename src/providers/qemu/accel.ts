@@ -2,8 +2,8 @@ import {access, constants, mkdir, readFile, writeFile} from 'node:fs/promises'
 import {hostname, platform, release} from 'node:os'
 import {join} from 'node:path'
 
-import {BoxError, ExitCode} from '../../lib/errors.js'
-import {missingProgramError, spawn} from '../../lib/exec.js'
+import {BoxError, ExitCode} from '../../lib/core/errors.js'
+import {missingProgramError, spawn} from '../../lib/core/exec.js'
 
 export type Accel = 'kvm' | 'hvf' | 'tcg'
 export const ACCELS: readonly Accel[] = ['kvm', 'hvf', 'tcg']

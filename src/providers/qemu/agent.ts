@@ -14,8 +14,8 @@ import {closeSync, constants, open as openCallback, writeSync} from 'node:fs'
 import {Socket} from 'node:net'
 import {promisify} from 'node:util'
 
-import {BoxError} from '../../lib/errors.js'
-import {acquireLock} from '../../lib/lock.js'
+import {BoxError} from '../../lib/core/errors.js'
+import {acquireLock} from '../../lib/core/lock.js'
 
 const openFd = promisify(openCallback)
 

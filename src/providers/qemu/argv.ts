@@ -1,4 +1,4 @@
-import type {ForwardedPort} from '../../lib/ports.js'
+import type {ForwardedPort} from '../../lib/core/ports.js'
 import {accelArgs, type Accel} from './accel.js'
 import {AGENT_PORT_NAME} from './agent.js'
 

@@ -1,7 +1,7 @@
 import {rm} from 'node:fs/promises'
 
-import {defaultCacheDir} from '../../lib/paths.js'
-import {socketPath} from '../../lib/short-socket.js'
+import {defaultCacheDir} from '../../lib/core/paths.js'
+import {socketPath} from '../../lib/core/short-socket.js'
 import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
 import {resolveAccel} from './accel.js'
 import {AgentRefusal, askAgent} from './agent.js'

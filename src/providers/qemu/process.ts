@@ -1,8 +1,8 @@
 import {readFile, rm} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {BoxError} from '../../lib/errors.js'
-import {run} from '../../lib/exec.js'
+import {BoxError} from '../../lib/core/errors.js'
+import {run} from '../../lib/core/exec.js'
 import {buildQemuArgs, optionValue, type QemuLaunchSpec} from './argv.js'
 import {QmpClient} from './qmp.js'
 

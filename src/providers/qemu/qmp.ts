@@ -1,6 +1,6 @@
 import {createConnection, type Socket} from 'node:net'
 
-import {BoxError} from '../../lib/errors.js'
+import {BoxError} from '../../lib/core/errors.js'
 
 interface Pending {
   resolve(value: unknown): void

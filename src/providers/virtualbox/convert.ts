@@ -13,8 +13,8 @@
 import {copyFile, mkdir, readFile, readdir, rename, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {BoxError, ExitCode} from '../../lib/errors.js'
-import {run} from '../../lib/exec.js'
+import {BoxError, ExitCode} from '../../lib/core/errors.js'
+import {run} from '../../lib/core/exec.js'
 import {ovfDisks} from './ovf.js'
 
 /** The disk a converted box carries (no OVF: the provider builds the VM around it). */

@@ -8,14 +8,14 @@ import {mkdir, readFile, readdir, rename, rm, writeFile} from 'node:fs/promises'
 import {basename, dirname, join, resolve} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {BoxError} from '../../lib/errors.js'
-import {acquireLock} from '../../lib/lock.js'
-import {defaultDataDir} from '../../lib/paths.js'
-import {availableForwards, freePort, isPortFree} from '../../lib/ports.js'
-import {socketPath} from '../../lib/short-socket.js'
+import {BoxError} from '../../lib/core/errors.js'
+import {acquireLock} from '../../lib/core/lock.js'
+import {defaultDataDir} from '../../lib/core/paths.js'
+import {availableForwards, freePort, isPortFree} from '../../lib/core/ports.js'
+import {socketPath} from '../../lib/core/short-socket.js'
 import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
 import type {BoxImage} from '../qemu/instance.js'
-import {DMI_SYSTEM_SKU_KEY, dmiSkuFor} from '../../lib/boot-choice.js'
+import {DMI_SYSTEM_SKU_KEY, dmiSkuFor} from '../../lib/box/boot-choice.js'
 import {
   addStorageController,
   attachDisk,

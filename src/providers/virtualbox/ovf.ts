@@ -4,7 +4,7 @@
  * with a small tolerant scan rather than an XML library: namespace prefixes vary
  * (`ovf:href`, a default namespace, none), and only two elements and their attributes matter.
  */
-import {BoxError, ExitCode} from '../../lib/errors.js'
+import {BoxError, ExitCode} from '../../lib/core/errors.js'
 
 export interface OvfDisk {
   /** ovf:diskId of the DiskSection's Disk. */

@@ -5,8 +5,8 @@
  * `kind` the provider can act on (missing VM, VM locked by a running session, NAT
  * rule conflict, VM not running).
  */
-import {BoxError, tail} from '../../lib/errors.js'
-import {run} from '../../lib/exec.js'
+import {BoxError, tail} from '../../lib/core/errors.js'
+import {run} from '../../lib/core/exec.js'
 
 export const VBOXMANAGE = 'VBoxManage'
 

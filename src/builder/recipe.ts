@@ -1,0 +1,150 @@
+/**
+ * A box recipe (boxes/<name>/recipe.yaml): what goes into the rootfs, the disk layout
+ * and the users. Validated with zod; every error names file:line:col. Names that end up
+ * in guest scripts, grub.cfg or LVM are restricted by regex here, so nothing later has
+ * to quote them.
+ */
+import {createHash} from 'node:crypto'
+import {access, readFile} from 'node:fs/promises'
+import {isAbsolute, join, resolve} from 'node:path'
+import {z} from 'zod'
+
+import type {LvmLayout} from '../lib/box/metadata.js'
+import {configError, loadYamlFile, type LoadedYaml} from '../lib/core/config-file.js'
+import {BoxError, ExitCode} from '../lib/core/errors.js'
+
+const MiB = 1024 * 1024
+const SIZE_RE = /^(\d+(?:\.\d+)?)([KMGT])$/i
+const UNIT: Record<string, number> = {K: 1024, M: MiB, G: 1024 * MiB, T: 1024 * 1024 * MiB}
+
+/** "512M" / "2G" → bytes (binary units, as lvcreate and mke2fs read them). */
+export function parseSize(size: string): number {
+  const match = SIZE_RE.exec(size)
+  if (!match) throw new Error(`not a size: ${size}`)
+  return Math.round(Number(match[1]) * UNIT[match[2]!.toUpperCase()]!)
+}
+
+const size = z.string().regex(SIZE_RE, 'a size such as 512M or 2G')
+/** LVM names: device-mapper and our initramfs script accept these without quoting. */
+const lvmName = z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}$/, 'an LVM name ([A-Za-z0-9_.+-], not starting with - or .)')
+const userName = z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a user name ([a-z_][a-z0-9_-]*)')
+const packageName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'a Debian package name')
+
+export const RecipeSchema = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'a box name ([a-z0-9._-])'),
+  version: z.string().regex(/^\d+(\.\d+)*([-+][0-9A-Za-z.-]+)?$/, 'a version such as 1.0.0'),
+  suite: z.string().regex(/^[a-z][a-z0-9-]*$/, 'a Debian suite such as bookworm'),
+  /** Debian mirror; default: the host's own apt source when it is Debian, else deb.debian.org. */
+  mirror: z.url({protocol: /^https?$/}).optional(),
+  packages: z.array(packageName).min(1),
+  hostname: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'a host name').default('box'),
+  disk_size: size,
+  boot_size: size,
+  lvm: z.strictObject({
+    vg: lvmName,
+    root: lvmName,
+    root_size: size,
+    snapshot: lvmName,
+    snapshot_size: size,
+    persistent: lvmName,
+    persistent_size: size,
+    swap: lvmName.optional(),
+    swap_size: size.optional(),
+  }),
+  users: z
+    .array(
+      z.strictObject({
+        name: userName,
+        sudo: z.enum(['nopasswd', 'none']).default('none'),
+        /** Public key files, relative to the recipe directory. */
+        authorized_keys: z.array(z.string().min(1)).default([]),
+      }),
+    )
+    .min(1),
+  /** Extra kernel arguments (grub and direct boot). Written into grub.cfg, hence the narrow alphabet. */
+  kernel_args: z
+    .string()
+    .regex(/^[A-Za-z0-9_.,=:/ +-]*$/, 'kernel arguments ([A-Za-z0-9_.,=:/ +-] only)')
+    .default(''),
+})
+export type RecipeFields = z.infer<typeof RecipeSchema>
+
+export interface Recipe extends RecipeFields {
+  /** Directory holding recipe.yaml. */
+  dir: string
+  file: string
+  /** Absolute paths of each user's authorized key files, in users order. */
+  authorizedKeyFiles: string[][]
+}
+
+export const RECIPE_FILE = 'recipe.yaml'
+
+/** Fixed overheads of the disk layout: MBR gap, LVM metadata and extent rounding (4 MiB per LV). */
+const LAYOUT_OVERHEAD = 1 * MiB + 1 * MiB + 4 * 4 * MiB
+
+/** Load and check boxes/<name>/recipe.yaml; throws a BoxError naming file:line:col. */
+export async function loadRecipe(recipeDir: string): Promise<Recipe> {
+  const dir = resolve(recipeDir)
+  const file = join(dir, RECIPE_FILE)
+  try {
+    await access(dir)
+  } catch {
+    throw new BoxError(`recipe directory not found: ${recipeDir}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['pass a directory holding recipe.yaml, e.g. boxes/debian-bookworm'],
+    })
+  }
+  const loaded = await loadYamlFile(file, RecipeSchema, 'recipe')
+  checkLayout(loaded)
+  const authorizedKeyFiles: string[][] = []
+  for (const [u, user] of loaded.value.users.entries()) {
+    const files: string[] = []
+    for (const [k, key] of user.authorized_keys.entries()) {
+      const path = isAbsolute(key) ? key : join(dir, key)
+      const text = await readFile(path, 'utf8').catch(() => undefined)
+      if (text === undefined) throw configError(loaded, ['users', u, 'authorized_keys', k], `cannot read ${path}`, 'recipe')
+      if (!/^(ssh-|ecdsa-|sk-)\S+ \S+/m.test(text)) throw configError(loaded, ['users', u, 'authorized_keys', k], `${path} is not an OpenSSH public key`, 'recipe')
+      files.push(path)
+    }
+    authorizedKeyFiles.push(files)
+  }
+  return {...loaded.value, dir, file, authorizedKeyFiles}
+}
+
+/** Semantic checks the schema cannot express: LV names distinct, swap size with swap, everything fits. */
+export function checkLayout(loaded: LoadedYaml<RecipeFields>): void {
+  const {lvm} = loaded.value
+  const names = [lvm.root, lvm.snapshot, lvm.persistent, lvm.swap].filter(Boolean)
+  if (new Set(names).size !== names.length) throw configError(loaded, ['lvm'], 'root, snapshot, persistent and swap need distinct names', 'recipe')
+  if (lvm.swap && !lvm.swap_size) throw configError(loaded, ['lvm', 'swap'], 'swap needs swap_size', 'recipe')
+  if (!lvm.swap && lvm.swap_size) throw configError(loaded, ['lvm', 'swap_size'], 'swap_size without swap', 'recipe')
+  const boot = parseSize(loaded.value.boot_size)
+  if (boot < 64 * MiB) throw configError(loaded, ['boot_size'], 'at least 64M is needed for the kernel and initrd', 'recipe')
+  const root = parseSize(lvm.root_size)
+  if (root < 512 * MiB) throw configError(loaded, ['lvm', 'root_size'], 'at least 512M is needed for the root filesystem', 'recipe')
+  const needed = boot + root + parseSize(lvm.snapshot_size) + parseSize(lvm.persistent_size) + (lvm.swap_size ? parseSize(lvm.swap_size) : 0) + LAYOUT_OVERHEAD
+  const disk = parseSize(loaded.value.disk_size)
+  if (needed > disk) {
+    throw configError(
+      loaded,
+      ['disk_size'],
+      `${loaded.value.disk_size} is too small: boot + root + snapshot + persistent + swap need ${Math.ceil(needed / MiB)} MiB`,
+      'recipe',
+    )
+  }
+}
+
+/** The layout as metadata.json and kernelCommandLine take it. */
+export function lvmLayout(recipe: RecipeFields): LvmLayout {
+  const {vg, root, snapshot, snapshot_size, persistent, swap} = recipe.lvm
+  return {vg, root, snapshot, snapshot_size, persistent, ...(swap ? {swap} : {})}
+}
+
+/**
+ * Hash of what the rootfs stage depends on (suite, mirror, packages) — a change
+ * elsewhere in the recipe reuses the cached debootstrap.
+ */
+export function rootfsHash(recipe: Pick<RecipeFields, 'suite' | 'packages'>, mirror: string): string {
+  const input = {stage: 'rootfs/debootstrap-minbase/1', suite: recipe.suite, mirror: mirror.replace(/\/+$/, ''), packages: [...new Set(recipe.packages)].sort()}
+  return createHash('sha256').update(JSON.stringify(input)).digest('hex').slice(0, 16)
+}

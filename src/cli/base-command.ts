@@ -1,0 +1,76 @@
+import {Command, Flags, type Interfaces} from '@oclif/core'
+
+import {BoxError, boxErrorJson, ExitCode, formatBoxError} from '../lib/core/errors.js'
+import {createProgress, type Progress} from '../lib/core/progress.js'
+
+export type FlagsOf<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
+export type ArgsOf<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
+
+/**
+ * Every box command extends this: typed `this.flags`/`this.args`, an AbortSignal
+ * that Ctrl-C trips (so library code can clean up), progress on stderr, and
+ * BoxError printed as message, detail and suggestions with its exit code.
+ */
+export abstract class BaseCommand<T extends typeof Command> extends Command {
+  static baseFlags = {
+    'no-color': Flags.boolean({helpGroup: 'GLOBAL', description: 'Disable colors and spinners (plain progress lines).'}),
+  }
+
+  protected flags!: FlagsOf<T>
+  protected args!: ArgsOf<T>
+  /** Positional arguments as parsed (for commands with `strict = false`). */
+  protected positionals: string[] = []
+  private readonly abortController = new AbortController()
+  private interrupted = false
+
+  /** Aborted on the first Ctrl-C / SIGTERM; a second one exits at once. */
+  protected get signal(): AbortSignal {
+    return this.abortController.signal
+  }
+
+  private readonly onSignal = (signal: NodeJS.Signals) => {
+    if (this.interrupted) process.exit(ExitCode.INTERRUPTED)
+    this.interrupted = true
+    this.abortController.abort(new BoxError(`interrupted (${signal})`, {exitCode: ExitCode.INTERRUPTED}))
+  }
+
+  public async init(): Promise<void> {
+    await super.init()
+    const {args, flags, argv} = await this.parse({
+      flags: this.ctor.flags,
+      baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
+      enableJsonFlag: this.ctor.enableJsonFlag,
+      // oclif reads a missing argument from piped stdin: a machine name would come out of
+      // `--password-stdin`'s password or a script meant for the guest. Arguments come from argv only.
+      args: Object.fromEntries(Object.entries(this.ctor.args ?? {}).map(([name, arg]) => [name, {...arg, ignoreStdin: true}])),
+      strict: this.ctor.strict,
+    })
+    this.flags = flags as FlagsOf<T>
+    this.args = args as ArgsOf<T>
+    this.positionals = argv as string[]
+    process.on('SIGINT', this.onSignal)
+    process.on('SIGTERM', this.onSignal)
+  }
+
+  protected progress(): Progress {
+    return createProgress({plain: this.flags['no-color'], silent: this.jsonEnabled()})
+  }
+
+  protected async catch(error: Error & {exitCode?: number}): Promise<unknown> {
+    const reason = this.signal.aborted ? this.signal.reason : undefined
+    // @inquirer/prompts reads Ctrl-C itself (the terminal is raw) and rejects with ExitPromptError.
+    const promptClosed = error.name === 'ExitPromptError' ? new BoxError('interrupted: the question was not answered', {exitCode: ExitCode.INTERRUPTED}) : undefined
+    const boxError = error instanceof BoxError ? error : (promptClosed ?? (reason instanceof BoxError && this.interrupted ? reason : undefined))
+    if (!boxError) return super.catch(error)
+    if (this.jsonEnabled()) this.logJson(boxErrorJson(boxError))
+    else process.stderr.write(formatBoxError(boxError))
+    process.exitCode = boxError.exitCode
+    return undefined
+  }
+
+  protected async finally(error: Error | undefined): Promise<unknown> {
+    process.off('SIGINT', this.onSignal)
+    process.off('SIGTERM', this.onSignal)
+    return super.finally(error)
+  }
+}

@@ -1,0 +1,32 @@
+import {Args, Command} from '@oclif/core'
+
+import {BaseCommand} from './base-command.js'
+import type {ResolvedMachine} from '../lib/boxfile/boxfile.js'
+import type {MachineContext} from '../lib/machine/machine.js'
+import {openProject} from '../lib/machine/project.js'
+
+/** Base of the commands that act on the machines of the Boxfile (`box up [NAME…]`). */
+export abstract class MachineCommand<T extends typeof Command> extends BaseCommand<T> {
+  static args = {
+    names: Args.string({description: 'Machine names from the Boxfile (default: all of them).', required: false}),
+  }
+
+  static strict = false
+
+  /** Words after `--` on the command line (a command for the guest). */
+  protected get guestCommand(): string[] {
+    const separator = this.argv.indexOf('--')
+    return separator === -1 ? [] : this.argv.slice(separator + 1)
+  }
+
+  protected async project(): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
+    return openProject({
+      version: this.config.version,
+      names: this.positionals.slice(0, this.positionals.length - this.guestCommand.length),
+      dataDir: this.config.dataDir,
+      cacheDir: this.config.cacheDir,
+      progress: this.progress(),
+      signal: this.signal,
+    })
+  }
+}

@@ -1,0 +1,100 @@
+import {readFile, stat} from 'node:fs/promises'
+import {basename} from 'node:path'
+import {createInterface} from 'node:readline'
+import {execa} from 'execa'
+
+import type {Provisioner, ResolvedMachine} from '../boxfile/boxfile.js'
+import {BoxError} from '../core/errors.js'
+import type {MachineContext} from './machine.js'
+import {shJoin} from '../core/shell-quote.js'
+import {sshArgs, sshRun, type SshTarget} from './ssh.js'
+
+/** Which provisioners run now: `once` on the first up (or when asked), `always` every time, `never` only by name. */
+export function provisionersToRun(provisioners: Provisioner[], firstTime: boolean): Provisioner[] {
+  return provisioners.filter((p) => p.run === 'always' || (p.run === 'once' && firstTime))
+}
+
+export async function runProvisioners(context: MachineContext, machine: ResolvedMachine, target: SshTarget, options: {firstTime: boolean}): Promise<number> {
+  const selected = provisionersToRun(machine.provisioners, options.firstTime)
+  for (const provisioner of selected) {
+    context.signal?.throwIfAborted()
+    const stage = context.progress.stage(`${machine.name}: provisioner ${provisioner.name}`)
+    try {
+      if (provisioner.type === 'shell') await runShell(context, machine.name, target, provisioner)
+      else await copyIn(target, provisioner.source, provisioner.destination)
+      stage.done()
+    } catch (error) {
+      stage.fail()
+      throw error
+    }
+  }
+  return selected.length
+}
+
+async function runShell(context: MachineContext, name: string, target: SshTarget, provisioner: Extract<Provisioner, {type: 'shell'}>): Promise<void> {
+  const script = provisioner.inline ?? (await readFile(provisioner.path!, 'utf8'))
+  const exitCode = await runGuestScript(context, name, target, {
+    name: provisioner.name,
+    script,
+    viaSh: provisioner.inline !== undefined && !provisioner.inline.startsWith('#!'),
+    privileged: provisioner.privileged,
+    env: provisioner.env,
+    args: provisioner.args,
+  })
+  if (exitCode !== 0) {
+    throw new BoxError(`provisioner "${provisioner.name}" of ${name} failed with exit code ${exitCode}`, {
+      exitCode,
+      suggestions: ['fix the script, then run it again: box provision'],
+    })
+  }
+}
+
+export interface GuestScript {
+  /** For messages. */
+  name: string
+  script: string
+  /** Run as `sh FILE` (a script without a shebang) rather than executing FILE. */
+  viaSh: boolean
+  privileged: boolean
+  env?: Record<string, string>
+  args?: readonly string[]
+  /** The script's standard input: how a secret reaches the guest without touching a command line. */
+  input?: string
+}
+
+/**
+ * Run a script in the guest, its output streamed line by line with the machine's name as
+ * prefix. The script travels over ssh's stdin into a private temp file, then runs from
+ * there (removed afterwards), so nothing of it is on a command line. Resolves to the
+ * script's exit code (1 when the process was killed and has none).
+ */
+export async function runGuestScript(context: MachineContext, machineName: string, target: SshTarget, guestScript: GuestScript): Promise<number> {
+  const {stdout: remoteFile} = await sshRun(target, ['sh', '-c', 'f=$(mktemp /tmp/box-provision.XXXXXX) && cat > "$f" && chmod 0700 "$f" && echo "$f"'], {input: guestScript.script, purpose: `uploading ${guestScript.name}`})
+  const envWords = Object.entries(guestScript.env ?? {}).map(([key, value]) => `${key}=${value}`)
+  const command = [...(guestScript.privileged ? ['sudo', '-n'] : []), 'env', ...envWords, ...(guestScript.viaSh ? ['sh', remoteFile] : [remoteFile]), ...(guestScript.args ?? [])]
+  const remote = `${shJoin(command)}; status=$?; rm -f ${shJoin([remoteFile])}; exit $status`
+  const child = execa('ssh', sshArgs(target, undefined, remote), {reject: false, cancelSignal: context.signal, ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input})})
+  const prefix = (line: string) => context.output?.(`${machineName}: ${line}`) ?? process.stdout.write(`${machineName}: ${line}\n`)
+  const pump = (stream: NodeJS.ReadableStream | null) => stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
+  await Promise.all([pump(child.stdout), pump(child.stderr)])
+  const result = await child
+  return result.exitCode ?? 1
+}
+
+/** File provisioner: a file is streamed with cat, a directory as a tar. */
+async function copyIn(target: SshTarget, source: string, destination: string): Promise<void> {
+  const info = await stat(source).catch(() => undefined)
+  if (!info) throw new BoxError(`file provisioner: ${source} does not exist`)
+  const dest = destination.startsWith('~/') ? `"$HOME"/${shJoin([destination.slice(2)])}` : shJoin([destination])
+  if (info.isDirectory()) {
+    const remote = `mkdir -p ${dest} && tar -xf - -C ${dest}`
+    const tar = execa('tar', ['-C', source, '-cf', '-', '.'])
+    await execa('ssh', sshArgs(target, undefined, remote), {stdin: tar.stdout!})
+    await tar
+    return
+  }
+  const remote = `mkdir -p "$(dirname ${dest})" && cat > ${dest}`
+  await execa('ssh', sshArgs(target, undefined, remote), {inputFile: source}).catch((error: unknown) => {
+    throw new BoxError(`copying ${basename(source)} to ${destination} failed`, {cause: error, detail: String((error as {stderr?: string}).stderr ?? '')})
+  })
+}

@@ -1,0 +1,147 @@
+import {chmod, copyFile, mkdir, readFile, stat} from 'node:fs/promises'
+import {dirname} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
+
+import {BoxError, tail} from '../core/errors.js'
+import {run, spawn, type RunResult} from '../core/exec.js'
+import {shJoin} from '../core/shell-quote.js'
+
+export interface SshTarget {
+  host: string
+  port: number
+  user: string
+  /** Private key, mode 0600 (OpenSSH refuses others). */
+  keyFile: string
+  /** ControlMaster socket: repeated commands reuse one connection. */
+  controlPath?: string
+}
+
+/** OpenSSH options for a box machine: key-only, no host key prompts (the guest is local and new). */
+export function sshOptions(target: SshTarget): string[] {
+  const options = [
+    '-o', 'BatchMode=yes',
+    '-o', 'IdentitiesOnly=yes',
+    '-o', 'StrictHostKeyChecking=no',
+    '-o', 'UserKnownHostsFile=/dev/null',
+    '-o', 'LogLevel=ERROR',
+    '-o', 'ConnectTimeout=10',
+    '-i', target.keyFile,
+    '-p', String(target.port),
+  ]
+  if (target.controlPath) {
+    options.push('-o', 'ControlMaster=auto', '-o', `ControlPath=${target.controlPath}`, '-o', 'ControlPersist=120s')
+  }
+  return options
+}
+
+/**
+ * ssh's argv. The remote side runs one string through the user's shell, so the
+ * words of `command` are quoted here; `remoteShell` is passed as it is (box ssh -c).
+ */
+export function sshArgs(target: SshTarget, command?: readonly string[], remoteShell?: string): string[] {
+  const remote = remoteShell ?? (command && command.length > 0 ? shJoin(command) : undefined)
+  return [...sshOptions(target), `${target.user}@${target.host}`, ...(remote === undefined ? [] : ['--', remote])]
+}
+
+/** Run a command (words, quoted for the remote shell) in the guest and collect its output. */
+export async function sshRun(target: SshTarget, command: string[], options: {input?: string; timeoutMs?: number; purpose?: string} = {}): Promise<RunResult> {
+  return run('ssh', sshArgs(target, command), {input: options.input, stdin: options.input === undefined ? 'ignore' : undefined, timeout: options.timeoutMs, purpose: options.purpose ?? `running \`${command.join(' ')}\` in the guest`})
+}
+
+/** Copy a key to `dest` with mode 0600, as OpenSSH requires (git does not keep file modes). */
+export async function installPrivateKey(source: string, dest: string): Promise<string> {
+  await mkdir(dirname(dest), {recursive: true})
+  await copyFile(source, dest)
+  await chmod(dest, 0o600)
+  return dest
+}
+
+export interface WaitForSshOptions {
+  timeoutMs: number
+  /** Checked between attempts: a dead QEMU fails at once instead of waiting out the timeout. */
+  isAlive?: () => boolean | Promise<boolean>
+  serialLog?: string
+  signal?: AbortSignal
+  onAttempt?: (elapsedMs: number) => void
+  /**
+   * Asks the guest whether sshd listens yet (box-agent); undefined when the guest cannot
+   * tell, rejects when no answer came. Until it says true, no connection is tried.
+   */
+  sshListening?: () => Promise<boolean | undefined>
+  /** A guest whose agent has not answered at all by then is probed instead (its agent may be off); 60 s. */
+  agentSilenceMs?: number
+}
+
+/**
+ * Poll until sshd accepts our key; on timeout the error shows the serial log's tail. With a
+ * `controlPath`, the connection that gets in stays as the master for the commands that follow.
+ *
+ * A probe made before the guest's network is up hangs: QEMU's user-mode network accepts the
+ * connection on the host at once but retransmits its SYN to the guest only seconds later,
+ * and keeps doing so after the host gave up: each abandoned probe reaches sshd later and
+ * costs it a fork when the guest is busiest. So when the guest can say whether sshd listens
+ * (`sshListening`), the first probe waits for that, and for sshd's banner up to 10 s. Else a
+ * probe waits 2 s for the banner (about 0.3 s under TCG once sshd listens) and the next one
+ * starts afresh; after a minute, when only a loaded host boots that slowly, 10 s.
+ */
+export async function waitForSsh(target: SshTarget, options: WaitForSshOptions): Promise<number> {
+  const started = Date.now()
+  const deadline = started + options.timeoutMs
+  const check = async () => {
+    if (options.isAlive && !(await options.isAlive())) {
+      throw new BoxError('the machine stopped while box waited for ssh', {detail: await serialTail(options.serialLog), suggestions: serialHint(options.serialLog)})
+    }
+    if (Date.now() > deadline) {
+      throw new BoxError(`ssh did not answer within ${Math.round(options.timeoutMs / 1000)} s`, {
+        detail: await serialTail(options.serialLog),
+        suggestions: serialHint(options.serialLog),
+      })
+    }
+  }
+  let listening = false
+  let heard = false
+  const agentSilenceMs = options.agentSilenceMs ?? 60_000
+  while (options.sshListening && (heard || Date.now() - started < agentSilenceMs)) {
+    options.signal?.throwIfAborted()
+    options.onAttempt?.(Date.now() - started)
+    const answer = await options.sshListening().then(
+      (value) => {
+        heard = true
+        return value
+      },
+      () => false,
+    )
+    if (answer === undefined) break
+    if (answer) {
+      listening = true
+      break
+    }
+    await check()
+    await sleep(200)
+  }
+  for (;;) {
+    options.signal?.throwIfAborted()
+    options.onAttempt?.(Date.now() - started)
+    const connectTimeoutS = listening || Date.now() - started >= 60_000 ? 10 : 2
+    // First: ssh takes an option's first value (sshOptions has its own ConnectTimeout).
+    const args = ['-o', `ConnectTimeout=${connectTimeoutS}`, ...sshArgs(target, ['true'])]
+    const result = await spawn('ssh', args, {reject: false, stdin: 'ignore', timeout: (connectTimeoutS + 10) * 1000, cancelSignal: options.signal})
+    if (result.exitCode === 0) return Date.now() - started
+    await check()
+    await sleep(250)
+  }
+}
+
+async function serialTail(serialLog?: string): Promise<string | undefined> {
+  if (!serialLog) return undefined
+  try {
+    if ((await stat(serialLog)).size === 0) return '(the serial console printed nothing)'
+    return tail((await readFile(serialLog, 'utf8')).replace(/\r/g, ''), 25)
+  } catch {
+    return undefined
+  }
+}
+
+function serialHint(serialLog?: string): string[] {
+  return serialLog ? [`the whole serial log: ${serialLog}`] : []
+}

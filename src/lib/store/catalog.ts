@@ -1,0 +1,231 @@
+import {readFile} from 'node:fs/promises'
+import {arch} from 'node:os'
+import {dirname, isAbsolute, resolve as resolvePath} from 'node:path'
+import {fileURLToPath, pathToFileURL} from 'node:url'
+
+import got from 'got'
+import {z} from 'zod'
+
+import {CHECKSUM_TYPES, type Checksum} from './download.js'
+import {BoxError, ExitCode} from '../core/errors.js'
+import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError, type VersionRequirement} from '../core/versions.js'
+
+/**
+ * Box catalogs in Vagrant's metadata format: a box name, its versions, and per version
+ * the providers with a download URL and checksum. `box add` resolves a version and a
+ * provider from one; `box outdated`/`box update` ask it again later.
+ */
+
+/** Empty strings and nulls mean "not given" in catalogs written by hand or by other tools. */
+const optionalText = z
+  .string()
+  .nullish()
+  .transform((value) => (value === null || value === undefined || value.trim() === '' ? undefined : value.trim()))
+  // Optional in the parsed type too, so code can build catalogs without spelling out every field.
+  .optional()
+
+const CatalogProviderSchema = z.looseObject({
+  name: z.string().min(1, 'a provider name is required'),
+  url: z.string().min(1, 'a download URL is required'),
+  checksum_type: optionalText.pipe(
+    z
+      .string()
+      .transform((value) => value.toLowerCase())
+      .pipe(z.enum(CHECKSUM_TYPES, {error: `must be one of ${CHECKSUM_TYPES.join(', ')}`}))
+      .optional(),
+  ).optional(),
+  checksum: optionalText,
+  architecture: optionalText,
+  default_architecture: z.boolean().optional(),
+})
+
+const CatalogVersionSchema = z.looseObject({
+  version: z.string().refine(isVersion, {message: 'must be a version such as 1.2.3'}),
+  status: optionalText,
+  description: optionalText,
+  providers: z.array(CatalogProviderSchema).default([]),
+})
+
+export const CatalogSchema = z.looseObject({
+  name: z.string().min(1, 'the box name is required'),
+  description: optionalText,
+  versions: z.array(CatalogVersionSchema),
+})
+
+export type Catalog = z.infer<typeof CatalogSchema>
+export type CatalogVersion = z.infer<typeof CatalogVersionSchema>
+export type CatalogProvider = z.infer<typeof CatalogProviderSchema>
+
+/** Versions a catalog lists but does not offer for download. */
+const UNAVAILABLE_STATUSES = new Set(['revoked', 'unreleased'])
+/** Catalogs are a few KB; anything much bigger is not one. */
+const MAX_CATALOG_BYTES = 16 << 20
+
+/** Validate parsed JSON as a catalog; `location` (URL or path) is named in every error. */
+export function parseCatalog(json: unknown, location: string): Catalog {
+  const parsed = CatalogSchema.safeParse(json)
+  if (parsed.success) return parsed.data
+  const problems = parsed.error.issues.map((issue) => `${formatPath(issue.path) || '(top level)'}: ${issue.message}`)
+  throw new BoxError(`${location} is not a valid box catalog`, {
+    exitCode: ExitCode.USAGE,
+    detail: problems.join('\n'),
+    suggestions: ['a catalog is Vagrant box metadata: {"name": "org/box", "versions": [{"version": "1.0.0", "providers": [{"name": "qemu", "url": "…", "checksum_type": "sha256", "checksum": "…"}]}]}'],
+  })
+}
+
+/** Parse catalog text (JSON); errors name `location`. */
+export function parseCatalogText(text: string, location: string): Catalog {
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (error) {
+    throw new BoxError(`${location} is not a box catalog: not valid JSON (${(error as Error).message})`, {exitCode: ExitCode.USAGE})
+  }
+  return parseCatalog(json, location)
+}
+
+export interface LoadCatalogOptions {
+  signal?: AbortSignal
+  timeoutMs?: number
+}
+
+/** Read a catalog from an http(s) URL, a file:// URL or a path. */
+export async function loadCatalog(location: string, options: LoadCatalogOptions = {}): Promise<Catalog> {
+  if (/^https?:\/\//i.test(location)) return parseCatalogText(await fetchText(location, options), location)
+  const path = /^file:\/\//i.test(location) ? fileURLToPath(location) : location
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    throw new BoxError(code === 'ENOENT' ? `catalog not found: ${path}` : `cannot read the catalog ${path}: ${(error as Error).message}`, {exitCode: ExitCode.USAGE, cause: error})
+  }
+  return parseCatalogText(text, location)
+}
+
+/** GET a small text document; HTTP errors name the URL and status. */
+export async function fetchText(url: string, options: LoadCatalogOptions = {}): Promise<string> {
+  const timeoutMs = options.timeoutMs ?? 30_000
+  try {
+    const response = await got(url, {
+      signal: options.signal,
+      timeout: {lookup: timeoutMs, connect: timeoutMs, secureConnect: timeoutMs, send: timeoutMs, response: timeoutMs, socket: timeoutMs},
+      retry: {limit: 2},
+      headers: {accept: 'application/json'},
+      responseType: 'text',
+    })
+    if (response.rawBody.length > MAX_CATALOG_BYTES) throw new BoxError(`${url} is too big to be a box catalog`, {exitCode: ExitCode.USAGE})
+    return response.body
+  } catch (error) {
+    if (error instanceof BoxError) throw error
+    const e = error as Error & {response?: {statusCode: number; statusMessage?: string}; code?: string}
+    if (e.response) throw new BoxError(`HTTP ${e.response.statusCode}${e.response.statusMessage ? ` ${e.response.statusMessage}` : ''} for ${url}`, {cause: error})
+    if (options.signal?.aborted) throw new BoxError(`fetching ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
+    throw new BoxError(`cannot fetch ${url}: ${e.message}`, {cause: error})
+  }
+}
+
+/**
+ * A provider URL as an absolute location: catalogs may name boxes relative to themselves
+ * ("worker-1.2.0.box" next to "catalog.json"), which is handy for local mirrors.
+ */
+export function resolveProviderUrl(url: string, catalogLocation: string): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) return url
+  if (/^https?:\/\//i.test(catalogLocation)) return new URL(url, catalogLocation).toString()
+  const catalogPath = /^file:\/\//i.test(catalogLocation) ? fileURLToPath(catalogLocation) : resolvePath(catalogLocation)
+  return isAbsolute(url) ? url : pathToFileURL(resolvePath(dirname(catalogPath), url)).toString()
+}
+
+/** The architecture names catalogs use (Vagrant's), for this host. */
+export function hostArchitecture(): string {
+  const names: Record<string, string> = {x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'arm', ppc64: 'ppc64', s390x: 's390x'}
+  return names[arch()] ?? arch()
+}
+
+export interface ResolveCatalogOptions {
+  /** Version constraint (">= 1.2, < 2", "~> 1.4", "1.0.0"); default: any. */
+  constraint?: string
+  /** Acceptable provider names, preferred first (e.g. COMPATIBLE_BOX_PROVIDERS.qemu). */
+  providers: readonly string[]
+  /** Wanted architecture; entries without one are accepted when no entry matches exactly. Default: any. */
+  architecture?: string
+}
+
+export interface ResolvedCatalogBox {
+  name: string
+  version: string
+  provider: CatalogProvider
+  checksum?: Checksum
+}
+
+/** The newest version satisfying the constraint that has an acceptable provider; a clear error otherwise. */
+export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions): ResolvedCatalogBox {
+  const requirements = parseConstraintForUser(options.constraint)
+  const available = catalog.versions.filter((version) => !UNAVAILABLE_STATUSES.has(version.status?.toLowerCase() ?? ''))
+  const newestFirst = [...available].sort((a, b) => compareVersions(b.version, a.version))
+  for (const version of newestFirst) {
+    if (requirements && !satisfies(version.version, requirements)) continue
+    const provider = pickProvider(version, options.providers, options.architecture)
+    if (provider) {
+      const checksum = provider.checksum_type && provider.checksum ? {type: provider.checksum_type, value: provider.checksum} : undefined
+      return {name: catalog.name, version: version.version, provider, checksum}
+    }
+  }
+  throw noMatchError(catalog, options, newestFirst)
+}
+
+/** Newest version of the catalog for these providers, ignoring any constraint (for `box outdated`). */
+export function newestCatalogVersion(catalog: Catalog, providers: readonly string[], architecture?: string): string | undefined {
+  try {
+    return resolveCatalog(catalog, {providers, architecture}).version
+  } catch {
+    return undefined
+  }
+}
+
+function pickProvider(version: CatalogVersion, providers: readonly string[], architecture?: string): CatalogProvider | undefined {
+  for (const name of providers) {
+    const candidates = version.providers.filter((provider) => provider.name === name)
+    if (candidates.length === 0) continue
+    if (!architecture) return candidates.find((provider) => provider.default_architecture) ?? candidates[0]
+    const exact = candidates.find((provider) => provider.architecture === architecture)
+    if (exact) return exact
+    // An entry that names no architecture (older catalogs) is taken for "any".
+    const unspecified = candidates.find((provider) => !provider.architecture || provider.architecture === 'unknown')
+    if (unspecified) return unspecified
+  }
+  return undefined
+}
+
+function parseConstraintForUser(constraint: string | undefined): VersionRequirement[] | undefined {
+  if (constraint === undefined || constraint.trim() === '') return undefined
+  try {
+    return parseConstraint(constraint)
+  } catch (error) {
+    if (error instanceof VersionSyntaxError) throw new BoxError(`invalid version constraint: ${error.message}`, {exitCode: ExitCode.USAGE})
+    throw error
+  }
+}
+
+function noMatchError(catalog: Catalog, options: ResolveCatalogOptions, newestFirst: CatalogVersion[]): BoxError {
+  const wanted = [
+    options.constraint?.trim() ? `version ${options.constraint.trim()}` : 'any version',
+    `provider ${options.providers.join(' or ')}`,
+    options.architecture ? `architecture ${options.architecture}` : undefined,
+  ].filter(Boolean)
+  const listing = newestFirst.map((version) => {
+    const providers = version.providers.map((provider) => (provider.architecture ? `${provider.name} (${provider.architecture})` : provider.name))
+    return `${version.version}: ${providers.length > 0 ? providers.join(', ') : 'no providers'}`
+  })
+  const hidden = catalog.versions.filter((version) => UNAVAILABLE_STATUSES.has(version.status?.toLowerCase() ?? ''))
+  for (const version of hidden) listing.push(`${version.version}: ${version.status} (not offered)`)
+  return new BoxError(`no version of ${catalog.name} matches ${wanted.join(', ')}`, {
+    exitCode: ExitCode.USAGE,
+    detail: listing.length > 0 ? `available:\n${listing.join('\n')}` : 'the catalog lists no versions',
+    suggestions: ['pick a listed version with --box-version, or another provider with --provider'],
+  })
+}
+
+function formatPath(path: ReadonlyArray<PropertyKey>): string {
+  return path.map((key, index) => (typeof key === 'number' ? `[${key}]` : `${index === 0 ? '' : '.'}${String(key)}`)).join('')
+}

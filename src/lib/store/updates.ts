@@ -1,0 +1,257 @@
+import {COMPATIBLE_BOX_PROVIDERS} from '../box/metadata.js'
+import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './add.js'
+import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
+import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
+import {BoxError, ExitCode} from '../core/errors.js'
+import {findBoxfile} from '../machine/project.js'
+import {getCatalogUrl, listBoxes, type StoredBox} from './store.js'
+import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from '../core/versions.js'
+
+/**
+ * Boxes against their catalogs: what is installed, what is newer, and fetching it.
+ * Providers are grouped by the host provider that runs them (qemu runs qemu and libvirt
+ * boxes), so a libvirt box is "updated" by a newer qemu box just as well.
+ */
+
+/** The acceptable box providers for a box of `provider`, that provider first. */
+export function providerGroup(provider: string): string[] {
+  const group = Object.values(COMPATIBLE_BOX_PROVIDERS).find((providers) => providers.includes(provider)) ?? [provider]
+  return [provider, ...group.filter((candidate) => candidate !== provider)]
+}
+
+/** Host provider a box provider belongs to ("libvirt" → "qemu"); the box provider itself when unknown. */
+export function hostProviderOf(provider: string): string {
+  return Object.entries(COMPATIBLE_BOX_PROVIDERS).find(([, providers]) => providers.includes(provider))?.[0] ?? provider
+}
+
+/** Newest first by version; malformed versions (hand-made directories) last. */
+function newestFirst(a: StoredBox, b: StoredBox): number {
+  const aValid = isVersion(a.version)
+  const bValid = isVersion(b.version)
+  if (aValid && bValid) return compareVersions(b.version, a.version)
+  return aValid === bValid ? 0 : aValid ? -1 : 1
+}
+
+function parseUserConstraint(constraint: string | undefined): void {
+  if (constraint === undefined) return
+  try {
+    parseConstraint(constraint)
+  } catch (error) {
+    if (error instanceof VersionSyntaxError) throw new BoxError(`invalid version constraint: ${error.message}`, {exitCode: ExitCode.USAGE})
+    throw error
+  }
+}
+
+/** The newest installed box of `name` for these providers that satisfies the constraint. */
+export async function findInstalledBox(dataDir: string, query: {name: string; constraint?: string; providers: readonly string[]}): Promise<StoredBox | undefined> {
+  parseUserConstraint(query.constraint)
+  const boxes = (await listBoxes(dataDir, {name: query.name}))
+    .filter((box) => query.providers.includes(box.provider))
+    .filter((box) => query.constraint === undefined || (isVersion(box.version) && satisfies(box.version, query.constraint)))
+    .sort((a, b) => newestFirst(a, b) || query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))
+  return boxes[0]
+}
+
+export interface EnsureBoxInstalledOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions'> {
+  name: string
+  /** Boxfile's box_url: a catalog or .box, by URL or path. */
+  url?: string
+  /** Boxfile's box_version. */
+  constraint?: string
+  /** The machine's provider ("qemu", "virtualbox"): the box must run under it, as it is or converted. */
+  hostProvider: string
+}
+
+/**
+ * The box a machine needs: the newest installed one satisfying the constraint (converted
+ * for the machine's provider once, when only another provider's box is installed), else
+ * fetched from `url` (what `up` does for a missing box), else a clear error.
+ */
+export async function ensureBoxInstalled(options: EnsureBoxInstalledOptions): Promise<StoredBox> {
+  const {dataDir, name, constraint, hostProvider} = options
+  const providers = COMPATIBLE_BOX_PROVIDERS[hostProvider] ?? [hostProvider]
+  const installed = await findInstalledBox(dataDir, {name, constraint, providers})
+  if (installed) return installed
+  const convertible = await findInstalledBox(dataDir, {name, constraint, providers: providersConvertibleFor(hostProvider)})
+  if (convertible) {
+    const {convertStoredBox} = await import('./store.js')
+    return convertStoredBox({dataDir, box: convertible, hostProvider, signal: options.signal, progress: options.progress})
+  }
+  const wanted = `${name}${constraint ? ` (${constraint})` : ''}`
+  if (!options.url) {
+    throw new BoxError(`box ${wanted} is not installed`, {
+      suggestions: [`add it: box add ${name} FILE_OR_URL`, 'or give box_url in the Boxfile so up fetches it', 'list installed boxes: box list'],
+    })
+  }
+  options.progress?.info(`Box ${wanted} is not installed; fetching it from ${options.url}`)
+  // A catalog offering only the other provider's box will do: it is converted on import.
+  const added = await addBoxFromSource({
+    ...options,
+    source: options.url,
+    version: constraint,
+    providers: [...providers, ...providersConvertibleFor(hostProvider)],
+    convertFor: [...new Set([...(await hostProvidersOnThisHost()), hostProvider])],
+  })
+  const forMachine = [added.box, ...added.converted].find((box) => providers.includes(box.provider))
+  if (!forMachine) throw new BoxError(`${options.url} gave ${added.box.name} ${added.box.version} (${added.box.provider}), which the ${hostProvider} provider cannot run`)
+  return forMachine
+}
+
+export interface OutdatedEntry {
+  name: string
+  /** The installed box's provider (the newest installed version of this provider group). */
+  provider: string
+  installed: string
+  latest?: string
+  catalogUrl?: string
+  status: 'outdated' | 'up-to-date' | 'no-catalog' | 'error'
+  /** Why the catalog could not be checked. */
+  error?: string
+}
+
+/** One row per box name and host provider: the newest installed version against its catalog. */
+export async function checkOutdated(options: {dataDir: string; name?: string; signal?: AbortSignal; architecture?: string}): Promise<OutdatedEntry[]> {
+  const boxes = await listBoxes(options.dataDir, {name: options.name})
+  if (options.name !== undefined && boxes.length === 0) {
+    throw new BoxError(`box ${options.name} is not installed`, {exitCode: ExitCode.USAGE, suggestions: ['see the installed boxes with: box list']})
+  }
+  const architecture = options.architecture ?? hostArchitecture()
+  const names = [...new Set(boxes.map((box) => box.name))]
+  const rows = await Promise.all(
+    names.map(async (name) => {
+      const newestPerGroup = newestByHostProvider(boxes.filter((box) => box.name === name))
+      const catalogUrl = await getCatalogUrl(options.dataDir, name)
+      if (!catalogUrl) return newestPerGroup.map((box): OutdatedEntry => ({name, provider: box.provider, installed: box.version, status: 'no-catalog'}))
+      let catalog
+      try {
+        catalog = await loadCatalog(catalogUrl, {signal: options.signal})
+      } catch (error) {
+        return newestPerGroup.map((box): OutdatedEntry => ({name, provider: box.provider, installed: box.version, catalogUrl, status: 'error', error: (error as Error).message}))
+      }
+      return newestPerGroup.map((box): OutdatedEntry => {
+        let latest: string | undefined
+        try {
+          latest = resolveCatalog(catalog, {providers: providerGroup(box.provider), architecture}).version
+        } catch (error) {
+          return {name, provider: box.provider, installed: box.version, catalogUrl, status: 'error', error: (error as Error).message}
+        }
+        const newer = isVersion(box.version) ? compareVersions(latest, box.version) > 0 : true
+        return {name, provider: box.provider, installed: box.version, latest, catalogUrl, status: newer ? 'outdated' : 'up-to-date'}
+      })
+    }),
+  )
+  return rows.flat()
+}
+
+/** The newest installed box of each host-provider group (qemu+libvirt, virtualbox). */
+function newestByHostProvider(boxes: StoredBox[]): StoredBox[] {
+  const byGroup = new Map<string, StoredBox>()
+  for (const box of [...boxes].sort(newestFirst)) {
+    const group = hostProviderOf(box.provider)
+    if (!byGroup.has(group)) byGroup.set(group, box)
+  }
+  return [...byGroup.values()]
+}
+
+export interface UpdateTarget {
+  name: string
+  /** Only versions satisfying this (the Boxfile's box_version). */
+  constraint?: string
+  /** Catalog to use when the store has none for the box (the Boxfile's box_url). */
+  url?: string
+  /** Acceptable box providers, preferred first; default: the groups of the installed providers. */
+  providers?: readonly string[]
+}
+
+export interface UpdateResult {
+  name: string
+  provider?: string
+  from?: string
+  to?: string
+  status: 'updated' | 'up-to-date' | 'no-catalog'
+  catalogUrl?: string
+}
+
+export interface UpdateOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions' | 'architecture'> {
+  targets: UpdateTarget[]
+}
+
+/** Add the newest catalog version allowed for each target when it is newer than what is installed. Old versions stay (see prune). */
+export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[]> {
+  const results: UpdateResult[] = []
+  for (const target of options.targets) {
+    parseUserConstraint(target.constraint)
+    const installed = await listBoxes(options.dataDir, {name: target.name})
+    const groups = target.providers ? [target.providers] : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
+    if (groups.length === 0) groups.push(COMPATIBLE_BOX_PROVIDERS.qemu)
+    const source = await catalogFor(options.dataDir, target, options.signal)
+    if (!source) {
+      results.push({name: target.name, status: 'no-catalog'})
+      continue
+    }
+    const {catalog, catalogUrl} = source
+    for (const providers of groups) {
+      // Compare with what the constraint allows: an installed 2.0 does not serve "< 2".
+      const current = installed
+        .filter((box) => providers.includes(box.provider) && (target.constraint === undefined || (isVersion(box.version) && satisfies(box.version, target.constraint))))
+        .sort(newestFirst)[0]
+      const resolved = resolveCatalog(catalog, {constraint: target.constraint, providers, architecture: options.architecture ?? hostArchitecture()})
+      const newer = !current || !isVersion(current.version) || compareVersions(resolved.version, current.version) > 0
+      if (!newer) {
+        results.push({name: target.name, provider: current.provider, from: current.version, to: current.version, status: 'up-to-date', catalogUrl})
+        continue
+      }
+      const {dataDir, cacheDir, signal, progress, downloadOptions, architecture} = options
+      const {box} = await addBoxFromSource({
+        dataDir,
+        cacheDir,
+        signal,
+        progress,
+        downloadOptions,
+        architecture,
+        // The catalog's name must be the box's: a mismatch is an error, not a different box.
+        name: target.name,
+        source: catalogUrl,
+        version: `= ${resolved.version}`,
+        providers,
+      })
+      results.push({name: target.name, provider: box.provider, from: current?.version, to: box.version, status: 'updated', catalogUrl})
+    }
+  }
+  return results
+}
+
+/** The catalog remembered in the store, else the target's URL when that is a catalog (not a .box). */
+async function catalogFor(dataDir: string, target: UpdateTarget, signal?: AbortSignal): Promise<{catalog: Catalog; catalogUrl: string} | undefined> {
+  const stored = await getCatalogUrl(dataDir, target.name)
+  if (stored) return {catalog: await loadCatalog(stored, {signal}), catalogUrl: stored}
+  if (!target.url) return undefined
+  const source = await identifySource(target.url, {signal})
+  return source.kind === 'catalog' ? {catalog: source.catalog, catalogUrl: source.location} : undefined
+}
+
+/**
+ * What `box update` without a name updates: the boxes of the Boxfile's machines (with
+ * their box_version and box_url) when there is a Boxfile, else every installed box that
+ * came from a catalog.
+ */
+export async function updateTargets(options: {dataDir: string; cwd: string}): Promise<UpdateTarget[]> {
+  const {loadBoxfile} = await import('../boxfile/boxfile.js')
+  const file = await findBoxfile(options.cwd).catch(() => undefined)
+  if (file) {
+    const boxfile = await loadBoxfile({cwd: options.cwd, file})
+    const seen = new Set<string>()
+    const targets: UpdateTarget[] = []
+    for (const machine of boxfile.machines) {
+      const providers = COMPATIBLE_BOX_PROVIDERS[machine.provider] ?? [machine.provider]
+      const key = JSON.stringify([machine.box, machine.boxVersion, providers])
+      if (seen.has(key)) continue
+      seen.add(key)
+      targets.push({name: machine.box, constraint: machine.boxVersion, url: machine.boxUrl, providers})
+    }
+    return targets
+  }
+  const names = [...new Set((await listBoxes(options.dataDir)).map((box) => box.name))]
+  const withCatalog = await Promise.all(names.map(async (name) => ((await getCatalogUrl(options.dataDir, name)) ? name : undefined)))
+  return withCatalog.filter((name): name is string => name !== undefined).map((name) => ({name}))
+}
