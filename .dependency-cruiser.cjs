@@ -67,7 +67,8 @@ module.exports = {
     },
     {
       name: 'commands-are-thin-build',
-      comment: 'commands-are-thin for `box build`, which also runs the builder (a separate program no other command needs).',
+      comment:
+        'commands-are-thin for `box build`, which also runs the builder (a separate program no other command needs).',
       severity: 'error',
       from: {path: '^src/commands/build\\.ts$'},
       to: {path: '^src/', pathNot: ['^src/cli/', '^src/lib/', '^src/builder/']},
@@ -192,14 +193,16 @@ module.exports = {
     },
     {
       name: 'no-non-package-json',
-      comment: 'A package src/ imports must be in package.json, or the installed CLI gets whatever version happens to be there, or none.',
+      comment:
+        'A package src/ imports must be in package.json, or the installed CLI gets whatever version happens to be there, or none.',
       severity: 'error',
       from: {path: '^src/'},
       to: {dependencyTypes: ['npm-no-pkg', 'npm-unknown']},
     },
     {
       name: 'not-to-dev-dep',
-      comment: 'src/ is what ships: a devDependency is not installed with the CLI (type-only imports erase at build time).',
+      comment:
+        'src/ is what ships: a devDependency is not installed with the CLI (type-only imports erase at build time).',
       severity: 'error',
       from: {path: '^src/'},
       to: {dependencyTypes: ['npm-dev'], dependencyTypesNot: ['type-only']},

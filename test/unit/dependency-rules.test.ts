@@ -24,20 +24,42 @@ const TREE: Record<string, string[]> = {
   'src/lib/boxfile/types.ts': [`import type {x} from '../core/errors.js'`],
   'src/lib/boxfile/load.ts': [`import type {x} from './types.js'`, `import {y} from '../box/metadata.js'`],
   'src/lib/boxfile/bad.ts': [`import {x} from '../machine/up.js'`],
-  'src/lib/store/store.ts': [`import {x} from '../boxfile/load.js'`, `import type {P} from '../../providers/provider.js'`],
+  'src/lib/store/store.ts': [
+    `import {x} from '../boxfile/load.js'`,
+    `import type {P} from '../../providers/provider.js'`,
+  ],
   'src/lib/store/bad.ts': [`import {x} from '../../providers/qemu/index.js'`],
   'src/lib/store/updates.ts': [`import {x} from '../machine/up.js'`],
-  'src/lib/machine/up.ts': [`import {x} from '../store/store.js'`, `import {providerFor} from '../../providers/index.js'`],
+  'src/lib/machine/up.ts': [
+    `import {x} from '../store/store.js'`,
+    `import {providerFor} from '../../providers/index.js'`,
+  ],
   'src/lib/machine/bad.ts': [`import {x} from '../jobs/run.js'`],
   'src/lib/jobs/run.ts': [`import {x} from '../machine/up.js'`, `import {y} from '../host/doctor.js'`],
-  'src/lib/host/doctor.ts': [`import {x} from '../machine/up.js'`, `import {y} from '../../providers/virtualbox/index.js'`],
+  'src/lib/host/doctor.ts': [
+    `import {x} from '../machine/up.js'`,
+    `import {y} from '../../providers/virtualbox/index.js'`,
+  ],
   'src/lib/stray.ts': [],
-  'src/providers/provider.ts': [`import {x} from '../lib/box/metadata.js'`, `import type {I} from './qemu/instance.js'`],
+  'src/providers/provider.ts': [
+    `import {x} from '../lib/box/metadata.js'`,
+    `import type {I} from './qemu/instance.js'`,
+  ],
   'src/providers/index.ts': [`import {q} from './qemu/index.js'`, `import {v} from './virtualbox/index.js'`],
   'src/providers/qemu/instance.ts': [`import {x} from '../../lib/core/errors.js'`],
-  'src/providers/qemu/index.ts': [`import type {P} from '../provider.js'`, `import {i} from './instance.js'`, `import {v} from '../virtualbox/index.js'`],
-  'src/providers/virtualbox/index.ts': [`import {i} from '../qemu/instance.js'`, `import {x} from '../../lib/boxfile/load.js'`],
-  'src/builder/index.ts': [`import {x} from '../lib/box/metadata.js'`, `import type {I} from '../providers/qemu/instance.js'`],
+  'src/providers/qemu/index.ts': [
+    `import type {P} from '../provider.js'`,
+    `import {i} from './instance.js'`,
+    `import {v} from '../virtualbox/index.js'`,
+  ],
+  'src/providers/virtualbox/index.ts': [
+    `import {i} from '../qemu/instance.js'`,
+    `import {x} from '../../lib/boxfile/load.js'`,
+  ],
+  'src/builder/index.ts': [
+    `import {x} from '../lib/box/metadata.js'`,
+    `import type {I} from '../providers/qemu/instance.js'`,
+  ],
   'src/cli/base.ts': [`import {x} from '../lib/core/errors.js'`],
   'src/cli/bad.ts': [`import {x} from '../commands/up.js'`],
   'src/commands/up.ts': [
@@ -89,11 +111,18 @@ beforeAll(async () => {
     await writeFile(join(root, file), [...imports, 'export const a = 1, b = 1, x = 1', ''].join('\n'))
   }
   await writeFile(join(root, 'package.json'), JSON.stringify({name: 'fixture', type: 'module'}))
-  await writeFile(join(root, 'tsconfig.json'), JSON.stringify({compilerOptions: {module: 'NodeNext', moduleResolution: 'NodeNext'}, include: ['src']}))
+  await writeFile(
+    join(root, 'tsconfig.json'),
+    JSON.stringify({compilerOptions: {module: 'NodeNext', moduleResolution: 'NodeNext'}, include: ['src']}),
+  )
   const cruiser = join(PROJECT_ROOT, 'node_modules', 'dependency-cruiser', 'bin', 'dependency-cruise.mjs')
   // The same arguments as `npm run lint:deps` (whose `err` report sets the exit code), and a JSON report to read.
   const run = (outputType: string) =>
-    execa(process.execPath, [cruiser, 'src', '--config', join(PROJECT_ROOT, '.dependency-cruiser.cjs'), '--output-type', outputType], {cwd: root, reject: false})
+    execa(
+      process.execPath,
+      [cruiser, 'src', '--config', join(PROJECT_ROOT, '.dependency-cruiser.cjs'), '--output-type', outputType],
+      {cwd: root, reject: false},
+    )
   const [json, err] = await Promise.all([run('json'), run('err')])
   violations = JSON.parse(json.stdout).summary.violations
   exitCode = err.exitCode
@@ -104,12 +133,16 @@ afterAll(async () => {
 
 describe('dependency rules', () => {
   it('report exactly the forbidden imports, type-only and dynamic ones included', () => {
-    const found = violations.filter((v) => v.rule.name !== 'no-circular').map((v) => `${v.rule.name}: ${v.from} → ${v.to}`)
+    const found = violations
+      .filter((v) => v.rule.name !== 'no-circular')
+      .map((v) => `${v.rule.name}: ${v.from} → ${v.to}`)
     expect(found.sort()).toEqual(EXPECTED)
   })
 
   it('report the one cycle and nothing else as one', () => {
-    const cycles = violations.filter((v) => v.rule.name === 'no-circular').map((v) => [v.from, ...v.cycle!.map((step) => step.name)])
+    const cycles = violations
+      .filter((v) => v.rule.name === 'no-circular')
+      .map((v) => [v.from, ...v.cycle!.map((step) => step.name)])
     expect(cycles).toEqual([['src/lib/core/cycle-a.ts', 'src/lib/core/cycle-b.ts', 'src/lib/core/cycle-a.ts']])
   })
 
