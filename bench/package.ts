@@ -21,7 +21,7 @@ import {machineDir, type MachineRecord} from '../src/lib/machine/machine.js'
 import {packageMachine} from '../src/lib/machine/package.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {createProgress, formatBytes} from '../src/lib/core/progress.js'
-import {addBoxFromFile} from '../src/lib/store/store.js'
+import {addBoxFromFile} from '../src/lib/store/import.js'
 import {testCacheDir} from '../test/support/cache.js'
 
 const MB = 1e6

@@ -16,7 +16,7 @@ import {listMachines} from '../../src/lib/store/machine-index.js'
 import {destroyMachine, haltMachine, machineDir, upMachine, type MachineContext} from '../../src/lib/machine/machine.js'
 import {machineStatus} from '../../src/lib/machine/status.js'
 import {createProgress} from '../../src/lib/core/progress.js'
-import {addBoxFromFile} from '../../src/lib/store/store.js'
+import {addBoxFromFile} from '../../src/lib/store/import.js'
 import {readVirtualBoxRecord} from '../../src/providers/virtualbox/index.js'
 import {makeTempDir} from '../fixtures/boxes.js'
 

@@ -15,7 +15,7 @@ import {PROJECT_ROOT} from '../core/paths.js'
 import type {ForwardedPort} from '../core/ports.js'
 import type {Progress} from '../core/progress.js'
 import {installPrivateKey, sshArgs, sshRun, waitForSsh, type SshTarget} from './ssh.js'
-import type {StoredBox} from '../store/store.js'
+import type {StoredBox} from '../store/query.js'
 
 /** Everything about a machine that must survive between commands (`machine.json`). */
 export interface MachineRecord {

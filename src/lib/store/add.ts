@@ -12,7 +12,8 @@ import {hostArchitecture, loadCatalog, parseCatalogText, resolveCatalog, resolve
 import {CHECKSUM_TYPES, download, isChecksumType, partPath, type Checksum, type DownloadOptions} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {formatBytes, formatDuration, formatTransfer, type Progress} from '../core/progress.js'
-import {addBoxFromFile, findBox, setCatalogUrl, type StoredBox} from './store.js'
+import {addBoxFromFile} from './import.js'
+import {findBox, setCatalogUrl, type StoredBox} from './query.js'
 
 /**
  * What `box add` was given, and the one function that brings it into the store:
@@ -164,7 +165,7 @@ export interface AddFromSourceOptions {
   checksum?: Checksum
   force?: boolean
   /**
-   * Host providers to store a converted copy for too (box-conversion.ts); default: every
+   * Host providers to store a converted copy for too (convert.ts); default: every
    * provider this host runs, so `up` works whichever one a Boxfile names. [] keeps the box only as it is.
    */
   convertFor?: readonly string[]

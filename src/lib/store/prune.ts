@@ -1,7 +1,8 @@
 import {hostProviderOf} from './updates.js'
 import {BoxError} from '../core/errors.js'
 import {machinesUsingBox, type MachineEntry} from './machine-index.js'
-import {listBoxes, removeBox, type StoredBox} from './store.js'
+import {listBoxes, type StoredBox} from './query.js'
+import {removeBox} from './remove.js'
 import {compareVersions, isVersion} from '../core/versions.js'
 
 /**

@@ -4,7 +4,7 @@ import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './cat
 import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {findBoxfile} from '../machine/project.js'
-import {getCatalogUrl, listBoxes, type StoredBox} from './store.js'
+import {getCatalogUrl, listBoxes, type StoredBox} from './query.js'
 import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from '../core/versions.js'
 
 /**
@@ -74,7 +74,7 @@ export async function ensureBoxInstalled(options: EnsureBoxInstalledOptions): Pr
   if (installed) return installed
   const convertible = await findInstalledBox(dataDir, {name, constraint, providers: providersConvertibleFor(hostProvider)})
   if (convertible) {
-    const {convertStoredBox} = await import('./store.js')
+    const {convertStoredBox} = await import('./import.js')
     return convertStoredBox({dataDir, box: convertible, hostProvider, signal: options.signal, progress: options.progress})
   }
   const wanted = `${name}${constraint ? ` (${constraint})` : ''}`

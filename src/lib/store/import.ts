@@ -1,110 +1,29 @@
 /**
- * The local box store, laid out like Vagrant's:
- *
- *   <dataDir>/boxes/<NAME escaped>/<VERSION>/<PROVIDER>/{metadata.json, box.img, …}
- *   <dataDir>/boxes/<NAME escaped>/catalog_url      (the catalog this box came from)
- *
- * Imports are atomic: a box is extracted into `boxes/.tmp-*`, checked, then renamed into
- * place, so a box in the store is always complete. Names starting with "." are the
- * store's own scratch space and never boxes.
+ * Bringing a .box file into the local store (layout.ts). Imports are atomic: a box is
+ * extracted into `boxes/.tmp-*`, checked, then renamed into place, so a box in the store
+ * is always complete.
  */
-import {randomBytes} from 'node:crypto'
-import {mkdir, mkdtemp, readdir, readFile, rename, rm, rmdir, stat, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
 import type {BoxConversion} from './convert.js'
 import type {BoxMetadata} from '../box/metadata.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import type {Progress} from '../core/progress.js'
-import {compareVersions, isVersion} from '../core/versions.js'
-
-export interface StoredBox {
-  name: string
-  version: string
-  provider: string
-  /** Directory holding metadata.json, box.img, … */
-  path: string
-  /** Bytes of all files in `path` (apparent size). */
-  size: number
-  /** ISO time the box was added. */
-  addedAt: string
-  /** metadata.json: validated at import; findBox returns it parsed (schema defaults applied), listBoxes as stored. */
-  metadata: BoxMetadata
-}
-
-/** Written next to metadata.json at import: where the box came from and when. */
-const STORE_INFO_FILE = '.box-store.json'
-interface StoreInfo {
-  addedAt: string
-  source?: string
-}
-
-const SCRATCH_PREFIX = '.tmp-'
-/** Vagrant's escape for "org/name" box names, so a store can be shared in spirit with Vagrant's. */
-const SLASH_ESCAPE = '-VAGRANTSLASH-'
-
-export function boxesDir(dataDir: string): string {
-  return join(dataDir, 'boxes')
-}
-
-// ---------------------------------------------------------------------------------
-// Names, versions, providers
-
-const NAME_PATTERN = /^[A-Za-z0-9._/-]+$/
-const PROVIDER_PATTERN = /^[A-Za-z0-9_-]+$/
-
-/** Throws a BoxError unless `name` is a valid box name ("debian/bookworm64", "worker"). */
-export function validateBoxName(name: string): void {
-  const problem = !name
-    ? 'it is empty'
-    : !NAME_PATTERN.test(name)
-      ? 'only letters, digits and . _ - / are allowed'
-      : name.split('/').some((part) => part === '' || part === '.' || part === '..')
-        ? 'it must not start or end with "/" or contain "//", "." or ".." segments'
-        : name.startsWith('.') || name.startsWith('-')
-          ? 'it must not start with "." or "-"'
-          : name.includes(SLASH_ESCAPE)
-            ? `it must not contain ${SLASH_ESCAPE}`
-            : undefined
-  if (problem) throw new BoxError(`invalid box name ${JSON.stringify(name)}: ${problem}`, {exitCode: ExitCode.USAGE})
-}
-
-export function validateBoxVersion(version: string): void {
-  if (!isVersion(version)) {
-    throw new BoxError(`invalid box version ${JSON.stringify(version)}: expected numbers separated by dots, such as 1.2.3`, {exitCode: ExitCode.USAGE})
-  }
-}
-
-export function validateProviderName(provider: string): void {
-  if (!PROVIDER_PATTERN.test(provider)) {
-    throw new BoxError(`invalid provider name ${JSON.stringify(provider)}: only letters, digits, _ and - are allowed`, {exitCode: ExitCode.USAGE})
-  }
-}
-
-/** "org/name" → "org-VAGRANTSLASH-name": one directory per box, whatever its name. */
-export function escapeBoxName(name: string): string {
-  return name.split('/').join(SLASH_ESCAPE)
-}
-
-export function unescapeBoxName(directory: string): string {
-  return directory.split(SLASH_ESCAPE).join('/')
-}
-
-/** Newest first; versions that are not well-formed (hand-made directories) sort last, by text. */
-function compareNewestFirst(a: string, b: string): number {
-  const aValid = isVersion(a)
-  const bValid = isVersion(b)
-  if (aValid && bValid) return compareVersions(b, a)
-  if (aValid !== bValid) return aValid ? -1 : 1
-  return a < b ? 1 : a > b ? -1 : 0
-}
-
-export function boxPath(dataDir: string, box: {name: string; version: string; provider: string}): string {
-  return join(boxesDir(dataDir), escapeBoxName(box.name), box.version, box.provider)
-}
-
-// ---------------------------------------------------------------------------------
-// Adding
+import {isVersion} from '../core/versions.js'
+import {
+  boxesDir,
+  boxPath,
+  escapeBoxName,
+  PROVIDER_PATTERN,
+  SCRATCH_PREFIX,
+  STORE_INFO_FILE,
+  validateBoxName,
+  validateBoxVersion,
+  validateProviderName,
+  type StoreInfo,
+} from './layout.js'
+import {directorySize, readStoredBox, type StoredBox} from './query.js'
 
 export interface AddBoxOptions {
   dataDir: string
@@ -117,7 +36,7 @@ export interface AddBoxOptions {
   force?: boolean
   /**
    * Host providers ("qemu", "virtualbox") to store a converted copy for as well, in the
-   * same atomic import (box-conversion.ts). Providers that run the box as it is are
+   * same atomic import (convert.ts). Providers that run the box as it is are
    * skipped, and so is a copy whose NAME/VERSION/PROVIDER is installed already (unless force).
    */
   convertFor?: readonly string[]
@@ -125,7 +44,7 @@ export interface AddBoxOptions {
   progress?: Progress
 }
 
-/** A box just imported, with the copies converted for other providers (box-conversion.ts). */
+/** A box just imported, with the copies converted for other providers (convert.ts). */
 export interface ImportedBox extends StoredBox {
   converted: StoredBox[]
 }
@@ -419,189 +338,4 @@ async function moveIntoPlace(staged: string, target: string, replaced: string, f
     throw error
   }
   return true
-}
-
-/** Remember the catalog a box came from (`box outdated` and `box update` ask it again). */
-export async function setCatalogUrl(dataDir: string, name: string, url: string): Promise<void> {
-  validateBoxName(name)
-  const dir = join(boxesDir(dataDir), escapeBoxName(name))
-  await mkdir(dir, {recursive: true})
-  const temp = join(dir, `.catalog_url.${randomBytes(4).toString('hex')}`)
-  await writeFile(temp, `${url}\n`)
-  await rename(temp, join(dir, 'catalog_url'))
-}
-
-export async function getCatalogUrl(dataDir: string, name: string): Promise<string | undefined> {
-  validateBoxName(name)
-  const text = await readFile(join(boxesDir(dataDir), escapeBoxName(name), 'catalog_url'), 'utf8').catch(() => undefined)
-  return text?.trim() || undefined
-}
-
-// ---------------------------------------------------------------------------------
-// Listing and finding
-
-/** Every installed box, by name, then newest version first, then provider. */
-export async function listBoxes(dataDir: string, filter: {name?: string} = {}): Promise<StoredBox[]> {
-  const root = boxesDir(dataDir)
-  let names: string[]
-  if (filter.name !== undefined) {
-    validateBoxName(filter.name)
-    names = [escapeBoxName(filter.name)]
-  } else {
-    names = (await readdir(root, {withFileTypes: true}).catch(() => [])).filter((entry) => entry.isDirectory() && !entry.name.startsWith('.')).map((entry) => entry.name)
-  }
-  const found = await Promise.all(
-    names.map(async (directory) => {
-      const name = unescapeBoxName(directory)
-      const versions = await subdirectories(join(root, directory))
-      const perVersion = await Promise.all(
-        versions.map(async (version) => {
-          const providers = await subdirectories(join(root, directory, version))
-          return Promise.all(providers.map((provider) => readStoredBox(dataDir, name, version, provider).catch(() => undefined)))
-        }),
-      )
-      return perVersion.flat()
-    }),
-  )
-  return found
-    .flat()
-    .filter((box): box is StoredBox => box !== undefined)
-    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : compareNewestFirst(a.version, b.version) || (a.provider < b.provider ? -1 : a.provider > b.provider ? 1 : 0)))
-}
-
-export interface FindBoxQuery {
-  name: string
-  /** An exact version; default: the newest installed. */
-  version?: string
-  /** Acceptable box providers, preferred first (e.g. COMPATIBLE_BOX_PROVIDERS.qemu). */
-  providers: string[]
-}
-
-/** The newest installed box matching the query, or undefined. */
-export async function findBox(dataDir: string, query: FindBoxQuery): Promise<StoredBox | undefined> {
-  const boxes = (await listBoxes(dataDir, {name: query.name})).filter(
-    (box) => query.providers.includes(box.provider) && (query.version === undefined || box.version === query.version || (isVersion(box.version) && isVersion(query.version) && compareVersions(box.version, query.version) === 0)),
-  )
-  // listBoxes sorts newest first; among one version, prefer the caller's provider order.
-  const newest = boxes[0]
-  if (!newest) return undefined
-  const chosen = boxes.filter((box) => box.version === newest.version).sort((a, b) => query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))[0]
-  // A box about to boot gets its metadata through the schema (defaults such as kernel_args filled in).
-  const {BoxMetadataSchema} = await import('../box/metadata.js')
-  const parsed = BoxMetadataSchema.safeParse(chosen.metadata)
-  if (!parsed.success) {
-    throw new BoxError(`the stored metadata.json of ${chosen.name} ${chosen.version} (${chosen.provider}) is invalid`, {
-      detail: parsed.error.issues.map((issue) => `${issue.path.join('.') || '(top level)'}: ${issue.message}`).join('\n'),
-      suggestions: [`add the box again: box add ${chosen.name} FILE --force`],
-    })
-  }
-  return {...chosen, metadata: parsed.data}
-}
-
-async function subdirectories(dir: string): Promise<string[]> {
-  const entries = await readdir(dir, {withFileTypes: true}).catch(() => [])
-  return entries.filter((entry) => entry.isDirectory() && !entry.name.startsWith('.')).map((entry) => entry.name)
-}
-
-async function readStoredBox(dataDir: string, name: string, version: string, provider: string): Promise<StoredBox> {
-  const path = boxPath(dataDir, {name, version, provider})
-  // Validated in full at import; here only what listing relies on, without loading zod.
-  const metadata = JSON.parse(await readFile(join(path, 'metadata.json'), 'utf8')) as BoxMetadata
-  if (typeof metadata?.provider !== 'string') throw new Error(`${path}/metadata.json has no provider`)
-  const [size, info] = await Promise.all([directorySize(path), readFile(join(path, STORE_INFO_FILE), 'utf8').then((text) => JSON.parse(text) as StoreInfo, () => undefined)])
-  const addedAt = info?.addedAt ?? (await stat(path)).mtime.toISOString()
-  return {name, version, provider, path, size, addedAt, metadata}
-}
-
-async function directorySize(dir: string): Promise<number> {
-  const entries = await readdir(dir, {withFileTypes: true})
-  const sizes = await Promise.all(
-    entries.map(async (entry) => {
-      const path = join(dir, entry.name)
-      if (entry.isDirectory()) return directorySize(path)
-      if (entry.isFile()) return (await stat(path)).size
-      return 0
-    }),
-  )
-  return sizes.reduce((sum, size) => sum + size, 0)
-}
-
-// ---------------------------------------------------------------------------------
-// Removing
-
-export interface RemoveBoxOptions {
-  dataDir: string
-  name: string
-  version?: string
-  provider?: string
-  /** Remove every matching version/provider instead of insisting on exactly one. */
-  all?: boolean
-  /** Remove even when machines on this host are backed by the box (they will stop working). */
-  force?: boolean
-}
-
-/**
- * Remove installed boxes. Refuses when the selection is ambiguous (several versions or
- * providers and no --all) and when a machine on this host still uses a box.
- */
-export async function removeBox(options: RemoveBoxOptions): Promise<StoredBox[]> {
-  const {dataDir, name} = options
-  validateBoxName(name)
-  const installed = await listBoxes(dataDir, {name})
-  if (installed.length === 0) {
-    throw new BoxError(`box ${name} is not installed`, {exitCode: ExitCode.USAGE, suggestions: ['see the installed boxes with: box list']})
-  }
-  const selected = installed.filter((box) => (options.version === undefined || box.version === options.version) && (options.provider === undefined || box.provider === options.provider))
-  const describe = (box: StoredBox) => `${box.name} ${box.version} (${box.provider})`
-  if (selected.length === 0) {
-    throw new BoxError(`no installed box matches ${[name, options.version, options.provider && `(${options.provider})`].filter(Boolean).join(' ')}`, {
-      exitCode: ExitCode.USAGE,
-      detail: `installed:\n${installed.map(describe).join('\n')}`,
-    })
-  }
-  // A copy converted from a selected box goes with it: `box remove NAME` means the box in every format.
-  const isCopyOfSelected = (box: StoredBox) => selected.some((source) => source !== box && source.version === box.version && source.provider === box.metadata.converted_from)
-  if (selected.filter((box) => !isCopyOfSelected(box)).length > 1 && !options.all) {
-    throw new BoxError(`${name} has ${selected.length} matching versions/providers installed; say which to remove`, {
-      exitCode: ExitCode.USAGE,
-      detail: selected.map(describe).join('\n'),
-      suggestions: ['pick one with --box-version V (and --provider P)', 'or remove them all with --all'],
-    })
-  }
-
-  if (!options.force) {
-    const {machinesUsingBox} = await import('./machine-index.js')
-    const users = (await Promise.all(selected.map(async (box) => (await machinesUsingBox(dataDir, box)).map((machine) => ({box, machine}))))).flat()
-    if (users.length > 0) {
-      throw new BoxError(`cannot remove ${name}: ${users.length === 1 ? 'a machine uses' : `${users.length} machines use`} it`, {
-        detail: users.map(({box, machine}) => `${machine.name} in ${machine.projectDir} (id ${machine.id}) uses ${describe(box)}`).join('\n'),
-        suggestions: ['destroy those machines first (box destroy, in their project directory)', 'or remove anyway with --force (those machines will no longer start)'],
-      })
-    }
-  }
-
-  // VirtualBox keeps a base VM per box it ran; it goes first, and VirtualBox refuses while linked clones use it.
-  const {findOnPath} = await import('../core/exec.js')
-  const virtualBoxBoxes = selected.filter((box) => box.provider === 'virtualbox')
-  if (virtualBoxBoxes.length > 0 && (await findOnPath('VBoxManage'))) {
-    const {removeVirtualBoxBase} = await import('../../providers/virtualbox/index.js')
-    for (const box of virtualBoxBoxes) await removeVirtualBoxBase(box.path, join(dataDir, 'virtualbox'))
-  }
-
-  const root = boxesDir(dataDir)
-  for (const box of selected) {
-    // Rename first so the box disappears at once; then delete at leisure.
-    const trash = join(root, `${SCRATCH_PREFIX}remove-${randomBytes(6).toString('hex')}`)
-    await rename(box.path, trash)
-    await rm(trash, {recursive: true, force: true})
-    await rmdir(join(box.path, '..')).catch(() => undefined) // the version directory, once empty
-  }
-  await removeNameIfEmpty(join(root, escapeBoxName(name)))
-  return selected
-}
-
-/** Drop a box's directory (and its remembered catalog URL) once no version is left. */
-async function removeNameIfEmpty(dir: string): Promise<void> {
-  if ((await subdirectories(dir)).length > 0) return
-  await rm(dir, {recursive: true, force: true})
 }
