@@ -15,7 +15,7 @@ import {randomUUID} from 'node:crypto'
 import {execa} from 'execa'
 
 import {ensureBox} from '../src/builder/index.js'
-import {parseBoxfile} from '../src/lib/boxfile/boxfile.js'
+import {parseBoxfile} from '../src/lib/boxfile/load.js'
 import {imageRangeSpec, lvRangesOnPv, readLvmOnDisk} from '../src/lib/box/disk-image.js'
 import {machineDir, type MachineRecord} from '../src/lib/machine/machine.js'
 import {packageMachine} from '../src/lib/machine/package.js'

@@ -11,7 +11,7 @@ import {execa} from 'execa'
 import {afterEach, beforeEach, expect, it} from 'vitest'
 
 import {writeBoxArchive} from '../../src/lib/box/archive.js'
-import type {ResolvedMachine} from '../../src/lib/boxfile/boxfile.js'
+import type {ResolvedMachine} from '../../src/lib/boxfile/types.js'
 import {listMachines} from '../../src/lib/store/machine-index.js'
 import {destroyMachine, haltMachine, machineDir, upMachine, type MachineContext} from '../../src/lib/machine/machine.js'
 import {machineStatus} from '../../src/lib/machine/status.js'

@@ -12,7 +12,7 @@ import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {writeBoxArchive} from '../../src/lib/box/archive.js'
-import type {ResolvedMachine} from '../../src/lib/boxfile/boxfile.js'
+import type {ResolvedMachine} from '../../src/lib/boxfile/types.js'
 import {destroyMachine, machineDir, upMachine, type MachineContext} from '../../src/lib/machine/machine.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {createProgress} from '../../src/lib/core/progress.js'

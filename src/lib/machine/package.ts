@@ -19,7 +19,7 @@ import {basename, dirname, join, resolve} from 'node:path'
 
 import {writeBoxArchive, type Compression} from '../box/archive.js'
 import {BoxMetadataSchema, type BoxMetadata, type LvmLayout} from '../box/metadata.js'
-import type {ResolvedMachine} from '../boxfile/boxfile.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
 import {parseCatalogText} from '../store/catalog.js'
 import {copyImageRange, dumpExtFile, imageRangeSpec, listExtDirectory, lvRangesOnPv, parseMbr, readImageRange, readLvmOnDisk, zeroImageRanges, type ExtentRange} from '../box/disk-image.js'
 import {execa} from 'execa'

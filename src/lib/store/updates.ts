@@ -3,7 +3,7 @@ import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './add
 import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
 import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import {findBoxfile} from '../machine/project.js'
+import {findBoxfile} from '../boxfile/find.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './query.js'
 import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from '../core/versions.js'
 
@@ -236,7 +236,7 @@ async function catalogFor(dataDir: string, target: UpdateTarget, signal?: AbortS
  * came from a catalog.
  */
 export async function updateTargets(options: {dataDir: string; cwd: string}): Promise<UpdateTarget[]> {
-  const {loadBoxfile} = await import('../boxfile/boxfile.js')
+  const {loadBoxfile} = await import('../boxfile/load.js')
   const file = await findBoxfile(options.cwd).catch(() => undefined)
   if (file) {
     const boxfile = await loadBoxfile({cwd: options.cwd, file})
