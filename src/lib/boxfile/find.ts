@@ -1,8 +1,8 @@
 /** Finding the Boxfile as Vagrant finds a Vagrantfile: in the working directory or a parent. */
-import {stat} from 'node:fs/promises'
 import {dirname, join, resolve} from 'node:path'
 
 import {BoxError, ExitCode} from '../core/errors.js'
+import {isFile} from '../core/fs.js'
 
 export const BOXFILE_NAME = 'Boxfile'
 /** Name or path of the Boxfile to use instead of ./Boxfile (a bare name is searched for upwards). */
@@ -17,22 +17,15 @@ export async function findBoxfile(cwd: string, env: NodeJS.ProcessEnv = process.
   const override = env[BOXFILE_ENV]
   if (override && override.includes('/')) {
     const file = resolve(cwd, override)
-    if ((await kindOf(file)) !== 'file') throw new BoxError(`${BOXFILE_ENV}=${override}: no such file ${file}`, {exitCode: ExitCode.USAGE})
+    if (!(await isFile(file))) throw new BoxError(`${BOXFILE_ENV}=${override}: no such file ${file}`, {exitCode: ExitCode.USAGE})
     return file
   }
   const name = override || BOXFILE_NAME
   const start = resolve(cwd)
   for (let dir = start; ; dir = dirname(dir)) {
     const candidate = join(dir, name)
-    if ((await kindOf(candidate)) === 'file') return candidate
+    if (await isFile(candidate)) return candidate
     if (dirname(dir) === dir) break
   }
   throw new BoxError(`no ${name} found in ${start} or its parents; create one with: box init BOX`, {exitCode: ExitCode.USAGE})
-}
-
-async function kindOf(path: string): Promise<'file' | 'directory' | 'other' | undefined> {
-  return stat(path).then(
-    (info) => (info.isFile() ? 'file' : info.isDirectory() ? 'directory' : 'other'),
-    () => undefined,
-  )
 }

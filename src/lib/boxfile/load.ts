@@ -3,7 +3,6 @@
  * resolve it (types.ts) with the checks that need more than one field or the host's
  * file system. Every problem is reported with file:line:col.
  */
-import {stat} from 'node:fs/promises'
 import {homedir} from 'node:os'
 import {basename, dirname, join, resolve} from 'node:path'
 
@@ -11,6 +10,7 @@ import type {z} from 'zod'
 
 import {configError, loadYamlFile, parseYaml, type LoadedYaml} from '../core/config-file.js'
 import {BoxError} from '../core/errors.js'
+import {exists, isDirectory, isFile} from '../core/fs.js'
 import {findBoxfile} from './find.js'
 import {BoxfileSchema, URL_SCHEME_PATTERN, type BoxfileSettings, type ForwardedPortSchema, type MachineSettings, type ProvisionerSchema, type SyncedFolderSchema} from './schema.js'
 import {DEFAULT_INIT_BOX, DEFAULT_MACHINE_NAME, MACHINE_DEFAULTS, type Boxfile, type MachineField, type Provisioner, type ResolvedMachine} from './types.js'
@@ -235,23 +235,3 @@ function hostPath(dir: string, path: string): string {
   return resolve(dir, path)
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  )
-}
-
-async function isFile(path: string): Promise<boolean> {
-  return stat(path).then(
-    (info) => info.isFile(),
-    () => false,
-  )
-}
-
-async function isDirectory(path: string): Promise<boolean> {
-  return stat(path).then(
-    (info) => info.isDirectory(),
-    () => false,
-  )
-}

@@ -13,6 +13,7 @@ import {fileURLToPath} from 'node:url'
 import {findBoxfile} from '../boxfile/find.js'
 import type {Boxfile, ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, ExitCode} from '../core/errors.js'
+import {pathKind} from '../core/fs.js'
 import type {MachineContext} from './machine.js'
 import {createProgress} from '../core/progress.js'
 
@@ -109,18 +110,11 @@ async function writeCache(cacheFile: string, key: string, boxfile: ProjectBoxfil
  */
 async function hostPathsStillValid(machines: ResolvedMachine[]): Promise<boolean> {
   const checks = machines.flatMap((machine) => [
-    ...machine.syncedFolders.filter((folder) => !folder.disabled).map(async (folder) => (await kindOf(folder.source)) === 'directory'),
+    ...machine.syncedFolders.filter((folder) => !folder.disabled).map(async (folder) => (await pathKind(folder.source)) === 'directory'),
     ...machine.provisioners.map(async (provisioner) => {
-      if (provisioner.type === 'file') return (await kindOf(provisioner.source)) !== undefined
-      return provisioner.path === undefined || (await kindOf(provisioner.path)) === 'file'
+      if (provisioner.type === 'file') return (await pathKind(provisioner.source)) !== undefined
+      return provisioner.path === undefined || (await pathKind(provisioner.path)) === 'file'
     }),
   ])
   return (await Promise.all(checks)).every(Boolean)
-}
-
-async function kindOf(path: string): Promise<'file' | 'directory' | 'other' | undefined> {
-  return stat(path).then(
-    (info) => (info.isFile() ? 'file' : info.isDirectory() ? 'directory' : 'other'),
-    () => undefined,
-  )
 }

@@ -1,4 +1,3 @@
-import {readFile} from 'node:fs/promises'
 import {arch} from 'node:os'
 import {dirname, isAbsolute, resolve as resolvePath} from 'node:path'
 import {fileURLToPath, pathToFileURL} from 'node:url'
@@ -8,6 +7,7 @@ import {z} from 'zod'
 
 import {CHECKSUM_TYPES, type Checksum} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
+import {checkWithSchema, parseJsonWithSchema, readJsonWithSchema, type SchemaErrorOptions} from '../core/fs.js'
 import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError, type VersionRequirement} from '../core/versions.js'
 
 /**
@@ -63,25 +63,21 @@ const MAX_CATALOG_BYTES = 16 << 20
 
 /** Validate parsed JSON as a catalog; `location` (URL or path) is named in every error. */
 export function parseCatalog(json: unknown, location: string): Catalog {
-  const parsed = CatalogSchema.safeParse(json)
-  if (parsed.success) return parsed.data
-  const problems = parsed.error.issues.map((issue) => `${formatPath(issue.path) || '(top level)'}: ${issue.message}`)
-  throw new BoxError(`${location} is not a valid box catalog`, {
-    exitCode: ExitCode.USAGE,
-    detail: problems.join('\n'),
-    suggestions: ['a catalog is Vagrant box metadata: {"name": "org/box", "versions": [{"version": "1.0.0", "providers": [{"name": "qemu", "url": "…", "checksum_type": "sha256", "checksum": "…"}]}]}'],
-  })
+  return checkWithSchema(json, CatalogSchema, location, catalogErrors(location))
 }
 
 /** Parse catalog text (JSON); errors name `location`. */
 export function parseCatalogText(text: string, location: string): Catalog {
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch (error) {
-    throw new BoxError(`${location} is not a box catalog: not valid JSON (${(error as Error).message})`, {exitCode: ExitCode.USAGE})
+  return parseJsonWithSchema(text, CatalogSchema, location, catalogErrors(location))
+}
+
+function catalogErrors(location: string): SchemaErrorOptions {
+  return {
+    exitCode: ExitCode.USAGE,
+    invalid: `${location} is not a valid box catalog`,
+    notJson: (reason) => `${location} is not a box catalog: not valid JSON (${reason})`,
+    suggestions: ['a catalog is Vagrant box metadata: {"name": "org/box", "versions": [{"version": "1.0.0", "providers": [{"name": "qemu", "url": "…", "checksum_type": "sha256", "checksum": "…"}]}]}'],
   }
-  return parseCatalog(json, location)
 }
 
 export interface LoadCatalogOptions {
@@ -93,14 +89,12 @@ export interface LoadCatalogOptions {
 export async function loadCatalog(location: string, options: LoadCatalogOptions = {}): Promise<Catalog> {
   if (/^https?:\/\//i.test(location)) return parseCatalogText(await fetchText(location, options), location)
   const path = /^file:\/\//i.test(location) ? fileURLToPath(location) : location
-  let text: string
-  try {
-    text = await readFile(path, 'utf8')
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    throw new BoxError(code === 'ENOENT' ? `catalog not found: ${path}` : `cannot read the catalog ${path}: ${(error as Error).message}`, {exitCode: ExitCode.USAGE, cause: error})
-  }
-  return parseCatalogText(text, location)
+  return readJsonWithSchema(path, CatalogSchema, `the catalog ${path}`, {
+    ...catalogErrors(location),
+    ifMissing: () => {
+      throw new BoxError(`catalog not found: ${path}`, {exitCode: ExitCode.USAGE})
+    },
+  })
 }
 
 /** GET a small text document; HTTP errors name the URL and status. */
@@ -224,8 +218,4 @@ function noMatchError(catalog: Catalog, options: ResolveCatalogOptions, newestFi
     detail: listing.length > 0 ? `available:\n${listing.join('\n')}` : 'the catalog lists no versions',
     suggestions: ['pick a listed version with --box-version, or another provider with --provider'],
   })
-}
-
-function formatPath(path: ReadonlyArray<PropertyKey>): string {
-  return path.map((key, index) => (typeof key === 'number' ? `[${key}]` : `${index === 0 ? '' : '.'}${String(key)}`)).join('')
 }

@@ -3,12 +3,13 @@
  * extracted into `boxes/.tmp-*`, checked, then renamed into place, so a box in the store
  * is always complete.
  */
-import {mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {join, resolve} from 'node:path'
 
 import type {BoxConversion} from './convert.js'
 import type {BoxMetadata} from '../box/metadata.js'
 import {BoxError, ExitCode} from '../core/errors.js'
+import {exists, readJsonWithSchema} from '../core/fs.js'
 import type {Progress} from '../core/progress.js'
 import {isVersion} from '../core/versions.js'
 import {
@@ -144,13 +145,6 @@ interface StagedMove {
   box: {name: string; version: string; provider: string}
 }
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  )
-}
-
 async function writeStoreInfo(dir: string, info: StoreInfo): Promise<void> {
   await writeFile(join(dir, STORE_INFO_FILE), `${JSON.stringify(info, null, 2)}\n`)
 }
@@ -224,7 +218,7 @@ async function refuseInstalledEarly(dataDir: string, name: string, file: string,
   const provider = options.provider ?? metadata.provider
   const version = options.version ?? metadata.box?.version ?? '0'
   if (typeof provider !== 'string' || typeof version !== 'string' || !PROVIDER_PATTERN.test(provider) || !isVersion(version)) return
-  if (await stat(boxPath(dataDir, {name, version, provider})).then(() => true, () => false)) throw alreadyInstalled(`${name} ${version} (${provider})`)
+  if (await exists(boxPath(dataDir, {name, version, provider}))) throw alreadyInstalled(`${name} ${version} (${provider})`)
 }
 
 function alreadyInstalled(what: string): BoxError {
@@ -252,29 +246,17 @@ async function removeStaleScratch(root: string): Promise<void> {
 }
 
 async function readBoxMetadata(dir: string, file: string): Promise<BoxMetadata> {
-  let text: string
-  try {
-    text = await readFile(join(dir, 'metadata.json'), 'utf8')
-  } catch {
-    throw new BoxError(`${file} is not a box: it has no metadata.json`, {
-      exitCode: ExitCode.USAGE,
-      suggestions: ['a .box is a tar holding metadata.json (with at least {"provider": "qemu"}) and the disk image'],
-    })
-  }
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch (error) {
-    throw new BoxError(`metadata.json in ${file} is not valid JSON: ${(error as Error).message}`, {exitCode: ExitCode.USAGE})
-  }
   // zod is loaded only here: `box list` stays fast without it.
   const {BoxMetadataSchema} = await import('../box/metadata.js')
-  const parsed = BoxMetadataSchema.safeParse(json)
-  if (!parsed.success) {
-    const problems = parsed.error.issues.map((issue) => `${issue.path.join('.') || '(top level)'}: ${issue.message}`)
-    throw new BoxError(`metadata.json in ${file} is invalid`, {exitCode: ExitCode.USAGE, detail: problems.join('\n')})
-  }
-  return parsed.data
+  return readJsonWithSchema(join(dir, 'metadata.json'), BoxMetadataSchema, `metadata.json in ${file}`, {
+    exitCode: ExitCode.USAGE,
+    ifMissing: () => {
+      throw new BoxError(`${file} is not a box: it has no metadata.json`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['a .box is a tar holding metadata.json (with at least {"provider": "qemu"}) and the disk image'],
+      })
+    },
+  })
 }
 
 /** A QEMU/libvirt box must carry its disk (and the kernel/initrd its metadata names). */

@@ -1,10 +1,9 @@
 /** Reading the local box store (layout.ts): what is installed, one box's record, remembered catalogs. */
-import {randomBytes} from 'node:crypto'
-import {mkdir, readdir, readFile, rename, stat, writeFile} from 'node:fs/promises'
+import {mkdir, readdir, readFile, stat} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {BoxMetadata} from '../box/metadata.js'
-import {BoxError} from '../core/errors.js'
+import {checkWithSchema, writeFileAtomic} from '../core/fs.js'
 import {compareVersions, isVersion} from '../core/versions.js'
 import {boxesDir, boxPath, escapeBoxName, STORE_INFO_FILE, unescapeBoxName, validateBoxName, type StoreInfo} from './layout.js'
 
@@ -36,9 +35,7 @@ export async function setCatalogUrl(dataDir: string, name: string, url: string):
   validateBoxName(name)
   const dir = join(boxesDir(dataDir), escapeBoxName(name))
   await mkdir(dir, {recursive: true})
-  const temp = join(dir, `.catalog_url.${randomBytes(4).toString('hex')}`)
-  await writeFile(temp, `${url}\n`)
-  await rename(temp, join(dir, 'catalog_url'))
+  await writeFileAtomic(join(dir, 'catalog_url'), `${url}\n`)
 }
 
 export async function getCatalogUrl(dataDir: string, name: string): Promise<string | undefined> {
@@ -98,14 +95,10 @@ export async function findBox(dataDir: string, query: FindBoxQuery): Promise<Sto
   const chosen = boxes.filter((box) => box.version === newest.version).sort((a, b) => query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))[0]
   // A box about to boot gets its metadata through the schema (defaults such as kernel_args filled in).
   const {BoxMetadataSchema} = await import('../box/metadata.js')
-  const parsed = BoxMetadataSchema.safeParse(chosen.metadata)
-  if (!parsed.success) {
-    throw new BoxError(`the stored metadata.json of ${chosen.name} ${chosen.version} (${chosen.provider}) is invalid`, {
-      detail: parsed.error.issues.map((issue) => `${issue.path.join('.') || '(top level)'}: ${issue.message}`).join('\n'),
-      suggestions: [`add the box again: box add ${chosen.name} FILE --force`],
-    })
-  }
-  return {...chosen, metadata: parsed.data}
+  const metadata = checkWithSchema(chosen.metadata, BoxMetadataSchema, `the stored metadata.json of ${chosen.name} ${chosen.version} (${chosen.provider})`, {
+    suggestions: [`add the box again: box add ${chosen.name} FILE --force`],
+  })
+  return {...chosen, metadata}
 }
 
 export async function subdirectories(dir: string): Promise<string[]> {
