@@ -4,11 +4,11 @@ import {join, resolve} from 'node:path'
 
 import ejs from 'ejs'
 
+import {boxNameProblem} from '../box/name.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {BOXFILE_NAME} from './find.js'
 import {parseBoxfile} from './load.js'
-import {BOX_NAME_PATTERN} from './schema.js'
 import {DEFAULT_INIT_BOX, MACHINE_DEFAULTS} from './types.js'
 
 export const BOXFILE_TEMPLATE = join(PROJECT_ROOT, 'static', 'foruser', 'Boxfile')
@@ -23,7 +23,7 @@ export interface NewBoxfileOptions {
 /** The text `box init` writes; checked against the schema so init never writes a Boxfile validate rejects. */
 export async function renderBoxfile(options: NewBoxfileOptions, file = resolve(BOXFILE_NAME)): Promise<string> {
   const box = options.box ?? DEFAULT_INIT_BOX
-  if (!BOX_NAME_PATTERN.test(box)) {
+  if (boxNameProblem(box) !== undefined) {
     throw new BoxError(`invalid box name "${box}": use a name such as debian-bookworm or org/name (letters, digits, ".", "_", "-")`, {exitCode: ExitCode.USAGE})
   }
   const template = await readFile(BOXFILE_TEMPLATE, 'utf8')

@@ -6,11 +6,10 @@ import {isIP} from 'node:net'
 
 import {z} from 'zod'
 
-import {parseConstraint, VersionSyntaxError} from '../core/versions.js'
+import {boxNameProblem} from '../box/name.js'
+import {constraintProblem} from '../core/versions.js'
 import {MACHINE_DEFAULTS, MACHINE_NAME_PATTERN, PROTOCOLS, PROVIDERS, PROVISIONER_RUNS, PROVISIONER_TYPES, RESNAP_POLICIES, type MachineField} from './types.js'
 
-/** Store names: "name" or "org/name" as Vagrant catalogs spell them. */
-export const BOX_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*(?:\/[A-Za-z0-9][A-Za-z0-9._-]*)?$/
 const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/
 const HOST_LABEL_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/
 /** A box_url with a scheme is a URL; without one, a path relative to the Boxfile. */
@@ -85,12 +84,8 @@ const memory = z.any().transform((value, ctx) => {
 })
 
 const boxVersion = text('a version constraint such as ">= 1.2, < 2"').superRefine((constraint, ctx) => {
-  try {
-    parseConstraint(constraint)
-  } catch (error) {
-    if (!(error instanceof VersionSyntaxError)) throw error
-    ctx.addIssue({code: 'custom', message: error.message})
-  }
+  const problem = constraintProblem(constraint)
+  if (problem !== undefined) ctx.addIssue({code: 'custom', message: problem})
 })
 
 const boxUrl = text('a URL (https://…, file://…) or a path of a .box or a catalog JSON').refine((value) => {
@@ -158,8 +153,8 @@ export const ProvisionerSchema = z.discriminatedUnion('type', [ShellProvisionerS
 const list = <Item extends z.ZodType>(item: Item, example: string) => z.array(item, {error: `must be a list, e.g. ${example}`})
 /** Fields a machine can set, at the top level (defaults for all) or under machines.NAME. */
 const machineShape = {
-  box: text('the name of a box in the store (see box list), e.g. debian-bookworm').regex(
-    BOX_NAME_PATTERN,
+  box: text('the name of a box in the store (see box list), e.g. debian-bookworm').refine(
+    (name) => boxNameProblem(name) === undefined,
     'must be a box name such as debian-bookworm or org/name (letters, digits, ".", "_", "-")',
   ),
   box_url: boxUrl,

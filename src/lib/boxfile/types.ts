@@ -1,8 +1,10 @@
 /**
  * The Boxfile as the rest of box sees it: the resolved form (every default applied,
- * every host path absolute) and the constants its fields draw on. Imports nothing, so
- * anything may use these types without loading the parser.
+ * every host path absolute) and the constants its fields draw on. Imports no code (only
+ * core's ForwardedPort type, which providers share), so anything may use these types
+ * without loading the parser.
  */
+import type {ForwardedPort} from '../core/ports.js'
 
 /** The single machine's name when the Boxfile has no `machines:` section (Vagrant's too). */
 export const DEFAULT_MACHINE_NAME = 'default'
@@ -56,13 +58,6 @@ export type MachineField =
 
 // ---------------------------------------------------------------------------
 // Resolved form: what the rest of box works with.
-
-export interface ForwardedPort {
-  guest: number
-  host: number
-  protocol: Protocol
-  hostIp: string
-}
 
 export interface SyncedFolder {
   /** Absolute host path. */

@@ -19,6 +19,7 @@ import {basename, dirname, join, resolve} from 'node:path'
 
 import {writeBoxArchive, type Compression} from '../box/archive.js'
 import {BoxMetadataSchema, type BoxMetadata, type LvmLayout} from '../box/metadata.js'
+import {vagrantfileText} from '../box/vagrantfile.js'
 import type {ResolvedMachine} from '../boxfile/types.js'
 import {parseCatalogText} from '../store/catalog.js'
 import {copyImageRange, dumpExtFile, imageRangeSpec, listExtDirectory, lvRangesOnPv, parseMbr, readImageRange, readLvmOnDisk, zeroImageRanges, type ExtentRange} from '../box/disk-image.js'
@@ -509,17 +510,7 @@ async function writeVagrantfile(record: MachineRecord, dest: string): Promise<vo
     await copyFile(source, dest)
     return
   }
-  await writeFile(
-    dest,
-    `# Written by \`box package\` from ${record.box.name} ${record.box.version}.
-Vagrant.configure("2") do |config|
-  config.ssh.username = "${record.user.replace(/[^A-Za-z0-9._-]/g, '')}"
-  config.vm.provider :libvirt do |libvirt|
-    libvirt.disk_bus = "virtio"
-  end
-end
-`,
-  )
+  await writeFile(dest, vagrantfileText({origin: `Written by \`box package\` from ${record.box.name} ${record.box.version}.`, username: record.user}))
 }
 
 /** A catalog as JSON: only the keys this file edits are typed. */

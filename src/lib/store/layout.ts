@@ -8,6 +8,7 @@
  */
 import {join} from 'node:path'
 
+import {boxNameProblem, SLASH_ESCAPE} from '../box/name.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {isVersion} from '../core/versions.js'
 
@@ -20,29 +21,16 @@ export interface StoreInfo {
 
 /** Prefix of the store's scratch directories (imports in progress, boxes being removed). */
 export const SCRATCH_PREFIX = '.tmp-'
-/** Vagrant's escape for "org/name" box names, so a store can be shared in spirit with Vagrant's. */
-const SLASH_ESCAPE = '-VAGRANTSLASH-'
 
 export function boxesDir(dataDir: string): string {
   return join(dataDir, 'boxes')
 }
 
-const NAME_PATTERN = /^[A-Za-z0-9._/-]+$/
 export const PROVIDER_PATTERN = /^[A-Za-z0-9_-]+$/
 
-/** Throws a BoxError unless `name` is a valid box name ("debian/bookworm64", "worker"). */
+/** Throws a BoxError unless `name` is a valid box name ("debian/bookworm64", "worker"; box/name.ts). */
 export function validateBoxName(name: string): void {
-  const problem = !name
-    ? 'it is empty'
-    : !NAME_PATTERN.test(name)
-      ? 'only letters, digits and . _ - / are allowed'
-      : name.split('/').some((part) => part === '' || part === '.' || part === '..')
-        ? 'it must not start or end with "/" or contain "//", "." or ".." segments'
-        : name.startsWith('.') || name.startsWith('-')
-          ? 'it must not start with "." or "-"'
-          : name.includes(SLASH_ESCAPE)
-            ? `it must not contain ${SLASH_ESCAPE}`
-            : undefined
+  const problem = boxNameProblem(name)
   if (problem) throw new BoxError(`invalid box name ${JSON.stringify(name)}: ${problem}`, {exitCode: ExitCode.USAGE})
 }
 
@@ -58,7 +46,7 @@ export function validateProviderName(provider: string): void {
   }
 }
 
-/** "org/name" → "org-VAGRANTSLASH-name": one directory per box, whatever its name. */
+/** "org/name" → "org-VAGRANTSLASH-name": one directory per box, whatever its name, as Vagrant's store has it. */
 export function escapeBoxName(name: string): string {
   return name.split('/').join(SLASH_ESCAPE)
 }

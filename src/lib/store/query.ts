@@ -4,7 +4,7 @@ import {join} from 'node:path'
 
 import type {BoxMetadata} from '../box/metadata.js'
 import {checkWithSchema, writeFileAtomic} from '../core/fs.js'
-import {compareVersions, isVersion} from '../core/versions.js'
+import {compareNewestFirst, compareVersions, isVersion} from '../core/versions.js'
 import {boxesDir, boxPath, escapeBoxName, STORE_INFO_FILE, unescapeBoxName, validateBoxName, type StoreInfo} from './layout.js'
 
 export interface StoredBox {
@@ -19,15 +19,6 @@ export interface StoredBox {
   addedAt: string
   /** metadata.json: validated at import; findBox returns it parsed (schema defaults applied), listBoxes as stored. */
   metadata: BoxMetadata
-}
-
-/** Newest first; versions that are not well-formed (hand-made directories) sort last, by text. */
-function compareNewestFirst(a: string, b: string): number {
-  const aValid = isVersion(a)
-  const bValid = isVersion(b)
-  if (aValid && bValid) return compareVersions(b, a)
-  if (aValid !== bValid) return aValid ? -1 : 1
-  return a < b ? 1 : a > b ? -1 : 0
 }
 
 /** Remember the catalog a box came from (`box outdated` and `box update` ask it again). */

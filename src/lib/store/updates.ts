@@ -5,7 +5,7 @@ import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {findBoxfile} from '../boxfile/find.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './query.js'
-import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from '../core/versions.js'
+import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 
 /**
  * Boxes against their catalogs: what is installed, what is newer, and fetching it.
@@ -24,27 +24,11 @@ export function hostProviderOf(provider: string): string {
   return Object.entries(COMPATIBLE_BOX_PROVIDERS).find(([, providers]) => providers.includes(provider))?.[0] ?? provider
 }
 
-/** Newest first by version; malformed versions (hand-made directories) last. */
-function newestFirst(a: StoredBox, b: StoredBox): number {
-  const aValid = isVersion(a.version)
-  const bValid = isVersion(b.version)
-  if (aValid && bValid) return compareVersions(b.version, a.version)
-  return aValid === bValid ? 0 : aValid ? -1 : 1
-}
-
-function parseUserConstraint(constraint: string | undefined): void {
-  if (constraint === undefined) return
-  try {
-    parseConstraint(constraint)
-  } catch (error) {
-    if (error instanceof VersionSyntaxError) throw new BoxError(`invalid version constraint: ${error.message}`, {exitCode: ExitCode.USAGE})
-    throw error
-  }
-}
+const newestFirst = (a: StoredBox, b: StoredBox) => compareNewestFirst(a.version, b.version)
 
 /** The newest installed box of `name` for these providers that satisfies the constraint. */
 export async function findInstalledBox(dataDir: string, query: {name: string; constraint?: string; providers: readonly string[]}): Promise<StoredBox | undefined> {
-  parseUserConstraint(query.constraint)
+  if (query.constraint !== undefined) parseUserConstraint(query.constraint)
   const boxes = (await listBoxes(dataDir, {name: query.name}))
     .filter((box) => query.providers.includes(box.provider))
     .filter((box) => query.constraint === undefined || (isVersion(box.version) && satisfies(box.version, query.constraint)))
@@ -180,7 +164,7 @@ export interface UpdateOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'c
 export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[]> {
   const results: UpdateResult[] = []
   for (const target of options.targets) {
-    parseUserConstraint(target.constraint)
+    if (target.constraint !== undefined) parseUserConstraint(target.constraint)
     const installed = await listBoxes(options.dataDir, {name: target.name})
     const groups = target.providers ? [target.providers] : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
     if (groups.length === 0) groups.push(COMPATIBLE_BOX_PROVIDERS.qemu)
