@@ -29,6 +29,13 @@ export async function loadBoxfile(options: LoadBoxfileOptions = {}): Promise<Box
   return resolveBoxfile(await loadYamlFile(file, BoxfileSchema, 'Boxfile'))
 }
 
+/** The Boxfile for `cwd` when one is found there or above (as loadBoxfile finds it), else undefined. */
+export async function loadBoxfileIfFound(options: {cwd?: string} = {}): Promise<Boxfile | undefined> {
+  const cwd = options.cwd ?? process.cwd()
+  const file = await findBoxfile(cwd).catch(() => undefined)
+  return file === undefined ? undefined : loadBoxfile({cwd, file})
+}
+
 /** Parse Boxfile text as if it were at `file` (relative paths start at its directory). */
 export async function parseBoxfile(file: string, text: string): Promise<Boxfile> {
   return resolveBoxfile(parseYaml(resolve(file), text, BoxfileSchema, 'Boxfile'))

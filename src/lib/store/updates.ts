@@ -3,7 +3,6 @@ import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './add
 import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
 import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import {findBoxfile} from '../boxfile/find.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './query.js'
 import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 
@@ -214,19 +213,24 @@ async function catalogFor(dataDir: string, target: UpdateTarget, signal?: AbortS
   return source.kind === 'catalog' ? {catalog: source.catalog, catalogUrl: source.location} : undefined
 }
 
+/** What a machine asks of the store: the Boxfile's box, box_version, box_url and provider (a ResolvedMachine will do). */
+export interface MachineBoxRequest {
+  box: string
+  boxVersion?: string
+  boxUrl?: string
+  provider: string
+}
+
 /**
- * What `box update` without a name updates: the boxes of the Boxfile's machines (with
- * their box_version and box_url) when there is a Boxfile, else every installed box that
- * came from a catalog.
+ * What `box update` without a name updates: the boxes of the project's machines (with
+ * their box_version and box_url) when the caller found a Boxfile, else every installed
+ * box that came from a catalog.
  */
-export async function updateTargets(options: {dataDir: string; cwd: string}): Promise<UpdateTarget[]> {
-  const {loadBoxfile} = await import('../boxfile/load.js')
-  const file = await findBoxfile(options.cwd).catch(() => undefined)
-  if (file) {
-    const boxfile = await loadBoxfile({cwd: options.cwd, file})
+export async function updateTargets(options: {dataDir: string; machines?: readonly MachineBoxRequest[]}): Promise<UpdateTarget[]> {
+  if (options.machines) {
     const seen = new Set<string>()
     const targets: UpdateTarget[] = []
-    for (const machine of boxfile.machines) {
+    for (const machine of options.machines) {
       const providers = COMPATIBLE_BOX_PROVIDERS[machine.provider] ?? [machine.provider]
       const key = JSON.stringify([machine.box, machine.boxVersion, providers])
       if (seen.has(key)) continue
