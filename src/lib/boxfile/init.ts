@@ -11,7 +11,7 @@ import {BOXFILE_NAME} from './find.js'
 import {parseBoxfile} from './load.js'
 import {DEFAULT_INIT_BOX, MACHINE_DEFAULTS} from './types.js'
 
-export const BOXFILE_TEMPLATE = join(PROJECT_ROOT, 'static', 'foruser', 'Boxfile')
+const BOXFILE_TEMPLATE = join(PROJECT_ROOT, 'static', 'foruser', 'Boxfile')
 
 export interface NewBoxfileOptions {
   box?: string

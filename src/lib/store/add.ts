@@ -26,7 +26,7 @@ export type BoxSourceKind =
 /** The provider a box added without --provider is for: box's default, QEMU (which also runs libvirt boxes). */
 const DEFAULT_PROVIDERS = COMPATIBLE_BOX_PROVIDERS.qemu
 
-export function isHttpUrl(text: string): boolean {
+function isHttpUrl(text: string): boolean {
   return /^https?:\/\//i.test(text)
 }
 
@@ -269,7 +269,7 @@ async function downloadWithProgress(options: DownloadOptions, progress: Progress
 }
 
 /** Hash a local file and compare; one pass, with progress for big boxes. */
-export async function verifyFileChecksum(file: string, checksum: Checksum, progress?: Progress): Promise<void> {
+async function verifyFileChecksum(file: string, checksum: Checksum, progress?: Progress): Promise<void> {
   const hash = createHash(checksum.type)
   const stage = progress?.stage(`Verifying ${checksum.type} of ${file}`)
   try {
@@ -289,5 +289,3 @@ export async function verifyFileChecksum(file: string, checksum: Checksum, progr
   }
   stage?.done()
 }
-
-export {DEFAULT_PROVIDERS}

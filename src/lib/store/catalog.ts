@@ -8,7 +8,7 @@ import {z} from 'zod'
 
 import {CHECKSUM_TYPES, type Checksum} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import {checkWithSchema, parseJsonWithSchema, readJsonWithSchema, type SchemaErrorOptions} from '../core/fs.js'
+import {parseJsonWithSchema, readJsonWithSchema, type SchemaErrorOptions} from '../core/fs.js'
 import {compareNewestFirst, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 
 /**
@@ -47,7 +47,7 @@ const CatalogVersionSchema = z.looseObject({
   providers: z.array(CatalogProviderSchema).default([]),
 })
 
-export const CatalogSchema = z.looseObject({
+const CatalogSchema = z.looseObject({
   name: z.string().min(1, 'the box name is required'),
   description: optionalText,
   versions: z.array(CatalogVersionSchema),
@@ -60,14 +60,9 @@ export type CatalogProvider = z.infer<typeof CatalogProviderSchema>
 /** Versions a catalog lists but does not offer for download. */
 const UNAVAILABLE_STATUSES = new Set(['revoked', 'unreleased'])
 /** Catalogs are a few KB; anything much bigger is not one (it is a box). */
-export const MAX_CATALOG_BYTES = 16 << 20
+const MAX_CATALOG_BYTES = 16 << 20
 
-/** Validate parsed JSON as a catalog; `location` (URL or path) is named in every error. */
-export function parseCatalog(json: unknown, location: string): Catalog {
-  return checkWithSchema(json, CatalogSchema, location, catalogErrors(location))
-}
-
-/** Parse catalog text (JSON); errors name `location`. */
+/** Parse catalog text (JSON); `location` (URL or path) is named in every error. */
 export function parseCatalogText(text: string, location: string): Catalog {
   return parseJsonWithSchema(text, CatalogSchema, location, catalogErrors(location))
 }
@@ -227,15 +222,6 @@ export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions)
     }
   }
   throw noMatchError(catalog, options, newestFirst)
-}
-
-/** Newest version of the catalog for these providers, ignoring any constraint (for `box outdated`). */
-export function newestCatalogVersion(catalog: Catalog, providers: readonly string[], architecture?: string): string | undefined {
-  try {
-    return resolveCatalog(catalog, {providers, architecture}).version
-  } catch {
-    return undefined
-  }
 }
 
 function pickProvider(version: CatalogVersion, providers: readonly string[], architecture?: string): CatalogProvider | undefined {

@@ -424,7 +424,7 @@ function stringHeader(value: string | string[] | undefined): string | undefined 
 }
 
 /** `bytes START-END/TOTAL` (TOTAL may be `*`). */
-export function parseContentRange(header: string | undefined): {start: number; end: number; total?: number} | undefined {
+function parseContentRange(header: string | undefined): {start: number; end: number; total?: number} | undefined {
   const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header?.trim() ?? '')
   if (!match) return undefined
   return {start: Number(match[1]), end: Number(match[2]), total: match[3] === '*' ? undefined : Number(match[3])}

@@ -13,7 +13,7 @@ import {BoxError} from '../core/errors.js'
 import {exists, readJsonWithSchema, writeFileAtomic} from '../core/fs.js'
 import {acquireLock} from '../core/lock.js'
 
-export const MachineEntrySchema = z.object({
+const MachineEntrySchema = z.object({
   /** Unique per machine (the lifecycle code picks it; a UUID is fine). */
   id: z.string().min(1),
   /** The machine's name in its Boxfile ("default", "worker1"). */
@@ -36,7 +36,7 @@ type IndexFile = z.infer<typeof IndexFileSchema>
 const INDEX_FILE = 'machines.json'
 const LOCK_WAIT_MS = 10_000
 
-export function indexPath(dataDir: string): string {
+function indexPath(dataDir: string): string {
   return join(dataDir, INDEX_FILE)
 }
 

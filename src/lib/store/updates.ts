@@ -13,7 +13,7 @@ import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, sat
  */
 
 /** The acceptable box providers for a box of `provider`, that provider first. */
-export function providerGroup(provider: string): string[] {
+function providerGroup(provider: string): string[] {
   const group = Object.values(COMPATIBLE_BOX_PROVIDERS).find((providers) => providers.includes(provider)) ?? [provider]
   return [provider, ...group.filter((candidate) => candidate !== provider)]
 }
