@@ -5,11 +5,12 @@
  */
 import {createHash} from 'node:crypto'
 import {existsSync} from 'node:fs'
-import {mkdir, mkdtemp, readdir, readFile, stat, statfs} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, readFile, stat} from 'node:fs/promises'
 import {dirname, join, relative, resolve} from 'node:path'
 
 import {BoxError, ExitCode} from '../lib/core/errors.js'
 import {findOnPath, missingProgramError} from '../lib/core/exec.js'
+import {checkFreeSpace as checkFreeSpaceIn, freeSpace} from '../lib/core/fs.js'
 import {defaultCacheDir, PROJECT_ROOT} from '../lib/core/paths.js'
 import {createProgress, formatBytes, type Progress, type Stage} from '../lib/core/progress.js'
 import {makeApplianceInitrd, runAppliance} from './appliance.js'
@@ -299,21 +300,10 @@ async function checkOutput(output: string, force: boolean): Promise<void> {
 
 /** Refuse to start when the cache or output filesystem cannot hold the build (a half-full disk fails late and messily). */
 export async function checkFreeSpace(cacheDir: string, output: string, rootfsCached: boolean): Promise<void> {
-  const free = async (path: string) => {
-    const s = await statfs(path)
-    return {bytes: s.bavail * s.bsize, device: (await stat(path)).dev}
-  }
-  const cache = await free(cacheDir)
-  const out = await free(dirname(output))
+  const [cache, out] = await Promise.all([freeSpace(cacheDir), freeSpace(dirname(output))])
   const boxEstimate = ROOTFS_ESTIMATE / 2
-  const neededInCache = ROOTFS_ESTIMATE * (rootfsCached ? 4 : 5) + (cache.device === out.device ? boxEstimate : 0)
-  const check = (where: string, have: number, need: number) => {
-    if (have < need) {
-      throw new BoxError(`not enough disk space in ${where}: ${formatBytes(have)} free, the build needs about ${formatBytes(need)}`, {
-        suggestions: ['free some space, or set BOX_CACHE_DIR (and --output) to a larger filesystem'],
-      })
-    }
-  }
-  check(cacheDir, cache.bytes, neededInCache)
-  if (cache.device !== out.device) check(dirname(output), out.bytes, boxEstimate)
+  const sameDevice = cache.device === out.device
+  const check = {needs: 'the build', suggestions: ['free some space, or set BOX_CACHE_DIR (and --output) to a larger filesystem']}
+  await checkFreeSpaceIn(cacheDir, ROOTFS_ESTIMATE * (rootfsCached ? 4 : 5) + (sameDevice ? boxEstimate : 0), check)
+  if (!sameDevice) await checkFreeSpaceIn(dirname(output), boxEstimate, check)
 }

@@ -1,7 +1,7 @@
 import {Args, Command} from '@oclif/core'
 
 import {BaseCommand} from './base-command.js'
-import type {ResolvedMachine} from '../lib/boxfile/boxfile.js'
+import type {ResolvedMachine} from '../lib/boxfile/types.js'
 import type {MachineContext} from '../lib/machine/machine.js'
 import {openProject} from '../lib/machine/project.js'
 

@@ -1,8 +1,9 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
-import {DEFAULT_INIT_BOX, writeNewBoxfile} from '../lib/boxfile/boxfile.js'
-import {BOXFILE_ENV, BOXFILE_NAME} from '../lib/machine/project.js'
+import {BOXFILE_ENV, BOXFILE_NAME} from '../lib/boxfile/find.js'
+import {writeNewBoxfile} from '../lib/boxfile/init.js'
+import {DEFAULT_INIT_BOX} from '../lib/boxfile/types.js'
 import {BoxError, ExitCode} from '../lib/core/errors.js'
 
 export default class Init extends BaseCommand<typeof Init> {

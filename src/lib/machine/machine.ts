@@ -7,7 +7,7 @@ import {join} from 'node:path'
 import {QemuProvider} from '../../providers/qemu/index.js'
 import {VirtualBoxProvider} from '../../providers/virtualbox/index.js'
 import type {MachineHandle, MachineState, Provider} from '../../providers/provider.js'
-import type {ResolvedMachine} from '../boxfile/boxfile.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {run, runAttached, spawn} from '../core/exec.js'
 import {acquireLock} from '../core/lock.js'
@@ -15,7 +15,7 @@ import {PROJECT_ROOT} from '../core/paths.js'
 import type {ForwardedPort} from '../core/ports.js'
 import type {Progress} from '../core/progress.js'
 import {installPrivateKey, sshArgs, sshRun, waitForSsh, type SshTarget} from './ssh.js'
-import type {StoredBox} from '../store/store.js'
+import type {StoredBox} from '../store/query.js'
 
 /** Everything about a machine that must survive between commands (`machine.json`). */
 export interface MachineRecord {

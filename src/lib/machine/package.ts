@@ -14,18 +14,20 @@
  */
 import {createHash} from 'node:crypto'
 import {createReadStream} from 'node:fs'
-import {copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, statfs, writeFile} from 'node:fs/promises'
+import {copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {basename, dirname, join, resolve} from 'node:path'
 
 import {writeBoxArchive, type Compression} from '../box/archive.js'
 import {BoxMetadataSchema, type BoxMetadata, type LvmLayout} from '../box/metadata.js'
-import type {ResolvedMachine} from '../boxfile/boxfile.js'
+import {vagrantfileText} from '../box/vagrantfile.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
 import {parseCatalogText} from '../store/catalog.js'
 import {copyImageRange, dumpExtFile, imageRangeSpec, listExtDirectory, lvRangesOnPv, parseMbr, readImageRange, readLvmOnDisk, zeroImageRanges, type ExtentRange} from '../box/disk-image.js'
 import {execa} from 'execa'
 
 import {BoxError, ExitCode, tail} from '../core/errors.js'
 import {run, spawn, toBoxError} from '../core/exec.js'
+import {checkFreeSpace as checkFreeSpaceIn} from '../core/fs.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {haltMachine, lockMachine, machineDir, providerFor, readRecord, sshTarget, type MachineContext, type MachineRecord} from './machine.js'
 import {formatBytes, type Progress} from '../core/progress.js'
@@ -316,13 +318,7 @@ async function measureDisk(disk: string): Promise<DiskSizes> {
 
 /** Refuse before starting when the output's filesystem cannot hold the flattened image and the archive. */
 export async function checkFreeSpace(dir: string, needed: number): Promise<void> {
-  const fs = await statfs(dir)
-  const free = fs.bavail * fs.bsize
-  if (free < needed) {
-    throw new BoxError(`not enough free space in ${dir}: packaging needs up to ${formatBytes(needed)} (the flattened disk and the archive), ${formatBytes(free)} is free`, {
-      suggestions: ['free some space, or write the box elsewhere with --output'],
-    })
-  }
+  await checkFreeSpaceIn(dir, needed, {needs: 'packaging (the flattened disk and the archive)', suggestions: ['free some space, or write the box elsewhere with --output']})
 }
 
 interface MapEntry {
@@ -514,17 +510,7 @@ async function writeVagrantfile(record: MachineRecord, dest: string): Promise<vo
     await copyFile(source, dest)
     return
   }
-  await writeFile(
-    dest,
-    `# Written by \`box package\` from ${record.box.name} ${record.box.version}.
-Vagrant.configure("2") do |config|
-  config.ssh.username = "${record.user.replace(/[^A-Za-z0-9._-]/g, '')}"
-  config.vm.provider :libvirt do |libvirt|
-    libvirt.disk_bus = "virtio"
-  end
-end
-`,
-  )
+  await writeFile(dest, vagrantfileText({origin: `Written by \`box package\` from ${record.box.name} ${record.box.version}.`, username: record.user}))
 }
 
 /** A catalog as JSON: only the keys this file edits are typed. */

@@ -3,7 +3,7 @@ import {basename} from 'node:path'
 import {createInterface} from 'node:readline'
 import {execa} from 'execa'
 
-import type {Provisioner, ResolvedMachine} from '../boxfile/boxfile.js'
+import type {Provisioner, ResolvedMachine} from '../boxfile/types.js'
 import {BoxError} from '../core/errors.js'
 import type {MachineContext} from './machine.js'
 import {shJoin} from '../core/shell-quote.js'

@@ -7,7 +7,7 @@ import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {MachineState, Provider} from '../../providers/provider.js'
-import type {ResolvedMachine} from '../boxfile/boxfile.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
 import {machineDir, providerFor, readRecord, sshTarget, type MachineContext, type MachineRecord} from './machine.js'
 import {mapperName} from '../box/resnap.js'
 import {sshRun} from './ssh.js'
