@@ -218,9 +218,9 @@ export async function fullRecipeHash(recipe: Recipe, mirror: string): Promise<st
   }
   for (const name of IMAGE_PROVISIONERS) add(`provisioners/${name}`, await readFile(join(PROJECT_ROOT, 'provisioners', name)))
   add('static/insecure_key.pub', await readFile(join(PROJECT_ROOT, 'static', 'insecure_key.pub')))
-  // Shared modules whose output lands in the image: kernel command lines and grub's boot choice.
+  // Shared modules whose output lands in the image: kernel command lines, grub's boot choice, the agent's port and protocol.
   const lib = join(builderSources.replace(/builder$/, 'lib'), 'box')
-  for (const name of ['resnap', 'boot-choice']) {
+  for (const name of ['resnap', 'boot-choice', 'agent-protocol']) {
     const file = join(PROJECT_ROOT, lib, `${name}.${lib.startsWith('src') ? 'ts' : 'js'}`)
     add(relative(PROJECT_ROOT, file), await readFile(file))
   }

@@ -2,7 +2,7 @@ import {Args, Command} from '@oclif/core'
 
 import {BaseCommand} from './base-command.js'
 import type {ResolvedMachine} from '../lib/boxfile/boxfile.js'
-import type {MachineContext} from '../lib/machine/machine.js'
+import type {MachineContext} from '../lib/machine/context.js'
 import {openProject} from '../lib/machine/project.js'
 
 /** Base of the commands that act on the machines of the Boxfile (`box up [NAME…]`). */

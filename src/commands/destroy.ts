@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BoxError, ExitCode} from '../lib/core/errors.js'
-import {destroyMachine} from '../lib/machine/machine.js'
+import {destroyMachine} from '../lib/machine/destroy.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Destroy extends MachineCommand<typeof Destroy> {

@@ -1,5 +1,5 @@
 import {listMachines} from '../lib/store/machine-index.js'
-import {providerFor} from '../lib/machine/machine.js'
+import {providerFor} from '../providers/index.js'
 import {BaseCommand} from '../cli/base-command.js'
 
 interface GlobalStatusEntry {

@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 
-import {haltMachine} from '../lib/machine/machine.js'
+import {haltMachine} from '../lib/machine/halt.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Halt extends MachineCommand<typeof Halt> {

@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core'
 
-import {haltMachine, upMachine} from '../lib/machine/machine.js'
+import {haltMachine} from '../lib/machine/halt.js'
+import {upMachine} from '../lib/machine/up.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Reload extends MachineCommand<typeof Reload> {
@@ -14,7 +15,7 @@ export default class Reload extends MachineCommand<typeof Reload> {
     const {machines, context} = await this.project()
     for (const machine of machines) {
       await haltMachine(context, machine)
-      await upMachine(context, machine, {provision: this.flags.provision, resnap: this.flags.resnap})
+      await upMachine(context, machine, {provision: this.flags.provision ? 'all' : 'pending', resnap: this.flags.resnap})
     }
   }
 }

@@ -1,4 +1,5 @@
-import {haltMachine, upMachine} from '../lib/machine/machine.js'
+import {haltMachine} from '../lib/machine/halt.js'
+import {upMachine} from '../lib/machine/up.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Resnap extends MachineCommand<typeof Resnap> {

@@ -1,4 +1,4 @@
-import {runningMachineTarget} from '../lib/machine/machine.js'
+import {runningMachineTarget} from '../lib/machine/ssh-session.js'
 import {syncFolders} from '../lib/machine/sync.js'
 import {MachineCommand} from '../cli/machine-command.js'
 

@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 
-import {runningMachineTarget} from '../lib/machine/machine.js'
+import {runningMachineTarget} from '../lib/machine/ssh-session.js'
 import {collectAnswers, ROLES, secureMachine, secureStatus, type SecureStatus} from '../lib/machine/secure.js'
 import {MachineCommand} from '../cli/machine-command.js'
 

@@ -1,4 +1,6 @@
-import {machineDir, providerFor, readRecord, sshTarget} from '../lib/machine/machine.js'
+import {machineDir, readRecord} from '../lib/machine/context.js'
+import {sshTarget} from '../lib/machine/ssh-session.js'
+import {providerFor} from '../providers/index.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class SshConfig extends MachineCommand<typeof SshConfig> {

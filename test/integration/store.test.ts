@@ -319,7 +319,7 @@ describe('global index', () => {
   })
 
   it('loses no update when several processes write at once', async () => {
-    const module = join(PROJECT_ROOT, 'src', 'lib', 'global-index.ts')
+    const module = join(PROJECT_ROOT, 'src', 'lib', 'store', 'machine-index.ts')
     const writer = (process_: number) =>
       `const {registerMachine} = await import(${JSON.stringify(module)});` +
       `await Promise.all(Array.from({length: 10}, (_, i) => registerMachine(${JSON.stringify(dataDir)}, {id: 'p${process_}-' + i, name: 'm', projectDir: '/p', stateDir: '/p', provider: 'qemu', box: {name: 'b', version: '1', provider: 'qemu'}})))`

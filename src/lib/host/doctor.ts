@@ -1,6 +1,7 @@
 import {execa} from 'execa'
 
-import {resolveAccel, type AccelResult} from '../../providers/qemu/accel.js'
+import {providerFor} from '../../providers/index.js'
+import type {HostCheck} from '../../providers/provider.js'
 import {findOnPath} from '../core/exec.js'
 import {HOST_TOOLS} from '../core/host-tools.js'
 
@@ -15,7 +16,7 @@ export interface ToolReport {
 
 export interface DoctorReport {
   tools: ToolReport[]
-  accel?: AccelResult
+  accel?: HostCheck
   accelError?: string
   /** False when a required tool is missing or no accelerator works. */
   ok: boolean
@@ -30,11 +31,11 @@ export async function runDoctor(options: {cacheDir: string; refreshAccel?: boole
     const result = await execa(tool.command, tool.versionArgs, {reject: false, timeout: 10_000, stdin: 'ignore', all: true})
     return {...base, found: true, version: firstVersionLine(String(result.all ?? ''))}
   }))
-  let accel: AccelResult | undefined
+  let accel: HostCheck | undefined
   let accelError: string | undefined
   if (tools.find((tool) => tool.command === 'qemu-system-x86_64')?.found) {
     try {
-      accel = await resolveAccel({cacheDir: options.cacheDir, refresh: options.refreshAccel})
+      accel = await providerFor('qemu', options.cacheDir).checkHost!({refresh: options.refreshAccel})
     } catch (error) {
       accelError = (error as Error).message
     }

@@ -27,11 +27,14 @@ import {execa} from 'execa'
 import {BoxError, ExitCode, tail} from '../core/errors.js'
 import {run, spawn, toBoxError} from '../core/exec.js'
 import {PROJECT_ROOT} from '../core/paths.js'
-import {haltMachine, lockMachine, machineDir, providerFor, readRecord, sshTarget, type MachineContext, type MachineRecord} from './machine.js'
+import {lockMachine, machineDir, readRecord, type MachineContext, type MachineRecord} from './context.js'
+import {haltMachine} from './halt.js'
+import {sshTarget} from './ssh-session.js'
+import {providerFor} from '../../providers/index.js'
 import {formatBytes, type Progress} from '../core/progress.js'
 import {sshRun} from './ssh.js'
+import type {Provider} from '../../providers/provider.js'
 import {compareVersions, isVersion} from '../core/versions.js'
-import {instanceFiles} from '../../providers/qemu/instance.js'
 
 export interface CatalogEntryOptions {
   /** The catalog JSON to create or update. */
@@ -125,7 +128,7 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
   }
   const workDir = await mkdtemp(join(dirname(output), '.box-package-'))
   try {
-    const disk = instanceFiles(stateDir).overlay
+    const disk = packagedDiskOf(provider, stateDir, machine.name)
     const sizes = await measureDisk(disk)
     await checkFreeSpace(dirname(output), sizes.required * 2 + 64 * 1024 * 1024)
 
@@ -222,6 +225,17 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
     await rm(workDir, {recursive: true, force: true})
     await release()
   }
+}
+
+/** The machine disk packaging reads; only providers with a qcow2 chain (QEMU) have one. */
+function packagedDiskOf(provider: Provider, stateDir: string, name: string): string {
+  if (!provider.packagedDisk) {
+    throw new BoxError(`box package cannot package ${provider.name} machines (${name}): it reads a QEMU machine's qcow2 disk`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['package a machine whose Boxfile says provider: qemu'],
+    })
+  }
+  return provider.packagedDisk({stateDir}).path
 }
 
 /** "0.1.0" → "0.1.1": the last number goes up; a version without one gets ".1". */

@@ -12,7 +12,7 @@ import {fileURLToPath} from 'node:url'
 
 import type {Boxfile, ResolvedMachine} from '../boxfile/boxfile.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import type {MachineContext} from './machine.js'
+import type {MachineContext} from './context.js'
 import {createProgress} from '../core/progress.js'
 
 export const BOXFILE_NAME = 'Boxfile'

@@ -5,7 +5,7 @@ import {execa} from 'execa'
 
 import type {Provisioner, ResolvedMachine} from '../boxfile/boxfile.js'
 import {BoxError} from '../core/errors.js'
-import type {MachineContext} from './machine.js'
+import type {MachineContext} from './context.js'
 import {shJoin} from '../core/shell-quote.js'
 import {sshArgs, sshRun, type SshTarget} from './ssh.js'
 

@@ -12,7 +12,7 @@ import ejs from 'ejs'
 
 import {isHostName, type ResolvedMachine} from '../boxfile/boxfile.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import type {MachineContext} from './machine.js'
+import type {MachineContext} from './context.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {runGuestScript} from './provision.js'
 import {shQuote} from '../core/shell-quote.js'
