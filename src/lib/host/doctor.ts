@@ -1,8 +1,7 @@
-import {execa} from 'execa'
-
 import {providerFor} from '../../providers/index.js'
 import type {HostCheck} from '../../providers/provider.js'
-import {findOnPath} from '../core/exec.js'
+import {BugError} from '../core/errors.js'
+import {findOnPath, spawn} from '../core/exec.js'
 import {HOST_TOOLS} from '../core/host-tools.js'
 
 export interface ToolReport {
@@ -28,14 +27,16 @@ export async function runDoctor(options: {cacheDir: string; refreshAccel?: boole
     const base = {command: tool.command, package: tool.package, purpose: tool.purpose, required: tool.required}
     if (!(await findOnPath(tool.command))) return {...base, found: false}
     if (!tool.versionArgs) return {...base, found: true}
-    const result = await execa(tool.command, tool.versionArgs, {reject: false, timeout: 10_000, stdin: 'ignore', all: true})
+    const result = await spawn(tool.command, tool.versionArgs, {reject: false, timeout: 10_000, stdin: 'ignore', all: true})
     return {...base, found: true, version: firstVersionLine(String(result.all ?? ''))}
   }))
   let accel: HostCheck | undefined
   let accelError: string | undefined
   if (tools.find((tool) => tool.command === 'qemu-system-x86_64')?.found) {
+    const qemu = providerFor('qemu', options.cacheDir)
+    if (!qemu.checkHost) throw new BugError('the QEMU provider has no host check')
     try {
-      accel = await providerFor('qemu', options.cacheDir).checkHost!({refresh: options.refreshAccel})
+      accel = await qemu.checkHost({refresh: options.refreshAccel})
     } catch (error) {
       accelError = (error as Error).message
     }

@@ -13,7 +13,6 @@ import {BoxError, tail} from '../core/errors.js'
 import {run, spawn, toBoxError} from '../core/exec.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {formatBytes, type Progress} from '../core/progress.js'
-import {execa} from 'execa'
 
 export interface DiskSizes {
   virtual: number
@@ -77,7 +76,9 @@ export async function resetLoginKeys(scrubbed: string, ranges: ExtentRange[], us
   const rootImage = join(workDir, 'root.raw')
   await copyImageRange(scrubbed, 'qcow2', offset, size, rootImage)
   try {
-    const fsck = await execa('e2fsck', ['-y', rootImage], {reject: false, stdin: 'ignore'})
+    const fsckArgs = ['-y', rootImage]
+    const fsck = await spawn('e2fsck', fsckArgs, {reject: false, stdin: 'ignore'})
+    if (fsck.failed && fsck.exitCode === undefined) throw toBoxError('e2fsck', fsckArgs, fsck, 'checking the origin\'s root filesystem')
     // 0: clean, 1: errors fixed (a replayed journal); anything else is a damaged root.
     if ((fsck.exitCode ?? 8) > 1) throw new BoxError(`the origin's root filesystem is damaged (e2fsck exit ${fsck.exitCode})`, {detail: tail(`${fsck.stdout}\n${fsck.stderr}`), suggestions: ['boot it with `box up --base`, repair it, halt it cleanly, then package again']})
     const passwd = (await run('debugfs', ['-R', 'cat /etc/passwd', rootImage], {purpose: 'reading /etc/passwd of the origin'})).stdout

@@ -2,7 +2,7 @@
 import {providerFor} from '../../providers/index.js'
 import type {Provider} from '../../providers/provider.js'
 import type {ResolvedMachine} from '../boxfile/boxfile.js'
-import {BoxError, ExitCode} from '../core/errors.js'
+import {BoxError, BugError, ExitCode} from '../core/errors.js'
 import {runAttached} from '../core/exec.js'
 import {machineDir, machineFiles, readRecord, type MachineContext, type MachineRecord} from './context.js'
 import {sshArgs, type SshTarget} from './ssh.js'
@@ -28,6 +28,8 @@ export async function runningMachineTarget(context: Pick<MachineContext, 'projec
  * or `words` (each quoted for the remote shell); resolves to ssh's exit code.
  */
 export async function sshSession(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machines: readonly ResolvedMachine[], options: {command?: string; words: readonly string[]}): Promise<number> {
+  // A Boxfile resolves to at least one machine (one named default without machines:).
+  if (machines.length === 0) throw new BugError('box ssh got no machine to connect to')
   if (machines.length !== 1) {
     throw new BoxError(`box ssh needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {exitCode: ExitCode.USAGE, suggestions: [`name one: box ssh ${machines[0]!.name}`]})
   }
