@@ -2,12 +2,12 @@
  * Which boxes box converts for which host provider. A box runs as it is under the host
  * providers COMPATIBLE_BOX_PROVIDERS lists; for the other one it gets a converted copy,
  * stored next to it as NAME/VERSION/<storedAs> with `converted_from` in its metadata.
- * The conversions themselves are the providers' (see boxConversionsFor in the registry):
+ * The conversions themselves are the providers' (providers/conversions.ts):
  *
  *   Vagrant VirtualBox box (OVF + VMDK)  → libvirt box (qcow2) for QEMU
  *   libvirt/qemu box (qcow2)             → virtualbox box (VDI) for VirtualBox
  */
-import {boxConversionsFor} from '../../providers/index.js'
+import {boxConversionsFor} from '../../providers/conversions.js'
 import type {BoxConversion} from '../../providers/provider.js'
 import {findOnPath} from '../core/exec.js'
 
