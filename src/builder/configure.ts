@@ -13,7 +13,7 @@ import {run} from '../lib/core/exec.js'
 import {PROJECT_ROOT} from '../lib/core/paths.js'
 import type {Stage} from '../lib/core/progress.js'
 import {mapperPath} from '../lib/box/resnap.js'
-import {AGENT_PORT_NAME} from '../providers/qemu/agent.js'
+import {AGENT_PORT_NAME} from '../lib/box/agent-protocol.js'
 import type {Recipe} from './recipe.js'
 
 /**

@@ -13,7 +13,7 @@ import {vagrantfileText} from '../lib/box/vagrantfile.js'
 import {acquireLock} from '../lib/core/lock.js'
 import {BoxError} from '../lib/core/errors.js'
 import {run} from '../lib/core/exec.js'
-import {AGENT_PROTOCOL} from '../providers/qemu/agent.js'
+import {AGENT_PROTOCOL} from '../lib/box/agent-protocol.js'
 import {formatBytes, type Stage} from '../lib/core/progress.js'
 import {lvmLayout, parseSize, type RecipeFields} from './recipe.js'
 

@@ -1,6 +1,12 @@
+import type {BoxMetadata} from '../lib/box/metadata.js'
 import type {ForwardedPort} from '../lib/core/ports.js'
 import type {BootChoice} from '../lib/box/resnap.js'
-import type {BoxImage} from './qemu/instance.js'
+
+/** An unpacked box: its folder and metadata.json. */
+export interface BoxImage {
+  dir: string
+  metadata: BoxMetadata
+}
 
 export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'
 
@@ -33,6 +39,34 @@ export interface Started {
   sshListening?(): Promise<boolean | undefined>
 }
 
+/** The disk `box package` reads: the machine's own disk with its backing chain. */
+export interface PackagedDisk {
+  path: string
+  format: 'qcow2'
+}
+
+/** What `box doctor` reports for a provider's side of the host (QEMU: the accelerator). */
+export interface HostCheck {
+  accel: string
+  source: 'env' | 'cache' | 'probe'
+  attempts: Array<{accel: string; ok: boolean; ms: number; reason?: string}>
+}
+
+export interface ConvertOptions {
+  signal?: AbortSignal
+  /** Percent of the disk converted so far (qemu-img's own count). */
+  onProgress?: (percent: number) => void
+}
+
+/** How a box made for another provider becomes one this provider runs (a converted copy in the store). */
+export interface BoxConversion {
+  /** The box provider the converted copy is stored under. */
+  storedAs: string
+  /** What the conversion is for, in progress lines: "QEMU (VMDK → qcow2)". */
+  label: string
+  convert(sourceDir: string, targetDir: string, options: ConvertOptions): Promise<unknown>
+}
+
 export interface HaltOptions {
   force?: boolean
   timeoutMs: number
@@ -54,4 +88,10 @@ export interface Provider {
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string
   /** One question to box-agent in a running guest whose box declares it (provisioners/box-agent); absent where there is no channel. */
   askAgent?(machine: Pick<MachineHandle, 'stateDir'>, request: string, options: {timeoutMs: number}): Promise<string>
+  /** The disk `box package` flattens into a new box; absent where packaging is not supported. */
+  packagedDisk?(machine: Pick<MachineHandle, 'stateDir'>): PackagedDisk
+  /** `box remove`: drop what the provider made from a stored box (VirtualBox: its base VM); resolves to whether there was any. */
+  forgetBox?(boxDir: string, options: {dataDir: string}): Promise<boolean>
+  /** `box doctor`: whether this host can run the provider's machines, and how. Rejects with the reason when it cannot. */
+  checkHost?(options: {refresh?: boolean}): Promise<HostCheck>
 }

@@ -14,7 +14,7 @@ import {findBoxfile} from '../boxfile/find.js'
 import type {Boxfile, ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {pathKind} from '../core/fs.js'
-import type {MachineContext} from './machine.js'
+import type {MachineContext} from './context.js'
 import {createProgress} from '../core/progress.js'
 
 /** A Boxfile as the machine commands use it: resolved, without source positions. */

@@ -62,8 +62,8 @@ export async function removeBox(options: RemoveBoxOptions): Promise<StoredBox[]>
   const {findOnPath} = await import('../core/exec.js')
   const virtualBoxBoxes = selected.filter((box) => box.provider === 'virtualbox')
   if (virtualBoxBoxes.length > 0 && (await findOnPath('VBoxManage'))) {
-    const {removeVirtualBoxBase} = await import('../../providers/virtualbox/index.js')
-    for (const box of virtualBoxBoxes) await removeVirtualBoxBase(box.path, join(dataDir, 'virtualbox'))
+    const virtualBox = (await import('../../providers/index.js')).providerFor('virtualbox')
+    for (const box of virtualBoxBoxes) await virtualBox.forgetBox?.(box.path, {dataDir})
   }
 
   const root = boxesDir(dataDir)

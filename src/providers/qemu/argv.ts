@@ -1,6 +1,6 @@
 import type {ForwardedPort} from '../../lib/core/ports.js'
 import {accelArgs, type Accel} from './accel.js'
-import {AGENT_PORT_NAME} from './agent.js'
+import {AGENT_PORT_NAME} from '../../lib/box/agent-protocol.js'
 
 export interface DirectBoot {
   kernel: string

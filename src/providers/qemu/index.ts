@@ -2,7 +2,7 @@ import {rm} from 'node:fs/promises'
 
 import {defaultCacheDir} from '../../lib/core/paths.js'
 import {socketPath} from '../../lib/core/short-socket.js'
-import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
+import type {HaltOptions, HostCheck, MachineHandle, MachineState, PackagedDisk, Provider, StartOptions, Started} from '../provider.js'
 import {resolveAccel} from './accel.js'
 import {AgentRefusal, askAgent} from './agent.js'
 import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles} from './instance.js'
@@ -85,5 +85,13 @@ export class QemuProvider implements Provider {
 
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string {
     return socketPath(machine.stateDir, 'ssh.ctl')
+  }
+
+  packagedDisk(machine: Pick<MachineHandle, 'stateDir'>): PackagedDisk {
+    return {path: instanceFiles(machine.stateDir).overlay, format: 'qcow2'}
+  }
+
+  checkHost(options: {refresh?: boolean}): Promise<HostCheck> {
+    return resolveAccel({cacheDir: this.cacheDir, refresh: options.refresh})
   }
 }

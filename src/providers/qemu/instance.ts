@@ -2,7 +2,7 @@ import {existsSync} from 'node:fs'
 import {mkdir} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import type {BoxMetadata} from '../../lib/box/metadata.js'
+import type {BoxImage} from '../provider.js'
 import {BoxError} from '../../lib/core/errors.js'
 import {run} from '../../lib/core/exec.js'
 import {availableForwards, freePort, isPortFree, type ForwardedPort} from '../../lib/core/ports.js'
@@ -33,12 +33,6 @@ export function instanceFiles(stateDir: string): InstanceFiles {
     pidFile: join(stateDir, 'qemu.pid'),
     agentFifo: join(stateDir, 'agent'),
   }
-}
-
-/** An unpacked box: its folder and metadata.json. */
-export interface BoxImage {
-  dir: string
-  metadata: BoxMetadata
 }
 
 /** The guest's sshd port, forwarded from a free host port on 127.0.0.1. */

@@ -13,8 +13,7 @@ import {acquireLock} from '../../lib/core/lock.js'
 import {defaultDataDir} from '../../lib/core/paths.js'
 import {availableForwards, freePort, isPortFree} from '../../lib/core/ports.js'
 import {socketPath} from '../../lib/core/short-socket.js'
-import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
-import type {BoxImage} from '../qemu/instance.js'
+import type {BoxImage, HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
 import {DMI_SYSTEM_SKU_KEY, dmiSkuFor} from '../../lib/box/boot-choice.js'
 import {
   addStorageController,
@@ -256,6 +255,10 @@ export class VirtualBoxProvider implements Provider {
 
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string {
     return socketPath(machine.stateDir, 'ssh.ctl')
+  }
+
+  forgetBox(boxDir: string, options: {dataDir: string}): Promise<boolean> {
+    return removeVirtualBoxBase(boxDir, join(options.dataDir, 'virtualbox'))
   }
 
   private async requireRecord(stateDir: string): Promise<VirtualBoxRecord> {
