@@ -15,7 +15,8 @@ const LIB_FOLDERS = '(core|box|boxfile|store|machine|jobs|host)'
 /** Every top-level home in src/; a file outside these has no rule and so no place. */
 const LAYERS = `^src/(cli|commands|builder|providers|lib/${LIB_FOLDERS})/`
 /** What every lib use case may import besides the use cases below it. */
-const LIB_BASE = ['^src/lib/box/', '^src/lib/core/', '^src/providers/(index|provider)\\.ts$']
+/** The provider registry is providers/index.ts (providers) and providers/conversions.ts (the box conversions they offer). */
+const LIB_BASE = ['^src/lib/box/', '^src/lib/core/', '^src/providers/(index|conversions|provider)\\.ts$']
 
 /** Forbid `from` importing anything in src/ outside its own folder and `allowed`. */
 const onlyInward = (name, comment, from, allowed) => ({
