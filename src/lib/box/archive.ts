@@ -8,8 +8,8 @@
  * outside its destination. Sparse entries are written sparse.
  */
 import {createHash} from 'node:crypto'
-import {createReadStream, createWriteStream} from 'node:fs'
-import {link, lstat, mkdir, open, readdir, rename, rm, stat, statfs, symlink, unlink, type FileHandle} from 'node:fs/promises'
+import {closeSync, createReadStream, createWriteStream, openSync} from 'node:fs'
+import {link, lstat, mkdir, open, readdir, readFile, rename, rm, stat, statfs, symlink, unlink, type FileHandle} from 'node:fs/promises'
 import {dirname, isAbsolute, join, posix, relative, resolve, sep} from 'node:path'
 import {PassThrough, Transform, type Duplex} from 'node:stream'
 import {pipeline} from 'node:stream/promises'
@@ -260,6 +260,7 @@ export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Prom
     // Read to the end: the decompressor checks its stream's checksum there.
     await reader.drain()
     await input.finished
+    onProgress?.(fileSize, fileSize)
   } catch (error) {
     await stopAfterFailure(input, error)
     throw archiveError(error, signal, `extracting ${file}`, input, {file, compression})
@@ -414,57 +415,74 @@ const DECOMPRESSORS: Record<'zstd' | 'xz' | 'bzip2', {command: string; args: str
 
 /**
  * The file → (decompressor) → chunks. gzip runs in zlib (on libuv's threads); bzip2, xz and
- * zstd run as programs; either way decompression runs beside the extraction, not in turn.
+ * zstd run as programs reading the file themselves (its descriptor is their stdin: no copy
+ * through us); either way decompression runs beside the extraction, not in turn.
  * `onRead` counts the file's (compressed) bytes, for progress.
  */
 function openDecompressed(file: string, compression: ArchiveCompression, onRead?: (bytes: number) => void): DecompressedInput {
-  const input = createReadStream(file, {highWaterMark: READ_CHUNK})
-  let bytesRead = 0
-  if (onRead) {
-    input.on('data', (chunk: string | Buffer) => {
-      bytesRead += chunk.length
-      onRead(bytesRead)
-    })
-  }
-  if (compression === 'none') {
-    const finished = new Promise<void>((done, fail) => input.once('close', done).once('error', fail))
-    finished.catch(() => undefined)
-    return {chunks: input, finished, destroy: () => input.destroy()}
-  }
-  if (compression === 'gzip') {
+  if (compression === 'none' || compression === 'gzip') {
+    const input = createReadStream(file, {highWaterMark: READ_CHUNK})
+    let bytesRead = 0
+    if (onRead) {
+      input.on('data', (chunk: string | Buffer) => {
+        bytesRead += chunk.length
+        onRead(bytesRead)
+      })
+    }
+    if (compression === 'none') {
+      const finished = new Promise<void>((done, fail) => input.once('close', done).once('error', fail))
+      finished.catch(() => undefined)
+      return {chunks: input, finished, destroy: () => input.destroy()}
+    }
     const gunzip = createGunzip({chunkSize: READ_CHUNK})
     const finished = pipeline(input, gunzip)
     finished.catch(() => undefined)
     return {chunks: gunzip, finished, destroy: () => gunzip.destroy()}
   }
   const {command, args} = DECOMPRESSORS[compression]
-  const subprocess = spawn(command, args, {stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: {stdout: false, stderr: true}})
+  let descriptor: number
+  try {
+    descriptor = openSync(file, 'r')
+  } catch (error) {
+    throw fileError(file, error)
+  }
+  // execa's types list only small descriptor numbers; any open descriptor is passed on as it is.
+  const subprocess = spawn(command, args, {stdin: descriptor as 3, stdout: 'pipe', stderr: 'pipe', buffer: {stdout: false, stderr: true}})
+  // The program shares our descriptor's offset: how far it has read is our progress.
+  const poll = onRead && setInterval(() => void readOffset(descriptor).then((offset) => offset !== undefined && onRead(offset)), PROGRESS_POLL_MS)
   let processError: unknown
-  const exited = subprocess.then(
+  const finished = subprocess.then(
     () => undefined,
     (error: unknown) => {
       processError = error
       throw error
     },
   )
-  exited.catch(() => undefined)
-  const stdin = subprocess.stdin!
-  const stdout = subprocess.stdout!
-  // A program that stops reading (it failed, or we stopped it) breaks the pipe: its exit tells why.
-  stdin.on('error', () => undefined)
-  const fed = pipeline(input, stdin).catch(() => undefined)
-  const finished = Promise.all([exited, fed]).then(() => undefined)
+  const closeDescriptor = () => {
+    if (poll) clearInterval(poll)
+    closeSync(descriptor)
+  }
+  finished.then(closeDescriptor, closeDescriptor)
   finished.catch(() => undefined)
+  const stdout = subprocess.stdout!
   return {
     chunks: stdout,
     finished,
     destroy: () => {
-      input.destroy()
       stdout.destroy()
       subprocess.kill()
     },
     processError: () => (processError === undefined ? undefined : toBoxError(command, args, processError, `decompressing (${command})`)),
   }
+}
+
+const PROGRESS_POLL_MS = 200
+
+/** A descriptor's file offset (Linux: /proc/self/fdinfo); undefined where there is none. */
+async function readOffset(descriptor: number): Promise<number | undefined> {
+  const text = await readFile(`/proc/self/fdinfo/${descriptor}`, 'latin1').catch(() => '')
+  const match = /^pos:\s*(\d+)/m.exec(text)
+  return match ? Number(match[1]) : undefined
 }
 
 function zlibStage(stream: Duplex): StreamStage {
