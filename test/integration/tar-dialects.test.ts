@@ -12,6 +12,7 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
+import {readArchiveFile} from '../../src/lib/box/archive.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 import {addBoxFromFile, boxesDir} from '../../src/lib/store/store.js'
 import {makeTempDir} from '../fixtures/boxes.js'
@@ -123,6 +124,8 @@ describe('boxes written by GNU tar and bsdtar, every compression', () => {
           expect(await readlink(join(box.path, 'extra', 'link'))).toBe(LONG_FILE.slice('extra/'.length))
         }
         expect(box.metadata.provider).toBe('libvirt')
+        // The store's early peek reads metadata.json (first, behind any extended headers) the same way.
+        expect(JSON.parse(String(await readArchiveFile(file, 'metadata.json', {maxEntries: 1})))).toEqual({provider: 'libvirt', format: 'qcow2', virtual_size: 1})
         expect((await readdir(boxesDir(dataDir))).sort()).toEqual(['dialect-VAGRANTSLASH-p' + index])
       }
     }, 120_000)

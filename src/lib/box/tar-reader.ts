@@ -69,8 +69,8 @@ export interface DataPiece {
 const BLOCK = 512
 /** More segments than this is no disk image's map (a 1 TiB image with a hole every 1 MiB has a million). */
 export const MAX_SPARSE_SEGMENTS = 1 << 20
-/** PAX extended headers hold a few names and numbers; GNU long names a path. */
-const MAX_PAX_HEADER = 1 << 20
+/** PAX extended headers hold names and numbers (and, for sparse 0.0/0.1, the whole map: ~50 bytes a segment); GNU long names a path. */
+const MAX_PAX_HEADER = 64 << 20
 const MAX_LONG_NAME = 64 * 1024
 /** Slices handed to the caller are at most this long (the source's chunks are usually smaller). */
 const MAX_PIECE = 1 << 20
