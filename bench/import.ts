@@ -7,7 +7,8 @@
  *    the ratio. Both are whole commands, start-up included.
  * 2. A 1 GiB sparse box (64 MiB of data in 16 pieces, archived by GNU tar -S as PAX sparse
  *    1.0, zstd): `box add` against `tar -xSf` of the same file, paired: time, and bytes
- *    allocated on disk (du) for what each wrote.
+ *    allocated on disk (du) for what each wrote; and box's extraction alone (the library
+ *    call, in this process), to tell it from the command's start-up and store work.
  *
  * Usage: node --import tsx/esm bench/import.ts     (BOX_BENCH_PAIRS=3 by default)
  * The machine is shared: the load average is printed before and after; run it when quiet.
@@ -18,6 +19,7 @@ import {join} from 'node:path'
 
 import {execa} from 'execa'
 
+import {extractBoxArchive} from '../src/lib/box/archive.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 
 const pairs = Number(process.env.BOX_BENCH_PAIRS ?? 3)
@@ -129,6 +131,15 @@ try {
       },
     },
   )
+  const extractOnly: number[] = []
+  for (let i = 0; i < pairs; i++) {
+    const out = join(dir, `sparse-lib-${i}`)
+    const start = performance.now()
+    await extractBoxArchive({file: sparseBox, dest: out})
+    extractOnly.push((performance.now() - start) / 1000)
+    await rm(out, {recursive: true, force: true})
+  }
+  console.log(`  extractBoxArchive alone (in process): median ${median(extractOnly).toFixed(2)} s of ${extractOnly.map((time) => time.toFixed(2)).join(', ')}`)
   const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`
   console.log(`  on disk: box add ${mib(median(usage.box))} (apparent ${mib(median(usage.apparent))}), tar -xSf ${mib(median(usage.tar))}`)
   console.log(`\nload after: ${load()}`)
