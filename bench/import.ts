@@ -13,7 +13,7 @@
  * Usage: node --import tsx/esm bench/import.ts     (BOX_BENCH_PAIRS=3 by default)
  * The machine is shared: the load average is printed before and after; run it when quiet.
  */
-import {mkdir, mkdtemp, readdir, rm, stat} from 'node:fs/promises'
+import {mkdir, mkdtemp, readFile, readdir, rm, stat} from 'node:fs/promises'
 import {homedir, loadavg, tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -33,10 +33,18 @@ const median = (values: number[]) => {
   return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
 }
 
-async function timed(command: string, args: string[], env: Record<string, string> = {}): Promise<number> {
+/** CPU seconds (user + system, children included) of each timed run, by label: steadier than wall time on a shared machine. */
+const cpuSeconds = new Map<string, number[]>()
+
+/** Wall seconds of one run; its CPU time (GNU time, children included) goes to cpuSeconds[label]. */
+async function timed(label: string, command: string, args: string[], env: Record<string, string> = {}): Promise<number> {
+  const times = join(dir, 'time.txt')
   const start = performance.now()
-  await execa(command, args, {env: {...process.env, ...env}, stdout: 'ignore', stderr: 'pipe'})
-  return (performance.now() - start) / 1000
+  await execa('/usr/bin/time', ['-f', '%U %S', '-o', times, command, ...args], {env: {...process.env, ...env}, stdout: 'ignore', stderr: 'pipe'})
+  const wall = (performance.now() - start) / 1000
+  const [user, system] = (await readFile(times, 'utf8')).trim().split('\n').at(-1)!.split(' ').map(Number)
+  cpuSeconds.set(label, [...(cpuSeconds.get(label) ?? []), user! + system!])
+  return wall
 }
 
 /** Bytes allocated on disk under `path` (du), and its apparent size. */
@@ -78,7 +86,7 @@ try {
       name: 'box add',
       run: async (i) => {
         const dataDir = join(dir, `box-${i}`)
-        const time = await timed(boxBin, ['add', 'reference', box], {BOX_DATA_DIR: dataDir})
+        const time = await timed('box add', boxBin, ['add', 'reference', box], {BOX_DATA_DIR: dataDir})
         await rm(dataDir, {recursive: true, force: true})
         return time
       },
@@ -87,7 +95,7 @@ try {
       name: 'vagrant box add',
       run: async (i) => {
         const home = join(dir, `vagrant-${i}`)
-        const time = await timed('vagrant', ['box', 'add', '--name', 'reference', box], {VAGRANT_HOME: home})
+        const time = await timed('vagrant box add', 'vagrant', ['box', 'add', '--name', 'reference', box], {VAGRANT_HOME: home})
         await rm(home, {recursive: true, force: true})
         return time
       },
@@ -111,7 +119,7 @@ try {
       name: 'box add',
       run: async (i) => {
         const dataDir = join(dir, `sparse-box-${i}`)
-        const time = await timed(boxBin, ['add', 'sparse', sparseBox, '--no-convert'], {BOX_DATA_DIR: dataDir})
+        const time = await timed('box add (sparse)', boxBin, ['add', 'sparse', sparseBox, '--no-convert'], {BOX_DATA_DIR: dataDir})
         const {allocated, apparent} = await diskUsage(join(dataDir, 'boxes'))
         usage.box.push(allocated)
         usage.apparent.push(apparent)
@@ -124,7 +132,7 @@ try {
       run: async (i) => {
         const out = join(dir, `sparse-tar-${i}`)
         await mkdir(out)
-        const time = await timed('tar', ['--zstd', '-xSf', sparseBox, '-C', out])
+        const time = await timed('tar -xSf (sparse)', 'tar', ['--zstd', '-xSf', sparseBox, '-C', out])
         usage.tar.push((await diskUsage(out)).allocated)
         await rm(out, {recursive: true, force: true})
         return time
@@ -142,6 +150,8 @@ try {
   console.log(`  extractBoxArchive alone (in process): median ${median(extractOnly).toFixed(2)} s of ${extractOnly.map((time) => time.toFixed(2)).join(', ')}`)
   const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`
   console.log(`  on disk: box add ${mib(median(usage.box))} (apparent ${mib(median(usage.apparent))}), tar -xSf ${mib(median(usage.tar))}`)
+  console.log('\nCPU seconds (user + system, children included), median:')
+  for (const [label, values] of cpuSeconds) console.log(`  ${label}: ${median(values).toFixed(2)} s`)
   console.log(`\nload after: ${load()}`)
 } finally {
   await rm(dir, {recursive: true, force: true})
