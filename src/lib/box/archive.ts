@@ -20,6 +20,7 @@ import * as tar from 'tar-stream'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {spawn, toBoxError} from '../core/exec.js'
 import {formatBytes} from '../core/progress.js'
+import {shQuote} from '../core/shell-quote.js'
 import {NotATarError, TarReader, TruncatedArchiveError, type TarEntry} from './tar-reader.js'
 
 /** What box writes a .box with. */
@@ -145,13 +146,14 @@ function notABox(file: string, head: Buffer, compression: ArchiveCompression): B
     const what = compressed ? `${compressed}${found.what.replace(/^an? /, '')}` : found.what
     const article = compressed ? 'a ' : ''
     const gib = found.virtualSize ? Math.ceil(found.virtualSize / 2 ** 30) : undefined
-    const unpack = compressed ? `decompress it (${compression} -dk), then ` : ''
+    const unpack = compressed ? `decompress it (${compression} -dc ${shQuote(file)} > IMAGE), then ` : ''
+    const image = compressed ? 'IMAGE' : shQuote(file)
     const suggestions =
       found.image === 'qcow2'
-        ? [`${unpack}wrap it in a box: mkdir wrap && cp IMAGE wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":${gib ?? 'GiB'}}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
+        ? [`${unpack}wrap it in a box: mkdir wrap && cp ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":${gib ?? 'GiB'}}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
         : found.image === 'raw'
-          ? [`${unpack}convert it and wrap it in a box: mkdir wrap && qemu-img convert -O qcow2 IMAGE wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":GiB}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
-          : [`${unpack}convert it to qcow2 (qemu-img convert -O qcow2 IMAGE box.img) and wrap it with a metadata.json ({"provider":"libvirt","format":"qcow2"}) in a tar`]
+          ? [`${unpack}convert it and wrap it in a box: mkdir wrap && qemu-img convert -O qcow2 ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":GiB}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
+          : [`${unpack}convert it to qcow2 (qemu-img convert -O qcow2 ${image} box.img) and wrap it with a metadata.json ({"provider":"libvirt","format":"qcow2"}) in a tar`]
     return new BoxError(`${file} is ${article}${what}, not a box: a .box is a tar archive holding metadata.json and the disk image (box does not take bare disk images)`, {exitCode: ExitCode.USAGE, suggestions})
   }
   const inside = compressed ? `its ${compression} stream holds no tar archive` : 'expected a tar archive (plain or compressed with gzip, bzip2, xz or zstd)'
