@@ -14,7 +14,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {readArchiveFile} from '../../src/lib/box/archive.js'
 import {BoxError} from '../../src/lib/core/errors.js'
-import {addBoxFromFile, boxesDir} from '../../src/lib/store/store.js'
+import {addBoxFromFile} from '../../src/lib/store/import.js'
+import {boxesDir} from '../../src/lib/store/layout.js'
 import {makeTempDir} from '../fixtures/boxes.js'
 
 let dir: string
