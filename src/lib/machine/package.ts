@@ -23,7 +23,7 @@ import {lvRangesOnPv, readLvmOnDisk, zeroImageRanges, type ExtentRange} from '..
 
 import {BoxError, ExitCode} from '../core/errors.js'
 import {run} from '../core/exec.js'
-import {checkFreeSpace as checkFreeSpaceIn} from '../core/fs.js'
+import {checkFreeSpace as checkFreeSpaceIn, readJsonWithSchema} from '../core/fs.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {lockMachine, machineDir, readRecord, type MachineContext, type MachineRecord} from './context.js'
 import {haltMachine} from './halt.js'
@@ -245,16 +245,13 @@ export function nextVersion(version: string): string {
 
 async function readSourceMetadata(record: MachineRecord): Promise<BoxMetadata> {
   const file = join(record.box.path, 'metadata.json')
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch (error) {
-    throw new BoxError(`the box this machine was made from (${record.box.name} ${record.box.version}) is no longer installed: ${file} is missing`, {
-      cause: error,
-      suggestions: [`add it again: box add ${record.box.name} …`],
-    })
-  }
-  return BoxMetadataSchema.parse(JSON.parse(text))
+  return readJsonWithSchema(file, BoxMetadataSchema, `metadata of ${record.box.name} ${record.box.version}`, {
+    ifMissing: () => {
+      throw new BoxError(`the box this machine was made from (${record.box.name} ${record.box.version}) is no longer installed: ${file} is missing`, {
+        suggestions: [`add it again: box add ${record.box.name} …`],
+      })
+    },
+  })
 }
 
 async function refuseExistingOutput(output: string, force: boolean): Promise<void> {
