@@ -83,7 +83,7 @@ export async function readRecord(stateDir: string): Promise<MachineRecord | unde
   }
 }
 
-async function writeRecord(stateDir: string, record: MachineRecord): Promise<void> {
+export async function writeRecord(stateDir: string, record: MachineRecord): Promise<void> {
   const target = files(stateDir).record
   await writeFile(`${target}.tmp`, `${JSON.stringify(record, null, 2)}\n`, {mode: 0o600})
   await rename(`${target}.tmp`, target)
@@ -104,7 +104,7 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
   })
 }
 
-async function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): Promise<MachineHandle> {
+export async function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): Promise<MachineHandle> {
   const {BoxMetadataSchema} = await import('../box/metadata.js')
   return {
     name: machine.name,
@@ -338,7 +338,7 @@ export async function destroyMachine(context: Pick<MachineContext, 'projectDir' 
   return record !== undefined
 }
 
-async function closeSshMaster(controlPath: string): Promise<void> {
+export async function closeSshMaster(controlPath: string): Promise<void> {
   await spawn('ssh', ['-o', `ControlPath=${controlPath}`, '-O', 'exit', 'box-machine'], {reject: false, stdin: 'ignore', timeout: 3000})
   await rm(controlPath, {force: true})
 }
