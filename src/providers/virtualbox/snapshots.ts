@@ -60,7 +60,7 @@ export class VirtualBoxSnapshots implements ProviderSnapshots {
     })
   }
 
-  async save(machine: MachineHandle, name: string): Promise<SnapshotSaved> {
+  async save(machine: MachineHandle, name: string, _options: {signal?: AbortSignal} = {}): Promise<SnapshotSaved> {
     const vm = await this.vmOf(machine.stateDir)
     const info = await findVm(vm)
     if (!info) throw new BoxError(`VirtualBox no longer knows VM ${vm} (machine ${machine.name})`)
