@@ -63,7 +63,7 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
   }
   const stateFileOf = async (name: string) => {
     const index = JSON.parse(await readFile(join(stateDir, 'snapshots', 'index.json'), 'utf8')) as {snapshots: Array<{name: string; state?: string}>}
-    return join(stateDir, 'snapshots', index.snapshots.find((snapshot) => snapshot.name === name)!.state!)
+    return join(stateDir, index.snapshots.find((snapshot) => snapshot.name === name)!.state!)
   }
 
   beforeAll(async () => {

@@ -1,4 +1,4 @@
-import {rm} from 'node:fs/promises'
+import {rename, rm} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {defaultCacheDir} from '../../lib/core/paths.js'
@@ -7,7 +7,7 @@ import type {HaltOptions, MachineHandle, MachineState, Provider, ProviderRunning
 import {resolveAccel} from './accel.js'
 import {AgentRefusal, askAgent} from './agent.js'
 import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles, type Booted} from './instance.js'
-import {QemuSnapshots, snapshotsDir} from './snapshot-chain.js'
+import {QemuSnapshots, settleDisk, snapshotsDir} from './snapshot-chain.js'
 import {hostQemu, saveRunningState, startFromState} from './snapshot.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
 import {access} from 'node:fs/promises'
@@ -29,6 +29,8 @@ export class QemuProvider implements Provider {
 
   async start(machine: MachineHandle, options: StartOptions): Promise<Started> {
     const files = instanceFiles(machine.stateDir)
+    // After a snapshot saved while it ran, disk.qcow2 becomes its disk again.
+    await settleDisk(machine.stateDir)
     const {accel} = await resolveAccel({cacheDir: this.cacheDir})
     options.signal?.throwIfAborted()
     const booted = await bootInstance({
@@ -89,6 +91,7 @@ export class QemuProvider implements Provider {
     const result = await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: options.timeoutMs, force: options.force})
     await rm(files.pidFile, {force: true})
     await rm(files.qmpSocket, {force: true})
+    await settleDisk(machine.stateDir)
     return result.how
   }
 
@@ -111,7 +114,11 @@ export class QemuProvider implements Provider {
     save: async (machine, dir, options) => {
       const {accel} = await resolveAccel({cacheDir: this.cacheDir})
       const files = readyStateFiles(dir)
-      const saved = await saveRunningState({...machine, files: instanceFiles(machine.stateDir), accel, qemu: await hostQemu(this.cacheDir), layer: files.layer, state: files.state, signal: options.signal})
+      const instance = instanceFiles(machine.stateDir)
+      const saved = await saveRunningState({...machine, files: instance, accel, qemu: await hostQemu(this.cacheDir), next: join(machine.stateDir, 'after-save.qcow2'), state: files.state, signal: options.signal})
+      // The machine is done with: once its QEMU is gone its frozen disk may move.
+      await this.halt(machine, {force: true, timeoutMs: 0})
+      await rename(saved.frozen, files.layer)
       return {stateBytes: saved.compat.state.bytes, pauseMs: saved.pauseMs}
     },
     start: async (machine, dir, options) => {

@@ -109,12 +109,12 @@ export interface SaveRunningOptions {
   cpus: number
   memoryMiB: number
   qemu: HostQemu
-  /** Where the frozen disk layer goes (same filesystem as the overlay: it is renamed). */
-  layer: string
+  /** The new overlay the machine goes on running on (the one it runs on now becomes the frozen layer, where it is). */
+  next: string
   /** The state file; its compatibility record is `<state>.json`. */
   state: string
-  /** Called once the disk is switched to the new overlay over `layer` (the chain changed, whatever follows). */
-  onFrozen?: () => Promise<void>
+  /** Called with the frozen file's path once QEMU runs on `next` (the chain changed, whatever follows). */
+  onFrozen?: (frozen: string) => Promise<void>
   signal?: AbortSignal
 }
 
@@ -124,6 +124,8 @@ export interface SavedRunning {
   pauseMs: number
   /** Until the state file and its record were complete. */
   totalMs: number
+  /** The frozen disk layer: the file QEMU ran on until the save, left where it is. */
+  frozen: string
 }
 
 export function compatFileOf(state: string): string {
@@ -139,18 +141,20 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
   const qmp = await QmpClient.connect(files.qmpSocket)
   let pauseMs = 0
   let diskVirtualSize = 0
+  let frozen = ''
   try {
-    const blocks = await qmp.execute<Array<{inserted?: {'node-name': string; image: {'virtual-size': number}}}>>('query-block')
+    const blocks = await qmp.execute<Array<{inserted?: {'node-name': string; file: string; image: {'virtual-size': number}}}>>('query-block')
     const drive = blocks.find((block) => block.inserted)?.inserted
     if (!drive) throw new BoxError('QEMU reports no disk for this machine')
     diskVirtualSize = drive.image['virtual-size']
+    frozen = drive.file
     options.signal?.throwIfAborted()
     await rm(partial, {force: true})
     const paused = Date.now()
     await qmp.execute('stop')
     try {
-      await switchToNewOverlay(qmp, files.overlay, options.layer, drive['node-name'], diskVirtualSize)
-      await options.onFrozen?.()
+      await switchToNewOverlay(qmp, frozen, options.next, drive['node-name'], diskVirtualSize)
+      await options.onFrozen?.(frozen)
       await qmp.execute('migrate', {uri: `exec:cat > ${shQuote(partial)}`})
       await waitForMigration(qmp, 'saving the running state', options.signal)
     } finally {
@@ -195,7 +199,7 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
     await handle.sync().finally(() => handle.close())
     await rename(`${compatFile}.partial`, compatFile)
     await rename(partial, options.state)
-    return {compat, pauseMs, totalMs: Date.now() - started}
+    return {compat, pauseMs, totalMs: Date.now() - started, frozen}
   } catch (error) {
     await rm(partial, {force: true})
     await rm(`${compatFileOf(options.state)}.partial`, {force: true})
@@ -205,20 +209,22 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
 }
 
 /**
- * While the guest is stopped: the overlay becomes `layer` (QEMU keeps its open file) and a
- * new overlay over it takes the guest's writes from now on. Undone if QEMU refuses.
+ * While the guest is stopped: a new overlay over the file QEMU runs on takes the guest's
+ * writes from now on (blockdev-snapshot), and that file is frozen where it is. It must not
+ * be renamed while this QEMU lives: QEMU reopens a backing file by its path (read-only at
+ * the switch, again when a migration hands the disks back), and a renamed path would give
+ * it another file (snapshot-chain.ts moves files only while no QEMU runs).
  */
-async function switchToNewOverlay(qmp: QmpClient, overlay: string, layer: string, activeNode: string, virtualSize: number): Promise<void> {
-  await rename(overlay, layer)
+async function switchToNewOverlay(qmp: QmpClient, current: string, next: string, activeNode: string, virtualSize: number): Promise<void> {
+  const node = `box-${Date.now().toString(36)}`
   try {
-    // -u: the layer is QEMU's, locked; the size is given instead of read from it.
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', layer, overlay, String(virtualSize)], {purpose: 'creating the overlay the machine continues on'})
-    const node = `box-${Date.now().toString(36)}`
-    await qmp.execute('blockdev-add', {driver: 'qcow2', 'node-name': node, discard: 'unmap', 'detect-zeroes': 'unmap', file: {driver: 'file', filename: overlay}, backing: null})
+    // -u: the current file is QEMU's, locked; the size is given instead of read from it.
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', current, next, String(virtualSize)], {purpose: 'creating the overlay the machine continues on'})
+    await qmp.execute('blockdev-add', {driver: 'qcow2', 'node-name': node, discard: 'unmap', 'detect-zeroes': 'unmap', file: {driver: 'file', filename: next}, backing: null})
     await qmp.execute('blockdev-snapshot', {node: activeNode, overlay: node})
   } catch (error) {
-    await rm(overlay, {force: true})
-    await rename(layer, overlay)
+    await qmp.execute('blockdev-del', {'node-name': node}).catch(() => {})
+    await rm(next, {force: true})
     throw error
   }
 }
