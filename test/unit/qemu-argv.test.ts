@@ -51,7 +51,7 @@ describe('QEMU argv', () => {
   it('cuts the network off but keeps the forwards when asked, and waits for a saved state with -incoming defer', () => {
     const args = buildQemuArgs({...spec, restrictNetwork: true, incoming: true, daemonize: true})
     expect(args[args.indexOf('-netdev') + 1]).toBe('user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80')
-    expect(args.slice(-3)).toEqual(['-incoming', 'defer', '-daemonize'])
+    expect(args.slice(-4)).toEqual(['-S', '-incoming', 'defer', '-daemonize'])
     expect(buildQemuArgs(spec)).not.toContain('-incoming')
   })
 

@@ -82,7 +82,8 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
   for (const [name, value] of Object.entries(spec.smbiosCredentials ?? {})) {
     args.push('-smbios', `type=11,value=io.systemd.credential:${name}=${value}`)
   }
-  if (spec.incoming) args.push('-incoming', 'defer')
+  // -S: paused after the load whatever state was saved, so box checks the checksum before the guest runs.
+  if (spec.incoming) args.push('-S', '-incoming', 'defer')
   if (spec.daemonize) args.push('-daemonize')
   return args
 }
