@@ -105,18 +105,18 @@ try {
   figures['`box resnap` (halt, boot with resnap, ssh)'] = range(resnaps)
   await cli(['destroy', '-f'])
 
-  // Fresh workers from the ready state.
-  await rm(join(cacheDir, 'ready-states'), {recursive: true, force: true})
+  // Fresh workers from the ready state, made in a cache of this run's own.
+  const workerCache = join(work, 'cache')
   const spec = {box: {name: 'reference'}, cpus: 2, memoryMiB: 1024, network: true}
   const build = performance.now()
-  const first = await startFreshWorker(spec, {dataDir, cacheDir})
+  const first = await startFreshWorker(spec, {dataDir, cacheDir: workerCache})
   figures['first worker: making the ready state (resnap boot, save) + restore'] = seconds(performance.now() - build)
   await first.destroy()
   const workerAgent: number[] = []
   const workerSsh: number[] = []
   const written: number[] = []
   for (let i = 0; i < RUNS; i++) {
-    const worker = await startFreshWorker(spec, {dataDir, cacheDir})
+    const worker = await startFreshWorker(spec, {dataDir, cacheDir: workerCache})
     workerAgent.push(worker.timings.agentMs)
     workerSsh.push(worker.timings.sshMs!)
     written.push(worker.timings.diskBytesBeforeRun ?? 0)
