@@ -95,7 +95,7 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
     expect(save.exitCode, save.stderr).toBe(0)
     expect(save.stdout).toContain('default: saved snapshot "running1" (disk and running state)')
     // The machine kept running through the save, on the same QEMU (the ssh master still works).
-    expect(await ssh('cat /root/before')).toBe('before')
+    expect(await ssh('sudo cat /root/before')).toBe('before')
     await ssh('echo after | sudo tee /root/after >/dev/null')
     // Long enough that a clock left where the state had it would be seconds behind.
     await sleep(6000)
@@ -103,7 +103,7 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
     const restore = await box(env, ['snapshot', 'restore', 'running1'])
     expect(restore.exitCode, restore.stderr).toBe(0)
     expect(restore.stdout).toMatch(/default: restored snapshot "running1", running \(ssh on 127\.0\.0\.1:\d+\)/)
-    expect(await ssh('ls /root')).toBe('before')
+    expect(await ssh('sudo ls /root')).toBe('before')
     const hostBefore = Date.now() / 1000
     const guestClock = Number(await ssh('date +%s.%N'))
     const hostAfter = Date.now() / 1000
