@@ -38,7 +38,9 @@ interface MapEntry {
 /** Whether the machine's own overlay (depth 0) holds any cluster inside `ranges`. */
 export async function overlayTouches(disk: string, ranges: ExtentRange[]): Promise<boolean> {
   const map = JSON.parse((await run('qemu-img', ['map', '--output=json', disk], {purpose: 'reading the machine disk'})).stdout) as MapEntry[]
-  return map.some((entry) => entry.depth === 0 && entry.present && ranges.some((range) => entry.start < range.offset + range.size && range.offset < entry.start + entry.length))
+  const chain = JSON.parse((await run('qemu-img', ['info', '--backing-chain', '--output=json', disk], {purpose: 'reading the machine disk'})).stdout) as unknown[]
+  const boxDepth = chain.length - 1
+  return map.some((entry) => entry.depth < boxDepth && entry.present && ranges.some((range) => entry.start < range.offset + range.size && range.offset < entry.start + entry.length))
 }
 
 export async function overlayHasData(disk: string): Promise<boolean> {

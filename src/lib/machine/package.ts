@@ -117,6 +117,8 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
     await trimAndHalt(context, machine, record, progress)
   } else if (state === 'aborted') {
     progress.warn(`${machine.name}: QEMU died without a clean shutdown; the filesystems will be checked at the next boot of the new box`)
+    // What a halt leaves behind, done now (the provider settles a disk left mid-snapshot).
+    await provider.halt({stateDir}, {force: true, timeoutMs: 0})
   }
 
   const release = await lockMachine(stateDir, machine.name)

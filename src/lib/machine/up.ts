@@ -27,7 +27,7 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
   })
 }
 
-async function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): Promise<MachineHandle> {
+export async function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): Promise<MachineHandle> {
   const {BoxMetadataSchema} = await import('../box/metadata.js')
   return {
     name: machine.name,
