@@ -50,7 +50,7 @@ export const MASKED_GENERATORS = [
  * The files of provisioners/ that the image carries (the others, e.g. the `secure`
  * template, run from the host): cached boxes are keyed by these, not the whole folder.
  */
-export const IMAGE_PROVISIONERS = ['box-ssh-setup', 'provisiond', 'provisiond.service', 'box-lockdown.service', 'box-agent', 'box-agent.service'] as const
+export const IMAGE_PROVISIONERS = ['box-ssh-setup', 'provisiond', 'provisiond.service', 'box-lockdown.service', 'box-agent', 'box-agent.service', 'box-job'] as const
 
 export const MASKED_UNITS = [
   'lvm2-monitor.service', // dmeventd monitoring: we use no autoextend; slow at boot
@@ -219,6 +219,8 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   // box-agent (box status's questions on a virtio-serial port) starts when udev sees its port.
   await install(root, projectFile('provisioners', 'box-agent'), 'usr/local/sbin/box-agent', 0o755)
   await install(root, projectFile('provisioners', 'box-agent.service'), 'etc/systemd/system/box-agent.service', 0o644)
+  // box-job runs box run's jobs as an unprivileged user with limits (started by box-agent's job-start).
+  await install(root, projectFile('provisioners', 'box-job'), 'usr/local/sbin/box-job', 0o755)
   await put(root, 'etc/udev/rules.d/60-box-agent.rules', `SUBSYSTEM=="virtio-ports", ATTR{name}=="${AGENT_PORT_NAME}", TAG+="systemd", ENV{SYSTEMD_WANTS}+="box-agent.service"\n`)
   const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service', 'box-lockdown.service']
   if (recipe.lvm.swap) {
