@@ -1,5 +1,6 @@
 import type {ForwardedPort} from '../lib/core/ports.js'
 import type {BootChoice} from '../lib/box/resnap.js'
+import type {ExtraDrive} from './qemu/argv.js'
 import type {BoxImage} from './qemu/instance.js'
 
 export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'
@@ -13,6 +14,10 @@ export interface MachineHandle {
   cpus: number
   memoryMiB: number
   forwardedPorts: ForwardedPort[]
+  /** false: no network interface at all (box run --network off). Default true. */
+  network?: boolean
+  /** Extra raw disks (box run's input and output images), found in the guest by serial. */
+  drives?: ExtraDrive[]
 }
 
 export interface StartOptions {

@@ -19,6 +19,10 @@ export interface QemuLaunchSpec {
   /** Direct kernel boot; without it the disk's own boot loader (grub) runs. */
   directBoot?: DirectBoot
   forwards: ForwardedPort[]
+  /** No NIC at all (box run --network off); forwards are ignored then. */
+  noNetwork?: boolean
+  /** Raw disks after the machine's own (box run's input and output images). */
+  drives?: ExtraDrive[]
   qmpSocket: string
   serialLog: string
   pidFile: string
@@ -28,6 +32,13 @@ export interface QemuLaunchSpec {
   smbiosCredentials?: Record<string, string>
   /** Fork into the background once the guest is set up (the parent exits with QEMU's startup status). */
   daemonize?: boolean
+}
+
+/** A raw image attached as one more virtio disk; the guest finds it by `serial` (/sys/block/vdX/serial). */
+export interface ExtraDrive {
+  file: string
+  serial: string
+  readOnly?: boolean
 }
 
 export function hostfwd(forward: ForwardedPort): string {
@@ -49,9 +60,16 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     '-nodefaults', '-no-user-config', '-display', 'none',
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
     '-drive', `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
-    '-netdev', ['user', 'id=net0', ...spec.forwards.map(hostfwd)].join(','),
-    // romfile= skips the iPXE option ROM: nothing boots from the network.
-    '-device', 'virtio-net-pci,netdev=net0,romfile=',
+    ...(spec.drives ?? []).flatMap((drive) => [
+      '-drive', `file=${optionValue(drive.file)},if=virtio,format=raw,serial=${drive.serial}${drive.readOnly ? ',readonly=on' : ''}`,
+    ]),
+    ...(spec.noNetwork
+      ? []
+      : [
+          '-netdev', ['user', 'id=net0', ...spec.forwards.map(hostfwd)].join(','),
+          // romfile= skips the iPXE option ROM: nothing boots from the network.
+          '-device', 'virtio-net-pci,netdev=net0,romfile=',
+        ]),
     // sshd and the kernel want entropy early; without it a TCG boot can stall.
     '-device', 'virtio-rng-pci',
     '-chardev', `file,id=serial,path=${optionValue(spec.serialLog)}`,

@@ -33,6 +33,8 @@ export class QemuProvider implements Provider {
       choice: options.choice,
       sshPort: options.sshPort,
       forwards: machine.forwardedPorts,
+      noNetwork: machine.network === false,
+      drives: machine.drives,
     })
     const started: Started = {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
     if (booted.agent) {

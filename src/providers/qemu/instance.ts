@@ -10,7 +10,7 @@ import {socketPath} from '../../lib/core/short-socket.js'
 import {bootCommandLine, type BootChoice} from '../../lib/box/resnap.js'
 import type {Accel} from './accel.js'
 import {agentFifos} from './agent.js'
-import type {DirectBoot} from './argv.js'
+import type {DirectBoot, ExtraDrive} from './argv.js'
 import {HostPortInUseError, launchQemu} from './process.js'
 
 /** The files of one QEMU machine inside its state directory. */
@@ -85,6 +85,8 @@ export interface BootOptions {
   /** Host port for ssh; a free one is picked when missing or taken. */
   sshPort?: number
   forwards?: ForwardedPort[]
+  noNetwork?: boolean
+  drives?: ExtraDrive[]
 }
 
 export interface Booted {
@@ -119,6 +121,8 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
         serialLog: options.files.serialLog,
         pidFile: options.files.pidFile,
         agentFifo,
+        noNetwork: options.noNetwork,
+        drives: options.drives,
       })
       return {pid, sshPort, forwards, agent: agentFifo !== undefined}
     } catch (error) {
