@@ -94,7 +94,7 @@ function buildRecord(state: JobState, box: JobBox, startedAt: string, attempts: 
     finishedAt: new Date().toISOString(),
     attempts,
     refusedOutputs: state.refusedOutputs,
-    ...(failure ? {error: {message: failure.message, serialLogTail: failure.serialLogTail}} : {}),
+    ...(failure ? {error: {message: failure.detail ? `${failure.message}\n${failure.detail}` : failure.message, serialLogTail: failure.serialLogTail}} : {}),
   }
 }
 

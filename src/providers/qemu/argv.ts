@@ -60,8 +60,9 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     '-nodefaults', '-no-user-config', '-display', 'none',
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
     '-drive', `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
-    ...(spec.drives ?? []).flatMap((drive) => [
-      '-drive', `file=${optionValue(drive.file)},if=virtio,format=raw,serial=${drive.serial}${drive.readOnly ? ',readonly=on' : ''}`,
+    ...(spec.drives ?? []).flatMap((drive, index) => [
+      '-drive', `file=${optionValue(drive.file)},if=none,id=extra${index},format=raw${drive.readOnly ? ',readonly=on' : ''}`,
+      '-device', `virtio-blk-pci,drive=extra${index},serial=${drive.serial}`,
     ]),
     ...(spec.noNetwork
       ? []
