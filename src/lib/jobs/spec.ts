@@ -8,8 +8,12 @@ import {basename, isAbsolute, posix, relative, resolve, sep} from 'node:path'
 
 import {BoxError, ExitCode} from '../core/errors.js'
 
-/** Tango's per-phase limits (initialize 180 s, wait 60, copy-in 30, run 60, copy-out 30). */
-export const PHASE_TIMEOUTS_MS = {create: 180_000, wait: 60_000, copyIn: 30_000, run: 60_000, copyOut: 30_000} as const
+/**
+ * Tango's per-phase limits (initialize 180 s, wait 60, copy-in 30, run 60, copy-out 30),
+ * but for wait: Tango's 60 s is for pooled VMs that are up already, while a resnap boot
+ * under TCG on a busy 2-core host took 20–60 s here, so it waits 240 s.
+ */
+export const PHASE_TIMEOUTS_MS = {create: 180_000, wait: 240_000, copyIn: 30_000, run: 60_000, copyOut: 30_000} as const
 export type PhaseTimeouts = {create: number; wait: number; copyIn: number; copyOut: number}
 
 /** Tango's output cap: 1000 KiB of stdout (and as much of stderr). */
