@@ -91,9 +91,14 @@ export async function extractOutputs(tarFile: string, dest: string, outputs: rea
   // Guest paths as tar stores them: no leading "/".
   const roots = outputs.map((output) => ({stored: output.replace(/^\/+/, ''), name: posix.basename(output)}))
   const extract = tar.extract()
+  // Names refused for not being files or folders: nothing is written under them either.
+  const refusedNames: string[] = []
   const consume = async () => {
     for await (const entry of extract) {
-      const reason = await writeEntry(entry, dest, roots, maxBytes - result.bytes, result)
+      const name = entry.header.name.split('/').filter((part) => part !== '' && part !== '.').join('/')
+      const under = refusedNames.find((refused) => name.startsWith(`${refused}/`))
+      const reason = under ? `it lies under ${under}, which was refused` : await writeEntry(entry, dest, roots, maxBytes - result.bytes, result)
+      if (reason && !under && entry.header.type !== 'file' && entry.header.type !== 'directory') refusedNames.push(name)
       if (reason) {
         result.refused.push({name: entry.header.name, reason})
         entry.resume()
