@@ -13,7 +13,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {pipeline} from 'node:stream/promises'
 import type {Readable} from 'node:stream'
 
-import type {BoxImage} from '../../providers/qemu/instance.js'
+import type {MachineHandle} from '../../providers/provider.js'
 import {BoxError, tail} from '../core/errors.js'
 import {run as runProgram, spawn} from '../core/exec.js'
 import {PROJECT_ROOT} from '../core/paths.js'
@@ -32,7 +32,7 @@ export class InfrastructureError extends BoxError {
 export interface JobBox {
   name: string
   version: string
-  image: BoxImage
+  image: MachineHandle['box']
 }
 
 export interface JobContext {
