@@ -178,7 +178,8 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       await mkdir(join(project, 'submissions', 'bob'), {recursive: true})
       await writeFile(join(project, 'submissions', 'alice', 'answer'), '42\n')
       await writeFile(join(project, 'submissions', 'bob', 'answer'), '41\n')
-      await writeFile(join(project, 'Makefile'), 'grade:\n\t@if [ "$$(cat answer)" = 42 ]; then echo pass > feedback.txt; else echo fail > feedback.txt; fi; cat feedback.txt\n')
+      // The reference box has no make: the grader is a shell script, run as Tango runs a Makefile.
+      await writeFile(join(project, 'grade.sh'), 'cd /tmp/job\nif [ "$(cat answer)" = 42 ]; then echo pass > feedback.txt; else echo fail > feedback.txt; fi\ncat feedback.txt\n')
       env = {cwd: project, dataDir: join(root, 'data'), cacheDir}
       const added = await cli(env, ['add', 'reference', boxFile])
       expect(added.exitCode, added.stderr).toBe(0)
@@ -206,15 +207,15 @@ retries: 1
 defaults: {timeout: 60s, output_limit: 1M, network: off}
 jobs:
   - id: alice
-    command: [make, -s, -C, /tmp/job, -f, /tmp/make/Makefile, grade]
-    in: [submissions/alice:/tmp/job, Makefile:/tmp/make/Makefile]
+    command: [sh, /tmp/grader/grade.sh]
+    in: [submissions/alice:/tmp/job, grade.sh:/tmp/grader/grade.sh]
     out: [/tmp/job/feedback.txt]
   - id: never-up
     command: [true]
     timeouts: {wait: 1s}
   - id: bob
-    command: "make -s -C /tmp/job -f /tmp/make/Makefile grade"
-    in: [submissions/bob:/tmp/job, Makefile:/tmp/make/Makefile]
+    command: "sh /tmp/grader/grade.sh"
+    in: [submissions/bob:/tmp/job, grade.sh:/tmp/grader/grade.sh]
     out: [/tmp/job/feedback.txt]
 `
       await writeFile(join(project, 'jobs.yaml'), jobs)
