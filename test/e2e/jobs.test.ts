@@ -139,7 +139,7 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       expect(runMs).toBeLessThan(60_000)
       expect(await readFile(join(resultDir, 'stderr'), 'utf8')).toMatch(/fork|Resource temporarily unavailable/i)
       // Nothing of the job user is left in the worker.
-      const {stdout} = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', `ControlPath=${worker.ssh!.controlPath}`, '-i', worker.ssh!.keyFile, '-p', String(worker.ssh!.port), `${worker.ssh!.user}@127.0.0.1`, 'pgrep -u job | wc -l'])
+      const {stdout} = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', `ControlPath=${worker.ssh!.controlPath}`, '-i', worker.ssh!.keyFile, '-p', String(worker.ssh!.port), `${worker.ssh!.user}@127.0.0.1`, 'sleep 1; pgrep -u job | wc -l'])
       expect(stdout.trim()).toBe('0')
     })
 
