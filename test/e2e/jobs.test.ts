@@ -14,7 +14,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {runJob} from '../../src/lib/jobs/job.js'
 import {copyIn, copyOut, create, destroy, newJobState, run, wait, type JobBox, type JobState} from '../../src/lib/jobs/phases.js'
 import type {JobRecord, JobSpec} from '../../src/lib/jobs/spec.js'
-import {workersDir} from '../../src/lib/jobs/worker.js'
+import {defaultWorkerSource, workersDir, type WorkerSource} from '../../src/lib/jobs/worker.js'
 import {box as cli, type CliEnv} from '../support/cli.js'
 import {jobSpec, referenceJobBox} from '../support/job-box.js'
 
@@ -77,6 +77,29 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toBe('started\n')
     expect(await qemuMentioning(cacheDir)).toEqual([])
     expect(await readdir(workersDir(cacheDir))).toEqual([])
+  })
+
+  it('QEMU killed mid-job: an infrastructure failure with the serial log, not the job\'s', async () => {
+    // A worker source that kills its own QEMU once the job runs: what a host OOM kill looks like.
+    const killing: WorkerSource = async (spec, options) => {
+      const worker = await defaultWorkerSource(spec, options)
+      void (async () => {
+        for (let i = 0; i < 600; i++) {
+          const status = await worker.provider.askAgent!(worker.handle, 'job-status', {timeoutMs: 1000}).catch(() => '')
+          if (status === 'running') {
+            process.kill(Number(await readFile(join(worker.stateDir, 'qemu.pid'), 'utf8')), 'SIGKILL')
+            return
+          }
+          await new Promise((resolve) => setTimeout(resolve, 200))
+        }
+      })()
+      return worker
+    }
+    const record = await runJob({...context(jobSpec({id: 'killed', command: 'sleep 60'}), join(root, 'killed')), workerSource: killing})
+    expect(record).toMatchObject({status: 'infrastructure', exitCode: 75, timedOut: false})
+    expect(record.error!.message).toMatch(/the worker stopped while the job ran/)
+    expect(record.error!.serialLogTail).toMatch(/\S/)
+    expect(await qemuMentioning(cacheDir)).toEqual([])
   })
 
   describe('limits, on one worker with network (phases one by one)', () => {
