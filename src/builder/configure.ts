@@ -213,6 +213,8 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   // box-agent (box status's questions on a virtio-serial port) starts when udev sees its port.
   await install(root, projectFile('provisioners', 'box-agent'), 'usr/local/sbin/box-agent', 0o755)
   await install(root, projectFile('provisioners', 'box-agent.service'), 'etc/systemd/system/box-agent.service', 0o644)
+  // box-job runs box run's jobs as an unprivileged user with limits (started by box-agent's job-start).
+  await install(root, projectFile('provisioners', 'box-job'), 'usr/local/sbin/box-job', 0o755)
   await put(root, 'etc/udev/rules.d/60-box-agent.rules', `SUBSYSTEM=="virtio-ports", ATTR{name}=="${AGENT_PORT_NAME}", TAG+="systemd", ENV{SYSTEMD_WANTS}+="box-agent.service"\n`)
   const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service', 'box-lockdown.service']
   if (recipe.lvm.swap) {

@@ -8,6 +8,13 @@ export interface BoxImage {
   metadata: BoxMetadata
 }
 
+/** A raw image attached as one more virtio disk; the guest finds it by `serial` (/sys/block/vdX/serial). */
+export interface ExtraDrive {
+  file: string
+  serial: string
+  readOnly?: boolean
+}
+
 export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'
 
 /** What a provider needs to know about one machine; commands never see provider internals. */
@@ -19,8 +26,14 @@ export interface MachineHandle {
   cpus: number
   memoryMiB: number
   forwardedPorts: ForwardedPort[]
-  /** false: no network for the guest (forwarded ports, ssh included, still reach it); default true. */
-  network?: boolean
+  /**
+   * 'full' (the default): user-mode NAT; 'restricted': no way out of the host, forwarded ports
+   * (ssh) still reach the guest (fresh workers without network); 'none': no network interface
+   * at all (box run --network off, HTCondor style: the job's disks and the agent are its only way).
+   */
+  network?: 'full' | 'restricted' | 'none'
+  /** Extra raw disks (box run's input and output images), found in the guest by serial. */
+  drives?: ExtraDrive[]
 }
 
 export interface StartOptions {

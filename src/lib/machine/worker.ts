@@ -138,7 +138,7 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
   }
   const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 20)
   const readyDir = join(readyRoot(options.cacheDir), `${slug(stored.name)}-${slug(stored.version)}-${key}`)
-  const handleIn = (stateDir: string, name: string): MachineHandle => ({name, stateDir, box, cpus: spec.cpus, memoryMiB: spec.memoryMiB, forwardedPorts: [], network: spec.network})
+  const handleIn = (stateDir: string, name: string): MachineHandle => ({name, stateDir, box, cpus: spec.cpus, memoryMiB: spec.memoryMiB, forwardedPorts: [], network: spec.network ? 'full' : 'restricted'})
 
   let builtReadyState = false
   let ready = await readReady(readyDir)

@@ -1,4 +1,5 @@
 import type {ForwardedPort} from '../../lib/core/ports.js'
+import type {ExtraDrive} from '../provider.js'
 import {accelArgs, type Accel} from './accel.js'
 import {AGENT_PORT_NAME} from '../../lib/box/agent-protocol.js'
 
@@ -19,6 +20,10 @@ export interface QemuLaunchSpec {
   /** Direct kernel boot; without it the disk's own boot loader (grub) runs. */
   directBoot?: DirectBoot
   forwards: ForwardedPort[]
+  /** No NIC at all (box run --network off); forwards are ignored then. */
+  noNetwork?: boolean
+  /** Raw disks after the machine's own (box run's input and output images). */
+  drives?: ExtraDrive[]
   qmpSocket: string
   serialLog: string
   pidFile: string
@@ -53,9 +58,17 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     '-nodefaults', '-no-user-config', '-display', 'none',
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
     '-drive', `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
-    '-netdev', ['user', 'id=net0', ...(spec.restrictNetwork ? ['restrict=on'] : []), ...spec.forwards.map(hostfwd)].join(','),
-    // romfile= skips the iPXE option ROM: nothing boots from the network.
-    '-device', 'virtio-net-pci,netdev=net0,romfile=',
+    ...(spec.drives ?? []).flatMap((drive, index) => [
+      '-drive', `file=${optionValue(drive.file)},if=none,id=extra${index},format=raw${drive.readOnly ? ',readonly=on' : ''}`,
+      '-device', `virtio-blk-pci,drive=extra${index},serial=${drive.serial}`,
+    ]),
+    ...(spec.noNetwork
+      ? []
+      : [
+          '-netdev', ['user', 'id=net0', ...(spec.restrictNetwork ? ['restrict=on'] : []), ...spec.forwards.map(hostfwd)].join(','),
+          // romfile= skips the iPXE option ROM: nothing boots from the network.
+          '-device', 'virtio-net-pci,netdev=net0,romfile=',
+        ]),
     // sshd and the kernel want entropy early; without it a TCG boot can stall.
     '-device', 'virtio-rng-pci',
     // A new generation ID at every start: a kernel with the vmgenid driver reseeds its RNG

@@ -43,7 +43,9 @@ export class QemuProvider implements Provider {
       choice: options.choice,
       sshPort: options.sshPort,
       forwards: machine.forwardedPorts,
-      restrictNetwork: machine.network === false,
+      restrictNetwork: machine.network === 'restricted',
+      noNetwork: machine.network === 'none',
+      drives: machine.drives,
     })
     return this.startedOf(machine, booted)
   }

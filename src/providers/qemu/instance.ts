@@ -11,6 +11,7 @@ import {bootCommandLine, type BootChoice} from '../../lib/box/resnap.js'
 import type {Accel} from './accel.js'
 import {agentFifos} from './agent.js'
 import type {DirectBoot, QemuLaunchSpec} from './argv.js'
+import type {ExtraDrive} from '../provider.js'
 import {HostPortInUseError, launchQemu} from './process.js'
 
 /** The files of one QEMU machine inside its state directory. */
@@ -84,6 +85,10 @@ export interface BootOptions {
   forwards?: ForwardedPort[]
   /** No network for the guest (forwarded ports still reach it). */
   restrictNetwork?: boolean
+  /** No network interface at all. */
+  noNetwork?: boolean
+  /** Raw disks after the machine's own (box run's input and output images). */
+  drives?: ExtraDrive[]
   /** Start paused, waiting for a saved state (snapshot.ts). */
   incoming?: boolean
 }
@@ -121,6 +126,8 @@ export function launchSpecFor(options: BootOptions, sshPort: number, forwards: F
     pidFile: options.files.pidFile,
     agentFifo: options.box.metadata.box?.agent === undefined ? undefined : options.files.agentFifo,
     restrictNetwork: options.restrictNetwork,
+    noNetwork: options.noNetwork,
+    drives: options.drives,
     incoming: options.incoming,
   }
 }
