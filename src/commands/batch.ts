@@ -29,11 +29,12 @@ export default class Batch extends BaseCommand<typeof Batch> {
     time: Flags.string({description: 'Slurm time limit per job, as sbatch --time takes it (--on slurm).'}),
     shared: Flags.string({description: 'The path every node sees at the same place: inputs and the results folder go under it (--on slurm; default BOX_SLURM_SHARED).'}),
     wait: Flags.boolean({description: 'Follow the array to its end with the progress line and the summary (--on slurm).'}),
+    hold: Flags.boolean({description: 'Submit the array held: nothing starts until scontrol release ARRAY_ID (--on slurm).', exclusive: ['wait']}),
   }
 
   async run(): Promise<BatchResult | SlurmRunResult> {
     const slurm = this.flags.on === 'slurm'
-    const slurmOnly = (['partition', 'max-running', 'time', 'shared', 'wait'] as const).filter((name) => this.flags[name] !== undefined && this.flags[name] !== false)
+    const slurmOnly = (['partition', 'max-running', 'time', 'shared', 'wait', 'hold'] as const).filter((name) => this.flags[name] !== undefined && this.flags[name] !== false)
     if (!slurm && slurmOnly.length > 0) throw new BoxError(`--${slurmOnly[0]} is for --on slurm`, {exitCode: ExitCode.USAGE, suggestions: ['add --on slurm, or leave it out']})
     const localOnly = (['parallel', 'exclusive', 'resume'] as const).filter((name) => this.flags[name] !== undefined && this.flags[name] !== false)
     if (slurm && localOnly.length > 0) throw new BoxError(`--${localOnly[0]} is for a batch on this host`, {exitCode: ExitCode.USAGE, suggestions: ['with --on slurm, cap the jobs at once with --max-running']})
@@ -62,6 +63,7 @@ export default class Batch extends BaseCommand<typeof Batch> {
         timeLimit: this.flags.time,
         shared: this.flags.shared,
         wait: this.flags.wait,
+        hold: this.flags.hold,
         cwd: process.cwd(),
         dataDir: this.config.dataDir,
         cacheDir: this.config.cacheDir,
