@@ -1,7 +1,13 @@
 import type {ForwardedPort} from '../lib/core/ports.js'
 import type {BootChoice} from '../lib/box/resnap.js'
-import type {ExtraDrive} from './qemu/argv.js'
 import type {BoxImage} from './qemu/instance.js'
+
+/** A raw image attached as one more virtio disk; the guest finds it by `serial` (/sys/block/vdX/serial). */
+export interface ExtraDrive {
+  file: string
+  serial: string
+  readOnly?: boolean
+}
 
 export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'
 

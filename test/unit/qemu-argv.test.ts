@@ -35,6 +35,16 @@ describe('QEMU argv', () => {
     expect(args).not.toContain('-daemonize')
   })
 
+  it('a job worker without network has no NIC at all, and its job disks carry their serials', () => {
+    const args = buildQemuArgs({...spec, noNetwork: true, drives: [{file: '/j/in,1.img', serial: 'box-job-in', readOnly: true}, {file: '/j/out.img', serial: 'box-job-out'}]})
+    expect(args).not.toContain('-netdev')
+    expect(args.join(' ')).not.toMatch(/virtio-net|hostfwd/)
+    expect(args).toContain('file=/j/in,,1.img,if=none,id=extra0,format=raw,readonly=on')
+    expect(args).toContain('virtio-blk-pci,drive=extra0,serial=box-job-in')
+    expect(args).toContain('file=/j/out.img,if=none,id=extra1,format=raw')
+    expect(args).toContain('virtio-blk-pci,drive=extra1,serial=box-job-out')
+  })
+
   it('doubles commas in paths inside option lists, where a single one would start the next option', () => {
     const args = buildQemuArgs({...spec, disk: '/a,b/disk.qcow2', serialLog: '/a,b/serial.log', qmpSocket: '/a,b/qmp.sock', agentFifo: '/a,b/agent'})
     expect(args).toContain('file=/a,,b/disk.qcow2,if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap')

@@ -13,7 +13,7 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {pipeline} from 'node:stream/promises'
 import type {Readable} from 'node:stream'
 
-import type {BoxImage} from '../../providers/qemu/instance.js'
+import type {MachineHandle} from '../../providers/provider.js'
 import {BoxError, tail} from '../core/errors.js'
 import {run as runProgram, spawn} from '../core/exec.js'
 import {PROJECT_ROOT} from '../core/paths.js'
@@ -32,7 +32,7 @@ export class InfrastructureError extends BoxError {
 export interface JobBox {
   name: string
   version: string
-  image: BoxImage
+  image: MachineHandle['box']
 }
 
 export interface JobContext {
@@ -152,21 +152,22 @@ export async function create(state: JobState): Promise<Worker> {
   const {context} = state
   const f = files(state)
   const source = context.workerSource ?? defaultWorkerSource
+  const pending = source(
+    {
+      jobId: context.spec.id,
+      box: context.box.image,
+      cpus: context.cpus,
+      memoryMiB: context.memoryMiB,
+      network: context.spec.network,
+      drives: context.spec.network ? [] : [{file: f.inputImage, serial: INPUT_SERIAL, readOnly: true}, {file: f.outputImage, serial: OUTPUT_SERIAL}],
+    },
+    {cacheDir: context.cacheDir, signal: context.signal},
+  )
   try {
-    state.worker = await timed(state, 'create', context.spec.phaseTimeouts.create, () =>
-      source(
-        {
-          jobId: context.spec.id,
-          box: context.box.image,
-          cpus: context.cpus,
-          memoryMiB: context.memoryMiB,
-          network: context.spec.network,
-          drives: context.spec.network ? [] : [{file: f.inputImage, serial: INPUT_SERIAL, readOnly: true}, {file: f.outputImage, serial: OUTPUT_SERIAL}],
-        },
-        {cacheDir: context.cacheDir, signal: context.signal},
-      ),
-    )
+    state.worker = await timed(state, 'create', context.spec.phaseTimeouts.create, () => pending)
   } catch (error) {
+    // Past the deadline the worker may still come: it is destroyed when it does.
+    pending.then((late) => destroyWorker(late), () => undefined).catch(() => undefined)
     return infrastructure(state, error, 'starting')
   }
   return state.worker

@@ -8,15 +8,13 @@
 import {mkdir, mkdtemp, rm} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import type {BoxImage} from '../../providers/qemu/instance.js'
-import type {ExtraDrive} from '../../providers/qemu/argv.js'
-import type {MachineHandle, Provider, Started} from '../../providers/provider.js'
+import type {ExtraDrive, MachineHandle, Provider, Started} from '../../providers/provider.js'
 import {BoxError} from '../core/errors.js'
 import {providerFor} from '../machine/machine.js'
 
 export interface WorkerSpec {
   jobId: string
-  box: BoxImage
+  box: MachineHandle['box']
   cpus: number
   memoryMiB: number
   network: boolean

@@ -1,4 +1,5 @@
 import type {ForwardedPort} from '../../lib/core/ports.js'
+import type {ExtraDrive} from '../provider.js'
 import {accelArgs, type Accel} from './accel.js'
 import {AGENT_PORT_NAME} from './agent.js'
 
@@ -32,13 +33,6 @@ export interface QemuLaunchSpec {
   smbiosCredentials?: Record<string, string>
   /** Fork into the background once the guest is set up (the parent exits with QEMU's startup status). */
   daemonize?: boolean
-}
-
-/** A raw image attached as one more virtio disk; the guest finds it by `serial` (/sys/block/vdX/serial). */
-export interface ExtraDrive {
-  file: string
-  serial: string
-  readOnly?: boolean
 }
 
 export function hostfwd(forward: ForwardedPort): string {

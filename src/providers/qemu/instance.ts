@@ -10,7 +10,8 @@ import {socketPath} from '../../lib/core/short-socket.js'
 import {bootCommandLine, type BootChoice} from '../../lib/box/resnap.js'
 import type {Accel} from './accel.js'
 import {agentFifos} from './agent.js'
-import type {DirectBoot, ExtraDrive} from './argv.js'
+import type {ExtraDrive} from '../provider.js'
+import type {DirectBoot} from './argv.js'
 import {HostPortInUseError, launchQemu} from './process.js'
 
 /** The files of one QEMU machine inside its state directory. */

@@ -1,0 +1,286 @@
+/**
+ * box run / box batch on real QEMU workers booted from the reference box (issue 15).
+ * Boots are the cost: one worker with network is shared by the limit tests (its phases
+ * called one by one, several jobs through box-job over ssh), and the no-network jobs
+ * and the batch each boot their own, as they must. Run under the QEMU lock:
+ *   flock /tmp/box-qemu.lock npx vitest run test/e2e/jobs.test.ts
+ */
+import {lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile} from 'node:fs/promises'
+import {homedir, tmpdir} from 'node:os'
+import {join} from 'node:path'
+import {execa} from 'execa'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {runJob} from '../../src/lib/jobs/job.js'
+import {copyIn, copyOut, create, destroy, newJobState, run, wait, type JobBox, type JobState} from '../../src/lib/jobs/phases.js'
+import type {JobRecord, JobSpec} from '../../src/lib/jobs/spec.js'
+import {defaultWorkerSource, workersDir, type WorkerSource} from '../../src/lib/jobs/worker.js'
+import {box as cli, type CliEnv} from '../support/cli.js'
+import {jobSpec, referenceJobBox} from '../support/job-box.js'
+
+/** QEMU processes whose command line mentions `text`: none may be left after a job. */
+async function qemuMentioning(text: string): Promise<string[]> {
+  const {stdout} = await execa('pgrep', ['-af', 'qemu-system'], {reject: false})
+  return stdout.split('\n').filter((line) => line.includes(text))
+}
+
+async function readRecord(dir: string): Promise<JobRecord> {
+  return JSON.parse(await readFile(join(dir, 'result.json'), 'utf8')) as JobRecord
+}
+
+describe('jobs in fresh workers', {timeout: 600_000}, () => {
+  let root: string
+  let cacheDir: string
+  let jobBox: JobBox
+  let boxFile: string
+  let boxDir: string
+
+  beforeAll(async () => {
+    root = await mkdtemp(join(tmpdir(), 'box-jobs-'))
+    // A cache of its own: every worker of these tests lives under it, so pgrep can prove none is left.
+    cacheDir = join(root, 'cache')
+    ;({box: jobBox, boxFile, dir: boxDir} = await referenceJobBox())
+  })
+
+  afterAll(async () => {
+    expect(await qemuMentioning(cacheDir)).toEqual([])
+    await rm(root, {recursive: true, force: true})
+    await rm(boxDir, {recursive: true, force: true})
+  })
+
+  const context = (spec: JobSpec, resultDir: string) => ({spec, box: jobBox, cacheDir, resultDir, cpus: 1, memoryMiB: 768})
+
+  it('a trivial job without network: input disk in, output disk back, one record', async () => {
+    const input = join(root, 'submission')
+    await mkdir(input)
+    await writeFile(join(input, 'name.txt'), 'alice\n')
+    const resultDir = join(root, 'echo')
+    const spec = jobSpec({id: 'echo', command: 'echo "hello $(cat /tmp/job/name.txt)"; id -un; id -u; echo done > /tmp/job/feedback.txt', inputs: [{host: input, guest: '/tmp/job'}], outputs: ['/tmp/job/feedback.txt']})
+    const record = await runJob(context(spec, resultDir))
+    expect(record, JSON.stringify(record)).toMatchObject({id: 'echo', box: {name: 'reference'}, status: 'ok', exitCode: 0, signal: null, timedOut: false, outputLimitHit: false, network: false, refusedOutputs: []})
+    const [greeting, user, uid] = (await readFile(join(resultDir, 'stdout'), 'utf8')).trim().split('\n')
+    expect(greeting).toBe('hello alice')
+    // Neither root nor the box's login user (who has sudo).
+    expect(user).toBe('job')
+    expect(Number(uid)).toBeGreaterThan(0)
+    expect(await readFile(join(resultDir, 'feedback.txt'), 'utf8')).toBe('done\n')
+    expect(Object.keys(record.phases)).toEqual(['copyIn', 'create', 'wait', 'run', 'copyOut', 'destroy'])
+    expect(record.bytesOut).toEqual({stdout: greeting!.length + user!.length + uid!.length + 3, stderr: 0, files: 5})
+    expect(await readRecord(resultDir)).toEqual(record)
+    console.log(`trivial job, no network: ${JSON.stringify(record.phases)}`)
+  })
+
+  it('a command that never ends: killed at the timeout, exit 124, the worker destroyed', async () => {
+    const resultDir = join(root, 'forever')
+    const record = await runJob(context(jobSpec({id: 'forever', command: 'echo started; sleep 600', timeoutMs: 3000}), resultDir))
+    expect(record).toMatchObject({status: 'timeout', exitCode: 124, timedOut: true, signal: 'SIGKILL'})
+    expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toBe('started\n')
+    expect(await qemuMentioning(cacheDir)).toEqual([])
+    expect(await readdir(workersDir(cacheDir))).toEqual([])
+  })
+
+  it('QEMU killed mid-job: an infrastructure failure with the serial log, not the job\'s', async () => {
+    // A worker source that kills its own QEMU once the job runs: what a host OOM kill looks like.
+    const killing: WorkerSource = async (spec, options) => {
+      const worker = await defaultWorkerSource(spec, options)
+      void (async () => {
+        for (let i = 0; i < 600; i++) {
+          const status = await worker.provider.askAgent!(worker.handle, 'job-status', {timeoutMs: 1000}).catch(() => '')
+          if (status === 'running') {
+            process.kill(Number(await readFile(join(worker.stateDir, 'qemu.pid'), 'utf8')), 'SIGKILL')
+            return
+          }
+          await new Promise((resolve) => setTimeout(resolve, 200))
+        }
+      })()
+      return worker
+    }
+    const record = await runJob({...context(jobSpec({id: 'killed', command: 'sleep 60'}), join(root, 'killed')), workerSource: killing})
+    expect(record).toMatchObject({status: 'infrastructure', exitCode: 75, timedOut: false})
+    expect(record.error!.message).toMatch(/the worker stopped while the job ran/)
+    expect(record.error!.serialLogTail).toMatch(/\S/)
+    expect(await qemuMentioning(cacheDir)).toEqual([])
+  })
+
+  describe('limits, on one worker with network (phases one by one)', () => {
+    let worker: JobState
+    const phasesDir = () => join(root, 'phases')
+
+    beforeAll(async () => {
+      await mkdir(phasesDir(), {recursive: true})
+      worker = newJobState({...context(jobSpec({id: 'shared', command: 'true', network: true}), join(phasesDir(), 'shared')), workDir: join(phasesDir(), 'work-shared')})
+      await mkdir(worker.context.workDir, {recursive: true})
+      await create(worker)
+      await wait(worker)
+    })
+
+    afterAll(async () => {
+      if (worker) await destroy(worker)
+      expect(await qemuMentioning(cacheDir)).toEqual([])
+    })
+
+    /** One more job on the shared worker: its own state, the worker and ssh borrowed. */
+    async function job(spec: Partial<JobSpec> & Pick<JobSpec, 'id' | 'command'>, follow?: (chunk: Buffer) => void) {
+      const resultDir = join(phasesDir(), spec.id)
+      const workDir = join(phasesDir(), `work-${spec.id}`)
+      await mkdir(resultDir, {recursive: true})
+      await mkdir(workDir, {recursive: true})
+      const state = newJobState({...context(jobSpec({...spec, network: true}), resultDir), workDir, onOutput: follow && ((_stream, chunk) => follow(chunk))})
+      state.worker = worker.worker
+      state.ssh = worker.ssh
+      await copyIn(state)
+      const started = Date.now()
+      const status = await run(state)
+      const runMs = Date.now() - started
+      await copyOut(state)
+      return {state, status, resultDir, runMs}
+    }
+
+    it('streams output (--follow) and brings back outputs over ssh', async () => {
+      const chunks: Buffer[] = []
+      const {status, resultDir, state} = await job({id: 'follow', command: ['sh', '-c', 'echo one; echo two >&2; mkdir -p /tmp/o; echo r > /tmp/o/r.txt'], outputs: ['/tmp/o']}, (chunk) => chunks.push(chunk))
+      expect(status).toMatchObject({exit: 0, timedOut: false, cut: false})
+      expect(Buffer.concat(chunks).toString()).toContain('one\n')
+      expect(await readFile(join(resultDir, 'stderr'), 'utf8')).toBe('two\n')
+      expect(await readFile(join(resultDir, 'o', 'r.txt'), 'utf8')).toBe('r\n')
+      expect(state.bytesOut.files).toBe(2)
+    })
+
+    it('a job that prints 100 MB at a 1 MB limit: the host gets at most 1.1 MB and the job is stopped', async () => {
+      const {state, resultDir} = await job({id: 'flood', command: 'head -c 100000000 /dev/zero | tr "\\0" x; echo finished', outputLimit: 1024 * 1024, timeoutMs: 120_000})
+      const size = (await stat(join(resultDir, 'stdout'))).size
+      expect(size).toBeLessThanOrEqual(1.1 * 1000 * 1000 + 1024 * 100)
+      expect(size).toBeLessThanOrEqual(1_100_000)
+      expect(state.outputLimitHit).toBe(true)
+      expect(state.bytesOut.stdout).toBe(1024 * 1024)
+      expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toMatch(/\[box: output cut at .*\]\n$/)
+    })
+
+    it('a fork bomb is held by the process limit and the job still ends', async () => {
+      const {status, resultDir, runMs} = await job({id: 'forkbomb', command: 'bomb() { bomb | bomb & }; bomb; sleep 3; echo the shell survived', nproc: 50, timeoutMs: 60_000})
+      expect(status.timedOut).toBe(false)
+      expect(runMs).toBeLessThan(60_000)
+      expect(await readFile(join(resultDir, 'stderr'), 'utf8')).toMatch(/fork|Resource temporarily unavailable/i)
+      // Nothing of the job user is left in the worker.
+      const {stdout} = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', `ControlPath=${worker.ssh!.controlPath}`, '-i', worker.ssh!.keyFile, '-p', String(worker.ssh!.port), `${worker.ssh!.user}@127.0.0.1`, 'sleep 1; pgrep -u job | wc -l'])
+      expect(stdout.trim()).toBe('0')
+    })
+
+    it('a job that fills the disk is stopped by the file-size limit', async () => {
+      const {status, resultDir} = await job({id: 'fill', command: 'head -c 50000000 /dev/zero > /tmp/big; echo "exit $?"; stat -c %s /tmp/big', fileSizeLimit: 1024 * 1024})
+      expect(status.exit).toBe(0)
+      const out = await readFile(join(resultDir, 'stdout'), 'utf8')
+      expect(out).toMatch(/exit 1\d\d/)
+      expect(out.trim().split('\n').at(-1)).toBe(String(1024 * 1024))
+    })
+
+    it('hostile outputs (a link to ~/.ssh and a file through it, devices) are never followed or created', async () => {
+      const before = await readdir(join(homedir(), '.ssh')).catch(() => [])
+      const {state, resultDir} = await job({
+        id: 'hostile',
+        command: 'mkdir -p /tmp/h && cd /tmp/h && ln -s ' + join(homedir(), '.ssh') + ' ssh && ln -s ../../../../etc up && echo fine > ok.txt',
+        outputs: ['/tmp/h', '/dev/null', '/tmp/h/ssh/authorized_keys'],
+      })
+      expect(await readFile(join(resultDir, 'h', 'ok.txt'), 'utf8')).toBe('fine\n')
+      const refused = state.refusedOutputs.map((entry) => entry.name).sort()
+      expect(refused).toEqual(expect.arrayContaining(['tmp/h/ssh', 'tmp/h/up', 'dev/null']))
+      expect(await readdir(join(resultDir, 'h'))).toEqual(['ok.txt'])
+      await expect(lstat(join(resultDir, 'null'))).rejects.toThrow()
+      await expect(lstat(join(resultDir, 'authorized_keys'))).rejects.toThrow()
+      expect(await readdir(join(homedir(), '.ssh')).catch(() => [])).toEqual(before)
+    })
+  })
+
+  describe('through the CLI', () => {
+    let env: CliEnv
+    let project: string
+
+    beforeAll(async () => {
+      project = join(root, 'project')
+      await mkdir(join(project, 'submissions', 'alice'), {recursive: true})
+      await mkdir(join(project, 'submissions', 'bob'), {recursive: true})
+      await writeFile(join(project, 'submissions', 'alice', 'answer'), '42\n')
+      await writeFile(join(project, 'submissions', 'bob', 'answer'), '41\n')
+      // The reference box has no make: the grader is a shell script, run as Tango runs a Makefile.
+      await writeFile(join(project, 'grade.sh'), 'cd /tmp/job\nif [ "$(cat answer)" = 42 ]; then echo pass > feedback.txt; else echo fail > feedback.txt; fi\ncat feedback.txt\n')
+      env = {cwd: project, dataDir: join(root, 'data'), cacheDir}
+      const added = await cli(env, ['add', 'reference', boxFile])
+      expect(added.exitCode, added.stderr).toBe(0)
+    })
+
+    it('refuses an input that does not exist or climbs out, before any worker starts', async () => {
+      const missing = await cli(env, ['run', '--box', 'reference', '--in', 'nope:/tmp/x', '--', 'true'])
+      expect(missing.exitCode).toBe(2)
+      expect(missing.stderr).toMatch(/nope does not exist/)
+      const escape = await cli(env, ['run', '--box', 'reference', '--in', '../../etc:/tmp/x', '--', 'true'])
+      expect(escape.exitCode).toBe(2)
+      expect(escape.stderr).toMatch(/climbs out with "\.\."/)
+      await writeFile(join(project, 'bad.yaml'), 'box: reference\njobs:\n  - id: a\n    command: [true]\n    networks: off\n')
+      const bad = await cli(env, ['batch', 'bad.yaml'])
+      expect(bad.exitCode).toBe(2)
+      expect(bad.stderr).toContain(`${join(project, 'bad.yaml')}:5:5: unknown field "jobs.0.networks"`)
+      expect(await qemuMentioning(cacheDir)).toEqual([])
+    })
+
+    it('a batch: --parallel 2, an unreachable worker retried as an infrastructure failure, Ctrl-C, --resume', async () => {
+      const jobs = `box: reference
+memory: 768
+cpus: 1
+retries: 1
+defaults: {timeout: 60s, output_limit: 1M, network: off}
+jobs:
+  - id: alice
+    command: [sh, /tmp/grader/grade.sh]
+    in: [submissions/alice:/tmp/job, grade.sh:/tmp/grader/grade.sh]
+    out: [/tmp/job/feedback.txt]
+  - id: never-up
+    command: [true]
+    timeouts: {wait: 1s}
+  - id: bob
+    command: "sh /tmp/grader/grade.sh"
+    in: [submissions/bob:/tmp/job, grade.sh:/tmp/grader/grade.sh]
+    out: [/tmp/job/feedback.txt]
+`
+      await writeFile(join(project, 'jobs.yaml'), jobs)
+      // Interrupted once the first job has finished: every worker stops, finished results stay.
+      const child = execa(join(process.cwd(), 'bin', 'box'), ['batch', 'jobs.yaml', '--parallel', '2'], {cwd: project, reject: false, env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir, NO_COLOR: '1'}})
+      let stderr = ''
+      await new Promise<void>((resolve) => {
+        child.stderr!.on('data', (chunk: Buffer) => {
+          stderr += chunk.toString()
+          if (/^(alice|bob): ok/m.test(stderr)) resolve()
+        })
+        void child.then(() => resolve())
+      })
+      child.kill('SIGINT')
+      const interrupted = await child
+      expect(interrupted.exitCode, interrupted.stderr).toBe(130)
+      expect(await qemuMentioning(cacheDir)).toEqual([])
+      const finishedFirst: string[] = []
+      for (const id of await readdir(join(project, 'results'))) {
+        const record = await readRecord(join(project, 'results', id)).catch(() => undefined)
+        if (record && record.status !== 'infrastructure') finishedFirst.push(id)
+      }
+      expect(finishedFirst.length).toBeGreaterThan(0)
+      expect(finishedFirst.length).toBeLessThan(3)
+
+      const resumed = await cli(env, ['batch', 'jobs.yaml', '--parallel', '2', '--resume', '--json'])
+      expect(resumed.stderr).toMatch(/skipped \(--resume\)/)
+      const result = JSON.parse(resumed.stdout) as {records: JobRecord[]; skipped: string[]}
+      const records = new Map<string, JobRecord>()
+      for (const id of ['alice', 'never-up', 'bob']) records.set(id, await readRecord(join(project, 'results', id)))
+      expect(records.get('alice')).toMatchObject({status: 'ok', exitCode: 0})
+      expect(records.get('bob')).toMatchObject({status: 'ok', exitCode: 0})
+      expect(await readFile(join(project, 'results', 'alice', 'feedback.txt'), 'utf8')).toBe('pass\n')
+      expect(await readFile(join(project, 'results', 'bob', 'feedback.txt'), 'utf8')).toBe('fail\n')
+      expect(await readFile(join(project, 'results', 'alice', 'stdout'), 'utf8')).toBe('pass\n')
+      // Never came up: a worker failure, tried twice (retries: 1), never the job's failure.
+      expect(records.get('never-up')).toMatchObject({status: 'infrastructure', exitCode: 75, attempts: 2})
+      expect(records.get('never-up')!.error!.message).toMatch(/did not answer within 1 s/)
+      expect(resumed.exitCode).toBe(75)
+      expect(result.skipped.length + result.records.length).toBe(3)
+      expect(result.skipped.sort()).toEqual(finishedFirst.sort())
+      expect(await qemuMentioning(cacheDir)).toEqual([])
+    })
+  })
+})
