@@ -429,6 +429,9 @@ export async function batchStatus(state: SlurmBatchState): Promise<SlurmBatchSta
       entry.state = ours.status === 'ok' ? 'done' : ours.status === 'infrastructure' ? 'infrastructure' : 'failed'
     } else if (state.cancelledAt) {
       entry.state = 'cancelled'
+    } else {
+      // No record and Slurm is done with it: say how Slurm ended it (TIMEOUT, NODE_FAIL, …) while it still remembers.
+      entry.reason = queue.find((job) => job.tasks.includes(index))?.state
     }
     jobs.push(entry)
   }
