@@ -132,7 +132,7 @@ describe('box batch --on slurm', () => {
     for (const result of [local, outside, noSlurm, noController, badFile]) expect(result.stdout).not.toContain('submitted')
     expect(await squeueNames()).toEqual(before)
     await expect(stat(join(dir, 'results', '.box-batch'))).rejects.toThrow()
-  })
+  }, 120_000)
 
   it('runs every job of the file as one array and brings back every record', async () => {
     const dir = join(root, 'batch')
@@ -173,7 +173,7 @@ describe('box batch --on slurm', () => {
     expect(parsed.finished).toBe(true)
     expect(parsed.arrayJobId).toBe(result.arrayJobId)
     expect(Object.fromEntries(parsed.jobs.map((job) => [job.id, job.state]))).toEqual({one: 'done', two: 'failed', three: 'done'})
-  })
+  }, 1_200_000)
 
   it('reports a box no node can get as a worker failure, retried on another node', async () => {
     const dir = join(root, 'unreachable')
@@ -195,7 +195,7 @@ describe('box batch --on slurm', () => {
     const {stdout: sinfo} = await execa('sinfo', ['-h', '-N', '-o', '%N'], {env: {SLURM_CONF: slurmConf}})
     if (new Set(sinfo.split('\n').filter(Boolean)).size > 1) expect(record.slurm.node).not.toBe(firstNode)
     else expect(record.slurm.node).toBe(firstNode)
-  })
+  }, 300_000)
 
   it('cancels a running array: the task stops its worker, no QEMU is left', async () => {
     const dir = join(root, 'cancel')
@@ -220,5 +220,5 @@ describe('box batch --on slurm', () => {
     expect(await ourQemus()).toEqual([])
     const after = JSON.parse((await box(['batch', 'status', file, '--json'], {cwd: dir})).stdout) as SlurmBatchStatus
     expect(after.jobs[0]!.state).toBe('cancelled')
-  })
+  }, 900_000)
 })
