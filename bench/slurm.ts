@@ -5,6 +5,9 @@
  *       `box batch --on slurm` to every task queued in squeue, then scancel (boots nothing)
  *   flock /tmp/box-qemu.lock node --import tsx/esm bench/slurm.ts overhead [runs]
  *       one trivial job: local `box run` against a 1-job `box batch --on slurm --wait` (boots)
+ *   node --import tsx/esm bench/slurm.ts dispatch [runs]
+ *       Slurm's share of a job's time, without a boot: a 1-job batch whose box is missing (retries: 0)
+ *       from `box batch --on slurm` to its record, against a local `box run` failing the same way
  *   flock /tmp/box-qemu.lock node --import tsx/esm bench/slurm.ts throughput [jobs] [parallel]
  *       N trivial jobs through Slurm (--max-running P) against the local box batch (--parallel P)
  */
@@ -92,6 +95,29 @@ try {
     }
     console.log(`100-job array, box batch --on slurm to all 100 tasks queued: median ${seconds(median(times))} (min ${seconds(Math.min(...times))}, max ${seconds(Math.max(...times))}, ${runs} runs)`)
     console.log(`  of which inside box (job file checks, scontrol ping, sbatch): median ${seconds(median(inBox))}`)
+  } else if (mode === 'dispatch') {
+    const runs = Number(process.argv[3] ?? 5)
+    const viaSlurm: number[] = []
+    const local: number[] = []
+    for (let run = 0; run < runs; run++) {
+      const dir = join(root, `dispatch-${run}`)
+      const file = await jobFile(dir, 1, 'box: not-stored\nretries: 0')
+      const started = Date.now()
+      const submit = await box(['batch', file, '--on', 'slurm', '--json'], dir)
+      if (submit.exitCode !== 0) throw new Error(submit.stdout + submit.stderr)
+      const recordFile = join(dir, 'results', 'job-0', 'result.json')
+      let record: {status: string; finishedAt: string} | undefined
+      while (!record) {
+        record = await readFile(recordFile, 'utf8').then((text) => JSON.parse(text), () => undefined)
+        if (!record) await sleep(20)
+      }
+      if (record.status !== 'infrastructure') throw new Error(`unexpected record ${JSON.stringify(record)}`)
+      viaSlurm.push(Date.parse(record.finishedAt) - started)
+      const t0 = performance.now()
+      await box(['run', '--box', 'not-stored', '--', 'echo'], dir)
+      local.push(performance.now() - t0)
+    }
+    console.log(`submit → record of a job that fails at box lookup: Slurm median ${seconds(median(viaSlurm))} (${viaSlurm.map(seconds).join(', ')}); local box run median ${seconds(median(local))}; Slurm adds ${seconds(median(viaSlurm) - median(local))}`)
   } else if (mode === 'overhead') {
     const runs = Number(process.argv[3] ?? 3)
     const {file: boxFile, sum} = await referenceBox()
