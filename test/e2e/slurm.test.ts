@@ -218,7 +218,15 @@ describe('box batch --on slurm', () => {
     const gone = Date.now() + 60_000
     while ((await ourQemus()).length > 0 && Date.now() < gone) await sleep(500)
     expect(await ourQemus()).toEqual([])
-    const after = JSON.parse((await box(['batch', 'status', file, '--json'], {cwd: dir})).stdout) as SlurmBatchStatus
+    // Slurm holds the task as COMPLETING (shown as running) until box in it has exited.
+    const ended = Date.now() + 60_000
+    let after: SlurmBatchStatus
+    do {
+      after = JSON.parse((await box(['batch', 'status', file, '--json'], {cwd: dir})).stdout) as SlurmBatchStatus
+      if (after.finished) break
+      await sleep(500)
+    } while (Date.now() < ended)
     expect(after.jobs[0]!.state).toBe('cancelled')
+    expect(after.counts).toMatchObject({cancelled: 1, running: 0, queued: 0})
   }, 900_000)
 })
