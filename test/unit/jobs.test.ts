@@ -42,6 +42,7 @@ jobs:
     ])
     expect(jobs.jobs[0]!.command).toEqual(['make', '-C', '/tmp/job', 'grade'])
     expect(jobs.jobs[1]!.command).toBe('make -C /tmp/job grade')
+    expect(parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: [sleep, 1, true]\n').jobs[0]!.command).toEqual(['sleep', '1', 'true'])
     expect(jobs.jobs[0]!.inputs).toEqual([{host: join(dir, 'submissions', 'alice'), guest: '/tmp/job'}])
     expect(jobs.jobs[0]!.outputs).toEqual(['/tmp/job/feedback.txt'])
   })

@@ -7,7 +7,6 @@ import {randomBytes} from 'node:crypto'
 import {mkdir, mkdtemp, rename, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {BoxError, ExitCode} from '../core/errors.js'
 import {copyIn, copyOut, create, destroy, InfrastructureError, newJobState, run, wait, type JobBox, type JobContext, type JobState} from './phases.js'
 import {JobExit, type JobRecord, type JobStatus} from './spec.js'
 
@@ -102,13 +101,4 @@ export async function writeRecord(resultDir: string, record: JobRecord): Promise
   const file = join(resultDir, RESULT_FILE)
   await writeFile(`${file}.tmp`, `${JSON.stringify(record, null, 2)}\n`)
   await rename(`${file}.tmp`, file)
-}
-
-/** box run's exit code: the job's own, or what stopped it. */
-export function exitCodeOf(record: JobRecord): number {
-  return record.exitCode
-}
-
-export function usageError(message: string, suggestions: string[] = []): BoxError {
-  return new BoxError(message, {exitCode: ExitCode.USAGE, suggestions})
 }

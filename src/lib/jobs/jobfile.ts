@@ -47,7 +47,8 @@ const DefaultsSchema = z.strictObject(settings)
 
 const JobSchema = z.strictObject({
   id: z.string({error: 'required: the job id (a plain name)'}).regex(JOB_ID_PATTERN, 'must be a plain name: letters, digits, ".", "_", "-", at most 64'),
-  command: z.union([z.string().min(1), z.array(z.string()).min(1)], {error: 'required: a command, as a list of words or one shell string'}),
+  // YAML reads [echo, 1, true] as a string, a number and a boolean: each word is its text.
+  command: z.union([z.string().min(1), z.array(z.union([z.string(), z.number(), z.boolean()]).transform(String)).min(1)], {error: 'required: a command, as a list of words or one shell string'}),
   in: pathList.optional(),
   out: pathList.optional(),
   ...settings,

@@ -19,7 +19,7 @@ import {run as runProgram, spawn} from '../core/exec.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {socketPath} from '../core/short-socket.js'
 import {installPrivateKey, sshArgs, waitForSsh, type SshTarget} from '../machine/ssh.js'
-import {GUEST_RESULT_FILES, INPUT_SERIAL, OUTPUT_SERIAL, makeInputImage, makeOutputImage, readOutputImage, stageJob} from './images.js'
+import {INPUT_SERIAL, OUTPUT_SERIAL, makeInputImage, makeOutputImage, readOutputImage, stageJob} from './images.js'
 import {capFile, CappedOutput, extractOutputs} from './outputs.js'
 import type {JobSpec, PhaseTimes} from './spec.js'
 import {defaultWorkerSource, destroyWorker, type Worker, type WorkerSource} from './worker.js'
@@ -338,5 +338,3 @@ function requireWorker(state: JobState): Worker {
   if (!state.worker) throw new BoxError('this phase needs a worker: call create first')
   return state.worker
 }
-
-export {GUEST_RESULT_FILES}
