@@ -1,5 +1,5 @@
 import {execFile} from 'node:child_process'
-import {mkdtemp, writeFile} from 'node:fs/promises'
+import {mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {promisify} from 'node:util'
@@ -46,7 +46,7 @@ describe('slurm engine pieces', () => {
     const dir = await mkdtemp(join(tmpdir(), 'box-slurm-unit-'))
     const file = join(dir, 'task.sh')
     await writeFile(file, script.replace("exec /usr/bin/node '/opt/box dir/bin/run.js' batch task", 'exec cat'), {mode: 0o700})
-    const {stdout} = await promisify(execFile)('sh', [file])
+    const {stdout} = await promisify(execFile)('sh', [file]).finally(() => rm(dir, {recursive: true, force: true}))
     expect(decodePlan(stdout).jobs[0]!.command).toBe(hostile)
   })
 
