@@ -13,7 +13,7 @@ import {BoxError, ExitCode} from '../../core/errors.js'
 import {acquireLock} from '../../core/lock.js'
 import {run} from '../../core/exec.js'
 import type {Progress} from '../../core/progress.js'
-import {resolveJobBox, type ResolvedJobBox} from '../box.js'
+import {parseBoxChecksum, resolveJobBox, type ResolvedJobBox} from '../box.js'
 import {runJob, writeRecord} from '../job.js'
 import {JobExit, type JobRecord} from '../spec.js'
 import {batchScript, sbatch, sbatchArgs, TOKEN_FILE, type NodeRecord, type TaskPlan} from './slurm.js'
@@ -60,8 +60,7 @@ export async function ensureNodeBox(plan: TaskPlan, options: Pick<SlurmTaskOptio
   })
   try {
     const {ensureBoxInstalled} = await import('../../store/updates.js')
-    const {checksumFromFlags} = await import('../../store/add.js')
-    const parsed = checksum ? checksumFromFlags(checksum.replace(/^[a-z0-9]+:/i, ''), checksum.includes(':') ? checksum.split(':')[0] : undefined) : undefined
+    const parsed = checksum ? await parseBoxChecksum(checksum) : undefined
     await ensureBoxInstalled({dataDir: options.dataDir, cacheDir: options.cacheDir, name, url, constraint: version, checksum: parsed, hostProvider: 'qemu', downloadOptions: {retries: 2}, signal: options.signal, progress: options.progress})
   } finally {
     await release()
