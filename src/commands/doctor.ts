@@ -7,14 +7,15 @@ export default class Doctor extends BaseCommand<typeof Doctor> {
   static summary = 'Check the host tools box needs and the acceleration machines will use.'
   static description = `Each tool is reported found (with its version) or missing (with the Debian/Ubuntu package that provides it).
 The accelerator is probed with a tiny guest (KVM, or HVF on macOS, then TCG) and cached per host; BOX_ACCEL=tcg|kvm|hvf overrides it.
-Exits non-zero when a required tool is missing or no accelerator works.`
+Exits non-zero when a required tool is missing or no accelerator works (with --jobs, also the tools jobs need): a Slurm HealthCheckProgram can drain a node on it (docs/fleet.md).`
   static enableJsonFlag = true
   static flags = {
     reprobe: Flags.boolean({description: 'Probe the accelerator again instead of using the cached result.'}),
+    jobs: Flags.boolean({description: 'Also require what box run and box batch need on a worker node (mke2fs, debugfs).'}),
   }
 
   async run(): Promise<DoctorReport> {
-    const report = await runDoctor({cacheDir: this.config.cacheDir, refreshAccel: this.flags.reprobe})
+    const report = await runDoctor({cacheDir: this.config.cacheDir, refreshAccel: this.flags.reprobe, jobs: this.flags.jobs})
     if (!this.jsonEnabled()) this.printReport(report)
     if (!report.ok) process.exitCode = 1
     return report

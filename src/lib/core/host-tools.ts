@@ -10,6 +10,8 @@ export interface HostTool {
   /** What needs it; a missing `required` tool makes `box doctor` fail. */
   purpose: string
   required: boolean
+  /** Needed to run jobs (box run, box batch): required by `box doctor --jobs`, a Slurm node's health check. */
+  jobs?: boolean
 }
 
 export const HOST_TOOLS: HostTool[] = [
@@ -21,10 +23,12 @@ export const HOST_TOOLS: HostTool[] = [
   {command: 'xz', package: 'xz-utils', versionArgs: ['--version'], purpose: 'xz-compressed boxes', required: false},
   {command: 'bzip2', package: 'bzip2', purpose: 'bzip2-compressed boxes', required: false},
   {command: 'debootstrap', package: 'debootstrap', versionArgs: ['--version'], purpose: 'box build', required: false},
-  {command: 'mke2fs', package: 'e2fsprogs', versionArgs: ['-V'], purpose: 'box build', required: false},
+  {command: 'mke2fs', package: 'e2fsprogs', versionArgs: ['-V'], purpose: 'box build, job input disks', required: false, jobs: true},
+  {command: 'debugfs', package: 'e2fsprogs', versionArgs: ['-V'], purpose: 'job output disks', required: false, jobs: true},
   {command: 'busybox', package: 'busybox-static', versionArgs: ['--help'], purpose: 'box build (builder appliance)', required: false},
   {command: 'cpio', package: 'cpio', versionArgs: ['--version'], purpose: 'box build (builder appliance)', required: false},
   {command: 'rsync', package: 'rsync', versionArgs: ['--version'], purpose: 'synced folders', required: false},
+  {command: 'sbatch', package: 'slurm-client', versionArgs: ['--version'], purpose: 'box batch --on slurm', required: false},
   {command: 'VBoxManage', package: 'virtualbox (from Oracle)', versionArgs: ['--version'], purpose: 'VirtualBox provider', required: false},
 ]
 

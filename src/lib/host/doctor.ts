@@ -22,9 +22,9 @@ export interface DoctorReport {
 }
 
 /** Check every host tool (found + version, or the package that provides it) and the accelerator. */
-export async function runDoctor(options: {cacheDir: string; refreshAccel?: boolean}): Promise<DoctorReport> {
+export async function runDoctor(options: {cacheDir: string; refreshAccel?: boolean; jobs?: boolean}): Promise<DoctorReport> {
   const tools = await Promise.all(HOST_TOOLS.map(async (tool): Promise<ToolReport> => {
-    const base = {command: tool.command, package: tool.package, purpose: tool.purpose, required: tool.required}
+    const base = {command: tool.command, package: tool.package, purpose: tool.purpose, required: tool.required || (options.jobs === true && tool.jobs === true)}
     if (!(await findOnPath(tool.command))) return {...base, found: false}
     if (!tool.versionArgs) return {...base, found: true}
     const result = await spawn(tool.command, tool.versionArgs, {reject: false, timeout: 10_000, stdin: 'ignore', all: true})

@@ -77,6 +77,7 @@ export async function runBatch(options: BatchOptions): Promise<BatchResult> {
     box: jobFile.box,
     boxUrl: jobFile.boxUrl,
     boxVersion: jobFile.boxVersion,
+    boxChecksum: jobFile.boxChecksum,
     cwd: jobFile.dir,
     dataDir: options.dataDir,
     cacheDir: options.cacheDir,

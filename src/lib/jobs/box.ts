@@ -9,6 +9,8 @@ export interface JobBoxChoice {
   box?: string
   boxUrl?: string
   boxVersion?: string
+  /** box_checksum: TYPE:HEX (or HEX) of the .box at boxUrl, verified when it is fetched. */
+  boxChecksum?: string
   /** A machine of the Boxfile found from `cwd`: its box, CPUs and memory. */
   machine?: string
   cwd: string
@@ -52,10 +54,18 @@ export async function resolveJobBox(choice: JobBoxChoice): Promise<ResolvedJobBo
     memoryMiB = machine.memoryMiB
   }
   const {ensureBoxInstalled} = await import('../store/updates.js')
-  const stored = await ensureBoxInstalled({dataDir: choice.dataDir, cacheDir: choice.cacheDir, name, url, constraint, hostProvider: 'qemu', signal: choice.signal, progress: choice.progress})
+  const checksum = choice.boxChecksum ? await parseBoxChecksum(choice.boxChecksum) : undefined
+  const stored = await ensureBoxInstalled({dataDir: choice.dataDir, cacheDir: choice.cacheDir, name, url, constraint, checksum, hostProvider: 'qemu', signal: choice.signal, progress: choice.progress})
   const {BoxMetadataSchema} = await import('../box/metadata.js')
   const metadata = BoxMetadataSchema.parse(stored.metadata)
   return {box: {name: stored.name, version: stored.version, image: {dir: stored.path, metadata}}, cpus, memoryMiB, loginUser: metadata.box?.user}
+}
+
+/** "sha256:HEX" or a bare HEX (its type told by its length). */
+export async function parseBoxChecksum(text: string) {
+  const {checksumFromFlags} = await import('../store/add.js')
+  const colon = text.indexOf(':')
+  return checksumFromFlags(colon === -1 ? text : text.slice(colon + 1), colon === -1 ? undefined : text.slice(0, colon))
 }
 
 /**

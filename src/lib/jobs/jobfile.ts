@@ -58,6 +58,8 @@ export const JobFileSchema = z.strictObject({
   box: z.string().min(1).optional(),
   box_url: z.string().min(1).optional(),
   box_version: z.string().min(1).optional(),
+  /** The .box's digest, TYPE:HEX (sha256:…); a catalog carries its own. */
+  box_checksum: z.string().regex(/^(?:(?:md5|sha1|sha256|sha384|sha512):)?[0-9a-fA-F]{32,128}$/, 'must be a digest such as sha256:0123…').optional(),
   cpus: z.number().int().positive().optional(),
   memory: z.number().int().min(256, 'must be at least 256 (MiB)').optional(),
   setup: z.union([z.string().min(1), z.array(z.string().min(1))]).optional(),
@@ -74,6 +76,7 @@ export interface JobFile {
   box?: string
   boxUrl?: string
   boxVersion?: string
+  boxChecksum?: string
   cpus?: number
   memoryMiB?: number
   setup: string[]
@@ -156,6 +159,7 @@ function resolveJobFile(loaded: LoadedYaml<JobFileSettings>, loginUser?: string)
     box: value.box,
     boxUrl: value.box_url,
     boxVersion: value.box_version,
+    boxChecksum: value.box_checksum,
     cpus: value.cpus,
     memoryMiB: value.memory,
     setup,
