@@ -11,10 +11,10 @@ import type {ResolvedMachine} from '../boxfile/boxfile.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {run, runAttached, spawn} from '../core/exec.js'
 import {acquireLock} from '../core/lock.js'
-import {PROJECT_ROOT} from '../core/paths.js'
 import type {ForwardedPort} from '../core/ports.js'
 import type {Progress} from '../core/progress.js'
-import {installPrivateKey, sshArgs, sshRun, waitForSsh, type SshTarget} from './ssh.js'
+import {replaceInsecureKeys, stageInsecureKeys} from './login-keys.js'
+import {sshArgs, waitForSsh, type SshTarget} from './ssh.js'
 import type {StoredBox} from '../store/store.js'
 
 /** Everything about a machine that must survive between commands (`machine.json`). */
@@ -27,6 +27,8 @@ export interface MachineRecord {
   sshPort?: number
   /** The machine's own key replaced the box's insecure one in the guest. */
   keyInstalled?: boolean
+  /** The Boxfile's ssh.private_key_path: a key the box trusts, used on every boot instead of a machine key. */
+  privateKeyPath?: string
   /** The guest file holding it: /persistent/… for boxes built by box, else ~/.ssh (in the root filesystem). */
   authorizedKeysFile?: string
   /** Forwards in force at the last boot (host ports may have moved off taken ones). */
@@ -97,6 +99,7 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
     cacheDir: context.cacheDir,
     name: machine.box,
     url: machine.boxUrl,
+    checksum: machine.boxDownloadChecksum,
     constraint: machine.boxVersion,
     hostProvider: machine.provider,
     signal: context.signal,
@@ -119,7 +122,7 @@ async function handleFor(stateDir: string, machine: ResolvedMachine, box: {path:
 
 export function sshTarget(stateDir: string, record: MachineRecord, provider: Provider): SshTarget {
   if (!record.sshPort) throw new BoxError(`machine ${record.name} has never been started`, {suggestions: ['start it: box up'] })
-  return {host: '127.0.0.1', port: record.sshPort, user: record.user, keyFile: files(stateDir).key, controlPath: provider.sshControlPath({stateDir})}
+  return {host: '127.0.0.1', port: record.sshPort, user: record.user, keyFile: record.privateKeyPath ?? files(stateDir).key, controlPath: provider.sshControlPath({stateDir})}
 }
 
 /** The ssh target of a machine that must be running (ssh, provision, rsync); a clear error otherwise. */
@@ -208,7 +211,7 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
         const wanted = handle.forwardedPorts.find((p) => p.guest === forward.guest && p.protocol === forward.protocol)
         if (wanted && wanted.host !== forward.host) context.progress.warn(`${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`)
       }
-      record = {...record, sshPort: booted.sshPort, forwardedPorts: booted.forwardedPorts}
+      record = {...record, sshPort: booted.sshPort, forwardedPorts: booted.forwardedPorts, privateKeyPath: machine.ssh.privateKeyPath}
       await writeRecord(stateDir, record)
       const target = sshTarget(stateDir, record, provider)
       record = await waitForMachineSsh(stateDir, target, record, {
@@ -268,53 +271,30 @@ async function createMachine(context: MachineContext, provider: Provider, stateD
 }
 
 /**
- * Wait for sshd. A machine fresh from its box only knows the box's insecure key:
- * log in with that once and install the machine's own key, which is used from then on.
+ * Wait for sshd. A machine fresh from its box only knows the insecure keys (login-keys.ts):
+ * log in with those once and replace them by the machine's own key, used from then on.
  * The insecure login is one connection (a master, closed once the key is in place), and
  * the machine key's first login stays as the master for what follows.
  */
 async function waitForMachineSsh(stateDir: string, target: SshTarget, record: MachineRecord, options: Parameters<typeof waitForSsh>[1]): Promise<MachineRecord> {
-  if (record.keyInstalled) {
+  if (record.keyInstalled || record.privateKeyPath) {
     await waitForSsh(target, options)
     return record
   }
-  const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(stateDir, 'insecure_key'))
+  const insecure = await stageInsecureKeys(stateDir, record.box.path)
   let authorizedKeysFile: string
-  const bootstrap = {...target, keyFile: insecure}
+  const bootstrap = {...target, keyFile: insecure.keyFiles[0]!, moreKeyFiles: insecure.keyFiles.slice(1)}
   try {
     await waitForSsh(bootstrap, options)
-    authorizedKeysFile = await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
+    authorizedKeysFile = await replaceInsecureKeys(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
   } finally {
     if (bootstrap.controlPath) await closeSshMaster(bootstrap.controlPath)
-    await rm(insecure, {force: true})
+    await insecure.remove()
   }
   await waitForSsh(target, {...options, timeoutMs: 30_000})
   const updated = {...record, keyInstalled: true, authorizedKeysFile}
   await writeRecord(stateDir, updated)
   return updated
-}
-
-/**
- * Replace the authorized keys of `user` by the machine's key. Boxes built by box read
- * authorized keys from /persistent (so the key survives every resnap and the insecure
- * key never comes back); other boxes get it in ~/.ssh/authorized_keys.
- */
-export async function installMachineKey(target: SshTarget, user: string, publicKey: string): Promise<string> {
-  const script = `set -eu
-user="$1"
-if sshd -T 2>/dev/null | grep -qi '^authorizedkeysfile .*/persistent/ssh/authorized_keys'; then
-  file=/persistent/ssh/authorized_keys/$user
-else
-  file=$(getent passwd "$user" | cut -d: -f6)/.ssh/authorized_keys
-fi
-mkdir -p "$(dirname "$file")"
-cat > "$file.new"
-chown "$user" "$file.new" && chmod 0600 "$file.new"
-mv "$file.new" "$file"
-echo "$file"
-`
-  const {stdout} = await sshRun(target, ['sudo', 'sh', '-c', script, 'sh', user], {input: publicKey, purpose: 'installing the machine ssh key'})
-  return stdout.trim()
 }
 
 export async function haltMachine(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine, options: {force?: boolean; timeoutMs?: number} = {}): Promise<'acpi' | 'forced' | 'not-running'> {
