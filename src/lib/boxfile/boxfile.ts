@@ -10,6 +10,7 @@ import {configError, loadYamlFile, parseYaml, type LoadedYaml} from '../core/con
 import {BoxError, ExitCode} from '../core/errors.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {BOXFILE_NAME, findBoxfile} from '../machine/project.js'
+import type {Checksum} from '../store/download.js'
 import {parseConstraint, VersionSyntaxError} from '../core/versions.js'
 
 /** The single machine's name when the Boxfile has no `machines:` section (Vagrant's too). */
@@ -49,6 +50,9 @@ export const MACHINE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
 const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/
 const HOST_LABEL_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/
 const URL_SCHEME_PATTERN = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//
+/** Digest lengths (hex digits) of the checksums a box download can be checked with. */
+const CHECKSUM_DIGITS = {md5: 32, sha1: 40, sha256: 64, sha384: 96, sha512: 128} as const
+const CHECKSUM_TYPES = Object.keys(CHECKSUM_DIGITS) as [keyof typeof CHECKSUM_DIGITS, ...Array<keyof typeof CHECKSUM_DIGITS>]
 /** Below this a guest will not boot; a small number is almost always a forgotten "G". */
 const MIN_MEMORY_MIB = 64
 
@@ -104,6 +108,8 @@ export interface ResolvedMachine {
   boxUrl?: string
   /** A constraint such as ">= 1.2, < 2" (syntax already checked). */
   boxVersion?: string
+  /** box_download_checksum(_type): checked while box_url's .box downloads. */
+  boxDownloadChecksum?: Checksum
   provider: Provider
   cpus: number
   memoryMiB: number
@@ -112,7 +118,8 @@ export interface ResolvedMachine {
   syncedFolders: SyncedFolder[]
   /** Top-level provisioners first, then the machine's own (Vagrant's order). */
   provisioners: Provisioner[]
-  ssh: {username?: string; forwardAgent: boolean}
+  /** privateKeyPath: absolute host path of a key the box trusts (used instead of a machine key). */
+  ssh: {username?: string; privateKeyPath?: string; forwardAgent: boolean}
   hostname?: string
   site?: string
   directorPort: number
@@ -279,6 +286,8 @@ const machineShape = {
   ),
   box_url: boxUrl,
   box_version: boxVersion,
+  box_download_checksum: text('the hex digest of the .box at box_url, as sha256sum prints it').regex(/^[0-9a-fA-F]+$/, 'must be a hex digest, as sha256sum prints it'),
+  box_download_checksum_type: oneOf(CHECKSUM_TYPES),
   provider: oneOf(PROVIDERS),
   cpus: z.number({error: 'must be a whole number of CPUs, at least 1'}).int('must be a whole number of CPUs, at least 1').min(1, 'must be a whole number of CPUs, at least 1'),
   memory,
@@ -286,7 +295,7 @@ const machineShape = {
   forwarded_ports: list(ForwardedPortSchema, '[{guest: 80, host: 8080}]'),
   synced_folders: list(SyncedFolderSchema, '[{source: ., destination: /srv/project}]'),
   provisioners: list(ProvisionerSchema, '[{type: shell, path: setup.sh}]'),
-  ssh: closedObject({username: text('a user name').optional(), forward_agent: flag().optional()}),
+  ssh: closedObject({username: text('a user name').optional(), private_key_path: text('a private key file (relative to the Boxfile)').optional(), forward_agent: flag().optional()}),
   hostname: hostName('worker-1 or worker-1.example.org'),
   site: hostName('example.org'),
   director_port: port('director'),
@@ -373,6 +382,7 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
   for (const section of sections) await checkListItems(section.settings, section.path, dir, problem)
 
   const allPorts: Array<Located<RawPort>> = []
+  const checksumProblem = reportOnce(problem)
   const machines: ResolvedMachine[] = []
   for (const {name, path, settings} of sections) {
     const box = settings.box ?? defaults.box
@@ -394,11 +404,13 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
 
     const boxUrl = settings.box_url ?? defaults.box_url
     const ssh = {...defaults.ssh, ...settings.ssh}
+    const boxDownloadChecksum = downloadChecksum(settings, defaults, path, boxUrl, checksumProblem)
     machines.push({
       name,
       box,
       boxUrl: boxUrl === undefined ? undefined : URL_SCHEME_PATTERN.test(boxUrl) ? boxUrl : hostPath(dir, boxUrl),
       boxVersion: settings.box_version ?? defaults.box_version,
+      boxDownloadChecksum,
       provider: settings.provider ?? defaults.provider ?? MACHINE_DEFAULTS.provider,
       cpus: settings.cpus ?? defaults.cpus ?? MACHINE_DEFAULTS.cpus,
       memoryMiB: settings.memory ?? defaults.memory ?? MACHINE_DEFAULTS.memoryMiB,
@@ -411,7 +423,7 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
         disabled: value.disabled,
       })),
       provisioners: provisioners.map(({value}, index) => resolveProvisioner(value, index, dir)),
-      ssh: {username: ssh.username, forwardAgent: ssh.forward_agent ?? false},
+      ssh: {username: ssh.username, privateKeyPath: ssh.private_key_path === undefined ? undefined : hostPath(dir, ssh.private_key_path), forwardAgent: ssh.forward_agent ?? false},
       hostname: settings.hostname ?? defaults.hostname,
       site: settings.site ?? defaults.site,
       directorPort: settings.director_port ?? defaults.director_port ?? MACHINE_DEFAULTS.directorPort,
@@ -447,8 +459,55 @@ function resolveProvisioner(raw: RawProvisioner, index: number, dir: string): Pr
 
 type Report = (path: YamlPath, message: string) => void
 
+/**
+ * box_download_checksum(_type) as a machine inherits them (Vagrant's names); the type, when
+ * left out, is told from the digest's length as `box add --checksum` does. A problem with a
+ * top-level field is reported once, not once per machine.
+ */
+function downloadChecksum(settings: MachineSettings, defaults: MachineSettings, path: YamlPath, boxUrl: string | undefined, once: Report): Checksum | undefined {
+  const at = (field: 'box_download_checksum' | 'box_download_checksum_type'): YamlPath => (settings[field] === undefined ? [field] : [...path, field])
+  const value = settings.box_download_checksum ?? defaults.box_download_checksum
+  const type = settings.box_download_checksum_type ?? defaults.box_download_checksum_type
+  if (value === undefined) {
+    if (type !== undefined) once(at('box_download_checksum_type'), 'needs box_download_checksum (the digest to check the download against)')
+    return undefined
+  }
+  if (boxUrl === undefined) {
+    once(at('box_download_checksum'), 'checks the download from box_url, which is not set (an installed box is not downloaded)')
+    return undefined
+  }
+  const digest = value.toLowerCase()
+  const guessed = type ?? CHECKSUM_TYPES.find((candidate) => CHECKSUM_DIGITS[candidate] === digest.length)
+  if (guessed === undefined) {
+    once(at('box_download_checksum'), `cannot tell the type of a ${digest.length}-digit digest: set box_download_checksum_type (${CHECKSUM_TYPES.join(', ')})`)
+    return undefined
+  }
+  if (CHECKSUM_DIGITS[guessed] !== digest.length) {
+    once(at('box_download_checksum'), `a ${guessed} digest has ${CHECKSUM_DIGITS[guessed]} hex digits, this one has ${digest.length}`)
+    return undefined
+  }
+  return {type: guessed, value: digest}
+}
+
+/** A Report that drops a problem already reported at the same place (top-level fields inherited by every machine). */
+function reportOnce(problem: Report): Report {
+  const seen = new Set<string>()
+  return (where, message) => {
+    const key = `${where.join('.')}\0${message}`
+    if (!seen.has(key)) problem(where, message)
+    seen.add(key)
+  }
+}
+
 /** Per-item checks that need the file system or two fields at once. */
 async function checkListItems(settings: MachineSettings, path: YamlPath, dir: string, problem: Report): Promise<void> {
+  if (settings.ssh?.private_key_path !== undefined) {
+    const key = hostPath(dir, settings.ssh.private_key_path)
+    const info = await stat(key).catch(() => undefined)
+    // OpenSSH ignores a private key others can read ("UNPROTECTED PRIVATE KEY FILE"): say so before booting.
+    if (!info?.isFile()) problem([...path, 'ssh', 'private_key_path'], `no such file: ${key}`)
+    else if ((info.mode & 0o077) !== 0) problem([...path, 'ssh', 'private_key_path'], `${key} is readable by others (mode ${(info.mode & 0o777).toString(8).padStart(4, '0')}); ssh refuses such keys: chmod 600 ${key}`)
+  }
   for (const [index, folder] of (settings.synced_folders ?? []).entries()) {
     if (folder.disabled) continue
     const source = hostPath(dir, folder.source)

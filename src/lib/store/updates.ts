@@ -52,7 +52,7 @@ export async function findInstalledBox(dataDir: string, query: {name: string; co
   return boxes[0]
 }
 
-export interface EnsureBoxInstalledOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions'> {
+export interface EnsureBoxInstalledOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions' | 'checksum'> {
   name: string
   /** Boxfile's box_url: a catalog or .box, by URL or path. */
   url?: string
