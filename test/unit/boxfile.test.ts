@@ -487,6 +487,7 @@ describe('the init template', () => {
     await mkdir(join(dir, 'src'))
     await writeFile(join(dir, 'setup.sh'), 'true\n')
     await writeFile(join(dir, 'worker.conf'), '')
+    await writeFile(join(dir, 'team_box.key'), '', {mode: 0o600})
     const text = await renderBoxfile({box: 'b'}, file)
     // Uncomment the example fields and their indented lines; prose comments are never indented.
     const uncomment = (part: string) =>
@@ -496,7 +497,7 @@ describe('the init template', () => {
 
     const single = await parse(uncomment(text.slice(0, machinesAt)))
     expect(single.machines).toHaveLength(1)
-    expect(single.machines[0]).toMatchObject({boxVersion: '>= 1.0, < 2', hostname: 'worker-1', site: 'example.org', directorPort: 8443, ssh: {username: 'vagrant', forwardAgent: false}})
+    expect(single.machines[0]).toMatchObject({boxVersion: '>= 1.0, < 2', hostname: 'worker-1', site: 'example.org', directorPort: 8443, ssh: {username: 'vagrant', privateKeyPath: join(dir, 'team_box.key'), forwardAgent: false}})
     expect(single.machines[0]!.forwardedPorts).toHaveLength(2)
     expect(single.machines[0]!.syncedFolders).toHaveLength(1)
     expect(single.machines[0]!.provisioners.map((p) => p.type)).toEqual(['shell', 'file'])
