@@ -10,7 +10,6 @@ import {configError, loadYamlFile, parseYaml, type LoadedYaml} from '../core/con
 import {BoxError, ExitCode} from '../core/errors.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {BOXFILE_NAME, findBoxfile} from '../machine/project.js'
-import type {Checksum} from '../store/download.js'
 import {parseConstraint, VersionSyntaxError} from '../core/versions.js'
 
 /** The single machine's name when the Boxfile has no `machines:` section (Vagrant's too). */
@@ -53,6 +52,11 @@ const URL_SCHEME_PATTERN = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//
 /** Digest lengths (hex digits) of the checksums a box download can be checked with. */
 const CHECKSUM_DIGITS = {md5: 32, sha1: 40, sha256: 64, sha384: 96, sha512: 128} as const
 const CHECKSUM_TYPES = Object.keys(CHECKSUM_DIGITS) as [keyof typeof CHECKSUM_DIGITS, ...Array<keyof typeof CHECKSUM_DIGITS>]
+/** A digest to check a download against (the store's Checksum has the same shape; the Boxfile imports no use case). */
+export interface Checksum {
+  type: keyof typeof CHECKSUM_DIGITS
+  value: string
+}
 /** Below this a guest will not boot; a small number is almost always a forgotten "G". */
 const MIN_MEMORY_MIB = 64
 
