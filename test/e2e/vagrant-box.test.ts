@@ -104,6 +104,9 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
   it('halts, and the next up uses the machine key only', async () => {
     const halt = await box(env, ['halt'])
     expect(halt.exitCode, halt.stderr).toBe(0)
+    // The guest's own systemd answers QEMU's ACPI power button, as under vagrant-libvirt.
+    expect(halt.stdout).toContain('default: halted')
+    expect(halt.stdout).not.toContain('(forced)')
     const up = await box(env, ['up'])
     expect(up.exitCode, `${up.stdout}\n${up.stderr}`).toBe(0)
     const logins = await acceptedLogins()
