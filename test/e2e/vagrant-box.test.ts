@@ -54,6 +54,8 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
     }
     const up = await box(env, ['up'])
     expect(up.exitCode, `${up.stdout}\n${up.stderr}`).toBe(0)
+    // For the record (figures come from bench/, never asserted): the boot stage's line.
+    console.log(`${up.stdout}\n${up.stderr}`.split('\n').filter((line) => /booting|creating/.test(line)).join('\n'))
   }, 1_800_000)
 
   afterAll(async () => {
