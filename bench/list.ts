@@ -11,7 +11,8 @@ import {join} from 'node:path'
 
 import {execa} from 'execa'
 
-import {addBoxFromFile, listBoxes} from '../src/lib/store/store.js'
+import {addBoxFromFile} from '../src/lib/store/import.js'
+import {listBoxes} from '../src/lib/store/query.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {makeBoxFile} from '../test/fixtures/boxes.js'
 

@@ -15,13 +15,13 @@ import {randomUUID} from 'node:crypto'
 import {execa} from 'execa'
 
 import {ensureBox} from '../src/builder/index.js'
-import {parseBoxfile} from '../src/lib/boxfile/boxfile.js'
+import {parseBoxfile} from '../src/lib/boxfile/load.js'
 import {imageRangeSpec, lvRangesOnPv, readLvmOnDisk} from '../src/lib/box/disk-image.js'
-import {machineDir, type MachineRecord} from '../src/lib/machine/machine.js'
+import {machineDir, type MachineRecord} from '../src/lib/machine/context.js'
 import {packageMachine} from '../src/lib/machine/package.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {createProgress, formatBytes} from '../src/lib/core/progress.js'
-import {addBoxFromFile} from '../src/lib/store/store.js'
+import {addBoxFromFile} from '../src/lib/store/import.js'
 import {testCacheDir} from '../test/support/cache.js'
 
 const MB = 1e6

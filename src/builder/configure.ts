@@ -13,7 +13,7 @@ import {run} from '../lib/core/exec.js'
 import {PROJECT_ROOT} from '../lib/core/paths.js'
 import type {Stage} from '../lib/core/progress.js'
 import {mapperPath} from '../lib/box/resnap.js'
-import {AGENT_PORT_NAME} from '../providers/qemu/agent.js'
+import {AGENT_PORT_NAME} from '../lib/box/agent-protocol.js'
 import type {Recipe} from './recipe.js'
 
 /**
@@ -46,12 +46,6 @@ export const MASKED_GENERATORS = [
  * Units a worker does not need; each one cost boot time under TCG or writes in the
  * background (which fills the root snapshot). Masking a unit that is not installed is harmless.
  */
-/**
- * The files of provisioners/ that the image carries (the others, e.g. the `secure`
- * template, run from the host): cached boxes are keyed by these, not the whole folder.
- */
-export const IMAGE_PROVISIONERS = ['box-ssh-setup', 'provisiond', 'provisiond.service', 'box-lockdown.service', 'box-agent', 'box-agent.service'] as const
-
 export const MASKED_UNITS = [
   'lvm2-monitor.service', // dmeventd monitoring: we use no autoextend; slow at boot
   'lvm2-lvmpolld.socket',

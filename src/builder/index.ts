@@ -5,15 +5,16 @@
  */
 import {createHash} from 'node:crypto'
 import {existsSync} from 'node:fs'
-import {mkdir, mkdtemp, readdir, readFile, stat, statfs} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, readFile, stat} from 'node:fs/promises'
 import {dirname, join, relative, resolve} from 'node:path'
 
 import {BoxError, ExitCode} from '../lib/core/errors.js'
 import {findOnPath, missingProgramError} from '../lib/core/exec.js'
+import {checkFreeSpace as checkFreeSpaceIn, freeSpace} from '../lib/core/fs.js'
 import {defaultCacheDir, PROJECT_ROOT} from '../lib/core/paths.js'
 import {createProgress, formatBytes, type Progress, type Stage} from '../lib/core/progress.js'
 import {makeApplianceInitrd, runAppliance} from './appliance.js'
-import {configureRootfs, copyRootfs, IMAGE_PROVISIONERS} from './configure.js'
+import {configureRootfs, copyRootfs} from './configure.js'
 import {makeImages, resolveBootLink, splitBoot} from './image.js'
 import {removeTree} from './mounts.js'
 import {lockOutput, packageBox} from './package.js'
@@ -195,12 +196,18 @@ export async function ensureBox(recipeDir: string, options: EnsureBoxOptions = {
   return {path, recipeHash, built: true, build}
 }
 
+/** Folders of guest files the builder installs into the image (scripts, units, initramfs hooks). */
+const GUEST_PAYLOAD_DIRS = ['initramfs', 'provisioners']
+
 /**
- * Hash of everything a built box depends on: the recipe (and its mirror), the key
- * files it names, the shipped guest files (initramfs/, the image's provisioners, the
- * insecure key) and the builder's own sources — editing the builder invalidates cached boxes.
+ * Hash of everything a built box depends on, taken from what lands in the image rather than a
+ * list of names: the recipe (and its mirror) with the key files it names, every file of the
+ * guest payload folders, and the builder's code as the modules reachable by import from
+ * builder/index — whatever the builder imports (the agent's constants, archive code…) can change
+ * the image. The code is read from src/ when the tree has it, else from dist/ (an installed
+ * CLI), so the tests and bin/box agree on the key for one checkout. `root` is the project root.
  */
-export async function fullRecipeHash(recipe: Recipe, mirror: string): Promise<string> {
+export async function fullRecipeHash(recipe: Recipe, mirror: string, root: string = PROJECT_ROOT): Promise<string> {
   const hash = createHash('sha256')
   const add = (name: string, content: string | Buffer) => {
     hash.update(`${name}\0${content.length}\0`)
@@ -209,22 +216,57 @@ export async function fullRecipeHash(recipe: Recipe, mirror: string): Promise<st
   add('recipe', await readFile(join(recipe.dir, RECIPE_FILE)))
   add('mirror', mirror)
   for (const file of recipe.authorizedKeyFiles.flat()) add(`key:${relative(recipe.dir, file)}`, await readFile(file))
-  const builderSources = existsSync(join(PROJECT_ROOT, 'src', 'builder')) ? join('src', 'builder') : join('dist', 'builder')
-  for (const dir of ['initramfs', builderSources]) {
-    for (const file of await listFiles(join(PROJECT_ROOT, dir))) {
-      if (file.endsWith('.map')) continue
-      add(relative(PROJECT_ROOT, file), await readFile(file))
+  for (const dir of GUEST_PAYLOAD_DIRS) {
+    for (const file of await listFiles(join(root, dir))) add(relative(root, file), await readFile(file))
+  }
+  for (const file of await builderModules(root)) add(relative(root, file), await readFile(file))
+  return hash.digest('hex').slice(0, 16)
+}
+
+/** The builder's code: builder/index and every project module it reaches by import, sorted. */
+export async function builderModules(root: string = PROJECT_ROOT): Promise<string[]> {
+  const fromSource = existsSync(join(root, 'src', 'builder', 'index.ts'))
+  const base = join(root, fromSource ? 'src' : 'dist')
+  const entry = join(base, 'builder', fromSource ? 'index.ts' : 'index.js')
+  const seen = new Set<string>()
+  const pending = [entry]
+  while (pending.length > 0) {
+    const file = pending.pop()!
+    if (seen.has(file)) continue
+    seen.add(file)
+    const text = await readFile(file, 'utf8').catch(() => {
+      throw new BoxError(`cannot read ${file}, which the builder imports`, {
+        suggestions: ['run `npm run build` (or reinstall box)'],
+      })
+    })
+    for (const specifier of relativeImports(text, fromSource)) {
+      let target = resolve(dirname(file), specifier)
+      if (fromSource && target.endsWith('.js')) target = target.replace(/\.js$/, '.ts')
+      if (!relative(base, target).startsWith('..')) pending.push(target)
     }
   }
-  for (const name of IMAGE_PROVISIONERS) add(`provisioners/${name}`, await readFile(join(PROJECT_ROOT, 'provisioners', name)))
-  add('static/insecure_key.pub', await readFile(join(PROJECT_ROOT, 'static', 'insecure_key.pub')))
-  // Shared modules whose output lands in the image: kernel command lines and grub's boot choice.
-  const lib = join(builderSources.replace(/builder$/, 'lib'), 'box')
-  for (const name of ['resnap', 'boot-choice']) {
-    const file = join(PROJECT_ROOT, lib, `${name}.${lib.startsWith('src') ? 'ts' : 'js'}`)
-    add(relative(PROJECT_ROOT, file), await readFile(file))
+  return [...seen].sort()
+}
+
+/**
+ * Relative specifiers of a module's static, dynamic and side-effect imports and re-exports. A
+ * TypeScript `import type` / `export type` is skipped: it is erased and lands nowhere. A match
+ * inside a comment only adds a file to the key, never drops one.
+ */
+function relativeImports(text: string, typescript: boolean): string[] {
+  const specifiers: string[] = []
+  const patterns = [
+    // The clause between the keyword and `from` may span lines but never another statement.
+    /\b(?:import|export)(\s+type\b)?(?:(?!\b(?:import|export)\b)[^;'"`()=])*?\bfrom\s*['"](\.[^'"]*)['"]/g,
+    /\bimport\s*\(\s*()['"](\.[^'"]*)['"]\s*\)/g,
+    /^\s*import\s*()['"](\.[^'"]*)['"]/gm,
+  ]
+  for (const pattern of patterns) {
+    for (const [, typeOnly, specifier] of text.matchAll(pattern)) {
+      if (!(typescript && typeOnly)) specifiers.push(specifier)
+    }
   }
-  return hash.digest('hex').slice(0, 16)
+  return specifiers
 }
 
 async function listFiles(dir: string): Promise<string[]> {
@@ -258,21 +300,10 @@ async function checkOutput(output: string, force: boolean): Promise<void> {
 
 /** Refuse to start when the cache or output filesystem cannot hold the build (a half-full disk fails late and messily). */
 export async function checkFreeSpace(cacheDir: string, output: string, rootfsCached: boolean): Promise<void> {
-  const free = async (path: string) => {
-    const s = await statfs(path)
-    return {bytes: s.bavail * s.bsize, device: (await stat(path)).dev}
-  }
-  const cache = await free(cacheDir)
-  const out = await free(dirname(output))
+  const [cache, out] = await Promise.all([freeSpace(cacheDir), freeSpace(dirname(output))])
   const boxEstimate = ROOTFS_ESTIMATE / 2
-  const neededInCache = ROOTFS_ESTIMATE * (rootfsCached ? 4 : 5) + (cache.device === out.device ? boxEstimate : 0)
-  const check = (where: string, have: number, need: number) => {
-    if (have < need) {
-      throw new BoxError(`not enough disk space in ${where}: ${formatBytes(have)} free, the build needs about ${formatBytes(need)}`, {
-        suggestions: ['free some space, or set BOX_CACHE_DIR (and --output) to a larger filesystem'],
-      })
-    }
-  }
-  check(cacheDir, cache.bytes, neededInCache)
-  if (cache.device !== out.device) check(dirname(output), out.bytes, boxEstimate)
+  const sameDevice = cache.device === out.device
+  const check = {needs: 'the build', suggestions: ['free some space, or set BOX_CACHE_DIR (and --output) to a larger filesystem']}
+  await checkFreeSpaceIn(cacheDir, ROOTFS_ESTIMATE * (rootfsCached ? 4 : 5) + (sameDevice ? boxEstimate : 0), check)
+  if (!sameDevice) await checkFreeSpaceIn(dirname(output), boxEstimate, check)
 }

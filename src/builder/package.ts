@@ -2,17 +2,18 @@
  * Stage "package": the Vagrant-format .box — metadata.json (Vagrant's keys for the
  * libvirt provider plus box's own `box` key), box.img (qcow2, zero clusters dropped),
  * a Vagrantfile, and the kernel and initrd for direct boot — as a zstd tar written to
- * `<output>.partial` and renamed into place (src/lib/archive.ts).
+ * `<output>.partial` and renamed into place (lib/box/archive.ts).
  */
 import {copyFile, mkdir, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {writeBoxArchive, type WrittenBoxArchive} from '../lib/box/archive.js'
 import type {BoxMetadata} from '../lib/box/metadata.js'
+import {vagrantfileText} from '../lib/box/vagrantfile.js'
 import {acquireLock} from '../lib/core/lock.js'
 import {BoxError} from '../lib/core/errors.js'
 import {run} from '../lib/core/exec.js'
-import {AGENT_PROTOCOL} from '../providers/qemu/agent.js'
+import {AGENT_PROTOCOL} from '../lib/box/agent-protocol.js'
 import {formatBytes, type Stage} from '../lib/core/progress.js'
 import {lvmLayout, parseSize, type RecipeFields} from './recipe.js'
 
@@ -38,18 +39,12 @@ export function boxMetadata(recipe: RecipeFields, recipeHash: string): BoxMetada
 }
 
 export function vagrantfile(recipe: RecipeFields): string {
-  return `# Written by \`box build\` for ${recipe.name} ${recipe.version}.
-# The box ships the documented insecure key for "${recipe.users[0]!.name}"; Vagrant replaces it on first up.
-Vagrant.configure("2") do |config|
-  config.ssh.username = "${recipe.users[0]!.name}"
-  config.vm.synced_folder ".", "/vagrant", disabled: true
-  config.vm.provider :libvirt do |libvirt|
-    libvirt.driver = "kvm"
-    libvirt.disk_bus = "virtio"
-    libvirt.memory = 1024
-  end
-end
-`
+  const user = recipe.users[0]!.name
+  return vagrantfileText({
+    origin: `Written by \`box build\` for ${recipe.name} ${recipe.version}.`,
+    notes: [`The box ships the documented insecure key for "${user}"; Vagrant replaces it on first up.`],
+    username: user,
+  })
 }
 
 export interface PackageOptions {

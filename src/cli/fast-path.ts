@@ -11,7 +11,7 @@ import {join} from 'node:path'
 import {parseArgs} from 'node:util'
 
 import {BoxError, boxErrorJson, formatBoxError} from '../lib/core/errors.js'
-import {sshSession} from '../lib/machine/machine.js'
+import {sshSession} from '../lib/machine/ssh-session.js'
 import {defaultCacheDir, defaultDataDir, PROJECT_ROOT} from '../lib/core/paths.js'
 import {openProject} from '../lib/machine/project.js'
 import {machineStatus, printStatuses} from '../lib/machine/status.js'

@@ -1,8 +1,8 @@
 import {Args, Command} from '@oclif/core'
 
 import {BaseCommand} from './base-command.js'
-import type {ResolvedMachine} from '../lib/boxfile/boxfile.js'
-import type {MachineContext} from '../lib/machine/machine.js'
+import type {ResolvedMachine} from '../lib/boxfile/types.js'
+import type {MachineContext} from '../lib/machine/context.js'
 import {openProject} from '../lib/machine/project.js'
 
 /** Base of the commands that act on the machines of the Boxfile (`box up [NAME…]`). */
@@ -20,7 +20,7 @@ export abstract class MachineCommand<T extends typeof Command> extends BaseComma
   }
 
   protected async project(): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
-    return openProject({
+    const project = await openProject({
       version: this.config.version,
       names: this.positionals.slice(0, this.positionals.length - this.guestCommand.length),
       dataDir: this.config.dataDir,
@@ -28,5 +28,8 @@ export abstract class MachineCommand<T extends typeof Command> extends BaseComma
       progress: this.progress(),
       signal: this.signal,
     })
+    // Guest output (provisioners) must not mix with the JSON document on stdout.
+    if (this.jsonEnabled()) project.context.output = (line) => process.stderr.write(`${line}\n`)
+    return project
   }
 }

@@ -4,7 +4,7 @@ import {BaseCommand} from '../cli/base-command.js'
 
 export default class Add extends BaseCommand<typeof Add> {
   static summary = 'Add a box to the local store.'
-  static description = `SOURCE is a .box file or the URL of one (a tar, plain, gzip or zstd, holding metadata.json and the disk image), or a box catalog (Vagrant's metadata JSON) by URL or path. A catalog can be given alone: its name is used. The box is stored as NAME/VERSION/PROVIDER; for a .box the version comes from --box-version, else metadata.json's box.version, else "0"; for a catalog --box-version is a constraint and the newest matching version is added. Downloads resume where an interrupted one stopped.
+  static description = `SOURCE is a .box file or the URL of one (a tar in any dialect GNU tar or bsdtar writes, sparse entries included, plain or compressed with gzip, bzip2, xz or zstd, holding metadata.json and the disk image), or a box catalog (Vagrant's metadata JSON) by URL or path. A catalog can be given alone: its name is used. The box is stored as NAME/VERSION/PROVIDER; for a .box the version comes from --box-version, else metadata.json's box.version, else "0"; for a catalog --box-version is a constraint and the newest matching version is added. Downloads resume where an interrupted one stopped.
 
 The box is stored for every provider this host runs: a Vagrant VirtualBox box (OVF + VMDK) is kept as it is for VirtualBox and converted with qemu-img into a libvirt box (qcow2) for QEMU, box's default provider; a libvirt/qemu box gets a VirtualBox copy (VDI) when VBoxManage is on PATH (otherwise on the first \`box up\` of a VirtualBox machine). --no-convert stores the box only as it is.`
   static examples = [

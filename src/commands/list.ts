@@ -6,7 +6,7 @@ export default class List extends BaseCommand<typeof List> {
   static enableJsonFlag = true
 
   public async run() {
-    const {listBoxes} = await import('../lib/store/store.js')
+    const {listBoxes} = await import('../lib/store/query.js')
     const boxes = await listBoxes(this.config.dataDir)
     if (boxes.length === 0) {
       this.log('There are no boxes installed. Add one with: box add NAME FILE')

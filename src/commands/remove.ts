@@ -20,7 +20,7 @@ export default class Remove extends BaseCommand<typeof Remove> {
   }
 
   public async run() {
-    const {removeBox} = await import('../lib/store/store.js')
+    const {removeBox} = await import('../lib/store/remove.js')
     const removed = await removeBox({
       dataDir: this.config.dataDir,
       name: this.args.name,

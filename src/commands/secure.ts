@@ -1,7 +1,9 @@
 import {Flags} from '@oclif/core'
 
-import {runningMachineTarget} from '../lib/machine/machine.js'
-import {collectAnswers, ROLES, secureMachine, secureStatus, type SecureStatus} from '../lib/machine/secure.js'
+import {runningMachineTarget} from '../lib/machine/ssh-session.js'
+import {ROLES, secureMachine, secureStatus, type SecureStatus} from '../lib/machine/secure.js'
+import {mayAsk} from '../cli/prompts.js'
+import {collectAnswers} from '../cli/secure-answers.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Secure extends MachineCommand<typeof Secure> {
@@ -27,8 +29,6 @@ export default class Secure extends MachineCommand<typeof Secure> {
 
   async run(): Promise<object[]> {
     const {machines, context} = await this.project()
-    // The guest's output must not mix with the JSON document on stdout.
-    if (this.jsonEnabled()) context.output = (line) => process.stderr.write(`${line}\n`)
     // Every machine must be reachable before anyone types a password.
     const targets = await Promise.all(machines.map((machine) => runningMachineTarget(context, machine)))
 
@@ -43,7 +43,7 @@ export default class Secure extends MachineCommand<typeof Secure> {
       site: this.flags.site,
       username: this.flags.username,
       passwordFromStdin: this.flags['password-stdin'],
-      interactive: !this.flags.yes && process.stdin.isTTY === true && process.stdout.isTTY === true,
+      interactive: mayAsk(this.flags.yes),
       defaultSite: machines[0]?.site,
     })
     const secured = []

@@ -1,34 +1,18 @@
-import {machineDir, providerFor, readRecord, sshTarget} from '../lib/machine/machine.js'
+import {sshConfigBlock, sshConfigEntries, type SshConfigEntry} from '../lib/machine/ssh-config.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class SshConfig extends MachineCommand<typeof SshConfig> {
   static summary = 'Print an OpenSSH config block for machines (for ssh, VS Code Remote-SSH, Ansible).'
   static examples = ['box ssh-config >> ~/.ssh/config']
+  static enableJsonFlag = true
 
-  async run(): Promise<void> {
+  async run(): Promise<SshConfigEntry[]> {
     const {machines, context} = await this.project()
-    for (const machine of machines) {
-      const stateDir = machineDir(context.projectDir, machine.name)
-      const record = await readRecord(stateDir)
-      if (!record?.sshPort) {
-        this.logToStderr(`${machine.name}: not created yet (box up ${machine.name})`)
-        continue
-      }
-      const target = sshTarget(stateDir, record, providerFor(machine.provider, context.cacheDir))
-      this.log(
-        [
-          `Host ${machine.name}`,
-          `  HostName ${target.host}`,
-          `  Port ${target.port}`,
-          `  User ${target.user}`,
-          `  IdentityFile ${target.keyFile}`,
-          '  IdentitiesOnly yes',
-          '  StrictHostKeyChecking no',
-          '  UserKnownHostsFile /dev/null',
-          '  LogLevel ERROR',
-          '',
-        ].join('\n'),
-      )
+    const entries = await sshConfigEntries(context, machines)
+    for (const entry of entries) {
+      if (entry.ssh) this.log(sshConfigBlock(entry.name, entry.ssh))
+      else this.logToStderr(`${entry.name}: not created yet (box up ${entry.name})`)
     }
+    return entries
   }
 }

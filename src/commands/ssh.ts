@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 
-import {sshSession} from '../lib/machine/machine.js'
+import {sshSession} from '../lib/machine/ssh-session.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Ssh extends MachineCommand<typeof Ssh> {

@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core'
 
-import {upMachine, type UpResult} from '../lib/machine/machine.js'
+import {upMachine, type UpResult} from '../lib/machine/up.js'
 import {formatDuration} from '../lib/core/progress.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
@@ -21,8 +21,7 @@ export default class Up extends MachineCommand<typeof Up> {
       const result = await upMachine(context, machine, {
         resnap: this.flags.resnap,
         base: this.flags.base,
-        provision: this.flags.provision === true,
-        noProvision: this.flags.provision === false,
+        provision: this.flags.provision === undefined ? 'pending' : this.flags.provision ? 'all' : 'none',
       })
       if (!result.alreadyRunning && !this.jsonEnabled()) {
         this.logToStderr(`${machine.name}: ready in ${formatDuration(result.bootMs ?? 0)}; connect with: box ssh${machines.length > 1 ? ` ${machine.name}` : ''}`)

@@ -20,13 +20,14 @@ export default class Update extends BaseCommand<typeof Update> {
   public async run() {
     const {COMPATIBLE_BOX_PROVIDERS} = await import('../lib/box/metadata.js')
     const {updateTargets, updateBoxes} = await import('../lib/store/updates.js')
+    const {loadBoxfileIfFound} = await import('../lib/boxfile/load.js')
     const {BoxError, ExitCode} = await import('../lib/core/errors.js')
     if (!this.args.name && (this.flags['box-version'] || this.flags.provider)) {
       throw new BoxError('--box-version and --provider need a box NAME', {exitCode: ExitCode.USAGE})
     }
     const targets = this.args.name
       ? [{name: this.args.name, constraint: this.flags['box-version'], providers: this.flags.provider ? (COMPATIBLE_BOX_PROVIDERS[this.flags.provider] ?? [this.flags.provider]) : undefined}]
-      : await updateTargets({dataDir: this.config.dataDir, cwd: process.cwd()})
+      : await updateTargets({dataDir: this.config.dataDir, machines: (await loadBoxfileIfFound())?.machines})
     if (targets.length === 0) {
       this.log('There are no boxes to update.')
       return []

@@ -1,5 +1,5 @@
 import {BaseCommand} from '../cli/base-command.js'
-import {loadBoxfile} from '../lib/boxfile/boxfile.js'
+import {loadBoxfile} from '../lib/boxfile/load.js'
 
 export default class Validate extends BaseCommand<typeof Validate> {
   static summary = 'Check the Boxfile and list its machines.'

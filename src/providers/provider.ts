@@ -1,6 +1,12 @@
+import type {BoxMetadata} from '../lib/box/metadata.js'
 import type {ForwardedPort} from '../lib/core/ports.js'
 import type {BootChoice} from '../lib/box/resnap.js'
-import type {BoxImage} from './qemu/instance.js'
+
+/** An unpacked box: its folder and metadata.json. */
+export interface BoxImage {
+  dir: string
+  metadata: BoxMetadata
+}
 
 export type MachineState = 'not_created' | 'running' | 'poweroff' | 'aborted'
 
@@ -13,6 +19,8 @@ export interface MachineHandle {
   cpus: number
   memoryMiB: number
   forwardedPorts: ForwardedPort[]
+  /** false: no network for the guest (forwarded ports, ssh included, still reach it); default true. */
+  network?: boolean
 }
 
 export interface StartOptions {
@@ -31,6 +39,34 @@ export interface Started {
   isAlive(): boolean
   /** Whether sshd listens in the guest yet (box-agent); undefined when the guest cannot tell, rejects without an answer. Absent without an agent. */
   sshListening?(): Promise<boolean | undefined>
+}
+
+/** The disk `box package` reads: the machine's own disk with its backing chain. */
+export interface PackagedDisk {
+  path: string
+  format: 'qcow2'
+}
+
+/** What `box doctor` reports for a provider's side of the host (QEMU: the accelerator). */
+export interface HostCheck {
+  accel: string
+  source: 'env' | 'cache' | 'probe'
+  attempts: Array<{accel: string; ok: boolean; ms: number; reason?: string}>
+}
+
+export interface ConvertOptions {
+  signal?: AbortSignal
+  /** Percent of the disk converted so far (qemu-img's own count). */
+  onProgress?: (percent: number) => void
+}
+
+/** How a box made for another provider becomes one this provider runs (a converted copy in the store). */
+export interface BoxConversion {
+  /** The box provider the converted copy is stored under. */
+  storedAs: string
+  /** What the conversion is for, in progress lines: "QEMU (VMDK → qcow2)". */
+  label: string
+  convert(sourceDir: string, targetDir: string, options: ConvertOptions): Promise<unknown>
 }
 
 export interface HaltOptions {
@@ -54,4 +90,74 @@ export interface Provider {
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string
   /** One question to box-agent in a running guest whose box declares it (provisioners/box-agent); absent where there is no channel. */
   askAgent?(machine: Pick<MachineHandle, 'stateDir'>, request: string, options: {timeoutMs: number}): Promise<string>
+  /** The disk `box package` flattens into a new box; absent where packaging is not supported. */
+  packagedDisk?(machine: Pick<MachineHandle, 'stateDir'>): PackagedDisk
+  /** `box remove`: drop what the provider made from a stored box (VirtualBox: its base VM); resolves to whether there was any. */
+  forgetBox?(boxDir: string, options: {dataDir: string}): Promise<boolean>
+  /** `box doctor`: whether this host can run the provider's machines, and how. Rejects with the reason when it cannot. */
+  checkHost?(options: {refresh?: boolean}): Promise<HostCheck>
+  /** Named snapshots of a machine (`box snapshot`); absent for a provider that has none. */
+  readonly snapshots?: ProviderSnapshots
+  /** A running state saved once and started many times (fresh workers); absent for a provider that cannot. */
+  readonly runningStates?: ProviderRunningStates
+}
+
+export interface SnapshotInfo {
+  name: string
+  /** 'running': the disk and the running state (RAM, devices); 'disk': the disk of a halted machine. */
+  kind: 'disk' | 'running'
+  createdAt: string
+  /** The snapshot this one builds on (its disk was made on top of that one's). */
+  parent?: string
+  /** The machine's disk builds on this one now (the last saved or restored). */
+  current: boolean
+  /** Bytes on the host: the frozen disk layer, and the state file of a running one. */
+  diskBytes?: number
+  stateBytes?: number
+}
+
+export interface SnapshotSaved extends SnapshotInfo {
+  /** How long the guest was paused (running snapshots). */
+  pauseMs?: number
+}
+
+export interface SnapshotRestored {
+  kind: SnapshotInfo['kind']
+  /** The machine as it runs again (running snapshots); a disk snapshot leaves it halted. */
+  started?: Started
+  /** Whether the guest can be asked to set its clock and reseed (box-agent). */
+  agent?: boolean
+}
+
+export interface ProviderSnapshots {
+  list(machine: Pick<MachineHandle, 'stateDir'>): Promise<SnapshotInfo[]>
+  /** Snapshot the machine as it is: disk only when halted, disk and running state when running (the guest only pauses). */
+  save(machine: MachineHandle, name: string, options: {signal?: AbortSignal}): Promise<SnapshotSaved>
+  /** Put the machine back: a running snapshot resumes (a running machine is stopped first), a disk one leaves it halted. */
+  restore(machine: MachineHandle, name: string, options: {sshPort?: number; signal?: AbortSignal}): Promise<SnapshotRestored>
+  /** Refuses a snapshot others build on; says whether its disk layer had to stay (the machine's disk builds on it). */
+  delete(machine: Pick<MachineHandle, 'stateDir'>, name: string): Promise<{layerKept: boolean}>
+}
+
+export interface RunningStateInfo {
+  /** Bytes of the state file (RAM the guest touched, devices). */
+  stateBytes: number
+  pauseMs: number
+}
+
+export interface RunningStateStart {
+  started: Started
+  /** From starting the provider's process to the guest running again. */
+  loadMs: number
+  /** Disk space the machine's new disk took before the guest ran. */
+  diskBytesBeforeRun?: number
+}
+
+export interface ProviderRunningStates {
+  /** What a saved state depends on besides the machine (hypervisor version, machine type): part of a cache key. */
+  hostKey(): Promise<string>
+  /** Save the running machine into `dir` (its disk frozen there); the machine goes on running. */
+  save(machine: MachineHandle, dir: string, options: {signal?: AbortSignal}): Promise<RunningStateInfo>
+  /** Start `machine` (a new, empty state dir) from what `save` put in `dir`; refuses a state that does not fit it. */
+  start(machine: MachineHandle, dir: string, options: {signal?: AbortSignal}): Promise<RunningStateStart>
 }

@@ -11,8 +11,8 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {parseBoxfile} from '../../src/lib/boxfile/boxfile.js'
-import {listBoxes} from '../../src/lib/store/store.js'
+import {parseBoxfile} from '../../src/lib/boxfile/load.js'
+import {listBoxes} from '../../src/lib/store/query.js'
 import {ensureBoxInstalled} from '../../src/lib/store/updates.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {box, type CliEnv} from '../support/cli.js'

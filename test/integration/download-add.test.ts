@@ -9,7 +9,7 @@ import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 import {addBoxFromSource, checksumFromFlags, downloadPath, identifySource} from '../../src/lib/store/add.js'
 import {partPath} from '../../src/lib/store/download.js'
 import {BoxError} from '../../src/lib/core/errors.js'
-import {getCatalogUrl, listBoxes} from '../../src/lib/store/store.js'
+import {getCatalogUrl, listBoxes} from '../../src/lib/store/query.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {startTestServer, type TestServer} from './download-server.js'
 

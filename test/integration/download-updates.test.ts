@@ -4,11 +4,13 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
+import {loadBoxfileIfFound} from '../../src/lib/boxfile/load.js'
 import {addBoxFromSource} from '../../src/lib/store/add.js'
 import {checkOutdated, ensureBoxInstalled, findInstalledBox, updateBoxes, updateTargets} from '../../src/lib/store/updates.js'
 import {registerMachine} from '../../src/lib/store/machine-index.js'
 import {planPrune, pruneBoxes} from '../../src/lib/store/prune.js'
-import {addBoxFromFile, listBoxes, setCatalogUrl} from '../../src/lib/store/store.js'
+import {addBoxFromFile} from '../../src/lib/store/import.js'
+import {listBoxes, setCatalogUrl} from '../../src/lib/store/query.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {startTestServer, type TestServer} from './download-server.js'
 
@@ -86,7 +88,7 @@ describe('outdated and update', () => {
     const project = join(dir, 'project')
     await mkdir(project)
     await writeFile(join(project, 'Boxfile'), `box: org/worker\nbox_url: ${server.url('/catalog.json')}\nbox_version: "~> 1.0.0"\n`)
-    const targets = await updateTargets({dataDir, cwd: project})
+    const targets = await updateTargets({dataDir, machines: (await loadBoxfileIfFound({cwd: project}))?.machines})
     expect(targets).toEqual([{name: 'org/worker', constraint: '~> 1.0.0', url: server.url('/catalog.json'), providers: ['qemu', 'libvirt']}])
     const results = await updateBoxes({dataDir, cacheDir, targets})
     expect(results).toMatchObject([{status: 'updated', to: '1.0.0'}])

@@ -47,4 +47,18 @@ describe('the box launcher', () => {
     expect(result.exitCode, result.stderr).toBe(0)
     expect(result.stdout).toMatch(/^box\/\d+\.\d+\.\d+ /)
   })
+
+  it('says which Node.js box needs when node is not on PATH', async () => {
+    // A PATH with sh and nothing else: the launcher must explain, not fail with "node: not found".
+    await mkdir(join(dir, 'bare'), {recursive: true})
+    await symlink('/bin/sh', join(dir, 'bare', 'sh')).catch(() => undefined)
+    const result = await execa('/bin/sh', [BIN, 'list'], {cwd: dir, reject: false, stdin: 'ignore', env: {PATH: join(dir, 'bare')}, extendEnv: false})
+    expect(result.exitCode).toBe(1)
+    expect(result.stderr).toMatch(/box needs Node\.js >= 20\.19, and node is not on PATH/)
+  })
+
+  it('scripts/check-node accepts this Node.js', async () => {
+    const result = await execa(join(BIN, '..', '..', 'scripts', 'check-node'), {reject: false})
+    expect(result.exitCode, result.stderr).toBe(0)
+  })
 })

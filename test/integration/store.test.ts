@@ -8,18 +8,10 @@ import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 import {BoxError} from '../../src/lib/core/errors.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {listMachines, machinesUsingBox, registerMachine, unregisterMachine} from '../../src/lib/store/machine-index.js'
-import {
-  addBoxFromFile,
-  boxesDir,
-  escapeBoxName,
-  findBox,
-  getCatalogUrl,
-  listBoxes,
-  removeBox,
-  setCatalogUrl,
-  unescapeBoxName,
-  validateBoxName,
-} from '../../src/lib/store/store.js'
+import {addBoxFromFile} from '../../src/lib/store/import.js'
+import {boxesDir, escapeBoxName, unescapeBoxName, validateBoxName} from '../../src/lib/store/layout.js'
+import {findBox, getCatalogUrl, listBoxes, setCatalogUrl} from '../../src/lib/store/query.js'
+import {removeBox} from '../../src/lib/store/remove.js'
 import {makeBoxFile, makeTempDir, sha256File, writeRawTar} from '../fixtures/boxes.js'
 
 let dir: string
@@ -319,7 +311,7 @@ describe('global index', () => {
   })
 
   it('loses no update when several processes write at once', async () => {
-    const module = join(PROJECT_ROOT, 'src', 'lib', 'global-index.ts')
+    const module = join(PROJECT_ROOT, 'src', 'lib', 'store', 'machine-index.ts')
     const writer = (process_: number) =>
       `const {registerMachine} = await import(${JSON.stringify(module)});` +
       `await Promise.all(Array.from({length: 10}, (_, i) => registerMachine(${JSON.stringify(dataDir)}, {id: 'p${process_}-' + i, name: 'm', projectDir: '/p', stateDir: '/p', provider: 'qemu', box: {name: 'b', version: '1', provider: 'qemu'}})))`

@@ -13,7 +13,7 @@ import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {BoxError} from '../../src/lib/core/errors.js'
 import {HOST_TOOLS} from '../../src/lib/core/host-tools.js'
-import {providerFor} from '../../src/lib/machine/machine.js'
+import {providerFor} from '../../src/providers/index.js'
 import {freePort} from '../../src/lib/core/ports.js'
 import type {ForwardedPort} from '../../src/lib/core/ports.js'
 import type {MachineHandle} from '../../src/providers/provider.js'

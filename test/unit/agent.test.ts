@@ -8,7 +8,8 @@ import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
-import {AGENT_PORT_NAME, agentFifos, askAgent} from '../../src/providers/qemu/agent.js'
+import {AGENT_PORT_NAME} from '../../src/lib/box/agent-protocol.js'
+import {agentFifos, askAgent} from '../../src/providers/qemu/agent.js'
 
 /**
  * The host side of box-agent against real FIFOs. What QEMU and the guest do is played by

@@ -9,7 +9,7 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {parseBoxfile} from '../../src/lib/boxfile/boxfile.js'
+import {parseBoxfile} from '../../src/lib/boxfile/load.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 
 let dir: string

@@ -4,15 +4,13 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {
-  loadBoxfile,
-  parseBoxfile,
-  parseMemory,
-  renderBoxfile,
-  type Boxfile,
-} from '../../src/lib/boxfile/boxfile.js'
+import {findBoxfile} from '../../src/lib/boxfile/find.js'
+import {renderBoxfile} from '../../src/lib/boxfile/init.js'
+import {loadBoxfile, parseBoxfile} from '../../src/lib/boxfile/load.js'
+import {parseMemory} from '../../src/lib/boxfile/schema.js'
+import type {Boxfile} from '../../src/lib/boxfile/types.js'
 import {BoxError} from '../../src/lib/core/errors.js'
-import {findBoxfile, selectMachines} from '../../src/lib/machine/project.js'
+import {selectMachines} from '../../src/lib/machine/project.js'
 
 let dir: string
 let file: string

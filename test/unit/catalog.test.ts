@@ -6,7 +6,8 @@ import {pathToFileURL} from 'node:url'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {COMPATIBLE_BOX_PROVIDERS} from '../../src/lib/box/metadata.js'
-import {loadCatalog, parseCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from '../../src/lib/store/catalog.js'
+import {loadCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from '../../src/lib/store/catalog.js'
+import {parseCatalog} from '../support/catalog.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 
 const sha = (digit: string) => digit.repeat(64)

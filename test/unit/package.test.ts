@@ -4,7 +4,9 @@ import {join} from 'node:path'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {lvRangesOnPv, metadataTextFromArea, parseLvmText, parseMbr, parsePvLabel} from '../../src/lib/box/disk-image.js'
-import {compareKernelVersions, nextVersion, updateCatalog} from '../../src/lib/machine/package.js'
+import {nextVersion} from '../../src/lib/machine/package.js'
+import {compareKernelVersions} from '../../src/lib/machine/package-kernel.js'
+import {updateCatalog} from '../../src/lib/store/catalog-update.js'
 
 /** LVM metadata as lvm2 2.03 writes it for the reference box (trimmed). */
 const METADATA = `box {

@@ -44,6 +44,17 @@ describe('QEMU argv', () => {
     expect(args).toContain('virtserialport,bus=serial0.0,chardev=agent,name=box.agent')
   })
 
+  it('gives every QEMU a new VM generation ID (the guest reseeds its RNG after a restore)', () => {
+    expect(buildQemuArgs(spec).join(' ')).toContain('-device vmgenid,guid=auto')
+  })
+
+  it('cuts the network off but keeps the forwards when asked, and waits for a saved state with -incoming defer', () => {
+    const args = buildQemuArgs({...spec, restrictNetwork: true, incoming: true, daemonize: true})
+    expect(args[args.indexOf('-netdev') + 1]).toBe('user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80')
+    expect(args.slice(-4)).toEqual(['-S', '-incoming', 'defer', '-daemonize'])
+    expect(buildQemuArgs(spec)).not.toContain('-incoming')
+  })
+
   it('has no agent port unless asked', () => {
     expect(buildQemuArgs(spec).join(' ')).not.toContain('virtserialport')
   })

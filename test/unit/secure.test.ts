@@ -2,7 +2,8 @@ import {Readable} from 'node:stream'
 import {execa} from 'execa'
 import {describe, expect, it} from 'vitest'
 
-import {collectAnswers, passwordProblem, renderSecureScript, siteProblem, usernameProblem, type AnswerSources} from '../../src/lib/machine/secure.js'
+import {collectAnswers, type AnswerSources} from '../../src/cli/secure-answers.js'
+import {passwordProblem, renderSecureScript, siteProblem, usernameProblem} from '../../src/lib/machine/secure.js'
 
 const noQuestions = (sources: Partial<AnswerSources>): AnswerSources => ({passwordFromStdin: false, interactive: false, ...sources})
 

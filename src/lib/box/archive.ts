@@ -1,24 +1,32 @@
 /**
- * .box archives: a tar (plain, gzip or zstd) holding metadata.json, the disk image and
- * friends. Writing streams every file through the compressor and hashes the output on
- * the way to disk; extracting checks every entry before anything touches the disk, so a
- * hostile box can never write outside its destination.
+ * .box archives: a tar holding metadata.json, the disk image and friends. Writing (tar-stream)
+ * streams every file through the compressor (gzip or zstd) and hashes the output on the way
+ * to disk. Reading takes every dialect real boxes come in (tar-reader.ts says which and why
+ * it is our own), compressed with gzip (zlib), bzip2, xz or zstd (the system programs, in
+ * a process of their own so decompression runs beside extraction) as the first bytes say,
+ * and checks every entry before anything touches the disk, so a hostile box can never write
+ * outside its destination. Sparse entries are written sparse.
  */
 import {createHash} from 'node:crypto'
-import {createReadStream, createWriteStream} from 'node:fs'
-import {link, lstat, mkdir, open, readdir, rename, rm, stat, symlink, unlink} from 'node:fs/promises'
+import {closeSync, createReadStream, createWriteStream, openSync} from 'node:fs'
+import {link, lstat, mkdir, open, readdir, readFile, rename, rm, stat, statfs, symlink, unlink, type FileHandle} from 'node:fs/promises'
 import {dirname, isAbsolute, join, posix, relative, resolve, sep} from 'node:path'
-import {PassThrough, Transform, Writable, type Duplex} from 'node:stream'
+import {PassThrough, Transform, type Duplex} from 'node:stream'
 import {pipeline} from 'node:stream/promises'
 import {createGunzip, createGzip} from 'node:zlib'
 
-import {execa} from 'execa'
 import * as tar from 'tar-stream'
 
 import {BoxError, ExitCode} from '../core/errors.js'
-import {toBoxError} from '../core/exec.js'
+import {spawn, toBoxError} from '../core/exec.js'
+import {formatBytes} from '../core/progress.js'
+import {shQuote} from '../core/shell-quote.js'
+import {NotATarError, TarReader, TruncatedArchiveError, type TarEntry} from './tar-reader.js'
 
+/** What box writes a .box with. */
 export type Compression = 'zstd' | 'gzip' | 'none'
+/** What a .box may be compressed with, as read. */
+export type ArchiveCompression = Compression | 'bzip2' | 'xz'
 
 export type ProgressCallback = (bytesDone: number, bytesTotal: number) => void
 
@@ -55,7 +63,7 @@ export interface ExtractBoxArchiveOptions {
 }
 
 export interface ExtractedBoxArchive {
-  compression: Compression
+  compression: ArchiveCompression
   /** Entry names written, normalised (no leading ./). */
   entries: string[]
 }
@@ -63,34 +71,93 @@ export interface ExtractedBoxArchive {
 /** Large reads: fewer syscalls and stream hops for multi-gigabyte disk images. */
 const READ_CHUNK = 1024 * 1024
 
-const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd])
-const GZIP_MAGIC = Buffer.from([0x1f, 0x8b])
+const MAGICS: Array<[ArchiveCompression, Buffer]> = [
+  ['zstd', Buffer.from([0x28, 0xb5, 0x2f, 0xfd])],
+  ['gzip', Buffer.from([0x1f, 0x8b])],
+  ['xz', Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00])],
+  ['bzip2', Buffer.from('BZh', 'latin1')],
+]
 const ZIP_MAGIC = Buffer.from([0x50, 0x4b])
+/** Enough of the file to recognise a tar header, a disk image or an ISO. */
+const HEAD_BYTES = 36 * 1024
 
-/** What a .box is compressed with, from its first bytes (never from its name). */
-export async function detectCompression(file: string): Promise<Compression> {
-  const head = Buffer.alloc(512)
-  let bytesRead: number
+/** What a .box is compressed with, from its first bytes (never from its name); a file that is no box is refused saying what it is. */
+export async function detectCompression(file: string): Promise<ArchiveCompression> {
+  const head = await readHead(file)
+  for (const [compression, magic] of MAGICS) {
+    if (head.length >= magic.length && head.subarray(0, magic.length).equals(magic)) return compression
+  }
+  if (looksLikeTarHeader(head)) return 'none'
+  throw notABox(file, head, 'none')
+}
+
+async function readHead(file: string): Promise<Buffer> {
   try {
     const handle = await open(file, 'r')
     try {
-      ;({bytesRead} = await handle.read(head, 0, head.length, 0))
+      const {buffer, bytesRead} = await handle.read(Buffer.alloc(HEAD_BYTES), 0, HEAD_BYTES, 0)
+      return buffer.subarray(0, bytesRead)
     } finally {
       await handle.close()
     }
   } catch (error) {
     throw fileError(file, error)
   }
-  if (bytesRead >= 4 && head.subarray(0, 4).equals(ZSTD_MAGIC)) return 'zstd'
-  if (bytesRead >= 2 && head.subarray(0, 2).equals(GZIP_MAGIC)) return 'gzip'
-  if (bytesRead >= 262 && head.toString('latin1', 257, 262) === 'ustar') return 'none'
-  if (bytesRead >= 4 && head.subarray(0, 2).equals(ZIP_MAGIC)) {
-    throw new BoxError(`zip boxes are not supported yet: ${file}`, {
+}
+
+/** A ustar magic, or (for v7 archives, which have none) a header whose checksum adds up. */
+function looksLikeTarHeader(head: Buffer): boolean {
+  if (head.length < 512) return false
+  if (head.toString('latin1', 257, 262) === 'ustar') return true
+  const stored = head.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim()
+  if (!/^[0-7]{1,8}$/.test(stored) || head[0] === 0) return false
+  let sum = 8 * 0x20
+  for (let i = 0; i < 512; i++) if (i < 148 || i >= 156) sum += head[i]!
+  return sum === Number.parseInt(stored, 8)
+}
+
+/** What a file that is not a tar is, from its first bytes: a disk image people mistake for a box, mostly. */
+function identifyContent(head: Buffer): {what: string; image?: 'qcow2' | 'raw' | 'other'; virtualSize?: number} | undefined {
+  const at = (offset: number, text: string) => head.length >= offset + text.length && head.toString('latin1', offset, offset + text.length) === text
+  if (at(0, 'QFI\xfb')) return {what: 'a qcow2 disk image', image: 'qcow2', virtualSize: head.length >= 32 ? Number(head.readBigUInt64BE(24)) : undefined}
+  if (at(0, 'KDMV') || at(0, '# Disk DescriptorFile')) return {what: 'a VMDK disk image', image: 'other'}
+  if (head.length >= 68 && head.readUInt32LE(64) === 0xbeda107f) return {what: 'a VirtualBox VDI disk image', image: 'other'}
+  if (at(0, 'vhdxfile')) return {what: 'a VHDX disk image', image: 'other'}
+  if (at(0, 'conectix')) return {what: 'a VHD disk image', image: 'other'}
+  if (at(32769, 'CD001')) return {what: 'an ISO 9660 image', image: 'other'}
+  if (at(512, 'EFI PART')) return {what: 'a raw disk image (GPT partition table)', image: 'raw'}
+  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) return {what: 'a raw disk image (MBR boot sector)', image: 'raw'}
+  if (head.length >= 1082 && head.readUInt16LE(1080) === 0xef53) return {what: 'a raw ext2/3/4 filesystem image', image: 'raw'}
+  if (head.length >= 4 && head.subarray(0, 2).equals(ZIP_MAGIC)) return {what: 'a zip archive'}
+  return undefined
+}
+
+/** The refusal for a file that is no tar: what it is, and how to make a box of it. */
+function notABox(file: string, head: Buffer, compression: ArchiveCompression): BoxError {
+  const found = identifyContent(head)
+  const compressed = compression === 'none' ? '' : `${compression}-compressed `
+  if (found?.what === 'a zip archive') {
+    return new BoxError(`zip boxes are not supported yet: ${file}`, {
       exitCode: ExitCode.USAGE,
       suggestions: ['repack it as a tar: unzip it, then `tar -czf NAME.box metadata.json box.img …`'],
     })
   }
-  throw new BoxError(`${file} is not a box: expected a tar archive (plain, gzip or zstd)`, {exitCode: ExitCode.USAGE})
+  if (found?.image) {
+    const what = compressed ? `${compressed}${found.what.replace(/^an? /, '')}` : found.what
+    const article = compressed ? 'a ' : ''
+    const gib = found.virtualSize ? Math.ceil(found.virtualSize / 2 ** 30) : undefined
+    const unpack = compressed ? `decompress it (${compression} -dc ${shQuote(file)} > IMAGE), then ` : ''
+    const image = compressed ? 'IMAGE' : shQuote(file)
+    const suggestions =
+      found.image === 'qcow2'
+        ? [`${unpack}wrap it in a box: mkdir wrap && cp ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":${gib ?? 'GiB'}}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
+        : found.image === 'raw'
+          ? [`${unpack}convert it and wrap it in a box: mkdir wrap && qemu-img convert -O qcow2 ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":GiB}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
+          : [`${unpack}convert it to qcow2 (qemu-img convert -O qcow2 ${image} box.img) and wrap it with a metadata.json ({"provider":"libvirt","format":"qcow2"}) in a tar`]
+    return new BoxError(`${file} is ${article}${what}, not a box: a .box is a tar archive holding metadata.json and the disk image (box does not take bare disk images)`, {exitCode: ExitCode.USAGE, suggestions})
+  }
+  const inside = compressed ? `its ${compression} stream holds no tar archive` : 'expected a tar archive (plain or compressed with gzip, bzip2, xz or zstd)'
+  return new BoxError(`${file} is not a box: ${inside}`, {exitCode: ExitCode.USAGE})
 }
 
 /**
@@ -161,8 +228,9 @@ export async function writeBoxArchive(options: WriteBoxArchiveOptions): Promise<
 
 /**
  * Extract a .box into `dest`, refusing (with the entry's name) absolute paths, `..`,
- * links that lead outside, devices and fifos. Each entry is checked before anything is
- * written for it. The caller owns `dest` and removes it when this throws.
+ * links that lead outside, devices and fifos, hostile sparse maps, and entries that would
+ * not fit in the free space. Each entry's whole header is read and checked before anything
+ * is written for it. The caller owns `dest` and removes it when this throws.
  */
 export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Promise<ExtractedBoxArchive> {
   const {file, signal, onProgress} = options
@@ -170,42 +238,34 @@ export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Prom
   const compression = await detectCompression(file)
   const fileSize = (await stat(file)).size
   await mkdir(dest, {recursive: true})
+  const space = await statfs(dest)
+  let freeBytes = space.bavail * space.bsize
 
-  const input = createReadStream(file, {highWaterMark: READ_CHUNK})
-  let bytesRead = 0
   onProgress?.(0, fileSize)
-  const countInput = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      bytesRead += chunk.length
-      onProgress?.(bytesRead, fileSize)
-      callback(null, chunk)
-    },
-  })
-  const decompressor = createDecompressor(compression)
-  const extract = tar.extract()
+  const input = openDecompressed(file, compression, (bytesRead) => onProgress?.(bytesRead, fileSize))
   const written: string[] = []
-
-  const consume = async () => {
-    for await (const entry of extract) {
+  try {
+    const reader = new TarReader(input.chunks)
+    for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
       signal?.throwIfAborted()
-      const name = await writeEntry(dest, entry)
+      const name = await writeEntry(dest, entry, reader, {
+        signal,
+        reserve: (bytes) => {
+          if (bytes > freeBytes) {
+            throw refuseEntry(entry!.name, `it would write ${formatBytes(bytes)} (${bytes} bytes), more than the ${formatBytes(freeBytes)} left free in ${dest} (a tar bomb, or a box too big for this disk)`, 'free some space, or check where the box came from')
+          }
+          freeBytes -= bytes
+        },
+      })
       if (name !== undefined) written.push(name)
     }
-  }
-
-  try {
-    await settleTogether([pipeline(input, countInput, decompressor.stream, extract, {signal}), consume()], () => {
-      input.destroy()
-      decompressor.stream.destroy()
-      extract.destroy()
-    })
-    await decompressor.finished
+    // Read to the end: the decompressor checks its stream's checksum there.
+    await reader.drain()
+    await input.finished
+    onProgress?.(fileSize, fileSize)
   } catch (error) {
-    input.destroy()
-    decompressor.stream.destroy()
-    extract.destroy()
-    await decompressor.finished.catch(() => undefined)
-    throw archiveError(error, signal, `extracting ${file}`, decompressor)
+    await stopAfterFailure(input, error)
+    throw archiveError(error, signal, `extracting ${file}`, input, {file, compression})
   }
   return {compression, entries: written}
 }
@@ -221,43 +281,47 @@ export async function readArchiveFile(
   options: {maxBytes?: number; signal?: AbortSignal; /** Give up (undefined) after this many entries: a cheap peek. */ maxEntries?: number} = {},
 ): Promise<Buffer | undefined> {
   const maxBytes = options.maxBytes ?? 16 * 1024 * 1024
-  let entriesSeen = 0
+  const maxEntries = options.maxEntries ?? Number.POSITIVE_INFINITY
   const wanted = normaliseEntryName(name)
   const compression = await detectCompression(file)
-  const input = createReadStream(file)
-  const decompressor = createDecompressor(compression)
-  const extract = tar.extract()
-  // The pipeline fails with a premature close once we stop reading early; that is expected.
-  const flowing = pipeline(input, decompressor.stream, extract, {signal: options.signal}).catch((error: unknown) => error)
+  const input = openDecompressed(file, compression)
+  const abort = () => input.destroy()
+  options.signal?.addEventListener('abort', abort)
   let found: Buffer | undefined
-  let failure: unknown
   try {
-    for await (const entry of extract) {
-      if (normaliseEntryName(entry.header.name) === wanted && isFileType(entry.header.type)) {
-        if ((entry.header.size ?? 0) > maxBytes) {
-          throw new BoxError(`${name} in ${file} is larger than ${maxBytes} bytes`, {exitCode: ExitCode.USAGE})
-        }
-        const chunks: Buffer[] = []
-        for await (const chunk of entry) chunks.push(chunk as Buffer)
-        found = Buffer.concat(chunks)
+    const reader = new TarReader(input.chunks)
+    let entriesSeen = 0
+    for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
+      options.signal?.throwIfAborted()
+      if (normaliseEntryName(entry.name) === wanted && entry.type === 'file') {
+        if (entry.size > maxBytes) throw new BoxError(`${name} in ${file} is larger than ${maxBytes} bytes`, {exitCode: ExitCode.USAGE})
+        // A sparse entry's holes read as zeros.
+        const content = Buffer.alloc(entry.size)
+        for await (const {position, chunk} of reader.data()) chunk.copy(content, position)
+        found = content
         break
       }
-      if (++entriesSeen >= (options.maxEntries ?? Number.POSITIVE_INFINITY)) break
-      entry.resume()
+      if (++entriesSeen >= maxEntries) break
     }
   } catch (error) {
-    failure = error
+    await stopAfterFailure(input, error)
+    throw archiveError(error, options.signal, `reading ${file}`, input, {file, compression})
   } finally {
-    input.destroy()
-    decompressor.stream.destroy()
-    extract.destroy()
+    options.signal?.removeEventListener('abort', abort)
   }
-  const pipelineError = await flowing
-  await decompressor.finished.catch(() => undefined)
-  if (failure) throw archiveError(failure, options.signal, `reading ${file}`, decompressor)
-  // A damaged archive ends the entry loop early through the pipeline, not the loop.
-  if (found === undefined && pipelineError && entriesSeen < (options.maxEntries ?? Number.POSITIVE_INFINITY)) throw archiveError(pipelineError, options.signal, `reading ${file}`, decompressor)
+  // Stopped early on purpose: what the decompressor says about the rest is not asked.
+  input.destroy()
+  await input.finished.catch(() => undefined)
   return found
+}
+
+/**
+ * When the data ended early, the decompressor has ended (or is ending) by itself, and its
+ * exit status says whether the file is cut short or corrupt: wait for it. Otherwise stop it.
+ */
+async function stopAfterFailure(input: DecompressedInput, error: unknown): Promise<void> {
+  if (!(error instanceof TruncatedArchiveError)) input.destroy()
+  await input.finished.catch(() => undefined)
 }
 
 /**
@@ -335,10 +399,92 @@ function createCompressor(compression: Compression, level?: number): StreamStage
   return zlibStage(new PassThrough())
 }
 
-function createDecompressor(compression: Compression): StreamStage {
-  if (compression === 'gzip') return zlibStage(createGunzip())
-  if (compression === 'zstd') return zstdStage(['-q', '-d', '-c'])
-  return zlibStage(new PassThrough())
+/** A .box's decompressed bytes, read as chunks. */
+interface DecompressedInput {
+  chunks: AsyncIterable<Buffer>
+  /** Settles when reading and decompression are over (for a program: it has exited). */
+  finished: Promise<void>
+  destroy: () => void
+  /** The decompressing program's own error, to name it in messages. */
+  processError?: () => unknown
+}
+
+const DECOMPRESSORS: Record<'zstd' | 'xz' | 'bzip2', {command: string; args: string[]}> = {
+  zstd: {command: 'zstd', args: ['-q', '-d', '-c']},
+  xz: {command: 'xz', args: ['-q', '-d', '-c', '-T0']},
+  bzip2: {command: 'bzip2', args: ['-q', '-d', '-c']},
+}
+
+/**
+ * The file → (decompressor) → chunks. gzip runs in zlib (on libuv's threads); bzip2, xz and
+ * zstd run as programs reading the file themselves (its descriptor is their stdin: no copy
+ * through us); either way decompression runs beside the extraction, not in turn.
+ * `onRead` counts the file's (compressed) bytes, for progress.
+ */
+function openDecompressed(file: string, compression: ArchiveCompression, onRead?: (bytes: number) => void): DecompressedInput {
+  if (compression === 'none' || compression === 'gzip') {
+    const input = createReadStream(file, {highWaterMark: READ_CHUNK})
+    let bytesRead = 0
+    if (onRead) {
+      input.on('data', (chunk: string | Buffer) => {
+        bytesRead += chunk.length
+        onRead(bytesRead)
+      })
+    }
+    if (compression === 'none') {
+      const finished = new Promise<void>((done, fail) => input.once('close', done).once('error', fail))
+      finished.catch(() => undefined)
+      return {chunks: input, finished, destroy: () => input.destroy()}
+    }
+    const gunzip = createGunzip({chunkSize: READ_CHUNK})
+    const finished = pipeline(input, gunzip)
+    finished.catch(() => undefined)
+    return {chunks: gunzip, finished, destroy: () => gunzip.destroy()}
+  }
+  const {command, args} = DECOMPRESSORS[compression]
+  let descriptor: number
+  try {
+    descriptor = openSync(file, 'r')
+  } catch (error) {
+    throw fileError(file, error)
+  }
+  // execa's types list only small descriptor numbers; any open descriptor is passed on as it is.
+  const subprocess = spawn(command, args, {stdin: descriptor as 3, stdout: 'pipe', stderr: 'pipe', buffer: {stdout: false, stderr: true}})
+  // The program shares our descriptor's offset: how far it has read is our progress.
+  const poll = onRead && setInterval(() => void readOffset(descriptor).then((offset) => offset !== undefined && onRead(offset)), PROGRESS_POLL_MS)
+  let processError: unknown
+  const finished = subprocess.then(
+    () => undefined,
+    (error: unknown) => {
+      processError = error
+      throw error
+    },
+  )
+  const closeDescriptor = () => {
+    if (poll) clearInterval(poll)
+    closeSync(descriptor)
+  }
+  finished.then(closeDescriptor, closeDescriptor)
+  finished.catch(() => undefined)
+  const stdout = subprocess.stdout!
+  return {
+    chunks: stdout,
+    finished,
+    destroy: () => {
+      stdout.destroy()
+      subprocess.kill()
+    },
+    processError: () => (processError === undefined ? undefined : toBoxError(command, args, processError, `decompressing (${command})`)),
+  }
+}
+
+const PROGRESS_POLL_MS = 200
+
+/** A descriptor's file offset (Linux: /proc/self/fdinfo); undefined where there is none. */
+async function readOffset(descriptor: number): Promise<number | undefined> {
+  const text = await readFile(`/proc/self/fdinfo/${descriptor}`, 'latin1').catch(() => '')
+  const match = /^pos:\s*(\d+)/m.exec(text)
+  return match ? Number(match[1]) : undefined
 }
 
 function zlibStage(stream: Duplex): StreamStage {
@@ -346,7 +492,7 @@ function zlibStage(stream: Duplex): StreamStage {
 }
 
 function zstdStage(args: string[]): StreamStage {
-  const subprocess = execa('zstd', args, {stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: {stdout: false, stderr: true}})
+  const subprocess = spawn('zstd', args, {stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: {stdout: false, stderr: true}})
   let processError: unknown
   const finished = subprocess.then(
     () => undefined,
@@ -367,48 +513,58 @@ function zstdStage(args: string[]): StreamStage {
 // ---------------------------------------------------------------------------------
 // Extraction: every check happens before the entry touches the disk.
 
-/** One entry as tar-stream yields it (a streamx Readable carrying its header). */
-type TarEntry = tar.ExtractEvents['entry'][1]
+/** Refusing an entry: an honest tar program never writes such a thing. */
+function refuseEntry(rawName: string, why: string, suggestion = 'no tar program writes such an entry: get the box from a source you trust'): BoxError {
+  return new BoxError(`refusing to extract entry ${JSON.stringify(rawName)}: ${why}`, {exitCode: ExitCode.FAILURE, suggestions: [suggestion]})
+}
 
-async function writeEntry(dest: string, entry: TarEntry): Promise<string | undefined> {
-  const {header} = entry
-  const rawName = header.name
+interface WriteEntryContext {
+  signal?: AbortSignal
+  /** Count `bytes` of data against the free space; throws (naming the entry) when they do not fit. */
+  reserve: (bytes: number) => void
+}
+
+async function writeEntry(dest: string, entry: TarEntry, reader: TarReader, context: WriteEntryContext): Promise<string | undefined> {
+  const rawName = entry.name
   const name = normaliseEntryName(rawName)
-  const shown = JSON.stringify(rawName)
   const refuse = (why: string): never => {
-    entry.resume()
-    throw new BoxError(`refusing to extract entry ${shown}: ${why}`, {exitCode: ExitCode.FAILURE, suggestions: ['this box is damaged or hostile: get it again from a source you trust']})
+    throw refuseEntry(rawName, why)
   }
 
   if (rawName.includes('\0')) refuse('its name contains a NUL byte')
   if (isAbsolute(rawName) || rawName.startsWith('/')) refuse('absolute paths are not allowed')
   if (rawName.split(/[/\\]/).includes('..')) refuse('paths with ".." are not allowed')
-  if (name === '') {
-    entry.resume() // the archive's root ("./")
-    return undefined
-  }
+  if (name === '') return undefined // the archive's root ("./")
   const target = join(dest, ...name.split('/'))
   if (!isInside(dest, target)) refuse('it points outside the destination')
 
-  switch (header.type) {
-    case 'file':
-    case 'contiguous-file': {
+  switch (entry.type) {
+    case 'file': {
+      if (entry.size > MAX_FILE_SIZE) refuse(`it declares a size of ${formatBytes(entry.size)}, more than any disk image box takes (${formatBytes(MAX_FILE_SIZE)}): a tar bomb`)
+      context.reserve(entry.dataSize)
       await assertNoLinkInParents(dest, target, refuse)
       await prepareParent(dest, target)
       await removeExisting(target)
-      await pipeline(entry, await createSparseFileWriter(target, (header.mode ?? 0o644) & 0o777))
+      const writer = await SparseFileWriter.create(target, entry.mode & 0o777 || 0o644)
+      try {
+        for await (const {position, chunk} of reader.data()) await writer.write(position, chunk)
+        context.signal?.throwIfAborted()
+        await writer.finish(entry.size)
+      } catch (error) {
+        await writer.abandon()
+        throw error
+      }
       return name
     }
     case 'directory': {
       await assertNoLinkInParents(dest, target, refuse)
       const existing = await lstat(target).catch(() => undefined)
       if (existing && !existing.isDirectory()) await removeExisting(target)
-      await mkdir(target, {recursive: true, mode: ((header.mode ?? 0o755) & 0o777) | 0o700})
-      entry.resume()
+      await mkdir(target, {recursive: true, mode: ((entry.mode || 0o755) & 0o777) | 0o700})
       return name
     }
     case 'symlink': {
-      const linkname: string = header.linkname ?? ''
+      const linkname = entry.linkname
       if (linkname === '') refuse('symlink without a target')
       if (isAbsolute(linkname)) refuse(`symlink to an absolute path (${linkname})`)
       const parts = linkname.split('/').filter((part) => part !== '' && part !== '.')
@@ -420,12 +576,11 @@ async function writeEntry(dest: string, entry: TarEntry): Promise<string | undef
       await prepareParent(dest, target)
       await removeExisting(target)
       await symlink(linkname, target)
-      entry.resume()
       return name
     }
     case 'link': {
       // A hard link's target is relative to the archive root, like entry names.
-      const linkname: string = header.linkname ?? ''
+      const linkname = entry.linkname
       if (linkname === '' || isAbsolute(linkname) || linkname.split('/').includes('..')) refuse(`hard link to ${JSON.stringify(linkname)} leads outside the destination`)
       const linkTarget = join(dest, ...normaliseEntryName(linkname).split('/'))
       if (!isInside(dest, linkTarget)) refuse(`hard link to ${linkname} leads outside the destination`)
@@ -437,69 +592,103 @@ async function writeEntry(dest: string, entry: TarEntry): Promise<string | undef
       await prepareParent(dest, target)
       await removeExisting(target)
       await link(linkTarget, target)
-      entry.resume()
       return name
     }
     case 'character-device':
     case 'block-device':
-      refuse(`${header.type} entries are not allowed`)
-      break
+      return refuse(`${entry.type} entries are not allowed`)
     case 'fifo':
-      refuse('fifo entries are not allowed')
-      break
+      return refuse('fifo entries are not allowed')
   }
-  return refuse(`unsupported entry type ${String(header.type)} (sparse or vendor-specific tar entries are not supported)`)
 }
 
+/** No disk image is larger (qcow2's own limit is 64 TiB); a bigger real size is a bomb for whatever reads the file next. */
+const MAX_FILE_SIZE = 64 * 2 ** 40
 const SPARSE_BLOCK = 4096
 const ZERO_BLOCK = Buffer.alloc(SPARSE_BLOCK)
+/** Data is gathered into pieces this big: few write calls for multi-gigabyte images. */
+const WRITE_PIECE = 1024 * 1024
 
 /**
- * A file writer that leaves all-zero 4 KiB blocks as holes: a raw or preallocated disk
- * image takes only the space its data needs, as `tar --sparse`/`cp --sparse` would do.
+ * Writes a file from pieces placed at their offsets, leaving all-zero 4 KiB blocks (and
+ * whatever a sparse map skips) as holes: a raw or preallocated disk image takes only the
+ * space its data needs, as `tar -xS`/`cp --sparse` would. Pieces are gathered into 1 MiB
+ * buffers and written while the next one fills (two buffers, one write in flight).
  * Opened with 'wx': never follows (or overwrites) anything at the target.
  */
-async function createSparseFileWriter(path: string, mode: number): Promise<Writable> {
-  const handle = await open(path, 'wx', mode)
-  let position = 0
-  return new Writable({
-    async write(chunk: Buffer, _encoding, callback) {
-      try {
-        let offset = 0
-        while (offset < chunk.length) {
-          // Blocks are aligned to the file, so holes fall on filesystem block boundaries.
-          const end = Math.min(chunk.length, offset + SPARSE_BLOCK - ((position + offset) % SPARSE_BLOCK))
-          let runEnd = end
-          const zero = chunk.subarray(offset, end).equals(ZERO_BLOCK.subarray(0, end - offset))
-          // Extend the run while blocks stay of the same kind, so data is written in large pieces.
-          while (runEnd < chunk.length) {
-            const next = Math.min(chunk.length, runEnd + SPARSE_BLOCK)
-            if (chunk.subarray(runEnd, next).equals(ZERO_BLOCK.subarray(0, next - runEnd)) !== zero) break
-            runEnd = next
-          }
-          if (!zero) await handle.write(chunk, offset, runEnd - offset, position + offset)
-          offset = runEnd
-        }
-        position += chunk.length
-        callback()
-      } catch (error) {
-        callback(error as Error)
+class SparseFileWriter {
+  private buffer = Buffer.allocUnsafe(WRITE_PIECE)
+  private spare = Buffer.allocUnsafe(WRITE_PIECE)
+  private start = 0
+  private filled = 0
+  private inFlight: Promise<void> = Promise.resolve()
+
+  private constructor(private readonly handle: FileHandle) {}
+
+  static async create(path: string, mode: number): Promise<SparseFileWriter> {
+    return new SparseFileWriter(await open(path, 'wx', mode))
+  }
+
+  async write(position: number, chunk: Buffer): Promise<void> {
+    let at = 0
+    while (at < chunk.length) {
+      if (this.filled > 0 && position + at !== this.start + this.filled) await this.flush()
+      if (this.filled === 0) this.start = position + at
+      const length = Math.min(chunk.length - at, WRITE_PIECE - this.filled)
+      chunk.copy(this.buffer, this.filled, at, at + length)
+      this.filled += length
+      at += length
+      if (this.filled === WRITE_PIECE) await this.flush()
+    }
+  }
+
+  /** Write what is gathered, set the size (a trailing hole still counts) and close. */
+  async finish(size: number): Promise<void> {
+    await this.flush()
+    await this.inFlight
+    await this.handle.truncate(size)
+    await this.handle.close()
+  }
+
+  async abandon(): Promise<void> {
+    await this.inFlight.catch(() => undefined)
+    await this.handle.close().catch(() => undefined)
+  }
+
+  private async flush(): Promise<void> {
+    if (this.filled === 0) return
+    const {buffer, start, filled} = this
+    await this.inFlight // the spare buffer is free again once its write is done
+    this.buffer = this.spare
+    this.spare = buffer
+    this.filled = 0
+    const writing = this.writeData(buffer, start, filled)
+    writing.catch(() => undefined) // awaited at the next flush or finish
+    this.inFlight = writing
+  }
+
+  /** Write `buffer[0, length)` at `position`, skipping all-zero blocks aligned to the file. */
+  private async writeData(buffer: Buffer, position: number, length: number): Promise<void> {
+    let offset = 0
+    while (offset < length) {
+      const end = Math.min(length, offset + SPARSE_BLOCK - ((position + offset) % SPARSE_BLOCK))
+      const zero = isZero(buffer, offset, end)
+      let runEnd = end
+      // Extend the run while blocks stay of the same kind, so data is written in large pieces.
+      while (runEnd < length) {
+        const next = Math.min(length, runEnd + SPARSE_BLOCK)
+        if (isZero(buffer, runEnd, next) !== zero) break
+        runEnd = next
       }
-    },
-    async final(callback) {
-      try {
-        await handle.truncate(position) // a trailing hole still counts towards the size
-        await handle.close()
-        callback()
-      } catch (error) {
-        callback(error as Error)
-      }
-    },
-    async destroy(error, callback) {
-      await handle.close().catch(() => undefined)
-      callback(error)
-    },
-  })
+      if (!zero) await this.handle.write(buffer, offset, runEnd - offset, position + offset)
+      offset = runEnd
+    }
+  }
+}
+
+/** memcmp against zeros, without allocating views (this runs for every 4 KiB of every image). */
+function isZero(buffer: Buffer, start: number, end: number): boolean {
+  return buffer.compare(ZERO_BLOCK, 0, end - start, start, end) === 0
 }
 
 /** Strip "./" prefixes and trailing slashes: "./box.img" and "box.img" are the same entry. */
@@ -512,10 +701,6 @@ function normaliseEntryName(name: string): string {
 
 function isSafeRelativeName(name: string): boolean {
   return name !== '' && !isAbsolute(name) && !name.split('/').includes('..')
-}
-
-function isFileType(type: tar.Header['type'] | null | undefined): boolean {
-  return type === 'file' || type === 'contiguous-file'
 }
 
 /** `path` is strictly below `dir` (or, with allowSelf, `dir` itself: a symlink may point at the root). */
@@ -560,18 +745,28 @@ function fileError(file: string, error: unknown): BoxError {
   return new BoxError(`cannot read ${file}: ${(error as Error).message}`, {cause: error})
 }
 
-function archiveError(error: unknown, signal: AbortSignal | undefined, doing: string, stage: StreamStage): unknown {
+function archiveError(error: unknown, signal: AbortSignal | undefined, doing: string, stage: {processError?: () => unknown}, source?: {file: string; compression: ArchiveCompression}): unknown {
   if (signal?.aborted) return signal.reason instanceof BoxError ? signal.reason : new BoxError(`${doing} was interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
+  const processError = stage.processError?.()
+  // The decompressor missing: the exec wrapper's error names the package to install.
+  if (processError instanceof BoxError && (processError.cause as {code?: string} | undefined)?.code === 'ENOENT') return processError
+  // The data ended early or was no tar because the decompressor failed: it says why.
+  if (processError instanceof BoxError && (error instanceof NotATarError || error instanceof TruncatedArchiveError)) {
+    return new BoxError(`${doing} failed: its ${source?.compression ?? 'compressed'} data is damaged or cut short`, {
+      cause: error,
+      detail: processError.detail,
+      suggestions: ['the file is incomplete or corrupt: download or copy it again'],
+    })
+  }
+  if (error instanceof NotATarError && source) return notABox(source.file, error.head, source.compression)
+  if (error instanceof TruncatedArchiveError) return new TruncatedArchiveError(`${doing} failed: ${error.message}`, {cause: error, suggestions: error.suggestions})
   if (error instanceof BoxError) return error
   const code = (error as {code?: string}).code
-  const processError = stage.processError?.()
-  // zstd missing: the exec wrapper's error names the package to install.
-  if (processError instanceof BoxError && (processError.cause as {code?: string} | undefined)?.code === 'ENOENT') return processError
   if (code === 'ENOSPC') return new BoxError(`${doing} failed: no space left on the device`, {cause: error})
   const message = (error as Error).message ?? String(error)
   return new BoxError(`${doing} failed: ${message}`, {
     cause: error,
     detail: processError instanceof BoxError ? processError.detail : undefined,
-    suggestions: /unexpected end|premature|truncated|incorrect header|invalid tar|unknown format/i.test(message) ? ['the archive looks truncated or damaged: get it again'] : [],
+    suggestions: /unexpected end|premature|truncated|incorrect header|invalid tar|unknown format|invalid|check/i.test(message) ? ['the archive looks truncated or damaged: get it again'] : [],
   })
 }

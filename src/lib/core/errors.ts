@@ -30,6 +30,28 @@ export class BoxError extends Error {
   }
 }
 
+/** A program box ran failed: the error names the command and its arguments (Shopify CLI's ExternalError). */
+export class ExternalError extends BoxError {
+  readonly command: string
+  readonly args: readonly string[]
+
+  constructor(message: string, options: BoxErrorOptions & {command: string; args: readonly string[]}) {
+    const {command, args, ...rest} = options
+    super(message, rest)
+    this.name = 'ExternalError'
+    this.command = command
+    this.args = args
+  }
+}
+
+/** A path that cannot happen did: a bug in box, not something the user can fix. */
+export class BugError extends BoxError {
+  constructor(message: string, options: Omit<BoxErrorOptions, 'suggestions'> = {}) {
+    super(`internal error: ${message}`, {...options, suggestions: ['this is a bug in box: please report it with the command you ran']})
+    this.name = 'BugError'
+  }
+}
+
 /** A BoxError as the CLI prints it on stderr: message, detail indented, suggestions. */
 export function formatBoxError(error: BoxError): string {
   const lines = [`Error: ${error.message}`]

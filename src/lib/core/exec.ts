@@ -6,7 +6,7 @@ import {constants as osConstants} from 'node:os'
 import {delimiter, join} from 'node:path'
 import type {Options, ResultPromise} from 'execa'
 
-import {BoxError, tail} from './errors.js'
+import {BoxError, ExternalError, tail} from './errors.js'
 import {packageFor} from './host-tools.js'
 
 export interface RunOptions extends Pick<Options, 'cwd' | 'env' | 'input' | 'timeout' | 'cancelSignal' | 'stdin' | 'stdout' | 'stderr'> {
@@ -94,6 +94,7 @@ export async function findOnPath(command: string, path = process.env.PATH ?? '')
   return undefined
 }
 
+/** A failed child (an execa error, or a result with `reject: false`) as the BoxError the user sees: what failed, the command, why, the output's tail. */
 export function toBoxError(command: string, args: readonly string[], error: unknown, purpose?: string, suggestions: string[] = []): BoxError {
   const e = error as {code?: string; exitCode?: number; stderr?: unknown; stdout?: unknown; timedOut?: boolean; isCanceled?: boolean; signal?: string}
   if (e?.code === 'ENOENT') return missingProgramError(command, error)
@@ -105,7 +106,9 @@ export function toBoxError(command: string, args: readonly string[], error: unkn
   else if (e?.signal) reason = `was killed by ${e.signal}`
   else reason = `exited with code ${e?.exitCode ?? '?'}`
   const output = [e?.stderr, e?.stdout].map((s) => (typeof s === 'string' ? s : '')).filter(Boolean).join('\n')
-  return new BoxError(`${what}: \`${shown}\` ${reason}`, {
+  return new ExternalError(`${what}: \`${shown}\` ${reason}`, {
+    command,
+    args,
     cause: error,
     detail: output ? tail(output) : undefined,
     suggestions,

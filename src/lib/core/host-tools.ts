@@ -18,6 +18,8 @@ export const HOST_TOOLS: HostTool[] = [
   {command: 'ssh', package: 'openssh-client', versionArgs: ['-V'], purpose: 'box ssh, provisioning', required: true},
   {command: 'ssh-keygen', package: 'openssh-client', purpose: 'per-machine keys', required: true},
   {command: 'zstd', package: 'zstd', versionArgs: ['--version'], purpose: 'zstd-compressed boxes', required: true},
+  {command: 'xz', package: 'xz-utils', versionArgs: ['--version'], purpose: 'xz-compressed boxes', required: false},
+  {command: 'bzip2', package: 'bzip2', purpose: 'bzip2-compressed boxes', required: false},
   {command: 'debootstrap', package: 'debootstrap', versionArgs: ['--version'], purpose: 'box build', required: false},
   {command: 'mke2fs', package: 'e2fsprogs', versionArgs: ['-V'], purpose: 'box build', required: false},
   {command: 'busybox', package: 'busybox-static', versionArgs: ['--help'], purpose: 'box build (builder appliance)', required: false},

@@ -2,7 +2,7 @@ import {createServer} from 'node:net'
 
 import {BoxError} from './errors.js'
 
-/** A host port forwarded to a guest port. */
+/** A host port forwarded to a guest port: the Boxfile's forwarded_ports, resolved, as providers take them. */
 export interface ForwardedPort {
   guest: number
   host: number

@@ -4,6 +4,7 @@
  * a constraint is a comma-separated list of `[op] version` with op one of
  * = != > < >= <= ~> (no op means =), e.g. ">= 1.2, < 2" or "~> 1.4".
  */
+import {BoxError, ExitCode} from './errors.js'
 
 export type VersionSegment = number | string
 export type ConstraintOperator = '=' | '!=' | '>' | '<' | '>=' | '<=' | '~>'
@@ -67,6 +68,33 @@ export function parseConstraint(text: string): VersionRequirement[] {
     }
     return {operator: operator as ConstraintOperator, version}
   })
+}
+
+/** What is wrong with a constraint a user wrote (VersionSyntaxError's message), or undefined when it parses. */
+export function constraintProblem(text: string): string | undefined {
+  try {
+    parseConstraint(text)
+    return undefined
+  } catch (error) {
+    if (error instanceof VersionSyntaxError) return error.message
+    throw error
+  }
+}
+
+/** A constraint a user wrote (a flag, a Boxfile's box_version), parsed; a usage error saying what is wrong otherwise. */
+export function parseUserConstraint(text: string): VersionRequirement[] {
+  const problem = constraintProblem(text)
+  if (problem !== undefined) throw new BoxError(`invalid version constraint: ${problem}`, {exitCode: ExitCode.USAGE})
+  return parseConstraint(text)
+}
+
+/** Newest first, for sort(); text that is not a version (a hand-made store directory) goes after every version, by text. */
+export function compareNewestFirst(a: string, b: string): number {
+  const aValid = isVersion(a)
+  const bValid = isVersion(b)
+  if (aValid && bValid) return compareVersions(b, a)
+  if (aValid !== bValid) return aValid ? -1 : 1
+  return a < b ? 1 : a > b ? -1 : 0
 }
 
 /** Does `version` meet every requirement of `constraint` (a string or parsed requirements)? */

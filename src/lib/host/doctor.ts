@@ -1,7 +1,7 @@
-import {execa} from 'execa'
-
-import {resolveAccel, type AccelResult} from '../../providers/qemu/accel.js'
-import {findOnPath} from '../core/exec.js'
+import {providerFor} from '../../providers/index.js'
+import type {HostCheck} from '../../providers/provider.js'
+import {BugError} from '../core/errors.js'
+import {findOnPath, spawn} from '../core/exec.js'
 import {HOST_TOOLS} from '../core/host-tools.js'
 
 export interface ToolReport {
@@ -15,7 +15,7 @@ export interface ToolReport {
 
 export interface DoctorReport {
   tools: ToolReport[]
-  accel?: AccelResult
+  accel?: HostCheck
   accelError?: string
   /** False when a required tool is missing or no accelerator works. */
   ok: boolean
@@ -27,14 +27,16 @@ export async function runDoctor(options: {cacheDir: string; refreshAccel?: boole
     const base = {command: tool.command, package: tool.package, purpose: tool.purpose, required: tool.required}
     if (!(await findOnPath(tool.command))) return {...base, found: false}
     if (!tool.versionArgs) return {...base, found: true}
-    const result = await execa(tool.command, tool.versionArgs, {reject: false, timeout: 10_000, stdin: 'ignore', all: true})
+    const result = await spawn(tool.command, tool.versionArgs, {reject: false, timeout: 10_000, stdin: 'ignore', all: true})
     return {...base, found: true, version: firstVersionLine(String(result.all ?? ''))}
   }))
-  let accel: AccelResult | undefined
+  let accel: HostCheck | undefined
   let accelError: string | undefined
   if (tools.find((tool) => tool.command === 'qemu-system-x86_64')?.found) {
+    const qemu = providerFor('qemu', options.cacheDir)
+    if (!qemu.checkHost) throw new BugError('the QEMU provider has no host check')
     try {
-      accel = await resolveAccel({cacheDir: options.cacheDir, refresh: options.refreshAccel})
+      accel = await qemu.checkHost({refresh: options.refreshAccel})
     } catch (error) {
       accelError = (error as Error).message
     }

@@ -1,48 +1,24 @@
 /**
  * The project a machine command works in: its Boxfile, found as Vagrant finds a
- * Vagrantfile, and the machines it resolves to. box ssh and box status must start fast,
- * so this module loads neither yaml nor zod: the resolved Boxfile is cached as JSON in
- * .box/, and boxfile.ts (the parser, with its file:line:col errors) is loaded only when
- * the cache does not hold this very Boxfile.
+ * Vagrantfile (boxfile/find.ts), and the machines it resolves to. box ssh and box status
+ * must start fast, so this module loads neither yaml nor zod: the resolved Boxfile is
+ * cached as JSON in .box/, and boxfile/load.ts (the parser, with its file:line:col errors)
+ * is loaded only when the cache does not hold this very Boxfile.
  */
 import {mkdir, readFile, rename, stat, writeFile} from 'node:fs/promises'
 import {homedir} from 'node:os'
-import {dirname, join, resolve} from 'node:path'
+import {dirname, join} from 'node:path'
 import {fileURLToPath} from 'node:url'
 
-import type {Boxfile, ResolvedMachine} from '../boxfile/boxfile.js'
+import {findBoxfile} from '../boxfile/find.js'
+import type {Boxfile, ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import type {MachineContext} from './machine.js'
+import {pathKind} from '../core/fs.js'
+import type {MachineContext} from './context.js'
 import {createProgress} from '../core/progress.js'
-
-export const BOXFILE_NAME = 'Boxfile'
-/** Name or path of the Boxfile to use instead of ./Boxfile (a bare name is searched for upwards). */
-export const BOXFILE_ENV = 'BOX_BOXFILE'
 
 /** A Boxfile as the machine commands use it: resolved, without source positions. */
 export type ProjectBoxfile = Pick<Boxfile, 'file' | 'dir' | 'machines'>
-
-/**
- * The Boxfile for `cwd`: like Vagrant, the first one found in cwd or a parent.
- * BOX_BOXFILE overrides it: a bare name is searched for the same way, a path
- * (with a "/") is taken as is, relative to cwd.
- */
-export async function findBoxfile(cwd: string, env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  const override = env[BOXFILE_ENV]
-  if (override && override.includes('/')) {
-    const file = resolve(cwd, override)
-    if ((await kindOf(file)) !== 'file') throw new BoxError(`${BOXFILE_ENV}=${override}: no such file ${file}`, {exitCode: ExitCode.USAGE})
-    return file
-  }
-  const name = override || BOXFILE_NAME
-  const start = resolve(cwd)
-  for (let dir = start; ; dir = dirname(dir)) {
-    const candidate = join(dir, name)
-    if ((await kindOf(candidate)) === 'file') return candidate
-    if (dirname(dir) === dir) break
-  }
-  throw new BoxError(`no ${name} found in ${start} or its parents; create one with: box init BOX`, {exitCode: ExitCode.USAGE})
-}
 
 /** The machines `names` ask for, in that order; all of them for no names. */
 export function selectMachines(boxfile: Pick<Boxfile, 'file' | 'machines'>, names: readonly string[]): ResolvedMachine[] {
@@ -78,7 +54,7 @@ export async function openProject(options: OpenProjectOptions): Promise<{machine
   return {machines: selectMachines(boxfile, options.names), context}
 }
 
-const PARSER_MODULE = fileURLToPath(new URL('../boxfile/boxfile.js', import.meta.url))
+const PARSER_MODULE = fileURLToPath(new URL('../boxfile/load.js', import.meta.url))
 
 /** Where the resolved Boxfile is cached, next to the machines' state. */
 export function boxfileCachePath(projectDir: string): string {
@@ -99,7 +75,7 @@ export async function loadProjectBoxfile(options: {version: string; cwd?: string
   const cached = await readCache(cacheFile, key)
   if (cached) return cached
 
-  const {loadBoxfile} = await import('../boxfile/boxfile.js')
+  const {loadBoxfile} = await import('../boxfile/load.js')
   const {dir, machines} = await loadBoxfile({file})
   const boxfile = {file, dir, machines}
   await writeCache(cacheFile, key, boxfile)
@@ -129,23 +105,16 @@ async function writeCache(cacheFile: string, key: string, boxfile: ProjectBoxfil
 }
 
 /**
- * The Boxfile's checks of the host (checkListItems in boxfile.ts), made again: a file
+ * The Boxfile's checks of the host (checkListItems in boxfile/load.ts), made again: a file
  * that went away since must fail as it would without the cache.
  */
 async function hostPathsStillValid(machines: ResolvedMachine[]): Promise<boolean> {
   const checks = machines.flatMap((machine) => [
-    ...machine.syncedFolders.filter((folder) => !folder.disabled).map(async (folder) => (await kindOf(folder.source)) === 'directory'),
+    ...machine.syncedFolders.filter((folder) => !folder.disabled).map(async (folder) => (await pathKind(folder.source)) === 'directory'),
     ...machine.provisioners.map(async (provisioner) => {
-      if (provisioner.type === 'file') return (await kindOf(provisioner.source)) !== undefined
-      return provisioner.path === undefined || (await kindOf(provisioner.path)) === 'file'
+      if (provisioner.type === 'file') return (await pathKind(provisioner.source)) !== undefined
+      return provisioner.path === undefined || (await pathKind(provisioner.path)) === 'file'
     }),
   ])
   return (await Promise.all(checks)).every(Boolean)
-}
-
-async function kindOf(path: string): Promise<'file' | 'directory' | 'other' | undefined> {
-  return stat(path).then(
-    (info) => (info.isFile() ? 'file' : info.isDirectory() ? 'directory' : 'other'),
-    () => undefined,
-  )
 }

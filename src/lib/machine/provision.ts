@@ -1,11 +1,11 @@
 import {readFile, stat} from 'node:fs/promises'
 import {basename} from 'node:path'
 import {createInterface} from 'node:readline'
-import {execa} from 'execa'
 
-import type {Provisioner, ResolvedMachine} from '../boxfile/boxfile.js'
-import {BoxError} from '../core/errors.js'
-import type {MachineContext} from './machine.js'
+import type {Provisioner, ResolvedMachine} from '../boxfile/types.js'
+import {BoxError, ExternalError} from '../core/errors.js'
+import {spawn, toBoxError} from '../core/exec.js'
+import type {MachineContext} from './context.js'
 import {shJoin} from '../core/shell-quote.js'
 import {sshArgs, sshRun, type SshTarget} from './ssh.js'
 
@@ -73,11 +73,14 @@ export async function runGuestScript(context: MachineContext, machineName: strin
   const envWords = Object.entries(guestScript.env ?? {}).map(([key, value]) => `${key}=${value}`)
   const command = [...(guestScript.privileged ? ['sudo', '-n'] : []), 'env', ...envWords, ...(guestScript.viaSh ? ['sh', remoteFile] : [remoteFile]), ...(guestScript.args ?? [])]
   const remote = `${shJoin(command)}; status=$?; rm -f ${shJoin([remoteFile])}; exit $status`
-  const child = execa('ssh', sshArgs(target, undefined, remote), {reject: false, cancelSignal: context.signal, ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input})})
+  const args = sshArgs(target, undefined, remote)
+  const child = spawn('ssh', args, {reject: false, cancelSignal: context.signal, ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input})})
   const prefix = (line: string) => context.output?.(`${machineName}: ${line}`) ?? process.stdout.write(`${machineName}: ${line}\n`)
   const pump = (stream: NodeJS.ReadableStream | null) => stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
   await Promise.all([pump(child.stdout), pump(child.stderr)])
   const result = await child
+  // ssh never started (not installed): no exit code to report, the user needs to know why.
+  if (result.failed && result.exitCode === undefined && !result.isCanceled && !result.signal) throw toBoxError('ssh', args, result, `running ${guestScript.name}`)
   return result.exitCode ?? 1
 }
 
@@ -88,13 +91,20 @@ async function copyIn(target: SshTarget, source: string, destination: string): P
   const dest = destination.startsWith('~/') ? `"$HOME"/${shJoin([destination.slice(2)])}` : shJoin([destination])
   if (info.isDirectory()) {
     const remote = `mkdir -p ${dest} && tar -xf - -C ${dest}`
-    const tar = execa('tar', ['-C', source, '-cf', '-', '.'])
-    await execa('ssh', sshArgs(target, undefined, remote), {stdin: tar.stdout!})
-    await tar
+    const tarArgs = ['-C', source, '-cf', '-', '.']
+    const sshArgv = sshArgs(target, undefined, remote)
+    const tar = spawn('tar', tarArgs, {reject: false, stdin: 'ignore'})
+    const ssh = spawn('ssh', sshArgv, {reject: false, stdin: tar.stdout!})
+    const [sshResult, tarResult] = await Promise.all([ssh, tar])
+    // ssh first: when it fails, tar dies of the broken pipe and says nothing useful.
+    if (sshResult.failed) throw toBoxError('ssh', sshArgv, sshResult, `copying ${basename(source)} to ${destination}`)
+    if (tarResult.failed) throw toBoxError('tar', tarArgs, tarResult, `packing ${source} for the file provisioner`)
     return
   }
   const remote = `mkdir -p "$(dirname ${dest})" && cat > ${dest}`
-  await execa('ssh', sshArgs(target, undefined, remote), {inputFile: source}).catch((error: unknown) => {
-    throw new BoxError(`copying ${basename(source)} to ${destination} failed`, {cause: error, detail: String((error as {stderr?: string}).stderr ?? '')})
-  })
+  const sshArgv = sshArgs(target, undefined, remote)
+  const result = await spawn('ssh', sshArgv, {reject: false, inputFile: source})
+  if (result.failed) {
+    throw new ExternalError(`copying ${basename(source)} to ${destination} failed`, {command: 'ssh', args: sshArgv, cause: result, detail: String(result.stderr ?? '')})
+  }
 }

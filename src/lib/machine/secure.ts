@@ -7,12 +7,12 @@
  */
 import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
-import {createInterface} from 'node:readline'
 import ejs from 'ejs'
 
-import {isHostName, type ResolvedMachine} from '../boxfile/boxfile.js'
-import {BoxError, ExitCode} from '../core/errors.js'
-import type {MachineContext} from './machine.js'
+import {isHostName} from '../boxfile/schema.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
+import {BoxError} from '../core/errors.js'
+import type {MachineContext} from './context.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {runGuestScript} from './provision.js'
 import {shQuote} from '../core/shell-quote.js'
@@ -57,87 +57,6 @@ export function passwordProblem(password: string): string | undefined {
   return undefined
 }
 
-export interface AnswerSources {
-  role?: string
-  site?: string
-  username?: string
-  /** Read the password from the first line of `stdin` (--password-stdin). */
-  passwordFromStdin: boolean
-  /** Whether missing answers may be asked for (a terminal and no --yes). */
-  interactive: boolean
-  /** The Boxfile's `site`, offered as the default. */
-  defaultSite?: string
-  stdin?: NodeJS.ReadableStream
-}
-
-/**
- * The answers, from flags first, then from questions. Without questions (no terminal,
- * or --yes) a missing answer is an error naming its flag, never a hang.
- */
-export async function collectAnswers(sources: AnswerSources): Promise<SecureAnswers> {
-  const prompts = sources.interactive ? await import('@inquirer/prompts') : undefined
-  const missing = (what: string, flag: string, example: string) =>
-    new BoxError(`no ${what} given, and box asks no questions here (no terminal, or --yes)`, {exitCode: ExitCode.USAGE, suggestions: [`pass ${flag}, e.g. ${example}`]})
-  const checked = (problem: string | undefined, flag: string) => {
-    if (problem) throw new BoxError(`${flag}: ${problem}`, {exitCode: ExitCode.USAGE})
-  }
-
-  let role: Role
-  if (sources.role !== undefined) {
-    if (!(ROLES as readonly string[]).includes(sources.role)) throw new BoxError(`--role: must be one of ${ROLES.join(', ')}, not "${sources.role}"`, {exitCode: ExitCode.USAGE})
-    role = sources.role as Role
-  } else if (prompts) {
-    role = await prompts.select<Role>({
-      message: 'Worker or director?',
-      choices: [
-        {value: 'worker', name: 'worker', description: 'runs jobs for the site'},
-        {value: 'director', name: 'director', description: 'hands out jobs to the workers of the site'},
-      ],
-    })
-  } else throw missing('role', '--role', '--role worker')
-
-  let site: string
-  if (sources.site !== undefined) {
-    checked(siteProblem(sources.site), '--site')
-    site = sources.site
-  } else if (prompts) {
-    site = (await prompts.input({message: 'Site name?', default: sources.defaultSite, validate: (value) => siteProblem(value.trim()) ?? true})).trim()
-  } else if (sources.defaultSite !== undefined) {
-    site = sources.defaultSite
-  } else throw missing('site name', '--site', '--site example.org (or site: in the Boxfile)')
-
-  let username: string
-  if (sources.username !== undefined) {
-    checked(usernameProblem(sources.username), '--username')
-    username = sources.username
-  } else if (prompts) {
-    username = (await prompts.input({message: 'User name?', validate: (value) => usernameProblem(value.trim()) ?? true})).trim()
-  } else throw missing('user name', '--username', '--username alice')
-
-  let password: string
-  if (sources.passwordFromStdin) {
-    password = await readFirstLine(sources.stdin ?? process.stdin)
-    checked(passwordProblem(password), '--password-stdin')
-  } else if (prompts) {
-    for (;;) {
-      password = await prompts.password({message: 'Password?', mask: '*', validate: (value) => passwordProblem(value) ?? true})
-      if ((await prompts.password({message: 'Password again?', mask: '*'})) === password) break
-      process.stderr.write('The two passwords differ; once more.\n')
-    }
-  } else throw missing('password', '--password-stdin', "a password manager's output piped in: pass show site | box secure --password-stdin …")
-
-  return {role, site, username, password}
-}
-
-/** The first line of a stream (without its line break); the rest is not read. */
-async function readFirstLine(stream: NodeJS.ReadableStream): Promise<string> {
-  const lines = createInterface({input: stream, crlfDelay: Number.POSITIVE_INFINITY})
-  for await (const line of lines) {
-    lines.close()
-    return line
-  }
-  return ''
-}
 
 /** provisioners/secure with the non-secret answers filled in (the password is never in it). */
 export async function renderSecureScript(machine: Pick<ResolvedMachine, 'name' | 'directorPort'>, sshUser: string, answers: Omit<SecureAnswers, 'password'>): Promise<string> {

@@ -7,8 +7,10 @@ import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {MachineState, Provider} from '../../providers/provider.js'
-import type {ResolvedMachine} from '../boxfile/boxfile.js'
-import {machineDir, providerFor, readRecord, sshTarget, type MachineContext, type MachineRecord} from './machine.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
+import {machineDir, readRecord, type MachineContext, type MachineRecord} from './context.js'
+import {sshTarget} from './ssh-session.js'
+import {providerFor} from '../../providers/index.js'
 import {mapperName} from '../box/resnap.js'
 import {sshRun} from './ssh.js'
 

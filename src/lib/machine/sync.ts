@@ -1,4 +1,4 @@
-import type {ResolvedMachine} from '../boxfile/boxfile.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
 import {BoxError} from '../core/errors.js'
 import {run} from '../core/exec.js'
 import type {Progress} from '../core/progress.js'

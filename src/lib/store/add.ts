@@ -5,14 +5,13 @@ import {join, resolve} from 'node:path'
 import {pipeline} from 'node:stream/promises'
 import {fileURLToPath} from 'node:url'
 
-import got from 'got'
-
 import {COMPATIBLE_BOX_PROVIDERS} from '../box/metadata.js'
-import {hostArchitecture, loadCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from './catalog.js'
+import {fetchCatalogText, hostArchitecture, loadCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from './catalog.js'
 import {CHECKSUM_TYPES, download, isChecksumType, partPath, type Checksum, type DownloadOptions} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {formatBytes, formatDuration, formatTransfer, type Progress} from '../core/progress.js'
-import {addBoxFromFile, findBox, setCatalogUrl, type StoredBox} from './store.js'
+import {addBoxFromFile} from './import.js'
+import {findBox, setCatalogUrl, type StoredBox} from './query.js'
 
 /**
  * What `box add` was given, and the one function that brings it into the store:
@@ -24,12 +23,10 @@ export type BoxSourceKind =
   | {kind: 'box-url'; url: string}
   | {kind: 'catalog'; location: string; catalog: Catalog}
 
-/** Catalogs are small; a body this big is a box. */
-const MAX_CATALOG_BYTES = 16 << 20
 /** The provider a box added without --provider is for: box's default, QEMU (which also runs libvirt boxes). */
 const DEFAULT_PROVIDERS = COMPATIBLE_BOX_PROVIDERS.qemu
 
-export function isHttpUrl(text: string): boolean {
+function isHttpUrl(text: string): boolean {
   return /^https?:\/\//i.test(text)
 }
 
@@ -46,7 +43,7 @@ function localPath(text: string): string {
 export async function identifySource(source: string, options: {signal?: AbortSignal; timeoutMs?: number} = {}): Promise<BoxSourceKind> {
   if (isHttpUrl(source)) {
     if (/\.box$/i.test(new URL(source).pathname)) return {kind: 'box-url', url: source}
-    const text = await fetchIfCatalog(source, options)
+    const text = await fetchCatalogText(source, {...options, onlyIfJson: true})
     return text === undefined ? {kind: 'box-url', url: source} : {kind: 'catalog', location: source, catalog: parseCatalogText(text, source)}
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source) && !/^file:\/\//i.test(source)) {
@@ -71,56 +68,6 @@ async function startsWithBrace(path: string): Promise<boolean> {
     return buffer.subarray(0, bytesRead).toString('latin1').trimStart().startsWith('{')
   } finally {
     await handle.close()
-  }
-}
-
-/** GET the URL; when the answer is JSON, its text; when it is not (a box), undefined, having read only its first bytes. */
-async function fetchIfCatalog(url: string, options: {signal?: AbortSignal; timeoutMs?: number}): Promise<string | undefined> {
-  const timeoutMs = options.timeoutMs ?? 30_000
-  const request = got.stream(url, {
-    decompress: true,
-    throwHttpErrors: false,
-    retry: {limit: 0},
-    timeout: {lookup: timeoutMs, connect: timeoutMs, response: timeoutMs, socket: timeoutMs},
-    headers: {accept: 'application/json, */*'},
-  })
-  const onAbort = () => request.destroy(new Error('aborted'))
-  options.signal?.addEventListener('abort', onAbort, {once: true})
-  // Kept here: got wraps an error given to destroy() in its own.
-  let httpFailure: BoxError | undefined
-  try {
-    const chunks: Buffer[] = []
-    let bytes = 0
-    let json: boolean | undefined
-    request.once('response', (response: {statusCode: number; statusMessage?: string; headers: Record<string, string | string[] | undefined>}) => {
-      if (response.statusCode >= 400) {
-        httpFailure = new BoxError(`HTTP ${response.statusCode}${response.statusMessage ? ` ${response.statusMessage}` : ''} for ${url}`)
-        request.destroy(httpFailure)
-      } else if (/\bjson\b/i.test(String(response.headers['content-type'] ?? ''))) {
-        json = true
-      }
-    })
-    for await (const chunk of request as AsyncIterable<Buffer>) {
-      if (json === undefined) json = chunk.toString('latin1').trimStart().startsWith('{')
-      if (!json) {
-        request.destroy()
-        return undefined
-      }
-      chunks.push(chunk)
-      bytes += chunk.length
-      if (bytes > MAX_CATALOG_BYTES) {
-        request.destroy()
-        throw new BoxError(`${url} answered JSON too big to be a box catalog`, {exitCode: ExitCode.USAGE})
-      }
-    }
-    return Buffer.concat(chunks).toString('utf8')
-  } catch (error) {
-    if (httpFailure) throw httpFailure
-    if (error instanceof BoxError) throw error
-    if (options.signal?.aborted) throw new BoxError(`fetching ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED})
-    throw new BoxError(`cannot fetch ${url}: ${(error as Error).message}`, {cause: error})
-  } finally {
-    options.signal?.removeEventListener('abort', onAbort)
   }
 }
 
@@ -164,7 +111,7 @@ export interface AddFromSourceOptions {
   checksum?: Checksum
   force?: boolean
   /**
-   * Host providers to store a converted copy for too (box-conversion.ts); default: every
+   * Host providers to store a converted copy for too (convert.ts); default: every
    * provider this host runs, so `up` works whichever one a Boxfile names. [] keeps the box only as it is.
    */
   convertFor?: readonly string[]
@@ -322,7 +269,7 @@ async function downloadWithProgress(options: DownloadOptions, progress: Progress
 }
 
 /** Hash a local file and compare; one pass, with progress for big boxes. */
-export async function verifyFileChecksum(file: string, checksum: Checksum, progress?: Progress): Promise<void> {
+async function verifyFileChecksum(file: string, checksum: Checksum, progress?: Progress): Promise<void> {
   const hash = createHash(checksum.type)
   const stage = progress?.stage(`Verifying ${checksum.type} of ${file}`)
   try {
@@ -342,5 +289,3 @@ export async function verifyFileChecksum(file: string, checksum: Checksum, progr
   }
   stage?.done()
 }
-
-export {DEFAULT_PROVIDERS}

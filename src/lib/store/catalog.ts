@@ -1,6 +1,6 @@
-import {readFile} from 'node:fs/promises'
 import {arch} from 'node:os'
 import {dirname, isAbsolute, resolve as resolvePath} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 import {fileURLToPath, pathToFileURL} from 'node:url'
 
 import got from 'got'
@@ -8,7 +8,8 @@ import {z} from 'zod'
 
 import {CHECKSUM_TYPES, type Checksum} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError, type VersionRequirement} from '../core/versions.js'
+import {parseJsonWithSchema, readJsonWithSchema, type SchemaErrorOptions} from '../core/fs.js'
+import {compareNewestFirst, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 
 /**
  * Box catalogs in Vagrant's metadata format: a box name, its versions, and per version
@@ -46,7 +47,7 @@ const CatalogVersionSchema = z.looseObject({
   providers: z.array(CatalogProviderSchema).default([]),
 })
 
-export const CatalogSchema = z.looseObject({
+const CatalogSchema = z.looseObject({
   name: z.string().min(1, 'the box name is required'),
   description: optionalText,
   versions: z.array(CatalogVersionSchema),
@@ -58,30 +59,21 @@ export type CatalogProvider = z.infer<typeof CatalogProviderSchema>
 
 /** Versions a catalog lists but does not offer for download. */
 const UNAVAILABLE_STATUSES = new Set(['revoked', 'unreleased'])
-/** Catalogs are a few KB; anything much bigger is not one. */
+/** Catalogs are a few KB; anything much bigger is not one (it is a box). */
 const MAX_CATALOG_BYTES = 16 << 20
 
-/** Validate parsed JSON as a catalog; `location` (URL or path) is named in every error. */
-export function parseCatalog(json: unknown, location: string): Catalog {
-  const parsed = CatalogSchema.safeParse(json)
-  if (parsed.success) return parsed.data
-  const problems = parsed.error.issues.map((issue) => `${formatPath(issue.path) || '(top level)'}: ${issue.message}`)
-  throw new BoxError(`${location} is not a valid box catalog`, {
-    exitCode: ExitCode.USAGE,
-    detail: problems.join('\n'),
-    suggestions: ['a catalog is Vagrant box metadata: {"name": "org/box", "versions": [{"version": "1.0.0", "providers": [{"name": "qemu", "url": "…", "checksum_type": "sha256", "checksum": "…"}]}]}'],
-  })
+/** Parse catalog text (JSON); `location` (URL or path) is named in every error. */
+export function parseCatalogText(text: string, location: string): Catalog {
+  return parseJsonWithSchema(text, CatalogSchema, location, catalogErrors(location))
 }
 
-/** Parse catalog text (JSON); errors name `location`. */
-export function parseCatalogText(text: string, location: string): Catalog {
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch (error) {
-    throw new BoxError(`${location} is not a box catalog: not valid JSON (${(error as Error).message})`, {exitCode: ExitCode.USAGE})
+function catalogErrors(location: string): SchemaErrorOptions {
+  return {
+    exitCode: ExitCode.USAGE,
+    invalid: `${location} is not a valid box catalog`,
+    notJson: (reason) => `${location} is not a box catalog: not valid JSON (${reason})`,
+    suggestions: ['a catalog is Vagrant box metadata: {"name": "org/box", "versions": [{"version": "1.0.0", "providers": [{"name": "qemu", "url": "…", "checksum_type": "sha256", "checksum": "…"}]}]}'],
   }
-  return parseCatalog(json, location)
 }
 
 export interface LoadCatalogOptions {
@@ -91,37 +83,94 @@ export interface LoadCatalogOptions {
 
 /** Read a catalog from an http(s) URL, a file:// URL or a path. */
 export async function loadCatalog(location: string, options: LoadCatalogOptions = {}): Promise<Catalog> {
-  if (/^https?:\/\//i.test(location)) return parseCatalogText(await fetchText(location, options), location)
+  if (/^https?:\/\//i.test(location)) return parseCatalogText((await fetchCatalogText(location, options))!, location)
   const path = /^file:\/\//i.test(location) ? fileURLToPath(location) : location
-  let text: string
-  try {
-    text = await readFile(path, 'utf8')
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    throw new BoxError(code === 'ENOENT' ? `catalog not found: ${path}` : `cannot read the catalog ${path}: ${(error as Error).message}`, {exitCode: ExitCode.USAGE, cause: error})
-  }
-  return parseCatalogText(text, location)
+  return readJsonWithSchema(path, CatalogSchema, `the catalog ${path}`, {
+    ...catalogErrors(location),
+    ifMissing: () => {
+      throw new BoxError(`catalog not found: ${path}`, {exitCode: ExitCode.USAGE})
+    },
+  })
 }
 
-/** GET a small text document; HTTP errors name the URL and status. */
-export async function fetchText(url: string, options: LoadCatalogOptions = {}): Promise<string> {
+export interface FetchCatalogOptions extends LoadCatalogOptions {
+  /** Answer undefined, having read only the first bytes, when the body is not JSON (it is a box). */
+  onlyIfJson?: boolean
+  /** Retries after a network error or a 408/429/5xx answer (default 2; 0 when `onlyIfJson`). */
+  retries?: number
+}
+
+/**
+ * GET a catalog: its text, read up to MAX_CATALOG_BYTES (a bigger body is no catalog).
+ * With `onlyIfJson`, a body that is not JSON gives undefined after its first bytes, so
+ * `box add URL` can ask a URL what it is without downloading a box twice.
+ */
+export async function fetchCatalogText(url: string, options: FetchCatalogOptions = {}): Promise<string | undefined> {
+  const retries = options.retries ?? (options.onlyIfJson ? 0 : 2)
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fetchCatalogOnce(url, options)
+    } catch (error) {
+      if (attempt >= retries || options.signal?.aborted || !(error instanceof RetryableFetchError)) throw error instanceof RetryableFetchError ? error.error : error
+      await sleep(1000 * 2 ** attempt, undefined, {signal: options.signal}).catch(() => undefined)
+    }
+  }
+}
+
+/** A failure worth one more try; `error` is what the caller sees when none is left. */
+class RetryableFetchError extends Error {
+  constructor(readonly error: BoxError) {
+    super(error.message)
+  }
+}
+
+async function fetchCatalogOnce(url: string, options: FetchCatalogOptions): Promise<string | undefined> {
   const timeoutMs = options.timeoutMs ?? 30_000
+  const request = got.stream(url, {
+    decompress: true,
+    throwHttpErrors: false,
+    retry: {limit: 0},
+    timeout: {lookup: timeoutMs, connect: timeoutMs, secureConnect: timeoutMs, send: timeoutMs, response: timeoutMs, socket: timeoutMs},
+    headers: {accept: options.onlyIfJson ? 'application/json, */*' : 'application/json'},
+  })
+  const onAbort = () => request.destroy(new Error('aborted'))
+  options.signal?.addEventListener('abort', onAbort, {once: true})
+  // Kept here: got wraps an error given to destroy() in its own.
+  let httpFailure: BoxError | RetryableFetchError | undefined
   try {
-    const response = await got(url, {
-      signal: options.signal,
-      timeout: {lookup: timeoutMs, connect: timeoutMs, secureConnect: timeoutMs, send: timeoutMs, response: timeoutMs, socket: timeoutMs},
-      retry: {limit: 2},
-      headers: {accept: 'application/json'},
-      responseType: 'text',
+    const chunks: Buffer[] = []
+    let bytes = 0
+    let json: boolean | undefined = options.onlyIfJson ? undefined : true
+    request.once('response', (response: {statusCode: number; statusMessage?: string; headers: Record<string, string | string[] | undefined>}) => {
+      if (response.statusCode >= 400) {
+        const failure = new BoxError(`HTTP ${response.statusCode}${response.statusMessage ? ` ${response.statusMessage}` : ''} for ${url}`)
+        httpFailure = response.statusCode === 408 || response.statusCode === 429 || response.statusCode >= 500 ? new RetryableFetchError(failure) : failure
+        request.destroy(failure)
+      } else if (/\bjson\b/i.test(String(response.headers['content-type'] ?? ''))) {
+        json = true
+      }
     })
-    if (response.rawBody.length > MAX_CATALOG_BYTES) throw new BoxError(`${url} is too big to be a box catalog`, {exitCode: ExitCode.USAGE})
-    return response.body
+    for await (const chunk of request as AsyncIterable<Buffer>) {
+      if (json === undefined) json = chunk.toString('latin1').trimStart().startsWith('{')
+      if (!json) {
+        request.destroy()
+        return undefined
+      }
+      chunks.push(chunk)
+      bytes += chunk.length
+      if (bytes > MAX_CATALOG_BYTES) {
+        request.destroy()
+        throw new BoxError(`${url} is too big to be a box catalog`, {exitCode: ExitCode.USAGE})
+      }
+    }
+    return Buffer.concat(chunks).toString('utf8')
   } catch (error) {
+    if (httpFailure) throw httpFailure
     if (error instanceof BoxError) throw error
-    const e = error as Error & {response?: {statusCode: number; statusMessage?: string}; code?: string}
-    if (e.response) throw new BoxError(`HTTP ${e.response.statusCode}${e.response.statusMessage ? ` ${e.response.statusMessage}` : ''} for ${url}`, {cause: error})
     if (options.signal?.aborted) throw new BoxError(`fetching ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
-    throw new BoxError(`cannot fetch ${url}: ${e.message}`, {cause: error})
+    throw new RetryableFetchError(new BoxError(`cannot fetch ${url}: ${(error as Error).message}`, {cause: error}))
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort)
   }
 }
 
@@ -160,9 +209,10 @@ export interface ResolvedCatalogBox {
 
 /** The newest version satisfying the constraint that has an acceptable provider; a clear error otherwise. */
 export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions): ResolvedCatalogBox {
-  const requirements = parseConstraintForUser(options.constraint)
+  // A blank constraint (an empty --box-version) means any version.
+  const requirements = options.constraint?.trim() ? parseUserConstraint(options.constraint) : undefined
   const available = catalog.versions.filter((version) => !UNAVAILABLE_STATUSES.has(version.status?.toLowerCase() ?? ''))
-  const newestFirst = [...available].sort((a, b) => compareVersions(b.version, a.version))
+  const newestFirst = [...available].sort((a, b) => compareNewestFirst(a.version, b.version))
   for (const version of newestFirst) {
     if (requirements && !satisfies(version.version, requirements)) continue
     const provider = pickProvider(version, options.providers, options.architecture)
@@ -172,15 +222,6 @@ export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions)
     }
   }
   throw noMatchError(catalog, options, newestFirst)
-}
-
-/** Newest version of the catalog for these providers, ignoring any constraint (for `box outdated`). */
-export function newestCatalogVersion(catalog: Catalog, providers: readonly string[], architecture?: string): string | undefined {
-  try {
-    return resolveCatalog(catalog, {providers, architecture}).version
-  } catch {
-    return undefined
-  }
 }
 
 function pickProvider(version: CatalogVersion, providers: readonly string[], architecture?: string): CatalogProvider | undefined {
@@ -195,16 +236,6 @@ function pickProvider(version: CatalogVersion, providers: readonly string[], arc
     if (unspecified) return unspecified
   }
   return undefined
-}
-
-function parseConstraintForUser(constraint: string | undefined): VersionRequirement[] | undefined {
-  if (constraint === undefined || constraint.trim() === '') return undefined
-  try {
-    return parseConstraint(constraint)
-  } catch (error) {
-    if (error instanceof VersionSyntaxError) throw new BoxError(`invalid version constraint: ${error.message}`, {exitCode: ExitCode.USAGE})
-    throw error
-  }
 }
 
 function noMatchError(catalog: Catalog, options: ResolveCatalogOptions, newestFirst: CatalogVersion[]): BoxError {
@@ -224,8 +255,4 @@ function noMatchError(catalog: Catalog, options: ResolveCatalogOptions, newestFi
     detail: listing.length > 0 ? `available:\n${listing.join('\n')}` : 'the catalog lists no versions',
     suggestions: ['pick a listed version with --box-version, or another provider with --provider'],
   })
-}
-
-function formatPath(path: ReadonlyArray<PropertyKey>): string {
-  return path.map((key, index) => (typeof key === 'number' ? `[${key}]` : `${index === 0 ? '' : '.'}${String(key)}`)).join('')
 }

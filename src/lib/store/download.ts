@@ -1,6 +1,6 @@
 import {createHash, type Hash} from 'node:crypto'
 import {createReadStream, writeSync, writevSync} from 'node:fs'
-import {mkdir, open, readFile, rename, rm, stat, writeFile, type FileHandle} from 'node:fs/promises'
+import {mkdir, open, readFile, rename, rm, stat, type FileHandle} from 'node:fs/promises'
 import {STATUS_CODES} from 'node:http'
 import {dirname} from 'node:path'
 import {pipeline} from 'node:stream/promises'
@@ -10,6 +10,7 @@ import got, {type Request as GotRequest} from 'got'
 
 import {acquireLock} from '../core/lock.js'
 import {BoxError, ExitCode} from '../core/errors.js'
+import {writeFileAtomic} from '../core/fs.js'
 
 /**
  * HTTP(S) downloads for boxes: streamed to `<dest>.part`, checksummed while streaming,
@@ -235,9 +236,7 @@ async function readPartInfo(dest: string): Promise<PartInfo | undefined> {
 }
 
 async function writePartInfo(dest: string, info: PartInfo): Promise<void> {
-  const temporary = `${partInfoPath(dest)}.tmp`
-  await writeFile(temporary, JSON.stringify(info))
-  await rename(temporary, partInfoPath(dest))
+  await writeFileAtomic(partInfoPath(dest), JSON.stringify(info))
 }
 
 async function removePart(dest: string): Promise<void> {
@@ -425,7 +424,7 @@ function stringHeader(value: string | string[] | undefined): string | undefined 
 }
 
 /** `bytes START-END/TOTAL` (TOTAL may be `*`). */
-export function parseContentRange(header: string | undefined): {start: number; end: number; total?: number} | undefined {
+function parseContentRange(header: string | undefined): {start: number; end: number; total?: number} | undefined {
   const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header?.trim() ?? '')
   if (!match) return undefined
   return {start: Number(match[1]), end: Number(match[2]), total: match[3] === '*' ? undefined : Number(match[3])}

@@ -4,16 +4,16 @@
  * a linked clone still needs. Writers take a lock file (O_EXCL) and replace the file
  * with rename(2), so readers never see half a file and no update is lost.
  */
-import {randomBytes} from 'node:crypto'
-import {mkdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdir} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {z} from 'zod'
 
 import {BoxError} from '../core/errors.js'
+import {exists, readJsonWithSchema, writeFileAtomic} from '../core/fs.js'
 import {acquireLock} from '../core/lock.js'
 
-export const MachineEntrySchema = z.object({
+const MachineEntrySchema = z.object({
   /** Unique per machine (the lifecycle code picks it; a UUID is fine). */
   id: z.string().min(1),
   /** The machine's name in its Boxfile ("default", "worker1"). */
@@ -36,7 +36,7 @@ type IndexFile = z.infer<typeof IndexFileSchema>
 const INDEX_FILE = 'machines.json'
 const LOCK_WAIT_MS = 10_000
 
-export function indexPath(dataDir: string): string {
+function indexPath(dataDir: string): string {
   return join(dataDir, INDEX_FILE)
 }
 
@@ -87,26 +87,10 @@ export async function machinesUsingBox(dataDir: string, box: {name: string; vers
 
 async function readIndex(dataDir: string): Promise<IndexFile> {
   const file = indexPath(dataDir)
-  let text: string
-  try {
-    text = await readFile(file, 'utf8')
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {version: 1, machines: []}
-    throw new BoxError(`cannot read the machine index ${file}: ${(error as Error).message}`, {cause: error})
-  }
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch (error) {
-    throw corruptIndex(file, (error as Error).message)
-  }
-  const parsed = IndexFileSchema.safeParse(json)
-  if (!parsed.success) throw corruptIndex(file, parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`).join('; '))
-  return parsed.data
-}
-
-function corruptIndex(file: string, why: string): BoxError {
-  return new BoxError(`the machine index ${file} is damaged: ${why}`, {
+  return readJsonWithSchema(file, IndexFileSchema, `the machine index ${file}`, {
+    ifMissing: () => ({version: 1 as const, machines: []}),
+    notJson: (reason) => `the machine index ${file} is damaged: ${reason}`,
+    invalid: `the machine index ${file} is damaged`,
     suggestions: [`move it away (mv ${file} ${file}.bad); machines will be listed again as they are next started`],
   })
 }
@@ -117,15 +101,7 @@ async function updateIndex(dataDir: string, change: (machines: MachineEntry[]) =
   await withLock(`${indexPath(dataDir)}.lock`, async () => {
     const index = await readIndex(dataDir)
     const machines = await change(index.machines)
-    const file = indexPath(dataDir)
-    const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
-    try {
-      await writeFile(temp, `${JSON.stringify({version: 1, machines} satisfies IndexFile, null, 2)}\n`)
-      await rename(temp, file)
-    } catch (error) {
-      await rm(temp, {force: true})
-      throw error
-    }
+    await writeFileAtomic(indexPath(dataDir), `${JSON.stringify({version: 1, machines} satisfies IndexFile, null, 2)}\n`)
   })
 }
 
@@ -144,11 +120,4 @@ async function withLock<T>(lockFile: string, work: () => Promise<T>): Promise<T>
   } finally {
     await release()
   }
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  )
 }

@@ -1,8 +1,9 @@
 import {hostProviderOf} from './updates.js'
 import {BoxError} from '../core/errors.js'
 import {machinesUsingBox, type MachineEntry} from './machine-index.js'
-import {listBoxes, removeBox, type StoredBox} from './store.js'
-import {compareVersions, isVersion} from '../core/versions.js'
+import {listBoxes, type StoredBox} from './query.js'
+import {removeBox} from './remove.js'
+import {compareNewestFirst} from '../core/versions.js'
 
 /**
  * `box prune`: old box versions go, but never the newest version of a box (per host provider)
@@ -29,7 +30,7 @@ export async function planPrune(dataDir: string, filter: {name?: string} = {}): 
   const newest = new Map<string, StoredBox>()
   for (const box of boxes) {
     const current = newest.get(keyOf(box))
-    if (!current || isNewer(box.version, current.version)) newest.set(keyOf(box), box)
+    if (!current || compareNewestFirst(box.version, current.version) < 0) newest.set(keyOf(box), box)
   }
   const plan: PrunePlan = {keep: [], remove: []}
   for (const box of boxes) {
@@ -39,13 +40,6 @@ export async function planPrune(dataDir: string, filter: {name?: string} = {}): 
     else plan.remove.push(box)
   }
   return plan
-}
-
-function isNewer(a: string, b: string): boolean {
-  const aValid = isVersion(a)
-  const bValid = isVersion(b)
-  if (aValid && bValid) return compareVersions(a, b) > 0
-  return aValid && !bValid
 }
 
 export interface PruneResult extends PrunePlan {

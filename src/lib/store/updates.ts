@@ -3,9 +3,8 @@ import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './add
 import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
 import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
-import {findBoxfile} from '../machine/project.js'
-import {getCatalogUrl, listBoxes, type StoredBox} from './store.js'
-import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxError} from '../core/versions.js'
+import {getCatalogUrl, listBoxes, type StoredBox} from './query.js'
+import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 
 /**
  * Boxes against their catalogs: what is installed, what is newer, and fetching it.
@@ -14,7 +13,7 @@ import {compareVersions, isVersion, parseConstraint, satisfies, VersionSyntaxErr
  */
 
 /** The acceptable box providers for a box of `provider`, that provider first. */
-export function providerGroup(provider: string): string[] {
+function providerGroup(provider: string): string[] {
   const group = Object.values(COMPATIBLE_BOX_PROVIDERS).find((providers) => providers.includes(provider)) ?? [provider]
   return [provider, ...group.filter((candidate) => candidate !== provider)]
 }
@@ -24,27 +23,11 @@ export function hostProviderOf(provider: string): string {
   return Object.entries(COMPATIBLE_BOX_PROVIDERS).find(([, providers]) => providers.includes(provider))?.[0] ?? provider
 }
 
-/** Newest first by version; malformed versions (hand-made directories) last. */
-function newestFirst(a: StoredBox, b: StoredBox): number {
-  const aValid = isVersion(a.version)
-  const bValid = isVersion(b.version)
-  if (aValid && bValid) return compareVersions(b.version, a.version)
-  return aValid === bValid ? 0 : aValid ? -1 : 1
-}
-
-function parseUserConstraint(constraint: string | undefined): void {
-  if (constraint === undefined) return
-  try {
-    parseConstraint(constraint)
-  } catch (error) {
-    if (error instanceof VersionSyntaxError) throw new BoxError(`invalid version constraint: ${error.message}`, {exitCode: ExitCode.USAGE})
-    throw error
-  }
-}
+const newestFirst = (a: StoredBox, b: StoredBox) => compareNewestFirst(a.version, b.version)
 
 /** The newest installed box of `name` for these providers that satisfies the constraint. */
 export async function findInstalledBox(dataDir: string, query: {name: string; constraint?: string; providers: readonly string[]}): Promise<StoredBox | undefined> {
-  parseUserConstraint(query.constraint)
+  if (query.constraint !== undefined) parseUserConstraint(query.constraint)
   const boxes = (await listBoxes(dataDir, {name: query.name}))
     .filter((box) => query.providers.includes(box.provider))
     .filter((box) => query.constraint === undefined || (isVersion(box.version) && satisfies(box.version, query.constraint)))
@@ -74,7 +57,7 @@ export async function ensureBoxInstalled(options: EnsureBoxInstalledOptions): Pr
   if (installed) return installed
   const convertible = await findInstalledBox(dataDir, {name, constraint, providers: providersConvertibleFor(hostProvider)})
   if (convertible) {
-    const {convertStoredBox} = await import('./store.js')
+    const {convertStoredBox} = await import('./import.js')
     return convertStoredBox({dataDir, box: convertible, hostProvider, signal: options.signal, progress: options.progress})
   }
   const wanted = `${name}${constraint ? ` (${constraint})` : ''}`
@@ -180,7 +163,7 @@ export interface UpdateOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'c
 export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[]> {
   const results: UpdateResult[] = []
   for (const target of options.targets) {
-    parseUserConstraint(target.constraint)
+    if (target.constraint !== undefined) parseUserConstraint(target.constraint)
     const installed = await listBoxes(options.dataDir, {name: target.name})
     const groups = target.providers ? [target.providers] : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
     if (groups.length === 0) groups.push(COMPATIBLE_BOX_PROVIDERS.qemu)
@@ -230,19 +213,24 @@ async function catalogFor(dataDir: string, target: UpdateTarget, signal?: AbortS
   return source.kind === 'catalog' ? {catalog: source.catalog, catalogUrl: source.location} : undefined
 }
 
+/** What a machine asks of the store: the Boxfile's box, box_version, box_url and provider (a ResolvedMachine will do). */
+export interface MachineBoxRequest {
+  box: string
+  boxVersion?: string
+  boxUrl?: string
+  provider: string
+}
+
 /**
- * What `box update` without a name updates: the boxes of the Boxfile's machines (with
- * their box_version and box_url) when there is a Boxfile, else every installed box that
- * came from a catalog.
+ * What `box update` without a name updates: the boxes of the project's machines (with
+ * their box_version and box_url) when the caller found a Boxfile, else every installed
+ * box that came from a catalog.
  */
-export async function updateTargets(options: {dataDir: string; cwd: string}): Promise<UpdateTarget[]> {
-  const {loadBoxfile} = await import('../boxfile/boxfile.js')
-  const file = await findBoxfile(options.cwd).catch(() => undefined)
-  if (file) {
-    const boxfile = await loadBoxfile({cwd: options.cwd, file})
+export async function updateTargets(options: {dataDir: string; machines?: readonly MachineBoxRequest[]}): Promise<UpdateTarget[]> {
+  if (options.machines) {
     const seen = new Set<string>()
     const targets: UpdateTarget[] = []
-    for (const machine of boxfile.machines) {
+    for (const machine of options.machines) {
       const providers = COMPATIBLE_BOX_PROVIDERS[machine.provider] ?? [machine.provider]
       const key = JSON.stringify([machine.box, machine.boxVersion, providers])
       if (seen.has(key)) continue

@@ -19,12 +19,6 @@ import {acquireLock} from '../../lib/core/lock.js'
 
 const openFd = promisify(openCallback)
 
-/** The virtio-serial port's name in the guest: /dev/virtio-ports/box.agent. */
-export const AGENT_PORT_NAME = 'box.agent'
-
-/** Protocol version a box's metadata declares (`box.agent`) when its image runs box-agent. */
-export const AGENT_PROTOCOL = 1
-
 /** The FIFOs QEMU's pipe chardev opens: `<base>.in` (host → guest) and `<base>.out` (guest → host). */
 export function agentFifos(base: string): {toGuest: string; fromGuest: string} {
   return {toGuest: `${base}.in`, fromGuest: `${base}.out`}

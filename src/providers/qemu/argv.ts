@@ -1,6 +1,6 @@
 import type {ForwardedPort} from '../../lib/core/ports.js'
 import {accelArgs, type Accel} from './accel.js'
-import {AGENT_PORT_NAME} from './agent.js'
+import {AGENT_PORT_NAME} from '../../lib/box/agent-protocol.js'
 
 export interface DirectBoot {
   kernel: string
@@ -28,6 +28,10 @@ export interface QemuLaunchSpec {
   smbiosCredentials?: Record<string, string>
   /** Fork into the background once the guest is set up (the parent exits with QEMU's startup status). */
   daemonize?: boolean
+  /** Guest without a network: user-mode networking isolated from host and outside (forwards still reach it). */
+  restrictNetwork?: boolean
+  /** Wait for a saved state instead of booting: QMP `migrate-incoming` names it (snapshot.ts). */
+  incoming?: boolean
 }
 
 export function hostfwd(forward: ForwardedPort): string {
@@ -49,11 +53,14 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     '-nodefaults', '-no-user-config', '-display', 'none',
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
     '-drive', `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
-    '-netdev', ['user', 'id=net0', ...spec.forwards.map(hostfwd)].join(','),
+    '-netdev', ['user', 'id=net0', ...(spec.restrictNetwork ? ['restrict=on'] : []), ...spec.forwards.map(hostfwd)].join(','),
     // romfile= skips the iPXE option ROM: nothing boots from the network.
     '-device', 'virtio-net-pci,netdev=net0,romfile=',
     // sshd and the kernel want entropy early; without it a TCG boot can stall.
     '-device', 'virtio-rng-pci',
+    // A new generation ID at every start: a kernel with the vmgenid driver reseeds its RNG
+    // when a saved state is restored (guid=auto: a fresh one per QEMU process).
+    '-device', 'vmgenid,guid=auto',
     '-chardev', `file,id=serial,path=${optionValue(spec.serialLog)}`,
     '-serial', 'chardev:serial',
     '-chardev', `socket,id=qmp,path=${optionValue(spec.qmpSocket)},server=on,wait=off`,
@@ -75,6 +82,8 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
   for (const [name, value] of Object.entries(spec.smbiosCredentials ?? {})) {
     args.push('-smbios', `type=11,value=io.systemd.credential:${name}=${value}`)
   }
+  // -S: paused after the load whatever state was saved, so box checks the checksum before the guest runs.
+  if (spec.incoming) args.push('-S', '-incoming', 'defer')
   if (spec.daemonize) args.push('-daemonize')
   return args
 }

@@ -1,13 +1,21 @@
-import {rm} from 'node:fs/promises'
+import {rename, rm} from 'node:fs/promises'
+import {join} from 'node:path'
 
 import {defaultCacheDir} from '../../lib/core/paths.js'
 import {socketPath} from '../../lib/core/short-socket.js'
-import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
+import type {HaltOptions, HostCheck, MachineHandle, MachineState, PackagedDisk, Provider, ProviderRunningStates, StartOptions, Started} from '../provider.js'
 import {resolveAccel} from './accel.js'
 import {AgentRefusal, askAgent} from './agent.js'
-import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles} from './instance.js'
+import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles, type Booted} from './instance.js'
+import {QemuSnapshots, settleDisk, snapshotsDir} from './snapshot-chain.js'
+import {hostQemu, saveRunningState, startFromState} from './snapshot.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
 import {access} from 'node:fs/promises'
+
+/** The files of a running state saved for fresh workers: the frozen disk, the state and its record (`state.json`). */
+export function readyStateFiles(dir: string): {layer: string; state: string} {
+  return {layer: join(dir, 'disk.qcow2'), state: join(dir, 'state')}
+}
 
 /** Machines as QEMU processes: a qcow2 overlay, user-mode networking, QMP for control. */
 export class QemuProvider implements Provider {
@@ -21,6 +29,8 @@ export class QemuProvider implements Provider {
 
   async start(machine: MachineHandle, options: StartOptions): Promise<Started> {
     const files = instanceFiles(machine.stateDir)
+    // After a snapshot saved while it ran, disk.qcow2 becomes its disk again.
+    await settleDisk(machine.stateDir)
     const {accel} = await resolveAccel({cacheDir: this.cacheDir})
     options.signal?.throwIfAborted()
     const booted = await bootInstance({
@@ -33,7 +43,13 @@ export class QemuProvider implements Provider {
       choice: options.choice,
       sshPort: options.sshPort,
       forwards: machine.forwardedPorts,
+      restrictNetwork: machine.network === false,
     })
+    return this.startedOf(machine, booted)
+  }
+
+  private startedOf(machine: Pick<MachineHandle, 'stateDir'>, booted: Booted): Started {
+    const files = instanceFiles(machine.stateDir)
     const started: Started = {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
     if (booted.agent) {
       started.sshListening = async () => {
@@ -75,15 +91,66 @@ export class QemuProvider implements Provider {
     const result = await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: options.timeoutMs, force: options.force})
     await rm(files.pidFile, {force: true})
     await rm(files.qmpSocket, {force: true})
+    await settleDisk(machine.stateDir)
     return result.how
   }
 
   async destroy(machine: Pick<MachineHandle, 'stateDir'>): Promise<void> {
     await this.halt(machine, {force: true, timeoutMs: 0})
     await rm(instanceFiles(machine.stateDir).overlay, {force: true})
+    await rm(snapshotsDir(machine.stateDir), {recursive: true, force: true})
+  }
+
+  get snapshots(): QemuSnapshots {
+    return new QemuSnapshots(this.cacheDir)
+  }
+
+  readonly runningStates: ProviderRunningStates = {
+    hostKey: async () => {
+      const {accel} = await resolveAccel({cacheDir: this.cacheDir})
+      const qemu = await hostQemu(this.cacheDir)
+      return `qemu ${qemu.version} ${qemu.pcMachineType} ${accel}`
+    },
+    save: async (machine, dir, options) => {
+      const {accel} = await resolveAccel({cacheDir: this.cacheDir})
+      const files = readyStateFiles(dir)
+      const instance = instanceFiles(machine.stateDir)
+      const saved = await saveRunningState({...machine, files: instance, accel, qemu: await hostQemu(this.cacheDir), next: join(machine.stateDir, 'after-save.qcow2'), state: files.state, signal: options.signal})
+      // The machine is done with: once its QEMU is gone its frozen disk may move.
+      await this.halt(machine, {force: true, timeoutMs: 0})
+      await rename(saved.frozen, files.layer)
+      return {stateBytes: saved.compat.state.bytes, pauseMs: saved.pauseMs}
+    },
+    start: async (machine, dir, options) => {
+      const {accel} = await resolveAccel({cacheDir: this.cacheDir})
+      const files = readyStateFiles(dir)
+      const result = await startFromState({
+        name: machine.name,
+        files: instanceFiles(machine.stateDir),
+        box: machine.box,
+        accel,
+        cpus: machine.cpus,
+        memoryMiB: machine.memoryMiB,
+        forwards: machine.forwardedPorts,
+        qemu: await hostQemu(this.cacheDir),
+        layer: files.layer,
+        state: files.state,
+        what: `the ready state in ${dir}`,
+        signal: options.signal,
+      })
+      return {started: this.startedOf(machine, result.booted), loadMs: result.loadMs, diskBytesBeforeRun: result.overlayBytesBeforeRun}
+    },
   }
 
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string {
     return socketPath(machine.stateDir, 'ssh.ctl')
+  }
+
+  packagedDisk(machine: Pick<MachineHandle, 'stateDir'>): PackagedDisk {
+    return {path: instanceFiles(machine.stateDir).overlay, format: 'qcow2'}
+  }
+
+  checkHost(options: {refresh?: boolean}): Promise<HostCheck> {
+    return resolveAccel({cacheDir: this.cacheDir, refresh: options.refresh})
   }
 }

@@ -1,8 +1,8 @@
 import {existsSync} from 'node:fs'
-import {mkdir} from 'node:fs/promises'
+import {mkdir, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import type {BoxMetadata} from '../../lib/box/metadata.js'
+import type {BoxImage} from '../provider.js'
 import {BoxError} from '../../lib/core/errors.js'
 import {run} from '../../lib/core/exec.js'
 import {availableForwards, freePort, isPortFree, type ForwardedPort} from '../../lib/core/ports.js'
@@ -10,7 +10,7 @@ import {socketPath} from '../../lib/core/short-socket.js'
 import {bootCommandLine, type BootChoice} from '../../lib/box/resnap.js'
 import type {Accel} from './accel.js'
 import {agentFifos} from './agent.js'
-import type {DirectBoot} from './argv.js'
+import type {DirectBoot, QemuLaunchSpec} from './argv.js'
 import {HostPortInUseError, launchQemu} from './process.js'
 
 /** The files of one QEMU machine inside its state directory. */
@@ -22,6 +22,8 @@ export interface InstanceFiles {
   pidFile: string
   /** Base path of the box-agent FIFOs (`agent.in`, `agent.out`). */
   agentFifo: string
+  /** How QEMU was started this time (snapshot.ts saves it with a running state). */
+  launchRecord: string
 }
 
 export function instanceFiles(stateDir: string): InstanceFiles {
@@ -32,13 +34,8 @@ export function instanceFiles(stateDir: string): InstanceFiles {
     serialLog: join(stateDir, 'serial.log'),
     pidFile: join(stateDir, 'qemu.pid'),
     agentFifo: join(stateDir, 'agent'),
+    launchRecord: join(stateDir, 'qemu-launch.json'),
   }
-}
-
-/** An unpacked box: its folder and metadata.json. */
-export interface BoxImage {
-  dir: string
-  metadata: BoxMetadata
 }
 
 /** The guest's sshd port, forwarded from a free host port on 127.0.0.1. */
@@ -85,6 +82,17 @@ export interface BootOptions {
   /** Host port for ssh; a free one is picked when missing or taken. */
   sshPort?: number
   forwards?: ForwardedPort[]
+  /** No network for the guest (forwarded ports still reach it). */
+  restrictNetwork?: boolean
+  /** Start paused, waiting for a saved state (snapshot.ts). */
+  incoming?: boolean
+}
+
+/** What a running QEMU was started with, kept in its state dir for a later save of its state. */
+export interface LaunchRecord {
+  choice: BootChoice
+  firmwareBoot: boolean
+  spec: QemuLaunchSpec
 }
 
 export interface Booted {
@@ -94,33 +102,43 @@ export interface Booted {
   forwards: ForwardedPort[]
   /** The guest has box-agent's port (its box declares the agent). */
   agent: boolean
+  spec: QemuLaunchSpec
 }
 
+
+/** The QEMU a boot with `options` starts, with these host ports (a pure function: a restore compares it with a saved one). */
+export function launchSpecFor(options: BootOptions, sshPort: number, forwards: ForwardedPort[]): QemuLaunchSpec {
+  return {
+    name: options.name,
+    accel: options.accel,
+    cpus: options.cpus,
+    memoryMiB: options.memoryMiB,
+    disk: options.files.overlay,
+    directBoot: options.firmwareBoot ? undefined : directBootFor(options.box, options.choice, options.accel),
+    forwards: [{guest: GUEST_SSH_PORT, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...forwards],
+    qmpSocket: options.files.qmpSocket,
+    serialLog: options.files.serialLog,
+    pidFile: options.files.pidFile,
+    agentFifo: options.box.metadata.box?.agent === undefined ? undefined : options.files.agentFifo,
+    restrictNetwork: options.restrictNetwork,
+    incoming: options.incoming,
+  }
+}
 
 /** Start QEMU for a machine; ssh is forwarded on 127.0.0.1 (the next free port if the wanted one is taken). */
 export async function bootInstance(options: BootOptions): Promise<Booted> {
   await mkdir(options.files.stateDir, {recursive: true})
-  const directBoot = options.firmwareBoot ? undefined : directBootFor(options.box, options.choice, options.accel)
   let sshPort = options.sshPort && (await isPortFree(options.sshPort)) ? options.sshPort : await freePort()
   const forwards = await availableForwards(options.forwards ?? [])
   const agentFifo = options.box.metadata.box?.agent === undefined ? undefined : options.files.agentFifo
   if (agentFifo) await makeFifos(agentFifo)
   for (let attempt = 0; ; attempt++) {
     try {
-      const pid = await launchQemu({
-        name: options.name,
-        accel: options.accel,
-        cpus: options.cpus,
-        memoryMiB: options.memoryMiB,
-        disk: options.files.overlay,
-        directBoot,
-        forwards: [{guest: GUEST_SSH_PORT, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...forwards],
-        qmpSocket: options.files.qmpSocket,
-        serialLog: options.files.serialLog,
-        pidFile: options.files.pidFile,
-        agentFifo,
-      })
-      return {pid, sshPort, forwards, agent: agentFifo !== undefined}
+      const spec = launchSpecFor(options, sshPort, forwards)
+      const launch: LaunchRecord = {choice: options.choice, firmwareBoot: options.firmwareBoot ?? false, spec}
+      await writeFile(options.files.launchRecord, `${JSON.stringify(launch, null, 2)}\n`, {mode: 0o600})
+      const pid = await launchQemu(spec)
+      return {pid, sshPort, forwards, agent: agentFifo !== undefined, spec}
     } catch (error) {
       // A port taken between the check and QEMU's bind (or a UDP port): retry with a new ssh port, then give up clearly.
       if (!(error instanceof HostPortInUseError)) throw error

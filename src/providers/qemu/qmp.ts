@@ -10,6 +10,7 @@ interface Pending {
 /** A minimal QMP client: one unix socket, commands answered in order, events collected. */
 export class QmpClient {
   private buffer = ''
+  private closed = false
   private readonly pending: Pending[] = []
   readonly events: Array<{event: string; data?: unknown}> = []
 
@@ -17,6 +18,7 @@ export class QmpClient {
     socket.setEncoding('utf8')
     socket.on('data', (chunk: string) => this.onData(chunk))
     socket.on('close', () => {
+      this.closed = true
       for (const p of this.pending.splice(0)) p.reject(new BoxError('QEMU closed the QMP connection'))
     })
     socket.on('error', () => {})
@@ -46,6 +48,8 @@ export class QmpClient {
   }
 
   async execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+    // Nothing would ever answer (a QEMU that exited): fail instead of waiting forever.
+    if (this.closed) throw new BoxError('QEMU closed the QMP connection')
     const answer = this.next()
     this.socket.write(`${JSON.stringify(args ? {execute: command, arguments: args} : {execute: command})}\n`)
     return answer as Promise<T>

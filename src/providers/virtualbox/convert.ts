@@ -15,6 +15,7 @@ import {join} from 'node:path'
 
 import {BoxError, ExitCode} from '../../lib/core/errors.js'
 import {run} from '../../lib/core/exec.js'
+import type {ConvertOptions} from '../provider.js'
 import {ovfDisks} from './ovf.js'
 
 /** The disk a converted box carries (no OVF: the provider builds the VM around it). */
@@ -25,11 +26,7 @@ export interface ConvertedBox {
   disk: string
 }
 
-export interface ConvertOptions {
-  signal?: AbortSignal
-  /** Percent of the disk converted so far (qemu-img's own count). */
-  onProgress?: (percent: number) => void
-}
+export type {ConvertOptions} from '../provider.js'
 
 /**
  * Convert `boxDir` (metadata.json + box.img qcow2) for VirtualBox, into `targetDir`

@@ -13,8 +13,8 @@ import {acquireLock} from '../../lib/core/lock.js'
 import {defaultDataDir} from '../../lib/core/paths.js'
 import {availableForwards, freePort, isPortFree} from '../../lib/core/ports.js'
 import {socketPath} from '../../lib/core/short-socket.js'
-import type {HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
-import type {BoxImage} from '../qemu/instance.js'
+import type {BoxImage, HaltOptions, MachineHandle, MachineState, Provider, StartOptions, Started} from '../provider.js'
+import {VirtualBoxSnapshots} from './snapshots.js'
 import {DMI_SYSTEM_SKU_KEY, dmiSkuFor} from '../../lib/box/boot-choice.js'
 import {
   addStorageController,
@@ -256,6 +256,15 @@ export class VirtualBoxProvider implements Provider {
 
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string {
     return socketPath(machine.stateDir, 'ssh.ctl')
+  }
+
+  forgetBox(boxDir: string, options: {dataDir: string}): Promise<boolean> {
+    return removeVirtualBoxBase(boxDir, join(options.dataDir, 'virtualbox'))
+  }
+
+  /** Snapshots through VBoxManage (snapshots.ts; unverified against a real VirtualBox). */
+  get snapshots(): VirtualBoxSnapshots {
+    return new VirtualBoxSnapshots(async (stateDir) => (await this.requireRecord(stateDir)).vm, (vm) => this.watchRunning(vm))
   }
 
   private async requireRecord(stateDir: string): Promise<VirtualBoxRecord> {

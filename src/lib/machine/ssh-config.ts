@@ -1,0 +1,42 @@
+/** `box ssh-config`: an OpenSSH config block per machine (for ssh, VS Code Remote-SSH, Ansible). */
+import {providerFor} from '../../providers/index.js'
+import type {ResolvedMachine} from '../boxfile/types.js'
+import {machineDir, readRecord, type MachineContext} from './context.js'
+import {sshTarget} from './ssh-session.js'
+
+export interface SshConfigEntry {
+  name: string
+  /** Absent for a machine never started (it has no ssh port yet). */
+  ssh?: {host: string; port: number; user: string; identityFile: string}
+}
+
+export async function sshConfigEntries(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machines: readonly ResolvedMachine[]): Promise<SshConfigEntry[]> {
+  const entries: SshConfigEntry[] = []
+  for (const machine of machines) {
+    const stateDir = machineDir(context.projectDir, machine.name)
+    const record = await readRecord(stateDir)
+    if (!record?.sshPort) {
+      entries.push({name: machine.name})
+      continue
+    }
+    const target = sshTarget(stateDir, record, providerFor(machine.provider, context.cacheDir))
+    entries.push({name: machine.name, ssh: {host: target.host, port: target.port, user: target.user, identityFile: target.keyFile}})
+  }
+  return entries
+}
+
+/** One machine's Host block, a blank line after it. */
+export function sshConfigBlock(name: string, ssh: NonNullable<SshConfigEntry['ssh']>): string {
+  return [
+    `Host ${name}`,
+    `  HostName ${ssh.host}`,
+    `  Port ${ssh.port}`,
+    `  User ${ssh.user}`,
+    `  IdentityFile ${ssh.identityFile}`,
+    '  IdentitiesOnly yes',
+    '  StrictHostKeyChecking no',
+    '  UserKnownHostsFile /dev/null',
+    '  LogLevel ERROR',
+    '',
+  ].join('\n')
+}

@@ -1,0 +1,290 @@
+/**
+ * Fresh workers from a ready state: the engine under `box run`/`box batch`. For a box and
+ * the worker settings, one worker is booted once with resnap, made ready (box-agent answers,
+ * sshd listens, the optional setup commands ran), and its running state saved into the
+ * cache; every fresh worker after that is that state restored into a new empty overlay:
+ * the same pristine machine in a second or two, nothing of one worker visible to the next.
+ *
+ * The ready state's folder is named by a key over everything it depends on (box name,
+ * version and image checksum, cpus, memory, network, setup, the hypervisor's version and
+ * machine type), so it is made again when any of them changes and never shared between
+ * boxes; a lock keeps two processes from making the same one twice. Workers are
+ * ephemeral: /persistent is whatever the ready state had.
+ */
+import {createHash, randomBytes} from 'node:crypto'
+import {createReadStream} from 'node:fs'
+import {mkdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import {pipeline} from 'node:stream/promises'
+
+import type {MachineHandle, Provider, Started} from '../../providers/provider.js'
+import {BoxError} from '../core/errors.js'
+import {run} from '../core/exec.js'
+import {acquireLock} from '../core/lock.js'
+import {PROJECT_ROOT} from '../core/paths.js'
+import {createProgress, type Progress} from '../core/progress.js'
+import {providerFor} from '../../providers/index.js'
+import {closeSshMaster, installMachineKey} from './keys.js'
+import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from './ssh.js'
+
+export interface WorkerSpec {
+  box: {name: string; version?: string}
+  cpus: number
+  memoryMiB: number
+  /** false: the guest has no network (ssh from the host still works). */
+  network: boolean
+  /** Shell commands run as root, in order, once in the ready state before it is saved. */
+  setup?: string[]
+}
+
+export interface FreshWorkerOptions {
+  dataDir: string
+  cacheDir: string
+  progress?: Progress
+  signal?: AbortSignal
+  /** Default: QEMU. */
+  provider?: Provider
+  /** Wait until a new ssh login works before returning (default true). */
+  waitForSsh?: boolean
+}
+
+export interface FreshWorker {
+  name: string
+  stateDir: string
+  ssh: SshTarget
+  /** One question to the worker's box-agent (provisioners/box-agent). */
+  askAgent(request: string, options?: {timeoutMs?: number}): Promise<string>
+  /** Resolves once a new ssh login works (at once when startFreshWorker waited for it). */
+  sshReady(): Promise<void>
+  timings: {
+    /** The ready state was made by this call (a resnap boot, setup, save). */
+    builtReadyState: boolean
+    /** From the restore's start to the guest running. */
+    loadMs: number
+    /** From the restore's start to box-agent's first answer. */
+    agentMs: number
+    /** From the restore's start to the first ssh login (when waited for). */
+    sshMs?: number
+    diskBytesBeforeRun?: number
+  }
+  /** Stop the worker and delete everything it had; makes sure no process is left. */
+  destroy(): Promise<void>
+}
+
+interface ReadyRecord {
+  key: string
+  inputs: Record<string, unknown>
+  user: string
+  agent: boolean
+  stateBytes: number
+  createdAt: string
+}
+
+const readyRoot = (cacheDir: string) => join(cacheDir, 'ready-states')
+const workersRoot = (cacheDir: string) => join(cacheDir, 'workers')
+
+/** sha256 of the box image, computed once per image file (its size, mtime and inode say when it changed). */
+async function imageChecksum(cacheDir: string, image: string): Promise<string> {
+  const info = await stat(image)
+  const stamp = `${info.size}:${info.mtimeMs}:${info.ino}`
+  const file = join(readyRoot(cacheDir), 'checksums', `${createHash('sha256').update(image).digest('hex').slice(0, 24)}.json`)
+  try {
+    const cached = JSON.parse(await readFile(file, 'utf8')) as {stamp: string; sha256: string}
+    if (cached.stamp === stamp) return cached.sha256
+  } catch {}
+  const hash = createHash('sha256')
+  await pipeline(createReadStream(image, {highWaterMark: 1 << 20}), hash)
+  const sha256 = hash.digest('hex')
+  await mkdir(join(readyRoot(cacheDir), 'checksums'), {recursive: true})
+  await writeFile(`${file}.${process.pid}`, JSON.stringify({stamp, sha256}))
+  await rename(`${file}.${process.pid}`, file)
+  return sha256
+}
+
+function slug(text: string): string {
+  return text.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 40)
+}
+
+async function newWorkerDir(cacheDir: string, prefix: string): Promise<string> {
+  const dir = join(workersRoot(cacheDir), `${prefix}-${randomBytes(5).toString('hex')}`)
+  await mkdir(dir, {recursive: true, mode: 0o700})
+  return dir
+}
+
+/**
+ * A fresh worker of `spec`: restored from the ready state (made first when missing or stale).
+ * On any failure, or Ctrl-C, the worker started here is destroyed again.
+ */
+export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOptions): Promise<FreshWorker> {
+  const progress = options.progress ?? createProgress({silent: true})
+  const provider = options.provider ?? providerFor('qemu', options.cacheDir)
+  if (!provider.runningStates) throw new BoxError(`the ${provider.name} provider cannot start workers from a saved state`)
+  const {findBox} = await import('../store/query.js')
+  const {COMPATIBLE_BOX_PROVIDERS, BoxMetadataSchema} = await import('../box/metadata.js')
+  const stored = await findBox(options.dataDir, {name: spec.box.name, version: spec.box.version, providers: COMPATIBLE_BOX_PROVIDERS[provider.name] ?? [provider.name]})
+  if (!stored) {
+    throw new BoxError(`box ${spec.box.name}${spec.box.version ? ` ${spec.box.version}` : ''} is not installed for ${provider.name}`, {suggestions: [`add it: box add ${spec.box.name} URL`]})
+  }
+  const box = {dir: stored.path, metadata: BoxMetadataSchema.parse(stored.metadata)}
+  const inputs = {
+    box: stored.name,
+    version: stored.version,
+    image: await imageChecksum(options.cacheDir, join(stored.path, 'box.img')),
+    cpus: spec.cpus,
+    memoryMiB: spec.memoryMiB,
+    network: spec.network,
+    setup: spec.setup ?? [],
+    host: await provider.runningStates.hostKey(),
+  }
+  const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 20)
+  const readyDir = join(readyRoot(options.cacheDir), `${slug(stored.name)}-${slug(stored.version)}-${key}`)
+  const handleIn = (stateDir: string, name: string): MachineHandle => ({name, stateDir, box, cpus: spec.cpus, memoryMiB: spec.memoryMiB, forwardedPorts: [], network: spec.network})
+
+  let builtReadyState = false
+  let ready = await readReady(readyDir)
+  if (!ready) {
+    await mkdir(readyRoot(options.cacheDir), {recursive: true})
+    const release = await acquireLock(`${readyDir}.lock`, {
+      waitMs: 20 * 60_000,
+      busy: (pid) => new BoxError(`the ready state for ${stored.name} ${stored.version} is being made by another box process (pid ${pid})`, {suggestions: ['wait for it, then try again']}),
+    })
+    try {
+      ready = await readReady(readyDir)
+      if (!ready) {
+        ready = await buildReadyState(provider, readyDir, handleIn, {key, inputs, spec, options, progress})
+        builtReadyState = true
+      }
+    } finally {
+      await release()
+    }
+  }
+
+  const stateDir = await newWorkerDir(options.cacheDir, 'worker')
+  const handle = handleIn(stateDir, `worker-${stateDir.slice(-10)}`)
+  const destroy = makeDestroy(provider, handle)
+  try {
+    const begun = Date.now()
+    const restored = await provider.runningStates.start(handle, readyDir, {signal: options.signal})
+    const askAgent = agentOf(provider, handle)
+    // The clock is the ready state's until set, and every worker starts with its RNG state.
+    if (ready.agent) {
+      await askAgent(`set-clock ${(Date.now() / 1000).toFixed(3)}`, {timeoutMs: 10_000})
+    }
+    const agentMs = Date.now() - begun
+    if (ready.agent) await askAgent(`reseed ${randomBytes(64).toString('hex')}`, {timeoutMs: 10_000})
+    const ssh: SshTarget = {host: '127.0.0.1', port: restored.started.sshPort, user: ready.user, keyFile: join(readyDir, 'id_ed25519'), controlPath: provider.sshControlPath({stateDir})}
+    let sshWait: Promise<void> | undefined
+    const sshReady = () => (sshWait ??= waitForSsh(ssh, sshWaitOptions(restored.started, options.signal)).then(async () => {
+      if (!ready!.agent) await sshRun(ssh, ['sudo', 'date', '-u', '-s', `@${(Date.now() / 1000).toFixed(3)}`], {purpose: 'setting the worker clock'})
+    }))
+    let sshMs: number | undefined
+    if (options.waitForSsh !== false) {
+      await sshReady()
+      sshMs = Date.now() - begun
+    }
+    return {
+      name: handle.name,
+      stateDir,
+      ssh,
+      askAgent,
+      sshReady,
+      timings: {builtReadyState, loadMs: restored.loadMs, agentMs, sshMs, diskBytesBeforeRun: restored.diskBytesBeforeRun},
+      destroy,
+    }
+  } catch (error) {
+    await destroy()
+    throw options.signal?.aborted ? options.signal.reason : error
+  }
+}
+
+function agentOf(provider: Provider, handle: MachineHandle): FreshWorker['askAgent'] {
+  return async (request, options) => {
+    if (!provider.askAgent) throw new BoxError(`the ${provider.name} provider has no guest agent channel`)
+    return provider.askAgent({stateDir: handle.stateDir}, request, {timeoutMs: options?.timeoutMs ?? 10_000})
+  }
+}
+
+function sshWaitOptions(started: Started, signal?: AbortSignal): Parameters<typeof waitForSsh>[1] {
+  return {timeoutMs: 120_000, isAlive: started.isAlive, serialLog: started.serialLog, sshListening: started.sshListening, signal}
+}
+
+function makeDestroy(provider: Provider, handle: MachineHandle): () => Promise<void> {
+  let done: Promise<void> | undefined
+  return () =>
+    (done ??= (async () => {
+      await closeSshMaster(provider.sshControlPath({stateDir: handle.stateDir}))
+      await provider.destroy({stateDir: handle.stateDir})
+      if ((await provider.state({stateDir: handle.stateDir})) === 'running') {
+        throw new BoxError(`worker ${handle.name} is still running after destroy`, {detail: handle.stateDir})
+      }
+      await rm(handle.stateDir, {recursive: true, force: true})
+    })())
+}
+
+async function readReady(dir: string): Promise<ReadyRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(join(dir, 'ready.json'), 'utf8')) as ReadyRecord
+  } catch {
+    return undefined
+  }
+}
+
+interface BuildContext {
+  key: string
+  inputs: Record<string, unknown>
+  spec: WorkerSpec
+  options: FreshWorkerOptions
+  progress: Progress
+}
+
+/** Boot one worker with resnap, make it ready, save its running state into `readyDir`. */
+async function buildReadyState(provider: Provider, readyDir: string, handleIn: (stateDir: string, name: string) => MachineHandle, build: BuildContext): Promise<ReadyRecord> {
+  const {spec, options, progress} = build
+  const stage = progress.stage(`making the ready state for ${spec.box.name} (a resnap boot, once)`)
+  await rm(readyDir, {recursive: true, force: true})
+  const partialDir = `${readyDir}.partial`
+  await rm(partialDir, {recursive: true, force: true})
+  await mkdir(partialDir, {recursive: true, mode: 0o700})
+  const stateDir = await newWorkerDir(options.cacheDir, 'ready-build')
+  const handle = handleIn(stateDir, `ready-build-${stateDir.slice(-10)}`)
+  const destroy = makeDestroy(provider, handle)
+  try {
+    const box = handle.box.metadata.box
+    const user = box?.user ?? 'vagrant'
+    const key = join(partialDir, 'id_ed25519')
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'box-worker', '-f', key], {purpose: 'creating the worker ssh key'})
+    await provider.create(handle)
+    const started = await provider.start(handle, {choice: {resnap: true}, signal: options.signal})
+    const controlPath = provider.sshControlPath({stateDir})
+    const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(stateDir, 'insecure_key'))
+    const bootstrap: SshTarget = {host: '127.0.0.1', port: started.sshPort, user, keyFile: insecure, controlPath}
+    stage.update('waiting for ssh')
+    await waitForSsh(bootstrap, {...sshWaitOptions(started, options.signal), timeoutMs: 300_000})
+    await installMachineKey(bootstrap, user, await readFile(`${key}.pub`, 'utf8'))
+    await closeSshMaster(controlPath)
+    const target: SshTarget = {...bootstrap, keyFile: key}
+    await waitForSsh(target, sshWaitOptions(started, options.signal))
+    const agent = box?.agent !== undefined && provider.askAgent !== undefined
+    if (agent) await provider.askAgent!({stateDir}, 'ping', {timeoutMs: 30_000})
+    for (const [index, command] of (spec.setup ?? []).entries()) {
+      stage.update(`setup ${index + 1}/${spec.setup!.length}`)
+      await sshRun(target, ['sudo', 'sh', '-euc', command], {purpose: `running setup command ${index + 1} in the ready state`, timeoutMs: 30 * 60_000})
+    }
+    // Everything the guest wrote is in its page cache or on disk; sshd's connection must not be in the state.
+    await sshRun(target, ['sync'], {purpose: 'syncing the ready state\'s disk'})
+    await closeSshMaster(controlPath)
+    stage.update('saving the running state')
+    const saved = await provider.runningStates!.save(handle, partialDir, {signal: options.signal})
+    const record: ReadyRecord = {key: build.key, inputs: build.inputs, user, agent, stateBytes: saved.stateBytes, createdAt: new Date().toISOString()}
+    await writeFile(join(partialDir, 'ready.json'), `${JSON.stringify(record, null, 2)}\n`, {mode: 0o600})
+    await rename(partialDir, readyDir)
+    stage.done(`state ${Math.round(saved.stateBytes / 1e6)} MB`)
+    return record
+  } catch (error) {
+    stage.fail()
+    await rm(partialDir, {recursive: true, force: true})
+    throw options.signal?.aborted ? options.signal.reason : error
+  } finally {
+    await destroy()
+  }
+}
