@@ -208,7 +208,7 @@ describe('several machines', () => {
 describe('unknown fields and bad values name the position, the field and what is accepted', () => {
   it('unknown top-level field', async () => {
     expect(await problems(yaml('box: b', 'memroy: 2G'))).toEqual([
-      'Boxfile:2:9: memroy: unknown field (accepted: box, box_url, box_version, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port, machines)',
+      'Boxfile:2:9: memroy: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port, machines)',
     ])
   })
 
@@ -231,10 +231,10 @@ describe('unknown fields and bad values name the position, the field and what is
         ),
       ),
     ).toEqual([
-      'Boxfile:2:13: ssh.user: unknown field (accepted: username, forward_agent)',
+      'Boxfile:2:13: ssh.user: unknown field (accepted: username, private_key_path, forward_agent)',
       'Boxfile:4:36: forwarded_ports.0.proto: unknown field (accepted: guest, host, protocol, host_ip)',
       'Boxfile:9:11: provisioners.0.mode: unknown field (accepted: type, name, source, destination, run)',
-      'Boxfile:12:15: machines.web.machines: unknown field (accepted: box, box_url, box_version, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port)',
+      'Boxfile:12:15: machines.web.machines: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port)',
     ])
   })
 
@@ -485,6 +485,7 @@ describe('the init template', () => {
     await mkdir(join(dir, 'src'))
     await writeFile(join(dir, 'setup.sh'), 'true\n')
     await writeFile(join(dir, 'worker.conf'), '')
+    await writeFile(join(dir, 'team_box.key'), '', {mode: 0o600})
     const text = await renderBoxfile({box: 'b'}, file)
     // Uncomment the example fields and their indented lines; prose comments are never indented.
     const uncomment = (part: string) =>
@@ -494,7 +495,7 @@ describe('the init template', () => {
 
     const single = await parse(uncomment(text.slice(0, machinesAt)))
     expect(single.machines).toHaveLength(1)
-    expect(single.machines[0]).toMatchObject({boxVersion: '>= 1.0, < 2', hostname: 'worker-1', site: 'example.org', directorPort: 8443, ssh: {username: 'vagrant', forwardAgent: false}})
+    expect(single.machines[0]).toMatchObject({boxVersion: '>= 1.0, < 2', hostname: 'worker-1', site: 'example.org', directorPort: 8443, ssh: {username: 'vagrant', privateKeyPath: join(dir, 'team_box.key'), forwardAgent: false}})
     expect(single.machines[0]!.forwardedPorts).toHaveLength(2)
     expect(single.machines[0]!.syncedFolders).toHaveLength(1)
     expect(single.machines[0]!.provisioners.map((p) => p.type)).toEqual(['shell', 'file'])

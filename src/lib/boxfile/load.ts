@@ -10,10 +10,12 @@ import type {z} from 'zod'
 
 import {configError, loadYamlFile, parseYaml, type LoadedYaml} from '../core/config-file.js'
 import {BoxError} from '../core/errors.js'
+import {stat} from 'node:fs/promises'
+
 import {exists, isDirectory, isFile} from '../core/fs.js'
 import {findBoxfile} from './find.js'
 import {BoxfileSchema, URL_SCHEME_PATTERN, type BoxfileSettings, type ForwardedPortSchema, type MachineSettings, type ProvisionerSchema, type SyncedFolderSchema} from './schema.js'
-import {DEFAULT_INIT_BOX, DEFAULT_MACHINE_NAME, MACHINE_DEFAULTS, type Boxfile, type MachineField, type Provisioner, type ResolvedMachine} from './types.js'
+import {CHECKSUM_DIGITS, CHECKSUM_TYPES, DEFAULT_INIT_BOX, DEFAULT_MACHINE_NAME, MACHINE_DEFAULTS, type Checksum, type Boxfile, type MachineField, type Provisioner, type ResolvedMachine} from './types.js'
 
 export interface LoadBoxfileOptions {
   /** Where to search from (default: the process's cwd). */
@@ -75,6 +77,7 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
   for (const section of sections) await checkListItems(section.settings, section.path, dir, problem)
 
   const allPorts: Array<Located<RawPort>> = []
+  const checksumProblem = reportOnce(problem)
   const machines: ResolvedMachine[] = []
   for (const {name, path, settings} of sections) {
     const box = settings.box ?? defaults.box
@@ -96,11 +99,13 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
 
     const boxUrl = settings.box_url ?? defaults.box_url
     const ssh = {...defaults.ssh, ...settings.ssh}
+    const boxDownloadChecksum = downloadChecksum(settings, defaults, path, boxUrl, checksumProblem)
     machines.push({
       name,
       box,
       boxUrl: boxUrl === undefined ? undefined : URL_SCHEME_PATTERN.test(boxUrl) ? boxUrl : hostPath(dir, boxUrl),
       boxVersion: settings.box_version ?? defaults.box_version,
+      boxDownloadChecksum,
       provider: settings.provider ?? defaults.provider ?? MACHINE_DEFAULTS.provider,
       cpus: settings.cpus ?? defaults.cpus ?? MACHINE_DEFAULTS.cpus,
       memoryMiB: settings.memory ?? defaults.memory ?? MACHINE_DEFAULTS.memoryMiB,
@@ -113,7 +118,7 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
         disabled: value.disabled,
       })),
       provisioners: provisioners.map(({value}, index) => resolveProvisioner(value, index, dir)),
-      ssh: {username: ssh.username, forwardAgent: ssh.forward_agent ?? false},
+      ssh: {username: ssh.username, privateKeyPath: ssh.private_key_path === undefined ? undefined : hostPath(dir, ssh.private_key_path), forwardAgent: ssh.forward_agent ?? false},
       hostname: settings.hostname ?? defaults.hostname,
       site: settings.site ?? defaults.site,
       directorPort: settings.director_port ?? defaults.director_port ?? MACHINE_DEFAULTS.directorPort,
@@ -149,8 +154,54 @@ function resolveProvisioner(raw: RawProvisioner, index: number, dir: string): Pr
 
 type Report = (path: YamlPath, message: string) => void
 
+/**
+ * box_download_checksum(_type) as a machine inherits them (Vagrant's names); the type, when
+ * left out, is told from the digest's length as `box add --checksum` does.
+ */
+function downloadChecksum(settings: MachineSettings, defaults: MachineSettings, path: YamlPath, boxUrl: string | undefined, once: Report): Checksum | undefined {
+  const at = (field: 'box_download_checksum' | 'box_download_checksum_type'): YamlPath => (settings[field] === undefined ? [field] : [...path, field])
+  const value = settings.box_download_checksum ?? defaults.box_download_checksum
+  const type = settings.box_download_checksum_type ?? defaults.box_download_checksum_type
+  if (value === undefined) {
+    if (type !== undefined) once(at('box_download_checksum_type'), 'needs box_download_checksum (the digest to check the download against)')
+    return undefined
+  }
+  if (boxUrl === undefined) {
+    once(at('box_download_checksum'), 'checks the download from box_url, which is not set (an installed box is not downloaded)')
+    return undefined
+  }
+  const digest = value.toLowerCase()
+  const guessed = type ?? CHECKSUM_TYPES.find((candidate) => CHECKSUM_DIGITS[candidate] === digest.length)
+  if (guessed === undefined) {
+    once(at('box_download_checksum'), `cannot tell the type of a ${digest.length}-digit digest: set box_download_checksum_type (${CHECKSUM_TYPES.join(', ')})`)
+    return undefined
+  }
+  if (CHECKSUM_DIGITS[guessed] !== digest.length) {
+    once(at('box_download_checksum'), `a ${guessed} digest has ${CHECKSUM_DIGITS[guessed]} hex digits, this one has ${digest.length}`)
+    return undefined
+  }
+  return {type: guessed, value: digest}
+}
+
+/** A Report that drops a problem already reported at the same place (top-level fields inherited by every machine). */
+function reportOnce(problem: Report): Report {
+  const seen = new Set<string>()
+  return (where, message) => {
+    const key = `${where.join('.')}\0${message}`
+    if (!seen.has(key)) problem(where, message)
+    seen.add(key)
+  }
+}
+
 /** Per-item checks that need the file system or two fields at once. */
 async function checkListItems(settings: MachineSettings, path: YamlPath, dir: string, problem: Report): Promise<void> {
+  if (settings.ssh?.private_key_path !== undefined) {
+    const key = hostPath(dir, settings.ssh.private_key_path)
+    const info = await stat(key).catch(() => undefined)
+    // OpenSSH ignores a private key others can read ("UNPROTECTED PRIVATE KEY FILE"): say so before booting.
+    if (!info?.isFile()) problem([...path, 'ssh', 'private_key_path'], `no such file: ${key}`)
+    else if ((info.mode & 0o077) !== 0) problem([...path, 'ssh', 'private_key_path'], `${key} is readable by others (mode ${(info.mode & 0o777).toString(8).padStart(4, '0')}); ssh refuses such keys: chmod 600 ${key}`)
+  }
   for (const [index, folder] of (settings.synced_folders ?? []).entries()) {
     if (folder.disabled) continue
     const source = hostPath(dir, folder.source)

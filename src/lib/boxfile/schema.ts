@@ -8,7 +8,7 @@ import {z} from 'zod'
 
 import {boxNameProblem} from '../box/name.js'
 import {constraintProblem} from '../core/versions.js'
-import {MACHINE_DEFAULTS, MACHINE_NAME_PATTERN, PROTOCOLS, PROVIDERS, PROVISIONER_RUNS, PROVISIONER_TYPES, RESNAP_POLICIES, type MachineField} from './types.js'
+import {CHECKSUM_TYPES, MACHINE_DEFAULTS, MACHINE_NAME_PATTERN, PROTOCOLS, PROVIDERS, PROVISIONER_RUNS, PROVISIONER_TYPES, RESNAP_POLICIES, type MachineField} from './types.js'
 
 const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/
 const HOST_LABEL_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/
@@ -159,6 +159,8 @@ const machineShape = {
   ),
   box_url: boxUrl,
   box_version: boxVersion,
+  box_download_checksum: text('the hex digest of the .box at box_url, as sha256sum prints it').regex(/^[0-9a-fA-F]+$/, 'must be a hex digest, as sha256sum prints it'),
+  box_download_checksum_type: oneOf(CHECKSUM_TYPES),
   provider: oneOf(PROVIDERS),
   cpus: z.number({error: 'must be a whole number of CPUs, at least 1'}).int('must be a whole number of CPUs, at least 1').min(1, 'must be a whole number of CPUs, at least 1'),
   memory,
@@ -166,7 +168,7 @@ const machineShape = {
   forwarded_ports: list(ForwardedPortSchema, '[{guest: 80, host: 8080}]'),
   synced_folders: list(SyncedFolderSchema, '[{source: ., destination: /srv/project}]'),
   provisioners: list(ProvisionerSchema, '[{type: shell, path: setup.sh}]'),
-  ssh: closedObject({username: text('a user name').optional(), forward_agent: flag().optional()}),
+  ssh: closedObject({username: text('a user name').optional(), private_key_path: text('a private key file (relative to the Boxfile)').optional(), forward_agent: flag().optional()}),
   hostname: hostName('worker-1 or worker-1.example.org'),
   site: hostName('example.org'),
   director_port: port('director'),

@@ -11,6 +11,15 @@ export const DEFAULT_MACHINE_NAME = 'default'
 /** The box `box init` writes when given none: the project's reference box. */
 export const DEFAULT_INIT_BOX = 'debian-bookworm'
 
+/** Digest lengths (hex digits) of the checksums a box download can be checked with. */
+export const CHECKSUM_DIGITS = {md5: 32, sha1: 40, sha256: 64, sha384: 96, sha512: 128} as const
+export const CHECKSUM_TYPES = Object.keys(CHECKSUM_DIGITS) as [keyof typeof CHECKSUM_DIGITS, ...Array<keyof typeof CHECKSUM_DIGITS>]
+/** A digest to check a download against (the store's Checksum has the same shape). */
+export interface Checksum {
+  type: keyof typeof CHECKSUM_DIGITS
+  value: string
+}
+
 export const PROVIDERS = ['qemu', 'virtualbox'] as const
 export const RESNAP_POLICIES = ['always', 'never'] as const
 export const PROVISIONER_RUNS = ['once', 'always', 'never'] as const
@@ -44,6 +53,8 @@ export type MachineField =
   | 'box'
   | 'box_url'
   | 'box_version'
+  | 'box_download_checksum'
+  | 'box_download_checksum_type'
   | 'provider'
   | 'cpus'
   | 'memory'
@@ -101,6 +112,8 @@ export interface ResolvedMachine {
   boxUrl?: string
   /** A constraint such as ">= 1.2, < 2" (syntax already checked). */
   boxVersion?: string
+  /** box_download_checksum(_type): checked while box_url's .box downloads. */
+  boxDownloadChecksum?: Checksum
   provider: Provider
   cpus: number
   memoryMiB: number
@@ -109,7 +122,8 @@ export interface ResolvedMachine {
   syncedFolders: SyncedFolder[]
   /** Top-level provisioners first, then the machine's own (Vagrant's order). */
   provisioners: Provisioner[]
-  ssh: {username?: string; forwardAgent: boolean}
+  /** privateKeyPath: absolute host path of a key the box trusts (used instead of a machine key). */
+  ssh: {username?: string; privateKeyPath?: string; forwardAgent: boolean}
   hostname?: string
   site?: string
   directorPort: number

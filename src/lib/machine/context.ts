@@ -22,6 +22,8 @@ export interface MachineRecord {
   sshPort?: number
   /** The machine's own key replaced the box's insecure one in the guest. */
   keyInstalled?: boolean
+  /** The Boxfile's ssh.private_key_path: a key the box trusts, used on every boot instead of a machine key. */
+  privateKeyPath?: string
   /** The guest file holding it: /persistent/… for boxes built by box, else ~/.ssh (in the root filesystem). */
   authorizedKeysFile?: string
   /** Forwards in force at the last boot (host ports may have moved off taken ones). */

@@ -1,32 +1,31 @@
 /** The machine's own ssh key: installed in the guest on the first boot, and the ssh master connection closed again. */
 import {readFile, rm} from 'node:fs/promises'
-import {join} from 'node:path'
 
 import {spawn} from '../core/exec.js'
-import {PROJECT_ROOT} from '../core/paths.js'
 import {writeRecord, type MachineRecord} from './context.js'
-import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from './ssh.js'
+import {replaceInsecureKeys, stageInsecureKeys} from './login-keys.js'
+import {sshRun, waitForSsh, type SshTarget} from './ssh.js'
 
 /**
- * Wait for sshd. A machine fresh from its box only knows the box's insecure key:
- * log in with that once and install the machine's own key, which is used from then on.
+ * Wait for sshd. A machine fresh from its box only knows the insecure keys (login-keys.ts):
+ * log in with those once and replace them by the machine's own key, used from then on.
  * The insecure login is one connection (a master, closed once the key is in place), and
  * the machine key's first login stays as the master for what follows.
  */
 export async function waitForMachineSsh(stateDir: string, target: SshTarget, record: MachineRecord, options: Parameters<typeof waitForSsh>[1]): Promise<MachineRecord> {
-  if (record.keyInstalled) {
+  if (record.keyInstalled || record.privateKeyPath) {
     await waitForSsh(target, options)
     return record
   }
-  const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(stateDir, 'insecure_key'))
+  const insecure = await stageInsecureKeys(stateDir, record.box.path)
   let authorizedKeysFile: string
-  const bootstrap = {...target, keyFile: insecure}
+  const bootstrap = {...target, keyFile: insecure.keyFiles[0]!, moreKeyFiles: insecure.keyFiles.slice(1)}
   try {
     await waitForSsh(bootstrap, options)
-    authorizedKeysFile = await installMachineKey(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
+    authorizedKeysFile = await replaceInsecureKeys(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
   } finally {
     if (bootstrap.controlPath) await closeSshMaster(bootstrap.controlPath)
-    await rm(insecure, {force: true})
+    await insecure.remove()
   }
   await waitForSsh(target, {...options, timeoutMs: 30_000})
   const updated = {...record, keyInstalled: true, authorizedKeysFile}

@@ -9,7 +9,7 @@ import {sshArgs, type SshTarget} from './ssh.js'
 
 export function sshTarget(stateDir: string, record: MachineRecord, provider: Provider): SshTarget {
   if (!record.sshPort) throw new BoxError(`machine ${record.name} has never been started`, {suggestions: ['start it: box up'] })
-  return {host: '127.0.0.1', port: record.sshPort, user: record.user, keyFile: machineFiles(stateDir).key, controlPath: provider.sshControlPath({stateDir})}
+  return {host: '127.0.0.1', port: record.sshPort, user: record.user, keyFile: record.privateKeyPath ?? machineFiles(stateDir).key, controlPath: provider.sshControlPath({stateDir})}
 }
 
 /** The ssh target of a machine that must be running (ssh, provision, rsync); a clear error otherwise. */

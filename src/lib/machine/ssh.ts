@@ -12,6 +12,8 @@ export interface SshTarget {
   user: string
   /** Private key, mode 0600 (OpenSSH refuses others). */
   keyFile: string
+  /** More keys offered after keyFile in the same connection (a new machine's insecure candidates). */
+  moreKeyFiles?: string[]
   /** ControlMaster socket: repeated commands reuse one connection. */
   controlPath?: string
 }
@@ -26,6 +28,7 @@ export function sshOptions(target: SshTarget): string[] {
     '-o', 'LogLevel=ERROR',
     '-o', 'ConnectTimeout=10',
     '-i', target.keyFile,
+    ...(target.moreKeyFiles ?? []).flatMap((file) => ['-i', file]),
     '-p', String(target.port),
   ]
   if (target.controlPath) {

@@ -20,6 +20,7 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
     cacheDir: context.cacheDir,
     name: machine.box,
     url: machine.boxUrl,
+    checksum: machine.boxDownloadChecksum,
     constraint: machine.boxVersion,
     hostProvider: machine.provider,
     signal: context.signal,
@@ -102,7 +103,7 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
         const wanted = handle.forwardedPorts.find((p) => p.guest === forward.guest && p.protocol === forward.protocol)
         if (wanted && wanted.host !== forward.host) context.progress.warn(`${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`)
       }
-      record = {...record, sshPort: booted.sshPort, forwardedPorts: booted.forwardedPorts}
+      record = {...record, sshPort: booted.sshPort, forwardedPorts: booted.forwardedPorts, privateKeyPath: machine.ssh.privateKeyPath}
       await writeRecord(stateDir, record)
       const target = sshTarget(stateDir, record, provider)
       record = await waitForMachineSsh(stateDir, target, record, {

@@ -1,0 +1,129 @@
+/**
+ * A box that knows only Vagrant's conventions (test/fixtures/vagrant-box.ts: plain Debian,
+ * user vagrant, Vagrant's insecure keys in ~/.ssh/authorized_keys, ifupdown DHCP, the
+ * disk's own GRUB, no box pieces), added and booted through the CLI with a Boxfile that
+ * says nothing about ssh. One machine is shared by the tests of this file, in order.
+ * Boots QEMU: run under `flock /tmp/box-qemu.lock`.
+ */
+import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {execa} from 'execa'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+
+import {testCacheDir} from '../support/cache.js'
+import {box, type CliEnv} from '../support/cli.js'
+import {ensureVagrantBox, VAGRANT_INSECURE_PRIVATE_KEYS, VAGRANT_INSECURE_PUBLIC_KEYS} from '../fixtures/vagrant-box.js'
+
+const fingerprint = async (publicKey: string) => (await execa('ssh-keygen', ['-l', '-f', publicKey])).stdout.split(' ')[1]!
+
+describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
+  let root: string
+  let env: CliEnv
+  let machineKey: string
+  let insecureCopies: string[]
+
+  /** sshd's answer to one key offered alone, straight to the forwarded port (not through box). */
+  const loginWith = async (key: string) => {
+    const config = (await box(env, ['ssh-config'])).stdout
+    const port = /Port (\d+)/.exec(config)![1]!
+    return execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'ConnectTimeout=20', '-i', key, '-p', port, 'vagrant@127.0.0.1', 'true'], {reject: false})
+  }
+  const acceptedLogins = async () => {
+    const log = await box(env, ['ssh', '-c', 'sudo journalctl -b -u ssh.service -o cat --no-pager'])
+    expect(log.exitCode, log.stderr).toBe(0)
+    return log.stdout.split('\n').filter((line) => line.startsWith('Accepted publickey for vagrant'))
+  }
+
+  beforeAll(async () => {
+    const boxFile = await ensureVagrantBox({log: (line) => console.log(line)})
+    root = await mkdtemp(join(tmpdir(), 'box-vagrant-guest-'))
+    env = {cwd: root, dataDir: join(root, 'data'), cacheDir: testCacheDir()}
+    const added = await box(env, ['add', 'vagrant-plain', boxFile])
+    expect(added.exitCode, added.stderr).toBe(0)
+    // No ssh settings: the login user and keys are the box world's defaults.
+    await writeFile(join(root, 'Boxfile'), 'box: vagrant-plain\nmemory: 1024\n')
+    machineKey = join(root, '.box', 'machines', 'default', 'id_ed25519')
+    // OpenSSH wants private keys 0600; git does not keep modes.
+    insecureCopies = []
+    for (const [index, key] of VAGRANT_INSECURE_PRIVATE_KEYS.entries()) {
+      const copy = join(root, `vagrant-insecure-${index}`)
+      await writeFile(copy, await readFile(key), {mode: 0o600})
+      insecureCopies.push(copy)
+    }
+    const up = await box(env, ['up'])
+    expect(up.exitCode, `${up.stdout}\n${up.stderr}`).toBe(0)
+    // For the record (figures come from bench/, never asserted): the boot stage's line.
+    console.log(`${up.stdout}\n${up.stderr}`.split('\n').filter((line) => /booting|creating/.test(line)).join('\n'))
+  }, 1_800_000)
+
+  afterAll(async () => {
+    if (!env) return
+    await box(env, ['destroy', '-f'])
+    await rm(root, {recursive: true, force: true})
+  })
+
+  it('logs in as vagrant, with password-less sudo, through box ssh -c', async () => {
+    const who = await box(env, ['ssh', '-c', 'id -un; sudo -n id -un'])
+    expect(who.exitCode, who.stderr).toBe(0)
+    expect(who.stdout.trim().split('\n')).toEqual(['vagrant', 'root'])
+  })
+
+  it('got in with a Vagrant insecure key once, then with the machine key', async () => {
+    const logins = await acceptedLogins()
+    const insecure = await Promise.all(VAGRANT_INSECURE_PUBLIC_KEYS.map(fingerprint))
+    expect(insecure.some((print) => logins[0]!.includes(print)), logins.join('\n')).toBe(true)
+    const mine = await fingerprint(`${machineKey}.pub`)
+    expect(logins.slice(1).length).toBeGreaterThan(0)
+    for (const login of logins.slice(1)) expect(login).toContain(mine)
+  })
+
+  it('replaced the insecure keys in ~/.ssh/authorized_keys: sshd now refuses both', async () => {
+    const keys = await box(env, ['ssh', '-c', 'cat ~/.ssh/authorized_keys; stat -c %a ~/.ssh/authorized_keys'])
+    expect(keys.exitCode, keys.stderr).toBe(0)
+    const [mode, ...lines] = keys.stdout.trim().split('\n').reverse()
+    expect(mode).toBe('600')
+    const blob = async (file: string) => (await readFile(file, 'utf8')).trim().split(/\s+/)[1]!
+    expect(lines).toEqual([(await readFile(`${machineKey}.pub`, 'utf8')).trim()])
+    for (const file of VAGRANT_INSECURE_PUBLIC_KEYS) expect(keys.stdout).not.toContain(await blob(file))
+    for (const key of insecureCopies) {
+      const denied = await loginWith(key)
+      expect(denied.exitCode).toBe(255)
+      // sshd's refusal, not a network or key-file problem.
+      expect(denied.stderr).toMatch(/vagrant@127\.0\.0\.1: Permission denied \(publickey/)
+    }
+  })
+
+  it('gets its address by DHCP on the interface the box configures', async () => {
+    const net = await box(env, ['ssh', '-c', 'ip -o -4 addr show; udevadm test-builtin net_id /sys/class/net/eth0 2>/dev/null | grep ^ID_NET_NAME || true'])
+    expect(net.exitCode, net.stderr).toBe(0)
+    expect(net.stdout).toMatch(/^\d+: eth0 +inet 10\.0\.2\.15\//m)
+    // What the interface would be called without net.ifnames=0 under box's QEMU (for the record).
+    console.log(`predictable names of eth0 under box's QEMU:\n${net.stdout.split('\n').filter((line) => line.startsWith('ID_NET_NAME')).join('\n')}`)
+  })
+
+  it('halts, and the next up uses the machine key only', async () => {
+    const halt = await box(env, ['halt'])
+    expect(halt.exitCode, halt.stderr).toBe(0)
+    // The guest's own systemd answers QEMU's ACPI power button, as under vagrant-libvirt.
+    expect(halt.stdout).toContain('default: halted')
+    expect(halt.stdout).not.toContain('(forced)')
+    const up = await box(env, ['up'])
+    expect(up.exitCode, `${up.stdout}\n${up.stderr}`).toBe(0)
+    const logins = await acceptedLogins()
+    const mine = await fingerprint(`${machineKey}.pub`)
+    expect(logins.length).toBeGreaterThan(0)
+    for (const login of logins) expect(login).toContain(mine)
+    const denied = await loginWith(insecureCopies[0]!)
+    expect(denied.stderr).toMatch(/Permission denied \(publickey/)
+    expect((await loginWith(machineKey)).exitCode).toBe(0)
+  })
+
+  it('destroys the machine', async () => {
+    const destroyed = await box(env, ['destroy', '-f'])
+    expect(destroyed.exitCode, destroyed.stderr).toBe(0)
+    const status = await box(env, ['status', '--json'])
+    expect(JSON.parse(status.stdout)).toEqual([expect.objectContaining({name: 'default', state: 'not_created'})])
+  })
+})
