@@ -172,7 +172,7 @@ function header(fields: HeaderFields): Buffer {
   block.write(fields.typeflag ?? '0', 156, 1, 'latin1')
   if (fields.linkname) block.write(fields.linkname, 157, 100, 'utf8')
   if ((fields.magic ?? 'posix') === 'gnu') block.write('ustar  \0', 257, 8, 'latin1')
-  else block.write('ustar\x0000', 257, 8, 'latin1')
+  else block.write('ustar\u000000', 257, 8, 'latin1')
   fields.edit?.(block)
   block.fill(0x20, 148, 156)
   let sum = 0

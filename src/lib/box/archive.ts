@@ -119,7 +119,7 @@ function looksLikeTarHeader(head: Buffer): boolean {
 /** What a file that is not a tar is, from its first bytes: a disk image people mistake for a box, mostly. */
 function identifyContent(head: Buffer): {what: string; image?: 'qcow2' | 'raw' | 'other'; virtualSize?: number} | undefined {
   const at = (offset: number, text: string) => head.length >= offset + text.length && head.toString('latin1', offset, offset + text.length) === text
-  if (at(0, 'QFI\xfb')) return {what: 'a qcow2 disk image', image: 'qcow2', virtualSize: head.length >= 32 ? Number(head.readBigUInt64BE(24)) : undefined}
+  if (at(0, 'QFI\u00FB')) return {what: 'a qcow2 disk image', image: 'qcow2', virtualSize: head.length >= 32 ? Number(head.readBigUInt64BE(24)) : undefined}
   if (at(0, 'KDMV') || at(0, '# Disk DescriptorFile')) return {what: 'a VMDK disk image', image: 'other'}
   if (head.length >= 68 && head.readUInt32LE(64) === 0xbeda107f) return {what: 'a VirtualBox VDI disk image', image: 'other'}
   if (at(0, 'vhdxfile')) return {what: 'a VHDX disk image', image: 'other'}
