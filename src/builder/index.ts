@@ -217,7 +217,7 @@ export async function fullRecipeHash(recipe: Recipe, mirror: string): Promise<st
     }
   }
   for (const name of IMAGE_PROVISIONERS) add(`provisioners/${name}`, await readFile(join(PROJECT_ROOT, 'provisioners', name)))
-  add('static/insecure_key.pub', await readFile(join(PROJECT_ROOT, 'static', 'insecure_key.pub')))
+  for (const name of ['insecure_key.pub', 'vagrant-insecure-keys.pub']) add(`static/${name}`, await readFile(join(PROJECT_ROOT, 'static', name)))
   // Shared modules whose output lands in the image: kernel command lines and grub's boot choice.
   const lib = join(builderSources.replace(/builder$/, 'lib'), 'box')
   for (const name of ['resnap', 'boot-choice']) {

@@ -39,7 +39,10 @@ export function boxMetadata(recipe: RecipeFields, recipeHash: string): BoxMetada
 
 export function vagrantfile(recipe: RecipeFields): string {
   return `# Written by \`box build\` for ${recipe.name} ${recipe.version}.
-# The box ships the documented insecure key for "${recipe.users[0]!.name}"; Vagrant replaces it on first up.
+# Vagrant logs in as "${recipe.users[0]!.name}" with its own insecure key, which the image trusts in
+# ~/.ssh/authorized_keys (kept in /persistent, so it survives resnap), and replaces it on
+# first up. No config.ssh.private_key_path: with one set, Vagrant neither replaces the key
+# nor uses the one it generated.
 Vagrant.configure("2") do |config|
   config.ssh.username = "${recipe.users[0]!.name}"
   config.vm.synced_folder ".", "/vagrant", disabled: true
