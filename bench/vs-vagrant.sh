@@ -5,8 +5,8 @@
 # up from nothing to ssh, `ssh -c true`, status, halt, second up, halt, package, destroy.
 # Prints each pair's seconds and ratio (box/Vagrant) and the medians, with the load average.
 #
-#   bench/vs-vagrant.sh [PAIRS] [BOX_FILE]      # PAIRS ≥ 3 (default 3); BOX_FILE: the
-#                                               # newest ~/.cache/box-test/boxes/*.box
+#   bench/vs-vagrant.sh [PAIRS] [BOX_FILE]      # PAIRS ≥ 3 (default 3); BOX_FILE: this
+#                                               # tree's reference box (built if missing)
 #
 # Root only (libvirtd runs in its own network namespace: scripts/libvirt-netns, stopped at
 # the end by its pid files if this script started it). Both sides get the same CPU under
@@ -15,11 +15,18 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 pairs=${1:-3}
-box_file=${2:-$(ls -t "${BOX_TEST_CACHE:-$HOME/.cache/box-test}"/boxes/*.box 2>/dev/null | head -1)}
 lock=${BENCH_LOCK:-/tmp/box-qemu.lock}
 netns="$here/scripts/libvirt-netns"
 [ "$pairs" -ge 3 ] 2>/dev/null || { echo "vs-vagrant: PAIRS must be a number ≥ 3" >&2; exit 2; }
-[ -f "$box_file" ] || { echo "vs-vagrant: no box file (build the reference box: flock $lock npx vitest run test/e2e/machine.test.ts)" >&2; exit 2; }
+box_file=${2:-}
+# The reference box of this tree's recipe and builder (the test cache holds other trees' too);
+# built when missing, so called with the QEMU lock held.
+reference_box() {
+  (cd "$here" && node --import tsx/esm --input-type=module -e "
+    import {ensureBox} from './src/builder/index.ts'
+    import {testCacheDir} from './test/support/cache.ts'
+    console.log((await ensureBox('boxes/debian-bookworm', {cacheDir: testCacheDir()})).path)")
+}
 cpu=$(sed -n "s/^export const TCG_CPU = '\(.*\)'$/\1/p" "$here/src/providers/qemu/accel.ts")
 [ -n "$cpu" ] || { echo "vs-vagrant: TCG_CPU not found in src/providers/qemu/accel.ts" >&2; exit 2; }
 
@@ -53,7 +60,7 @@ timed() {
   start=$(date +%s.%N)
   if ! "$@" >>"$work/$side.log" 2>&1; then
     echo "vs-vagrant: $side $op failed (pair $pair):" >&2
-    tail -20 "$work/$side.log" >&2
+    grep -v $'^\tfrom ' "$work/$side.log" | tail -40 >&2
     exit 1
   fi
   end=$(date +%s.%N)
@@ -105,11 +112,14 @@ loads=()
 for pair in $(seq "$pairs"); do
   exec 9>"$lock"
   flock 9
+  if [ -z "$box_file" ]; then box_file=$(reference_box); fi
+  [ -f "$box_file" ] || { echo "vs-vagrant: no box file $box_file" >&2; exit 2; }
   loads+=("$(cut -d' ' -f1-3 /proc/loadavg)")
-  echo "vs-vagrant: pair $pair of $pairs (load ${loads[-1]})" >&2
+  echo "vs-vagrant: pair $pair of $pairs (load ${loads[-1]}, $box_file)" >&2
   box_pair "$pair"
   vagrant_pair "$pair"
   flock -u 9
+  grep " $pair " "$work/figures" | tr '\n' ' ' | sed 's/^/vs-vagrant: /;s/$/\n/' >&2
 done
 
 python3 - "$work/figures" "$pairs" "${loads[@]}" <<'PY'
