@@ -120,6 +120,14 @@ async function symlinkIn(root: string, path: string, target: string): Promise<vo
   await symlink(target, link)
 }
 
+/** A user's home directory as the tree's /etc/passwd has it (useradd just made it). */
+async function homeOf(root: string, user: string): Promise<string> {
+  const entry = (await readFile(join(root, 'etc/passwd'), 'utf8')).split('\n').map((line) => line.split(':')).find((fields) => fields[0] === user)
+  const home = entry?.[5]
+  if (!home || !/^\/[A-Za-z0-9._/-]+$/.test(home)) throw new BoxError(`no usable home directory for ${user} in the image's /etc/passwd`)
+  return home
+}
+
 async function install(root: string, source: string, path: string, mode: number): Promise<void> {
   await put(root, path, await readFile(source), mode)
 }
@@ -152,7 +160,15 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
     // The box's own keys are the seed, copied there at first boot (box-ssh-setup).
     const keys = await Promise.all(recipe.authorizedKeyFiles[index]!.map((file) => readFile(file, 'utf8')))
     await put(root, `etc/box/authorized_keys/${user.name}`, keys.map((key) => `${key.trim()}\n`).join(''), 0o644)
+    // ~/.ssh lives in /persistent too (box-ssh-setup makes it), so the key `vagrant up`
+    // writes into ~/.ssh/authorized_keys survives resnap like box's own.
+    await symlinkIn(root, `${await homeOf(root, user.name)}/.ssh`.slice(1), `/persistent/ssh/home/${user.name}`)
   }
+  // Vagrant logs in with its published insecure key, which it then replaces (~/.ssh starts
+  // with it); /etc/ssh/sshrc drops every published key once the machine has its own.
+  const vagrantKeys = await readFile(projectFile('static', 'vagrant-insecure-keys.pub'), 'utf8')
+  await put(root, 'etc/box/vagrant_authorized_keys', vagrantKeys, 0o644)
+  await put(root, 'etc/box/insecure_keys', `${(await readFile(projectFile('static', 'insecure_key.pub'), 'utf8')).trim()}\n${vagrantKeys}`, 0o644)
 
   step('hostname, fstab, network')
   await put(root, 'etc/hostname', `${recipe.hostname}\n`)
@@ -180,9 +196,10 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
     root,
     'etc/ssh/sshd_config.d/box.conf',
     [
-      '# box: host key and authorized keys are per machine, in /persistent (they survive resnap).',
+      '# box: host key and authorized keys are per machine, in /persistent (they survive resnap):',
+      "# box's own file, then ~/.ssh (a link into /persistent/ssh/home), where Vagrant writes.",
       'HostKey /persistent/ssh/ssh_host_ed25519_key',
-      'AuthorizedKeysFile /persistent/ssh/authorized_keys/%u',
+      'AuthorizedKeysFile /persistent/ssh/authorized_keys/%u .ssh/authorized_keys',
       'PasswordAuthentication no',
       'KbdInteractiveAuthentication no',
       'UseDNS no',
@@ -191,6 +208,7 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   )
   await put(root, 'etc/systemd/system/box-ssh-hostkey.service', SSH_HOSTKEY_UNIT)
   await install(root, projectFile('provisioners', 'box-ssh-setup'), 'usr/local/sbin/box-ssh-setup', 0o755)
+  await install(root, projectFile('provisioners', 'box-ssh-rc'), 'etc/ssh/sshrc', 0o644)
   await put(root, 'etc/systemd/system/ssh.service', sshServiceOverride(await readFile(join(root, 'lib/systemd/system/ssh.service'), 'utf8')))
   await put(root, 'etc/pam.d/sshd', withoutDynamicMotd(await readFile(join(root, 'etc/pam.d/sshd'), 'utf8')))
 

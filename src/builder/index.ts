@@ -196,8 +196,8 @@ export async function ensureBox(recipeDir: string, options: EnsureBoxOptions = {
   return {path, recipeHash, built: true, build}
 }
 
-/** Folders of guest files the builder installs into the image (scripts, units, initramfs hooks). */
-const GUEST_PAYLOAD_DIRS = ['initramfs', 'provisioners']
+/** Folders of guest files the builder installs into the image (scripts, units, initramfs hooks, the published insecure keys in static/). */
+const GUEST_PAYLOAD_DIRS = ['initramfs', 'provisioners', 'static']
 
 /**
  * Hash of everything a built box depends on, taken from what lands in the image rather than a

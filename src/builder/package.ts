@@ -42,7 +42,12 @@ export function vagrantfile(recipe: RecipeFields): string {
   const user = recipe.users[0]!.name
   return vagrantfileText({
     origin: `Written by \`box build\` for ${recipe.name} ${recipe.version}.`,
-    notes: [`The box ships the documented insecure key for "${user}"; Vagrant replaces it on first up.`],
+    notes: [
+      `Vagrant logs in as "${user}" with its own insecure key, which the image trusts in`,
+      '~/.ssh/authorized_keys (kept in /persistent, so it survives resnap), and replaces it on',
+      'first up. No config.ssh.private_key_path: with one set, Vagrant neither replaces the key',
+      'nor uses the one it generated.',
+    ],
     username: user,
   })
 }

@@ -115,6 +115,11 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     await execa('chmod', ['600', insecure])
     const denied = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'IdentitiesOnly=yes', '-i', insecure, '-p', port, 'box@127.0.0.1', 'true'], {reject: false})
     expect(denied.exitCode).not.toBe(0)
+    // Nor do Vagrant's published keys, which ~/.ssh starts with (for vagrant up): dropped at the machine key's first login.
+    const vagrantKeys = (await readFile(join(PROJECT_ROOT, 'static', 'vagrant-insecure-keys.pub'), 'utf8')).trim().split('\n').map((line) => line.split(' ')[1]!)
+    const homeKeys = await box(env, ['ssh', '-c', 'test -f ~/.ssh/authorized_keys && cat ~/.ssh/authorized_keys'])
+    expect(homeKeys.exitCode, homeKeys.stderr).toBe(0)
+    for (const blob of vagrantKeys) expect(homeKeys.stdout).not.toContain(blob)
   })
 
   it('synced folders are copied at up and again by box rsync, excludes honoured', async () => {

@@ -257,6 +257,8 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     for (const setting of ['passwordauthentication no', 'kbdinteractiveauthentication no', 'permitrootlogin no', 'authenticationmethods publickey', 'allowusers box', 'allowtcpforwarding no']) {
       expect(sshd).toContain(setting)
     }
+    // Only the machine key's file: ~/.ssh/authorized_keys (where Vagrant writes) is not read.
+    expect(sshd).toMatch(/^authorizedkeysfile \/persistent\/ssh\/authorized_keys\/%u$/m)
     const ruleset = await ssh('sudo nft list ruleset')
     expect(ruleset).toMatch(/hook input priority filter; policy drop;/)
     expect(ruleset).toContain('ip saddr 10.0.2.2 tcp dport 22 accept')
