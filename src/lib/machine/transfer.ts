@@ -42,6 +42,7 @@ export interface TransferResult {
 const GUEST_REFUSED = new Set([3, 4, 5])
 
 // `~` in a guest path means the login user's home (the words reach the guest quoted).
+// eslint-disable-next-line no-template-curly-in-string -- shell parameter expansion, not a JS template
 const GUEST_HOME = 'case $p in "~") p=$HOME;; "~/"*) p=$HOME/${p#"~/"};; esac'
 
 /** Guest side of an upload: $1 destination, $2 the copy's name in the stream (`-`: raw bytes), $3 `-z` or ''. */
