@@ -139,7 +139,7 @@ describe('port, upload and download on a real guest', {timeout: 300_000}, () => 
     expect(JSON.parse((await ok(['download', '--json', '/tmp/renamed.bin', back])).stdout)).toEqual({destination: join(back, 'renamed.bin'), bytes: blob.length})
     // No temporary folder is left behind on either side.
     expect((await readdir(back)).sort()).toEqual(['copy.bin', 'renamed.bin', 'tree'])
-    expect(await ssh('ls -A /tmp ~ | grep -c box- || true')).toBe('0')
+    expect(await ssh('ls -A /tmp ~ | grep -c .box-upload || true')).toBe('0')
   })
 
   it('refuses: a missing source either way, an existing folder, a destination that is or replaces a symlink', async () => {
