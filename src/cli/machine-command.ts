@@ -19,10 +19,11 @@ export abstract class MachineCommand<T extends typeof Command> extends BaseComma
     return separator === -1 ? [] : this.argv.slice(separator + 1)
   }
 
-  protected async project(): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
+  /** The machines named on the command line (or `names`, for commands whose other words are not names). */
+  protected async project(names?: string[]): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
     const project = await openProject({
       version: this.config.version,
-      names: this.positionals.slice(0, this.positionals.length - this.guestCommand.length),
+      names: names ?? this.positionals.slice(0, this.positionals.length - this.guestCommand.length),
       dataDir: this.config.dataDir,
       cacheDir: this.config.cacheDir,
       progress: this.progress(),

@@ -56,7 +56,7 @@ describe('machine commands: bad input', () => {
 
   it('ssh and provision on a machine never started say to start it', async () => {
     await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\n')
-    for (const command of [['ssh', '-c', 'true'], ['provision'], ['rsync']]) {
+    for (const command of [['ssh', '-c', 'true'], ['provision'], ['rsync'], ['port'], ['upload', 'Boxfile'], ['download', '/etc/hostname']]) {
       const result = await box(env, command)
       expect(result.exitCode, command.join(' ')).toBe(1)
       expect(result.stderr).toMatch(/machine default is not running[\s\S]*box up/)
@@ -80,6 +80,27 @@ describe('machine commands: bad input', () => {
     expect((await both('box: tiny\n', ['ssh', '--', 'true'])).stderr).toMatch(/machine default is not running/)
     expect((await both('box: tiny\nmemory: lots\n', ['status'])).stderr).toMatch(/Boxfile:2:9/)
     await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\n') // as the tests below expect
+  })
+
+  it('port, upload and download: one machine, real words, a source that exists', async () => {
+    await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\nmachines:\n  web: {}\n  db: {}\n')
+    for (const command of [['port'], ['upload', 'Boxfile'], ['download', '/etc/hostname']]) {
+      const result = await box(env, command)
+      expect(result.exitCode, command.join(' ')).toBe(2)
+      expect(result.stderr).toMatch(new RegExp(`box ${command[0]} needs one machine; this Boxfile has web, db`))
+    }
+    expect((await box(env, ['port', 'cache'])).stderr).toMatch(/unknown machine "cache"/)
+    expect((await box(env, ['port', 'web', '--guest', '0'])).exitCode).toBe(2)
+    const tooMany = await box(env, ['upload', 'web', 'a', 'b', 'c'])
+    expect(tooMany.exitCode).toBe(2)
+    await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\n')
+    // The source is checked before the machine is reached: a missing one is named, whatever state the machine is in.
+    const missing = await box(env, ['upload', 'no-such-file', '/tmp/'])
+    expect(missing.exitCode).toBe(2)
+    expect(missing.stderr).toMatch(/upload source no-such-file does not exist/)
+    const stdinWithoutDestination = await box(env, ['upload', '-'])
+    expect(stdinWithoutDestination.exitCode).toBe(2)
+    expect(stdinWithoutDestination.stderr).toMatch(/box upload - needs a destination/)
   })
 
   it('destroy without -f and without a terminal refuses instead of hanging', async () => {

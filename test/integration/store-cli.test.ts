@@ -65,6 +65,9 @@ describe('box add / list / remove', () => {
     expect(added.exitCode, added.stderr).toBe(0)
     expect(added.stdout).toMatch(/^Added box org\/worker 1\.2\.0 \(qemu\), \d+(\.\d)? KB$/m)
     expect(added.stderr).toMatch(/Extracting org\/worker/)
+    // A local file gets no byte counter (it showed "0 B of 117 MB" and nothing more).
+    expect(added.stderr).not.toMatch(/ of \d/)
+    expect(added.stderr).toMatch(/✔ Extracting org\/worker \(\d/)
 
     const addedJson = await box('add', 'other', file, '--box-version', '0.1', '--json')
     expect(addedJson.exitCode, addedJson.stderr).toBe(0)

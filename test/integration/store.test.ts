@@ -109,7 +109,7 @@ describe('addBoxFromFile', () => {
     const firstImage = await sha256File(join(box.path, 'box.img'))
 
     const stages: string[] = []
-    const progress = {stage: (stageName: string) => (stages.push(stageName), {update() {}, done() {}, fail() {}}), info() {}, warn() {}}
+    const progress = {stage: (stageName: string) => (stages.push(stageName), {update() {}, done() {}, fail() {}}), info() {}, warn() {}, print() {}}
     const error = await rejection(addBoxFromFile({dataDir, name: 'dup', file: second, progress}))
     expect(error.message).toBe('box dup 1.0.0 (qemu) is already installed')
     expect(stages).toEqual([]) // refused from metadata.json alone, before extracting anything

@@ -15,6 +15,8 @@ export interface Progress {
   stage(name: string): Stage
   info(message: string): void
   warn(message: string): void
+  /** A line of other output (a guest's, on stdout by default) shown above the live stage line, which redraws below it. */
+  print(line: string, to?: NodeJS.WritableStream): void
 }
 
 export interface ProgressOptions {
@@ -52,10 +54,18 @@ export function createProgress(options: ProgressOptions = {}): Progress {
     if (!silent) stream.write(text)
   }
 
+  /** The live stage's line, drawn again after other output (on a TTY). */
+  let redraw: (() => void) | undefined
   return {
     // On a TTY a stage's line may be showing: clear it first (the spinner redraws below).
     info: (message) => write(`${tty ? '\r\u001B[2K' : ''}${message}\n`),
     warn: (message) => write(`${tty ? '\r\u001B[2K' : ''}warning: ${message}\n`),
+    print(line, to = process.stdout) {
+      // Cleared even when silent: the line goes to `to` whatever the progress shows.
+      if (tty && !silent) stream.write('\r\u001B[2K')
+      to.write(`${line}\n`)
+      redraw?.()
+    },
     stage(name) {
       const started = Date.now()
       let detail = ''
@@ -67,6 +77,7 @@ export function createProgress(options: ProgressOptions = {}): Progress {
       }
       if (tty) {
         render()
+        redraw = render
         timer = setInterval(render, 120)
         timer.unref()
       } else {
@@ -75,6 +86,7 @@ export function createProgress(options: ProgressOptions = {}): Progress {
       let lastPlain = 0
       const finish = (mark: string, summary?: string) => {
         if (timer) clearInterval(timer)
+        if (redraw === render) redraw = undefined
         const line = `${mark} ${name} (${formatDuration(Date.now() - started)})${summary ? `: ${summary}` : ''}`
         write(tty ? `\r\u001B[2K${line}\n` : `${line}\n`)
       }

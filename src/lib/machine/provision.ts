@@ -75,7 +75,7 @@ export async function runGuestScript(context: MachineContext, machineName: strin
   const remote = `${shJoin(command)}; status=$?; rm -f ${shJoin([remoteFile])}; exit $status`
   const args = sshArgs(target, undefined, remote)
   const child = spawn('ssh', args, {reject: false, cancelSignal: context.signal, ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input})})
-  const prefix = (line: string) => context.output?.(`${machineName}: ${line}`) ?? process.stdout.write(`${machineName}: ${line}\n`)
+  const prefix = (line: string) => (context.output ? context.output(`${machineName}: ${line}`) : context.progress.print(`${machineName}: ${line}`))
   const pump = (stream: NodeJS.ReadableStream | null) => stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
   await Promise.all([pump(child.stdout), pump(child.stderr)])
   const result = await child

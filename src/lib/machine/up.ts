@@ -106,13 +106,15 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
       record = {...record, sshPort: booted.sshPort, forwardedPorts: booted.forwardedPorts, privateKeyPath: machine.ssh.privateKeyPath}
       await writeRecord(stateDir, record)
       const target = sshTarget(stateDir, record, provider)
+      // One counter for the whole wait: a first boot waits twice (the box's key, then the machine's own), and each wait counts from 0.
+      const waitStarted = Date.now()
       record = await waitForMachineSsh(stateDir, target, record, {
         timeoutMs: options.sshTimeoutMs ?? 300_000,
         isAlive: booted.isAlive,
         serialLog: booted.serialLog,
         sshListening: booted.sshListening,
         signal: context.signal,
-        onAttempt: (ms) => boot.update(`waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round(ms / 1000)} s)`),
+        onAttempt: () => boot.update(`waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round((Date.now() - waitStarted) / 1000)} s)`),
       })
       boot.done(`ssh on 127.0.0.1:${record.sshPort}`)
     } catch (error) {
