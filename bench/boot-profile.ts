@@ -43,7 +43,12 @@ try {
   const metadata = BoxMetadataSchema.parse(JSON.parse(await readFile(join(boxDir, 'metadata.json'), 'utf8')))
   const info = metadata.box!
   const drop = new Set((process.env.DROP_ARGS ?? '').split(/\s+/).filter(Boolean))
-  info.kernel_args = [...info.kernel_args.split(/\s+/).filter((word) => word && !drop.has(word)), process.env.EXTRA_ARGS ?? ''].join(' ').trim()
+  info.kernel_args = [
+    ...info.kernel_args.split(/\s+/).filter((word) => word && !drop.has(word)),
+    process.env.EXTRA_ARGS ?? '',
+  ]
+    .join(' ')
+    .trim()
   if (process.env.INITRD) info.initrd = relative(boxDir, resolve(process.env.INITRD))
   const files = instanceFiles(join(work, 'machine'))
   await mkdir(files.stateDir, {recursive: true})
@@ -53,19 +58,53 @@ try {
     const load = loadavg()[0]!.toFixed(2)
     const started = performance.now()
     const serial = watchSerial(files.serialLog, started)
-    const booted = await bootInstance({name: 'profile', files, box: {dir: boxDir, metadata}, accel, cpus: 2, memoryMiB: 1024, choice: {resnap: true}})
+    const booted = await bootInstance({
+      name: 'profile',
+      files,
+      box: {dir: boxDir, metadata},
+      accel,
+      cpus: 2,
+      memoryMiB: 1024,
+      choice: {resnap: true},
+    })
     const target = {host: '127.0.0.1', port: booted.sshPort, user: 'box', keyFile: key}
     if (process.env.PROBE_LOG) {
       // The same probe as waitForSsh, each attempt's outcome printed (host seconds since QEMU start).
       for (;;) {
         const at = (performance.now() - started) / 1000
-        const probe = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', `ConnectTimeout=${process.env.PROBE_CONNECT_TIMEOUT ?? 10}`, '-i', key, '-p', String(booted.sshPort), 'box@127.0.0.1', 'true'], {reject: false, timeout: 8000, stdin: 'ignore'})
-        console.log(`probe at ${at.toFixed(1)} s: ${probe.timedOut ? 'killed after 8 s' : `exit ${probe.exitCode}`} after ${((performance.now() - started) / 1000 - at).toFixed(1)} s ${probe.stderr.split('\n').filter(Boolean).slice(-1)[0] ?? ''}`)
+        const probe = await execa(
+          'ssh',
+          [
+            '-o',
+            'BatchMode=yes',
+            '-o',
+            'IdentitiesOnly=yes',
+            '-o',
+            'StrictHostKeyChecking=no',
+            '-o',
+            'UserKnownHostsFile=/dev/null',
+            '-o',
+            `ConnectTimeout=${process.env.PROBE_CONNECT_TIMEOUT ?? 10}`,
+            '-i',
+            key,
+            '-p',
+            String(booted.sshPort),
+            'box@127.0.0.1',
+            'true',
+          ],
+          {reject: false, timeout: 8000, stdin: 'ignore'},
+        )
+        console.log(
+          `probe at ${at.toFixed(1)} s: ${probe.timedOut ? 'killed after 8 s' : `exit ${probe.exitCode}`} after ${((performance.now() - started) / 1000 - at).toFixed(1)} s ${probe.stderr.split('\n').filter(Boolean).slice(-1)[0] ?? ''}`,
+        )
         if (probe.exitCode === 0) break
         await new Promise((resolve) => setTimeout(resolve, 250))
       }
     }
-    await waitForSsh(target, {timeoutMs: Number(process.env.TIMEOUT ?? 300) * 1000, isAlive: () => isAlive(booted.pid)}).catch(async (error: unknown) => {
+    await waitForSsh(target, {
+      timeoutMs: Number(process.env.TIMEOUT ?? 300) * 1000,
+      isAlive: () => isAlive(booted.pid),
+    }).catch(async (error: unknown) => {
       clearInterval(serial.timer)
       console.log(serial.lines.join('\n'))
       await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: 1000, force: true})
@@ -75,10 +114,27 @@ try {
     console.log(`\n=== boot ${boot}: QEMU start → ssh ready ${(ms / 1000).toFixed(1)} s (load before: ${load})`)
     const guest = async (command: string) =>
       (
-        await execa('ssh', ['-i', key, '-p', String(booted.sshPort), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', 'box@127.0.0.1', command], {
-          reject: false,
-          all: true,
-        })
+        await execa(
+          'ssh',
+          [
+            '-i',
+            key,
+            '-p',
+            String(booted.sshPort),
+            '-o',
+            'StrictHostKeyChecking=no',
+            '-o',
+            'UserKnownHostsFile=/dev/null',
+            '-o',
+            'LogLevel=ERROR',
+            'box@127.0.0.1',
+            command,
+          ],
+          {
+            reject: false,
+            all: true,
+          },
+        )
       ).all
     // Let the boot finish (systemd-analyze needs it) before asking.
     console.log(
@@ -86,11 +142,19 @@ try {
         'for i in $(seq 60); do sudo systemctl is-system-running | grep -qE "starting|initializing" || break; sleep 1; done; sudo systemctl is-system-running; uptime; sudo systemd-analyze; sudo systemd-analyze blame | head -25; sudo systemd-analyze critical-chain ssh.service; sudo systemctl list-units --failed --no-legend; test -e /resnap-marker && echo "resnap: a file written to / last boot is STILL THERE" || echo "resnap: / is fresh (no marker from a previous boot)"; sudo touch /resnap-marker; sync',
       ),
     )
-    if (process.env.JOURNAL) console.log(await guest('sudo journalctl -b -o short-monotonic --no-pager _TRANSPORT=journal + _TRANSPORT=stdout + _TRANSPORT=syslog; sudo journalctl -b -o short-monotonic --no-pager -k | grep -v -e acpiphp -e BAR -e pci_bus -e evm:'))
+    if (process.env.JOURNAL)
+      console.log(
+        await guest(
+          'sudo journalctl -b -o short-monotonic --no-pager _TRANSPORT=journal + _TRANSPORT=stdout + _TRANSPORT=syslog; sudo journalctl -b -o short-monotonic --no-pager -k | grep -v -e acpiphp -e BAR -e pci_bus -e evm:',
+        ),
+      )
     if (process.env.DMESG) console.log(await guest('sudo dmesg | grep -v -e acpiphp -e BAR -e pci_bus -e evm:'))
     if (process.env.HOLD) {
       // Experiments by hand: ssh in, then remove the file to go on.
-      await writeFile(process.env.HOLD, `ssh -i ${key} -p ${booted.sshPort} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null box@127.0.0.1\n`)
+      await writeFile(
+        process.env.HOLD,
+        `ssh -i ${key} -p ${booted.sshPort} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null box@127.0.0.1\n`,
+      )
       while (existsSync(process.env.HOLD)) await new Promise((resolve) => setTimeout(resolve, 1000))
     }
     const haltStarted = performance.now()

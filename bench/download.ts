@@ -44,7 +44,12 @@ async function serve(file: string): Promise<void> {
   const server = createServer((request, response) => {
     const range = /^bytes=(\d+)-$/.exec(request.headers.range ?? '')
     const start = range ? Number(range[1]) : 0
-    const headers = {'content-length': size - start, etag: '"bench"', 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream'}
+    const headers = {
+      'content-length': size - start,
+      etag: '"bench"',
+      'accept-ranges': 'bytes',
+      'content-type': 'application/octet-stream',
+    }
     if (range) response.writeHead(206, {...headers, 'content-range': `bytes ${start}-${size - 1}/${size}`})
     else response.writeHead(200, headers)
     createReadStream(file, {start, highWaterMark: 1 << 20}).pipe(response)
@@ -63,7 +68,9 @@ async function main(sizeMb: number, rounds: number, outDir: string | undefined):
     const digest = await writeRandomFile(file, bytes)
     process.stdout.write('done\n')
 
-    server = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--serve', file], {stdio: ['ignore', 'pipe', 'inherit']})
+    server = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--serve', file], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
     const port = await new Promise<number>((resolve, reject) => {
       server!.stdout!.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim())))
       server!.once('exit', (code) => reject(new Error(`server exited with ${code}`)))
@@ -81,7 +88,12 @@ async function main(sizeMb: number, rounds: number, outDir: string | undefined):
       await rm(output, {force: true})
       results.plain.push(await timed(() => download({url, dest: output}), bytes))
       await rm(output, {force: true})
-      results.sha256.push(await timed(() => download({url, dest: output, checksum: {type: 'sha256', value: digest} satisfies Checksum}), bytes))
+      results.sha256.push(
+        await timed(
+          () => download({url, dest: output, checksum: {type: 'sha256', value: digest} satisfies Checksum}),
+          bytes,
+        ),
+      )
       await rm(output, {force: true})
     }
 
@@ -98,8 +110,12 @@ async function main(sizeMb: number, rounds: number, outDir: string | undefined):
     console.log(`ratio download()/curl:          ${(plain.mbPerSecond / curl.mbPerSecond).toFixed(2)}× (target ≥ 0.9×)`)
     console.log(`ratio download()+sha256/curl:   ${(hashed.mbPerSecond / curl.mbPerSecond).toFixed(2)}×`)
     const cpuPerGb = (run: Run) => (run.cpuSeconds / bytes) * 1024 ** 3
-    console.log(`CPU added by sha256:            ${(hashed.cpuSeconds - plain.cpuSeconds).toFixed(2)} s for ${sizeMb} MiB (${(cpuPerGb(hashed) - cpuPerGb(plain)).toFixed(2)} s/GiB; download() alone ${cpuPerGb(plain).toFixed(2)} s/GiB)`)
-    console.log(`all rounds (MB/s): curl ${results.curl.map((r) => r.mbPerSecond.toFixed(0)).join(' ')} | download() ${results.plain.map((r) => r.mbPerSecond.toFixed(0)).join(' ')} | +sha256 ${results.sha256.map((r) => r.mbPerSecond.toFixed(0)).join(' ')}`)
+    console.log(
+      `CPU added by sha256:            ${(hashed.cpuSeconds - plain.cpuSeconds).toFixed(2)} s for ${sizeMb} MiB (${(cpuPerGb(hashed) - cpuPerGb(plain)).toFixed(2)} s/GiB; download() alone ${cpuPerGb(plain).toFixed(2)} s/GiB)`,
+    )
+    console.log(
+      `all rounds (MB/s): curl ${results.curl.map((r) => r.mbPerSecond.toFixed(0)).join(' ')} | download() ${results.plain.map((r) => r.mbPerSecond.toFixed(0)).join(' ')} | +sha256 ${results.sha256.map((r) => r.mbPerSecond.toFixed(0)).join(' ')}`,
+    )
   } finally {
     server?.kill()
     await rm(dir, {recursive: true, force: true})
@@ -137,7 +153,7 @@ async function writeRandomFile(file: string, bytes: number): Promise<string> {
   const hash = createHash('sha256')
   const handle = await open(file, 'w')
   try {
-    for (let written = 0; written < bytes; ) {
+    for (let written = 0; written < bytes;) {
       const block = randomBytes(Math.min(16 << 20, bytes - written))
       hash.update(block)
       await handle.write(block)

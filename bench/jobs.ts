@@ -37,10 +37,21 @@ try {
     for (const network of [false, true]) {
       for (let i = 0; i < RUNS; i++) {
         const started = Date.now()
-        const record = await runJob({spec: jobSpec({id: `echo-${i}`, command: 'echo hello', network}), box, cacheDir, resultDir: join(root, `overhead-${network}-${i}`), cpus: 1, memoryMiB: 1024})
+        const record = await runJob({
+          spec: jobSpec({id: `echo-${i}`, command: 'echo hello', network}),
+          box,
+          cacheDir,
+          resultDir: join(root, `overhead-${network}-${i}`),
+          cpus: 1,
+          memoryMiB: 1024,
+        })
         const wall = Date.now() - started
-        const phases = Object.entries(record.phases).map(([name, ms]) => `${name} ${seconds(ms!)}`).join(', ')
-        console.log(`trivial job, network ${network ? 'on ' : 'off'}: ${seconds(wall)} s (${record.status}; ${phases}) load ${load()}`)
+        const phases = Object.entries(record.phases)
+          .map(([name, ms]) => `${name} ${seconds(ms!)}`)
+          .join(', ')
+        console.log(
+          `trivial job, network ${network ? 'on ' : 'off'}: ${seconds(wall)} s (${record.status}; ${phases}) load ${load()}`,
+        )
       }
     }
   }
@@ -48,17 +59,33 @@ try {
   // The batch goes through the store like `box batch`: the reference box added once.
   const dataDir = join(root, 'data')
   const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
-  await execa(join(PROJECT_ROOT, 'bin', 'box'), ['add', 'reference', boxFile], {env: {BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: cacheDir}})
+  await execa(join(PROJECT_ROOT, 'bin', 'box'), ['add', 'reference', boxFile], {
+    env: {BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: cacheDir},
+  })
   const batchDir = join(root, 'batch')
   await mkdir(batchDir, {recursive: true})
   const jobs = Array.from({length: JOBS}, (_, i) => `  - id: echo-${i}\n    command: [echo, hello]\n`).join('')
-  await writeFile(join(batchDir, 'jobs.yaml'), `box: reference\ncpus: 1\nmemory: 768\ndefaults: {network: off}\njobs:\n${jobs}`)
+  await writeFile(
+    join(batchDir, 'jobs.yaml'),
+    `box: reference\ncpus: 1\nmemory: 768\ndefaults: {network: off}\njobs:\n${jobs}`,
+  )
   for (const parallel of PARALLEL) {
     const before = load()
-    const result = await runBatch({jobFile: join(batchDir, 'jobs.yaml'), parallel, resultsDir: join(batchDir, `results-${parallel}`), cwd: batchDir, dataDir, cacheDir, version: '0', progress: createProgress({silent: true})})
+    const result = await runBatch({
+      jobFile: join(batchDir, 'jobs.yaml'),
+      parallel,
+      resultsDir: join(batchDir, `results-${parallel}`),
+      cwd: batchDir,
+      dataDir,
+      cacheDir,
+      version: '0',
+      progress: createProgress({silent: true}),
+    })
     const ok = result.records.filter((record) => record.status === 'ok').length
     const perMinute = (result.records.length / result.elapsedMs) * 60_000
-    console.log(`batch of ${JOBS} trivial jobs, --parallel ${parallel}: ${seconds(result.elapsedMs)} s, ${perMinute.toFixed(2)} jobs/min (${ok} ok) load ${before} → ${load()}`)
+    console.log(
+      `batch of ${JOBS} trivial jobs, --parallel ${parallel}: ${seconds(result.elapsedMs)} s, ${perMinute.toFixed(2)} jobs/min (${ok} ok) load ${before} → ${load()}`,
+    )
   }
 } finally {
   await rm(root, {recursive: true, force: true})

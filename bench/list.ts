@@ -59,7 +59,8 @@ try {
   const env = {BOX_DATA_DIR: dataDir, NO_COLOR: '1'}
 
   const {stdout} = await execa('node', [cli, 'list'], {env})
-  if (stdout.trim().split('\n').length !== BOXES + 1) throw new Error(`box list printed an unexpected table:\n${stdout}`)
+  if (stdout.trim().split('\n').length !== BOXES + 1)
+    throw new Error(`box list printed an unexpected table:\n${stdout}`)
 
   const list = await timeRuns('node', [cli, 'list'], env)
   const listJson = await timeRuns('node', [cli, 'list', '--json'], env)

@@ -56,8 +56,19 @@ try {
   const key = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(work, 'key'))
   const plainBoot = async () => {
     const [, ms] = await timed(async () => {
-      const booted = await bootInstance({name: 'plain', files, box: {dir: boxDir, metadata}, accel, cpus: 2, memoryMiB: 1024, choice: {resnap: true}})
-      await waitForSsh({host: '127.0.0.1', port: booted.sshPort, user: 'box', keyFile: key}, {timeoutMs: 300_000, isAlive: () => isAlive(booted.pid)})
+      const booted = await bootInstance({
+        name: 'plain',
+        files,
+        box: {dir: boxDir, metadata},
+        accel,
+        cpus: 2,
+        memoryMiB: 1024,
+        choice: {resnap: true},
+      })
+      await waitForSsh(
+        {host: '127.0.0.1', port: booted.sshPort, user: 'box', keyFile: key},
+        {timeoutMs: 300_000, isAlive: () => isAlive(booted.pid)},
+      )
     })
     await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: 30_000})
     return ms
@@ -77,7 +88,9 @@ try {
     const plainMs = await plainBoot()
     const [, upMs] = await timed(() => cli(['up']))
     overheads.push(upMs - plainMs)
-    console.log(`run ${run}: plain QEMU start → ssh ready ${seconds(plainMs)}; box up → ssh ready ${seconds(upMs)} (overhead ${seconds(upMs - plainMs)})`)
+    console.log(
+      `run ${run}: plain QEMU start → ssh ready ${seconds(plainMs)}; box up → ssh ready ${seconds(upMs)} (overhead ${seconds(upMs - plainMs)})`,
+    )
     if (run < runs) await cli(['halt'])
   }
   console.log(`box up overhead vs plain QEMU: median ${seconds(median(overheads))} of ${runs} runs`)
@@ -113,7 +126,9 @@ try {
     return seconds(median(times))
   }
   const {NODE_EXTRA_CA_CERTS: extraCaCerts, ...withoutExtraCa} = process.env
-  console.log(`node -e 0: median ${await nodeStart(withoutExtraCa)}${extraCaCerts ? `; with this host's NODE_EXTRA_CA_CERTS ${await nodeStart(process.env)}` : ''}`)
+  console.log(
+    `node -e 0: median ${await nodeStart(withoutExtraCa)}${extraCaCerts ? `; with this host's NODE_EXTRA_CA_CERTS ${await nodeStart(process.env)}` : ''}`,
+  )
   console.log(`box status (running, with snapshot fill): median ${await medianOf10(['status'])}`)
   console.log(`host load average (1 min): ${loadavg()[0]!.toFixed(2)} on ${availableParallelism()} cores`)
   const [, haltMs] = await timed(() => cli(['halt']))

@@ -32,15 +32,24 @@ const MB = 1e6
  * login keys in the origin's filesystem — what a `--base` machine costs.
  */
 async function touchOrigin(disk: string): Promise<void> {
-  const backing = JSON.parse((await execa('qemu-img', ['info', '--output=json', disk])).stdout)['full-backing-filename'] as string
+  const backing = JSON.parse((await execa('qemu-img', ['info', '--output=json', disk])).stdout)[
+    'full-backing-filename'
+  ] as string
   const lvm = (await readLvmOnDisk(backing, 'qcow2'))!
   const [root] = lvRangesOnPv(lvm.metadata, 'box', 'root', lvm.pvUuid)!
   const offset = lvm.pvOffset + root!.offset + 1024 * 1024
-  await execa('qemu-img', ['convert', '-n', imageRangeSpec(backing, 'qcow2', offset, 65536), imageRangeSpec(disk, 'qcow2', offset, 65536)])
+  await execa('qemu-img', [
+    'convert',
+    '-n',
+    imageRangeSpec(backing, 'qcow2', offset, 65536),
+    imageRangeSpec(disk, 'qcow2', offset, 65536),
+  ])
 }
 const dir = await mkdtemp(join(tmpdir(), 'box-bench-package-'))
 try {
-  const {path: referenceBox} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
+  const {path: referenceBox} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {
+    cacheDir: testCacheDir(),
+  })
   const referenceSize = (await stat(referenceBox)).size
   const dataDir = join(dir, 'data')
   const projectDir = process.env.BOX_BENCH_PROJECT ?? join(dir, 'project')
@@ -62,7 +71,17 @@ try {
       createdAt: new Date().toISOString(),
     }
     await writeFile(join(stateDir, 'machine.json'), JSON.stringify(record))
-    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(stored.path, 'box.img'), join(stateDir, 'disk.qcow2')])
+    await execa('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-F',
+      'qcow2',
+      '-b',
+      join(stored.path, 'box.img'),
+      join(stateDir, 'disk.qcow2'),
+    ])
   }
   const boxfile = await parseBoxfile(join(projectDir, 'Boxfile'), boxfileText)
   const machine = boxfile.machines[0]!
@@ -70,7 +89,11 @@ try {
 
   const results: string[] = []
   const disk = join(machineDir(projectDir, 'default'), 'disk.qcow2')
-  const runs: Array<{compression: 'zstd' | 'gzip'; changeOrigin?: boolean}> = [{compression: 'zstd'}, {compression: 'zstd', changeOrigin: true}, {compression: 'gzip'}]
+  const runs: Array<{compression: 'zstd' | 'gzip'; changeOrigin?: boolean}> = [
+    {compression: 'zstd'},
+    {compression: 'zstd', changeOrigin: true},
+    {compression: 'gzip'},
+  ]
   for (const [index, {compression, changeOrigin}] of runs.entries()) {
     if (changeOrigin && !process.env.BOX_BENCH_PROJECT) await touchOrigin(disk)
     const output = join(dir, `packaged-${index}-${compression}.box`)

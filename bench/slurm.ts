@@ -50,7 +50,12 @@ async function box(args: string[], cwd: string) {
 /** The reference box as a file the nodes can read (one host: any local path; nodes fetch it into their store). */
 async function referenceBox(): Promise<{file: string; sum: string}> {
   const {path} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
-  return {file: path, sum: createHash('sha256').update(await readFile(path)).digest('hex')}
+  return {
+    file: path,
+    sum: createHash('sha256')
+      .update(await readFile(path))
+      .digest('hex'),
+  }
 }
 
 async function jobFile(dir: string, jobs: number, head: string): Promise<string> {
@@ -63,7 +68,11 @@ async function jobFile(dir: string, jobs: number, head: string): Promise<string>
 
 async function queuedTasks(name: string): Promise<number> {
   const {stdout} = await execa('squeue', ['--json'], {env})
-  const jobs = (JSON.parse(stdout) as {jobs: Array<{name: string; job_state: string; array_task_id: number | null; array_task_string: string}>}).jobs
+  const jobs = (
+    JSON.parse(stdout) as {
+      jobs: Array<{name: string; job_state: string; array_task_id: number | null; array_task_string: string}>
+    }
+  ).jobs
   let count = 0
   for (const job of jobs.filter((j) => j.name === name && j.job_state === 'PENDING')) {
     if (typeof job.array_task_id === 'number') count++
@@ -93,7 +102,9 @@ try {
       inBox.push(result.submitMs)
       await execa('scancel', [result.arrayJobId], {env})
     }
-    console.log(`100-job array, box batch --on slurm to all 100 tasks queued: median ${seconds(median(times))} (min ${seconds(Math.min(...times))}, max ${seconds(Math.max(...times))}, ${runs} runs)`)
+    console.log(
+      `100-job array, box batch --on slurm to all 100 tasks queued: median ${seconds(median(times))} (min ${seconds(Math.min(...times))}, max ${seconds(Math.max(...times))}, ${runs} runs)`,
+    )
     console.log(`  of which inside box (job file checks, scontrol ping, sbatch): median ${seconds(median(inBox))}`)
   } else if (mode === 'dispatch') {
     const runs = Number(process.argv[3] ?? 5)
@@ -108,7 +119,10 @@ try {
       const recordFile = join(dir, 'results', 'job-0', 'result.json')
       let record: {status: string; finishedAt: string} | undefined
       while (!record) {
-        record = await readFile(recordFile, 'utf8').then((text) => JSON.parse(text), () => undefined)
+        record = await readFile(recordFile, 'utf8').then(
+          (text) => JSON.parse(text),
+          () => undefined,
+        )
         if (!record) await sleep(20)
       }
       if (record.status !== 'infrastructure') throw new Error(`unexpected record ${JSON.stringify(record)}`)
@@ -117,7 +131,9 @@ try {
       await box(['run', '--box', 'not-stored', '--', 'echo'], dir)
       local.push(performance.now() - t0)
     }
-    console.log(`submit → record of a job that fails at box lookup: Slurm median ${seconds(median(viaSlurm))} (${viaSlurm.map(seconds).join(', ')}); local box run median ${seconds(median(local))}; Slurm adds ${seconds(median(viaSlurm) - median(local))}`)
+    console.log(
+      `submit → record of a job that fails at box lookup: Slurm median ${seconds(median(viaSlurm))} (${viaSlurm.map(seconds).join(', ')}); local box run median ${seconds(median(local))}; Slurm adds ${seconds(median(viaSlurm) - median(local))}`,
+    )
   } else if (mode === 'overhead') {
     const runs = Number(process.argv[3] ?? 3)
     const {file: boxFile, sum} = await referenceBox()
@@ -138,7 +154,9 @@ try {
       if (batch.exitCode !== 0) throw new Error(batch.stderr)
       slurm.push(performance.now() - started)
     }
-    console.log(`one trivial job (echo), resnap boot: local box run median ${seconds(median(local))}; box batch --on slurm --wait median ${seconds(median(slurm))}; overhead ${seconds(median(slurm) - median(local))} (${runs} runs each)`)
+    console.log(
+      `one trivial job (echo), resnap boot: local box run median ${seconds(median(local))}; box batch --on slurm --wait median ${seconds(median(slurm))}; overhead ${seconds(median(slurm) - median(local))} (${runs} runs each)`,
+    )
     console.log(`  local: ${local.map(seconds).join(', ')}; slurm: ${slurm.map(seconds).join(', ')}`)
   } else if (mode === 'throughput') {
     const jobs = Number(process.argv[3] ?? 40)
@@ -149,14 +167,23 @@ try {
     if (add.exitCode !== 0) throw new Error(add.stderr)
     const slurmFile = await jobFile(join(root, 'through-slurm'), jobs, head)
     let started = performance.now()
-    const viaSlurm = await box(['batch', slurmFile, '--on', 'slurm', '--shared', '/', '--max-running', String(parallel), '--wait', '--json'], join(root, 'through-slurm'))
+    const viaSlurm = await box(
+      ['batch', slurmFile, '--on', 'slurm', '--shared', '/', '--max-running', String(parallel), '--wait', '--json'],
+      join(root, 'through-slurm'),
+    )
     const slurmMs = performance.now() - started
     const localFile = await jobFile(join(root, 'through-local'), jobs, head)
     started = performance.now()
-    const viaLocal = await box(['batch', localFile, '--parallel', String(parallel), '--json'], join(root, 'through-local'))
+    const viaLocal = await box(
+      ['batch', localFile, '--parallel', String(parallel), '--json'],
+      join(root, 'through-local'),
+    )
     const localMs = performance.now() - started
-    const ok = (stdout: string) => (JSON.parse(stdout) as {records: Array<{status: string}>}).records.filter((r) => r.status === 'ok').length
-    console.log(`${jobs} trivial jobs at ${parallel} at once: Slurm ${((jobs / slurmMs) * 60_000).toFixed(1)} jobs/min (${seconds(slurmMs)}, ${ok(viaSlurm.stdout)} ok); local box batch ${((jobs / localMs) * 60_000).toFixed(1)} jobs/min (${seconds(localMs)}, ${ok(viaLocal.stdout)} ok)`)
+    const ok = (stdout: string) =>
+      (JSON.parse(stdout) as {records: Array<{status: string}>}).records.filter((r) => r.status === 'ok').length
+    console.log(
+      `${jobs} trivial jobs at ${parallel} at once: Slurm ${((jobs / slurmMs) * 60_000).toFixed(1)} jobs/min (${seconds(slurmMs)}, ${ok(viaSlurm.stdout)} ok); local box batch ${((jobs / localMs) * 60_000).toFixed(1)} jobs/min (${seconds(localMs)}, ${ok(viaLocal.stdout)} ok)`,
+    )
   } else {
     throw new Error(`unknown mode ${mode}: submit, overhead or throughput`)
   }

@@ -31,8 +31,12 @@ const RUNS = Number(process.env.RUNS ?? 5)
 const BIN = join(PROJECT_ROOT, 'bin', 'box')
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`
-const range = (values: number[]) => `median ${seconds(median(values))} (${seconds(Math.min(...values))}–${seconds(Math.max(...values))}, n=${values.length})`
-const load = () => loadavg().map((value) => value.toFixed(2)).join(' ')
+const range = (values: number[]) =>
+  `median ${seconds(median(values))} (${seconds(Math.min(...values))}–${seconds(Math.max(...values))}, n=${values.length})`
+const load = () =>
+  loadavg()
+    .map((value) => value.toFixed(2))
+    .join(' ')
 
 const cacheDir = testCacheDir()
 const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir})
@@ -67,12 +71,20 @@ try {
   }
   figures['save of the running machine (whole call)'] = range(saves)
   figures['  of which the guest was paused'] = range(pauses)
-  figures['state file size'] = `median ${(median(sizes) / 1e6).toFixed(0)} MB (${sizes.map((s) => (s / 1e6).toFixed(0)).join(', ')})`
+  figures['state file size'] =
+    `median ${(median(sizes) / 1e6).toFixed(0)} MB (${sizes.map((s) => (s / 1e6).toFixed(0)).join(', ')})`
 
   // Restore → box-agent answers, at the provider (what box snapshot restore does before ssh).
   const record = (await readRecord(stateDir))!
   const metadata = BoxMetadataSchema.parse(JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8')))
-  const handle = {name: 'default', stateDir, box: {dir: record.box.path, metadata}, cpus: 2, memoryMiB: 1024, forwardedPorts: []}
+  const handle = {
+    name: 'default',
+    stateDir,
+    box: {dir: record.box.path, metadata},
+    cpus: 2,
+    memoryMiB: 1024,
+    forwardedPorts: [],
+  }
   const toAgent: number[] = []
   for (let i = 0; i < RUNS; i++) {
     await execa('ssh', ['-o', `ControlPath=${provider.sshControlPath({stateDir})}`, '-O', 'exit', 'x'], {reject: false})
@@ -81,7 +93,10 @@ try {
     await provider.askAgent({stateDir}, 'ping', {timeoutMs: 10_000})
     toAgent.push(performance.now() - started)
     // box ssh needs the record to name the new port.
-    await writeFile(join(stateDir, 'machine.json'), JSON.stringify({...record, sshPort: restored.started!.sshPort, forwardedPorts: []}))
+    await writeFile(
+      join(stateDir, 'machine.json'),
+      JSON.stringify({...record, sshPort: restored.started!.sshPort, forwardedPorts: []}),
+    )
   }
   figures['restore (provider) → box-agent answers'] = range(toAgent)
 

@@ -15,6 +15,8 @@ for (const file of report.testResults ?? []) {
   }
 }
 const refused = skipped.filter((name) => !allowed.has(name))
-console.log(`${report.numPassedTests} passed, ${report.numFailedTests + refused.length} failed, ${skipped.length} skipped`)
+console.log(
+  `${report.numPassedTests} passed, ${report.numFailedTests + refused.length} failed, ${skipped.length} skipped`,
+)
 for (const name of refused) console.error(`skipped in CI, which must run it: ${name}`)
 process.exit(refused.length > 0 ? 1 : 0)

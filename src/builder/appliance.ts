@@ -50,7 +50,9 @@ export function resolveModules(modulesDep: string, wanted: readonly string[]): s
 }
 
 function moduleName(file: string): string {
-  return basename(file).replace(/\.ko(\.(xz|zst|gz))?$/, '').replaceAll('-', '_')
+  return basename(file)
+    .replace(/\.ko(\.(xz|zst|gz))?$/, '')
+    .replaceAll('-', '_')
 }
 
 /** sfdisk input: a bootable /boot partition, then the rest as one LVM PV. */
@@ -100,12 +102,18 @@ export async function makeApplianceInitrd(options: ApplianceInitrdOptions): Prom
   await copyFile(projectFile('initramfs', 'builder', 'build-disk'), join(tree, 'builder', 'build-disk'))
   for (const module of modules) await copyFile(join(modulesDir, module), join(tree, 'lib', 'modules', basename(module)))
   await writeFile(join(tree, 'modules.order'), modules.map((module) => `${basename(module)}\n`).join(''))
-  for (const [name, value] of Object.entries(builderParams(recipe))) await writeFile(join(tree, 'builder', 'params', name), value)
+  for (const [name, value] of Object.entries(builderParams(recipe)))
+    await writeFile(join(tree, 'builder', 'params', name), value)
   await run('chmod', ['0755', join(tree, 'bin', 'busybox'), join(tree, 'init'), join(tree, 'builder', 'build-disk')])
 
   const initrd = join(workDir, 'appliance-initrd.cpio')
   const {stdout: files} = await run('find', ['.', '-mindepth', '1'], {cwd: tree})
-  await run('cpio', ['--quiet', '-o', '-H', 'newc', '-R', '0:0', '-O', initrd], {cwd: tree, input: `${files}\n`, purpose: 'packing the builder initramfs', cancelSignal: signal})
+  await run('cpio', ['--quiet', '-o', '-H', 'newc', '-R', '0:0', '-O', initrd], {
+    cwd: tree,
+    input: `${files}\n`,
+    purpose: 'packing the builder initramfs',
+    cancelSignal: signal,
+  })
   return initrd
 }
 
@@ -117,7 +125,9 @@ async function findBusybox(): Promise<string> {
   // `file` may be missing: trust busybox-static's path.
   const {existsSync} = await import('node:fs')
   if (existsSync('/bin/busybox')) return '/bin/busybox'
-  throw new BoxError('a static busybox is needed for the builder VM', {suggestions: ['install it: sudo apt-get install busybox-static']})
+  throw new BoxError('a static busybox is needed for the builder VM', {
+    suggestions: ['install it: sudo apt-get install busybox-static'],
+  })
 }
 
 export interface RunApplianceOptions {
@@ -137,22 +147,37 @@ export interface RunApplianceOptions {
   signal?: AbortSignal
 }
 
-export function applianceQemuArgs(options: Pick<RunApplianceOptions, 'kernel' | 'initrd' | 'disk' | 'rootImage' | 'bootImage' | 'accel'>): string[] {
+export function applianceQemuArgs(
+  options: Pick<RunApplianceOptions, 'kernel' | 'initrd' | 'disk' | 'rootImage' | 'bootImage' | 'accel'>,
+): string[] {
   return [
-    '-accel', options.accel ?? 'tcg',
-    '-m', '768',
-    '-smp', '2',
-    '-nodefaults', '-no-user-config',
-    '-display', 'none',
-    '-serial', 'stdio',
+    '-accel',
+    options.accel ?? 'tcg',
+    '-m',
+    '768',
+    '-smp',
+    '2',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
     '-no-reboot',
-    '-kernel', options.kernel,
-    '-initrd', options.initrd,
-    '-append', 'console=ttyS0,115200 quiet panic=-1 rdinit=/init',
-    '-drive', `file=${options.disk},if=virtio,format=qcow2,cache=unsafe,discard=unmap`,
-    '-drive', `file=${options.rootImage},if=virtio,format=raw,readonly=on`,
-    '-drive', `file=${options.bootImage},if=virtio,format=raw,readonly=on`,
-    '-nic', 'none',
+    '-kernel',
+    options.kernel,
+    '-initrd',
+    options.initrd,
+    '-append',
+    'console=ttyS0,115200 quiet panic=-1 rdinit=/init',
+    '-drive',
+    `file=${options.disk},if=virtio,format=qcow2,cache=unsafe,discard=unmap`,
+    '-drive',
+    `file=${options.rootImage},if=virtio,format=raw,readonly=on`,
+    '-drive',
+    `file=${options.bootImage},if=virtio,format=raw,readonly=on`,
+    '-nic',
+    'none',
   ]
 }
 
@@ -199,14 +224,23 @@ export async function runAppliance(options: RunApplianceOptions): Promise<void> 
   } catch (error) {
     signal?.throwIfAborted()
     const e = error as {timedOut?: boolean; code?: string}
-    if (e.code === 'ENOENT') throw await run('qemu-system-x86_64', ['--version']).then(() => error, (missing: unknown) => missing)
+    if (e.code === 'ENOENT')
+      throw await run('qemu-system-x86_64', ['--version']).then(
+        () => error,
+        (missing: unknown) => missing,
+      )
     const why = e.timedOut ? `timed out after ${formatDuration(timeoutMs)}` : 'QEMU failed'
-    throw new BoxError(`builder VM ${why} at step "${lastStep}"`, {cause: error, detail: tail(output, 25), suggestions: [`full serial log: ${log}`]})
+    throw new BoxError(`builder VM ${why} at step "${lastStep}"`, {
+      cause: error,
+      detail: tail(output, 25),
+      suggestions: [`full serial log: ${log}`],
+    })
   } finally {
     await new Promise((done) => logStream.end(done))
   }
   if (exitStatus !== 0) {
-    const what = exitStatus === undefined ? 'stopped without reporting a result' : `failed with exit status ${exitStatus}`
+    const what =
+      exitStatus === undefined ? 'stopped without reporting a result' : `failed with exit status ${exitStatus}`
     throw new BoxError(`builder VM ${what} at step "${lastStep}" (after ${formatDuration(Date.now() - started)})`, {
       detail: tail(output, 25),
       suggestions: [`full serial log: ${log}`],

@@ -22,7 +22,15 @@ import type {Recipe} from './recipe.js'
  * acpid) and `virtio_console` carries box-agent's port: loaded here they stay loaded, and
  * systemd-modules-load (~1.5 s under TCG) is masked.
  */
-export const INITRAMFS_MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'dm_mod', 'dm_snapshot', 'button', 'virtio_console']
+export const INITRAMFS_MODULES = [
+  'virtio_pci',
+  'virtio_blk',
+  'virtio_net',
+  'dm_mod',
+  'dm_snapshot',
+  'button',
+  'virtio_console',
+]
 
 /**
  * systemd generators a worker box never needs (no GPT auto-root, LUKS, verity, integrity,
@@ -122,9 +130,13 @@ async function symlinkIn(root: string, path: string, target: string): Promise<vo
 
 /** A user's home directory as the tree's /etc/passwd has it (useradd just made it). */
 async function homeOf(root: string, user: string): Promise<string> {
-  const entry = (await readFile(join(root, 'etc/passwd'), 'utf8')).split('\n').map((line) => line.split(':')).find((fields) => fields[0] === user)
+  const entry = (await readFile(join(root, 'etc/passwd'), 'utf8'))
+    .split('\n')
+    .map((line) => line.split(':'))
+    .find((fields) => fields[0] === user)
   const home = entry?.[5]
-  if (!home || !/^\/[A-Za-z0-9._/-]+$/.test(home)) throw new BoxError(`no usable home directory for ${user} in the image's /etc/passwd`)
+  if (!home || !/^\/[A-Za-z0-9._/-]+$/.test(home))
+    throw new BoxError(`no usable home directory for ${user} in the image's /etc/passwd`)
   return home
 }
 
@@ -151,10 +163,16 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
 
   step('users')
   for (const [index, user] of recipe.users.entries()) {
-    await chroot(root, ['useradd', '--create-home', '--shell', '/bin/bash', '--user-group', user.name], `creating user ${user.name}`, signal)
+    await chroot(
+      root,
+      ['useradd', '--create-home', '--shell', '/bin/bash', '--user-group', user.name],
+      `creating user ${user.name}`,
+      signal,
+    )
     // '*' (not '!'): no password login, but not "locked", so key login works with or without PAM.
     await chroot(root, ['usermod', '--password', '*', user.name], `setting ${user.name}'s password field`, signal)
-    if (user.sudo === 'nopasswd') await put(root, `etc/sudoers.d/90-box-${user.name}`, `${user.name} ALL=(ALL) NOPASSWD:ALL\n`, 0o440)
+    if (user.sudo === 'nopasswd')
+      await put(root, `etc/sudoers.d/90-box-${user.name}`, `${user.name} ALL=(ALL) NOPASSWD:ALL\n`, 0o440)
     // sshd reads authorized keys from /persistent only, so the key `box up` installs
     // survives every resnap and the insecure key never comes back with the snapshot.
     // The box's own keys are the seed, copied there at first boot (box-ssh-setup).
@@ -168,14 +186,27 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   // with it); /etc/ssh/sshrc drops every published key once the machine has its own.
   const vagrantKeys = await readFile(projectFile('static', 'vagrant-insecure-keys.pub'), 'utf8')
   await put(root, 'etc/box/vagrant_authorized_keys', vagrantKeys, 0o644)
-  await put(root, 'etc/box/insecure_keys', `${(await readFile(projectFile('static', 'insecure_key.pub'), 'utf8')).trim()}\n${vagrantKeys}`, 0o644)
+  await put(
+    root,
+    'etc/box/insecure_keys',
+    `${(await readFile(projectFile('static', 'insecure_key.pub'), 'utf8')).trim()}\n${vagrantKeys}`,
+    0o644,
+  )
 
   step('hostname, fstab, network')
   await put(root, 'etc/hostname', `${recipe.hostname}\n`)
-  await put(root, 'etc/hosts', `127.0.0.1\tlocalhost\n127.0.1.1\t${recipe.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`)
+  await put(
+    root,
+    'etc/hosts',
+    `127.0.0.1\tlocalhost\n127.0.1.1\t${recipe.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n`,
+  )
   await put(root, 'etc/fstab', fstab(recipe))
   await mkdir(join(root, 'persistent'), {recursive: true})
-  await put(root, 'etc/systemd/network/20-box-wired.network', '[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n')
+  await put(
+    root,
+    'etc/systemd/network/20-box-wired.network',
+    '[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n',
+  )
   // No systemd-resolved (it needs dbus, which costs boot time): the resolver of QEMU's
   // user networking, where box runs its machines. Other networks: provisioning can replace it.
   await put(root, 'etc/resolv.conf', '# box: DNS of QEMU user networking (slirp)\nnameserver 10.0.2.3\n')
@@ -209,7 +240,11 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await put(root, 'etc/systemd/system/box-ssh-hostkey.service', SSH_HOSTKEY_UNIT)
   await install(root, projectFile('provisioners', 'box-ssh-setup'), 'usr/local/sbin/box-ssh-setup', 0o755)
   await install(root, projectFile('provisioners', 'box-ssh-rc'), 'etc/ssh/sshrc', 0o644)
-  await put(root, 'etc/systemd/system/ssh.service', sshServiceOverride(await readFile(join(root, 'lib/systemd/system/ssh.service'), 'utf8')))
+  await put(
+    root,
+    'etc/systemd/system/ssh.service',
+    sshServiceOverride(await readFile(join(root, 'lib/systemd/system/ssh.service'), 'utf8')),
+  )
   await put(root, 'etc/pam.d/sshd', withoutDynamicMotd(await readFile(join(root, 'etc/pam.d/sshd'), 'utf8')))
 
   step('systemd units')
@@ -227,33 +262,60 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   await put(root, 'etc/systemd/journald.conf.d/box.conf', '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n')
   await install(root, projectFile('provisioners', 'provisiond'), 'usr/local/sbin/provisiond', 0o755)
   await install(root, projectFile('provisioners', 'provisiond.service'), 'etc/systemd/system/provisiond.service', 0o644)
-  await install(root, projectFile('provisioners', 'box-lockdown.service'), 'etc/systemd/system/box-lockdown.service', 0o644)
+  await install(
+    root,
+    projectFile('provisioners', 'box-lockdown.service'),
+    'etc/systemd/system/box-lockdown.service',
+    0o644,
+  )
   // box-agent (box status's questions on a virtio-serial port) starts when udev sees its port.
   await install(root, projectFile('provisioners', 'box-agent'), 'usr/local/sbin/box-agent', 0o755)
   await install(root, projectFile('provisioners', 'box-agent.service'), 'etc/systemd/system/box-agent.service', 0o644)
   // box-job runs box run's jobs as an unprivileged user with limits (started by box-agent's job-start).
   await install(root, projectFile('provisioners', 'box-job'), 'usr/local/sbin/box-job', 0o755)
-  await put(root, 'etc/udev/rules.d/60-box-agent.rules', `SUBSYSTEM=="virtio-ports", ATTR{name}=="${AGENT_PORT_NAME}", TAG+="systemd", ENV{SYSTEMD_WANTS}+="box-agent.service"\n`)
-  const units = ['systemd-networkd.service', 'ssh.service', 'box-ssh-hostkey.service', 'provisiond.service', 'box-lockdown.service']
+  await put(
+    root,
+    'etc/udev/rules.d/60-box-agent.rules',
+    `SUBSYSTEM=="virtio-ports", ATTR{name}=="${AGENT_PORT_NAME}", TAG+="systemd", ENV{SYSTEMD_WANTS}+="box-agent.service"\n`,
+  )
+  const units = [
+    'systemd-networkd.service',
+    'ssh.service',
+    'box-ssh-hostkey.service',
+    'provisiond.service',
+    'box-lockdown.service',
+  ]
   if (recipe.lvm.swap) {
     await put(root, 'etc/systemd/system/box-swap.service', swapUnit(mapperPath(recipe.lvm.vg, recipe.lvm.swap)))
     units.push('box-swap.service')
   }
   await chroot(root, ['systemctl', 'enable', ...units], 'enabling units', signal)
   await chroot(root, ['systemctl', 'mask', ...MASKED_UNITS], 'masking units a worker does not need', signal)
-  for (const generator of MASKED_GENERATORS) await symlinkIn(root, `etc/systemd/system-generators/${generator}`, '/dev/null')
+  for (const generator of MASKED_GENERATORS)
+    await symlinkIn(root, `etc/systemd/system-generators/${generator}`, '/dev/null')
 
   step('lvm.conf')
   await put(root, 'etc/lvm/lvm.conf', tuneLvmConf(await readFile(join(root, 'etc/lvm/lvm.conf'), 'utf8')))
 
   step('initramfs')
   await install(root, projectFile('initramfs', 'hooks', 'resnap'), 'etc/initramfs-tools/hooks/resnap', 0o755)
-  await install(root, projectFile('initramfs', 'scripts', 'local-top', 'resnap'), 'etc/initramfs-tools/scripts/local-top/resnap', 0o755)
-  await put(root, 'etc/initramfs-tools/modules', `# box: only what a QEMU/libvirt worker needs (MODULES=list)\n${INITRAMFS_MODULES.join('\n')}\n`)
+  await install(
+    root,
+    projectFile('initramfs', 'scripts', 'local-top', 'resnap'),
+    'etc/initramfs-tools/scripts/local-top/resnap',
+    0o755,
+  )
+  await put(
+    root,
+    'etc/initramfs-tools/modules',
+    `# box: only what a QEMU/libvirt worker needs (MODULES=list)\n${INITRAMFS_MODULES.join('\n')}\n`,
+  )
   await put(root, 'etc/initramfs-tools/conf.d/box.conf', '# box: small initramfs\nMODULES=list\nCOMPRESS=zstd\n')
   // Swap is not a resume device: without this the initramfs may wait for it.
   await put(root, 'etc/initramfs-tools/conf.d/resume', 'RESUME=none\n')
-  const udevScript = narrowInitramfsUdev(await readFile(join(root, 'usr/share/initramfs-tools/scripts/init-top/udev'), 'utf8'))
+  const udevScript = narrowInitramfsUdev(
+    await readFile(join(root, 'usr/share/initramfs-tools/scripts/init-top/udev'), 'utf8'),
+  )
   if (udevScript) await put(root, 'etc/initramfs-tools/scripts/init-top/udev', udevScript, 0o755)
   await chroot(root, ['update-initramfs', '-u', '-k', 'all'], 'update-initramfs in the rootfs', signal)
 
@@ -325,7 +387,10 @@ export function systemdDeviceUnit(path: string): string {
 export function withoutDynamicMotd(pamSshd: string): string {
   const line = /^session\s+optional\s+pam_motd\.so\s+motd=\/run\/motd\.dynamic\s*$/m
   if (!line.test(pamSshd)) throw new BoxError('unexpected /etc/pam.d/sshd: no pam_motd line for /run/motd.dynamic')
-  return pamSshd.replace(line, (found) => `# box: no update-motd scripts at every login (slow under emulation)\n#${found}`)
+  return pamSshd.replace(
+    line,
+    (found) => `# box: no update-motd scripts at every login (slow under emulation)\n#${found}`,
+  )
 }
 
 /**
@@ -336,11 +401,15 @@ export function withoutDynamicMotd(pamSshd: string): string {
  * keeps it. A full unit in /etc, because a drop-in cannot remove an After=.
  */
 export function sshServiceOverride(vendorUnit: string): string {
-  if (!/^After=.*network\.target/m.test(vendorUnit)) throw new BoxError('unexpected ssh.service: no After=network.target to replace')
+  if (!/^After=.*network\.target/m.test(vendorUnit))
+    throw new BoxError('unexpected ssh.service: no After=network.target to replace')
   return vendorUnit
-    .replace(/^After=.*network\.target.*$/m, 'After=auditd.service box-ssh-hostkey.service\nWants=box-ssh-hostkey.service')
+    .replace(
+      /^After=.*network\.target.*$/m,
+      'After=auditd.service box-ssh-hostkey.service\nWants=box-ssh-hostkey.service',
+    )
     .replace(/^ExecStartPre=\/usr\/sbin\/sshd -t\n/m, '')
-    .replace(/^\[Unit\]$/m, '[Unit]\n# box: Debian\'s unit, started without waiting for network.target (see box build)')
+    .replace(/^\[Unit\]$/m, "[Unit]\n# box: Debian's unit, started without waiting for network.target (see box build)")
 }
 
 /**
@@ -404,5 +473,8 @@ async function shrinkTree(root: string): Promise<void> {
 
 /** Copy the cached rootfs into a private tree (reflink where the filesystem can). */
 export async function copyRootfs(source: string, target: string, signal?: AbortSignal): Promise<void> {
-  await run('cp', ['-a', '--reflink=auto', source, target], {purpose: 'copying the cached rootfs', cancelSignal: signal})
+  await run('cp', ['-a', '--reflink=auto', source, target], {
+    purpose: 'copying the cached rootfs',
+    cancelSignal: signal,
+  })
 }

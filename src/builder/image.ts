@@ -40,7 +40,10 @@ export async function splitBoot(root: string, bootDir: string, recipe: RecipeFie
   await mkdir(bootDir, {recursive: true})
   for (const name of await readdir(source)) await rename(join(source, name), join(bootDir, name))
   const version = (await kernelVersions(bootDir)).at(-1)
-  if (!version) throw new BoxError('the rootfs has no kernel and initrd in /boot', {suggestions: ['the recipe must install a linux-image-* package and initramfs-tools']})
+  if (!version)
+    throw new BoxError('the rootfs has no kernel and initrd in /boot', {
+      suggestions: ['the recipe must install a linux-image-* package and initramfs-tools'],
+    })
   for (const [link, target] of [
     ['vmlinuz', `vmlinuz-${version}`],
     ['initrd.img', `initrd.img-${version}`],
@@ -55,7 +58,12 @@ export async function splitBoot(root: string, bootDir: string, recipe: RecipeFie
   }
   await mkdir(join(bootDir, 'grub'), {recursive: true})
   await writeFile(join(bootDir, 'grub', 'grub.cfg'), grubConfig(recipe))
-  return {dir: bootDir, kernelVersion: version, kernel: join(bootDir, `vmlinuz-${version}`), initrd: join(bootDir, `initrd.img-${version}`)}
+  return {
+    dir: bootDir,
+    kernelVersion: version,
+    kernel: join(bootDir, `vmlinuz-${version}`),
+    initrd: join(bootDir, `initrd.img-${version}`),
+  }
 }
 
 /**
@@ -91,13 +99,38 @@ menuentry '${recipe.name}: origin ${lvm.vg}/${lvm.root} (change the base box)' -
 }
 
 /** A populated ext4 image from a directory, no root or loop device needed (~4 s for 600 MB). */
-export async function makeExt4Image(options: {sourceDir: string; image: string; label: string; bytes: number; signal?: AbortSignal}): Promise<void> {
+export async function makeExt4Image(options: {
+  sourceDir: string
+  image: string
+  label: string
+  bytes: number
+  signal?: AbortSignal
+}): Promise<void> {
   const {sourceDir, image, label, bytes, signal} = options
   await rm(image, {force: true})
   await run(
     'mke2fs',
-    ['-q', '-F', '-t', 'ext4', '-d', sourceDir, '-L', label, '-m', '1', '-E', 'lazy_itable_init=0,lazy_journal_init=0', image, `${Math.floor(bytes / 1024)}k`],
-    {purpose: `making the ${label} filesystem image`, cancelSignal: signal, suggestions: ['the recipe size may be too small for the files (root_size, boot_size)']},
+    [
+      '-q',
+      '-F',
+      '-t',
+      'ext4',
+      '-d',
+      sourceDir,
+      '-L',
+      label,
+      '-m',
+      '1',
+      '-E',
+      'lazy_itable_init=0,lazy_journal_init=0',
+      image,
+      `${Math.floor(bytes / 1024)}k`,
+    ],
+    {
+      purpose: `making the ${label} filesystem image`,
+      cancelSignal: signal,
+      suggestions: ['the recipe size may be too small for the files (root_size, boot_size)'],
+    },
   )
 }
 
@@ -107,11 +140,23 @@ export interface FilesystemImages {
 }
 
 /** root.ext4 (root LV size) and boot.ext4 (boot partition size). */
-export async function makeImages(options: {root: string; bootDir: string; workDir: string; recipe: RecipeFields; signal?: AbortSignal}): Promise<FilesystemImages> {
+export async function makeImages(options: {
+  root: string
+  bootDir: string
+  workDir: string
+  recipe: RecipeFields
+  signal?: AbortSignal
+}): Promise<FilesystemImages> {
   const {root, bootDir, workDir, recipe, signal} = options
   const rootImage = join(workDir, 'root.ext4')
   const bootImage = join(workDir, 'boot.ext4')
-  await makeExt4Image({sourceDir: root, image: rootImage, label: 'root', bytes: parseSize(recipe.lvm.root_size), signal})
+  await makeExt4Image({
+    sourceDir: root,
+    image: rootImage,
+    label: 'root',
+    bytes: parseSize(recipe.lvm.root_size),
+    signal,
+  })
   await makeExt4Image({sourceDir: bootDir, image: bootImage, label: 'boot', bytes: parseSize(recipe.boot_size), signal})
   return {rootImage, bootImage}
 }

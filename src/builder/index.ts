@@ -56,7 +56,16 @@ export interface BuildResult {
 }
 
 /** Host programs the build runs (each missing one is named with its package). */
-export const BUILD_TOOLS = ['debootstrap', 'chroot', 'mke2fs', 'qemu-img', 'qemu-system-x86_64', 'cpio', 'busybox', 'zstd']
+export const BUILD_TOOLS = [
+  'debootstrap',
+  'chroot',
+  'mke2fs',
+  'qemu-img',
+  'qemu-system-x86_64',
+  'cpio',
+  'busybox',
+  'zstd',
+]
 
 /** A debootstrapped worker tree is ~600 MB; the build holds about five copies' worth at its peak. */
 const ROOTFS_ESTIMATE = 700 * 1024 * 1024
@@ -75,7 +84,11 @@ export async function buildBox(options: BuildBoxOptions): Promise<BuildResult> {
   await mkdir(cacheDir, {recursive: true})
   const release = await lockOutput(output)
   const timings: StageTiming[] = []
-  const timed = async <T>(name: string, work: (stage: Stage) => Promise<T>, summary?: (result: T) => string | undefined): Promise<T> => {
+  const timed = async <T>(
+    name: string,
+    work: (stage: Stage) => Promise<T>,
+    summary?: (result: T) => string | undefined,
+  ): Promise<T> => {
     signal?.throwIfAborted()
     const stage = progress.stage(name)
     const started = Date.now()
@@ -96,7 +109,9 @@ export async function buildBox(options: BuildBoxOptions): Promise<BuildResult> {
     const rootfs = await timed(
       'rootfs',
       async (stage) => {
-        const cachedAlready = existsSync(join(rootfsCachePath(cacheDir, rootfsHash(recipe, mirror)), 'etc', 'os-release'))
+        const cachedAlready = existsSync(
+          join(rootfsCachePath(cacheDir, rootfsHash(recipe, mirror)), 'etc', 'os-release'),
+        )
         await checkFreeSpace(cacheDir, output, cachedAlready)
         return ensureRootfs({recipe, mirror, cacheDir, stage, signal})
       },
@@ -126,7 +141,13 @@ export async function buildBox(options: BuildBoxOptions): Promise<BuildResult> {
 
     const disk = join(workDir, 'disk.qcow2')
     await timed('disk (builder VM)', async (stage) => {
-      const initrd = await makeApplianceInitrd({root, kernelVersion: boot.kernelVersion, recipe, workDir: workDir!, signal})
+      const initrd = await makeApplianceInitrd({
+        root,
+        kernelVersion: boot.kernelVersion,
+        recipe,
+        workDir: workDir!,
+        signal,
+      })
       // The tree is in the images now; free its space before the disk grows.
       await removeTree(root)
       await runAppliance({
@@ -161,7 +182,10 @@ export async function buildBox(options: BuildBoxOptions): Promise<BuildResult> {
     )
     return {output, sha256: written.sha256, size: written.size, recipeHash, rootfsHash: rootfs.hash, timings}
   } finally {
-    if (workDir) await removeTree(workDir).catch((error: unknown) => progress.warn(`could not remove ${workDir}: ${(error as Error).message}`))
+    if (workDir)
+      await removeTree(workDir).catch((error: unknown) =>
+        progress.warn(`could not remove ${workDir}: ${(error as Error).message}`),
+      )
     await release()
   }
 }
@@ -192,7 +216,16 @@ export async function ensureBox(recipeDir: string, options: EnsureBoxOptions = {
   const path = join(cacheDir, 'boxes', `${recipeHash}.box`)
   if (existsSync(path)) return {path, recipeHash, built: false}
   await mkdir(dirname(path), {recursive: true})
-  const build = await buildBox({recipeDir, output: path, cacheDir, mirror, force: true, accel: options.accel, progress: options.progress, signal: options.signal})
+  const build = await buildBox({
+    recipeDir,
+    output: path,
+    cacheDir,
+    mirror,
+    force: true,
+    accel: options.accel,
+    progress: options.progress,
+    signal: options.signal,
+  })
   return {path, recipeHash, built: true, build}
 }
 
@@ -282,7 +315,10 @@ async function listFiles(dir: string): Promise<string[]> {
 
 async function checkHost(): Promise<void> {
   if (process.getuid?.() !== 0) {
-    throw new BoxError('box build needs root (debootstrap and chroot)', {exitCode: ExitCode.USAGE, suggestions: ['run it with sudo']})
+    throw new BoxError('box build needs root (debootstrap and chroot)', {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['run it with sudo'],
+    })
   }
   for (const tool of BUILD_TOOLS) {
     if (!(await findOnPath(tool))) throw missingProgramError(tool)
@@ -294,7 +330,10 @@ async function checkOutput(output: string, force: boolean): Promise<void> {
   const dirStat = await stat(dir).catch(() => undefined)
   if (!dirStat?.isDirectory()) throw new BoxError(`output directory does not exist: ${dir}`, {exitCode: ExitCode.USAGE})
   if (existsSync(output) && !force) {
-    throw new BoxError(`${output} already exists`, {exitCode: ExitCode.USAGE, suggestions: ['pass --force to replace it, or choose another --output']})
+    throw new BoxError(`${output} already exists`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['pass --force to replace it, or choose another --output'],
+    })
   }
 }
 
@@ -303,7 +342,10 @@ export async function checkFreeSpace(cacheDir: string, output: string, rootfsCac
   const [cache, out] = await Promise.all([freeSpace(cacheDir), freeSpace(dirname(output))])
   const boxEstimate = ROOTFS_ESTIMATE / 2
   const sameDevice = cache.device === out.device
-  const check = {needs: 'the build', suggestions: ['free some space, or set BOX_CACHE_DIR (and --output) to a larger filesystem']}
+  const check = {
+    needs: 'the build',
+    suggestions: ['free some space, or set BOX_CACHE_DIR (and --output) to a larger filesystem'],
+  }
   await checkFreeSpaceIn(cacheDir, ROOTFS_ESTIMATE * (rootfsCached ? 4 : 5) + (sameDevice ? boxEstimate : 0), check)
   if (!sameDevice) await checkFreeSpaceIn(dirname(output), boxEstimate, check)
 }

@@ -28,7 +28,10 @@ export async function unmountUnder(dir: string): Promise<void> {
     await run('umount', ['-l', point], {purpose: `unmounting ${point}`}).catch(() => undefined)
   }
   const left = await mountsUnder(dir)
-  if (left.length > 0) throw new BoxError(`cannot unmount ${left.join(', ')}; not removing ${dir}`, {suggestions: [`unmount it by hand: umount -l ${left[0]}`]})
+  if (left.length > 0)
+    throw new BoxError(`cannot unmount ${left.join(', ')}; not removing ${dir}`, {
+      suggestions: [`unmount it by hand: umount -l ${left[0]}`],
+    })
 }
 
 /** rm -rf that first makes sure nothing is mounted inside. */

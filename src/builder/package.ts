@@ -70,7 +70,10 @@ export async function packageBox(options: PackageOptions): Promise<WrittenBoxArc
   await mkdir(dir, {recursive: true})
   stage?.update('compacting the disk image')
   // convert writes only allocated, non-zero clusters: the sparse qcow2 the box ships.
-  await run('qemu-img', ['convert', '-O', 'qcow2', disk, join(dir, 'box.img')], {purpose: 'compacting the disk image', cancelSignal: signal})
+  await run('qemu-img', ['convert', '-O', 'qcow2', disk, join(dir, 'box.img')], {
+    purpose: 'compacting the disk image',
+    cancelSignal: signal,
+  })
   await writeFile(join(dir, 'metadata.json'), `${JSON.stringify(boxMetadata(recipe, recipeHash), null, 2)}\n`)
   await writeFile(join(dir, 'Vagrantfile'), vagrantfile(recipe))
   await copyFile(kernel, join(dir, 'vmlinuz'))
@@ -90,6 +93,9 @@ export async function packageBox(options: PackageOptions): Promise<WrittenBoxArc
 /** `<output>.lock`: two builds never write the same box at once (a dead owner's lock is taken over). */
 export async function lockOutput(output: string): Promise<() => Promise<void>> {
   return acquireLock(`${output}.lock`, {
-    busy: (pid) => new BoxError(`another build (pid ${pid}) is writing ${output}`, {suggestions: ['wait for it to finish, or choose another --output']}),
+    busy: (pid) =>
+      new BoxError(`another build (pid ${pid}) is writing ${output}`, {
+        suggestions: ['wait for it to finish, or choose another --output'],
+      }),
   })
 }

@@ -26,7 +26,9 @@ export function parseSize(size: string): number {
 
 const size = z.string().regex(SIZE_RE, 'a size such as 512M or 2G')
 /** LVM names: device-mapper and our initramfs script accept these without quoting. */
-const lvmName = z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}$/, 'an LVM name ([A-Za-z0-9_.+-], not starting with - or .)')
+const lvmName = z
+  .string()
+  .regex(/^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}$/, 'an LVM name ([A-Za-z0-9_.+-], not starting with - or .)')
 const userName = z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a user name ([a-z_][a-z0-9_-]*)')
 const packageName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'a Debian package name')
 
@@ -37,7 +39,10 @@ export const RecipeSchema = z.strictObject({
   /** Debian mirror; default: the host's own apt source when it is Debian, else deb.debian.org. */
   mirror: z.url({protocol: /^https?$/}).optional(),
   packages: z.array(packageName).min(1),
-  hostname: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'a host name').default('box'),
+  hostname: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'a host name')
+    .default('box'),
   disk_size: size,
   boot_size: size,
   lvm: z.strictObject({
@@ -102,8 +107,10 @@ export async function loadRecipe(recipeDir: string): Promise<Recipe> {
     for (const [k, key] of user.authorized_keys.entries()) {
       const path = isAbsolute(key) ? key : join(dir, key)
       const text = await readFile(path, 'utf8').catch(() => undefined)
-      if (text === undefined) throw configError(loaded, ['users', u, 'authorized_keys', k], `cannot read ${path}`, 'recipe')
-      if (!/^(ssh-|ecdsa-|sk-)\S+ \S+/m.test(text)) throw configError(loaded, ['users', u, 'authorized_keys', k], `${path} is not an OpenSSH public key`, 'recipe')
+      if (text === undefined)
+        throw configError(loaded, ['users', u, 'authorized_keys', k], `cannot read ${path}`, 'recipe')
+      if (!/^(ssh-|ecdsa-|sk-)\S+ \S+/m.test(text))
+        throw configError(loaded, ['users', u, 'authorized_keys', k], `${path} is not an OpenSSH public key`, 'recipe')
       files.push(path)
     }
     authorizedKeyFiles.push(files)
@@ -115,14 +122,23 @@ export async function loadRecipe(recipeDir: string): Promise<Recipe> {
 export function checkLayout(loaded: LoadedYaml<RecipeFields>): void {
   const {lvm} = loaded.value
   const names = [lvm.root, lvm.snapshot, lvm.persistent, lvm.swap].filter(Boolean)
-  if (new Set(names).size !== names.length) throw configError(loaded, ['lvm'], 'root, snapshot, persistent and swap need distinct names', 'recipe')
+  if (new Set(names).size !== names.length)
+    throw configError(loaded, ['lvm'], 'root, snapshot, persistent and swap need distinct names', 'recipe')
   if (lvm.swap && !lvm.swap_size) throw configError(loaded, ['lvm', 'swap'], 'swap needs swap_size', 'recipe')
   if (!lvm.swap && lvm.swap_size) throw configError(loaded, ['lvm', 'swap_size'], 'swap_size without swap', 'recipe')
   const boot = parseSize(loaded.value.boot_size)
-  if (boot < 64 * MiB) throw configError(loaded, ['boot_size'], 'at least 64M is needed for the kernel and initrd', 'recipe')
+  if (boot < 64 * MiB)
+    throw configError(loaded, ['boot_size'], 'at least 64M is needed for the kernel and initrd', 'recipe')
   const root = parseSize(lvm.root_size)
-  if (root < 512 * MiB) throw configError(loaded, ['lvm', 'root_size'], 'at least 512M is needed for the root filesystem', 'recipe')
-  const needed = boot + root + parseSize(lvm.snapshot_size) + parseSize(lvm.persistent_size) + (lvm.swap_size ? parseSize(lvm.swap_size) : 0) + LAYOUT_OVERHEAD
+  if (root < 512 * MiB)
+    throw configError(loaded, ['lvm', 'root_size'], 'at least 512M is needed for the root filesystem', 'recipe')
+  const needed =
+    boot +
+    root +
+    parseSize(lvm.snapshot_size) +
+    parseSize(lvm.persistent_size) +
+    (lvm.swap_size ? parseSize(lvm.swap_size) : 0) +
+    LAYOUT_OVERHEAD
   const disk = parseSize(loaded.value.disk_size)
   if (needed > disk) {
     throw configError(
@@ -145,6 +161,11 @@ export function lvmLayout(recipe: RecipeFields): LvmLayout {
  * elsewhere in the recipe reuses the cached debootstrap.
  */
 export function rootfsHash(recipe: Pick<RecipeFields, 'suite' | 'packages'>, mirror: string): string {
-  const input = {stage: 'rootfs/debootstrap-minbase/1', suite: recipe.suite, mirror: mirror.replace(/\/+$/, ''), packages: [...new Set(recipe.packages)].sort()}
+  const input = {
+    stage: 'rootfs/debootstrap-minbase/1',
+    suite: recipe.suite,
+    mirror: mirror.replace(/\/+$/, ''),
+    packages: [...new Set(recipe.packages)].sort(),
+  }
   return createHash('sha256').update(JSON.stringify(input)).digest('hex').slice(0, 16)
 }

@@ -84,9 +84,22 @@ export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult
   await checkMirror(mirror, recipe.suite, signal)
   await mkdir(join(cacheDir, 'rootfs'), {recursive: true})
   const temp = `${path}.tmp-${process.pid}-${Date.now()}`
-  const args = ['--variant=minbase', `--include=${recipe.packages.join(',')}`, '--components=main', recipe.suite, temp, mirror]
+  const args = [
+    '--variant=minbase',
+    `--include=${recipe.packages.join(',')}`,
+    '--components=main',
+    recipe.suite,
+    temp,
+    mirror,
+  ]
   try {
-    const child = spawn('debootstrap', args, {cancelSignal: signal, stdin: 'ignore', all: true, buffer: {all: true}, env: {DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C'}})
+    const child = spawn('debootstrap', args, {
+      cancelSignal: signal,
+      stdin: 'ignore',
+      all: true,
+      buffer: {all: true},
+      env: {DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C'},
+    })
     let packages = 0
     for await (const line of child.iterable({from: 'all'})) {
       const text = String(line)
@@ -103,7 +116,11 @@ export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult
     const failure = toBoxError('debootstrap', args, error, `debootstrap of ${recipe.suite} from ${mirror}`, [
       'check that the mirror serves this suite and every package in the recipe exists there (--mirror URL to use another)',
     ])
-    throw new BoxError(failure.message, {cause: error, suggestions: failure.suggestions, detail: log ? tail(log) : failure.detail})
+    throw new BoxError(failure.message, {
+      cause: error,
+      suggestions: failure.suggestions,
+      detail: log ? tail(log) : failure.detail,
+    })
   }
   try {
     await rename(temp, path)

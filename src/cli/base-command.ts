@@ -13,7 +13,10 @@ export type ArgsOf<T extends typeof Command> = Interfaces.InferredArgs<T['args']
  */
 export abstract class BaseCommand<T extends typeof Command> extends Command {
   static baseFlags = {
-    'no-color': Flags.boolean({helpGroup: 'GLOBAL', description: 'Disable colors and spinners (plain progress lines).'}),
+    'no-color': Flags.boolean({
+      helpGroup: 'GLOBAL',
+      description: 'Disable colors and spinners (plain progress lines).',
+    }),
   }
 
   protected flags!: FlagsOf<T>
@@ -42,7 +45,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       enableJsonFlag: this.ctor.enableJsonFlag,
       // oclif reads a missing argument from piped stdin: a machine name would come out of
       // `--password-stdin`'s password or a script meant for the guest. Arguments come from argv only.
-      args: Object.fromEntries(Object.entries(this.ctor.args ?? {}).map(([name, arg]) => [name, {...arg, ignoreStdin: true}])),
+      args: Object.fromEntries(
+        Object.entries(this.ctor.args ?? {}).map(([name, arg]) => [name, {...arg, ignoreStdin: true}]),
+      ),
       strict: this.ctor.strict,
     })
     this.flags = flags as FlagsOf<T>
@@ -59,8 +64,14 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected async catch(error: Error & {exitCode?: number}): Promise<unknown> {
     const reason = this.signal.aborted ? this.signal.reason : undefined
     // @inquirer/prompts reads Ctrl-C itself (the terminal is raw) and rejects with ExitPromptError.
-    const promptClosed = error.name === 'ExitPromptError' ? new BoxError('interrupted: the question was not answered', {exitCode: ExitCode.INTERRUPTED}) : undefined
-    const boxError = error instanceof BoxError ? error : (promptClosed ?? (reason instanceof BoxError && this.interrupted ? reason : undefined))
+    const promptClosed =
+      error.name === 'ExitPromptError'
+        ? new BoxError('interrupted: the question was not answered', {exitCode: ExitCode.INTERRUPTED})
+        : undefined
+    const boxError =
+      error instanceof BoxError
+        ? error
+        : (promptClosed ?? (reason instanceof BoxError && this.interrupted ? reason : undefined))
     if (!boxError) return super.catch(error)
     if (this.jsonEnabled()) this.logJson(boxErrorJson(boxError))
     else process.stderr.write(formatBoxError(boxError))

@@ -35,11 +35,21 @@ export function parseFastPath(argv: readonly string[]): Parsed | undefined {
   const own = separator === -1 ? rest : rest.slice(0, separator)
   try {
     if (command === 'ssh') {
-      const {values, positionals} = parseArgs({args: own, options: {command: {type: 'string', short: 'c'}}, allowPositionals: true, strict: true})
+      const {values, positionals} = parseArgs({
+        args: own,
+        options: {command: {type: 'string', short: 'c'}},
+        allowPositionals: true,
+        strict: true,
+      })
       return {command, names: positionals, shell: values.command, words, json: false}
     }
     if (separator !== -1) return undefined
-    const {values, positionals} = parseArgs({args: own, options: {json: {type: 'boolean'}}, allowPositionals: true, strict: true})
+    const {values, positionals} = parseArgs({
+      args: own,
+      options: {json: {type: 'boolean'}},
+      allowPositionals: true,
+      strict: true,
+    })
     return {command, names: positionals, words, json: values.json ?? false}
   } catch {
     return undefined
@@ -52,17 +62,28 @@ export async function runFastPath(argv: readonly string[]): Promise<boolean> {
   if (!parsed) return false
   try {
     const {version} = JSON.parse(readFileSync(join(PROJECT_ROOT, 'package.json'), 'utf8')) as {version: string}
-    const {machines, context} = await openProject({version, names: parsed.names, dataDir: defaultDataDir(), cacheDir: defaultCacheDir()})
+    const {machines, context} = await openProject({
+      version,
+      names: parsed.names,
+      dataDir: defaultDataDir(),
+      cacheDir: defaultCacheDir(),
+    })
     if (parsed.command === 'ssh') {
       process.exitCode = await sshSession(context, machines, {command: parsed.shell, words: parsed.words})
       return true
     }
     const statuses = await Promise.all(machines.map((machine) => machineStatus(context, machine)))
     if (parsed.json) process.stdout.write(`${JSON.stringify(statuses, null, 2)}\n`)
-    else printStatuses(statuses, (line) => process.stdout.write(`${line}\n`), (line) => process.stderr.write(`${line}\n`))
+    else
+      printStatuses(
+        statuses,
+        (line) => process.stdout.write(`${line}\n`),
+        (line) => process.stderr.write(`${line}\n`),
+      )
   } catch (caught) {
     // Anything else is reported as oclif reports it: its message, exit code 1.
-    const error = caught instanceof BoxError ? caught : new BoxError(caught instanceof Error ? caught.message : String(caught))
+    const error =
+      caught instanceof BoxError ? caught : new BoxError(caught instanceof Error ? caught.message : String(caught))
     if (parsed.json) process.stdout.write(`${JSON.stringify(boxErrorJson(error), null, 2)}\n`)
     else process.stderr.write(formatBoxError(error))
     process.exitCode = error.exitCode

@@ -1,7 +1,14 @@
 /** `box secure`'s four answers, from flags or questions (the flaggable prompts of ./prompts.ts). */
 import {createInterface} from 'node:readline'
 
-import {passwordProblem, ROLES, siteProblem, usernameProblem, type Role, type SecureAnswers} from '../lib/machine/secure.js'
+import {
+  passwordProblem,
+  ROLES,
+  siteProblem,
+  usernameProblem,
+  type Role,
+  type SecureAnswers,
+} from '../lib/machine/secure.js'
 import {Asker} from './prompts.js'
 
 export interface AnswerSources {
@@ -26,7 +33,8 @@ export async function collectAnswers(sources: AnswerSources): Promise<SecureAnsw
   const role = await asker.answer<Role>({
     flagName: '--role',
     flag: sources.role as Role | undefined,
-    validate: (value) => ((ROLES as readonly string[]).includes(value) ? undefined : `must be one of ${ROLES.join(', ')}, not "${value}"`),
+    validate: (value) =>
+      (ROLES as readonly string[]).includes(value) ? undefined : `must be one of ${ROLES.join(', ')}, not "${value}"`,
     ask: (prompts) =>
       prompts.select<Role>({
         message: 'Worker or director?',
@@ -42,7 +50,14 @@ export async function collectAnswers(sources: AnswerSources): Promise<SecureAnsw
     flagName: '--site',
     flag: sources.site,
     validate: siteProblem,
-    ask: async (prompts) => (await prompts.input({message: 'Site name?', default: sources.defaultSite, validate: (value) => siteProblem(value.trim()) ?? true})).trim(),
+    ask: async (prompts) =>
+      (
+        await prompts.input({
+          message: 'Site name?',
+          default: sources.defaultSite,
+          validate: (value) => siteProblem(value.trim()) ?? true,
+        })
+      ).trim(),
     default: sources.defaultSite,
     what: 'site name',
     example: '--site example.org (or site: in the Boxfile)',
@@ -51,7 +66,8 @@ export async function collectAnswers(sources: AnswerSources): Promise<SecureAnsw
     flagName: '--username',
     flag: sources.username,
     validate: usernameProblem,
-    ask: async (prompts) => (await prompts.input({message: 'User name?', validate: (value) => usernameProblem(value.trim()) ?? true})).trim(),
+    ask: async (prompts) =>
+      (await prompts.input({message: 'User name?', validate: (value) => usernameProblem(value.trim()) ?? true})).trim(),
     what: 'user name',
     example: '--username alice',
   })
@@ -61,7 +77,11 @@ export async function collectAnswers(sources: AnswerSources): Promise<SecureAnsw
     validate: passwordProblem,
     ask: async (prompts) => {
       for (;;) {
-        const first = await prompts.password({message: 'Password?', mask: '*', validate: (value) => passwordProblem(value) ?? true})
+        const first = await prompts.password({
+          message: 'Password?',
+          mask: '*',
+          validate: (value) => passwordProblem(value) ?? true,
+        })
         if ((await prompts.password({message: 'Password again?', mask: '*'})) === first) return first
         process.stderr.write('The two passwords differ; once more.\n')
       }

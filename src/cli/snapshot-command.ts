@@ -21,13 +21,24 @@ export abstract class SnapshotCommand<T extends typeof Command> extends BaseComm
 
   protected async snapshotTarget(): Promise<{machines: ResolvedMachine[]; context: MachineContext; snapshot: string}> {
     const words = this.positionals
-    if (words.length === 0) throw new BoxError(`box ${this.id?.replaceAll(':', ' ')} needs a snapshot name`, {exitCode: ExitCode.USAGE, suggestions: [`box ${this.id?.replaceAll(':', ' ')} [MACHINE] SNAPSHOT`]})
+    if (words.length === 0)
+      throw new BoxError(`box ${this.id?.replaceAll(':', ' ')} needs a snapshot name`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: [`box ${this.id?.replaceAll(':', ' ')} [MACHINE] SNAPSHOT`],
+      })
     const snapshot = words.at(-1)!
     const {machines, context} = await this.machinesNamed(words.slice(0, -1))
     return {machines, context, snapshot}
   }
 
   protected machinesNamed(names: string[]): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
-    return openProject({version: this.config.version, names, dataDir: this.config.dataDir, cacheDir: this.config.cacheDir, progress: this.progress(), signal: this.signal})
+    return openProject({
+      version: this.config.version,
+      names,
+      dataDir: this.config.dataDir,
+      cacheDir: this.config.cacheDir,
+      progress: this.progress(),
+      signal: this.signal,
+    })
   }
 }

@@ -21,19 +21,35 @@ The box is stored for every provider this host runs: a Vagrant VirtualBox box (O
   }
 
   static flags = {
-    'box-version': Flags.string({description: 'For a .box: store it as this version. For a catalog: a version constraint (">= 1.2, < 2", "~> 1.4").'}),
-    provider: Flags.string({description: 'The provider the box must be for (a catalog picks a matching one; qemu also takes libvirt boxes).'}),
-    checksum: Flags.string({description: 'Expected checksum of the .box (overrides the catalog\'s).'}),
-    'checksum-type': Flags.string({description: 'Type of --checksum (default: guessed from its length).', options: ['md5', 'sha1', 'sha256', 'sha384', 'sha512']}),
-    force: Flags.boolean({description: 'Replace an installed box of the same name, version and provider (and its converted copies).'}),
-    convert: Flags.boolean({default: true, allowNo: true, description: 'Also store a copy converted for the other provider this host runs (--no-convert: only the box as it is).'}),
+    'box-version': Flags.string({
+      description:
+        'For a .box: store it as this version. For a catalog: a version constraint (">= 1.2, < 2", "~> 1.4").',
+    }),
+    provider: Flags.string({
+      description: 'The provider the box must be for (a catalog picks a matching one; qemu also takes libvirt boxes).',
+    }),
+    checksum: Flags.string({description: "Expected checksum of the .box (overrides the catalog's)."}),
+    'checksum-type': Flags.string({
+      description: 'Type of --checksum (default: guessed from its length).',
+      options: ['md5', 'sha1', 'sha256', 'sha384', 'sha512'],
+    }),
+    force: Flags.boolean({
+      description: 'Replace an installed box of the same name, version and provider (and its converted copies).',
+    }),
+    convert: Flags.boolean({
+      default: true,
+      allowNo: true,
+      description:
+        'Also store a copy converted for the other provider this host runs (--no-convert: only the box as it is).',
+    }),
   }
 
   public async run() {
     const {addBoxFromSource, checksumFromFlags} = await import('../lib/store/add.js')
     const {formatBytes} = await import('../lib/core/progress.js')
     // `box add SOURCE` (a catalog names its box) or `box add NAME SOURCE`.
-    const [name, source] = this.args.source === undefined ? [undefined, this.args.name] : [this.args.name, this.args.source]
+    const [name, source] =
+      this.args.source === undefined ? [undefined, this.args.name] : [this.args.name, this.args.source]
     const {box, converted, catalogUrl} = await addBoxFromSource({
       dataDir: this.config.dataDir,
       cacheDir: this.config.cacheDir,
@@ -48,7 +64,10 @@ The box is stored for every provider this host runs: a Vagrant VirtualBox box (O
       progress: this.progress(),
     })
     this.log(`Added box ${box.name} ${box.version} (${box.provider}), ${formatBytes(box.size)}`)
-    for (const copy of converted) this.log(`Converted it for ${describeProviderOf(copy.provider)}: ${copy.name} ${copy.version} (${copy.provider}), ${formatBytes(copy.size)}`)
+    for (const copy of converted)
+      this.log(
+        `Converted it for ${describeProviderOf(copy.provider)}: ${copy.name} ${copy.version} (${copy.provider}), ${formatBytes(copy.size)}`,
+      )
     return {...box, converted, catalogUrl}
   }
 }

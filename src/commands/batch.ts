@@ -20,24 +20,56 @@ export default class Batch extends BaseCommand<typeof Batch> {
   }
   static flags = {
     parallel: Flags.integer({char: 'p', description: 'Workers at once.', min: 1}),
-    exclusive: Flags.boolean({description: 'One worker at a time (timing-sensitive grading).', exclusive: ['parallel']}),
+    exclusive: Flags.boolean({
+      description: 'One worker at a time (timing-sensitive grading).',
+      exclusive: ['parallel'],
+    }),
     results: Flags.string({description: 'Folder for results/<job-id>/ (default: results beside the job file).'}),
-    resume: Flags.boolean({description: 'Skip jobs whose result.json is there already (a worker failure does not count).'}),
-    on: Flags.string({description: 'Where the jobs run: this host, or a Slurm cluster as one job array (docs/fleet.md).', options: ['local', 'slurm'], default: 'local'}),
+    resume: Flags.boolean({
+      description: 'Skip jobs whose result.json is there already (a worker failure does not count).',
+    }),
+    on: Flags.string({
+      description: 'Where the jobs run: this host, or a Slurm cluster as one job array (docs/fleet.md).',
+      options: ['local', 'slurm'],
+      default: 'local',
+    }),
     partition: Flags.string({description: 'Slurm partition (--on slurm).'}),
-    'max-running': Flags.integer({description: 'At most this many jobs at once across the cluster (--on slurm; the array\'s %N).', min: 1}),
+    'max-running': Flags.integer({
+      description: "At most this many jobs at once across the cluster (--on slurm; the array's %N).",
+      min: 1,
+    }),
     time: Flags.string({description: 'Slurm time limit per job, as sbatch --time takes it (--on slurm).'}),
-    shared: Flags.string({description: 'The path every node sees at the same place: inputs and the results folder go under it (--on slurm; default BOX_SLURM_SHARED).'}),
-    wait: Flags.boolean({description: 'Follow the array to its end with the progress line and the summary (--on slurm).'}),
-    hold: Flags.boolean({description: 'Submit the array held: nothing starts until scontrol release ARRAY_ID (--on slurm).', exclusive: ['wait']}),
+    shared: Flags.string({
+      description:
+        'The path every node sees at the same place: inputs and the results folder go under it (--on slurm; default BOX_SLURM_SHARED).',
+    }),
+    wait: Flags.boolean({
+      description: 'Follow the array to its end with the progress line and the summary (--on slurm).',
+    }),
+    hold: Flags.boolean({
+      description: 'Submit the array held: nothing starts until scontrol release ARRAY_ID (--on slurm).',
+      exclusive: ['wait'],
+    }),
   }
 
   async run(): Promise<BatchResult | SlurmRunResult> {
     const slurm = this.flags.on === 'slurm'
-    const slurmOnly = (['partition', 'max-running', 'time', 'shared', 'wait', 'hold'] as const).filter((name) => this.flags[name] !== undefined && this.flags[name] !== false)
-    if (!slurm && slurmOnly.length > 0) throw new BoxError(`--${slurmOnly[0]} is for --on slurm`, {exitCode: ExitCode.USAGE, suggestions: ['add --on slurm, or leave it out']})
-    const localOnly = (['parallel', 'exclusive', 'resume'] as const).filter((name) => this.flags[name] !== undefined && this.flags[name] !== false)
-    if (slurm && localOnly.length > 0) throw new BoxError(`--${localOnly[0]} is for a batch on this host`, {exitCode: ExitCode.USAGE, suggestions: ['with --on slurm, cap the jobs at once with --max-running']})
+    const slurmOnly = (['partition', 'max-running', 'time', 'shared', 'wait', 'hold'] as const).filter(
+      (name) => this.flags[name] !== undefined && this.flags[name] !== false,
+    )
+    if (!slurm && slurmOnly.length > 0)
+      throw new BoxError(`--${slurmOnly[0]} is for --on slurm`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['add --on slurm, or leave it out'],
+      })
+    const localOnly = (['parallel', 'exclusive', 'resume'] as const).filter(
+      (name) => this.flags[name] !== undefined && this.flags[name] !== false,
+    )
+    if (slurm && localOnly.length > 0)
+      throw new BoxError(`--${localOnly[0]} is for a batch on this host`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['with --on slurm, cap the jobs at once with --max-running'],
+      })
     const json = this.jsonEnabled()
     const tty = Boolean(process.stderr.isTTY) && !this.flags['no-color'] && !json
     const line = (text: string) => {
@@ -47,7 +79,9 @@ export default class Batch extends BaseCommand<typeof Batch> {
     const onEvent = (event: BatchEvent) => {
       if (event.type === 'finished') {
         const {record} = event
-        line(`${record.id}: ${record.status}, exit ${record.exitCode}${record.attempts > 1 ? ` (attempt ${record.attempts})` : ''}`)
+        line(
+          `${record.id}: ${record.status}, exit ${record.exitCode}${record.attempts > 1 ? ` (attempt ${record.attempts})` : ''}`,
+        )
       } else if (event.type === 'retry') line(`${event.id}: worker failed (${event.reason}); trying again`)
       else if (event.type === 'skipped') line(`${event.id}: finished before, skipped (--resume)`)
       if (tty) process.stderr.write(`\r\u001B[2K${formatCounts(event.counts)}`)
@@ -74,7 +108,10 @@ export default class Batch extends BaseCommand<typeof Batch> {
       })
       if (tty) process.stderr.write('\r\u001B[2K')
       if (!submitted.waited) {
-        if (!json) this.log(`submitted ${submitted.jobs} jobs as Slurm array ${submitted.arrayJobId} (batch ${submitted.batchId}); results in ${submitted.resultsDir}\nfollow it: box batch status ${this.args.jobFile}${this.flags.results ? ` --results ${this.flags.results}` : ''}`)
+        if (!json)
+          this.log(
+            `submitted ${submitted.jobs} jobs as Slurm array ${submitted.arrayJobId} (batch ${submitted.batchId}); results in ${submitted.resultsDir}\nfollow it: box batch status ${this.args.jobFile}${this.flags.results ? ` --results ${this.flags.results}` : ''}`,
+          )
         return submitted
       }
       if (!json) this.printSummary(submitted)
@@ -109,8 +146,16 @@ export default class Batch extends BaseCommand<typeof Batch> {
   private printSummary(result: BatchResult): void {
     const rows = summaryRows(result.records)
     const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
-    for (const row of rows) this.log(row.map((cell, column) => cell.padEnd(widths[column]!)).join('  ').trimEnd())
+    for (const row of rows)
+      this.log(
+        row
+          .map((cell, column) => cell.padEnd(widths[column]!))
+          .join('  ')
+          .trimEnd(),
+      )
     const cap = result.parallel > 0 ? `with up to ${result.parallel} at once` : 'with no cap'
-    this.log(`${result.records.length} jobs in ${Math.round(result.elapsedMs / 1000)} s ${cap}${result.skipped.length > 0 ? `, ${result.skipped.length} skipped` : ''}; results in ${result.resultsDir}`)
+    this.log(
+      `${result.records.length} jobs in ${Math.round(result.elapsedMs / 1000)} s ${cap}${result.skipped.length > 0 ? `, ${result.skipped.length} skipped` : ''}; results in ${result.resultsDir}`,
+    )
   }
 }

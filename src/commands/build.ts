@@ -7,7 +7,10 @@ export default class Build extends BaseCommand<typeof Build> {
   static description = `Builds a Vagrant-format box (libvirt provider, qcow2) with box's resnap layout: a /boot partition and an LVM volume group holding root, root_snap (a snapshot of root, recreated at every resnap boot), persistent and swap.
 
 Stages: rootfs (debootstrap, cached by suite, mirror and packages), configure (on the host, in a chroot), images (mke2fs -d), disk (a builder VM under QEMU lays out LVM and installs grub), package (zstd tar with sha256). Needs root for debootstrap and chroot.`
-  static examples = ['<%= config.bin %> build boxes/debian-bookworm', '<%= config.bin %> build boxes/debian-bookworm --output worker.box --mirror http://ftp.de.debian.org/debian']
+  static examples = [
+    '<%= config.bin %> build boxes/debian-bookworm',
+    '<%= config.bin %> build boxes/debian-bookworm --output worker.box --mirror http://ftp.de.debian.org/debian',
+  ]
   static enableJsonFlag = true
 
   static args = {
@@ -16,7 +19,9 @@ Stages: rootfs (debootstrap, cached by suite, mirror and packages), configure (o
 
   static flags = {
     output: Flags.string({char: 'o', description: 'The .box file to write (default: ./<name>-<version>.box).'}),
-    mirror: Flags.string({description: "Debian mirror (default: the recipe's, else the host's apt source, else deb.debian.org)."}),
+    mirror: Flags.string({
+      description: "Debian mirror (default: the recipe's, else the host's apt source, else deb.debian.org).",
+    }),
     force: Flags.boolean({description: 'Replace the output file if it exists.'}),
   }
 

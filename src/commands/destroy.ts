@@ -18,10 +18,18 @@ export default class Destroy extends MachineCommand<typeof Destroy> {
     for (const machine of machines) {
       if (!this.flags.force) {
         if (!process.stdin.isTTY) {
-          throw new BoxError(`destroying ${machine.name} needs confirmation, and there is no terminal to ask on`, {exitCode: ExitCode.USAGE, suggestions: ['pass -f to destroy without asking']})
+          throw new BoxError(`destroying ${machine.name} needs confirmation, and there is no terminal to ask on`, {
+            exitCode: ExitCode.USAGE,
+            suggestions: ['pass -f to destroy without asking'],
+          })
         }
         const {confirm} = await import('@inquirer/prompts')
-        if (!(await confirm({message: `Destroy machine ${machine.name}? Its disk and everything written to it will be deleted.`, default: false}))) {
+        if (
+          !(await confirm({
+            message: `Destroy machine ${machine.name}? Its disk and everything written to it will be deleted.`,
+            default: false,
+          }))
+        ) {
           this.log(`${machine.name}: kept`)
           outcomes.push(await machineOutcome(context, machine, 'kept'))
           continue

@@ -9,7 +9,10 @@ export default class GlobalStatus extends BaseCommand<typeof GlobalStatus> {
     const entries = await globalStatus({dataDir: this.config.dataDir, cacheDir: this.config.cacheDir})
     if (!this.jsonEnabled()) {
       if (entries.length === 0) this.log('There are no machines on this host. Create one with: box init BOX && box up')
-      for (const e of entries) this.log(`${e.id}  ${e.name.padEnd(12)} ${e.provider.padEnd(8)} ${e.state.padEnd(11)} ${e.box.padEnd(24)} ${e.directory}`)
+      for (const e of entries)
+        this.log(
+          `${e.id}  ${e.name.padEnd(12)} ${e.provider.padEnd(8)} ${e.state.padEnd(11)} ${e.box.padEnd(24)} ${e.directory}`,
+        )
     }
     return entries
   }

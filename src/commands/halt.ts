@@ -17,7 +17,11 @@ export default class Halt extends MachineCommand<typeof Halt> {
     const outcomes: MachineOutcome[] = []
     for (const machine of machines) {
       const how = await haltMachine(context, machine, {force: this.flags.force, timeoutMs: this.flags.timeout * 1000})
-      this.log(how === 'not-running' ? `${machine.name}: not running` : `${machine.name}: halted${how === 'forced' ? ' (forced)' : ''}`)
+      this.log(
+        how === 'not-running'
+          ? `${machine.name}: not running`
+          : `${machine.name}: halted${how === 'forced' ? ' (forced)' : ''}`,
+      )
       outcomes.push(await machineOutcome(context, machine, how === 'acpi' ? 'halted' : how))
     }
     return outcomes

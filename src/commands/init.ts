@@ -11,7 +11,11 @@ export default class Init extends BaseCommand<typeof Init> {
   static summary = 'Write a commented Boxfile into the current directory.'
   static description = `Every field is written with a comment and the worker defaults (qemu, 2 CPUs, 1024 MiB, resnap always). An existing Boxfile is kept unless --force. ${BOXFILE_ENV} names another file to write.`
   static enableJsonFlag = true
-  static examples = ['<%= config.bin %> init', '<%= config.bin %> init debian-bookworm --box-url https://example.org/boxes/debian-bookworm.json', '<%= config.bin %> init my-box --minimal']
+  static examples = [
+    '<%= config.bin %> init',
+    '<%= config.bin %> init debian-bookworm --box-url https://example.org/boxes/debian-bookworm.json',
+    '<%= config.bin %> init my-box --minimal',
+  ]
 
   static args = {
     box: Args.string({description: `name of the box in the store (asked on a terminal; default: ${DEFAULT_INIT_BOX})`}),

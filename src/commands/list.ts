@@ -13,9 +13,13 @@ export default class List extends BaseCommand<typeof List> {
       return boxes
     }
     const {formatBytes} = await import('../lib/core/progress.js')
-    const rows = [['NAME', 'VERSION', 'PROVIDER', 'SIZE'], ...boxes.map((box) => [box.name, box.version, box.provider, formatBytes(box.size)])]
+    const rows = [
+      ['NAME', 'VERSION', 'PROVIDER', 'SIZE'],
+      ...boxes.map((box) => [box.name, box.version, box.provider, formatBytes(box.size)]),
+    ]
     const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)))
-    for (const row of rows) this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  '))
+    for (const row of rows)
+      this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  '))
     return boxes
   }
 }

@@ -4,7 +4,8 @@ import {BaseCommand} from '../cli/base-command.js'
 
 export default class Outdated extends BaseCommand<typeof Outdated> {
   static summary = 'Show installed boxes that have a newer version in their catalog.'
-  static description = 'Asks the catalog each box was added from (box add CATALOG remembers it). Boxes added from a file or a .box URL have no catalog to ask.'
+  static description =
+    'Asks the catalog each box was added from (box add CATALOG remembers it). Boxes added from a file or a .box URL have no catalog to ask.'
   static examples = ['<%= config.bin %> outdated', '<%= config.bin %> outdated org/worker --json']
   static enableJsonFlag = true
 
@@ -26,9 +27,13 @@ export default class Outdated extends BaseCommand<typeof Outdated> {
         'no-catalog': 'no catalog (added from a file or .box URL)',
         error: `cannot check: ${entry.error}`,
       })[entry.status]
-    const rows = [['NAME', 'PROVIDER', 'INSTALLED', 'LATEST', 'STATUS'], ...entries.map((entry) => [entry.name, entry.provider, entry.installed, entry.latest ?? '-', describe(entry)])]
+    const rows = [
+      ['NAME', 'PROVIDER', 'INSTALLED', 'LATEST', 'STATUS'],
+      ...entries.map((entry) => [entry.name, entry.provider, entry.installed, entry.latest ?? '-', describe(entry)]),
+    ]
     const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)))
-    for (const row of rows) this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  '))
+    for (const row of rows)
+      this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  '))
     return entries
   }
 }

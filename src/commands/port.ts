@@ -5,7 +5,8 @@ import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Port extends MachineCommand<typeof Port> {
   static summary = 'Show the ports forwarded to a running machine (host ip:port → guest port).'
-  static description = 'The forwards in force since the last boot: ssh\'s and the Boxfile\'s forwarded_ports, with the host port each one really got (a taken host port moves to the next free one). With --guest N, only the host port forwarded to guest port N, for scripts.'
+  static description =
+    "The forwards in force since the last boot: ssh's and the Boxfile's forwarded_ports, with the host port each one really got (a taken host port moves to the next free one). With --guest N, only the host port forwarded to guest port N, for scripts."
   static examples = ['box port', 'box port web --guest 80', 'curl "http://127.0.0.1:$(box port --guest 80)/"']
   static enableJsonFlag = true
   static flags = {

@@ -11,10 +11,17 @@ export default class Provision extends MachineCommand<typeof Provision> {
     const {machines, context} = await this.project()
     const outcomes: Array<MachineOutcome & {provisioners: number}> = []
     for (const machine of machines) {
-      const count = await runProvisioners(context, machine, await runningMachineTarget(context, machine), {firstTime: true})
+      const count = await runProvisioners(context, machine, await runningMachineTarget(context, machine), {
+        firstTime: true,
+      })
       if (count === 0) this.log(`${machine.name}: no provisioners to run`)
       // runningMachineTarget refused a machine that is not running.
-      outcomes.push({name: machine.name, outcome: count === 0 ? 'nothing-to-run' : 'provisioned', state: 'running', provisioners: count})
+      outcomes.push({
+        name: machine.name,
+        outcome: count === 0 ? 'nothing-to-run' : 'provisioned',
+        state: 'running',
+        provisioners: count,
+      })
     }
     return outcomes
   }

@@ -4,8 +4,13 @@ import {BaseCommand} from '../cli/base-command.js'
 
 export default class Remove extends BaseCommand<typeof Remove> {
   static summary = 'Remove a box from the local store.'
-  static description = 'Refused while a machine on this host is backed by the box (see box global-status), and when several versions or providers match and neither --box-version nor --all says which.'
-  static examples = ['<%= config.bin %> remove worker', '<%= config.bin %> remove worker --box-version 1.0.0', '<%= config.bin %> remove worker --all']
+  static description =
+    'Refused while a machine on this host is backed by the box (see box global-status), and when several versions or providers match and neither --box-version nor --all says which.'
+  static examples = [
+    '<%= config.bin %> remove worker',
+    '<%= config.bin %> remove worker --box-version 1.0.0',
+    '<%= config.bin %> remove worker --all',
+  ]
   static enableJsonFlag = true
 
   static args = {

@@ -6,8 +6,12 @@ import {repackageBox, type Repackaged} from '../lib/store/repackage.js'
 
 export default class Repackage extends BaseCommand<typeof Repackage> {
   static summary = 'Write an installed box back into a .box file (as vagrant box repackage).'
-  static description = 'The archive holds the members the box was added with, byte for byte (metadata.json, the disk, Vagrantfile, …); only box\'s own note of where it came from is left out.'
-  static examples = ['box repackage debian/bookworm64 1.2.0 libvirt', 'box repackage worker 0 libvirt -o worker.box --compression zstd']
+  static description =
+    "The archive holds the members the box was added with, byte for byte (metadata.json, the disk, Vagrantfile, …); only box's own note of where it came from is left out."
+  static examples = [
+    'box repackage debian/bookworm64 1.2.0 libvirt',
+    'box repackage worker 0 libvirt -o worker.box --compression zstd',
+  ]
   static enableJsonFlag = true
   static args = {
     name: Args.string({description: 'Box name (as box list shows it).', required: true}),
@@ -16,7 +20,11 @@ export default class Repackage extends BaseCommand<typeof Repackage> {
   }
   static flags = {
     output: Flags.string({char: 'o', description: 'The .box to write (default: ./<name>-<version>-<provider>.box).'}),
-    compression: Flags.string({options: ['gzip', 'zstd'], default: 'gzip', description: 'gzip (what every Vagrant reads) or zstd (smaller, faster).'}),
+    compression: Flags.string({
+      options: ['gzip', 'zstd'],
+      default: 'gzip',
+      description: 'gzip (what every Vagrant reads) or zstd (smaller, faster).',
+    }),
     force: Flags.boolean({char: 'f', description: 'Replace an existing output file.'}),
   }
 

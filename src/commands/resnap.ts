@@ -3,7 +3,8 @@ import {upMachine, type UpResult} from '../lib/machine/up.js'
 import {MachineCommand} from '../cli/machine-command.js'
 
 export default class Resnap extends MachineCommand<typeof Resnap> {
-  static summary = 'Reboot machines with a fresh root snapshot now: everything outside /persistent goes back to the box\'s state.'
+  static summary =
+    "Reboot machines with a fresh root snapshot now: everything outside /persistent goes back to the box's state."
   static enableJsonFlag = true
 
   async run(): Promise<Array<UpResult & {outcome: 'resnapped'}>> {

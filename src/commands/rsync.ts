@@ -11,10 +11,18 @@ export default class Rsync extends MachineCommand<typeof Rsync> {
     const {machines, context} = await this.project()
     const outcomes: Array<MachineOutcome & {folders: number}> = []
     for (const machine of machines) {
-      const count = await syncFolders(machine, await runningMachineTarget(context, machine), {progress: context.progress, signal: context.signal})
+      const count = await syncFolders(machine, await runningMachineTarget(context, machine), {
+        progress: context.progress,
+        signal: context.signal,
+      })
       if (count === 0) this.log(`${machine.name}: no synced folders`)
       // runningMachineTarget refused a machine that is not running.
-      outcomes.push({name: machine.name, outcome: count === 0 ? 'no-synced-folders' : 'synced', state: 'running', folders: count})
+      outcomes.push({
+        name: machine.name,
+        outcome: count === 0 ? 'no-synced-folders' : 'synced',
+        state: 'running',
+        folders: count,
+      })
     }
     return outcomes
   }

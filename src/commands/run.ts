@@ -19,13 +19,31 @@ With --network off (the default) the worker has no network interface at all: inp
   static flags = {
     box: Flags.string({description: 'A stored box (the newest version).', exclusive: ['machine']}),
     machine: Flags.string({description: 'A machine of the Boxfile here: its box, CPUs and memory.'}),
-    in: Flags.string({description: 'HOST[:GUEST] copied in (a folder\'s contents go into GUEST; default /tmp/job/NAME). Repeatable.', multiple: true}),
-    out: Flags.string({description: 'A guest path brought back into box-run/<job-id>/NAME. Repeatable.', multiple: true}),
+    in: Flags.string({
+      description: "HOST[:GUEST] copied in (a folder's contents go into GUEST; default /tmp/job/NAME). Repeatable.",
+      multiple: true,
+    }),
+    out: Flags.string({
+      description: 'A guest path brought back into box-run/<job-id>/NAME. Repeatable.',
+      multiple: true,
+    }),
     timeout: Flags.string({description: 'Stop the command after this long (60s, 2m, 1h).', default: '60s'}),
-    'output-limit': Flags.string({description: 'Keep at most this much of stdout and of stderr; past it the job is stopped (1M, 500K).', default: '1000K'}),
-    network: Flags.string({description: 'Give the worker a network (ssh, user-mode NAT) or none at all.', options: ['on', 'off'], default: 'off'}),
-    user: Flags.string({description: 'The unprivileged user the command runs as (made in the worker when missing).', default: 'job'}),
-    follow: Flags.boolean({description: 'Print the command\'s output here too (as it comes with --network on; once it ended without).'}),
+    'output-limit': Flags.string({
+      description: 'Keep at most this much of stdout and of stderr; past it the job is stopped (1M, 500K).',
+      default: '1000K',
+    }),
+    network: Flags.string({
+      description: 'Give the worker a network (ssh, user-mode NAT) or none at all.',
+      options: ['on', 'off'],
+      default: 'off',
+    }),
+    user: Flags.string({
+      description: 'The unprivileged user the command runs as (made in the worker when missing).',
+      default: 'job',
+    }),
+    follow: Flags.boolean({
+      description: "Print the command's output here too (as it comes with --network on; once it ended without).",
+    }),
   }
 
   async run(): Promise<JobRecord> {
@@ -41,7 +59,10 @@ With --network off (the default) the worker has no network interface at all: inp
       outputLimit: this.flags['output-limit'],
       network: this.flags.network as 'on' | 'off',
       user: this.flags.user,
-      follow: this.flags.follow && !this.jsonEnabled() ? (stream, chunk) => void (stream === 'stdout' ? process.stdout : process.stderr).write(chunk) : undefined,
+      follow:
+        this.flags.follow && !this.jsonEnabled()
+          ? (stream, chunk) => void (stream === 'stdout' ? process.stdout : process.stderr).write(chunk)
+          : undefined,
       cwd: process.cwd(),
       dataDir: this.config.dataDir,
       cacheDir: this.config.cacheDir,
@@ -50,7 +71,14 @@ With --network off (the default) the worker has no network interface at all: inp
       signal: this.signal,
     })
     if (!this.jsonEnabled()) {
-      const why = record.status === 'infrastructure' ? `: ${record.error?.message.split('\n')[0]}` : record.outputLimitHit ? ': output limit reached' : record.timedOut ? ': timed out' : ''
+      const why =
+        record.status === 'infrastructure'
+          ? `: ${record.error?.message.split('\n')[0]}`
+          : record.outputLimitHit
+            ? ': output limit reached'
+            : record.timedOut
+              ? ': timed out'
+              : ''
       this.logToStderr(`job ${record.id}: ${record.status}, exit ${record.exitCode}${why}; results in ${resultDir}`)
     }
     process.exitCode = record.exitCode

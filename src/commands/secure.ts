@@ -13,18 +13,26 @@ export default class Secure extends MachineCommand<typeof Secure> {
 
   static examples = [
     '<%= config.bin %> secure',
-    {description: 'Without questions, the password from a password manager:', command: 'pass show example.org/alice | <%= config.bin %> secure --role worker --site example.org --username alice --password-stdin'},
+    {
+      description: 'Without questions, the password from a password manager:',
+      command:
+        'pass show example.org/alice | <%= config.bin %> secure --role worker --site example.org --username alice --password-stdin',
+    },
     '<%= config.bin %> secure --status --json',
   ]
 
   static enableJsonFlag = true
   static flags = {
-    role: Flags.string({options: [...ROLES], description: 'The machine\'s role (asked if missing).'}),
-    site: Flags.string({description: 'The site name, a host name such as example.org (default: the Boxfile\'s site).'}),
+    role: Flags.string({options: [...ROLES], description: "The machine's role (asked if missing)."}),
+    site: Flags.string({description: "The site name, a host name such as example.org (default: the Boxfile's site)."}),
     username: Flags.string({description: 'The user name at the site (asked if missing).'}),
-    'password-stdin': Flags.boolean({description: 'Read the password from the first line of standard input (it is never an argument).'}),
+    'password-stdin': Flags.boolean({
+      description: 'Read the password from the first line of standard input (it is never an argument).',
+    }),
     yes: Flags.boolean({char: 'y', description: 'Ask nothing: a missing answer is an error naming its flag.'}),
-    status: Flags.boolean({description: 'Show role, site, user name and whether the lockdown is in force; change nothing.'}),
+    status: Flags.boolean({
+      description: 'Show role, site, user name and whether the lockdown is in force; change nothing.',
+    }),
   }
 
   async run(): Promise<object[]> {

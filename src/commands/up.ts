@@ -9,9 +9,15 @@ export default class Up extends MachineCommand<typeof Up> {
   static description = `The machine's disk is a linked clone of the box image (nothing is copied). Each boot recreates the root snapshot when the Boxfile's resnap policy is "always" (the default).`
   static enableJsonFlag = true
   static flags = {
-    resnap: Flags.boolean({allowNo: true, description: 'Recreate the root snapshot at this boot (--no-resnap keeps the previous boot\'s changes).'}),
+    resnap: Flags.boolean({
+      allowNo: true,
+      description: "Recreate the root snapshot at this boot (--no-resnap keeps the previous boot's changes).",
+    }),
     base: Flags.boolean({description: 'Boot the origin root instead of the snapshot, to change the base box itself.'}),
-    provision: Flags.boolean({allowNo: true, description: 'Run provisioners even if they ran before (--no-provision skips them).'}),
+    provision: Flags.boolean({
+      allowNo: true,
+      description: 'Run provisioners even if they ran before (--no-provision skips them).',
+    }),
   }
 
   async run(): Promise<UpResult[]> {
@@ -24,7 +30,9 @@ export default class Up extends MachineCommand<typeof Up> {
         provision: this.flags.provision === undefined ? 'pending' : this.flags.provision ? 'all' : 'none',
       })
       if (!result.alreadyRunning && !this.jsonEnabled()) {
-        this.logToStderr(`${machine.name}: ready in ${formatDuration(result.bootMs ?? 0)}; connect with: box ssh${machines.length > 1 ? ` ${machine.name}` : ''}`)
+        this.logToStderr(
+          `${machine.name}: ready in ${formatDuration(result.bootMs ?? 0)}; connect with: box ssh${machines.length > 1 ? ` ${machine.name}` : ''}`,
+        )
       }
       results.push(result)
     }

@@ -10,7 +10,14 @@ export type ProviderConversion = BoxConversion & {from: readonly string[]}
 
 const CONVERSIONS: Record<string, ProviderConversion[]> = {
   qemu: [{from: ['virtualbox'], storedAs: 'libvirt', label: 'QEMU (VMDK → qcow2)', convert: convertVirtualBoxForQemu}],
-  virtualbox: [{from: COMPATIBLE_BOX_PROVIDERS.qemu!, storedAs: 'virtualbox', label: 'VirtualBox (qcow2 → VDI)', convert: convertForVirtualBox}],
+  virtualbox: [
+    {
+      from: COMPATIBLE_BOX_PROVIDERS.qemu!,
+      storedAs: 'virtualbox',
+      label: 'VirtualBox (qcow2 → VDI)',
+      convert: convertForVirtualBox,
+    },
+  ],
 }
 
 /** The conversions `hostProvider` offers (none for a provider box does not know). */

@@ -147,7 +147,11 @@ export interface ProviderSnapshots {
   /** Snapshot the machine as it is: disk only when halted, disk and running state when running (the guest only pauses). */
   save(machine: MachineHandle, name: string, options: {signal?: AbortSignal}): Promise<SnapshotSaved>
   /** Put the machine back: a running snapshot resumes (a running machine is stopped first), a disk one leaves it halted. */
-  restore(machine: MachineHandle, name: string, options: {sshPort?: number; signal?: AbortSignal}): Promise<SnapshotRestored>
+  restore(
+    machine: MachineHandle,
+    name: string,
+    options: {sshPort?: number; signal?: AbortSignal},
+  ): Promise<SnapshotRestored>
   /** Refuses a snapshot others build on; says whether its disk layer had to stay (the machine's disk builds on it). */
   delete(machine: Pick<MachineHandle, 'stateDir'>, name: string): Promise<{layerKept: boolean}>
 }

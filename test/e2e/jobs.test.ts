@@ -12,7 +12,17 @@ import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {runJob} from '../../src/lib/jobs/job.js'
-import {copyIn, copyOut, create, destroy, newJobState, run, wait, type JobBox, type JobState} from '../../src/lib/jobs/phases.js'
+import {
+  copyIn,
+  copyOut,
+  create,
+  destroy,
+  newJobState,
+  run,
+  wait,
+  type JobBox,
+  type JobState,
+} from '../../src/lib/jobs/phases.js'
 import type {JobRecord, JobSpec} from '../../src/lib/jobs/spec.js'
 import {defaultWorkerSource, workersDir, type WorkerSource} from '../../src/lib/jobs/worker.js'
 import {box as cli, type CliEnv} from '../support/cli.js'
@@ -48,16 +58,38 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     await rm(boxDir, {recursive: true, force: true})
   })
 
-  const context = (spec: JobSpec, resultDir: string) => ({spec, box: jobBox, cacheDir, resultDir, cpus: 1, memoryMiB: 768})
+  const context = (spec: JobSpec, resultDir: string) => ({
+    spec,
+    box: jobBox,
+    cacheDir,
+    resultDir,
+    cpus: 1,
+    memoryMiB: 768,
+  })
 
   it('a trivial job without network: input disk in, output disk back, one record', async () => {
     const input = join(root, 'submission')
     await mkdir(input)
     await writeFile(join(input, 'name.txt'), 'alice\n')
     const resultDir = join(root, 'echo')
-    const spec = jobSpec({id: 'echo', command: 'echo "hello $(cat /tmp/job/name.txt)"; id -un; id -u; echo done > /tmp/job/feedback.txt', inputs: [{host: input, guest: '/tmp/job'}], outputs: ['/tmp/job/feedback.txt']})
+    const spec = jobSpec({
+      id: 'echo',
+      command: 'echo "hello $(cat /tmp/job/name.txt)"; id -un; id -u; echo done > /tmp/job/feedback.txt',
+      inputs: [{host: input, guest: '/tmp/job'}],
+      outputs: ['/tmp/job/feedback.txt'],
+    })
     const record = await runJob(context(spec, resultDir))
-    expect(record, JSON.stringify(record)).toMatchObject({id: 'echo', box: {name: 'reference'}, status: 'ok', exitCode: 0, signal: null, timedOut: false, outputLimitHit: false, network: false, refusedOutputs: []})
+    expect(record, JSON.stringify(record)).toMatchObject({
+      id: 'echo',
+      box: {name: 'reference'},
+      status: 'ok',
+      exitCode: 0,
+      signal: null,
+      timedOut: false,
+      outputLimitHit: false,
+      network: false,
+      refusedOutputs: [],
+    })
     const [greeting, user, uid] = (await readFile(join(resultDir, 'stdout'), 'utf8')).trim().split('\n')
     expect(greeting).toBe('hello alice')
     // Neither root nor the box's login user (who has sudo).
@@ -72,14 +104,16 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
 
   it('a command that never ends: killed at the timeout, exit 124, the worker destroyed', async () => {
     const resultDir = join(root, 'forever')
-    const record = await runJob(context(jobSpec({id: 'forever', command: 'echo started; sleep 600', timeoutMs: 3000}), resultDir))
+    const record = await runJob(
+      context(jobSpec({id: 'forever', command: 'echo started; sleep 600', timeoutMs: 3000}), resultDir),
+    )
     expect(record).toMatchObject({status: 'timeout', exitCode: 124, timedOut: true, signal: 'SIGKILL'})
     expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toBe('started\n')
     expect(await qemuMentioning(cacheDir)).toEqual([])
     expect(await readdir(workersDir(cacheDir))).toEqual([])
   })
 
-  it('QEMU killed mid-job: an infrastructure failure with the serial log, not the job\'s', async () => {
+  it("QEMU killed mid-job: an infrastructure failure with the serial log, not the job's", async () => {
     // A worker source that kills its own QEMU once the job runs: what a host OOM kill looks like.
     const killing: WorkerSource = async (spec, options) => {
       const worker = await defaultWorkerSource(spec, options)
@@ -95,7 +129,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       })()
       return worker
     }
-    const record = await runJob({...context(jobSpec({id: 'killed', command: 'sleep 60'}), join(root, 'killed')), workerSource: killing})
+    const record = await runJob({
+      ...context(jobSpec({id: 'killed', command: 'sleep 60'}), join(root, 'killed')),
+      workerSource: killing,
+    })
     expect(record).toMatchObject({status: 'infrastructure', exitCode: 75, timedOut: false})
     expect(record.error!.message).toMatch(/the worker stopped while the job ran/)
     expect(record.error!.serialLogTail).toMatch(/\S/)
@@ -108,7 +145,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
 
     beforeAll(async () => {
       await mkdir(phasesDir(), {recursive: true})
-      worker = newJobState({...context(jobSpec({id: 'shared', command: 'true', network: true}), join(phasesDir(), 'shared')), workDir: join(phasesDir(), 'work-shared')})
+      worker = newJobState({
+        ...context(jobSpec({id: 'shared', command: 'true', network: true}), join(phasesDir(), 'shared')),
+        workDir: join(phasesDir(), 'work-shared'),
+      })
       await mkdir(worker.context.workDir, {recursive: true})
       await create(worker)
       await wait(worker)
@@ -125,7 +165,11 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       const workDir = join(phasesDir(), `work-${spec.id}`)
       await mkdir(resultDir, {recursive: true})
       await mkdir(workDir, {recursive: true})
-      const state = newJobState({...context(jobSpec({...spec, network: true}), resultDir), workDir, onOutput: follow && ((_stream, chunk) => follow(chunk))})
+      const state = newJobState({
+        ...context(jobSpec({...spec, network: true}), resultDir),
+        workDir,
+        onOutput: follow && ((_stream, chunk) => follow(chunk)),
+      })
       state.worker = worker.worker
       state.ssh = worker.ssh
       await copyIn(state)
@@ -138,7 +182,14 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
 
     it('streams output (--follow) and brings back outputs over ssh', async () => {
       const chunks: Buffer[] = []
-      const {status, resultDir, state} = await job({id: 'follow', command: ['sh', '-c', 'echo one; echo two >&2; mkdir -p /tmp/o; echo r > /tmp/o/r.txt'], outputs: ['/tmp/o']}, (chunk) => chunks.push(chunk))
+      const {status, resultDir, state} = await job(
+        {
+          id: 'follow',
+          command: ['sh', '-c', 'echo one; echo two >&2; mkdir -p /tmp/o; echo r > /tmp/o/r.txt'],
+          outputs: ['/tmp/o'],
+        },
+        (chunk) => chunks.push(chunk),
+      )
       expect(status).toMatchObject({exit: 0, timedOut: false, cut: false})
       expect(Buffer.concat(chunks).toString()).toContain('one\n')
       expect(await readFile(join(resultDir, 'stderr'), 'utf8')).toBe('two\n')
@@ -147,7 +198,12 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     })
 
     it('a job that prints 100 MB at a 1 MB limit: the host gets at most 1.1 MB and the job is stopped', async () => {
-      const {state, resultDir} = await job({id: 'flood', command: 'head -c 100000000 /dev/zero | tr "\\0" x; echo finished', outputLimit: 1024 * 1024, timeoutMs: 120_000})
+      const {state, resultDir} = await job({
+        id: 'flood',
+        command: 'head -c 100000000 /dev/zero | tr "\\0" x; echo finished',
+        outputLimit: 1024 * 1024,
+        timeoutMs: 120_000,
+      })
       const size = (await stat(join(resultDir, 'stdout'))).size
       expect(size).toBeLessThanOrEqual(1.1 * 1000 * 1000 + 1024 * 100)
       expect(size).toBeLessThanOrEqual(1_100_000)
@@ -157,17 +213,43 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     })
 
     it('a fork bomb is held by the process limit and the job still ends', async () => {
-      const {status, resultDir, runMs} = await job({id: 'forkbomb', command: 'bomb() { bomb | bomb & }; bomb; sleep 3; echo the shell survived', nproc: 50, timeoutMs: 60_000})
+      const {status, resultDir, runMs} = await job({
+        id: 'forkbomb',
+        command: 'bomb() { bomb | bomb & }; bomb; sleep 3; echo the shell survived',
+        nproc: 50,
+        timeoutMs: 60_000,
+      })
       expect(status.timedOut).toBe(false)
       expect(runMs).toBeLessThan(60_000)
       expect(await readFile(join(resultDir, 'stderr'), 'utf8')).toMatch(/fork|Resource temporarily unavailable/i)
       // Nothing of the job user is left in the worker.
-      const {stdout} = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', `ControlPath=${worker.ssh!.controlPath}`, '-i', worker.ssh!.keyFile, '-p', String(worker.ssh!.port), `${worker.ssh!.user}@127.0.0.1`, 'sleep 1; pgrep -u job | wc -l'])
+      const {stdout} = await execa('ssh', [
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'StrictHostKeyChecking=no',
+        '-o',
+        'UserKnownHostsFile=/dev/null',
+        '-o',
+        'LogLevel=ERROR',
+        '-o',
+        `ControlPath=${worker.ssh!.controlPath}`,
+        '-i',
+        worker.ssh!.keyFile,
+        '-p',
+        String(worker.ssh!.port),
+        `${worker.ssh!.user}@127.0.0.1`,
+        'sleep 1; pgrep -u job | wc -l',
+      ])
       expect(stdout.trim()).toBe('0')
     })
 
     it('a job that fills the disk is stopped by the file-size limit', async () => {
-      const {status, resultDir} = await job({id: 'fill', command: 'head -c 50000000 /dev/zero > /tmp/big; echo "exit $?"; stat -c %s /tmp/big', fileSizeLimit: 1024 * 1024})
+      const {status, resultDir} = await job({
+        id: 'fill',
+        command: 'head -c 50000000 /dev/zero > /tmp/big; echo "exit $?"; stat -c %s /tmp/big',
+        fileSizeLimit: 1024 * 1024,
+      })
       expect(status.exit).toBe(0)
       const out = await readFile(join(resultDir, 'stdout'), 'utf8')
       expect(out).toMatch(/exit 1\d\d/)
@@ -178,7 +260,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       const before = await readdir(join(homedir(), '.ssh')).catch(() => [])
       const {state, resultDir} = await job({
         id: 'hostile',
-        command: 'mkdir -p /tmp/h && cd /tmp/h && ln -s ' + join(homedir(), '.ssh') + ' ssh && ln -s ../../../../etc up && echo fine > ok.txt',
+        command:
+          'mkdir -p /tmp/h && cd /tmp/h && ln -s ' +
+          join(homedir(), '.ssh') +
+          ' ssh && ln -s ../../../../etc up && echo fine > ok.txt',
         outputs: ['/tmp/h', '/dev/null', '/tmp/h/ssh/authorized_keys'],
       })
       expect(await readFile(join(resultDir, 'h', 'ok.txt'), 'utf8')).toBe('fine\n')
@@ -202,7 +287,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       await writeFile(join(project, 'submissions', 'alice', 'answer'), '42\n')
       await writeFile(join(project, 'submissions', 'bob', 'answer'), '41\n')
       // The reference box has no make: the grader is a shell script, run as Tango runs a Makefile.
-      await writeFile(join(project, 'grade.sh'), 'cd /tmp/job\nif [ "$(cat answer)" = 42 ]; then echo pass > feedback.txt; else echo fail > feedback.txt; fi\ncat feedback.txt\n')
+      await writeFile(
+        join(project, 'grade.sh'),
+        'cd /tmp/job\nif [ "$(cat answer)" = 42 ]; then echo pass > feedback.txt; else echo fail > feedback.txt; fi\ncat feedback.txt\n',
+      )
       env = {cwd: project, dataDir: join(root, 'data'), cacheDir}
       const added = await cli(env, ['add', 'reference', boxFile])
       expect(added.exitCode, added.stderr).toBe(0)
@@ -215,7 +303,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       const escape = await cli(env, ['run', '--box', 'reference', '--in', '../../etc:/tmp/x', '--', 'true'])
       expect(escape.exitCode).toBe(2)
       expect(escape.stderr).toMatch(/climbs out with "\.\."/)
-      await writeFile(join(project, 'bad.yaml'), 'box: reference\njobs:\n  - id: a\n    command: [true]\n    networks: off\n')
+      await writeFile(
+        join(project, 'bad.yaml'),
+        'box: reference\njobs:\n  - id: a\n    command: [true]\n    networks: off\n',
+      )
       const bad = await cli(env, ['batch', 'bad.yaml'])
       expect(bad.exitCode).toBe(2)
       expect(bad.stderr).toContain(`${join(project, 'bad.yaml')}:5:5: unknown field "jobs.0.networks"`)
@@ -243,7 +334,11 @@ jobs:
 `
       await writeFile(join(project, 'jobs.yaml'), jobs)
       // Interrupted once the first job has finished: every worker stops, finished results stay.
-      const child = execa(join(process.cwd(), 'bin', 'box'), ['batch', 'jobs.yaml', '--parallel', '2'], {cwd: project, reject: false, env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir, NO_COLOR: '1'}})
+      const child = execa(join(process.cwd(), 'bin', 'box'), ['batch', 'jobs.yaml', '--parallel', '2'], {
+        cwd: project,
+        reject: false,
+        env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir, NO_COLOR: '1'},
+      })
       let stderr = ''
       await new Promise<void>((resolve) => {
         child.stderr!.on('data', (chunk: Buffer) => {

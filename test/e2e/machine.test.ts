@@ -113,17 +113,40 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     const insecure = join(env.cwd, '..', 'insecure')
     await copyFile(join(PROJECT_ROOT, 'static', 'insecure_key'), insecure)
     await execa('chmod', ['600', insecure])
-    const denied = await execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'IdentitiesOnly=yes', '-i', insecure, '-p', port, 'box@127.0.0.1', 'true'], {reject: false})
+    const denied = await execa(
+      'ssh',
+      [
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'StrictHostKeyChecking=no',
+        '-o',
+        'UserKnownHostsFile=/dev/null',
+        '-o',
+        'IdentitiesOnly=yes',
+        '-i',
+        insecure,
+        '-p',
+        port,
+        'box@127.0.0.1',
+        'true',
+      ],
+      {reject: false},
+    )
     expect(denied.exitCode).not.toBe(0)
     // Nor do Vagrant's published keys, which ~/.ssh starts with (for vagrant up): dropped at the machine key's first login.
-    const vagrantKeys = (await readFile(join(PROJECT_ROOT, 'static', 'vagrant-insecure-keys.pub'), 'utf8')).trim().split('\n').map((line) => line.split(' ')[1]!)
+    const vagrantKeys = (await readFile(join(PROJECT_ROOT, 'static', 'vagrant-insecure-keys.pub'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((line) => line.split(' ')[1]!)
     const homeKeys = await box(env, ['ssh', '-c', 'test -f ~/.ssh/authorized_keys && cat ~/.ssh/authorized_keys'])
     expect(homeKeys.exitCode, homeKeys.stderr).toBe(0)
     for (const blob of vagrantKeys) expect(homeKeys.stdout).not.toContain(blob)
   })
 
   it('synced folders are copied at up and again by box rsync, excludes honoured', async () => {
-    const list = async () => (await box(env, ['ssh', '-c', 'cd /srv/project && find . -type f | sort && cat lib/code.txt'])).stdout.trim()
+    const list = async () =>
+      (await box(env, ['ssh', '-c', 'cd /srv/project && find . -type f | sort && cat lib/code.txt'])).stdout.trim()
     expect(await list()).toBe('./lib/code.txt\nversion 1')
     await writeFile(join(project, 'src', 'lib', 'code.txt'), 'version 2\n')
     await writeFile(join(project, 'src', 'new.txt'), 'new\n')
@@ -139,7 +162,9 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(status.forwardedPorts[0].host).toBeGreaterThan(18080)
     expect(typeof status.snapshotUsedPercent).toBe('number')
     // Through the oclif command (--no-color) the same as through the fast path.
-    expect((await box(env, ['status', '--no-color'])).stdout).toMatch(/^default +running +ssh 127\.0\.0\.1:\d+ +ports 127\.0\.0\.1:\d+→8080\/tcp +root snapshot \d+\.\d% used$/)
+    expect((await box(env, ['status', '--no-color'])).stdout).toMatch(
+      /^default +running +ssh 127\.0\.0\.1:\d+ +ports 127\.0\.0\.1:\d+→8080\/tcp +root snapshot \d+\.\d% used$/,
+    )
     const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout)
     expect(global).toEqual([expect.objectContaining({name: 'default', state: 'running', directory: project})])
   })
@@ -152,11 +177,17 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     const fill = async () => JSON.parse((await box(env, ['status', '--json'])).stdout)[0].snapshotUsedPercent as number
     const before = await fill()
     // 64 MiB written to / are copied into the 2 GiB snapshot: about 3 % more.
-    const write = await box(env, ['ssh', '-c', 'dd if=/dev/urandom of=/var/tmp/fill bs=1M count=64 conv=fsync status=none'])
+    const write = await box(env, [
+      'ssh',
+      '-c',
+      'dd if=/dev/urandom of=/var/tmp/fill bs=1M count=64 conv=fsync status=none',
+    ])
     expect(write.exitCode, write.stderr).toBe(0)
     const after = await fill()
     expect(after - before).toBeGreaterThan(2.5)
-    const fromDmsetup = snapshotDataPercent((await box(env, ['ssh', '-c', 'sudo dmsetup status box-root_snap'])).stdout)!
+    const fromDmsetup = snapshotDataPercent(
+      (await box(env, ['ssh', '-c', 'sudo dmsetup status box-root_snap'])).stdout,
+    )!
     expect(Math.abs(fromDmsetup - after)).toBeLessThan(0.5)
     expect(snapshotDataPercent(await ask('dm-status box-root_snap'))).toBeCloseTo(fromDmsetup, 0)
     await expect(ask('dm-status --help')).rejects.toThrow(/not a device-mapper name/)
@@ -220,7 +251,11 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   })
 
   it('Ctrl-C during up leaves no QEMU behind', async () => {
-    const child = execa(BIN, ['up'], {cwd: project, reject: false, env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir}})
+    const child = execa(BIN, ['up'], {
+      cwd: project,
+      reject: false,
+      env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir},
+    })
     try {
       // QEMU has daemonized once its pid file exists (its parent may linger for a moment).
       const pidFile = join(project, '.box', 'machines', 'default', 'qemu.pid')
@@ -254,7 +289,10 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   })
 
   it('a failing provisioner fails up with its name and exit code', async () => {
-    await writeFile(join(project, 'Boxfile'), 'box: reference\nprovisioners:\n  - type: shell\n    name: breaks\n    inline: |\n      echo about to fail\n      exit 3\n')
+    await writeFile(
+      join(project, 'Boxfile'),
+      'box: reference\nprovisioners:\n  - type: shell\n    name: breaks\n    inline: |\n      echo about to fail\n      exit 3\n',
+    )
     const up = await box(env, ['up'])
     expect(up.exitCode, up.stderr).toBe(3)
     expect(up.stdout).toContain('default: about to fail')

@@ -77,43 +77,82 @@ describe('box package: the maintainer loop on the reference box', () => {
     expect(never.stderr).toContain('box up --base')
   })
 
-  it('up --base boots the origin; a change there; package refuses a running machine', async () => {
-    const up = await box(origin, ['up', '--base'])
-    expect(up.exitCode, up.stderr).toBe(0)
-    const changed = await box(origin, ['ssh', '-c', `findmnt -no SOURCE / && echo '${MARKER}' | sudo tee /etc/box-package-marker >/dev/null`])
-    expect(changed.exitCode, changed.stderr).toBe(0)
-    expect(changed.stdout.trim()).toMatch(/-root$/)
-    const refused = await box(origin, ['package', '-o', packaged])
-    expect(refused.exitCode).toBe(2)
-    expect(refused.stderr).toMatch(/machine default is running/)
-    expect(refused.stderr).toContain('box halt default')
-    expect(refused.stderr).toContain('--halt')
-  }, BOOT_TIMEOUT)
+  it(
+    'up --base boots the origin; a change there; package refuses a running machine',
+    async () => {
+      const up = await box(origin, ['up', '--base'])
+      expect(up.exitCode, up.stderr).toBe(0)
+      const changed = await box(origin, [
+        'ssh',
+        '-c',
+        `findmnt -no SOURCE / && echo '${MARKER}' | sudo tee /etc/box-package-marker >/dev/null`,
+      ])
+      expect(changed.exitCode, changed.stderr).toBe(0)
+      expect(changed.stdout.trim()).toMatch(/-root$/)
+      const refused = await box(origin, ['package', '-o', packaged])
+      expect(refused.exitCode).toBe(2)
+      expect(refused.stderr).toMatch(/machine default is running/)
+      expect(refused.stderr).toContain('box halt default')
+      expect(refused.stderr).toContain('--halt')
+    },
+    BOOT_TIMEOUT,
+  )
 
-  it('package --halt writes a Vagrant-format box, prints its sha256 and adds it to a catalog', async () => {
-    const url = `file://${packaged}`
-    const info = join(root, 'info.json')
-    const notes = join(root, 'NOTES.txt')
-    await writeFile(info, JSON.stringify({author: 'box tests'}))
-    await writeFile(notes, 'shipped with the box\n')
-    const result = await box(origin, ['package', '--halt', '-o', packaged, '--version', '0.2.0', '--catalog', catalog, '--url', url, '--info', info, '--include', notes])
-    expect(result.exitCode, result.stderr).toBe(0)
-    expect(result.stderr).toMatch(/the origin was changed/)
-    const digest = await sha256(packaged)
-    expect(result.stdout).toContain(`sha256 ${digest}`)
-    expect(JSON.parse((await box(origin, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
-    expect(await qemuProcessesMentioning(origin.cwd)).toEqual([])
+  it(
+    'package --halt writes a Vagrant-format box, prints its sha256 and adds it to a catalog',
+    async () => {
+      const url = `file://${packaged}`
+      const info = join(root, 'info.json')
+      const notes = join(root, 'NOTES.txt')
+      await writeFile(info, JSON.stringify({author: 'box tests'}))
+      await writeFile(notes, 'shipped with the box\n')
+      const result = await box(origin, [
+        'package',
+        '--halt',
+        '-o',
+        packaged,
+        '--version',
+        '0.2.0',
+        '--catalog',
+        catalog,
+        '--url',
+        url,
+        '--info',
+        info,
+        '--include',
+        notes,
+      ])
+      expect(result.exitCode, result.stderr).toBe(0)
+      expect(result.stderr).toMatch(/the origin was changed/)
+      const digest = await sha256(packaged)
+      expect(result.stdout).toContain(`sha256 ${digest}`)
+      expect(JSON.parse((await box(origin, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
+      expect(await qemuProcessesMentioning(origin.cwd)).toEqual([])
 
-    const listing = (await execa('tar', ['--zstd', '-tf', packaged])).stdout.split('\n')
-    expect(listing[0]).toBe('metadata.json')
-    expect(listing).toEqual(expect.arrayContaining(['Vagrantfile', 'info.json', 'box.img', 'vmlinuz', 'initrd.img', 'include/NOTES.txt']))
-    expect((await execa('tar', ['--zstd', '-xOf', packaged, 'include/NOTES.txt'])).stdout).toBe('shipped with the box')
-    const metadata = JSON.parse((await execa('tar', ['--zstd', '-xOf', packaged, 'metadata.json'])).stdout)
-    expect(metadata).toMatchObject({provider: 'libvirt', format: 'qcow2', virtual_size: 8, box: {version: '0.2.0', user: 'box', kernel: 'vmlinuz', lvm: {vg: 'box', snapshot: 'root_snap'}}})
+      const listing = (await execa('tar', ['--zstd', '-tf', packaged])).stdout.split('\n')
+      expect(listing[0]).toBe('metadata.json')
+      expect(listing).toEqual(
+        expect.arrayContaining(['Vagrantfile', 'info.json', 'box.img', 'vmlinuz', 'initrd.img', 'include/NOTES.txt']),
+      )
+      expect((await execa('tar', ['--zstd', '-xOf', packaged, 'include/NOTES.txt'])).stdout).toBe(
+        'shipped with the box',
+      )
+      const metadata = JSON.parse((await execa('tar', ['--zstd', '-xOf', packaged, 'metadata.json'])).stdout)
+      expect(metadata).toMatchObject({
+        provider: 'libvirt',
+        format: 'qcow2',
+        virtual_size: 8,
+        box: {version: '0.2.0', user: 'box', kernel: 'vmlinuz', lvm: {vg: 'box', snapshot: 'root_snap'}},
+      })
 
-    const written = JSON.parse(await readFile(catalog, 'utf8'))
-    expect(written).toEqual({name: 'reference', versions: [{version: '0.2.0', providers: [{name: 'libvirt', url, checksum_type: 'sha256', checksum: digest}]}]})
-  }, BOOT_TIMEOUT)
+      const written = JSON.parse(await readFile(catalog, 'utf8'))
+      expect(written).toEqual({
+        name: 'reference',
+        versions: [{version: '0.2.0', providers: [{name: 'libvirt', url, checksum_type: 'sha256', checksum: digest}]}],
+      })
+    },
+    BOOT_TIMEOUT,
+  )
 
   it('refuses an existing output unless --force', async () => {
     const refused = await box(origin, ['package', '-o', packaged])
@@ -136,7 +175,9 @@ describe('box package: the maintainer loop on the reference box', () => {
     child.kill('SIGINT')
     const result = await child
     expect(result.exitCode).toBe(130)
-    expect(await readdir(join(root, 'out'))).toEqual(expect.not.arrayContaining([expect.stringMatching(/^interrupted|^\.box-package-/)]))
+    expect(await readdir(join(root, 'out'))).toEqual(
+      expect.not.arrayContaining([expect.stringMatching(/^interrupted|^\.box-package-/)]),
+    )
   })
 
   it('refuses when the output filesystem is too small, before starting', async (context) => {
@@ -154,86 +195,136 @@ describe('box package: the maintainer loop on the reference box', () => {
     }
   })
 
-  it('round trip: the new box has the change after a resnap boot, and resnap still throws later changes away', async () => {
-    const added = await box(consumer, ['add', 'reference-next', packaged])
-    expect(added.exitCode, added.stderr).toBe(0)
-    expect(added.stdout).toContain('reference-next 0.2.0')
-    const up = await box(consumer, ['up'])
-    expect(up.exitCode, up.stderr).toBe(0)
-    const first = await box(consumer, ['ssh', '-c', 'findmnt -no SOURCE /; cat /etc/box-package-marker; echo later | sudo tee /etc/box-later-change >/dev/null'])
-    expect(first.exitCode, first.stderr).toBe(0)
-    expect(first.stdout).toMatch(/root_snap\n/)
-    expect(first.stdout).toContain(MARKER)
-    const resnap = await box(consumer, ['resnap'])
-    expect(resnap.exitCode, resnap.stderr).toBe(0)
-    const after = await box(consumer, ['ssh', '-c', 'cat /etc/box-package-marker; test ! -e /etc/box-later-change && echo later-change-gone'])
-    expect(after.exitCode, after.stderr).toBe(0)
-    expect(after.stdout).toContain(MARKER)
-    expect(after.stdout).toContain('later-change-gone')
-
-    // Packaging this normal (snapshot) machine ships the origin as it is, and says so.
-    expect((await box(consumer, ['ssh', '-c', 'echo x | sudo tee /etc/box-snapshot-only >/dev/null'])).exitCode).toBe(0)
-    const output = join(root, 'out', 'from-snapshot.box')
-    const again = await box(consumer, ['package', '--halt', '-o', output])
-    expect(again.exitCode, again.stderr).toBe(0)
-    expect(again.stderr).toMatch(/the origin is as reference-next 0\.2\.0 shipped it: the snapshot's changes are not packaged/)
-    const unpacked = join(root, 'from-snapshot')
-    await mkdir(unpacked)
-    await execa('tar', ['--zstd', '-xf', output, '-C', unpacked, 'box.img'])
-    const image = join(unpacked, 'box.img')
-    const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', image])).stdout)
-    expect(info['backing-filename']).toBeUndefined()
-    const lvm = (await readLvmOnDisk(image, 'qcow2'))!
-    const [rootRange] = lvRangesOnPv(lvm.metadata, 'box', 'root', lvm.pvUuid)!
-    await copyImageRange(image, 'qcow2', lvm.pvOffset + rootRange!.offset, rootRange!.size, join(unpacked, 'root.raw'))
-    const look = async (path: string) => (await execa('debugfs', ['-R', `stat ${path}`, join(unpacked, 'root.raw')], {reject: false})).stderr
-    expect(await look('/etc/box-package-marker')).not.toMatch(/not found/)
-    expect(await look('/etc/box-snapshot-only')).toMatch(/not found/)
-    await rm(unpacked, {recursive: true, force: true})
-    expect((await box(consumer, ['destroy', '-f'])).exitCode).toBe(0)
-  }, BOOT_TIMEOUT * 2)
-
-  it.runIf(vagrantInstalled)('vagrant box add accepts the box and the catalog', async () => {
-    const vagrantHome = join(root, 'vagrant-home')
-    const env = {VAGRANT_HOME: vagrantHome, HOME: join(root, 'vagrant-user'), VAGRANT_CHECKPOINT_DISABLE: '1', VAGRANT_DEFAULT_PROVIDER: 'libvirt'}
-    await mkdir(env.HOME, {recursive: true})
-    const fromFile = await execa('vagrant', ['box', 'add', '--name', 'box-test/packaged', packaged], {env, reject: false, timeout: 300_000})
-    expect(fromFile.exitCode, fromFile.stderr + fromFile.stdout).toBe(0)
-    const fromCatalog = await execa('vagrant', ['box', 'add', `file://${catalog}`], {env, reject: false, timeout: 300_000})
-    expect(fromCatalog.exitCode, fromCatalog.stderr + fromCatalog.stdout).toBe(0)
-    const list = await execa('vagrant', ['box', 'list'], {env, reject: false})
-    expect(list.stdout).toMatch(/box-test\/packaged\s+\(libvirt, 0\)/)
-    expect(list.stdout).toMatch(/reference\s+\(libvirt, 0\.2\.0\)/)
-  }, 600_000)
-
-  it('box adds and boots a box laid out as vagrant-libvirt\'s example box (grub boot, no box key)', async () => {
-    // vagrant-libvirt's example_box: metadata.json with only Vagrant's keys, box.img, Vagrantfile; tar + gzip.
-    const example = join(root, 'example')
-    await mkdir(example)
-    await execa('tar', ['--zstd', '-xf', packaged, '-C', example, 'box.img'])
-    await writeFile(join(example, 'metadata.json'), JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 8}))
-    await writeFile(join(example, 'Vagrantfile'), 'Vagrant.configure("2") do |config|\n  config.vm.provider :libvirt do |libvirt|\n    libvirt.driver = "kvm"\n  end\nend\n')
-    const exampleBox = join(root, 'out', 'example.box')
-    await execa('tar', ['-czf', exampleBox, '-C', example, 'metadata.json', 'Vagrantfile', 'box.img'])
-    await rm(example, {recursive: true, force: true})
-
-    const project: CliEnv = {...consumer, cwd: join(root, 'example-project')}
-    await mkdir(project.cwd)
-    // The reference image's login user is box (a real vagrant-libvirt box has vagrant; both take the insecure key).
-    await writeFile(join(project.cwd, 'Boxfile'), 'box: example\nmemory: 1024\ncpus: 2\nssh:\n  username: box\n')
-    try {
-      const added = await box(project, ['add', 'example', exampleBox])
+  it(
+    'round trip: the new box has the change after a resnap boot, and resnap still throws later changes away',
+    async () => {
+      const added = await box(consumer, ['add', 'reference-next', packaged])
       expect(added.exitCode, added.stderr).toBe(0)
-      expect(added.stdout).toMatch(/example 0 \(libvirt\)/)
-      const up = await box(project, ['up'])
+      expect(added.stdout).toContain('reference-next 0.2.0')
+      const up = await box(consumer, ['up'])
       expect(up.exitCode, up.stderr).toBe(0)
-      const inside = await box(project, ['ssh', '-c', 'cat /proc/cmdline; cat /etc/box-package-marker'])
-      expect(inside.exitCode, inside.stderr).toBe(0)
-      expect(inside.stdout).toMatch(/BOOT_IMAGE=/) // grub from the disk, not direct kernel boot
-      expect(inside.stdout).toContain(MARKER)
-    } finally {
-      await box(project, ['destroy', '-f'])
-    }
-    expect(await qemuProcessesMentioning(project.cwd)).toEqual([])
-  }, BOOT_TIMEOUT)
+      const first = await box(consumer, [
+        'ssh',
+        '-c',
+        'findmnt -no SOURCE /; cat /etc/box-package-marker; echo later | sudo tee /etc/box-later-change >/dev/null',
+      ])
+      expect(first.exitCode, first.stderr).toBe(0)
+      expect(first.stdout).toMatch(/root_snap\n/)
+      expect(first.stdout).toContain(MARKER)
+      const resnap = await box(consumer, ['resnap'])
+      expect(resnap.exitCode, resnap.stderr).toBe(0)
+      const after = await box(consumer, [
+        'ssh',
+        '-c',
+        'cat /etc/box-package-marker; test ! -e /etc/box-later-change && echo later-change-gone',
+      ])
+      expect(after.exitCode, after.stderr).toBe(0)
+      expect(after.stdout).toContain(MARKER)
+      expect(after.stdout).toContain('later-change-gone')
+
+      // Packaging this normal (snapshot) machine ships the origin as it is, and says so.
+      expect((await box(consumer, ['ssh', '-c', 'echo x | sudo tee /etc/box-snapshot-only >/dev/null'])).exitCode).toBe(
+        0,
+      )
+      const output = join(root, 'out', 'from-snapshot.box')
+      const again = await box(consumer, ['package', '--halt', '-o', output])
+      expect(again.exitCode, again.stderr).toBe(0)
+      expect(again.stderr).toMatch(
+        /the origin is as reference-next 0\.2\.0 shipped it: the snapshot's changes are not packaged/,
+      )
+      const unpacked = join(root, 'from-snapshot')
+      await mkdir(unpacked)
+      await execa('tar', ['--zstd', '-xf', output, '-C', unpacked, 'box.img'])
+      const image = join(unpacked, 'box.img')
+      const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', image])).stdout)
+      expect(info['backing-filename']).toBeUndefined()
+      const lvm = (await readLvmOnDisk(image, 'qcow2'))!
+      const [rootRange] = lvRangesOnPv(lvm.metadata, 'box', 'root', lvm.pvUuid)!
+      await copyImageRange(
+        image,
+        'qcow2',
+        lvm.pvOffset + rootRange!.offset,
+        rootRange!.size,
+        join(unpacked, 'root.raw'),
+      )
+      const look = async (path: string) =>
+        (await execa('debugfs', ['-R', `stat ${path}`, join(unpacked, 'root.raw')], {reject: false})).stderr
+      expect(await look('/etc/box-package-marker')).not.toMatch(/not found/)
+      expect(await look('/etc/box-snapshot-only')).toMatch(/not found/)
+      await rm(unpacked, {recursive: true, force: true})
+      expect((await box(consumer, ['destroy', '-f'])).exitCode).toBe(0)
+    },
+    BOOT_TIMEOUT * 2,
+  )
+
+  it.runIf(vagrantInstalled)(
+    'vagrant box add accepts the box and the catalog',
+    async () => {
+      const vagrantHome = join(root, 'vagrant-home')
+      const env = {
+        VAGRANT_HOME: vagrantHome,
+        HOME: join(root, 'vagrant-user'),
+        VAGRANT_CHECKPOINT_DISABLE: '1',
+        VAGRANT_DEFAULT_PROVIDER: 'libvirt',
+      }
+      await mkdir(env.HOME, {recursive: true})
+      const fromFile = await execa('vagrant', ['box', 'add', '--name', 'box-test/packaged', packaged], {
+        env,
+        reject: false,
+        timeout: 300_000,
+      })
+      expect(fromFile.exitCode, fromFile.stderr + fromFile.stdout).toBe(0)
+      const fromCatalog = await execa('vagrant', ['box', 'add', `file://${catalog}`], {
+        env,
+        reject: false,
+        timeout: 300_000,
+      })
+      expect(fromCatalog.exitCode, fromCatalog.stderr + fromCatalog.stdout).toBe(0)
+      const list = await execa('vagrant', ['box', 'list'], {env, reject: false})
+      expect(list.stdout).toMatch(/box-test\/packaged\s+\(libvirt, 0\)/)
+      expect(list.stdout).toMatch(/reference\s+\(libvirt, 0\.2\.0\)/)
+    },
+    600_000,
+  )
+
+  it(
+    "box adds and boots a box laid out as vagrant-libvirt's example box (grub boot, no box key)",
+    async () => {
+      // vagrant-libvirt's example_box: metadata.json with only Vagrant's keys, box.img, Vagrantfile; tar + gzip.
+      const example = join(root, 'example')
+      await mkdir(example)
+      await execa('tar', ['--zstd', '-xf', packaged, '-C', example, 'box.img'])
+      await writeFile(
+        join(example, 'metadata.json'),
+        JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 8}),
+      )
+      await writeFile(
+        join(example, 'Vagrantfile'),
+        'Vagrant.configure("2") do |config|\n  config.vm.provider :libvirt do |libvirt|\n    libvirt.driver = "kvm"\n  end\nend\n',
+      )
+      const exampleBox = join(root, 'out', 'example.box')
+      await execa('tar', ['-czf', exampleBox, '-C', example, 'metadata.json', 'Vagrantfile', 'box.img'])
+      await rm(example, {recursive: true, force: true})
+
+      const project: CliEnv = {...consumer, cwd: join(root, 'example-project')}
+      await mkdir(project.cwd)
+      // The reference image's login user is box (a real vagrant-libvirt box has vagrant; both take the insecure key).
+      await writeFile(join(project.cwd, 'Boxfile'), 'box: example\nmemory: 1024\ncpus: 2\nssh:\n  username: box\n')
+      try {
+        const added = await box(project, ['add', 'example', exampleBox])
+        expect(added.exitCode, added.stderr).toBe(0)
+        expect(added.stdout).toMatch(/example 0 \(libvirt\)/)
+        const up = await box(project, ['up'])
+        expect(up.exitCode, up.stderr).toBe(0)
+        const inside = await box(project, ['ssh', '-c', 'cat /proc/cmdline; cat /etc/box-package-marker'])
+        expect(inside.exitCode, inside.stderr).toBe(0)
+        expect(inside.stdout).toMatch(/BOOT_IMAGE=/) // grub from the disk, not direct kernel boot
+        expect(inside.stdout).toContain(MARKER)
+      } finally {
+        await box(project, ['destroy', '-f'])
+      }
+      expect(await qemuProcessesMentioning(project.cwd)).toEqual([])
+    },
+    BOOT_TIMEOUT,
+  )
 })

@@ -55,11 +55,13 @@ SCRIPT
     expect(await guest.root('cat /persistent/kept')).toBe('kept')
     const bootId = await guest.root('cat /proc/sys/kernel/random/boot_id')
     // provisiond is a boot-time unit: wait for it rather than racing ssh.
-    const ran = await guest.root('for i in $(seq 60); do grep -q . /persistent/runsetup.ran 2>/dev/null && break; sleep 1; done; cat /persistent/runsetup.ran')
+    const ran = await guest.root(
+      'for i in $(seq 60); do grep -q . /persistent/runsetup.ran 2>/dev/null && break; sleep 1; done; cat /persistent/runsetup.ran',
+    )
     expect(ran.split('\n')).toContain(bootId)
   })
 
-  it('keeps this boot\'s changes when booted without resnap', async () => {
+  it("keeps this boot's changes when booted without resnap", async () => {
     await guest.root('echo stays > /root/no-resnap; sync')
     await guest.halt()
     await guest.boot({resnap: false})
@@ -81,7 +83,7 @@ SCRIPT
     expect(await guest.serialLog()).toMatch(/resnap: created/)
   })
 
-  it('boots through the box\'s own grub with the resnap entry', async () => {
+  it("boots through the box's own grub with the resnap entry", async () => {
     await guest.root('echo gone > /root/grub-scratch; sync')
     await guest.halt()
     await guest.boot({resnap: true}, {firmwareBoot: true})

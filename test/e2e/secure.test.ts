@@ -69,10 +69,30 @@ class Terminal {
   async start(session: string, env: CliEnv, exitFile: string, args: string[] = []): Promise<void> {
     this.session = session
     await this.tmux([
-      'new-session', '-d', '-s', session, '-x', '160', '-y', '40', '-c', env.cwd,
-      '-e', `BOX_DATA_DIR=${env.dataDir}`, '-e', `BOX_CACHE_DIR=${env.cacheDir}`, '-e', 'NO_COLOR=1', '-e', `EXIT_FILE=${exitFile}`,
+      'new-session',
+      '-d',
+      '-s',
+      session,
+      '-x',
+      '160',
+      '-y',
+      '40',
+      '-c',
+      env.cwd,
+      '-e',
+      `BOX_DATA_DIR=${env.dataDir}`,
+      '-e',
+      `BOX_CACHE_DIR=${env.cacheDir}`,
+      '-e',
+      'NO_COLOR=1',
+      '-e',
+      `EXIT_FILE=${exitFile}`,
       // The pane stays open after box exits, to be read.
-      'sh', '-c', '"$0" secure "$@"; echo $? > "$EXIT_FILE"; sleep 600', BIN, ...args,
+      'sh',
+      '-c',
+      '"$0" secure "$@"; echo $? > "$EXIT_FILE"; sleep 600',
+      BIN,
+      ...args,
     ])
   }
 
@@ -133,7 +153,9 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     return result.stdout
   }
   const hostPort = async (guest: number): Promise<number> => {
-    const [status] = JSON.parse((await box(env, ['status', '--json'])).stdout) as Array<{forwardedPorts: Array<{guest: number; host: number}>}>
+    const [status] = JSON.parse((await box(env, ['status', '--json'])).stdout) as Array<{
+      forwardedPorts: Array<{guest: number; host: number}>
+    }>
     return status!.forwardedPorts.find((port) => port.guest === guest)!.host
   }
 
@@ -173,7 +195,11 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     const noPassword = await box(env, ['secure', '--role', 'worker', '--username', 'alice'])
     expect(noPassword.exitCode).toBe(2)
     expect(noPassword.stderr).toContain('pass --password-stdin')
-    const badSite = await box(env, ['secure', '--role', 'worker', '--site', 'not a site', '--username', 'alice', '--password-stdin'], {input: 'x\n'})
+    const badSite = await box(
+      env,
+      ['secure', '--role', 'worker', '--site', 'not a site', '--username', 'alice', '--password-stdin'],
+      {input: 'x\n'},
+    )
     expect(badSite.exitCode).toBe(2)
     expect(badSite.stderr).toContain('--site: "not a site" is not a host name')
   })
@@ -190,7 +216,9 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
 
   it('asks its four questions in a terminal, and the password appears nowhere', async () => {
     // A sampler in the guest too: the password must not be on a command line there either.
-    await ssh('setsid sh -c "while :; do ps -eo args=; sleep 0.05; done" > /tmp/ps-samples 2>&1 < /dev/null & echo $! > /tmp/ps-sampler')
+    await ssh(
+      'setsid sh -c "while :; do ps -eo args=; sleep 0.05; done" > /tmp/ps-samples 2>&1 < /dev/null & echo $! > /tmp/ps-sampler',
+    )
     const hostProcesses = sampleHostProcesses()
     const exitFile = join(project, '..', 'secure-exit')
     await terminal.start('secure', env, exitFile)
@@ -209,7 +237,10 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     await terminal.typeSecret('a typo')
     await terminal.keys('Enter')
     // Different twice: asked again.
-    await terminal.waitFor((screen) => screen.includes('differ') && occurrences(screen, 'Password?') === 2, 'the password asked again')
+    await terminal.waitFor(
+      (screen) => screen.includes('differ') && occurrences(screen, 'Password?') === 2,
+      'the password asked again',
+    )
     await terminal.typeSecret(FIRST_PASSWORD)
     await terminal.keys('Enter')
     await terminal.waitFor((screen) => occurrences(screen, 'Password again?') === 2, 'the second confirmation')
@@ -229,7 +260,8 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     const stateFiles: string[] = []
     for (const entry of await readdir(stateDir, {recursive: true, withFileTypes: true})) {
       // The machine's disk holds the guest's /persistent, where the password belongs (root only).
-      if (entry.isFile() && entry.name !== 'disk.qcow2') stateFiles.push(await readFile(join(entry.parentPath, entry.name), 'latin1'))
+      if (entry.isFile() && entry.name !== 'disk.qcow2')
+        stateFiles.push(await readFile(join(entry.parentPath, entry.name), 'latin1'))
     }
     const places: Record<string, string> = {
       terminal: screen,
@@ -238,12 +270,16 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
       'state dir': stateFiles.join('\n'),
       'serial log': await readFile(join(stateDir, 'machines', 'default', 'serial.log'), 'utf8'),
       'guest journal': await ssh('sudo journalctl -b -o cat --no-pager'),
-      'guest shell histories and temp files': await ssh('sudo cat /root/.*history /home/*/.*history /tmp/box-provision.* 2>/dev/null; true'),
+      'guest shell histories and temp files': await ssh(
+        'sudo cat /root/.*history /home/*/.*history /tmp/box-provision.* 2>/dev/null; true',
+      ),
     }
     expect(places['state dir']).toContain('ssh') // the search did read the state
     for (const [place, text] of Object.entries(places)) {
       expect(text.includes(FIRST_PASSWORD), `the password is in the ${place}`).toBe(false)
-      expect(text.includes(FIRST_PASSWORD.replaceAll("'", "'\\''")), `the quoted password is in the ${place}`).toBe(false)
+      expect(text.includes(FIRST_PASSWORD.replaceAll("'", "'\\''")), `the quoted password is in the ${place}`).toBe(
+        false,
+      )
     }
     // It is where it belongs, exactly as typed.
     expect(await ssh('sudo cat /persistent/secure/password')).toBe(FIRST_PASSWORD)
@@ -251,10 +287,23 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
 
   it('locks the guest down: key-only sshd, a dropping firewall, private files, no password anywhere', async () => {
     const status = JSON.parse((await box(env, ['secure', '--status', '--json'])).stdout)[0]
-    expect(status).toMatchObject({role: 'director', site: 'example.org', username: 'alice', directorPort: 8443, inForce: true})
+    expect(status).toMatchObject({
+      role: 'director',
+      site: 'example.org',
+      username: 'alice',
+      directorPort: 8443,
+      inForce: true,
+    })
 
     const sshd = await ssh('sudo sshd -T')
-    for (const setting of ['passwordauthentication no', 'kbdinteractiveauthentication no', 'permitrootlogin no', 'authenticationmethods publickey', 'allowusers box', 'allowtcpforwarding no']) {
+    for (const setting of [
+      'passwordauthentication no',
+      'kbdinteractiveauthentication no',
+      'permitrootlogin no',
+      'authenticationmethods publickey',
+      'allowusers box',
+      'allowtcpforwarding no',
+    ]) {
       expect(sshd).toContain(setting)
     }
     // Only the machine key's file: ~/.ssh/authorized_keys (where Vagrant writes) is not read.
@@ -263,7 +312,9 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     expect(ruleset).toMatch(/hook input priority filter; policy drop;/)
     expect(ruleset).toContain('ip saddr 10.0.2.2 tcp dport 22 accept')
     expect(ruleset).toContain('tcp dport 8443 accept')
-    expect(await ssh(`sudo sh -c 'stat -c "%a %U %n" /persistent/secure /persistent/secure/* /persistent/runsecure'`)).toBe(
+    expect(
+      await ssh(`sudo sh -c 'stat -c "%a %U %n" /persistent/secure /persistent/secure/* /persistent/runsecure'`),
+    ).toBe(
       [
         '700 root /persistent/secure',
         '600 root /persistent/secure/nftables.conf',
@@ -273,7 +324,9 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
         '700 root /persistent/runsecure',
       ].join('\n'),
     )
-    expect(await ssh('sudo cat /persistent/secure/secure.conf')).toMatch(/ROLE=director\nSITE=example.org\nUSERNAME=alice\nDIRECTOR_PORT=8443$/)
+    expect(await ssh('sudo cat /persistent/secure/secure.conf')).toMatch(
+      /ROLE=director\nSITE=example.org\nUSERNAME=alice\nDIRECTOR_PORT=8443$/,
+    )
     expect(await ssh('sudo passwd -S root')).toMatch(/^root L /)
     expect(await ssh('sudo systemctl is-enabled serial-getty@ttyS0.service || true')).toBe('masked')
 
@@ -284,14 +337,20 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
   })
 
   it('securing again replaces the configuration: now a worker, the director port closed', async () => {
-    const again = await box(env, ['secure', '--role', 'worker', '--site', 'other.example', '--username', 'bob', '--password-stdin', '--yes'], {input: `${SECOND_PASSWORD}\n`})
+    const again = await box(
+      env,
+      ['secure', '--role', 'worker', '--site', 'other.example', '--username', 'bob', '--password-stdin', '--yes'],
+      {input: `${SECOND_PASSWORD}\n`},
+    )
     expect(again.exitCode, again.stderr).toBe(0)
     expect(again.stdout).toContain('default: secured as worker of other.example (user bob)')
     expect(again.stdout).not.toContain(SECOND_PASSWORD)
     const ruleset = await ssh('sudo nft list ruleset')
     expect(ruleset).not.toContain('8443')
     expect(occurrences(ruleset, 'table inet box_secure')).toBe(1)
-    expect(await ssh('sudo cat /persistent/secure/secure.conf')).toMatch(/ROLE=worker\nSITE=other.example\nUSERNAME=bob$/)
+    expect(await ssh('sudo cat /persistent/secure/secure.conf')).toMatch(
+      /ROLE=worker\nSITE=other.example\nUSERNAME=bob$/,
+    )
     expect(await ssh('sudo cat /persistent/secure/password')).toBe(SECOND_PASSWORD)
     expect(await ssh('sudo ls -a /persistent')).not.toMatch(/\.secure\.|\.runsecure\.new/)
     expect(await bannerWithin(await hostPort(8443), 5000)).toBe(false)
@@ -307,7 +366,9 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     expect(status).toMatchObject({role: 'worker', site: 'other.example', username: 'bob', inForce: true})
     expect(await ssh('sudo systemctl is-active box-lockdown.service')).toBe('active')
     // The early unit loaded the firewall before the network came up.
-    const order = await ssh('sudo journalctl -b -o short-monotonic --no-pager -u box-lockdown.service -u systemd-networkd.service')
+    const order = await ssh(
+      'sudo journalctl -b -o short-monotonic --no-pager -u box-lockdown.service -u systemd-networkd.service',
+    )
     expect(order.indexOf('box: apply the lockdown')).toBeGreaterThan(-1)
     expect(order.indexOf('box: apply the lockdown')).toBeLessThan(order.indexOf('systemd-networkd'))
     expect(await ssh('sudo journalctl -b -o cat --no-pager -u provisiond')).toContain('/persistent/runsecure succeeded')

@@ -37,13 +37,21 @@ function box(args: string[], options: {cwd: string; env?: Record<string, string>
     reject: false,
     stdin: 'ignore',
     timeout: options.timeout ?? 900_000,
-    env: {BOX_DATA_DIR: join(root, 'data'), BOX_CACHE_DIR: join(root, 'cache'), NO_COLOR: '1', SLURM_CONF: slurmConf, ...options.env},
+    env: {
+      BOX_DATA_DIR: join(root, 'data'),
+      BOX_CACHE_DIR: join(root, 'cache'),
+      NO_COLOR: '1',
+      SLURM_CONF: slurmConf,
+      ...options.env,
+    },
   })
 }
 
 async function squeueNames(): Promise<string[]> {
   const {stdout} = await execa('squeue', ['--json'], {env: {SLURM_CONF: slurmConf}})
-  return (JSON.parse(stdout) as {jobs: Array<{name: string; job_state: string}>}).jobs.filter((job) => ['PENDING', 'RUNNING', 'COMPLETING', 'CONFIGURING'].includes(job.job_state)).map((job) => job.name)
+  return (JSON.parse(stdout) as {jobs: Array<{name: string; job_state: string}>}).jobs
+    .filter((job) => ['PENDING', 'RUNNING', 'COMPLETING', 'CONFIGURING'].includes(job.job_state))
+    .map((job) => job.name)
 }
 
 /** QEMU processes of this test's workers (their files live under this test's cache). */
@@ -56,7 +64,9 @@ async function jobFile(dir: string, jobs: unknown[], extra: Record<string, unkno
   await mkdir(dir, {recursive: true})
   const file = join(dir, 'jobs.yaml')
   const head = {box: 'reference', box_url: server.url('/reference.box'), box_checksum: `sha256:${boxSum}`, ...extra}
-  const lines = Object.entries(head).filter(([, value]) => value !== undefined).map(([key, value]) => `${key}: ${JSON.stringify(value)}`)
+  const lines = Object.entries(head)
+    .filter(([, value]) => value !== undefined)
+    .map(([key, value]) => `${key}: ${JSON.stringify(value)}`)
   await writeFile(file, `${lines.join('\n')}\njobs:\n${jobs.map((job) => `  - ${JSON.stringify(job)}`).join('\n')}\n`)
   return file
 }
@@ -96,11 +106,15 @@ describe('box batch --on slurm', () => {
 
     const local = await box(['batch', file, '--on', 'slurm'], {cwd: dir})
     expect(local.exitCode).toBe(2)
-    expect(local.stderr).toContain(`input ${join(dir, 'submission')} is a path on this host only; the nodes cannot see it`)
+    expect(local.stderr).toContain(
+      `input ${join(dir, 'submission')} is a path on this host only; the nodes cannot see it`,
+    )
     expect(local.stderr).toContain('--shared')
 
     // The same input under the shared path passes that check; a results folder outside it does not.
-    const outside = await box(['batch', file, '--on', 'slurm', '--shared', dir, '--results', join(root, 'elsewhere')], {cwd: dir})
+    const outside = await box(['batch', file, '--on', 'slurm', '--shared', dir, '--results', join(root, 'elsewhere')], {
+      cwd: dir,
+    })
     expect(outside.exitCode).toBe(2)
     expect(outside.stderr).toContain('is not under the shared path')
 
@@ -124,12 +138,16 @@ describe('box batch --on slurm', () => {
     // A job file with an unknown field: its place is named, nothing submitted.
     const bad = join(root, 'bad')
     await mkdir(bad, {recursive: true})
-    await writeFile(join(bad, 'jobs.yaml'), `box: reference\njobs:\n  - id: one\n    command: [true]\n    colour: red\n`)
+    await writeFile(
+      join(bad, 'jobs.yaml'),
+      `box: reference\njobs:\n  - id: one\n    command: [true]\n    colour: red\n`,
+    )
     const badFile = await box(['batch', join(bad, 'jobs.yaml'), '--on', 'slurm'], {cwd: bad})
     expect(badFile.exitCode).not.toBe(0)
     expect(badFile.stderr).toMatch(/jobs\.yaml:5:5/)
 
-    for (const result of [local, outside, noSlurm, noController, badFile]) expect(result.stdout).not.toContain('submitted')
+    for (const result of [local, outside, noSlurm, noController, badFile])
+      expect(result.stdout).not.toContain('submitted')
     expect(await squeueNames()).toEqual(before)
     await expect(stat(join(dir, 'results', '.box-batch'))).rejects.toThrow()
   }, 120_000)
@@ -141,10 +159,18 @@ describe('box batch --on slurm', () => {
       {id: 'two', command: 'echo two >&2; exit 3'},
       {id: 'three', command: 'mkdir -p /tmp/out && echo three > /tmp/out/answer.txt', out: ['/tmp/out/answer.txt']},
     ])
-    const downloadsBefore = server.requests.filter((request) => request.path === '/reference.box' && request.status === 200).length
+    const downloadsBefore = server.requests.filter(
+      (request) => request.path === '/reference.box' && request.status === 200,
+    ).length
     const started = Date.now()
-    const run = await box(['batch', file, '--on', 'slurm', '--max-running', '2', '--time', '20', '--wait', '--json'], {cwd: dir})
-    const result = JSON.parse(run.stdout) as {arrayJobId: string; records: Array<{id: string; status: string; exitCode: number; slurm: {node: string}}>; status: SlurmBatchStatus}
+    const run = await box(['batch', file, '--on', 'slurm', '--max-running', '2', '--time', '20', '--wait', '--json'], {
+      cwd: dir,
+    })
+    const result = JSON.parse(run.stdout) as {
+      arrayJobId: string
+      records: Array<{id: string; status: string; exitCode: number; slurm: {node: string}}>
+      status: SlurmBatchStatus
+    }
     expect(run.exitCode, run.stderr).toBe(1) // job two failed (its own exit 3)
     console.log(`3 jobs through Slurm in ${Math.round((Date.now() - started) / 1000)} s`)
 
@@ -163,7 +189,9 @@ describe('box batch --on slurm', () => {
     expect(await readFile(join(dir, 'results', 'two', 'stderr'), 'utf8')).toBe('two\n')
     expect(await readFile(join(dir, 'results', 'three', 'answer.txt'), 'utf8')).toBe('three\n')
     // Two tasks started at once and both needed the box: it was downloaded once (one store here).
-    const downloads = server.requests.filter((request) => request.path === '/reference.box' && request.status === 200).length - downloadsBefore
+    const downloads =
+      server.requests.filter((request) => request.path === '/reference.box' && request.status === 200).length -
+      downloadsBefore
     expect(downloads).toBe(1)
 
     const status = await box(['batch', 'status', file, '--json'], {cwd: dir})
@@ -172,12 +200,21 @@ describe('box batch --on slurm', () => {
     expect(parsed.counts).toMatchObject({total: 3, queued: 0, running: 0, done: 2, failed: 1, infrastructure: 0})
     expect(parsed.finished).toBe(true)
     expect(parsed.arrayJobId).toBe(result.arrayJobId)
-    expect(Object.fromEntries(parsed.jobs.map((job) => [job.id, job.state]))).toEqual({one: 'done', two: 'failed', three: 'done'})
+    expect(Object.fromEntries(parsed.jobs.map((job) => [job.id, job.state]))).toEqual({
+      one: 'done',
+      two: 'failed',
+      three: 'done',
+    })
   }, 1_200_000)
 
   it('reports a box no node can get as a worker failure, retried on another node', async () => {
     const dir = join(root, 'unreachable')
-    const file = await jobFile(dir, [{id: 'lonely', command: ['true']}], {box: 'missing', box_url: 'http://127.0.0.1:9/missing.box', box_checksum: undefined, retries: 1})
+    const file = await jobFile(dir, [{id: 'lonely', command: ['true']}], {
+      box: 'missing',
+      box_url: 'http://127.0.0.1:9/missing.box',
+      box_checksum: undefined,
+      retries: 1,
+    })
     const run = await box(['batch', file, '--on', 'slurm', '--wait', '--json'], {cwd: dir})
     expect(run.exitCode).toBe(75)
     const status = JSON.parse((await box(['batch', 'status', file, '--json'], {cwd: dir})).stdout) as SlurmBatchStatus
@@ -187,7 +224,9 @@ describe('box batch --on slurm', () => {
     expect(record.error.message).toContain('could not get box missing')
     // The first attempt's Slurm output file names its node; with more than one node the retry excluded it.
     const stateDir = join(dir, 'results', '.box-batch', status.batchId)
-    const outputs = (await readdir(stateDir)).filter((name) => name.startsWith('task-0-')).sort((a, b) => Number(a.split('-')[2]!.split('.')[0]) - Number(b.split('-')[2]!.split('.')[0]))
+    const outputs = (await readdir(stateDir))
+      .filter((name) => name.startsWith('task-0-'))
+      .sort((a, b) => Number(a.split('-')[2]!.split('.')[0]) - Number(b.split('-')[2]!.split('.')[0]))
     expect(outputs).toHaveLength(2)
     const first = await readFile(join(stateDir, outputs[0]!), 'utf8')
     const firstNode = /job lonely on (\S+): infrastructure/.exec(first)?.[1]

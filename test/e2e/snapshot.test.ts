@@ -62,7 +62,9 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
     return entry!.snapshots
   }
   const stateFileOf = async (name: string) => {
-    const index = JSON.parse(await readFile(join(stateDir, 'snapshots', 'index.json'), 'utf8')) as {snapshots: Array<{name: string; state?: string}>}
+    const index = JSON.parse(await readFile(join(stateDir, 'snapshots', 'index.json'), 'utf8')) as {
+      snapshots: Array<{name: string; state?: string}>
+    }
     return join(stateDir, index.snapshots.find((snapshot) => snapshot.name === name)!.state!)
   }
 
@@ -112,7 +114,10 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
     expect(await provider.askAgent({stateDir}, 'ping', {timeoutMs: 5000})).toBe('pong')
     expect(await ssh('cat /proc/sys/kernel/random/boot_id')).toBe(bootId)
     expect(await generationId()).not.toBe(generationBefore)
-    const status = JSON.parse((await box(env, ['status', '--json'])).stdout) as Array<{state: string; forwardedPorts: Array<{guest: number; host: number}>}>
+    const status = JSON.parse((await box(env, ['status', '--json'])).stdout) as Array<{
+      state: string
+      forwardedPorts: Array<{guest: number; host: number}>
+    }>
     expect(status[0]!.state).toBe('running')
     expect(status[0]!.forwardedPorts).toEqual([expect.objectContaining({guest: 8080, host: 18931})])
   })
@@ -147,7 +152,9 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
     try {
       const refused = await box(env, ['snapshot', 'restore', 'running1'])
       expect(refused.exitCode).not.toBe(0)
-      expect(refused.stderr).toContain('snapshot "running1" of machine default cannot be resumed: it was saved with memory: 1024 (MiB), the Boxfile now says memory: 2048')
+      expect(refused.stderr).toContain(
+        'snapshot "running1" of machine default cannot be resumed: it was saved with memory: 1024 (MiB), the Boxfile now says memory: 2048',
+      )
       expect(await ssh('true')).toBe('')
     } finally {
       await writeFile(join(project, 'Boxfile'), boxfile(1024))
@@ -163,7 +170,9 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
       await truncate(state, Math.floor(size / 2))
       const refused = await box(env, ['snapshot', 'restore', 'second'])
       expect(refused.exitCode).not.toBe(0)
-      expect(refused.stderr).toMatch(/saved state of snapshot "second" of machine default is \d+ bytes but \d+ were saved: it is truncated/)
+      expect(refused.stderr).toMatch(
+        /saved state of snapshot "second" of machine default is \d+ bytes but \d+ were saved: it is truncated/,
+      )
       expect(await ssh('true')).toBe('')
     } finally {
       await execa('mv', [copy, state])
@@ -180,7 +189,9 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
     try {
       const refused = await box(env, ['snapshot', 'restore', 'second'])
       expect(refused.exitCode).not.toBe(0)
-      expect(refused.stderr).toMatch(/the saved state of snapshot "second" of machine default is corrupt: (its checksum is not the one recorded at save|QEMU could not load it)/)
+      expect(refused.stderr).toMatch(
+        /the saved state of snapshot "second" of machine default is corrupt: (its checksum is not the one recorded at save|QEMU could not load it)/,
+      )
       expect(await qemuProcessesMentioning(stateDir)).toEqual([])
       expect((await box(env, ['status', '--json'])).stdout).toContain('"poweroff"')
     } finally {

@@ -88,7 +88,11 @@ describe('port, upload and download on a real guest', {timeout: 300_000}, () => 
     const sshPort = Number(/^ +Port (\d+)$/m.exec((await ok(['ssh-config'])).stdout)![1])
     const moved = Number((await ok(['port', '--guest', '8081'])).stdout)
     expect(moved).toBeGreaterThan(TAKEN_HOST_PORT)
-    expect(listed).toEqual([`127.0.0.1:${sshPort} → 22/tcp (ssh)`, '127.0.0.1:28080 → 80/tcp', `127.0.0.1:${moved} → 8081/tcp`])
+    expect(listed).toEqual([
+      `127.0.0.1:${sshPort} → 22/tcp (ssh)`,
+      '127.0.0.1:28080 → 80/tcp',
+      `127.0.0.1:${moved} → 8081/tcp`,
+    ])
     expect((await ok(['port', 'default', '--guest', '80'])).stdout).toBe('28080')
     expect(JSON.parse((await ok(['port', '--json'])).stdout)).toEqual([
       {guest: 22, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp', ssh: true},
@@ -98,7 +102,9 @@ describe('port, upload and download on a real guest', {timeout: 300_000}, () => 
     const unknownPort = await box(env, ['port', '--guest', '81'])
     expect(unknownPort.exitCode).toBe(1)
     expect(unknownPort.stdout).toBe('')
-    expect(unknownPort.stderr).toMatch(/guest port 81 of machine default is not forwarded; forwarded guest ports: 22\/tcp, 80\/tcp, 8081\/tcp/)
+    expect(unknownPort.stderr).toMatch(
+      /guest port 81 of machine default is not forwarded; forwarded guest ports: 22\/tcp, 80\/tcp, 8081\/tcp/,
+    )
     const unknownMachine = await box(env, ['port', 'web'])
     expect(unknownMachine.exitCode).toBe(2)
     expect(unknownMachine.stderr).toMatch(/unknown machine "web"/)
@@ -136,7 +142,10 @@ describe('port, upload and download on a real guest', {timeout: 300_000}, () => 
     expect(sha256(await readFile(join(back, 'copy.bin')))).toBe(sha256(blob))
     expect((await ok(['download', '/tmp/from-stdin.txt', '-'])).stdout).toBe('through stdin')
     expect((await ok(['download', '--compress', '/tmp/from-stdin.gz.txt', '-'])).stdout).toBe('compressed stdin')
-    expect(JSON.parse((await ok(['download', '--json', '/tmp/renamed.bin', back])).stdout)).toEqual({destination: join(back, 'renamed.bin'), bytes: blob.length})
+    expect(JSON.parse((await ok(['download', '--json', '/tmp/renamed.bin', back])).stdout)).toEqual({
+      destination: join(back, 'renamed.bin'),
+      bytes: blob.length,
+    })
     // No temporary folder is left behind on either side.
     expect((await readdir(back)).sort()).toEqual(['copy.bin', 'renamed.bin', 'tree'])
     expect(await ssh('ls -A /tmp ~ | grep -c .box-upload || true')).toBe('0')
@@ -160,7 +169,9 @@ describe('port, upload and download on a real guest', {timeout: 300_000}, () => 
     await symlink(outside, join(root, 'link-out'))
     const throughLink = await box(env, ['download', '/etc/hostname', join(root, 'link-out')])
     expect(throughLink.exitCode).toBe(1)
-    expect(throughLink.stderr).toMatch(/download destination .*link-out is a symlink: box does not write through symlinks/)
+    expect(throughLink.stderr).toMatch(
+      /download destination .*link-out is a symlink: box does not write through symlinks/,
+    )
     await symlink(join(outside, 'hostname'), join(target, 'hostname'))
     const replacesLink = await box(env, ['download', '/etc/hostname', target])
     expect(replacesLink.exitCode).toBe(1)
@@ -177,7 +188,9 @@ describe('port, upload and download on a real guest', {timeout: 300_000}, () => 
     await execa('python3', ['-c', HOSTILE_TARS, tars, outside])
     await ok(['upload', tars, '/tmp/'])
     // First on the login PATH: the download script's `tar` is this one, sending the file named in /tmp/hostile/which.
-    await ssh(`printf '#!/bin/sh\\nexec cat "/tmp/hostile/$(cat /tmp/hostile/which).tar"\\n' | sudo tee /usr/local/bin/tar >/dev/null && sudo chmod 755 /usr/local/bin/tar`)
+    await ssh(
+      `printf '#!/bin/sh\\nexec cat "/tmp/hostile/$(cat /tmp/hostile/which).tar"\\n' | sudo tee /usr/local/bin/tar >/dev/null && sudo chmod 755 /usr/local/bin/tar`,
+    )
     try {
       const expected: Record<string, RegExp> = {
         dotdot: /the stream holds "data\/\.\.\/\.\.\/escaped", outside data/,

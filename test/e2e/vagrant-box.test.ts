@@ -16,7 +16,8 @@ import {testCacheDir} from '../support/cache.js'
 import {box, type CliEnv} from '../support/cli.js'
 import {ensureVagrantBox, VAGRANT_INSECURE_PRIVATE_KEYS, VAGRANT_INSECURE_PUBLIC_KEYS} from '../fixtures/vagrant-box.js'
 
-const fingerprint = async (publicKey: string) => (await execa('ssh-keygen', ['-l', '-f', publicKey])).stdout.split(' ')[1]!
+const fingerprint = async (publicKey: string) =>
+  (await execa('ssh-keygen', ['-l', '-f', publicKey])).stdout.split(' ')[1]!
 
 describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
   let root: string
@@ -28,7 +29,28 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
   const loginWith = async (key: string) => {
     const config = (await box(env, ['ssh-config'])).stdout
     const port = /Port (\d+)/.exec(config)![1]!
-    return execa('ssh', ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'IdentitiesOnly=yes', '-o', 'ConnectTimeout=20', '-i', key, '-p', port, 'vagrant@127.0.0.1', 'true'], {reject: false})
+    return execa(
+      'ssh',
+      [
+        '-o',
+        'BatchMode=yes',
+        '-o',
+        'StrictHostKeyChecking=no',
+        '-o',
+        'UserKnownHostsFile=/dev/null',
+        '-o',
+        'IdentitiesOnly=yes',
+        '-o',
+        'ConnectTimeout=20',
+        '-i',
+        key,
+        '-p',
+        port,
+        'vagrant@127.0.0.1',
+        'true',
+      ],
+      {reject: false},
+    )
   }
   const acceptedLogins = async () => {
     const log = await box(env, ['ssh', '-c', 'sudo journalctl -b -u ssh.service -o cat --no-pager'])
@@ -55,7 +77,12 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
     const up = await box(env, ['up'])
     expect(up.exitCode, `${up.stdout}\n${up.stderr}`).toBe(0)
     // For the record (figures come from bench/, never asserted): the boot stage's line.
-    console.log(`${up.stdout}\n${up.stderr}`.split('\n').filter((line) => /booting|creating/.test(line)).join('\n'))
+    console.log(
+      `${up.stdout}\n${up.stderr}`
+        .split('\n')
+        .filter((line) => /booting|creating/.test(line))
+        .join('\n'),
+    )
   }, 1_800_000)
 
   afterAll(async () => {
@@ -73,7 +100,10 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
   it('got in with a Vagrant insecure key once, then with the machine key', async () => {
     const logins = await acceptedLogins()
     const insecure = await Promise.all(VAGRANT_INSECURE_PUBLIC_KEYS.map(fingerprint))
-    expect(insecure.some((print) => logins[0]!.includes(print)), logins.join('\n')).toBe(true)
+    expect(
+      insecure.some((print) => logins[0]!.includes(print)),
+      logins.join('\n'),
+    ).toBe(true)
     const mine = await fingerprint(`${machineKey}.pub`)
     expect(logins.slice(1).length).toBeGreaterThan(0)
     for (const login of logins.slice(1)) expect(login).toContain(mine)
@@ -96,11 +126,20 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
   })
 
   it('gets its address by DHCP on the interface the box configures', async () => {
-    const net = await box(env, ['ssh', '-c', 'ip -o -4 addr show; udevadm test-builtin net_id /sys/class/net/eth0 2>/dev/null | grep ^ID_NET_NAME || true'])
+    const net = await box(env, [
+      'ssh',
+      '-c',
+      'ip -o -4 addr show; udevadm test-builtin net_id /sys/class/net/eth0 2>/dev/null | grep ^ID_NET_NAME || true',
+    ])
     expect(net.exitCode, net.stderr).toBe(0)
     expect(net.stdout).toMatch(/^\d+: eth0 +inet 10\.0\.2\.15\//m)
     // What the interface would be called without net.ifnames=0 under box's QEMU (for the record).
-    console.log(`predictable names of eth0 under box's QEMU:\n${net.stdout.split('\n').filter((line) => line.startsWith('ID_NET_NAME')).join('\n')}`)
+    console.log(
+      `predictable names of eth0 under box's QEMU:\n${net.stdout
+        .split('\n')
+        .filter((line) => line.startsWith('ID_NET_NAME'))
+        .join('\n')}`,
+    )
   })
 
   it('halts, and the next up uses the machine key only', async () => {

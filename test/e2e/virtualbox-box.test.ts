@@ -34,27 +34,33 @@ afterAll(async () => {
   await cleanup?.()
 })
 
-it('box up (QEMU, the default) boots the converted VirtualBox box through its own grub; ssh works; remove after destroy', async () => {
-  const added = await box(project, ['add', 'vagrant/ref', vboxBox])
-  expect(added.exitCode, added.stderr).toBe(0)
-  expect(added.stdout).toContain('(libvirt)')
+it(
+  'box up (QEMU, the default) boots the converted VirtualBox box through its own grub; ssh works; remove after destroy',
+  async () => {
+    const added = await box(project, ['add', 'vagrant/ref', vboxBox])
+    expect(added.exitCode, added.stderr).toBe(0)
+    expect(added.stdout).toContain('(libvirt)')
 
-  const up = await box(project, ['up'])
-  expect(up.exitCode, up.stderr).toBe(0)
-  const inside = await box(project, ['ssh', '-c', 'cat /proc/cmdline; id -un'])
-  expect(inside.exitCode, inside.stderr).toBe(0)
-  // BOOT_IMAGE= is grub's: QEMU booted the disk, not a kernel handed to it.
-  expect(inside.stdout).toMatch(/BOOT_IMAGE=/)
-  expect(inside.stdout.trim().split('\n').at(-1)).toBe('box')
-  const status = await box(project, ['status', '--json'])
-  expect(JSON.parse(status.stdout)).toMatchObject([{name: 'default', state: 'running', provider: 'qemu', box: 'vagrant/ref 0'}])
+    const up = await box(project, ['up'])
+    expect(up.exitCode, up.stderr).toBe(0)
+    const inside = await box(project, ['ssh', '-c', 'cat /proc/cmdline; id -un'])
+    expect(inside.exitCode, inside.stderr).toBe(0)
+    // BOOT_IMAGE= is grub's: QEMU booted the disk, not a kernel handed to it.
+    expect(inside.stdout).toMatch(/BOOT_IMAGE=/)
+    expect(inside.stdout.trim().split('\n').at(-1)).toBe('box')
+    const status = await box(project, ['status', '--json'])
+    expect(JSON.parse(status.stdout)).toMatchObject([
+      {name: 'default', state: 'running', provider: 'qemu', box: 'vagrant/ref 0'},
+    ])
 
-  const refused = await box(project, ['remove', 'vagrant/ref'])
-  expect(refused.exitCode).toBe(1)
-  expect(refused.stderr).toMatch(/cannot remove vagrant\/ref: a machine uses it/)
-  expect((await box(project, ['destroy', '-f'])).exitCode).toBe(0)
-  const removed = await box(project, ['remove', 'vagrant/ref'])
-  expect(removed.exitCode, removed.stderr).toBe(0)
-  expect(removed.stdout).toContain('(libvirt)')
-  expect(removed.stdout).toContain('(virtualbox)')
-}, BOOT_TIMEOUT)
+    const refused = await box(project, ['remove', 'vagrant/ref'])
+    expect(refused.exitCode).toBe(1)
+    expect(refused.stderr).toMatch(/cannot remove vagrant\/ref: a machine uses it/)
+    expect((await box(project, ['destroy', '-f'])).exitCode).toBe(0)
+    const removed = await box(project, ['remove', 'vagrant/ref'])
+    expect(removed.exitCode, removed.stderr).toBe(0)
+    expect(removed.stdout).toContain('(libvirt)')
+    expect(removed.stdout).toContain('(virtualbox)')
+  },
+  BOOT_TIMEOUT,
+)

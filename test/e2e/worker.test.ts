@@ -21,7 +21,13 @@ describe('fresh workers from a ready state', {timeout: 600_000}, () => {
   let dataDir: string
   let cacheDir: string
   const workers: FreshWorker[] = []
-  const spec: WorkerSpec = {box: {name: 'reference'}, cpus: 2, memoryMiB: 1024, network: true, setup: ['echo prepared > /root/setup-ran']}
+  const spec: WorkerSpec = {
+    box: {name: 'reference'},
+    cpus: 2,
+    memoryMiB: 1024,
+    network: true,
+    setup: ['echo prepared > /root/setup-ran'],
+  }
 
   beforeAll(async () => {
     const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})

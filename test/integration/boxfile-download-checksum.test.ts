@@ -39,7 +39,8 @@ afterEach(async () => {
   await cleanup()
 })
 
-const boxfile = (checksumLines: string[]) => [`box: worker`, `box_url: ${server.url('/worker.box')}`, ...checksumLines, ''].join('\n')
+const boxfile = (checksumLines: string[]) =>
+  [`box: worker`, `box_url: ${server.url('/worker.box')}`, ...checksumLines, ''].join('\n')
 
 describe('box_download_checksum', () => {
   it('installs the box when the download matches (sha1 named, sha256 told from its length)', async () => {
@@ -50,16 +51,28 @@ describe('box_download_checksum', () => {
       const dataDir = join(dir, `data-${name}`)
       const [machine] = (await parseBoxfile(join(dir, 'Boxfile'), boxfile([...lines]))).machines
       expect(machine!.boxDownloadChecksum?.type).toBe(name)
-      const installed = await ensureBoxInstalled({dataDir, cacheDir: env.cacheDir, name: machine!.box, url: machine!.boxUrl, checksum: machine!.boxDownloadChecksum, hostProvider: 'qemu'})
+      const installed = await ensureBoxInstalled({
+        dataDir,
+        cacheDir: env.cacheDir,
+        name: machine!.box,
+        url: machine!.boxUrl,
+        checksum: machine!.boxDownloadChecksum,
+        hostProvider: 'qemu',
+      })
       expect(installed).toMatchObject({name: 'worker', provider: 'qemu'})
     }
     // Checked while streaming: each install fetched the file once, no second pass over the network.
-    expect(server.requests.filter((request) => request.path === '/worker.box').map((request) => request.bytesSent)).toEqual([data.length, data.length])
+    expect(
+      server.requests.filter((request) => request.path === '/worker.box').map((request) => request.bytesSent),
+    ).toEqual([data.length, data.length])
   })
 
   it('box up fails on a mismatch naming both digests, and stores nothing', async () => {
     const wrong = 'ab'.repeat(32)
-    await writeFile(join(dir, 'Boxfile'), boxfile([`box_download_checksum: ${wrong}`, 'box_download_checksum_type: sha256']))
+    await writeFile(
+      join(dir, 'Boxfile'),
+      boxfile([`box_download_checksum: ${wrong}`, 'box_download_checksum_type: sha256']),
+    )
     const up = await box(env, ['up'])
     expect(up.exitCode).not.toBe(0)
     expect(up.stderr).toContain(`checksum mismatch for ${server.url('/worker.box')}`)
@@ -76,6 +89,8 @@ describe('box_download_checksum', () => {
     await writeFile(join(dir, 'Boxfile'), boxfile(['box_download_checksum: abcd']))
     const validate = await box(env, ['validate'])
     expect(validate.exitCode).toBe(2)
-    expect(validate.stderr).toContain(`${join(dir, 'Boxfile')}:3:24: box_download_checksum: cannot tell the type of a 4-digit digest`)
+    expect(validate.stderr).toContain(
+      `${join(dir, 'Boxfile')}:3:24: box_download_checksum: cannot tell the type of a 4-digit digest`,
+    )
   })
 })

@@ -64,7 +64,14 @@ describe.skipIf(!isRoot)('box build boxes/debian-bookworm (real build, cached)',
       user: 'box',
       kernel: 'vmlinuz',
       initrd: 'initrd.img',
-      lvm: {vg: 'box', root: 'root', snapshot: 'root_snap', snapshot_size: '2G', persistent: 'persistent', swap: 'swap'},
+      lvm: {
+        vg: 'box',
+        root: 'root',
+        snapshot: 'root_snap',
+        snapshot_size: '2G',
+        persistent: 'persistent',
+        swap: 'swap',
+      },
     })
     expect(metadata.box?.kernel_args).toContain('console=ttyS0')
     expect(metadata.box?.recipe_hash).toMatch(/^[0-9a-f]{16}$/)

@@ -35,22 +35,44 @@ describe('shell completion', () => {
   /** What bash offers for the words typed so far (the last one being completed). */
   const bashCompletes = async (...words: string[]) => {
     const script = `source "$1"; shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _box_autocomplete; printf '%s\\n' "\${COMPREPLY[@]}"`
-    return (await execa('bash', ['-c', script, 'bash', join(functions(), 'bash', 'box.bash'), 'box', ...words])).stdout.split(/\s+/).filter(Boolean)
+    return (await execa('bash', ['-c', script, 'bash', join(functions(), 'bash', 'box.bash'), 'box', ...words])).stdout
+      .split(/\s+/)
+      .filter(Boolean)
   }
 
-  it('bash: command names, then each command\'s flags', async () => {
+  it("bash: command names, then each command's flags", async () => {
     const commands = await bashCompletes('')
-    for (const name of ['up', 'ssh', 'port', 'upload', 'download', 'repackage', 'add', 'autocomplete']) expect(commands).toContain(name)
+    for (const name of ['up', 'ssh', 'port', 'upload', 'download', 'repackage', 'add', 'autocomplete'])
+      expect(commands).toContain(name)
     expect(await bashCompletes('re')).toEqual(['reload', 'remove', 'repackage', 'resnap'])
     expect(await bashCompletes('port', '--')).toEqual(['--json', '--no-color', '--guest'])
     expect(await bashCompletes('repackage', '--c')).toEqual(['--compression'])
     // The line box prints for ~/.bashrc sources the setup that loads this script.
-    expect((await box(env, ['autocomplete', 'script', 'bash'])).stdout).toContain(join(env.cacheDir, 'autocomplete', 'bash_setup'))
+    expect((await box(env, ['autocomplete', 'script', 'bash'])).stdout).toContain(
+      join(env.cacheDir, 'autocomplete', 'bash_setup'),
+    )
   })
 
   it('zsh: Tab completes a command, then a flag, in a real terminal', async () => {
     const tmux = (args: string[]) => execa('tmux', ['-L', tmuxSocket, ...args], {stdin: 'ignore'})
-    await tmux(['new-session', '-d', '-s', 'zsh', '-x', '120', '-y', '30', '-c', dir, '-e', `BOX_CACHE_DIR=${env.cacheDir}`, '-e', `PATH=${dirname(BIN)}:${process.env.PATH}`, 'zsh', '-f'])
+    await tmux([
+      'new-session',
+      '-d',
+      '-s',
+      'zsh',
+      '-x',
+      '120',
+      '-y',
+      '30',
+      '-c',
+      dir,
+      '-e',
+      `BOX_CACHE_DIR=${env.cacheDir}`,
+      '-e',
+      `PATH=${dirname(BIN)}:${process.env.PATH}`,
+      'zsh',
+      '-f',
+    ])
     const screen = async () => (await tmux(['capture-pane', '-p', '-t', 'zsh'])).stdout
     const waitFor = async (pattern: RegExp) => {
       const deadline = Date.now() + 20_000
@@ -61,7 +83,13 @@ describe('shell completion', () => {
         await sleep(100)
       }
     }
-    await tmux(['send-keys', '-t', 'zsh', `fpath=(${join(functions(), 'zsh')} $fpath); autoload -Uz compinit; compinit -u; echo RE''ADY`, 'Enter'])
+    await tmux([
+      'send-keys',
+      '-t',
+      'zsh',
+      `fpath=(${join(functions(), 'zsh')} $fpath); autoload -Uz compinit; compinit -u; echo RE''ADY`,
+      'Enter',
+    ])
     await waitFor(/^READY$/m)
     await tmux(['send-keys', '-t', 'zsh', 'box repack', 'Tab'])
     await waitFor(/box repackage$/m) // capture-pane drops the trailing space

@@ -25,7 +25,11 @@ let cacheDir: string
 let cleanup: () => Promise<void>
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
 
-async function serveBox(path: string, metadata: Record<string, unknown> = {provider: 'qemu', format: 'qcow2'}, imageBytes = 2 * 1024 * 1024): Promise<Buffer> {
+async function serveBox(
+  path: string,
+  metadata: Record<string, unknown> = {provider: 'qemu', format: 'qcow2'},
+  imageBytes = 2 * 1024 * 1024,
+): Promise<Buffer> {
   const file = await makeBoxFile(dir, {metadata, imageBytes, compression: 'gzip'})
   const data = await readFile(file)
   server.files.set(path, {data, etag: `"${sha256(data).slice(0, 16)}"`})
@@ -61,7 +65,14 @@ describe('box add from a .box URL', () => {
   it('downloads, verifies, imports, and removes the download', async () => {
     const data = await serveBox('/worker.box')
     const url = server.url('/worker.box')
-    const added = await addBoxFromSource({dataDir, cacheDir, name: 'worker', source: url, version: '1.0.0', checksum: {type: 'sha256', value: sha256(data)}})
+    const added = await addBoxFromSource({
+      dataDir,
+      cacheDir,
+      name: 'worker',
+      source: url,
+      version: '1.0.0',
+      checksum: {type: 'sha256', value: sha256(data)},
+    })
     expect(added.box).toMatchObject({name: 'worker', version: '1.0.0', provider: 'qemu'})
     expect(added.fetched).toBe(data.length)
     expect(existsSync(downloadPath(cacheDir, url))).toBe(false)
@@ -78,7 +89,13 @@ describe('box add from a .box URL', () => {
     expect((await stat(partPath(downloadPath(cacheDir, url)))).size).toBe(half)
     expect(await listBoxes(dataDir)).toEqual([])
 
-    const added = await addBoxFromSource({dataDir, cacheDir, name: 'worker', source: url, checksum: {type: 'sha256', value: sha256(data)}})
+    const added = await addBoxFromSource({
+      dataDir,
+      cacheDir,
+      name: 'worker',
+      source: url,
+      checksum: {type: 'sha256', value: sha256(data)},
+    })
     expect(added.fetched).toBe(data.length - half)
     expect(server.requests[1].range).toBe(`bytes=${half}-`)
     expect(server.bytesSent()).toBe(data.length)
@@ -90,19 +107,41 @@ describe('box add from a .box URL', () => {
     const url = server.url('/worker.box')
     await mkdir(join(cacheDir, 'downloads'), {recursive: true})
     await writeFile(downloadPath(cacheDir, url), data)
-    const reused = await addBoxFromSource({dataDir, cacheDir, name: 'worker', source: url, version: '1', checksum: {type: 'sha256', value: sha256(data)}})
+    const reused = await addBoxFromSource({
+      dataDir,
+      cacheDir,
+      name: 'worker',
+      source: url,
+      version: '1',
+      checksum: {type: 'sha256', value: sha256(data)},
+    })
     expect(reused.fetched).toBe(0)
     expect(server.requests).toHaveLength(0)
 
     await writeFile(downloadPath(cacheDir, url), Buffer.from('stale'))
-    const fresh = await addBoxFromSource({dataDir, cacheDir, name: 'worker', source: url, version: '2', checksum: {type: 'sha256', value: sha256(data)}})
+    const fresh = await addBoxFromSource({
+      dataDir,
+      cacheDir,
+      name: 'worker',
+      source: url,
+      version: '2',
+      checksum: {type: 'sha256', value: sha256(data)},
+    })
     expect(fresh.fetched).toBe(data.length)
     expect(existsSync(downloadPath(cacheDir, url))).toBe(false)
   })
 
   it('leaves nothing in the store or the cache on a checksum mismatch', async () => {
     await serveBox('/worker.box')
-    const error = await rejection(addBoxFromSource({dataDir, cacheDir, name: 'worker', source: server.url('/worker.box'), checksum: {type: 'sha256', value: '0'.repeat(64)}}))
+    const error = await rejection(
+      addBoxFromSource({
+        dataDir,
+        cacheDir,
+        name: 'worker',
+        source: server.url('/worker.box'),
+        checksum: {type: 'sha256', value: '0'.repeat(64)},
+      }),
+    )
     expect(error.message).toMatch(/checksum mismatch/)
     expect(await listBoxes(dataDir)).toEqual([])
     expect(await readdir(join(cacheDir, 'downloads'))).toEqual([])
@@ -134,7 +173,10 @@ describe('box add from a catalog', () => {
   const catalogFor = (url: (path: string) => string, digests: Record<string, string>) => ({
     name: 'org/worker',
     versions: [
-      {version: '1.0.0', providers: [{name: 'qemu', url: url('/worker-1.0.0.box'), checksum_type: 'sha256', checksum: digests['1.0.0']}]},
+      {
+        version: '1.0.0',
+        providers: [{name: 'qemu', url: url('/worker-1.0.0.box'), checksum_type: 'sha256', checksum: digests['1.0.0']}],
+      },
       {
         version: '1.1.0',
         providers: [
@@ -142,7 +184,10 @@ describe('box add from a catalog', () => {
           {name: 'libvirt', url: 'worker-1.1.0-libvirt.box', checksum_type: 'sha256', checksum: digests['1.1.0']},
         ],
       },
-      {version: '2.0.0', providers: [{name: 'qemu', url: url('/worker-2.0.0.box'), checksum_type: 'sha256', checksum: digests['2.0.0']}]},
+      {
+        version: '2.0.0',
+        providers: [{name: 'qemu', url: url('/worker-2.0.0.box'), checksum_type: 'sha256', checksum: digests['2.0.0']}],
+      },
     ],
   })
 
@@ -180,7 +225,9 @@ describe('box add from a catalog', () => {
     await addBoxFromSource({dataDir, cacheDir, source: server.url('/worker'), version: '1.0.0'})
     const boxRequests = () => server.requests.filter((r) => r.path.endsWith('.box')).length
     const before = boxRequests()
-    const error = await rejection(addBoxFromSource({dataDir, cacheDir, source: server.url('/worker'), version: '1.0.0'}))
+    const error = await rejection(
+      addBoxFromSource({dataDir, cacheDir, source: server.url('/worker'), version: '1.0.0'}),
+    )
     expect(error.message).toBe('box org/worker 1.0.0 (qemu) is already installed')
     expect(boxRequests()).toBe(before)
     // --force replaces it.
@@ -189,8 +236,13 @@ describe('box add from a catalog', () => {
 
   it('names URL and status when the catalog is missing, and URL when it is not a catalog', async () => {
     const missing = server.url('/missing')
-    expect((await rejection(addBoxFromSource({dataDir, cacheDir, source: missing}))).message).toBe(`HTTP 404 Not Found for ${missing}`)
-    server.files.set('/broken.json', {data: Buffer.from('{"name": "x", "versions": [{"version": "one"}]}'), contentType: 'application/json'})
+    expect((await rejection(addBoxFromSource({dataDir, cacheDir, source: missing}))).message).toBe(
+      `HTTP 404 Not Found for ${missing}`,
+    )
+    server.files.set('/broken.json', {
+      data: Buffer.from('{"name": "x", "versions": [{"version": "one"}]}'),
+      contentType: 'application/json',
+    })
     const broken = await rejection(addBoxFromSource({dataDir, cacheDir, source: server.url('/broken.json')}))
     expect(broken.message).toBe(`${server.url('/broken.json')} is not a valid box catalog`)
     expect(broken.detail).toContain('versions[0].version: must be a version')
@@ -203,14 +255,29 @@ describe('box add from a catalog', () => {
 
   it('lists what is available when nothing matches', async () => {
     const error = await rejection(addBoxFromSource({dataDir, cacheDir, source: server.url('/worker'), version: '>= 3'}))
-    expect(error.message).toMatch(/^no version of org\/worker matches version >= 3, provider qemu or libvirt, architecture \w+$/)
+    expect(error.message).toMatch(
+      /^no version of org\/worker matches version >= 3, provider qemu or libvirt, architecture \w+$/,
+    )
     expect(error.detail).toContain('1.1.0: virtualbox, libvirt')
   })
 
   it('reads a local catalog whose boxes are local files (no HTTP)', async () => {
     const box = await makeBoxFile(dir, {metadata: {provider: 'qemu'}, name: 'local.box'})
     const catalogPath = join(dir, 'catalog.json')
-    await writeFile(catalogPath, JSON.stringify({name: 'local', versions: [{version: '3.1', providers: [{name: 'qemu', url: 'local.box', checksum_type: 'sha256', checksum: sha256(await readFile(box))}]}]}))
+    await writeFile(
+      catalogPath,
+      JSON.stringify({
+        name: 'local',
+        versions: [
+          {
+            version: '3.1',
+            providers: [
+              {name: 'qemu', url: 'local.box', checksum_type: 'sha256', checksum: sha256(await readFile(box))},
+            ],
+          },
+        ],
+      }),
+    )
     const added = await addBoxFromSource({dataDir, cacheDir, source: pathToFileURL(catalogPath).toString()})
     expect(added.box).toMatchObject({name: 'local', version: '3.1', provider: 'qemu'})
     expect(added.fetched).toBe(0)
@@ -219,7 +286,15 @@ describe('box add from a catalog', () => {
   it('checks a local box against a wrong catalog checksum', async () => {
     const box = await makeBoxFile(dir, {metadata: {provider: 'qemu'}, name: 'local.box'})
     const catalogPath = join(dir, 'catalog.json')
-    await writeFile(catalogPath, JSON.stringify({name: 'local', versions: [{version: '3.1', providers: [{name: 'qemu', url: box, checksum_type: 'md5', checksum: 'f'.repeat(32)}]}]}))
+    await writeFile(
+      catalogPath,
+      JSON.stringify({
+        name: 'local',
+        versions: [
+          {version: '3.1', providers: [{name: 'qemu', url: box, checksum_type: 'md5', checksum: 'f'.repeat(32)}]},
+        ],
+      }),
+    )
     const error = await rejection(addBoxFromSource({dataDir, cacheDir, source: catalogPath}))
     expect(error.message).toBe(`checksum mismatch for ${box}`)
     expect(await listBoxes(dataDir)).toEqual([])

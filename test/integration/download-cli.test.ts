@@ -33,7 +33,10 @@ async function box(...args: string[]) {
 async function publish(catalog: {versions: unknown[]}, version: string, imageBytes: number): Promise<Buffer> {
   const data = await readFile(await makeBoxFile(dir, {metadata: {provider: 'qemu'}, imageBytes}))
   server.files.set(`/w-${version}.box`, {data, etag: `"${version}"`})
-  catalog.versions.push({version, providers: [{name: 'qemu', url: server.url(`/w-${version}.box`), checksum_type: 'sha256', checksum: sha256(data)}]})
+  catalog.versions.push({
+    version,
+    providers: [{name: 'qemu', url: server.url(`/w-${version}.box`), checksum_type: 'sha256', checksum: sha256(data)}],
+  })
   server.files.set('/catalog.json', {data: Buffer.from(JSON.stringify(catalog)), contentType: 'application/json'})
   return data
 }
@@ -55,11 +58,18 @@ describe('box add from the network', () => {
 
     const added = await box('add', server.url('/catalog.json'), '--box-version', '< 1.1', '--json')
     expect(added.exitCode, added.stderr).toBe(0)
-    expect(JSON.parse(added.stdout)).toMatchObject({name: 'org/worker', version: '1.0.0', provider: 'qemu', catalogUrl: server.url('/catalog.json')})
+    expect(JSON.parse(added.stdout)).toMatchObject({
+      name: 'org/worker',
+      version: '1.0.0',
+      provider: 'qemu',
+      catalogUrl: server.url('/catalog.json'),
+    })
 
     const outdated = await box('outdated', '--json')
     expect(outdated.exitCode, outdated.stderr).toBe(0)
-    expect(JSON.parse(outdated.stdout)).toMatchObject([{name: 'org/worker', installed: '1.0.0', latest: '1.1.0', status: 'outdated'}])
+    expect(JSON.parse(outdated.stdout)).toMatchObject([
+      {name: 'org/worker', installed: '1.0.0', latest: '1.1.0', status: 'outdated'},
+    ])
 
     const updated = await box('update', 'org/worker')
     expect(updated.exitCode, updated.stderr).toBe(0)
@@ -88,11 +98,16 @@ describe('box add from the network', () => {
     const sent = 2 * 1024 * 1024
     // The first request sends 2 MiB, then nothing: Ctrl-C comes while box waits.
     server.plan.push({stallAfter: sent})
-    const child = execa('node', [CLI, 'add', 'worker', url, '--checksum', sha256(data)], {reject: false, env: env(), stdin: 'ignore'})
+    const child = execa('node', [CLI, 'add', 'worker', url, '--checksum', sha256(data)], {
+      reject: false,
+      env: env(),
+      stdin: 'ignore',
+    })
     while (server.bytesSent() < sent) await new Promise((resolve) => setTimeout(resolve, 20))
     const part = partPath(downloadPath(join(dir, 'cache'), url))
     // Wait until box has written what it got (the write is what Ctrl-C must not lose).
-    for (let i = 0; i < 100 && (await stat(part).catch(() => undefined))?.size !== sent; i++) await new Promise((resolve) => setTimeout(resolve, 50))
+    for (let i = 0; i < 100 && (await stat(part).catch(() => undefined))?.size !== sent; i++)
+      await new Promise((resolve) => setTimeout(resolve, 50))
     child.kill('SIGINT')
     const interrupted = await child
     expect(interrupted.exitCode, String(interrupted.stderr)).toBe(130)

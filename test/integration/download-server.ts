@@ -56,7 +56,13 @@ export async function startTestServer(): Promise<TestServer> {
   const handle = (request: IncomingMessage, response: ServerResponse) => {
     const path = new URL(request.url ?? '/', 'http://x').pathname
     const behaviour = plan.shift() ?? {}
-    const record: RecordedRequest = {path, range: request.headers.range, ifRange: request.headers['if-range'] as string | undefined, status: 0, bytesSent: 0}
+    const record: RecordedRequest = {
+      path,
+      range: request.headers.range,
+      ifRange: request.headers['if-range'] as string | undefined,
+      status: 0,
+      bytesSent: 0,
+    }
     requests.push(record)
     const file = files.get(path)
     if (behaviour.status || !file) {
@@ -65,14 +71,20 @@ export async function startTestServer(): Promise<TestServer> {
       response.end('no\n')
       return
     }
-    const headers: Record<string, string | number> = {'accept-ranges': 'bytes', 'content-type': file.contentType ?? 'application/octet-stream'}
+    const headers: Record<string, string | number> = {
+      'accept-ranges': 'bytes',
+      'content-type': file.contentType ?? 'application/octet-stream',
+    }
     if (file.etag) headers.etag = file.etag
     if (file.lastModified) headers['last-modified'] = file.lastModified
 
     let start = 0
     let status = 200
     const range = /^bytes=(\d+)-$/.exec(request.headers.range ?? '')
-    const validatorMatches = !request.headers['if-range'] || request.headers['if-range'] === file.etag || request.headers['if-range'] === file.lastModified
+    const validatorMatches =
+      !request.headers['if-range'] ||
+      request.headers['if-range'] === file.etag ||
+      request.headers['if-range'] === file.lastModified
     if (range && !behaviour.ignoreRange && validatorMatches) {
       start = Number(range[1])
       if (start >= file.data.length) {

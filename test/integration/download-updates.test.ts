@@ -6,7 +6,13 @@ import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {loadBoxfileIfFound} from '../../src/lib/boxfile/load.js'
 import {addBoxFromSource} from '../../src/lib/store/add.js'
-import {checkOutdated, ensureBoxInstalled, findInstalledBox, updateBoxes, updateTargets} from '../../src/lib/store/updates.js'
+import {
+  checkOutdated,
+  ensureBoxInstalled,
+  findInstalledBox,
+  updateBoxes,
+  updateTargets,
+} from '../../src/lib/store/updates.js'
 import {registerMachine} from '../../src/lib/store/machine-index.js'
 import {planPrune, pruneBoxes} from '../../src/lib/store/prune.js'
 import {addBoxFromFile} from '../../src/lib/store/import.js'
@@ -24,7 +30,8 @@ let cleanup: () => Promise<void>
 let catalog: {name: string; versions: Array<{version: string; providers: Array<Record<string, string>>}>}
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
-const versionsOf = async (name: string) => (await listBoxes(dataDir, {name})).map((box) => `${box.version}/${box.provider}`)
+const versionsOf = async (name: string) =>
+  (await listBoxes(dataDir, {name})).map((box) => `${box.version}/${box.provider}`)
 
 async function publish(version: string, provider = 'qemu'): Promise<void> {
   const data = await readFile(await makeBoxFile(dir, {metadata: {provider}, imageBytes: 32 * 1024}))
@@ -55,15 +62,26 @@ describe('outdated and update', () => {
   it('reports a newer catalog version, updates to it, then reports up to date', async () => {
     await addBoxFromSource({dataDir, cacheDir, source: server.url('/catalog.json'), version: '1.0.0'})
     expect(await checkOutdated({dataDir})).toEqual([
-      {name: 'org/worker', provider: 'qemu', installed: '1.0.0', latest: '1.1.0', catalogUrl: server.url('/catalog.json'), status: 'outdated'},
+      {
+        name: 'org/worker',
+        provider: 'qemu',
+        installed: '1.0.0',
+        latest: '1.1.0',
+        catalogUrl: server.url('/catalog.json'),
+        status: 'outdated',
+      },
     ])
 
     const results = await updateBoxes({dataDir, cacheDir, targets: [{name: 'org/worker'}]})
     // The qemu box is updated by a libvirt box: the same host provider runs both.
-    expect(results).toMatchObject([{name: 'org/worker', provider: 'libvirt', from: '1.0.0', to: '1.1.0', status: 'updated'}])
+    expect(results).toMatchObject([
+      {name: 'org/worker', provider: 'libvirt', from: '1.0.0', to: '1.1.0', status: 'updated'},
+    ])
     expect(await versionsOf('org/worker')).toEqual(['1.1.0/libvirt', '1.0.0/qemu'])
     expect(await checkOutdated({dataDir})).toMatchObject([{installed: '1.1.0', latest: '1.1.0', status: 'up-to-date'}])
-    expect(await updateBoxes({dataDir, cacheDir, targets: [{name: 'org/worker'}]})).toMatchObject([{status: 'up-to-date', to: '1.1.0'}])
+    expect(await updateBoxes({dataDir, cacheDir, targets: [{name: 'org/worker'}]})).toMatchObject([
+      {status: 'up-to-date', to: '1.1.0'},
+    ])
   })
 
   it('honours a constraint: an installed version outside it does not count', async () => {
@@ -80,16 +98,29 @@ describe('outdated and update', () => {
     await setCatalogUrl(dataDir, 'gone', server.url('/gone.json'))
     const entries = await checkOutdated({dataDir})
     expect(entries).toContainEqual({name: 'local', provider: 'qemu', installed: '1.0', status: 'no-catalog'})
-    expect(entries).toContainEqual(expect.objectContaining({name: 'gone', status: 'error', error: `HTTP 404 Not Found for ${server.url('/gone.json')}`}))
-    expect(await updateBoxes({dataDir, cacheDir, targets: [{name: 'local'}]})).toEqual([{name: 'local', status: 'no-catalog'}])
+    expect(entries).toContainEqual(
+      expect.objectContaining({
+        name: 'gone',
+        status: 'error',
+        error: `HTTP 404 Not Found for ${server.url('/gone.json')}`,
+      }),
+    )
+    expect(await updateBoxes({dataDir, cacheDir, targets: [{name: 'local'}]})).toEqual([
+      {name: 'local', status: 'no-catalog'},
+    ])
   })
 
   it('takes the targets from the Boxfile when there is one', async () => {
     const project = join(dir, 'project')
     await mkdir(project)
-    await writeFile(join(project, 'Boxfile'), `box: org/worker\nbox_url: ${server.url('/catalog.json')}\nbox_version: "~> 1.0.0"\n`)
+    await writeFile(
+      join(project, 'Boxfile'),
+      `box: org/worker\nbox_url: ${server.url('/catalog.json')}\nbox_version: "~> 1.0.0"\n`,
+    )
     const targets = await updateTargets({dataDir, machines: (await loadBoxfileIfFound({cwd: project}))?.machines})
-    expect(targets).toEqual([{name: 'org/worker', constraint: '~> 1.0.0', url: server.url('/catalog.json'), providers: ['qemu', 'libvirt']}])
+    expect(targets).toEqual([
+      {name: 'org/worker', constraint: '~> 1.0.0', url: server.url('/catalog.json'), providers: ['qemu', 'libvirt']},
+    ])
     const results = await updateBoxes({dataDir, cacheDir, targets})
     expect(results).toMatchObject([{status: 'updated', to: '1.0.0'}])
   })
@@ -97,30 +128,72 @@ describe('outdated and update', () => {
 
 describe('ensureBoxInstalled (what up does for a missing box)', () => {
   it('fetches a missing box from box_url within box_version, then finds it installed', async () => {
-    const box = await ensureBoxInstalled({dataDir, cacheDir, name: 'org/worker', url: server.url('/catalog.json'), constraint: '< 1.1', hostProvider: 'qemu'})
+    const box = await ensureBoxInstalled({
+      dataDir,
+      cacheDir,
+      name: 'org/worker',
+      url: server.url('/catalog.json'),
+      constraint: '< 1.1',
+      hostProvider: 'qemu',
+    })
     expect(box).toMatchObject({version: '1.0.0', provider: 'qemu'})
     const requests = server.requests.length
-    expect((await ensureBoxInstalled({dataDir, cacheDir, name: 'org/worker', url: server.url('/catalog.json'), constraint: '< 1.1', hostProvider: 'qemu'})).version).toBe('1.0.0')
+    expect(
+      (
+        await ensureBoxInstalled({
+          dataDir,
+          cacheDir,
+          name: 'org/worker',
+          url: server.url('/catalog.json'),
+          constraint: '< 1.1',
+          hostProvider: 'qemu',
+        })
+      ).version,
+    ).toBe('1.0.0')
     expect(server.requests.length).toBe(requests)
-    expect(await findInstalledBox(dataDir, {name: 'org/worker', constraint: '>= 1.1', providers: ['qemu', 'libvirt']})).toBeUndefined()
+    expect(
+      await findInstalledBox(dataDir, {name: 'org/worker', constraint: '>= 1.1', providers: ['qemu', 'libvirt']}),
+    ).toBeUndefined()
   })
 
   it('says how to get a missing box without box_url', async () => {
-    await expect(ensureBoxInstalled({dataDir, cacheDir, name: 'nope', hostProvider: 'qemu'})).rejects.toThrow('box nope is not installed')
+    await expect(ensureBoxInstalled({dataDir, cacheDir, name: 'nope', hostProvider: 'qemu'})).rejects.toThrow(
+      'box nope is not installed',
+    )
   })
 })
 
 describe('prune', () => {
   it('keeps the newest version per provider and every version a machine uses', async () => {
-    for (const version of ['0.8', '0.9', '1.0']) await addBoxFromFile({dataDir, name: 'worker', file: await makeBoxFile(dir), version})
-    await addBoxFromFile({dataDir, name: 'worker', file: await makeBoxFile(dir, {metadata: {provider: 'virtualbox'}}), version: '0.5'})
+    for (const version of ['0.8', '0.9', '1.0'])
+      await addBoxFromFile({dataDir, name: 'worker', file: await makeBoxFile(dir), version})
+    await addBoxFromFile({
+      dataDir,
+      name: 'worker',
+      file: await makeBoxFile(dir, {metadata: {provider: 'virtualbox'}}),
+      version: '0.5',
+    })
     const stateDir = join(dir, 'project', '.box', 'default')
     await mkdir(stateDir, {recursive: true})
-    await registerMachine(dataDir, {id: 'm1', name: 'default', projectDir: join(dir, 'project'), stateDir, provider: 'qemu', box: {name: 'worker', version: '0.8', provider: 'qemu'}})
+    await registerMachine(dataDir, {
+      id: 'm1',
+      name: 'default',
+      projectDir: join(dir, 'project'),
+      stateDir,
+      provider: 'qemu',
+      box: {name: 'worker', version: '0.8', provider: 'qemu'},
+    })
 
     const plan = await planPrune(dataDir)
     expect(plan.remove.map((box) => box.version)).toEqual(['0.9'])
-    expect(plan.keep.map((kept) => [kept.box.version, kept.box.provider, kept.newest, kept.usedBy.map((machine) => machine.id)])).toEqual([
+    expect(
+      plan.keep.map((kept) => [
+        kept.box.version,
+        kept.box.provider,
+        kept.newest,
+        kept.usedBy.map((machine) => machine.id),
+      ]),
+    ).toEqual([
       ['1.0', 'qemu', true, []],
       ['0.8', 'qemu', false, ['m1']],
       ['0.5', 'virtualbox', true, []],
@@ -137,14 +210,27 @@ describe('prune', () => {
 
   it('counts qemu and libvirt boxes as one provider (QEMU runs both)', async () => {
     await addBoxFromFile({dataDir, name: 'worker', file: await makeBoxFile(dir), version: '1.0'})
-    await addBoxFromFile({dataDir, name: 'worker', file: await makeBoxFile(dir, {metadata: {provider: 'libvirt'}}), version: '1.1'})
+    await addBoxFromFile({
+      dataDir,
+      name: 'worker',
+      file: await makeBoxFile(dir, {metadata: {provider: 'libvirt'}}),
+      version: '1.1',
+    })
     expect((await planPrune(dataDir)).remove.map((box) => `${box.version}/${box.provider}`)).toEqual(['1.0/qemu'])
   })
 
   it('lets a version go once the machine using it is gone', async () => {
-    for (const version of ['1', '2']) await addBoxFromFile({dataDir, name: 'worker', file: await makeBoxFile(dir), version})
+    for (const version of ['1', '2'])
+      await addBoxFromFile({dataDir, name: 'worker', file: await makeBoxFile(dir), version})
     // A machine whose state directory no longer exists does not hold its box.
-    await registerMachine(dataDir, {id: 'm2', name: 'default', projectDir: dir, stateDir: join(dir, 'destroyed'), provider: 'qemu', box: {name: 'worker', version: '1', provider: 'qemu'}})
+    await registerMachine(dataDir, {
+      id: 'm2',
+      name: 'default',
+      projectDir: dir,
+      stateDir: join(dir, 'destroyed'),
+      provider: 'qemu',
+      box: {name: 'worker', version: '1', provider: 'qemu'},
+    })
     expect((await pruneBoxes({dataDir})).removed.map((box) => box.version)).toEqual(['1'])
   })
 })

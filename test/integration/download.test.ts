@@ -36,7 +36,12 @@ describe('download', () => {
   it('downloads a file, verifies its sha256 and reports progress', async () => {
     const dest = join(dir, 'test.box')
     const seen: DownloadProgress[] = []
-    const result = await download({url: server.url('/test.box'), dest, checksum: {type: 'sha256', value: sha256(data)}, onProgress: (p) => seen.push(p)})
+    const result = await download({
+      url: server.url('/test.box'),
+      dest,
+      checksum: {type: 'sha256', value: sha256(data)},
+      onProgress: (p) => seen.push(p),
+    })
     expect(result).toMatchObject({bytes: SIZE, resumedFrom: 0, fetched: SIZE})
     expect((await readFile(dest)).equals(data)).toBe(true)
     expect(existsSync(partPath(dest))).toBe(false)
@@ -58,7 +63,12 @@ describe('download', () => {
     const dest = join(dir, 'test.box')
     const half = 2 * 1024 * 1024
     server.plan.push({cutAfter: half})
-    const result = await download({url: server.url('/test.box'), dest, checksum: {type: 'sha256', value: sha256(data)}, retryDelayMs: 10})
+    const result = await download({
+      url: server.url('/test.box'),
+      dest,
+      checksum: {type: 'sha256', value: sha256(data)},
+      retryDelayMs: 10,
+    })
     expect((await readFile(dest)).equals(data)).toBe(true)
     expect(server.requests).toHaveLength(2)
     expect(server.requests[0].bytesSent).toBe(half)
@@ -88,7 +98,12 @@ describe('download', () => {
   it('starts over cleanly when the server ignores Range and answers 200', async () => {
     const dest = join(dir, 'test.box')
     server.plan.push({cutAfter: 1_000_000}, {ignoreRange: true})
-    await download({url: server.url('/test.box'), dest, checksum: {type: 'sha256', value: sha256(data)}, retryDelayMs: 10})
+    await download({
+      url: server.url('/test.box'),
+      dest,
+      checksum: {type: 'sha256', value: sha256(data)},
+      retryDelayMs: 10,
+    })
     expect(server.requests[1].range).toBe('bytes=1000000-')
     expect(server.requests[1].status).toBe(200)
     expect((await readFile(dest)).equals(data)).toBe(true)
@@ -149,7 +164,9 @@ describe('download', () => {
   it('gives up after the retries, with the last error', async () => {
     const dest = join(dir, 'test.box')
     server.plan.push({status: 503}, {status: 503}, {status: 503})
-    await expect(download({url: server.url('/test.box'), dest, retries: 2, retryDelayMs: 10})).rejects.toThrow(`HTTP 503 Service Unavailable for ${server.url('/test.box')}`)
+    await expect(download({url: server.url('/test.box'), dest, retries: 2, retryDelayMs: 10})).rejects.toThrow(
+      `HTTP 503 Service Unavailable for ${server.url('/test.box')}`,
+    )
     expect(server.requests).toHaveLength(3)
     expect(existsSync(partPath(dest))).toBe(false)
   })
@@ -158,16 +175,26 @@ describe('download', () => {
     const dest = join(dir, 'test.box')
     server.plan.push({status: 503}, {status: 502})
     const retries: string[] = []
-    await download({url: server.url('/test.box'), dest, retryDelayMs: 10, onRetry: ({error, attempt}) => retries.push(`${attempt}: ${error.message}`)})
+    await download({
+      url: server.url('/test.box'),
+      dest,
+      retryDelayMs: 10,
+      onRetry: ({error, attempt}) => retries.push(`${attempt}: ${error.message}`),
+    })
     expect(server.requests.map((r) => r.status)).toEqual([503, 502, 200])
-    expect(retries).toEqual([`1: HTTP 503 Service Unavailable for ${server.url('/test.box')}`, `2: HTTP 502 Bad Gateway for ${server.url('/test.box')}`])
+    expect(retries).toEqual([
+      `1: HTTP 503 Service Unavailable for ${server.url('/test.box')}`,
+      `2: HTTP 502 Bad Gateway for ${server.url('/test.box')}`,
+    ])
     expect((await readFile(dest)).equals(data)).toBe(true)
   })
 
   it('gives up on a checksum mismatch: error with expected and actual, nothing at dest, part removed', async () => {
     const dest = join(dir, 'test.box')
     const wrong = 'ab'.repeat(32)
-    const error = await download({url: server.url('/test.box'), dest, checksum: {type: 'sha256', value: wrong}}).catch((e: unknown) => e)
+    const error = await download({url: server.url('/test.box'), dest, checksum: {type: 'sha256', value: wrong}}).catch(
+      (e: unknown) => e,
+    )
     expect(error).toBeInstanceOf(BoxError)
     expect((error as BoxError).message).toMatch(/checksum mismatch/)
     expect((error as BoxError).detail).toContain(wrong)
@@ -178,7 +205,9 @@ describe('download', () => {
 
   it('refuses a malformed checksum before downloading', async () => {
     const dest = join(dir, 'test.box')
-    await expect(download({url: server.url('/test.box'), dest, checksum: {type: 'sha1', value: 'xyz'}})).rejects.toThrow(/not a sha1 checksum/)
+    await expect(
+      download({url: server.url('/test.box'), dest, checksum: {type: 'sha1', value: 'xyz'}}),
+    ).rejects.toThrow(/not a sha1 checksum/)
     expect(server.requests).toHaveLength(0)
   })
 
@@ -186,7 +215,9 @@ describe('download', () => {
     const dest = join(dir, 'test.box')
     server.plan.push({stall: true})
     const started = Date.now()
-    const error = await download({url: server.url('/test.box'), dest, timeoutMs: 500, retries: 0}).catch((e: unknown) => e)
+    const error = await download({url: server.url('/test.box'), dest, timeoutMs: 500, retries: 0}).catch(
+      (e: unknown) => e,
+    )
     const elapsed = Date.now() - started
     expect(error).toBeInstanceOf(BoxError)
     expect((error as Error).message).toMatch(/timed out: no data received for 0.5 s/)
@@ -235,7 +266,9 @@ describe('download', () => {
     const dest = join(dir, 'test.box')
     const controller = new AbortController()
     controller.abort()
-    await expect(download({url: server.url('/test.box'), dest, signal: controller.signal})).rejects.toThrow(/interrupted/)
+    await expect(download({url: server.url('/test.box'), dest, signal: controller.signal})).rejects.toThrow(
+      /interrupted/,
+    )
     expect(server.requests).toHaveLength(0)
   })
 
@@ -243,7 +276,9 @@ describe('download', () => {
     const dest = join(dir, 'test.box')
     // pid 1 is always alive: another downloader holds the part.
     await writeFile(`${partPath(dest)}.lock`, '1\n')
-    await expect(download({url: server.url('/test.box'), dest})).rejects.toThrow(/is already being downloaded by process 1/)
+    await expect(download({url: server.url('/test.box'), dest})).rejects.toThrow(
+      /is already being downloaded by process 1/,
+    )
     expect(server.requests).toHaveLength(0)
     // A pid that cannot exist: the owner crashed.
     await writeFile(`${partPath(dest)}.lock`, '2147483646\n')
@@ -255,7 +290,11 @@ describe('download', () => {
   it('downloads an empty file', async () => {
     server.files.set('/empty', {data: Buffer.alloc(0), etag: '"e"'})
     const dest = join(dir, 'empty.box')
-    const result = await download({url: server.url('/empty'), dest, checksum: {type: 'sha256', value: sha256(Buffer.alloc(0))}})
+    const result = await download({
+      url: server.url('/empty'),
+      dest,
+      checksum: {type: 'sha256', value: sha256(Buffer.alloc(0))},
+    })
     expect(result.bytes).toBe(0)
     expect((await stat(dest)).size).toBe(0)
   })

@@ -21,7 +21,12 @@ afterEach(async () => {
 
 function box(args: string[], cwd = dir, env: Record<string, string> = {}) {
   const {BOX_BOXFILE: _ignored, ...inherited} = process.env
-  return execa('node', [BIN, ...args], {cwd, reject: false, env: {...inherited, NO_COLOR: '1', ...env}, extendEnv: false})
+  return execa('node', [BIN, ...args], {
+    cwd,
+    reject: false,
+    env: {...inherited, NO_COLOR: '1', ...env},
+    extendEnv: false,
+  })
 }
 
 describe('box init', () => {
@@ -79,7 +84,10 @@ describe('box init', () => {
 
 describe('box validate', () => {
   it('lists the machines of a valid Boxfile, from a subdirectory too, and as JSON', async () => {
-    await writeFile(join(dir, 'Boxfile'), ['box: b', 'machines:', '  worker:', '    memory: 2G', '  director:', ''].join('\n'))
+    await writeFile(
+      join(dir, 'Boxfile'),
+      ['box: b', 'machines:', '  worker:', '    memory: 2G', '  director:', ''].join('\n'),
+    )
     await mkdir(join(dir, 'sub'))
     const validate = await box(['validate'], join(dir, 'sub'))
     expect(validate.exitCode).toBe(0)
@@ -97,7 +105,10 @@ describe('box validate', () => {
 
   it('exits 2 and prints every problem as file:line:col: field: message', async () => {
     const file = join(dir, 'Boxfile')
-    await writeFile(file, ['box: b', 'provider: libvirt', 'forwarded_ports:', '  - {guest: 80, host: 99999}', ''].join('\n'))
+    await writeFile(
+      file,
+      ['box: b', 'provider: libvirt', 'forwarded_ports:', '  - {guest: 80, host: 99999}', ''].join('\n'),
+    )
     const validate = await box(['validate'])
     expect(validate.exitCode).toBe(2)
     expect(validate.stdout).toBe('')
@@ -107,7 +118,10 @@ describe('box validate', () => {
 
     const json = await box(['validate', '--json'])
     expect(json.exitCode).toBe(2)
-    expect(JSON.parse(json.stdout).error).toMatchObject({exitCode: 2, message: expect.stringContaining(`${file}:2:11: provider:`)})
+    expect(JSON.parse(json.stdout).error).toMatchObject({
+      exitCode: 2,
+      message: expect.stringContaining(`${file}:2:11: provider:`),
+    })
   })
 
   it('exits 2 and says how to create a Boxfile when there is none', async () => {

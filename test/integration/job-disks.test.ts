@@ -20,16 +20,25 @@ beforeEach(async () => {
 afterEach(async () => cleanup())
 
 describe('job disks', () => {
-  it("stages limits, command, inputs and a copy of each input into an ext4 image made without mounting", async () => {
+  it('stages limits, command, inputs and a copy of each input into an ext4 image made without mounting', async () => {
     const input = join(dir, 'submission')
     await mkdir(join(input, 'src'), {recursive: true})
     await writeFile(join(input, 'src', 'main.c'), 'int main(void) { return 0; }\n')
     await symlink('src/main.c', join(input, 'link'))
-    const spec = jobSpec({id: 'a', command: ['make', 'it so'], inputs: [{host: input, guest: '/tmp/job'}], outputs: ['/tmp/job/out'], timeoutMs: 1500, user: 'grader'})
+    const spec = jobSpec({
+      id: 'a',
+      command: ['make', 'it so'],
+      inputs: [{host: input, guest: '/tmp/job'}],
+      outputs: ['/tmp/job/out'],
+      timeoutMs: 1500,
+      user: 'grader',
+    })
     const jobDir = join(dir, 'job')
     const bytes = await stageJob(spec, jobDir)
     expect(bytes).toBe(29)
-    expect(await readFile(join(jobDir, 'limits'), 'utf8')).toBe(`user grader\ntimeout 2\noutput_limit ${1000 * 1024}\nnproc 100\nfsize ${100 * 1024 * 1024}\n`)
+    expect(await readFile(join(jobDir, 'limits'), 'utf8')).toBe(
+      `user grader\ntimeout 2\noutput_limit ${1000 * 1024}\nnproc 100\nfsize ${100 * 1024 * 1024}\n`,
+    )
     expect(await readFile(join(jobDir, 'command'), 'utf8')).toBe("make 'it so'\n")
     expect(await readFile(join(jobDir, 'inputs'), 'utf8')).toBe('0 /tmp/job\n')
     expect(await readFile(join(jobDir, 'outputs'), 'utf8')).toBe('/tmp/job/out\n')
@@ -44,7 +53,9 @@ describe('job disks', () => {
     const input = join(dir, 'submission')
     await mkdir(input)
     await execa('mkfifo', [join(input, 'pipe')])
-    await expect(stageJob(jobSpec({id: 'a', command: 'true', inputs: [{host: input, guest: '/tmp/job'}]}), join(dir, 'job'))).rejects.toThrow(/not a file, folder or symlink/)
+    await expect(
+      stageJob(jobSpec({id: 'a', command: 'true', inputs: [{host: input, guest: '/tmp/job'}]}), join(dir, 'job')),
+    ).rejects.toThrow(/not a file, folder or symlink/)
   })
 
   it('reads only the fixed result files of an output image, and only regular ones', async () => {

@@ -25,7 +25,12 @@ describe('the box launcher', () => {
   })
 
   const launch = (command: string, args: string[]) =>
-    execa(command, args, {cwd: dir, reject: false, stdin: 'ignore', env: {NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem'), BOX_DATA_DIR: join(dir, 'data'), NO_COLOR: '1'}})
+    execa(command, args, {
+      cwd: dir,
+      reject: false,
+      stdin: 'ignore',
+      env: {NODE_EXTRA_CA_CERTS: join(dir, 'no-such-ca.pem'), BOX_DATA_DIR: join(dir, 'data'), NO_COLOR: '1'},
+    })
 
   it('starts box ssh and box status without NODE_EXTRA_CA_CERTS, which they never need', async () => {
     for (const args of [['status'], ['status', '--json'], ['ssh', '-c', 'true']]) {
@@ -52,7 +57,13 @@ describe('the box launcher', () => {
     // A PATH with sh and nothing else: the launcher must explain, not fail with "node: not found".
     await mkdir(join(dir, 'bare'), {recursive: true})
     await symlink('/bin/sh', join(dir, 'bare', 'sh')).catch(() => undefined)
-    const result = await execa('/bin/sh', [BIN, 'list'], {cwd: dir, reject: false, stdin: 'ignore', env: {PATH: join(dir, 'bare')}, extendEnv: false})
+    const result = await execa('/bin/sh', [BIN, 'list'], {
+      cwd: dir,
+      reject: false,
+      stdin: 'ignore',
+      env: {PATH: join(dir, 'bare')},
+      extendEnv: false,
+    })
     expect(result.exitCode).toBe(1)
     expect(result.stderr).toMatch(/box needs Node\.js >= 20\.19, and node is not on PATH/)
   })

@@ -22,8 +22,16 @@ describe('machine commands: bad input', () => {
     const source = join(dir, 'source')
     await mkdir(source)
     await execa('qemu-img', ['create', '-q', '-f', 'qcow2', join(source, 'box.img'), '64M'])
-    await writeFile(join(source, 'metadata.json'), JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}))
-    await writeBoxArchive({sourceDir: source, entries: ['metadata.json', 'box.img'], output: join(dir, 'tiny.box'), compression: 'gzip'})
+    await writeFile(
+      join(source, 'metadata.json'),
+      JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}),
+    )
+    await writeBoxArchive({
+      sourceDir: source,
+      entries: ['metadata.json', 'box.img'],
+      output: join(dir, 'tiny.box'),
+      compression: 'gzip',
+    })
     expect((await box(env, ['add', 'tiny', join(dir, 'tiny.box')])).exitCode).toBe(0)
   })
 
@@ -56,7 +64,14 @@ describe('machine commands: bad input', () => {
 
   it('ssh and provision on a machine never started say to start it', async () => {
     await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\n')
-    for (const command of [['ssh', '-c', 'true'], ['provision'], ['rsync'], ['port'], ['upload', 'Boxfile'], ['download', '/etc/hostname']]) {
+    for (const command of [
+      ['ssh', '-c', 'true'],
+      ['provision'],
+      ['rsync'],
+      ['port'],
+      ['upload', 'Boxfile'],
+      ['download', '/etc/hostname'],
+    ]) {
       const result = await box(env, command)
       expect(result.exitCode, command.join(' ')).toBe(1)
       expect(result.stderr).toMatch(/machine default is not running[\s\S]*box up/)
@@ -69,14 +84,24 @@ describe('machine commands: bad input', () => {
       if (boxfile === undefined) await rm(join(env.cwd, 'Boxfile'), {force: true})
       else await writeFile(join(env.cwd, 'Boxfile'), boxfile)
       const [fast, oclif] = [await box(env, args), await box(env, [...args, '--no-color'])]
-      expect({exitCode: fast.exitCode, stdout: fast.stdout, stderr: fast.stderr}, args.join(' ')).toEqual({exitCode: oclif.exitCode, stdout: oclif.stdout, stderr: oclif.stderr})
+      expect({exitCode: fast.exitCode, stdout: fast.stdout, stderr: fast.stderr}, args.join(' ')).toEqual({
+        exitCode: oclif.exitCode,
+        stdout: oclif.stdout,
+        stderr: oclif.stderr,
+      })
       return fast
     }
     expect((await both(undefined, ['status'])).exitCode).toBe(2)
     expect((await both(undefined, ['status', '--json'])).stdout).toMatch(/"message": "no Boxfile found/)
-    expect((await both('box: tiny\nmachines:\n  web: {}\n  db: {}\n', ['status', 'db', 'web'])).stdout).toMatch(/^db +not_created\nweb +not_created$/)
-    expect(JSON.parse((await both('box: tiny\n', ['status', '--json'])).stdout)).toEqual([expect.objectContaining({name: 'default', state: 'not_created'})])
-    expect((await both('box: tiny\nmachines:\n  web: {}\n  db: {}\n', ['ssh', '-c', 'true'])).stderr).toMatch(/box ssh needs one machine/)
+    expect((await both('box: tiny\nmachines:\n  web: {}\n  db: {}\n', ['status', 'db', 'web'])).stdout).toMatch(
+      /^db +not_created\nweb +not_created$/,
+    )
+    expect(JSON.parse((await both('box: tiny\n', ['status', '--json'])).stdout)).toEqual([
+      expect.objectContaining({name: 'default', state: 'not_created'}),
+    ])
+    expect((await both('box: tiny\nmachines:\n  web: {}\n  db: {}\n', ['ssh', '-c', 'true'])).stderr).toMatch(
+      /box ssh needs one machine/,
+    )
     expect((await both('box: tiny\n', ['ssh', '--', 'true'])).stderr).toMatch(/machine default is not running/)
     expect((await both('box: tiny\nmemory: lots\n', ['status'])).stderr).toMatch(/Boxfile:2:9/)
     await writeFile(join(env.cwd, 'Boxfile'), 'box: tiny\n') // as the tests below expect
@@ -113,7 +138,8 @@ describe('machine commands: bad input', () => {
     // A PATH with every tool box needs except the QEMU system emulator.
     const bin = join(dir, 'bin')
     await mkdir(bin)
-    for (const tool of ['node', 'qemu-img', 'ssh', 'ssh-keygen']) await symlink((await findOnPath(tool))!, join(bin, tool))
+    for (const tool of ['node', 'qemu-img', 'ssh', 'ssh-keygen'])
+      await symlink((await findOnPath(tool))!, join(bin, tool))
     const result = await execa(join(bin, 'node'), [join(process.cwd(), 'bin', 'run.js'), 'up'], {
       cwd: env.cwd,
       reject: false,

@@ -29,7 +29,26 @@ describe('progress on a terminal', () => {
   })
 
   it('prints guest lines above the spinner, each on its own row', async () => {
-    await execa('tmux', ['-L', socket, 'new-session', '-d', '-s', 'p', '-x', '120', '-y', '20', 'sh', '-c', 'node --input-type=module -e "$0"; sleep 60', SCRIPT], {stdin: 'ignore'})
+    await execa(
+      'tmux',
+      [
+        '-L',
+        socket,
+        'new-session',
+        '-d',
+        '-s',
+        'p',
+        '-x',
+        '120',
+        '-y',
+        '20',
+        'sh',
+        '-c',
+        'node --input-type=module -e "$0"; sleep 60',
+        SCRIPT,
+      ],
+      {stdin: 'ignore'},
+    )
     const deadline = Date.now() + 20_000
     let screen = ''
     while (!/^END$/m.test(screen)) {

@@ -17,11 +17,26 @@ let cleanup: () => Promise<void>
 let machine: MachineHandle
 let snapshots: QemuSnapshots
 
-const backing = async (file: string) => JSON.parse((await execa('qemu-img', ['info', '--output=json', file])).stdout)['backing-filename'] as string | undefined
-const chain = async (file: string) => (JSON.parse((await execa('qemu-img', ['info', '--backing-chain', '--output=json', file])).stdout) as Array<{filename: string}>).map((layer) => layer.filename)
+const backing = async (file: string) =>
+  JSON.parse((await execa('qemu-img', ['info', '--output=json', file])).stdout)['backing-filename'] as
+    string | undefined
+const chain = async (file: string) =>
+  (
+    JSON.parse((await execa('qemu-img', ['info', '--backing-chain', '--output=json', file])).stdout) as Array<{
+      filename: string
+    }>
+  ).map((layer) => layer.filename)
 /** Write 4 KiB of `byte` at `offset` into the machine's disk, as a guest would. */
-const write = (byte: string, offset: number) => execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${byte} ${offset} 4k`, join(machine.stateDir, 'disk.qcow2')])
-const read = async (byte: string, offset: number) => (await execa('qemu-io', ['-f', 'qcow2', '-c', `read -P ${byte} ${offset} 4k`, join(machine.stateDir, 'disk.qcow2')], {reject: false})).stdout.includes('Pattern verification failed') === false
+const write = (byte: string, offset: number) =>
+  execa('qemu-io', ['-f', 'qcow2', '-c', `write -P ${byte} ${offset} 4k`, join(machine.stateDir, 'disk.qcow2')])
+const read = async (byte: string, offset: number) =>
+  (
+    await execa(
+      'qemu-io',
+      ['-f', 'qcow2', '-c', `read -P ${byte} ${offset} 4k`, join(machine.stateDir, 'disk.qcow2')],
+      {reject: false},
+    )
+  ).stdout.includes('Pattern verification failed') === false
 
 beforeEach(async () => {
   ;({dir, cleanup} = await makeTempDir('box-chain-'))
@@ -30,15 +45,37 @@ beforeEach(async () => {
   await mkdir(boxDir)
   await mkdir(stateDir)
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', join(boxDir, 'box.img'), '16M'])
-  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(boxDir, 'box.img'), join(stateDir, 'disk.qcow2')])
-  machine = {name: 'web', stateDir, box: {dir: boxDir, metadata: {provider: 'qemu'}}, cpus: 1, memoryMiB: 256, forwardedPorts: []}
+  await execa('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-F',
+    'qcow2',
+    '-b',
+    join(boxDir, 'box.img'),
+    join(stateDir, 'disk.qcow2'),
+  ])
+  machine = {
+    name: 'web',
+    stateDir,
+    box: {dir: boxDir, metadata: {provider: 'qemu'}},
+    cpus: 1,
+    memoryMiB: 256,
+    forwardedPorts: [],
+  }
   snapshots = new QemuSnapshots(join(dir, 'cache'))
 })
 afterEach(async () => cleanup())
 
 it('halted saves freeze the disk into a chain; restore goes back; list names parents and the current one', async () => {
   await write('0x11', 0)
-  expect(await snapshots.save(machine, 'one', {})).toMatchObject({name: 'one', kind: 'disk', current: true, parent: undefined})
+  expect(await snapshots.save(machine, 'one', {})).toMatchObject({
+    name: 'one',
+    kind: 'disk',
+    current: true,
+    parent: undefined,
+  })
   await write('0x22', 0)
   expect(await snapshots.save(machine, 'two', {})).toMatchObject({name: 'two', current: true, parent: 'one'})
   await write('0x33', 0)
@@ -46,7 +83,10 @@ it('halted saves freeze the disk into a chain; restore goes back; list names par
 
   await snapshots.restore(machine, 'one', {})
   expect(await read('0x11', 0)).toBe(true)
-  expect((await snapshots.list(machine)).map((s) => [s.name, s.current])).toEqual([['one', true], ['two', false]])
+  expect((await snapshots.list(machine)).map((s) => [s.name, s.current])).toEqual([
+    ['one', true],
+    ['two', false],
+  ])
   await snapshots.restore(machine, 'two', {})
   expect(await read('0x22', 0)).toBe(true)
   await expect(snapshots.save(machine, 'two', {})).rejects.toThrow('machine web already has a snapshot named "two"')
@@ -76,8 +116,36 @@ it('settleDisk makes disk.qcow2 the disk again after a save while running, rewri
   await mkdir(join(machine.stateDir, 'snapshots'))
   await write('0x44', 4096)
   const next = join(machine.stateDir, 'snapshots', 'x-next.qcow2')
-  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(machine.stateDir, 'disk.qcow2'), next])
-  await writeFile(join(machine.stateDir, 'snapshots', 'index.json'), JSON.stringify({format: 1, snapshots: [{name: 'live', id: 'x', kind: 'running', createdAt: '2026-01-01T00:00:00Z', layer: 'disk.qcow2', state: 'snapshots/x.state'}], layers: {'disk.qcow2': null}, diskParent: 'disk.qcow2', active: 'snapshots/x-next.qcow2'}))
+  await execa('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-F',
+    'qcow2',
+    '-b',
+    join(machine.stateDir, 'disk.qcow2'),
+    next,
+  ])
+  await writeFile(
+    join(machine.stateDir, 'snapshots', 'index.json'),
+    JSON.stringify({
+      format: 1,
+      snapshots: [
+        {
+          name: 'live',
+          id: 'x',
+          kind: 'running',
+          createdAt: '2026-01-01T00:00:00Z',
+          layer: 'disk.qcow2',
+          state: 'snapshots/x.state',
+        },
+      ],
+      layers: {'disk.qcow2': null},
+      diskParent: 'disk.qcow2',
+      active: 'snapshots/x-next.qcow2',
+    }),
+  )
   await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x55 0 4k', next])
 
   await settleDisk(machine.stateDir)

@@ -13,11 +13,20 @@ import {box, type CliEnv} from '../support/cli.js'
 async function members(file: string, into: string): Promise<Record<string, string>> {
   await mkdir(into)
   await execa('tar', ['-xf', file, '-C', into])
-  const listed = (await execa('tar', ['-tf', file])).stdout.split('\n').map((name) => name.replace(/^\.\//, '').replace(/\/$/, ''))
+  const listed = (await execa('tar', ['-tf', file])).stdout
+    .split('\n')
+    .map((name) => name.replace(/^\.\//, '').replace(/\/$/, ''))
   const result: Record<string, string> = {}
   for (const name of listed) {
     const path = join(into, name)
-    result[name] = (await readdir(path).then(() => 'dir', () => undefined)) ?? createHash('sha256').update(await readFile(path)).digest('hex')
+    result[name] =
+      (await readdir(path).then(
+        () => 'dir',
+        () => undefined,
+      )) ??
+      createHash('sha256')
+        .update(await readFile(path))
+        .digest('hex')
   }
   return result
 }
@@ -37,11 +46,19 @@ describe('box repackage', () => {
     await mkdir(join(source, 'include'), {recursive: true})
     await execa('qemu-img', ['create', '-q', '-f', 'qcow2', join(source, 'box.img'), '64M'])
     await execa('qemu-io', ['-c', 'write -P 0x5a 1M 3M', join(source, 'box.img')])
-    await writeFile(join(source, 'metadata.json'), JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}))
+    await writeFile(
+      join(source, 'metadata.json'),
+      JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}),
+    )
     await writeFile(join(source, 'Vagrantfile'), 'Vagrant.configure("2") { |c| c.ssh.username = "box" }\n')
     await writeFile(join(source, 'include', 'notes.txt'), 'shipped with the box\n')
     original = join(dir, 'tiny.box')
-    await writeBoxArchive({sourceDir: source, entries: ['metadata.json', 'box.img', 'Vagrantfile', 'include'], output: original, compression: 'zstd'})
+    await writeBoxArchive({
+      sourceDir: source,
+      entries: ['metadata.json', 'box.img', 'Vagrantfile', 'include'],
+      output: original,
+      compression: 'zstd',
+    })
     expect((await box(env, ['add', 'org/tiny', original, '--box-version', '1.2.3'])).exitCode).toBe(0)
   })
 
@@ -59,7 +76,13 @@ describe('box repackage', () => {
     const after = await members(written, join(dir, 'after'))
     expect(Object.keys(after)[0]).toBe('metadata.json')
     expect(after).toEqual(before)
-    expect(Object.keys(after).sort()).toEqual(['Vagrantfile', 'box.img', 'include', 'include/notes.txt', 'metadata.json'])
+    expect(Object.keys(after).sort()).toEqual([
+      'Vagrantfile',
+      'box.img',
+      'include',
+      'include/notes.txt',
+      'metadata.json',
+    ])
     // The repackaged box adds again as the same box.
     const again = await box(env, ['add', 'org/tiny-again', written, '--box-version', '1.2.3'])
     expect(again.exitCode, again.stderr).toBe(0)
@@ -75,9 +98,23 @@ describe('box repackage', () => {
     expect(exists.exitCode).toBe(2)
     expect(exists.stderr).toMatch(/exists\.box already exists/)
     expect(await readFile(output, 'utf8')).toBe('keep me')
-    const forced = await box(env, ['repackage', 'org/tiny', '1.2.3', 'libvirt', '-o', output, '--force', '--compression', 'zstd', '--json'])
+    const forced = await box(env, [
+      'repackage',
+      'org/tiny',
+      '1.2.3',
+      'libvirt',
+      '-o',
+      output,
+      '--force',
+      '--compression',
+      'zstd',
+      '--json',
+    ])
     expect(forced.exitCode, forced.stderr).toBe(0)
-    expect(JSON.parse(forced.stdout)).toMatchObject({output, entries: ['metadata.json', 'Vagrantfile', 'box.img', 'include']})
+    expect(JSON.parse(forced.stdout)).toMatchObject({
+      output,
+      entries: ['metadata.json', 'Vagrantfile', 'box.img', 'include'],
+    })
     expect((await readFile(output)).subarray(0, 4)).toEqual(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))
   })
 })

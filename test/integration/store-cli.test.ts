@@ -59,7 +59,10 @@ describe('box add / list / remove', () => {
   })
 
   it('adds, lists (table and --json), refuses a duplicate, removes', async () => {
-    const file = await makeBoxFile(dir, {metadata: {provider: 'qemu', format: 'qcow2', box: {version: '1.2.0', user: 'box'}}, compression: 'zstd'})
+    const file = await makeBoxFile(dir, {
+      metadata: {provider: 'qemu', format: 'qcow2', box: {version: '1.2.0', user: 'box'}},
+      compression: 'zstd',
+    })
 
     const added = await box('add', 'org/worker', file)
     expect(added.exitCode, added.stderr).toBe(0)
@@ -84,7 +87,11 @@ describe('box add / list / remove', () => {
 
     const listed = await listJson()
     expect(listed.map((entry) => entry.name)).toEqual(['org/worker', 'other'])
-    expect(listed[0]).toMatchObject({version: '1.2.0', provider: 'qemu', path: join(dataDir, 'boxes', 'org-VAGRANTSLASH-worker', '1.2.0', 'qemu')})
+    expect(listed[0]).toMatchObject({
+      version: '1.2.0',
+      provider: 'qemu',
+      path: join(dataDir, 'boxes', 'org-VAGRANTSLASH-worker', '1.2.0', 'qemu'),
+    })
     expect(listed[0].size).toBeGreaterThan(0)
 
     const duplicate = await box('add', 'org/worker', file)
@@ -140,7 +147,14 @@ describe('box add / list / remove', () => {
     const projectDir = join(dir, 'project')
     const stateDir = join(projectDir, '.box', 'default')
     await mkdir(stateDir, {recursive: true})
-    await registerMachine(dataDir, {id: 'abc123', name: 'default', projectDir, stateDir, provider: 'qemu', box: {name: 'worker', version: '3', provider: 'qemu'}})
+    await registerMachine(dataDir, {
+      id: 'abc123',
+      name: 'default',
+      projectDir,
+      stateDir,
+      provider: 'qemu',
+      box: {name: 'worker', version: '3', provider: 'qemu'},
+    })
 
     const refused = await box('remove', 'worker')
     expect(refused.exitCode, refused.stderr).toBe(1)
@@ -163,7 +177,11 @@ describe('box add / list / remove', () => {
     const file = join(dir, 'slow.box')
     await execa('tar', ['--zstd', '-cf', file, '-C', source, 'metadata.json', 'box.img', 'big.img'])
 
-    const child = execa('node', [CLI, 'add', 'slow', file], {reject: false, env: {BOX_DATA_DIR: dataDir, NO_COLOR: '1'}, stdin: 'ignore'})
+    const child = execa('node', [CLI, 'add', 'slow', file], {
+      reject: false,
+      env: {BOX_DATA_DIR: dataDir, NO_COLOR: '1'},
+      stdin: 'ignore',
+    })
     let stderr = ''
     await new Promise<void>((started, failed) => {
       child.stderr?.on('data', (chunk: Buffer) => {

@@ -42,7 +42,10 @@ async function rejection(promise: Promise<unknown>): Promise<BoxError> {
 
 describe('addBoxFromFile', () => {
   it('imports a box as NAME/VERSION/PROVIDER with the version from metadata.json', async () => {
-    const file = await makeBoxFile(dir, {metadata: {provider: 'qemu', format: 'qcow2', box: {version: '1.2.3', user: 'box'}}, compression: 'zstd'})
+    const file = await makeBoxFile(dir, {
+      metadata: {provider: 'qemu', format: 'qcow2', box: {version: '1.2.3', user: 'box'}},
+      compression: 'zstd',
+    })
     const box = await addBoxFromFile({dataDir, name: 'org/worker', file})
     expect(box).toMatchObject({name: 'org/worker', version: '1.2.3', provider: 'qemu'})
     expect(box.path).toBe(join(dataDir, 'boxes', 'org-VAGRANTSLASH-worker', '1.2.3', 'qemu'))
@@ -63,7 +66,9 @@ describe('addBoxFromFile', () => {
     const file = await makeBoxFile(dir, {metadata: {provider: 'libvirt', format: 'qcow2', virtual_size: 40}})
     const box = await addBoxFromFile({dataDir, name: 'generic/debian12', file})
     expect(box.provider).toBe('libvirt')
-    expect(await findBox(dataDir, {name: 'generic/debian12', providers: ['qemu', 'libvirt']})).toMatchObject({provider: 'libvirt'})
+    expect(await findBox(dataDir, {name: 'generic/debian12', providers: ['qemu', 'libvirt']})).toMatchObject({
+      provider: 'libvirt',
+    })
   })
 
   it('missing metadata.json: clear error, nothing left in the store', async () => {
@@ -81,7 +86,9 @@ describe('addBoxFromFile', () => {
     expect(await storeTopLevel()).toEqual([])
 
     const notJson = await makeBoxFile(dir, {metadata: '{"provider": '})
-    expect((await rejection(addBoxFromFile({dataDir, name: 'broken', file: notJson}))).message).toMatch(/not valid JSON/)
+    expect((await rejection(addBoxFromFile({dataDir, name: 'broken', file: notJson}))).message).toMatch(
+      /not valid JSON/,
+    )
     expect(await storeTopLevel()).toEqual([])
   })
 
@@ -97,7 +104,11 @@ describe('addBoxFromFile', () => {
   })
 
   it('a qemu box without box.img is refused', async () => {
-    const file = await writeRawTar(join(dir, 'nodisk.box'), [{header: {name: 'metadata.json'}, content: '{"provider":"qemu"}'}], 'gzip')
+    const file = await writeRawTar(
+      join(dir, 'nodisk.box'),
+      [{header: {name: 'metadata.json'}, content: '{"provider":"qemu"}'}],
+      'gzip',
+    )
     expect((await rejection(addBoxFromFile({dataDir, name: 'nodisk', file}))).message).toMatch(/missing box\.img/)
     expect(await storeTopLevel()).toEqual([])
   })
@@ -109,7 +120,12 @@ describe('addBoxFromFile', () => {
     const firstImage = await sha256File(join(box.path, 'box.img'))
 
     const stages: string[] = []
-    const progress = {stage: (stageName: string) => (stages.push(stageName), {update() {}, done() {}, fail() {}}), info() {}, warn() {}, print() {}}
+    const progress = {
+      stage: (stageName: string) => (stages.push(stageName), {update() {}, done() {}, fail() {}}),
+      info() {},
+      warn() {},
+      print() {},
+    }
     const error = await rejection(addBoxFromFile({dataDir, name: 'dup', file: second, progress}))
     expect(error.message).toBe('box dup 1.0.0 (qemu) is already installed')
     expect(stages).toEqual([]) // refused from metadata.json alone, before extracting anything
@@ -126,8 +142,17 @@ describe('addBoxFromFile', () => {
   it('a duplicate whose metadata.json is not first is still refused, after extraction', async () => {
     const file = await makeBoxFile(dir)
     await addBoxFromFile({dataDir, name: 'late', file})
-    const metadataLast = await writeRawTar(join(dir, 'late.box'), [{header: {name: 'box.img'}, content: 'disk'}, {header: {name: 'metadata.json'}, content: '{"provider":"qemu"}'}], 'zstd')
-    expect((await rejection(addBoxFromFile({dataDir, name: 'late', file: metadataLast}))).message).toBe('box late 0 (qemu) is already installed')
+    const metadataLast = await writeRawTar(
+      join(dir, 'late.box'),
+      [
+        {header: {name: 'box.img'}, content: 'disk'},
+        {header: {name: 'metadata.json'}, content: '{"provider":"qemu"}'},
+      ],
+      'zstd',
+    )
+    expect((await rejection(addBoxFromFile({dataDir, name: 'late', file: metadataLast}))).message).toBe(
+      'box late 0 (qemu) is already installed',
+    )
     expect(await storeTopLevel()).toEqual(['late'])
   })
 
@@ -142,7 +167,9 @@ describe('addBoxFromFile', () => {
     const file = await makeBoxFile(dir, {imageBytes: 16 * 1024 * 1024, compression: 'zstd'})
     const controller = new AbortController()
     controller.abort()
-    await expect(addBoxFromFile({dataDir, name: 'aborted', file, signal: controller.signal})).rejects.toThrow(/interrupted/)
+    await expect(addBoxFromFile({dataDir, name: 'aborted', file, signal: controller.signal})).rejects.toThrow(
+      /interrupted/,
+    )
     expect(await storeTopLevel()).toEqual([])
   })
 
@@ -162,8 +189,12 @@ describe('addBoxFromFile', () => {
     for (const name of ['../evil', '/abs', 'a//b', 'a/../b', 'sp ace', '.hidden', '', 'x/']) {
       expect((await rejection(addBoxFromFile({dataDir, name, file}))).message).toMatch(/invalid box name/)
     }
-    expect((await rejection(addBoxFromFile({dataDir, name: 'ok', file, version: '../1'}))).message).toMatch(/invalid box version/)
-    expect((await rejection(addBoxFromFile({dataDir, name: 'ok', file: join(dir, 'nope.box')}))).message).toMatch(/box file not found/)
+    expect((await rejection(addBoxFromFile({dataDir, name: 'ok', file, version: '../1'}))).message).toMatch(
+      /invalid box version/,
+    )
+    expect((await rejection(addBoxFromFile({dataDir, name: 'ok', file: join(dir, 'nope.box')}))).message).toMatch(
+      /box file not found/,
+    )
     expect(await storeTopLevel()).toEqual([])
     expect(() => validateBoxName('hashicorp/bionic64')).not.toThrow()
     expect(escapeBoxName('a/b')).toBe('a-VAGRANTSLASH-b')
@@ -175,22 +206,43 @@ describe('listBoxes and findBox', () => {
   it('sorts by name, then newest version first (numeric-aware), then provider', async () => {
     const file = await makeBoxFile(dir)
     const libvirt = await makeBoxFile(dir, {metadata: {provider: 'libvirt'}})
-    for (const [name, version] of [['beta', '1.2.0'], ['alpha', '1.10.0'], ['alpha', '1.9.0'], ['alpha', '1.10.0-rc1'], ['beta', '10'], ['alpha', '2']]) {
+    for (const [name, version] of [
+      ['beta', '1.2.0'],
+      ['alpha', '1.10.0'],
+      ['alpha', '1.9.0'],
+      ['alpha', '1.10.0-rc1'],
+      ['beta', '10'],
+      ['alpha', '2'],
+    ]) {
       await addBoxFromFile({dataDir, name, file, version})
     }
     await addBoxFromFile({dataDir, name: 'alpha', file: libvirt, version: '1.9.0'})
     const listed = (await listBoxes(dataDir)).map((box) => `${box.name} ${box.version} ${box.provider}`)
-    expect(listed).toEqual(['alpha 2 qemu', 'alpha 1.10.0 qemu', 'alpha 1.10.0-rc1 qemu', 'alpha 1.9.0 libvirt', 'alpha 1.9.0 qemu', 'beta 10 qemu', 'beta 1.2.0 qemu'])
+    expect(listed).toEqual([
+      'alpha 2 qemu',
+      'alpha 1.10.0 qemu',
+      'alpha 1.10.0-rc1 qemu',
+      'alpha 1.9.0 libvirt',
+      'alpha 1.9.0 qemu',
+      'beta 10 qemu',
+      'beta 1.2.0 qemu',
+    ])
 
     expect(await findBox(dataDir, {name: 'alpha', providers: ['qemu']})).toMatchObject({version: '2'})
-    expect(await findBox(dataDir, {name: 'alpha', version: '1.9.0', providers: ['qemu', 'libvirt']})).toMatchObject({provider: 'qemu'})
-    expect(await findBox(dataDir, {name: 'alpha', version: '1.9.0', providers: ['libvirt', 'qemu']})).toMatchObject({provider: 'libvirt'})
+    expect(await findBox(dataDir, {name: 'alpha', version: '1.9.0', providers: ['qemu', 'libvirt']})).toMatchObject({
+      provider: 'qemu',
+    })
+    expect(await findBox(dataDir, {name: 'alpha', version: '1.9.0', providers: ['libvirt', 'qemu']})).toMatchObject({
+      provider: 'libvirt',
+    })
     expect(await findBox(dataDir, {name: 'alpha', providers: ['virtualbox']})).toBeUndefined()
     expect(await findBox(dataDir, {name: 'gamma', providers: ['qemu']})).toBeUndefined()
   })
 
   it('findBox gives the metadata parsed, defaults included', async () => {
-    const file = await makeBoxFile(dir, {metadata: {provider: 'qemu', box: {version: '1.0.0', user: 'box', kernel: 'box.img'}}})
+    const file = await makeBoxFile(dir, {
+      metadata: {provider: 'qemu', box: {version: '1.0.0', user: 'box', kernel: 'box.img'}},
+    })
     await addBoxFromFile({dataDir, name: 'k', file})
     const found = await findBox(dataDir, {name: 'k', providers: ['qemu']})
     expect(found?.metadata.box).toEqual({version: '1.0.0', user: 'box', kernel: 'box.img', kernel_args: ''})
@@ -206,7 +258,9 @@ describe('listBoxes and findBox', () => {
     expect(await getCatalogUrl(dataDir, 'org/w')).toBeUndefined()
     await setCatalogUrl(dataDir, 'org/w', 'https://boxes.example.org/org/w.json')
     expect(await getCatalogUrl(dataDir, 'org/w')).toBe('https://boxes.example.org/org/w.json')
-    expect(await readFile(join(dataDir, 'boxes', 'org-VAGRANTSLASH-w', 'catalog_url'), 'utf8')).toBe('https://boxes.example.org/org/w.json\n')
+    expect(await readFile(join(dataDir, 'boxes', 'org-VAGRANTSLASH-w', 'catalog_url'), 'utf8')).toBe(
+      'https://boxes.example.org/org/w.json\n',
+    )
     expect(await listBoxes(dataDir)).toEqual([])
   })
 })
@@ -222,7 +276,14 @@ describe('removeBox', () => {
     const file = await makeBoxFile(dir)
     await addBoxFromFile({dataDir, name: 'worker', file, version: '1.0.0'})
     const stateDir = await machineDir('default')
-    await registerMachine(dataDir, {id: 'm-1', name: 'default', projectDir: join(dir, 'project'), stateDir, provider: 'qemu', box: {name: 'worker', version: '1.0.0', provider: 'qemu'}})
+    await registerMachine(dataDir, {
+      id: 'm-1',
+      name: 'default',
+      projectDir: join(dir, 'project'),
+      stateDir,
+      provider: 'qemu',
+      box: {name: 'worker', version: '1.0.0', provider: 'qemu'},
+    })
 
     const error = await rejection(removeBox({dataDir, name: 'worker'}))
     expect(error.message).toBe('cannot remove worker: a machine uses it')
@@ -240,7 +301,14 @@ describe('removeBox', () => {
   it('--force removes a box in use', async () => {
     const file = await makeBoxFile(dir)
     await addBoxFromFile({dataDir, name: 'worker', file})
-    await registerMachine(dataDir, {id: 'm-2', name: 'default', projectDir: dir, stateDir: await machineDir('default'), provider: 'qemu', box: {name: 'worker', version: '0', provider: 'qemu'}})
+    await registerMachine(dataDir, {
+      id: 'm-2',
+      name: 'default',
+      projectDir: dir,
+      stateDir: await machineDir('default'),
+      provider: 'qemu',
+      box: {name: 'worker', version: '0', provider: 'qemu'},
+    })
     await removeBox({dataDir, name: 'worker', force: true})
     expect(await listBoxes(dataDir)).toEqual([])
   })
@@ -249,7 +317,14 @@ describe('removeBox', () => {
     const file = await makeBoxFile(dir)
     await addBoxFromFile({dataDir, name: 'worker', file, version: '1'})
     await addBoxFromFile({dataDir, name: 'worker', file, version: '2'})
-    await registerMachine(dataDir, {id: 'm-3', name: 'default', projectDir: dir, stateDir: await machineDir('default'), provider: 'qemu', box: {name: 'worker', version: '2', provider: 'qemu'}})
+    await registerMachine(dataDir, {
+      id: 'm-3',
+      name: 'default',
+      projectDir: dir,
+      stateDir: await machineDir('default'),
+      provider: 'qemu',
+      box: {name: 'worker', version: '2', provider: 'qemu'},
+    })
     await removeBox({dataDir, name: 'worker', version: '1'})
     expect((await listBoxes(dataDir)).map((box) => box.version)).toEqual(['2'])
     await expect(removeBox({dataDir, name: 'worker', version: '2'})).rejects.toThrow(/a machine uses it/)
@@ -286,7 +361,14 @@ describe('removeBox', () => {
 })
 
 describe('global index', () => {
-  const entry = (id: string, stateDir: string) => ({id, name: id, projectDir: dir, stateDir, provider: 'qemu', box: {name: 'b', version: '1', provider: 'qemu'}})
+  const entry = (id: string, stateDir: string) => ({
+    id,
+    name: id,
+    projectDir: dir,
+    stateDir,
+    provider: 'qemu',
+    box: {name: 'b', version: '1', provider: 'qemu'},
+  })
 
   it('registers, replaces by id, unregisters and prunes machines whose folder is gone', async () => {
     const alive = join(dir, 'alive')
@@ -315,7 +397,11 @@ describe('global index', () => {
     const writer = (process_: number) =>
       `const {registerMachine} = await import(${JSON.stringify(module)});` +
       `await Promise.all(Array.from({length: 10}, (_, i) => registerMachine(${JSON.stringify(dataDir)}, {id: 'p${process_}-' + i, name: 'm', projectDir: '/p', stateDir: '/p', provider: 'qemu', box: {name: 'b', version: '1', provider: 'qemu'}})))`
-    await Promise.all([0, 1, 2, 3].map((process_) => execa('node', ['--import', 'tsx', '--input-type=module', '-e', writer(process_)], {cwd: PROJECT_ROOT})))
+    await Promise.all(
+      [0, 1, 2, 3].map((process_) =>
+        execa('node', ['--import', 'tsx', '--input-type=module', '-e', writer(process_)], {cwd: PROJECT_ROOT}),
+      ),
+    )
     const ids = (await listMachines(dataDir)).map((machine) => machine.id)
     expect(ids).toHaveLength(40)
     expect(new Set(ids).size).toBe(40)

@@ -42,14 +42,24 @@ beforeAll(async () => {
   ;({dir, cleanup} = await makeTempDir('box-tar-dialects-'))
   source = join(dir, 'src')
   await mkdir(join(source, LONG_DIR), {recursive: true})
-  await writeFile(join(source, 'metadata.json'), JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}))
+  await writeFile(
+    join(source, 'metadata.json'),
+    JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}),
+  )
   await writeFile(join(source, 'Vagrantfile'), 'Vagrant.configure("2") do |config|\nend\n')
   // A sparse disk image, made as users make them: truncate, then dd into it.
   const image = join(source, 'box.img')
   await execa('truncate', ['-s', String(IMAGE_SIZE), image])
   for (const [offset, bytes] of IMAGE_DATA) {
     await writeFile(join(dir, 'chunk'), randomBytes(bytes))
-    await execa('dd', [`if=${join(dir, 'chunk')}`, `of=${image}`, 'bs=1', `seek=${offset}`, 'conv=notrunc', 'status=none'])
+    await execa('dd', [
+      `if=${join(dir, 'chunk')}`,
+      `of=${image}`,
+      'bs=1',
+      `seek=${offset}`,
+      'conv=notrunc',
+      'status=none',
+    ])
   }
   imageSha = await sha256(image)
   await writeFile(join(source, LONG_FILE), 'deep and long\n')
@@ -62,7 +72,9 @@ afterAll(async () => {
 })
 
 async function sha256(file: string): Promise<string> {
-  return createHash('sha256').update(await readFile(file)).digest('hex')
+  return createHash('sha256')
+    .update(await readFile(file))
+    .digest('hex')
 }
 
 const COMPRESSORS = {
@@ -89,10 +101,26 @@ interface Producer {
 }
 
 const PRODUCERS: Producer[] = [
-  {label: 'GNU tar -S --format=gnu (old-GNU sparse, L/K long names)', args: ['tar', '-S', '--format=gnu', '-cf'], longNames: true},
-  {label: 'GNU tar -S --format=posix --sparse-version=0.0', args: ['tar', '-S', '--format=posix', '--sparse-version=0.0', '-cf'], longNames: true},
-  {label: 'GNU tar -S --format=posix --sparse-version=0.1', args: ['tar', '-S', '--format=posix', '--sparse-version=0.1', '-cf'], longNames: true},
-  {label: 'GNU tar -S --format=posix --sparse-version=1.0', args: ['tar', '-S', '--format=posix', '--sparse-version=1.0', '-cf'], longNames: true},
+  {
+    label: 'GNU tar -S --format=gnu (old-GNU sparse, L/K long names)',
+    args: ['tar', '-S', '--format=gnu', '-cf'],
+    longNames: true,
+  },
+  {
+    label: 'GNU tar -S --format=posix --sparse-version=0.0',
+    args: ['tar', '-S', '--format=posix', '--sparse-version=0.0', '-cf'],
+    longNames: true,
+  },
+  {
+    label: 'GNU tar -S --format=posix --sparse-version=0.1',
+    args: ['tar', '-S', '--format=posix', '--sparse-version=0.1', '-cf'],
+    longNames: true,
+  },
+  {
+    label: 'GNU tar -S --format=posix --sparse-version=1.0',
+    args: ['tar', '-S', '--format=posix', '--sparse-version=1.0', '-cf'],
+    longNames: true,
+  },
   {label: 'GNU tar -S --format=pax', args: ['tar', '-S', '--format=pax', '-cf'], longNames: true},
   {label: 'bsdtar --format=pax (PAX sparse 1.0)', args: ['bsdtar', '--format=pax', '-cf'], longNames: true},
   {label: 'bsdtar --format=gnutar', args: ['bsdtar', '--format=gnutar', '-cf'], longNames: true},
@@ -101,35 +129,51 @@ const PRODUCERS: Producer[] = [
 
 describe('boxes written by GNU tar and bsdtar, every compression', () => {
   for (const [index, producer] of PRODUCERS.entries()) {
-    it(producer.label, async () => {
-      const tarFile = join(dir, `p${index}.tar`)
-      const members = ['./metadata.json', './Vagrantfile', './box.img', `./${PREFIXED_FILE}`, ...(producer.longNames ? [`./${LONG_FILE}`, './extra/link'] : [])]
-      await execa(producer.args[0]!, [...producer.args.slice(1), tarFile, '-C', source, ...members])
-      if (producer.args.includes('-S') || producer.label.includes('sparse')) {
-        // The archive holds the data, not the holes: the sparse dialect really was written.
-        expect((await stat(tarFile)).size).toBeLessThan(DATA_BYTES + 64 * 1024)
-      }
-      for (const compression of Object.keys(COMPRESSORS) as Array<keyof typeof COMPRESSORS>) {
-        const file = await compress(tarFile, compression, join(dir, `p${index}.${compression}.box`))
-        const dataDir = join(dir, `data-${storeCount++}`)
-        const box = await addBoxFromFile({dataDir, name: `dialect/p${index}`, file, version: '1.0.0'})
-        const image = join(box.path, 'box.img')
-        expect(await sha256(image), `${producer.label}, ${compression}`).toBe(imageSha)
-        const info = await stat(image)
-        expect(info.size).toBe(IMAGE_SIZE)
-        // Holes kept: only the data's blocks (rounded to 4 KiB each) are allocated.
-        expect(info.blocks * 512, `${producer.label}, ${compression}: allocated bytes`).toBeLessThanOrEqual(DATA_BYTES + IMAGE_DATA.length * 2 * 4096)
-        expect(await readFile(join(box.path, PREFIXED_FILE), 'utf8')).toBe('prefixed\n')
-        if (producer.longNames) {
-          expect(await readFile(join(box.path, LONG_FILE), 'utf8')).toBe('deep and long\n')
-          expect(await readlink(join(box.path, 'extra', 'link'))).toBe(LONG_FILE.slice('extra/'.length))
+    it(
+      producer.label,
+      async () => {
+        const tarFile = join(dir, `p${index}.tar`)
+        const members = [
+          './metadata.json',
+          './Vagrantfile',
+          './box.img',
+          `./${PREFIXED_FILE}`,
+          ...(producer.longNames ? [`./${LONG_FILE}`, './extra/link'] : []),
+        ]
+        await execa(producer.args[0]!, [...producer.args.slice(1), tarFile, '-C', source, ...members])
+        if (producer.args.includes('-S') || producer.label.includes('sparse')) {
+          // The archive holds the data, not the holes: the sparse dialect really was written.
+          expect((await stat(tarFile)).size).toBeLessThan(DATA_BYTES + 64 * 1024)
         }
-        expect(box.metadata.provider).toBe('libvirt')
-        // The store's early peek reads metadata.json (first, behind any extended headers) the same way.
-        expect(JSON.parse(String(await readArchiveFile(file, 'metadata.json', {maxEntries: 1})))).toEqual({provider: 'libvirt', format: 'qcow2', virtual_size: 1})
-        expect((await readdir(boxesDir(dataDir))).sort()).toEqual(['dialect-VAGRANTSLASH-p' + index])
-      }
-    }, 120_000)
+        for (const compression of Object.keys(COMPRESSORS) as Array<keyof typeof COMPRESSORS>) {
+          const file = await compress(tarFile, compression, join(dir, `p${index}.${compression}.box`))
+          const dataDir = join(dir, `data-${storeCount++}`)
+          const box = await addBoxFromFile({dataDir, name: `dialect/p${index}`, file, version: '1.0.0'})
+          const image = join(box.path, 'box.img')
+          expect(await sha256(image), `${producer.label}, ${compression}`).toBe(imageSha)
+          const info = await stat(image)
+          expect(info.size).toBe(IMAGE_SIZE)
+          // Holes kept: only the data's blocks (rounded to 4 KiB each) are allocated.
+          expect(info.blocks * 512, `${producer.label}, ${compression}: allocated bytes`).toBeLessThanOrEqual(
+            DATA_BYTES + IMAGE_DATA.length * 2 * 4096,
+          )
+          expect(await readFile(join(box.path, PREFIXED_FILE), 'utf8')).toBe('prefixed\n')
+          if (producer.longNames) {
+            expect(await readFile(join(box.path, LONG_FILE), 'utf8')).toBe('deep and long\n')
+            expect(await readlink(join(box.path, 'extra', 'link'))).toBe(LONG_FILE.slice('extra/'.length))
+          }
+          expect(box.metadata.provider).toBe('libvirt')
+          // The store's early peek reads metadata.json (first, behind any extended headers) the same way.
+          expect(JSON.parse(String(await readArchiveFile(file, 'metadata.json', {maxEntries: 1})))).toEqual({
+            provider: 'libvirt',
+            format: 'qcow2',
+            virtual_size: 1,
+          })
+          expect((await readdir(boxesDir(dataDir))).sort()).toEqual(['dialect-VAGRANTSLASH-p' + index])
+        }
+      },
+      120_000,
+    )
   }
 })
 
@@ -223,7 +267,12 @@ const METADATA = fileEntry('metadata.json', Buffer.from(JSON.stringify({provider
 const END = Buffer.alloc(1024)
 
 describe('hostile and broken archives are refused by name, nothing stored or left in scratch', () => {
-  async function expectRefused(name: string, parts: Buffer[], message: RegExp, compression: keyof typeof COMPRESSORS = 'none'): Promise<BoxError> {
+  async function expectRefused(
+    name: string,
+    parts: Buffer[],
+    message: RegExp,
+    compression: keyof typeof COMPRESSORS = 'none',
+  ): Promise<BoxError> {
     const tarFile = join(dir, `${name}.tar`)
     await writeFile(tarFile, Buffer.concat(parts))
     const file = await compress(tarFile, compression, join(dir, `${name}.${compression}.box`))
@@ -240,18 +289,54 @@ describe('hostile and broken archives are refused by name, nothing stored or lef
   }
 
   it('an old-GNU sparse map that overlaps itself', async () => {
-    const entry = oldGnuSparse('box.img', [[0, 4096], [2048, 4096]], 16_384, 8192)
-    await expectRefused('overlap', [METADATA, entry, Buffer.alloc(8192, 1), END], /refusing to extract entry "box\.img": its sparse map overlaps itself/)
+    const entry = oldGnuSparse(
+      'box.img',
+      [
+        [0, 4096],
+        [2048, 4096],
+      ],
+      16_384,
+      8192,
+    )
+    await expectRefused(
+      'overlap',
+      [METADATA, entry, Buffer.alloc(8192, 1), END],
+      /refusing to extract entry "box\.img": its sparse map overlaps itself/,
+    )
   })
 
   it('a sparse map out of order', async () => {
-    const entry = oldGnuSparse('box.img', [[8192, 512], [0, 512]], 16_384, 1024)
-    await expectRefused('unordered', [METADATA, entry, Buffer.alloc(1024, 1), END], /"box\.img": its sparse map is out of order/)
+    const entry = oldGnuSparse(
+      'box.img',
+      [
+        [8192, 512],
+        [0, 512],
+      ],
+      16_384,
+      1024,
+    )
+    await expectRefused(
+      'unordered',
+      [METADATA, entry, Buffer.alloc(1024, 1), END],
+      /"box\.img": its sparse map is out of order/,
+    )
   })
 
   it('a sparse map running past the declared real size', async () => {
-    const entry = oldGnuSparse('box.img', [[0, 512], [1_000_000, 512]], 4096, 1024)
-    await expectRefused('past-size', [METADATA, entry, Buffer.alloc(1024, 1), END], /"box\.img": its sparse map runs past the entry's real size .*the file is 4096 bytes/)
+    const entry = oldGnuSparse(
+      'box.img',
+      [
+        [0, 512],
+        [1_000_000, 512],
+      ],
+      4096,
+      1024,
+    )
+    await expectRefused(
+      'past-size',
+      [METADATA, entry, Buffer.alloc(1024, 1), END],
+      /"box\.img": its sparse map runs past the entry's real size .*the file is 4096 bytes/,
+    )
   })
 
   it('a PAX 0.1 map past the size (gzip)', async () => {
@@ -261,7 +346,12 @@ describe('hostile and broken archives are refused by name, nothing stored or lef
       ['GNU.sparse.name', 'box.img'],
       ['GNU.sparse.map', '4000,512'],
     ])
-    await expectRefused('pax01-past', [METADATA, pax, header({name: 'GNUSparseFile.1/box.img', size: 512}), Buffer.alloc(512, 1), END], /"box\.img": its sparse map runs past/, 'gzip')
+    await expectRefused(
+      'pax01-past',
+      [METADATA, pax, header({name: 'GNUSparseFile.1/box.img', size: 512}), Buffer.alloc(512, 1), END],
+      /"box\.img": its sparse map runs past/,
+      'gzip',
+    )
   })
 
   it('a PAX 1.0 map announcing an enormous number of segments (zstd)', async () => {
@@ -272,7 +362,19 @@ describe('hostile and broken archives are refused by name, nothing stored or lef
       ['GNU.sparse.realsize', '1048576'],
     ])
     const map = pad(Buffer.from('99999999999\n0\n512\n'))
-    const error = await expectRefused('huge-count', [METADATA, pax, header({name: 'GNUSparseFile.1/box.img', size: map.length + 512}), map, Buffer.alloc(512, 1), END], /"box\.img": its sparse map has 99999999999 segments, more than the \d+ box accepts/, 'zstd')
+    const error = await expectRefused(
+      'huge-count',
+      [
+        METADATA,
+        pax,
+        header({name: 'GNUSparseFile.1/box.img', size: map.length + 512}),
+        map,
+        Buffer.alloc(512, 1),
+        END,
+      ],
+      /"box\.img": its sparse map has 99999999999 segments, more than the \d+ box accepts/,
+      'zstd',
+    )
     expect([error.message, ...error.suggestions].join('\n')).not.toMatch(/damaged or hostile/)
   })
 
@@ -283,24 +385,57 @@ describe('hostile and broken archives are refused by name, nothing stored or lef
       ['GNU.sparse.offset', '0'],
       ['GNU.sparse.numbytes', '8192'],
     ])
-    await expectRefused('pax00-short', [METADATA, pax, header({name: 'box.img', size: 512}), Buffer.alloc(512, 1), END], /"box\.img": its sparse map describes 8192 bytes of data but the entry stores 512/)
+    await expectRefused(
+      'pax00-short',
+      [METADATA, pax, header({name: 'box.img', size: 512}), Buffer.alloc(512, 1), END],
+      /"box\.img": its sparse map describes 8192 bytes of data but the entry stores 512/,
+    )
   })
 
   it('a sparse entry cut short in its data (xz)', async () => {
-    const entry = oldGnuSparse('box.img', [[0, 4096], [65_536, 4096]], 1_048_576, 8192)
+    const entry = oldGnuSparse(
+      'box.img',
+      [
+        [0, 4096],
+        [65_536, 4096],
+      ],
+      1_048_576,
+      8192,
+    )
     // The file ends 1 KiB into the entry's data.
-    await expectRefused('truncated', [METADATA, entry, Buffer.alloc(1024, 1)], /truncated: it ends in the middle of entry "box\.img"|xz data is damaged or cut short/, 'xz')
+    await expectRefused(
+      'truncated',
+      [METADATA, entry, Buffer.alloc(1024, 1)],
+      /truncated: it ends in the middle of entry "box\.img"|xz data is damaged or cut short/,
+      'xz',
+    )
   })
 
   it('a sparse entry cut short, uncompressed: the message names the entry', async () => {
-    const entry = oldGnuSparse('box.img', [[0, 4096], [65_536, 4096]], 1_048_576, 8192)
-    await expectRefused('truncated-plain', [METADATA, entry, Buffer.alloc(4096, 1)], /extracting .* failed: the archive is truncated: it ends in the middle of entry "box\.img"/)
+    const entry = oldGnuSparse(
+      'box.img',
+      [
+        [0, 4096],
+        [65_536, 4096],
+      ],
+      1_048_576,
+      8192,
+    )
+    await expectRefused(
+      'truncated-plain',
+      [METADATA, entry, Buffer.alloc(4096, 1)],
+      /extracting .* failed: the archive is truncated: it ends in the middle of entry "box\.img"/,
+    )
   })
 
   it('a tar bomb: a file announced far beyond the free space is refused before a byte is written', async () => {
     const bomb = header({name: 'box.img', edit: (block) => base256(block, 124, 12, 1n << 45n)})
     // Only a little data follows: the refusal must come from the header, not from running out of disk.
-    await expectRefused('bomb', [METADATA, bomb, Buffer.alloc(4096, 7), END], /"box\.img": it would write 32 TiB|"box\.img": it would write .* more than the .* left free .*tar bomb/)
+    await expectRefused(
+      'bomb',
+      [METADATA, bomb, Buffer.alloc(4096, 7), END],
+      /"box\.img": it would write 32 TiB|"box\.img": it would write .* more than the .* left free .*tar bomb/,
+    )
   })
 
   it('a tar bomb: a sparse real size no disk image has', async () => {
@@ -311,17 +446,36 @@ describe('hostile and broken archives are refused by name, nothing stored or lef
       ['GNU.sparse.realsize', String(2 ** 52)],
     ])
     const map = pad(Buffer.from(`1\n${2 ** 52 - 512}\n512\n`))
-    await expectRefused('sparse-bomb', [METADATA, pax, header({name: 'GNUSparseFile.1/box.img', size: map.length + 512}), map, Buffer.alloc(512, 1), END], /"box\.img": it declares a size of .*more than any disk image box takes .*tar bomb/)
+    await expectRefused(
+      'sparse-bomb',
+      [
+        METADATA,
+        pax,
+        header({name: 'GNUSparseFile.1/box.img', size: map.length + 512}),
+        map,
+        Buffer.alloc(512, 1),
+        END,
+      ],
+      /"box\.img": it declares a size of .*more than any disk image box takes .*tar bomb/,
+    )
   })
 
   it('an unknown entry type is named as such, not as "null"', async () => {
-    const error = await expectRefused('multivolume', [METADATA, header({name: 'box.img', typeflag: 'M', size: 0}), END], /"box\.img": it has tar entry type "M", which is not a file, directory or link \(a GNU multi-volume continuation\)/)
+    const error = await expectRefused(
+      'multivolume',
+      [METADATA, header({name: 'box.img', typeflag: 'M', size: 0}), END],
+      /"box\.img": it has tar entry type "M", which is not a file, directory or link \(a GNU multi-volume continuation\)/,
+    )
     expect(error.message).not.toMatch(/null/)
   })
 
   it('a PAX path escaping the destination is caught after the name is resolved', async () => {
     const pax = paxHeader('innocent', [['path', '../../escaped-by-pax']])
-    await expectRefused('pax-escape', [METADATA, pax, header({name: 'innocent', size: 5}), pad(Buffer.from('pwned')), END], /refusing to extract entry "\.\.\/\.\.\/escaped-by-pax": paths with "\.\." are not allowed/)
+    await expectRefused(
+      'pax-escape',
+      [METADATA, pax, header({name: 'innocent', size: 5}), pad(Buffer.from('pwned')), END],
+      /refusing to extract entry "\.\.\/\.\.\/escaped-by-pax": paths with "\.\." are not allowed/,
+    )
     expect(await readdir(dir)).not.toContain('escaped-by-pax')
   })
 
@@ -329,7 +483,14 @@ describe('hostile and broken archives are refused by name, nothing stored or lef
     const longName = Buffer.from('/tmp/escaped-by-gnu-long-name\0')
     await expectRefused(
       'gnu-long-escape',
-      [METADATA, header({name: '././@LongLink', typeflag: 'L', size: longName.length, magic: 'gnu'}), pad(longName), header({name: 'short', size: 5, magic: 'gnu'}), pad(Buffer.from('pwned')), END],
+      [
+        METADATA,
+        header({name: '././@LongLink', typeflag: 'L', size: longName.length, magic: 'gnu'}),
+        pad(longName),
+        header({name: 'short', size: 5, magic: 'gnu'}),
+        pad(Buffer.from('pwned')),
+        END,
+      ],
       /refusing to extract entry "\/tmp\/escaped-by-gnu-long-name": absolute paths are not allowed/,
     )
   })
@@ -351,7 +512,11 @@ describe('a .box that is a bare disk image is refused saying what it is and how 
   }
 
   it('a qcow2 image (made by qemu-img)', async () => {
-    await expectNotABox('disk.qcow2.box', async (file) => void (await execa('qemu-img', ['create', '-q', '-f', 'qcow2', file, '3G'])), /disk\.qcow2\.box is a qcow2 disk image, not a box: a \.box is a tar archive/)
+    await expectNotABox(
+      'disk.qcow2.box',
+      async (file) => void (await execa('qemu-img', ['create', '-q', '-f', 'qcow2', file, '3G'])),
+      /disk\.qcow2\.box is a qcow2 disk image, not a box: a \.box is a tar archive/,
+    )
   })
 
   it('a gzip-compressed qcow2 image', async () => {

@@ -43,17 +43,30 @@ beforeEach(async () => {
   process.env.PATH = `${STANDIN_DIR}${delimiter}${savedEnv.PATH}`
   // providerFor('virtualbox') keeps base VMs under the data dir.
   process.env.BOX_DATA_DIR = dataDir
-  context = {projectDir: join(dir, 'project'), dataDir, cacheDir: join(dir, 'cache'), progress: createProgress({silent: true})}
+  context = {
+    projectDir: join(dir, 'project'),
+    dataDir,
+    cacheDir: join(dir, 'cache'),
+    progress: createProgress({silent: true}),
+  }
   await mkdir(context.projectDir, {recursive: true})
 
   const source = join(dir, 'box-src')
   await mkdir(source)
   await writeFile(join(source, 'metadata.json'), JSON.stringify({provider: 'virtualbox'}))
-  await writeFile(join(source, 'box.ovf'), '<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/></References></Envelope>\n')
+  await writeFile(
+    join(source, 'box.ovf'),
+    '<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/></References></Envelope>\n',
+  )
   await writeFile(join(source, 'box-disk001.vmdk'), 'disk')
   await writeFile(join(source, 'Vagrantfile'), 'Vagrant.configure("2") do |config|\nend\n')
   const file = join(dir, 'demo.box')
-  await writeBoxArchive({sourceDir: source, entries: ['metadata.json', 'box.ovf', 'box-disk001.vmdk', 'Vagrantfile'], output: file, compression: 'gzip'})
+  await writeBoxArchive({
+    sourceDir: source,
+    entries: ['metadata.json', 'box.ovf', 'box-disk001.vmdk', 'Vagrantfile'],
+    output: file,
+    compression: 'gzip',
+  })
   await addBoxFromFile({dataDir, name: 'demo', version: '1.0.0', file})
 })
 afterEach(async () => {
@@ -79,7 +92,11 @@ const web: ResolvedMachine = {
 
 async function calls(): Promise<string[][]> {
   const text = await readFile(join(dir, 'standin', 'argv.jsonl'), 'utf8')
-  return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as string[]).filter((argv) => argv[0] !== 'showvminfo' && argv[0] !== 'list')
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as string[])
+    .filter((argv) => argv[0] !== 'showvminfo' && argv[0] !== 'list')
 }
 
 it('up makes a linked clone of the stored box, registers it globally; a VM that dies during the ssh wait is reported; destroy clears all', async () => {
@@ -114,7 +131,12 @@ it('up makes a linked clone of the stored box, registers it globally; a VM that 
   expect((await calls()).some((argv) => argv[0] === 'controlvm')).toBe(false)
 
   const [entry] = await listMachines(context.dataDir)
-  expect(entry).toMatchObject({name: 'web', provider: 'virtualbox', stateDir, box: {name: 'demo', version: '1.0.0', provider: 'virtualbox'}})
+  expect(entry).toMatchObject({
+    name: 'web',
+    provider: 'virtualbox',
+    stateDir,
+    box: {name: 'demo', version: '1.0.0', provider: 'virtualbox'},
+  })
   expect((await machineStatus(context, web)).state).toBe('aborted')
   expect(await haltMachine(context, web)).toBe('not-running')
 

@@ -41,17 +41,33 @@ async function machine(): Promise<MachineHandle> {
   const boxDir = join(dir, 'data', 'boxes', 'demo', '1.0.0', 'virtualbox')
   await mkdir(boxDir, {recursive: true})
   await writeFile(join(boxDir, 'box-disk001.vmdk'), 'not really a vmdk')
-  await writeFile(join(boxDir, 'box.ovf'), '<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/></References></Envelope>\n')
+  await writeFile(
+    join(boxDir, 'box.ovf'),
+    '<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/></References></Envelope>\n',
+  )
   await writeFile(join(boxDir, 'metadata.json'), JSON.stringify({provider: 'virtualbox'}))
   const forwardedPorts = [{guest: 80, host: await freePort(), hostIp: '127.0.0.1', protocol: 'tcp' as const}]
-  return {name: 'web', stateDir: join(dir, 'project', '.box', 'machines', 'web'), box: {dir: boxDir, metadata: {provider: 'virtualbox'}}, cpus: 2, memoryMiB: 1024, forwardedPorts}
+  return {
+    name: 'web',
+    stateDir: join(dir, 'project', '.box', 'machines', 'web'),
+    box: {dir: boxDir, metadata: {provider: 'virtualbox'}},
+    cpus: 2,
+    memoryMiB: 1024,
+    forwardedPorts,
+  }
 }
 
 async function callsSince(mark: number): Promise<string[][]> {
   const text = await readFile(join(dir, 'standin', 'argv.jsonl'), 'utf8')
-  return text.split('\n').filter(Boolean).slice(mark).map((line) => JSON.parse(line) as string[]).filter((argv) => argv[0] !== 'showvminfo' && argv[0] !== 'list')
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .slice(mark)
+    .map((line) => JSON.parse(line) as string[])
+    .filter((argv) => argv[0] !== 'showvminfo' && argv[0] !== 'list')
 }
-const callCount = async () => (await readFile(join(dir, 'standin', 'argv.jsonl'), 'utf8')).split('\n').filter(Boolean).length
+const callCount = async () =>
+  (await readFile(join(dir, 'standin', 'argv.jsonl'), 'utf8')).split('\n').filter(Boolean).length
 
 it('a running VM is snapshotted live; restoring powers it off, restores, resumes it and moves a taken port', async () => {
   const web = await machine()
@@ -75,7 +91,10 @@ it('a running VM is snapshotted live; restoring powers it off, restores, resumes
   expect(restored.kind).toBe('running')
   expect(restored.started!.sshPort).not.toBe(started.sshPort)
   const calls = await callsSince(mark)
-  expect(calls.slice(0, 2)).toEqual([['snapshot', vm, 'restore', 'live1'], ['startvm', vm, '--type', 'headless']])
+  expect(calls.slice(0, 2)).toEqual([
+    ['snapshot', vm, 'restore', 'live1'],
+    ['startvm', vm, '--type', 'headless'],
+  ])
   expect(calls.slice(2)).toEqual([
     ['controlvm', vm, 'natpf1', 'delete', 'ssh'],
     ['controlvm', vm, 'natpf1', `ssh,tcp,127.0.0.1,${restored.started!.sshPort},,22`],
@@ -101,7 +120,10 @@ it('a halted VM gets a disk snapshot; restore leaves it halted; list and delete 
 
   const mark = await callCount()
   expect(await snapshots.restore(web, 'disk1', {})).toEqual({kind: 'disk'})
-  expect(await callsSince(mark)).toEqual([['controlvm', vm, 'poweroff'], ['snapshot', vm, 'restore', 'disk1']])
+  expect(await callsSince(mark)).toEqual([
+    ['controlvm', vm, 'poweroff'],
+    ['snapshot', vm, 'restore', 'disk1'],
+  ])
   expect(await provider.state(web)).toBe('poweroff')
   expect((await snapshots.list(web)).find((s) => s.current)?.name).toBe('disk1')
 

@@ -49,10 +49,18 @@ beforeEach(async () => {
   const source = join(dir, 'box-src')
   await mkdir(source)
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', join(source, 'box.img'), '64M'])
-  await writeFile(join(source, 'metadata.json'), JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}))
+  await writeFile(
+    join(source, 'metadata.json'),
+    JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1}),
+  )
   await writeFile(join(source, 'Vagrantfile'), 'Vagrant.configure("2") do |config|\nend\n')
   libvirtBox = join(dir, 'worker.box')
-  await writeBoxArchive({sourceDir: source, entries: ['metadata.json', 'box.img', 'Vagrantfile'], output: libvirtBox, compression: 'gzip'})
+  await writeBoxArchive({
+    sourceDir: source,
+    entries: ['metadata.json', 'box.img', 'Vagrantfile'],
+    output: libvirtBox,
+    compression: 'gzip',
+  })
 })
 afterEach(async () => {
   restore('PATH', savedEnv.PATH)
@@ -62,18 +70,29 @@ afterEach(async () => {
 })
 
 async function box(path: string, ...args: string[]) {
-  const result = await execa('node', [CLI, ...args], {reject: false, env: {PATH: path, BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: join(dir, 'cache'), NO_COLOR: '1'}, stdin: 'ignore', timeout: 120_000})
+  const result = await execa('node', [CLI, ...args], {
+    reject: false,
+    env: {PATH: path, BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: join(dir, 'cache'), NO_COLOR: '1'},
+    stdin: 'ignore',
+    timeout: 120_000,
+  })
   return {exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr)}
 }
 
 /** VBoxManage calls that change something (state queries left out). */
 async function changingCalls(): Promise<string[][]> {
   const text = await readFile(join(dir, 'standin', 'argv.jsonl'), 'utf8').catch(() => '')
-  return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as string[]).filter((argv) => argv[0] !== 'showvminfo' && argv[0] !== 'list')
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as string[])
+    .filter((argv) => argv[0] !== 'showvminfo' && argv[0] !== 'list')
 }
 
 async function storedProviders(name: string, version: string): Promise<string[]> {
-  return (await listBoxes(dataDir, {name})).filter((stored) => stored.version === version).map((stored) => stored.provider)
+  return (await listBoxes(dataDir, {name}))
+    .filter((stored) => stored.version === version)
+    .map((stored) => stored.provider)
 }
 
 async function imageInfo(image: string): Promise<{format: string; 'virtual-size': number}> {
@@ -107,13 +126,20 @@ describe('box add of a libvirt box', () => {
   it('with VBoxManage on PATH: stores a VDI copy for VirtualBox too; without it: the libvirt box only', async () => {
     const added = await box(process.env.PATH!, 'add', 'worker', libvirtBox, '--box-version', '1.0.0')
     expect(added.exitCode, added.stderr).toBe(0)
-    expect(added.stdout).toMatch(/^Converted it for VirtualBox \(provider: virtualbox\): worker 1\.0\.0 \(virtualbox\), /m)
+    expect(added.stdout).toMatch(
+      /^Converted it for VirtualBox \(provider: virtualbox\): worker 1\.0\.0 \(virtualbox\), /m,
+    )
     expect(added.stderr).toMatch(/✔ Converting worker 1\.0\.0 for VirtualBox \(qcow2 → VDI\)/)
     expect(await storedProviders('worker', '1.0.0')).toEqual(['libvirt', 'virtualbox'])
     const copy = join(dataDir, 'boxes', 'worker', '1.0.0', 'virtualbox')
     expect((await readdir(copy)).sort()).toEqual(['.box-store.json', 'Vagrantfile', 'box.vdi', 'metadata.json'])
     expect(await imageInfo(join(copy, 'box.vdi'))).toMatchObject({format: 'vdi', 'virtual-size': 64 << 20})
-    expect(JSON.parse(await readFile(join(copy, 'metadata.json'), 'utf8'))).toEqual({provider: 'virtualbox', format: 'vdi', virtual_size: 1, converted_from: 'libvirt'})
+    expect(JSON.parse(await readFile(join(copy, 'metadata.json'), 'utf8'))).toEqual({
+      provider: 'virtualbox',
+      format: 'vdi',
+      virtual_size: 1,
+      converted_from: 'libvirt',
+    })
 
     const plain = await box(PATH_WITHOUT_STANDIN, 'add', 'worker', libvirtBox, '--box-version', '2.0.0')
     expect(plain.exitCode, plain.stderr).toBe(0)
@@ -127,7 +153,15 @@ describe('box add of a libvirt box', () => {
     const before = await readFile(join(copy, '..', '.box-store.json'), 'utf8')
     const infoLines: string[] = []
     const progress = {...createProgress({silent: true}), info: (line: string) => infoLines.push(line)}
-    const again = await addBoxFromFile({dataDir, name: 'worker', file: libvirtBox, version: '0', force: true, convertFor: ['virtualbox'], progress})
+    const again = await addBoxFromFile({
+      dataDir,
+      name: 'worker',
+      file: libvirtBox,
+      version: '0',
+      force: true,
+      convertFor: ['virtualbox'],
+      progress,
+    })
     expect(again.converted.map((stored) => stored.provider)).toEqual(['virtualbox'])
     expect(await readFile(join(copy, '..', '.box-store.json'), 'utf8')).not.toBe(before)
     await removeBox({dataDir, name: 'worker', version: '0', provider: 'libvirt'})
@@ -140,7 +174,12 @@ describe('box add of a libvirt box', () => {
 describe('a VirtualBox machine of a libvirt box added without VirtualBox', () => {
   let context: MachineContext
   beforeEach(async () => {
-    context = {projectDir: join(dir, 'project'), dataDir, cacheDir: join(dir, 'cache'), progress: createProgress({silent: true})}
+    context = {
+      projectDir: join(dir, 'project'),
+      dataDir,
+      cacheDir: join(dir, 'cache'),
+      progress: createProgress({silent: true}),
+    }
     await mkdir(context.projectDir, {recursive: true})
     await addBoxFromFile({dataDir, name: 'worker', version: '1.0.0', file: libvirtBox})
     expect(await storedProviders('worker', '1.0.0')).toEqual(['libvirt'])
@@ -148,7 +187,9 @@ describe('a VirtualBox machine of a libvirt box added without VirtualBox', () =>
 
   it('first up converts the box once (locked: concurrent callers share it) and builds the base VM around the VDI', async () => {
     const [libvirt] = await listBoxes(dataDir, {name: 'worker'})
-    const [one, two] = await Promise.all([1, 2].map(() => convertStoredBox({dataDir, box: libvirt!, hostProvider: 'virtualbox'})))
+    const [one, two] = await Promise.all(
+      [1, 2].map(() => convertStoredBox({dataDir, box: libvirt!, hostProvider: 'virtualbox'})),
+    )
     expect(one!.path).toBe(two!.path)
     expect(one!.metadata).toMatchObject({provider: 'virtualbox', converted_from: 'libvirt'})
 
@@ -159,7 +200,20 @@ describe('a VirtualBox machine of a libvirt box added without VirtualBox', () =>
       ['createvm', '--name', base, '--ostype', 'Linux_64', '--basefolder', join(dataDir, 'virtualbox'), '--register'],
       ['modifyvm', base, '--memory', '1024', '--nic1', 'nat', '--nictype1', 'virtio', '--rtcuseutc', 'on'],
       ['storagectl', base, '--name', 'IDE', '--add', 'ide', '--controller', 'PIIX4'],
-      ['storageattach', base, '--storagectl', 'IDE', '--port', '0', '--device', '0', '--type', 'hdd', '--medium', join(one!.path, 'box.vdi')],
+      [
+        'storageattach',
+        base,
+        '--storagectl',
+        'IDE',
+        '--port',
+        '0',
+        '--device',
+        '0',
+        '--type',
+        'hdd',
+        '--medium',
+        join(one!.path, 'box.vdi'),
+      ],
     ])
     await destroyMachine(context, web)
   })
@@ -172,7 +226,9 @@ describe('a VirtualBox machine of a libvirt box added without VirtualBox', () =>
     const copy = join(dataDir, 'boxes', 'worker', '1.0.0', 'virtualbox')
     expect(record!.base).toBe(baseVmName(copy))
 
-    expect((await rejection(removeBox({dataDir, name: 'worker'}))).message).toBe('cannot remove worker: a machine uses it')
+    expect((await rejection(removeBox({dataDir, name: 'worker'}))).message).toBe(
+      'cannot remove worker: a machine uses it',
+    )
     // --force skips box's own check; VirtualBox still refuses to delete a base with a linked clone.
     const refused = await rejection(removeBox({dataDir, name: 'worker', force: true}))
     expect(refused.message).toBe(`VirtualBox still uses the base VM ${record!.base} of this box`)
@@ -182,7 +238,11 @@ describe('a VirtualBox machine of a libvirt box added without VirtualBox', () =>
     await destroyMachine(context, web)
     const removed = await removeBox({dataDir, name: 'worker'})
     expect(removed.map((stored) => stored.provider).sort()).toEqual(['libvirt', 'virtualbox'])
-    expect((await changingCalls()).filter((argv) => argv[0] === 'unregistervm').at(-1)).toEqual(['unregistervm', record!.base, '--delete'])
+    expect((await changingCalls()).filter((argv) => argv[0] === 'unregistervm').at(-1)).toEqual([
+      'unregistervm',
+      record!.base,
+      '--delete',
+    ])
     expect((await execa('VBoxManage', ['list', 'vms'])).stdout).not.toContain(record!.base)
     expect(existsSync(join(dataDir, 'virtualbox', `${record!.base}.json`))).toBe(false)
     expect(await listBoxes(dataDir)).toEqual([])

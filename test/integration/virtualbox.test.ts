@@ -19,8 +19,19 @@ import type {ForwardedPort} from '../../src/lib/core/ports.js'
 import type {MachineHandle} from '../../src/providers/provider.js'
 import {DMI_SYSTEM_SKU_KEY, dmiSkuFor, grubBootSelection, grubEntryFor} from '../../src/lib/box/boot-choice.js'
 import {convertForVirtualBox} from '../../src/providers/virtualbox/convert.js'
-import {baseVmName, readVirtualBoxRecord, removeVirtualBoxBase, VirtualBoxProvider} from '../../src/providers/virtualbox/index.js'
-import {modifyVm, parseMachineReadable, showVmInfo, vboxVersion, VBoxManageError} from '../../src/providers/virtualbox/vboxmanage.js'
+import {
+  baseVmName,
+  readVirtualBoxRecord,
+  removeVirtualBoxBase,
+  VirtualBoxProvider,
+} from '../../src/providers/virtualbox/index.js'
+import {
+  modifyVm,
+  parseMachineReadable,
+  showVmInfo,
+  vboxVersion,
+  VBoxManageError,
+} from '../../src/providers/virtualbox/vboxmanage.js'
 import {makeTempDir} from '../fixtures/boxes.js'
 
 const STANDIN_DIR = new URL('../fixtures/vboxmanage-standin', import.meta.url).pathname
@@ -31,7 +42,11 @@ let dir: string
 let cleanup: () => Promise<void>
 let basesDir: string
 let provider: VirtualBoxProvider
-const savedEnv = {PATH: process.env.PATH, state: process.env.VBOXMANAGE_STANDIN_STATE, acpi: process.env.VBOXMANAGE_STANDIN_ACPI}
+const savedEnv = {
+  PATH: process.env.PATH,
+  state: process.env.VBOXMANAGE_STANDIN_STATE,
+  acpi: process.env.VBOXMANAGE_STANDIN_ACPI,
+}
 const servers: Server[] = []
 
 beforeEach(async () => {
@@ -55,7 +70,10 @@ afterEach(async () => {
 /** Every argv the stand-in received, in order. */
 async function allCalls(): Promise<string[][]> {
   const text = await readFile(join(dir, 'standin', 'argv.jsonl'), 'utf8').catch(() => '')
-  return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as string[])
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as string[])
 }
 
 /** The calls that change something (state queries left out: the liveness watch polls in the background). */
@@ -77,7 +95,10 @@ async function makeOvfBox(name = 'demo'): Promise<MachineHandle['box']> {
   const boxDir = join(dir, 'data', 'boxes', name, '1.0.0', 'virtualbox')
   await mkdir(boxDir, {recursive: true})
   await writeFile(join(boxDir, 'box-disk001.vmdk'), 'not really a vmdk: the stand-in only copies it')
-  await writeFile(join(boxDir, 'box.ovf'), `<?xml version="1.0"?>\n<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/></References></Envelope>\n`)
+  await writeFile(
+    join(boxDir, 'box.ovf'),
+    `<?xml version="1.0"?>\n<Envelope><References><File ovf:id="file1" ovf:href="box-disk001.vmdk"/></References></Envelope>\n`,
+  )
   const metadata = {provider: 'virtualbox'}
   await writeFile(join(boxDir, 'metadata.json'), JSON.stringify(metadata))
   return {dir: boxDir, metadata}
@@ -88,7 +109,15 @@ async function makeConvertedResnapBox(): Promise<MachineHandle['box']> {
   const boxDir = join(dir, 'data', 'boxes', 'worker', '2.0.0', 'virtualbox')
   await mkdir(boxDir, {recursive: true})
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', join(boxDir, 'box.img'), '16M'])
-  await writeFile(join(boxDir, 'metadata.json'), JSON.stringify({provider: 'libvirt', format: 'qcow2', virtual_size: 1, box: {version: '2.0.0', user: 'vagrant', kernel_args: 'console=ttyS0', lvm: LVM}}))
+  await writeFile(
+    join(boxDir, 'metadata.json'),
+    JSON.stringify({
+      provider: 'libvirt',
+      format: 'qcow2',
+      virtual_size: 1,
+      box: {version: '2.0.0', user: 'vagrant', kernel_args: 'console=ttyS0', lvm: LVM},
+    }),
+  )
   await convertForVirtualBox(boxDir)
   const metadata = JSON.parse(await readFile(join(boxDir, 'metadata.json'), 'utf8'))
   return {dir: boxDir, metadata}
@@ -132,8 +161,32 @@ describe('create', () => {
     expect(await changingCalls()).toEqual([
       ['import', join(box.dir, 'box.ovf'), '--vsys', '0', '--vmname', base, '--basefolder', basesDir],
       ['snapshot', base, 'take', 'base'],
-      ['clonevm', base, '--snapshot', 'base', '--options', 'link', '--name', await vmOf(one), '--basefolder', one.stateDir, '--register'],
-      ['clonevm', base, '--snapshot', 'base', '--options', 'link', '--name', await vmOf(two), '--basefolder', two.stateDir, '--register'],
+      [
+        'clonevm',
+        base,
+        '--snapshot',
+        'base',
+        '--options',
+        'link',
+        '--name',
+        await vmOf(one),
+        '--basefolder',
+        one.stateDir,
+        '--register',
+      ],
+      [
+        'clonevm',
+        base,
+        '--snapshot',
+        'base',
+        '--options',
+        'link',
+        '--name',
+        await vmOf(two),
+        '--basefolder',
+        two.stateDir,
+        '--register',
+      ],
     ])
     expect(await vmOf(one)).toMatch(/^box-one-[0-9a-f]{8}$/)
     expect(await provider.state(one)).toBe('poweroff')
@@ -151,9 +204,34 @@ describe('create', () => {
       ['createvm', '--name', base, '--ostype', 'Linux_64', '--basefolder', basesDir, '--register'],
       ['modifyvm', base, '--memory', '1024', '--nic1', 'nat', '--nictype1', 'virtio', '--rtcuseutc', 'on'],
       ['storagectl', base, '--name', 'IDE', '--add', 'ide', '--controller', 'PIIX4'],
-      ['storageattach', base, '--storagectl', 'IDE', '--port', '0', '--device', '0', '--type', 'hdd', '--medium', join(box.dir, 'box.vdi')],
+      [
+        'storageattach',
+        base,
+        '--storagectl',
+        'IDE',
+        '--port',
+        '0',
+        '--device',
+        '0',
+        '--type',
+        'hdd',
+        '--medium',
+        join(box.dir, 'box.vdi'),
+      ],
       ['snapshot', base, 'take', 'base'],
-      ['clonevm', base, '--snapshot', 'base', '--options', 'link', '--name', await vmOf(one), '--basefolder', one.stateDir, '--register'],
+      [
+        'clonevm',
+        base,
+        '--snapshot',
+        'base',
+        '--options',
+        'link',
+        '--name',
+        await vmOf(one),
+        '--basefolder',
+        one.stateDir,
+        '--register',
+      ],
     ])
   })
 
@@ -169,7 +247,19 @@ describe('create', () => {
       ['unregistervm', base, '--delete'],
       ['import', ovf, '--vsys', '0', '--vmname', base, '--basefolder', basesDir],
       ['snapshot', base, 'take', 'base'],
-      ['clonevm', base, '--snapshot', 'base', '--options', 'link', '--name', await vmOf(one), '--basefolder', one.stateDir, '--register'],
+      [
+        'clonevm',
+        base,
+        '--snapshot',
+        'base',
+        '--options',
+        'link',
+        '--name',
+        await vmOf(one),
+        '--basefolder',
+        one.stateDir,
+        '--register',
+      ],
     ])
   })
 
@@ -198,8 +288,28 @@ describe('start and halt', () => {
     expect(started.serialLog).toBe(join(one.stateDir, 'serial.log'))
     expect(started.isAlive()).toBe(true)
     expect(await changingCalls()).toEqual([
-      ['modifyvm', vm, '--cpus', '2', '--memory', '1024', '--ioapic', 'on', '--nic1', 'nat', '--uart1', '0x3F8', '4', '--uartmode1', 'file', started.serialLog,
-        '--natpf1', `ssh,tcp,127.0.0.1,${wanted},,22`, '--natpf1', `tcp${web.host},tcp,127.0.0.1,${web.host},,80`],
+      [
+        'modifyvm',
+        vm,
+        '--cpus',
+        '2',
+        '--memory',
+        '1024',
+        '--ioapic',
+        'on',
+        '--nic1',
+        'nat',
+        '--uart1',
+        '0x3F8',
+        '4',
+        '--uartmode1',
+        'file',
+        started.serialLog,
+        '--natpf1',
+        `ssh,tcp,127.0.0.1,${wanted},,22`,
+        '--natpf1',
+        `tcp${web.host},tcp,127.0.0.1,${web.host},,80`,
+      ],
       // No LVM layout in this box's metadata: no boot choice to hand to grub.
       ['startvm', vm, '--type', 'headless'],
     ])
@@ -216,7 +326,9 @@ describe('start and halt', () => {
     await clearCalls()
     await provider.start(one, {choice: {resnap: true}, sshPort: wanted})
     const [modify] = await changingCalls()
-    expect(modify.join(' ')).toContain(`--natpf1 delete ssh --natpf1 delete tcp${web.host} --natpf1 ssh,tcp,127.0.0.1,${wanted},,22`)
+    expect(modify.join(' ')).toContain(
+      `--natpf1 delete ssh --natpf1 delete tcp${web.host} --natpf1 ssh,tcp,127.0.0.1,${wanted},,22`,
+    )
   })
 
   it('powers off a guest that ignores the ACPI button once the timeout has passed', async () => {
@@ -355,7 +467,9 @@ describe('VirtualBox errors', () => {
     expect(driverError).toBeInstanceOf(VBoxManageError)
     expect((driverError as VBoxManageError).kind).toBe('vm-locked')
     expect((driverError as VBoxManageError).vboxExitCode).toBe(1)
-    expect((driverError as VBoxManageError).stderr).toContain(`VBoxManage: error: The machine '${vm}' is already locked for a session (or being unlocked)`)
+    expect((driverError as VBoxManageError).stderr).toContain(
+      `VBoxManage: error: The machine '${vm}' is already locked for a session (or being unlocked)`,
+    )
 
     await clearCalls()
     const error = await rejection(provider.start(one, {choice: {resnap: true}}))
@@ -412,7 +526,14 @@ describe('VirtualBox errors', () => {
     const one = machine('one', await makeOvfBox())
     await provider.create(one)
     const vm = await vmOf(one)
-    const rule = {name: 'ssh', protocol: 'tcp' as const, hostIp: '127.0.0.1', hostPort: 2222, guestIp: '', guestPort: 22}
+    const rule = {
+      name: 'ssh',
+      protocol: 'tcp' as const,
+      hostIp: '127.0.0.1',
+      hostPort: 2222,
+      guestIp: '',
+      guestPort: 22,
+    }
     await modifyVm(vm, {addNatRules: [rule]})
     const error = (await rejection(modifyVm(vm, {addNatRules: [{...rule, hostPort: 2223}]}))) as VBoxManageError
     expect(error.kind).toBe('nat-rule-conflict')
@@ -493,7 +614,12 @@ describe('plumbing', () => {
     expect(existsSync(join(box.dir, 'box.img'))).toBe(false)
     const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', join(box.dir, 'box.vdi')])).stdout)
     expect(info.format).toBe('vdi')
-    expect(box.metadata).toMatchObject({provider: 'virtualbox', format: 'vdi', converted_from: 'libvirt', box: {lvm: LVM}})
+    expect(box.metadata).toMatchObject({
+      provider: 'virtualbox',
+      format: 'vdi',
+      converted_from: 'libvirt',
+      box: {lvm: LVM},
+    })
     const into = join(dir, 'copy')
     const again = await rejection(convertForVirtualBox(box.dir, into))
     expect(again.message).toMatch(/already a VirtualBox box/)
@@ -505,7 +631,9 @@ describe('plumbing', () => {
   })
 
   it('parses showvminfo --machinereadable, quoted keys included', () => {
-    const info = parseMachineReadable('name="x"\nmemory=1024\n"SATA-0-0"="/a b/disk.vdi"\nForwarding(0)="ssh,tcp,127.0.0.1,2222,,22"\ndescription="say \\"hi\\""\n')
+    const info = parseMachineReadable(
+      'name="x"\nmemory=1024\n"SATA-0-0"="/a b/disk.vdi"\nForwarding(0)="ssh,tcp,127.0.0.1,2222,,22"\ndescription="say \\"hi\\""\n',
+    )
     expect(info.get('name')).toBe('x')
     expect(info.get('memory')).toBe('1024')
     expect(info.get('SATA-0-0')).toBe('/a b/disk.vdi')

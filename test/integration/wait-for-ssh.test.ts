@@ -56,7 +56,9 @@ describe('waitForSsh asking the guest before it connects', () => {
 
   it('probes at once when the guest cannot tell', async () => {
     const started = Date.now()
-    await expect(waitForSsh(target, {timeoutMs: 1000, sshListening: async () => undefined})).rejects.toThrow(/ssh did not answer/)
+    await expect(waitForSsh(target, {timeoutMs: 1000, sshListening: async () => undefined})).rejects.toThrow(
+      /ssh did not answer/,
+    )
     expect(connections[0]! - started).toBeLessThan(500)
   })
 
@@ -65,13 +67,17 @@ describe('waitForSsh asking the guest before it connects', () => {
     const silent = async () => {
       throw new Error('the guest agent did not answer')
     }
-    await expect(waitForSsh(target, {timeoutMs: 2500, agentSilenceMs: 1000, sshListening: silent})).rejects.toThrow(/ssh did not answer/)
+    await expect(waitForSsh(target, {timeoutMs: 2500, agentSilenceMs: 1000, sshListening: silent})).rejects.toThrow(
+      /ssh did not answer/,
+    )
     expect(connections.length).toBeGreaterThan(0)
     expect(connections[0]! - started).toBeGreaterThanOrEqual(1000)
   })
 
   it('keeps waiting for an agent that answers, however long sshd takes', async () => {
-    await expect(waitForSsh(target, {timeoutMs: 2000, agentSilenceMs: 500, sshListening: async () => false})).rejects.toThrow(/ssh did not answer/)
+    await expect(
+      waitForSsh(target, {timeoutMs: 2000, agentSilenceMs: 500, sshListening: async () => false}),
+    ).rejects.toThrow(/ssh did not answer/)
     expect(connections).toEqual([])
   })
 })

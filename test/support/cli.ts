@@ -13,7 +13,11 @@ export interface CliEnv {
 }
 
 /** Run the built CLI (`npm test` builds dist/ first) as a user would. */
-export function box(env: CliEnv, args: string[], options: {input?: string; timeout?: number} = {}): ResultPromise<{reject: false}> {
+export function box(
+  env: CliEnv,
+  args: string[],
+  options: {input?: string; timeout?: number} = {},
+): ResultPromise<{reject: false}> {
   return execa(BIN, args, {
     cwd: env.cwd,
     reject: false,

@@ -17,7 +17,16 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 
 /** What every such image needs besides the caller's packages: a kernel, its initramfs, systemd and BIOS GRUB. */
-export const BASE_PACKAGES = ['systemd-sysv', 'udev', 'kmod', 'initramfs-tools', 'linux-image-cloud-amd64', 'grub-pc', 'iproute2', 'ca-certificates']
+export const BASE_PACKAGES = [
+  'systemd-sysv',
+  'udev',
+  'kmod',
+  'initramfs-tools',
+  'linux-image-cloud-amd64',
+  'grub-pc',
+  'iproute2',
+  'ca-certificates',
+]
 
 /** The first partition starts at 1 MiB, as partitioning tools put it: the gap before it holds GRUB's core.img. */
 const PARTITION_START_SECTOR = 2048
@@ -54,16 +63,23 @@ export async function hostDebianMirror(): Promise<string> {
 /** A debootstrapped tree, cached under cacheDir/debootstrap/<hash> (suite, mirror, packages) and copied for each use. */
 async function debootstrapTree(spec: DebianImageSpec, cacheDir: string, dest: string): Promise<void> {
   const packages = [...new Set([...BASE_PACKAGES, ...spec.packages])].sort()
-  const key = createHash('sha256').update(JSON.stringify([spec.suite, spec.mirror, packages])).digest('hex').slice(0, 16)
+  const key = createHash('sha256')
+    .update(JSON.stringify([spec.suite, spec.mirror, packages]))
+    .digest('hex')
+    .slice(0, 16)
   const cached = join(cacheDir, 'debootstrap', key)
   if (!existsSync(join(cached, 'etc', 'os-release'))) {
     await mkdir(join(cacheDir, 'debootstrap'), {recursive: true})
     const temp = `${cached}.tmp-${process.pid}`
     await rm(temp, {recursive: true, force: true})
-    await execa('debootstrap', ['--variant=minbase', `--include=${packages.join(',')}`, '--components=main', spec.suite, temp, spec.mirror], {
-      env: {DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C'},
-      stdin: 'ignore',
-    })
+    await execa(
+      'debootstrap',
+      ['--variant=minbase', `--include=${packages.join(',')}`, '--components=main', spec.suite, temp, spec.mirror],
+      {
+        env: {DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C'},
+        stdin: 'ignore',
+      },
+    )
     await rename(temp, cached)
   }
   await rm(dest, {recursive: true, force: true})
@@ -75,7 +91,8 @@ async function kernelVersion(root: string): Promise<string> {
   const names = await readdir(join(root, 'boot'))
   const versions = names.filter((name) => name.startsWith('vmlinuz-')).map((name) => name.slice('vmlinuz-'.length))
   const version = versions.find((candidate) => names.includes(`initrd.img-${candidate}`))
-  if (versions.length !== 1 || !version) throw new Error(`expected one kernel with its initrd in ${root}/boot, found: ${names.join(' ')}`)
+  if (versions.length !== 1 || !version)
+    throw new Error(`expected one kernel with its initrd in ${root}/boot, found: ${names.join(' ')}`)
   return version
 }
 
@@ -108,37 +125,90 @@ export interface BuiltImage {
 }
 
 /** Build the disk described by `spec` into workDir/disk.raw. Needs root for debootstrap and chroot only. */
-export async function buildDebianImage(spec: DebianImageSpec, options: {cacheDir: string; workDir: string}): Promise<BuiltImage> {
+export async function buildDebianImage(
+  spec: DebianImageSpec,
+  options: {cacheDir: string; workDir: string},
+): Promise<BuiltImage> {
   const {cacheDir, workDir} = options
   await mkdir(workDir, {recursive: true})
   const root = join(workDir, 'root')
   await debootstrapTree(spec, cacheDir, root)
 
   const rootUuid = randomUUID()
-  await execa('chroot', [root, 'sh', '-eu'], {input: spec.configure, env: {ROOT_UUID: rootUuid, DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C', PATH: '/usr/sbin:/usr/bin:/sbin:/bin'}})
+  await execa('chroot', [root, 'sh', '-eu'], {
+    input: spec.configure,
+    env: {ROOT_UUID: rootUuid, DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C', PATH: '/usr/sbin:/usr/bin:/sbin:/bin'},
+  })
   const version = await kernelVersion(root)
   await mkdir(join(root, 'boot', 'grub'), {recursive: true})
-  await writeFile(join(root, 'boot', 'grub', 'grub.cfg'), grubConfig({rootUuid, kernelVersion: version, kernelArgs: spec.kernelArgs}))
+  await writeFile(
+    join(root, 'boot', 'grub', 'grub.cfg'),
+    grubConfig({rootUuid, kernelVersion: version, kernelArgs: spec.kernelArgs}),
+  )
   // The modules where grub-install puts them: core.img loads normal.mod and the others from its prefix.
-  await execa('chroot', [root, 'sh', '-euc', 'mkdir -p /boot/grub/i386-pc && cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst /boot/grub/i386-pc/'])
+  await execa('chroot', [
+    root,
+    'sh',
+    '-euc',
+    'mkdir -p /boot/grub/i386-pc && cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst /boot/grub/i386-pc/',
+  ])
   // core.img by the image's own grub-mkimage: it finds /boot/grub on the first partition of the BIOS boot disk.
-  await execa('chroot', [root, 'grub-mkimage', '-O', 'i386-pc', '-o', '/tmp/core.img', '-p', '(hd0,msdos1)/boot/grub', 'biosdisk', 'part_msdos', 'ext2', 'search_fs_uuid'])
+  await execa('chroot', [
+    root,
+    'grub-mkimage',
+    '-O',
+    'i386-pc',
+    '-o',
+    '/tmp/core.img',
+    '-p',
+    '(hd0,msdos1)/boot/grub',
+    'biosdisk',
+    'part_msdos',
+    'ext2',
+    'search_fs_uuid',
+  ])
   const coreImg = await readFile(join(root, 'tmp', 'core.img'))
   const bootImg = await readFile(join(root, 'usr', 'lib', 'grub', 'i386-pc', 'boot.img'))
   await rm(join(root, 'tmp', 'core.img'))
-  if (coreImg.length > (PARTITION_START_SECTOR - 1) * SECTOR) throw new Error(`core.img (${coreImg.length} bytes) does not fit before the first partition`)
+  if (coreImg.length > (PARTITION_START_SECTOR - 1) * SECTOR)
+    throw new Error(`core.img (${coreImg.length} bytes) does not fit before the first partition`)
 
   const partitionBytes = spec.diskBytes - PARTITION_START_SECTOR * SECTOR
   const rootImage = join(workDir, 'root.ext4')
   await rm(rootImage, {force: true})
-  await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', root, '-U', rootUuid, '-L', 'root', '-E', 'lazy_itable_init=0,lazy_journal_init=0', rootImage, `${Math.floor(partitionBytes / 1024)}k`])
+  await execa('mke2fs', [
+    '-q',
+    '-F',
+    '-t',
+    'ext4',
+    '-d',
+    root,
+    '-U',
+    rootUuid,
+    '-L',
+    'root',
+    '-E',
+    'lazy_itable_init=0,lazy_journal_init=0',
+    rootImage,
+    `${Math.floor(partitionBytes / 1024)}k`,
+  ])
 
   const raw = join(workDir, 'disk.raw')
   await rm(raw, {force: true})
   await execa('truncate', ['-s', String(spec.diskBytes), raw])
-  await execa('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', raw], {input: `label: dos\n\nstart=${PARTITION_START_SECTOR}, type=83, bootable\n`})
+  await execa('sfdisk', ['--quiet', '--no-reread', '--no-tell-kernel', raw], {
+    input: `label: dos\n\nstart=${PARTITION_START_SECTOR}, type=83, bootable\n`,
+  })
   // The filesystem into the partition; sparse so the holes of root.ext4 stay holes.
-  await execa('dd', [`if=${rootImage}`, `of=${raw}`, 'bs=1M', `seek=${PARTITION_START_SECTOR * SECTOR}`, 'oflag=seek_bytes', 'conv=notrunc,sparse', 'status=none'])
+  await execa('dd', [
+    `if=${rootImage}`,
+    `of=${raw}`,
+    'bs=1M',
+    `seek=${PARTITION_START_SECTOR * SECTOR}`,
+    'oflag=seek_bytes',
+    'conv=notrunc,sparse',
+    'status=none',
+  ])
   await rm(rootImage)
   // What grub-bios-setup does for an MBR disk: boot.img's code (its default kernel sector is 1), core.img from sector 1.
   const disk = await open(raw, 'r+')

@@ -23,7 +23,11 @@ export class TestGuest {
   target?: SshTarget
   lastBootMs = 0
 
-  private constructor(readonly workDir: string, readonly box: BoxImage, private readonly keyFile: string) {
+  private constructor(
+    readonly workDir: string,
+    readonly box: BoxImage,
+    private readonly keyFile: string,
+  ) {
     this.files = instanceFiles(join(workDir, 'machine'))
   }
 
@@ -42,9 +46,28 @@ export class TestGuest {
   async boot(choice: BootChoice, options: {firmwareBoot?: boolean} = {}): Promise<SshTarget> {
     const {accel} = await resolveAccel({cacheDir: testCacheDir()})
     const started = Date.now()
-    const booted = await bootInstance({name: 'test', files: this.files, box: this.box, accel, cpus: 2, memoryMiB: 1024, choice, firmwareBoot: options.firmwareBoot})
-    this.target = {host: '127.0.0.1', port: booted.sshPort, user: this.box.metadata.box?.user ?? 'box', keyFile: this.keyFile, controlPath: join(this.workDir, 'ssh.ctl')}
-    await waitForSsh(this.target, {timeoutMs: 240_000, serialLog: this.files.serialLog, isAlive: () => isAlive(booted.pid)})
+    const booted = await bootInstance({
+      name: 'test',
+      files: this.files,
+      box: this.box,
+      accel,
+      cpus: 2,
+      memoryMiB: 1024,
+      choice,
+      firmwareBoot: options.firmwareBoot,
+    })
+    this.target = {
+      host: '127.0.0.1',
+      port: booted.sshPort,
+      user: this.box.metadata.box?.user ?? 'box',
+      keyFile: this.keyFile,
+      controlPath: join(this.workDir, 'ssh.ctl'),
+    }
+    await waitForSsh(this.target, {
+      timeoutMs: 240_000,
+      serialLog: this.files.serialLog,
+      isAlive: () => isAlive(booted.pid),
+    })
     this.lastBootMs = Date.now() - started
     return this.target
   }

@@ -7,7 +7,15 @@ import {extractBoxArchive} from '../../src/lib/box/archive.js'
 import {BoxMetadataSchema} from '../../src/lib/box/metadata.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import type {JobBox} from '../../src/lib/jobs/phases.js'
-import {DEFAULT_FILE_SIZE_LIMIT, DEFAULT_JOB_USER, DEFAULT_NPROC, DEFAULT_OUTPUT_LIMIT, DEFAULT_OUTPUTS_LIMIT, PHASE_TIMEOUTS_MS, type JobSpec} from '../../src/lib/jobs/spec.js'
+import {
+  DEFAULT_FILE_SIZE_LIMIT,
+  DEFAULT_JOB_USER,
+  DEFAULT_NPROC,
+  DEFAULT_OUTPUT_LIMIT,
+  DEFAULT_OUTPUTS_LIMIT,
+  PHASE_TIMEOUTS_MS,
+  type JobSpec,
+} from '../../src/lib/jobs/spec.js'
 import {testCacheDir} from './cache.js'
 
 /** The reference box (built by the tests, cached), unpacked once into a temp folder: what job phases boot. */
@@ -31,7 +39,12 @@ export function jobSpec(fields: Partial<JobSpec> & Pick<JobSpec, 'id' | 'command
     user: DEFAULT_JOB_USER,
     nproc: DEFAULT_NPROC,
     fileSizeLimit: DEFAULT_FILE_SIZE_LIMIT,
-    phaseTimeouts: {create: PHASE_TIMEOUTS_MS.create, wait: 240_000, copyIn: PHASE_TIMEOUTS_MS.copyIn, copyOut: PHASE_TIMEOUTS_MS.copyOut},
+    phaseTimeouts: {
+      create: PHASE_TIMEOUTS_MS.create,
+      wait: 240_000,
+      copyIn: PHASE_TIMEOUTS_MS.copyIn,
+      copyOut: PHASE_TIMEOUTS_MS.copyOut,
+    },
     ...fields,
   }
 }

@@ -63,15 +63,23 @@ describe('box-agent requests from the host', () => {
   })
 
   it('matches the answer to its question by id, skipping answers left by callers that gave up', async () => {
-    guest = new GuestStandIn(base, (id, request) => (request === 'dm-status box-root_snap' ? `${id} ok 0 6291456 snapshot 1808/4194304 16` : `${id} error unknown request`))
+    guest = new GuestStandIn(base, (id, request) =>
+      request === 'dm-status box-root_snap'
+        ? `${id} ok 0 6291456 snapshot 1808/4194304 16`
+        : `${id} error unknown request`,
+    )
     guest.send('deadbeef ok an answer nobody waits for any more\n')
-    await expect(askAgent(base, 'dm-status box-root_snap', {timeoutMs: 5000})).resolves.toBe('0 6291456 snapshot 1808/4194304 16')
+    await expect(askAgent(base, 'dm-status box-root_snap', {timeoutMs: 5000})).resolves.toBe(
+      '0 6291456 snapshot 1808/4194304 16',
+    )
     expect(guest.requests).toEqual(['dm-status box-root_snap'])
   })
 
   it('turns an error answer into a BoxError naming the question', async () => {
     guest = new GuestStandIn(base, (id) => `${id} error unknown request: reboot`)
-    await expect(askAgent(base, 'reboot', {timeoutMs: 5000})).rejects.toThrow('the guest agent refused "reboot": unknown request: reboot')
+    await expect(askAgent(base, 'reboot', {timeoutMs: 5000})).rejects.toThrow(
+      'the guest agent refused "reboot": unknown request: reboot',
+    )
   })
 
   it('gives up after the timeout when the guest does not answer', async () => {
@@ -89,7 +97,9 @@ describe('box-agent requests from the host', () => {
 
   it('answers concurrent callers each with their own answer', async () => {
     guest = new GuestStandIn(base, (id, request) => `${id} ok ${request.split(' ')[1]}`)
-    const answers = await Promise.all(['a', 'b', 'c', 'd'].map((word) => askAgent(base, `echo ${word}`, {timeoutMs: 5000})))
+    const answers = await Promise.all(
+      ['a', 'b', 'c', 'd'].map((word) => askAgent(base, `echo ${word}`, {timeoutMs: 5000})),
+    )
     expect(answers).toEqual(['a', 'b', 'c', 'd'])
   })
 

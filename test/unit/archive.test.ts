@@ -5,7 +5,13 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {detectCompression, extractBoxArchive, readArchiveFile, writeBoxArchive, type Compression} from '../../src/lib/box/archive.js'
+import {
+  detectCompression,
+  extractBoxArchive,
+  readArchiveFile,
+  writeBoxArchive,
+  type Compression,
+} from '../../src/lib/box/archive.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 import {listTree, makeBoxSource, makeTempDir, sha256File, writeRawTar} from '../fixtures/boxes.js'
 
@@ -29,7 +35,13 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
       const output = join(dir, `out.${compression}.box`)
       const progress: Array<[number, number]> = []
 
-      const written = await writeBoxArchive({sourceDir: source, entries, output, compression, onProgress: (done, total) => progress.push([done, total])})
+      const written = await writeBoxArchive({
+        sourceDir: source,
+        entries,
+        output,
+        compression,
+        onProgress: (done, total) => progress.push([done, total]),
+      })
 
       expect(written.output).toBe(output)
       expect(existsSync(`${output}.partial`)).toBe(false)
@@ -37,7 +49,12 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
       expect(written.sha256).toBe(sha256sum.split(' ')[0])
       expect(written.size).toBe((await stat(output)).size)
       expect(await detectCompression(output)).toBe(compression)
-      const total = 3 * 1024 * 1024 + 17 + 8 * 1024 * 1024 + (await stat(join(source, 'metadata.json'))).size + (await stat(join(source, 'Vagrantfile'))).size
+      const total =
+        3 * 1024 * 1024 +
+        17 +
+        8 * 1024 * 1024 +
+        (await stat(join(source, 'metadata.json'))).size +
+        (await stat(join(source, 'Vagrantfile'))).size
       expect(progress.at(-1)).toEqual([total, total])
 
       // Standard tools read what we write (Vagrant's `box add` uses them).
@@ -72,7 +89,16 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
     const source = join(dir, 'src')
     const entries = await makeBoxSource(source)
     const {randomBytes} = await import('node:crypto')
-    const mixed = Buffer.concat([randomBytes(5000), Buffer.alloc(20_000), randomBytes(3), Buffer.alloc(70_001), randomBytes(4096), Buffer.alloc(4095), Buffer.from([7]), Buffer.alloc(9000)])
+    const mixed = Buffer.concat([
+      randomBytes(5000),
+      Buffer.alloc(20_000),
+      randomBytes(3),
+      Buffer.alloc(70_001),
+      randomBytes(4096),
+      Buffer.alloc(4095),
+      Buffer.from([7]),
+      Buffer.alloc(9000),
+    ])
     await writeFile(join(source, 'mixed.img'), mixed)
     const output = join(dir, 'mixed.box')
     await writeBoxArchive({sourceDir: source, entries: [...entries, 'mixed.img'], output, compression: 'gzip'})
@@ -105,7 +131,9 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
     process.env.PATH = join(dir, 'empty-path')
     try {
       const output = join(dir, 'nozstd.box')
-      await expect(writeBoxArchive({sourceDir: source, entries, output, compression: 'zstd'})).rejects.toThrow('zstd is not installed')
+      await expect(writeBoxArchive({sourceDir: source, entries, output, compression: 'zstd'})).rejects.toThrow(
+        'zstd is not installed',
+      )
       expect(existsSync(`${output}.partial`)).toBe(false)
       const error = await extractBoxArchive({file: zstdBox, dest: join(dir, 'dest')}).catch((error_: unknown) => error_)
       expect((error as BoxError).message).toBe('zstd is not installed')
@@ -150,7 +178,9 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
     const source = join(dir, 'src')
     await makeBoxSource(source)
     const output = join(dir, 'missing.box')
-    await expect(writeBoxArchive({sourceDir: source, entries: ['metadata.json', 'nope.img'], output, compression: 'gzip'})).rejects.toThrow(/nope\.img/)
+    await expect(
+      writeBoxArchive({sourceDir: source, entries: ['metadata.json', 'nope.img'], output, compression: 'gzip'}),
+    ).rejects.toThrow(/nope\.img/)
     expect(existsSync(output)).toBe(false)
     expect(existsSync(`${output}.partial`)).toBe(false)
   })
@@ -158,7 +188,10 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
   it('extracts boxes made by the system tar (./ prefixes, gzip and zstd)', async () => {
     const source = join(dir, 'src')
     const entries = await makeBoxSource(source)
-    for (const [flag, compression] of [['-czf', 'gzip'], ['--zstd', 'zstd']] as const) {
+    for (const [flag, compression] of [
+      ['-czf', 'gzip'],
+      ['--zstd', 'zstd'],
+    ] as const) {
       const output = join(dir, `system.${compression}.box`)
       const args = flag === '--zstd' ? ['--zstd', '-cf', output] : [flag, output]
       await execa('tar', [...args, '-C', source, ...entries.map((name) => `./${name}`)])
@@ -167,7 +200,11 @@ describe('writeBoxArchive → extractBoxArchive round trip', () => {
       expect(extracted.compression).toBe(compression)
       expect(extracted.entries).toEqual(entries)
       expect(await sha256File(join(dest, 'box.img'))).toBe(await sha256File(join(source, 'box.img')))
-      expect(JSON.parse(String(await readArchiveFile(output, 'metadata.json')))).toEqual({provider: 'qemu', format: 'qcow2', virtual_size: 1})
+      expect(JSON.parse(String(await readArchiveFile(output, 'metadata.json')))).toEqual({
+        provider: 'qemu',
+        format: 'qcow2',
+        virtual_size: 1,
+      })
     }
   })
 })
@@ -194,7 +231,12 @@ describe('extractBoxArchive refuses hostile entries', () => {
   const metadata = {header: {name: 'metadata.json'}, content: '{"provider":"qemu"}'}
 
   /** Extract `entries` into sandbox/dest; expect a refusal naming `entryName` and nothing outside dest. */
-  async function expectRefused(entries: Parameters<typeof writeRawTar>[1], entryName: string, why: RegExp, compression: Compression = 'none') {
+  async function expectRefused(
+    entries: Parameters<typeof writeRawTar>[1],
+    entryName: string,
+    why: RegExp,
+    compression: Compression = 'none',
+  ) {
     const sandbox = join(dir, 'sandbox')
     const dest = join(sandbox, 'dest')
     await mkdir(sandbox, {recursive: true})
@@ -215,7 +257,12 @@ describe('extractBoxArchive refuses hostile entries', () => {
   for (const compression of ['none', 'gzip', 'zstd'] as const) {
     it(`absolute path (${compression})`, async () => {
       const target = join(dir, 'pwned-absolute')
-      await expectRefused([metadata, {header: {name: target}, content: 'pwned'}], target, /absolute paths are not allowed/, compression)
+      await expectRefused(
+        [metadata, {header: {name: target}, content: 'pwned'}],
+        target,
+        /absolute paths are not allowed/,
+        compression,
+      )
       expect(existsSync(target)).toBe(false)
     })
   }
@@ -226,11 +273,19 @@ describe('extractBoxArchive refuses hostile entries', () => {
   })
 
   it('".." hidden in the middle of a path', async () => {
-    await expectRefused([metadata, {header: {name: 'a/b/../../../pwned-middle'}, content: 'pwned'}], 'a/b/../../../pwned-middle', /"\.\."/)
+    await expectRefused(
+      [metadata, {header: {name: 'a/b/../../../pwned-middle'}, content: 'pwned'}],
+      'a/b/../../../pwned-middle',
+      /"\.\."/,
+    )
   })
 
   it('symlink pointing outside', async () => {
-    await expectRefused([metadata, {header: {name: 'escape', type: 'symlink', linkname: '../../outside'}}], 'escape', /leads outside/)
+    await expectRefused(
+      [metadata, {header: {name: 'escape', type: 'symlink', linkname: '../../outside'}}],
+      'escape',
+      /leads outside/,
+    )
   })
 
   it('symlink to an absolute path', async () => {
@@ -240,7 +295,12 @@ describe('extractBoxArchive refuses hostile entries', () => {
   it('symlink chain that climbs through another link', async () => {
     // x/y → .. resolves to dest (fine), but z → x/y/../.. would then reach dest's grandparent.
     await expectRefused(
-      [metadata, {header: {name: 'x', type: 'directory'}}, {header: {name: 'x/y', type: 'symlink', linkname: '..'}}, {header: {name: 'z', type: 'symlink', linkname: 'x/y/../..'}}],
+      [
+        metadata,
+        {header: {name: 'x', type: 'directory'}},
+        {header: {name: 'x/y', type: 'symlink', linkname: '..'}},
+        {header: {name: 'z', type: 'symlink', linkname: 'x/y/../..'}},
+      ],
       'z',
       /after a path component/,
     )
@@ -248,7 +308,12 @@ describe('extractBoxArchive refuses hostile entries', () => {
 
   it('file written through a symlink', async () => {
     const dest = await expectRefused(
-      [metadata, {header: {name: 'sub', type: 'directory'}}, {header: {name: 'link', type: 'symlink', linkname: 'sub'}}, {header: {name: 'link/file', type: 'file'}, content: 'x'}],
+      [
+        metadata,
+        {header: {name: 'sub', type: 'directory'}},
+        {header: {name: 'link', type: 'symlink', linkname: 'sub'}},
+        {header: {name: 'link/file', type: 'file'}, content: 'x'},
+      ],
       'link/file',
       /goes through the symlink link/,
     )
@@ -260,22 +325,39 @@ describe('extractBoxArchive refuses hostile entries', () => {
     const sandbox = join(dir, 'sandbox')
     await mkdir(sandbox)
     const dest = join(sandbox, 'dest')
-    const file = await writeRawTar(join(dir, 'hard.box'), [metadata, {header: {name: 'grab', type: 'link', linkname: '../../victim'}}])
-    await expect(extractBoxArchive({file, dest})).rejects.toThrow(/refusing to extract entry "grab": hard link to .* leads outside/)
+    const file = await writeRawTar(join(dir, 'hard.box'), [
+      metadata,
+      {header: {name: 'grab', type: 'link', linkname: '../../victim'}},
+    ])
+    await expect(extractBoxArchive({file, dest})).rejects.toThrow(
+      /refusing to extract entry "grab": hard link to .* leads outside/,
+    )
     expect(existsSync(join(dest, 'grab'))).toBe(false)
     expect((await stat(join(dir, 'victim'))).nlink).toBe(1)
   })
 
   it('hard link with an absolute target', async () => {
-    await expectRefused([metadata, {header: {name: 'passwd', type: 'link', linkname: '/etc/passwd'}}], 'passwd', /leads outside/)
+    await expectRefused(
+      [metadata, {header: {name: 'passwd', type: 'link', linkname: '/etc/passwd'}}],
+      'passwd',
+      /leads outside/,
+    )
   })
 
   it('character device', async () => {
-    await expectRefused([metadata, {header: {name: 'null', type: 'character-device', devmajor: 1, devminor: 3}}], 'null', /character-device entries are not allowed/)
+    await expectRefused(
+      [metadata, {header: {name: 'null', type: 'character-device', devmajor: 1, devminor: 3}}],
+      'null',
+      /character-device entries are not allowed/,
+    )
   })
 
   it('block device', async () => {
-    await expectRefused([metadata, {header: {name: 'sda', type: 'block-device', devmajor: 8, devminor: 0}}], 'sda', /block-device entries are not allowed/)
+    await expectRefused(
+      [metadata, {header: {name: 'sda', type: 'block-device', devmajor: 8, devminor: 0}}],
+      'sda',
+      /block-device entries are not allowed/,
+    )
   })
 
   it('fifo', async () => {
@@ -297,7 +379,16 @@ describe('extractBoxArchive refuses hostile entries', () => {
     expect(await readlink(join(dest, 'sub', 'up'))).toBe('../metadata.json')
     expect(await readFile(join(dest, 'alias'), 'utf8')).toBe('data')
     expect((await stat(join(dest, 'hard'))).nlink).toBe(2)
-    expect(await listTree(dir)).toEqual(['dest', 'dest/alias', 'dest/hard', 'dest/metadata.json', 'dest/sub', 'dest/sub/data', 'dest/sub/up', 'links.box'])
+    expect(await listTree(dir)).toEqual([
+      'dest',
+      'dest/alias',
+      'dest/hard',
+      'dest/metadata.json',
+      'dest/sub',
+      'dest/sub/data',
+      'dest/sub/up',
+      'links.box',
+    ])
   })
 
   it('a truncated archive fails with a clear error', async () => {
@@ -307,6 +398,8 @@ describe('extractBoxArchive refuses hostile entries', () => {
     await writeBoxArchive({sourceDir: source, entries, output, compression: 'gzip'})
     const truncated = join(dir, 'truncated.box')
     await writeFile(truncated, (await readFile(output)).subarray(0, 300 * 1024))
-    await expect(extractBoxArchive({file: truncated, dest: join(dir, 'dest')})).rejects.toThrow(/extracting .*truncated\.box failed/)
+    await expect(extractBoxArchive({file: truncated, dest: join(dir, 'dest')})).rejects.toThrow(
+      /extracting .*truncated\.box failed/,
+    )
   })
 })

@@ -33,7 +33,10 @@ async function problems(text: string): Promise<string[]> {
   )
   if (!(error instanceof BoxError)) throw new Error(`expected the Boxfile to be rejected, got ${String(error)}`)
   expect(error.exitCode).toBe(2)
-  return error.message.split('\n').slice(1).map((line) => line.trim().replace(`${file}:`, 'Boxfile:'))
+  return error.message
+    .split('\n')
+    .slice(1)
+    .map((line) => line.trim().replace(`${file}:`, 'Boxfile:'))
 }
 
 const SHA256 = 'a'.repeat(64)
@@ -42,7 +45,17 @@ describe('ssh.username and ssh.private_key_path', () => {
   it('resolves the key relative to the Boxfile, per machine over the top level', async () => {
     await writeFile(join(dir, 'team_key'), 'key', {mode: 0o600})
     await writeFile(join(dir, 'db_key'), 'key', {mode: 0o400})
-    const boxfile = await parseBoxfile(file, yaml('box: b', 'ssh: {username: admin, private_key_path: team_key}', 'machines:', '  web:', '  db:', '    ssh: {private_key_path: db_key}'))
+    const boxfile = await parseBoxfile(
+      file,
+      yaml(
+        'box: b',
+        'ssh: {username: admin, private_key_path: team_key}',
+        'machines:',
+        '  web:',
+        '  db:',
+        '    ssh: {private_key_path: db_key}',
+      ),
+    )
     expect(boxfile.machines.map((machine) => machine.ssh)).toEqual([
       {username: 'admin', privateKeyPath: join(dir, 'team_key'), forwardAgent: false},
       {username: 'admin', privateKeyPath: join(dir, 'db_key'), forwardAgent: false},
@@ -55,7 +68,9 @@ describe('ssh.username and ssh.private_key_path', () => {
   })
 
   it('refuses a missing key and one that others can read, at the field', async () => {
-    expect(await problems(yaml('box: b', 'ssh:', '  private_key_path: nowhere'))).toEqual([`Boxfile:3:21: ssh.private_key_path: no such file: ${join(dir, 'nowhere')}`])
+    expect(await problems(yaml('box: b', 'ssh:', '  private_key_path: nowhere'))).toEqual([
+      `Boxfile:3:21: ssh.private_key_path: no such file: ${join(dir, 'nowhere')}`,
+    ])
     await writeFile(join(dir, 'open_key'), 'key')
     await chmod(join(dir, 'open_key'), 0o644)
     expect(await problems(yaml('box: b', 'machines:', '  web:', '    ssh: {private_key_path: open_key}'))).toEqual([
@@ -64,8 +79,12 @@ describe('ssh.username and ssh.private_key_path', () => {
   })
 
   it('refuses a directory and an empty path', async () => {
-    expect(await problems(yaml('box: b', 'ssh: {private_key_path: .}'))).toEqual([`Boxfile:2:25: ssh.private_key_path: no such file: ${dir}`])
-    expect(await problems(yaml('box: b', 'ssh: {private_key_path: ""}'))).toEqual(['Boxfile:2:25: ssh.private_key_path: must not be empty: a private key file (relative to the Boxfile)'])
+    expect(await problems(yaml('box: b', 'ssh: {private_key_path: .}'))).toEqual([
+      `Boxfile:2:25: ssh.private_key_path: no such file: ${dir}`,
+    ])
+    expect(await problems(yaml('box: b', 'ssh: {private_key_path: ""}'))).toEqual([
+      'Boxfile:2:25: ssh.private_key_path: must not be empty: a private key file (relative to the Boxfile)',
+    ])
   })
 })
 
@@ -73,7 +92,16 @@ describe('box_download_checksum and box_download_checksum_type', () => {
   it('gives the machine the checksum, the type told from the length when left out', async () => {
     const boxfile = await parseBoxfile(
       file,
-      yaml('box: b', 'box_url: https://example.org/b.box', `box_download_checksum: ${SHA256.toUpperCase()}`, 'machines:', '  web:', '  db:', `    box_download_checksum: ${'b'.repeat(40)}`, '    box_download_checksum_type: sha1'),
+      yaml(
+        'box: b',
+        'box_url: https://example.org/b.box',
+        `box_download_checksum: ${SHA256.toUpperCase()}`,
+        'machines:',
+        '  web:',
+        '  db:',
+        `    box_download_checksum: ${'b'.repeat(40)}`,
+        '    box_download_checksum_type: sha1',
+      ),
     )
     expect(boxfile.machines.map((machine) => machine.boxDownloadChecksum)).toEqual([
       {type: 'sha256', value: SHA256},
@@ -82,20 +110,28 @@ describe('box_download_checksum and box_download_checksum_type', () => {
   })
 
   it('has none by default', async () => {
-    expect((await parseBoxfile(file, yaml('box: b', 'box_url: https://example.org/b.box'))).machines[0]!.boxDownloadChecksum).toBeUndefined()
+    expect(
+      (await parseBoxfile(file, yaml('box: b', 'box_url: https://example.org/b.box'))).machines[0]!.boxDownloadChecksum,
+    ).toBeUndefined()
   })
 
   it('refuses a digest that does not fit its type, or whose type cannot be told', async () => {
-    expect(await problems(yaml('box: b', 'box_url: b.box', `box_download_checksum: ${SHA256}`, 'box_download_checksum_type: sha512'))).toEqual([
-      'Boxfile:3:24: box_download_checksum: a sha512 digest has 128 hex digits, this one has 64',
-    ])
+    expect(
+      await problems(
+        yaml('box: b', 'box_url: b.box', `box_download_checksum: ${SHA256}`, 'box_download_checksum_type: sha512'),
+      ),
+    ).toEqual(['Boxfile:3:24: box_download_checksum: a sha512 digest has 128 hex digits, this one has 64'])
     expect(await problems(yaml('box: b', 'box_url: b.box', 'box_download_checksum: abc123'))).toEqual([
       'Boxfile:3:24: box_download_checksum: cannot tell the type of a 6-digit digest: set box_download_checksum_type (md5, sha1, sha256, sha384, sha512)',
     ])
   })
 
   it('refuses what is not a hex digest or a known type', async () => {
-    expect(await problems(yaml('box: b', 'box_url: b.box', 'box_download_checksum: sha256:abcd', 'box_download_checksum_type: crc32'))).toEqual([
+    expect(
+      await problems(
+        yaml('box: b', 'box_url: b.box', 'box_download_checksum: sha256:abcd', 'box_download_checksum_type: crc32'),
+      ),
+    ).toEqual([
       'Boxfile:3:24: box_download_checksum: must be a hex digest, as sha256sum prints it',
       'Boxfile:4:29: box_download_checksum_type: must be one of: md5, sha1, sha256, sha384, sha512',
     ])

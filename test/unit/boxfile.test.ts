@@ -87,8 +87,26 @@ describe('defaults', () => {
     expect(machine!.forwardedPorts).toEqual([{guest: 80, host: 8080, protocol: 'tcp', hostIp: '127.0.0.1'}])
     expect(machine!.syncedFolders).toEqual([{source: dir, destination: '/srv/project', exclude: [], disabled: false}])
     expect(machine!.provisioners).toEqual([
-      {type: 'shell', name: 'setup.sh', inline: undefined, path: join(dir, 'setup.sh'), args: ['--count', '2', 'true'], env: {N: '1'}, privileged: true, run: 'once'},
-      {type: 'shell', name: 'shell #2', inline: 'echo hello', path: undefined, args: [], env: {}, privileged: true, run: 'once'},
+      {
+        type: 'shell',
+        name: 'setup.sh',
+        inline: undefined,
+        path: join(dir, 'setup.sh'),
+        args: ['--count', '2', 'true'],
+        env: {N: '1'},
+        privileged: true,
+        run: 'once',
+      },
+      {
+        type: 'shell',
+        name: 'shell #2',
+        inline: 'echo hello',
+        path: undefined,
+        args: [],
+        env: {},
+        privileged: true,
+        run: 'once',
+      },
       {type: 'file', name: 'file #3', source: join(dir, 'setup.sh'), destination: '~/setup.sh', run: 'once'},
     ])
   })
@@ -97,7 +115,11 @@ describe('defaults', () => {
     const local = await parse(yaml('box: b', 'box_url: boxes/b.box'))
     expect(local.machines[0]!.boxUrl).toBe(join(dir, 'boxes', 'b.box'))
     const remote = await parse(yaml('box: org/b', 'box_url: https://example.org/b.json', 'box_version: ">= 1.2, < 2"'))
-    expect(remote.machines[0]).toMatchObject({box: 'org/b', boxUrl: 'https://example.org/b.json', boxVersion: '>= 1.2, < 2'})
+    expect(remote.machines[0]).toMatchObject({
+      box: 'org/b',
+      boxUrl: 'https://example.org/b.json',
+      boxVersion: '>= 1.2, < 2',
+    })
   })
 })
 
@@ -124,8 +146,12 @@ describe('memory', () => {
   })
 
   it('rejects a size with no meaning and a suspiciously small one at their lines', async () => {
-    expect(await problems(yaml('box: b', 'memory: lots'))).toEqual(['Boxfile:2:9: memory: must be MiB as a whole number (1024) or a size with a unit: "512M", "2G"'])
-    expect(await problems(yaml('box: b', 'cpus: 1', 'memory: 2'))).toEqual(['Boxfile:3:9: memory: 2 MiB is too small (at least 64; did you mean "2G"?)'])
+    expect(await problems(yaml('box: b', 'memory: lots'))).toEqual([
+      'Boxfile:2:9: memory: must be MiB as a whole number (1024) or a size with a unit: "512M", "2G"',
+    ])
+    expect(await problems(yaml('box: b', 'cpus: 1', 'memory: 2'))).toEqual([
+      'Boxfile:3:9: memory: 2 MiB is too small (at least 64; did you mean "2G"?)',
+    ])
   })
 })
 
@@ -155,9 +181,23 @@ describe('several machines', () => {
     )
     expect(boxfile.machines.map((machine) => machine.name)).toEqual(['worker', 'director', 'spare'])
     const [worker, director, spare] = boxfile.machines
-    expect(worker).toMatchObject({box: 'debian-bookworm', cpus: 4, memoryMiB: 2048, resnap: 'always', provider: 'qemu', ssh: {username: 'worker', forwardAgent: false}})
+    expect(worker).toMatchObject({
+      box: 'debian-bookworm',
+      cpus: 4,
+      memoryMiB: 2048,
+      resnap: 'always',
+      provider: 'qemu',
+      ssh: {username: 'worker', forwardAgent: false},
+    })
     expect(worker!.provisioners.map((p) => p.name)).toEqual(['common'])
-    expect(director).toMatchObject({box: 'org/director', cpus: 4, memoryMiB: 1024, resnap: 'never', provider: 'virtualbox', ssh: {username: 'worker', forwardAgent: true}})
+    expect(director).toMatchObject({
+      box: 'org/director',
+      cpus: 4,
+      memoryMiB: 1024,
+      resnap: 'never',
+      provider: 'virtualbox',
+      ssh: {username: 'worker', forwardAgent: true},
+    })
     expect(director!.provisioners.map((p) => [p.name, p.run])).toEqual([
       ['common', 'once'],
       ['shell #2', 'always'],
@@ -170,11 +210,15 @@ describe('several machines', () => {
     expect(await problems(yaml('cpus: 1', 'machines:', '  a:', '    box: one', '  b:', '    cpus: 2'))).toEqual([
       'Boxfile:6:5: machines.b.box: required: the name of a box in the store (see box list), e.g. debian-bookworm',
     ])
-    expect(await problems(yaml('cpus: 1'))).toEqual(['Boxfile:1:1: box: required: the name of a box in the store (see box list), e.g. debian-bookworm'])
+    expect(await problems(yaml('cpus: 1'))).toEqual([
+      'Boxfile:1:1: box: required: the name of a box in the store (see box list), e.g. debian-bookworm',
+    ])
   })
 
   it('rejects a machine name twice (YAML) and names that differ only in case', async () => {
-    expect(await problems(yaml('box: b', 'machines:', '  web: {}', '  db: {}', '  web: {}'))).toEqual(['Boxfile:5:3: Map keys must be unique'])
+    expect(await problems(yaml('box: b', 'machines:', '  web: {}', '  db: {}', '  web: {}'))).toEqual([
+      'Boxfile:5:3: Map keys must be unique',
+    ])
     expect(await problems(yaml('box: b', 'machines:', '  web:', '    cpus: 1', '  Web:', '    cpus: 2'))).toEqual([
       'Boxfile:6:5: machines.Web: machine name differs from "web" only in case; machine names must differ in more than case',
     ])
@@ -193,7 +237,9 @@ describe('several machines', () => {
     const boxfile = await parse(yaml('box: b', 'machines:', '  web:', '  db:', '  cache:'))
     expect(selectMachines(boxfile, []).map((m) => m.name)).toEqual(['web', 'db', 'cache'])
     expect(selectMachines(boxfile, ['cache', 'web', 'cache']).map((m) => m.name)).toEqual(['cache', 'web'])
-    expect(() => selectMachines(boxfile, ['wbe'])).toThrow(`unknown machine "wbe" in ${file}; its machines: web, db, cache`)
+    expect(() => selectMachines(boxfile, ['wbe'])).toThrow(
+      `unknown machine "wbe" in ${file}; its machines: web, db, cache`,
+    )
     expect(() => selectMachines(boxfile, ['x', 'y'])).toThrow('unknown machines "x", "y"')
   })
 
@@ -289,7 +335,9 @@ describe('unknown fields and bad values name the position, the field and what is
   })
 
   it('box_version syntax and box_url schemes', async () => {
-    expect(await problems(yaml('box: b', 'box_version: ">= 1.2,, < 2"'))).toEqual(['Boxfile:2:14: box_version: empty requirement in ">= 1.2,, < 2" (a stray comma?)'])
+    expect(await problems(yaml('box: b', 'box_version: ">= 1.2,, < 2"'))).toEqual([
+      'Boxfile:2:14: box_version: empty requirement in ">= 1.2,, < 2" (a stray comma?)',
+    ])
     expect(await problems(yaml('box: b', 'box_version: "=> 1.2"'))).toEqual([
       'Boxfile:2:14: box_version: "=> 1.2" is not a requirement (expected an operator = != > < >= <= ~> and a version, e.g. ">= 1.2")',
     ])
@@ -299,7 +347,19 @@ describe('unknown fields and bad values name the position, the field and what is
   })
 
   it('required fields of list items', async () => {
-    expect(await problems(yaml('box: b', 'forwarded_ports:', '  - {guest: 80}', 'synced_folders:', '  - {source: .}', 'provisioners:', '  - {type: file, source: .}'))).toEqual([
+    expect(
+      await problems(
+        yaml(
+          'box: b',
+          'forwarded_ports:',
+          '  - {guest: 80}',
+          'synced_folders:',
+          '  - {source: .}',
+          'provisioners:',
+          '  - {type: file, source: .}',
+        ),
+      ),
+    ).toEqual([
       'Boxfile:3:5: forwarded_ports.0.host: required: the host port number (1-65535)',
       'Boxfile:5:5: synced_folders.0.destination: required: an absolute guest path such as /srv/project',
       'Boxfile:7:5: provisioners.0.destination: required: a guest path such as /etc/app.conf or ~/app.conf',
@@ -314,7 +374,17 @@ describe('unknown fields and bad values name the position, the field and what is
 
 describe('forwarded ports', () => {
   it('rejects host and guest ports outside 1-65535', async () => {
-    expect(await problems(yaml('box: b', 'forwarded_ports:', '  - {guest: 80, host: 0}', '  - {guest: 70000, host: 8080}', '  - {guest: 22, host: 22.5}'))).toEqual([
+    expect(
+      await problems(
+        yaml(
+          'box: b',
+          'forwarded_ports:',
+          '  - {guest: 80, host: 0}',
+          '  - {guest: 70000, host: 8080}',
+          '  - {guest: 22, host: 22.5}',
+        ),
+      ),
+    ).toEqual([
       'Boxfile:3:23: forwarded_ports.0.host: must be a port number 1-65535',
       'Boxfile:4:13: forwarded_ports.1.guest: must be a port number 1-65535',
       'Boxfile:5:23: forwarded_ports.2.host: must be a port number 1-65535',
@@ -322,7 +392,9 @@ describe('forwarded ports', () => {
   })
 
   it('rejects a host_ip that is not an address', async () => {
-    expect(await problems(yaml('box: b', 'forwarded_ports:', '  - {guest: 80, host: 8080, host_ip: localhost}'))).toEqual([
+    expect(
+      await problems(yaml('box: b', 'forwarded_ports:', '  - {guest: 80, host: 8080, host_ip: localhost}')),
+    ).toEqual([
       'Boxfile:3:38: forwarded_ports.0.host_ip: must be an IP address such as 127.0.0.1 (0.0.0.0 exposes the port to the network)',
     ])
   })
@@ -343,18 +415,40 @@ describe('forwarded ports', () => {
   })
 
   it('treats 0.0.0.0 as overlapping every address', async () => {
-    expect(await problems(yaml('box: b', 'forwarded_ports:', '  - {guest: 80, host: 8080, host_ip: 0.0.0.0}', '  - {guest: 81, host: 8080, host_ip: 127.0.0.2}'))).toEqual([
-      `Boxfile:4:23: forwarded_ports.1.host: host port 8080/tcp is already forwarded at ${file}:3:23`,
-    ])
+    expect(
+      await problems(
+        yaml(
+          'box: b',
+          'forwarded_ports:',
+          '  - {guest: 80, host: 8080, host_ip: 0.0.0.0}',
+          '  - {guest: 81, host: 8080, host_ip: 127.0.0.2}',
+        ),
+      ),
+    ).toEqual([`Boxfile:4:23: forwarded_ports.1.host: host port 8080/tcp is already forwarded at ${file}:3:23`])
   })
 
   it('rejects one host port in two machines, and a top-level port inherited by several machines', async () => {
     expect(
       await problems(
-        yaml('box: b', 'machines:', '  web:', '    forwarded_ports:', '      - {guest: 80, host: 8080}', '  db:', '    forwarded_ports:', '      - {guest: 5432, host: 8080}'),
+        yaml(
+          'box: b',
+          'machines:',
+          '  web:',
+          '    forwarded_ports:',
+          '      - {guest: 80, host: 8080}',
+          '  db:',
+          '    forwarded_ports:',
+          '      - {guest: 5432, host: 8080}',
+        ),
       ),
-    ).toEqual([`Boxfile:8:29: machines.db.forwarded_ports.0.host: host port 8080/tcp is already forwarded by machine web at ${file}:5:27`])
-    expect(await problems(yaml('box: b', 'forwarded_ports:', '  - {guest: 80, host: 8080}', 'machines:', '  web:', '  db:', '  cache:'))).toEqual([
+    ).toEqual([
+      `Boxfile:8:29: machines.db.forwarded_ports.0.host: host port 8080/tcp is already forwarded by machine web at ${file}:5:27`,
+    ])
+    expect(
+      await problems(
+        yaml('box: b', 'forwarded_ports:', '  - {guest: 80, host: 8080}', 'machines:', '  web:', '  db:', '  cache:'),
+      ),
+    ).toEqual([
       'Boxfile:3:23: forwarded_ports.0.host: host port 8080/tcp is set for every machine (web, db, cache), which cannot all forward it: give each machine its own under machines.NAME.forwarded_ports',
     ])
   })
@@ -364,7 +458,12 @@ describe('synced folders', () => {
   it('resolves the source, requires it to exist unless disabled, and the destination to be absolute and unique', async () => {
     await mkdir(join(dir, 'src'))
     const boxfile = await parse(
-      yaml('box: b', 'synced_folders:', '  - {source: src, destination: /srv/src, exclude: [.git/]}', '  - {source: gone, destination: /srv/gone, disabled: true}'),
+      yaml(
+        'box: b',
+        'synced_folders:',
+        '  - {source: src, destination: /srv/src, exclude: [.git/]}',
+        '  - {source: gone, destination: /srv/gone, disabled: true}',
+      ),
     )
     expect(boxfile.machines[0]!.syncedFolders).toEqual([
       {source: join(dir, 'src'), destination: '/srv/src', exclude: ['.git/'], disabled: false},
@@ -372,10 +471,25 @@ describe('synced folders', () => {
     ])
     expect(
       await problems(
-        yaml('box: b', 'synced_folders:', '  - {source: gone, destination: /srv/gone}', '  - {source: src, destination: srv}', '  - {source: src, destination: /srv/gone}'),
+        yaml(
+          'box: b',
+          'synced_folders:',
+          '  - {source: gone, destination: /srv/gone}',
+          '  - {source: src, destination: srv}',
+          '  - {source: src, destination: /srv/gone}',
+        ),
       ),
     ).toEqual([`Boxfile:4:32: synced_folders.1.destination: must be an absolute guest path such as /srv/project`])
-    expect(await problems(yaml('box: b', 'synced_folders:', '  - {source: gone, destination: /srv/gone}', '  - {source: src, destination: /srv/gone}'))).toEqual([
+    expect(
+      await problems(
+        yaml(
+          'box: b',
+          'synced_folders:',
+          '  - {source: gone, destination: /srv/gone}',
+          '  - {source: src, destination: /srv/gone}',
+        ),
+      ),
+    ).toEqual([
       `Boxfile:3:14: synced_folders.0.source: no such directory: ${join(dir, 'gone')}`,
       `Boxfile:4:5: synced_folders.1: destination is already synced from ${file}:3:5`,
     ])
@@ -385,7 +499,9 @@ describe('synced folders', () => {
 describe('provisioners', () => {
   it('needs exactly one of inline and path', async () => {
     await writeFile(join(dir, 'setup.sh'), 'true\n')
-    expect(await problems(yaml('box: b', 'provisioners:', '  - type: shell', '    inline: "true"', '    path: setup.sh'))).toEqual([
+    expect(
+      await problems(yaml('box: b', 'provisioners:', '  - type: shell', '    inline: "true"', '    path: setup.sh')),
+    ).toEqual([
       'Boxfile:5:11: provisioners.0.path: set either inline (a script in the Boxfile) or path (a script file), not both',
     ])
     expect(await problems(yaml('box: b', 'provisioners:', '  - type: shell', '    args: [x]'))).toEqual([
@@ -418,14 +534,34 @@ describe('provisioners', () => {
   it('rejects two provisioners of one machine with the same name, counting inherited ones', async () => {
     expect(
       await problems(
-        yaml('box: b', 'provisioners:', '  - {type: shell, inline: "true", name: setup}', 'machines:', '  web:', '    provisioners:', '      - {type: shell, inline: "false", name: setup}'),
+        yaml(
+          'box: b',
+          'provisioners:',
+          '  - {type: shell, inline: "true", name: setup}',
+          'machines:',
+          '  web:',
+          '    provisioners:',
+          '      - {type: shell, inline: "false", name: setup}',
+        ),
       ),
-    ).toEqual([`Boxfile:7:9: machines.web.provisioners.0: another provisioner of machine web has this name (${file}:3:5)`])
+    ).toEqual([
+      `Boxfile:7:9: machines.web.provisioners.0: another provisioner of machine web has this name (${file}:3:5)`,
+    ])
   })
 
   it('reports every problem of a Boxfile at once', async () => {
     expect(
-      await problems(yaml('box: b', 'provisioners:', '  - {type: shell}', '  - {type: shell, path: nope.sh}', 'forwarded_ports:', '  - {guest: 1, host: 9000}', '  - {guest: 2, host: 9000}')),
+      await problems(
+        yaml(
+          'box: b',
+          'provisioners:',
+          '  - {type: shell}',
+          '  - {type: shell, path: nope.sh}',
+          'forwarded_ports:',
+          '  - {guest: 1, host: 9000}',
+          '  - {guest: 2, host: 9000}',
+        ),
+      ),
     ).toHaveLength(3)
   })
 })
@@ -451,8 +587,12 @@ describe('finding the Boxfile', () => {
     const empty = join(dir, 'empty')
     await mkdir(empty)
     // tmpdir() must not hold a Boxfile for this test to mean anything.
-    await expect(findBoxfile(empty, {})).rejects.toThrow(`no Boxfile found in ${empty} or its parents; create one with: box init BOX`)
-    await expect(loadBoxfile({cwd: empty, file: 'Boxfile'})).rejects.toThrow(`Boxfile not found: ${join(empty, 'Boxfile')}`)
+    await expect(findBoxfile(empty, {})).rejects.toThrow(
+      `no Boxfile found in ${empty} or its parents; create one with: box init BOX`,
+    )
+    await expect(loadBoxfile({cwd: empty, file: 'Boxfile'})).rejects.toThrow(
+      `Boxfile not found: ${join(empty, 'Boxfile')}`,
+    )
   })
 
   it('BOX_BOXFILE as a name is searched for upwards; as a path it is used as is', async () => {
@@ -460,13 +600,19 @@ describe('finding the Boxfile', () => {
     await mkdir(join(dir, 'sub'))
     expect(await findBoxfile(join(dir, 'sub'), {BOX_BOXFILE: 'Boxfile.workers'})).toBe(join(dir, 'Boxfile.workers'))
     expect(await findBoxfile(dir, {BOX_BOXFILE: './Boxfile.workers'})).toBe(join(dir, 'Boxfile.workers'))
-    await expect(findBoxfile(dir, {BOX_BOXFILE: './nope'})).rejects.toThrow(`BOX_BOXFILE=./nope: no such file ${join(dir, 'nope')}`)
-    await expect(findBoxfile(join(dir, 'sub'), {BOX_BOXFILE: 'Boxfile.nope'})).rejects.toThrow('no Boxfile.nope found in')
+    await expect(findBoxfile(dir, {BOX_BOXFILE: './nope'})).rejects.toThrow(
+      `BOX_BOXFILE=./nope: no such file ${join(dir, 'nope')}`,
+    )
+    await expect(findBoxfile(join(dir, 'sub'), {BOX_BOXFILE: 'Boxfile.nope'})).rejects.toThrow(
+      'no Boxfile.nope found in',
+    )
   })
 
   it('loadBoxfile reports problems with the real file path', async () => {
     await writeFile(file, yaml('box: b', 'cpus: many'))
-    await expect(loadBoxfile({cwd: dir})).rejects.toThrow(`${file}:2:7: cpus: must be a whole number of CPUs, at least 1`)
+    await expect(loadBoxfile({cwd: dir})).rejects.toThrow(
+      `${file}:2:7: cpus: must be a whole number of CPUs, at least 1`,
+    )
   })
 })
 
@@ -478,7 +624,14 @@ describe('the init template', () => {
     expect(text).toMatch(/^provider: qemu$/m)
     expect(text).toMatch(/^resnap: always$/m)
     const [machine] = (await parse(text)).machines
-    expect(machine).toMatchObject({name: 'default', box: 'org/worker', boxUrl: 'https://example.org/w.json#frag', cpus: 2, memoryMiB: 1024, resnap: 'always'})
+    expect(machine).toMatchObject({
+      name: 'default',
+      box: 'org/worker',
+      boxUrl: 'https://example.org/w.json#frag',
+      cpus: 2,
+      memoryMiB: 1024,
+      resnap: 'always',
+    })
   })
 
   it('every commented example in the template validates once uncommented', async () => {
@@ -489,13 +642,24 @@ describe('the init template', () => {
     const text = await renderBoxfile({box: 'b'}, file)
     // Uncomment the example fields and their indented lines; prose comments are never indented.
     const uncomment = (part: string) =>
-      part.replace(/^# ((?:box_version|forwarded_ports|synced_folders|provisioners|ssh|hostname|site|director_port|machines):.*|  .*)$/gm, '$1').replace(/\s+# or inline:.*$/m, '')
+      part
+        .replace(
+          /^# ((?:box_version|forwarded_ports|synced_folders|provisioners|ssh|hostname|site|director_port|machines):.*|  .*)$/gm,
+          '$1',
+        )
+        .replace(/\s+# or inline:.*$/m, '')
     const machinesAt = text.indexOf('# machines:')
     expect(machinesAt).toBeGreaterThan(0)
 
     const single = await parse(uncomment(text.slice(0, machinesAt)))
     expect(single.machines).toHaveLength(1)
-    expect(single.machines[0]).toMatchObject({boxVersion: '>= 1.0, < 2', hostname: 'worker-1', site: 'example.org', directorPort: 8443, ssh: {username: 'vagrant', privateKeyPath: join(dir, 'team_box.key'), forwardAgent: false}})
+    expect(single.machines[0]).toMatchObject({
+      boxVersion: '>= 1.0, < 2',
+      hostname: 'worker-1',
+      site: 'example.org',
+      directorPort: 8443,
+      ssh: {username: 'vagrant', privateKeyPath: join(dir, 'team_box.key'), forwardAgent: false},
+    })
     expect(single.machines[0]!.forwardedPorts).toHaveLength(2)
     expect(single.machines[0]!.syncedFolders).toHaveLength(1)
     expect(single.machines[0]!.provisioners.map((p) => p.type)).toEqual(['shell', 'file'])

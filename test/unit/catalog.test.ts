@@ -6,7 +6,13 @@ import {pathToFileURL} from 'node:url'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {COMPATIBLE_BOX_PROVIDERS} from '../../src/lib/box/metadata.js'
-import {loadCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from '../../src/lib/store/catalog.js'
+import {
+  loadCatalog,
+  parseCatalogText,
+  resolveCatalog,
+  resolveProviderUrl,
+  type Catalog,
+} from '../../src/lib/store/catalog.js'
 import {parseCatalog} from '../support/catalog.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 
@@ -20,21 +26,48 @@ const CATALOG = {
       version: '1.0.0',
       status: 'active',
       providers: [
-        {name: 'virtualbox', url: 'https://example.org/worker-1.0.0-vb.box', checksum_type: 'sha256', checksum: sha('1')},
-        {name: 'libvirt', url: 'https://example.org/worker-1.0.0-libvirt.box', checksum_type: 'SHA256', checksum: sha('2')},
+        {
+          name: 'virtualbox',
+          url: 'https://example.org/worker-1.0.0-vb.box',
+          checksum_type: 'sha256',
+          checksum: sha('1'),
+        },
+        {
+          name: 'libvirt',
+          url: 'https://example.org/worker-1.0.0-libvirt.box',
+          checksum_type: 'SHA256',
+          checksum: sha('2'),
+        },
       ],
     },
     {
       version: '1.2.0',
       providers: [
-        {name: 'qemu', url: 'https://example.org/worker-1.2.0-arm.box', architecture: 'arm64', checksum_type: 'sha256', checksum: sha('3')},
-        {name: 'qemu', url: 'https://example.org/worker-1.2.0.box', architecture: 'amd64', checksum_type: 'sha256', checksum: sha('4')},
+        {
+          name: 'qemu',
+          url: 'https://example.org/worker-1.2.0-arm.box',
+          architecture: 'arm64',
+          checksum_type: 'sha256',
+          checksum: sha('3'),
+        },
+        {
+          name: 'qemu',
+          url: 'https://example.org/worker-1.2.0.box',
+          architecture: 'amd64',
+          checksum_type: 'sha256',
+          checksum: sha('4'),
+        },
         {name: 'libvirt', url: 'https://example.org/worker-1.2.0-libvirt.box'},
       ],
     },
     {version: '1.10.0', providers: [{name: 'virtualbox', url: 'https://example.org/worker-1.10.0-vb.box'}]},
     {version: '2.0.0', status: 'revoked', providers: [{name: 'qemu', url: 'https://example.org/worker-2.0.0.box'}]},
-    {version: '1.3.0', providers: [{name: 'libvirt', url: 'https://example.org/worker-1.3.0-libvirt.box', checksum_type: '', checksum: null}]},
+    {
+      version: '1.3.0',
+      providers: [
+        {name: 'libvirt', url: 'https://example.org/worker-1.3.0-libvirt.box', checksum_type: '', checksum: null},
+      ],
+    },
   ],
 }
 
@@ -49,7 +82,13 @@ describe('parseCatalog', () => {
   })
 
   it('names the location and the path of each problem', () => {
-    const bad = {name: 'x', versions: [{version: '1.0', providers: [{name: 'qemu'}]}, {version: 'latest', providers: []}]}
+    const bad = {
+      name: 'x',
+      versions: [
+        {version: '1.0', providers: [{name: 'qemu'}]},
+        {version: 'latest', providers: []},
+      ],
+    }
     const error = (() => {
       try {
         parseCatalog(bad, 'https://example.org/bad.json')
@@ -64,12 +103,17 @@ describe('parseCatalog', () => {
   })
 
   it('refuses an unknown checksum type', () => {
-    const bad = {name: 'x', versions: [{version: '1.0', providers: [{name: 'qemu', url: 'u', checksum_type: 'crc32', checksum: 'ab'}]}]}
+    const bad = {
+      name: 'x',
+      versions: [{version: '1.0', providers: [{name: 'qemu', url: 'u', checksum_type: 'crc32', checksum: 'ab'}]}],
+    }
     expect(() => parseCatalog(bad, 'c.json')).toThrow(BoxError)
   })
 
   it('says when the text is not JSON', () => {
-    expect(() => parseCatalogText('<html>', 'https://example.org/x')).toThrow(/https:\/\/example.org\/x is not a box catalog: not valid JSON/)
+    expect(() => parseCatalogText('<html>', 'https://example.org/x')).toThrow(
+      /https:\/\/example.org\/x is not a box catalog: not valid JSON/,
+    )
   })
 })
 
@@ -89,11 +133,30 @@ describe('Vagrant Cloud style metadata', () => {
         description_html: null,
         created_at: '2024-02-01T00:00:00.000Z',
         providers: [
-          {name: 'libvirt', url: 'https://vagrantcloud.com/generic/boxes/debian12/versions/4.3.12/providers/libvirt/amd64/vagrant.box', checksum: null, checksum_type: null, architecture: 'amd64', default_architecture: true, original_url: 'https://example.org/x.box'},
-          {name: 'virtualbox', url: 'https://vagrantcloud.com/…/virtualbox/amd64/vagrant.box', checksum: 'ab'.repeat(32), checksum_type: 'sha256', architecture: 'amd64', default_architecture: true},
+          {
+            name: 'libvirt',
+            url: 'https://vagrantcloud.com/generic/boxes/debian12/versions/4.3.12/providers/libvirt/amd64/vagrant.box',
+            checksum: null,
+            checksum_type: null,
+            architecture: 'amd64',
+            default_architecture: true,
+            original_url: 'https://example.org/x.box',
+          },
+          {
+            name: 'virtualbox',
+            url: 'https://vagrantcloud.com/…/virtualbox/amd64/vagrant.box',
+            checksum: 'ab'.repeat(32),
+            checksum_type: 'sha256',
+            architecture: 'amd64',
+            default_architecture: true,
+          },
         ],
       },
-      {version: '4.3.13', status: 'unreleased', providers: [{name: 'libvirt', url: 'https://vagrantcloud.com/x.box', architecture: 'amd64'}]},
+      {
+        version: '4.3.13',
+        status: 'unreleased',
+        providers: [{name: 'libvirt', url: 'https://vagrantcloud.com/x.box', architecture: 'amd64'}],
+      },
     ],
   }
 
@@ -102,7 +165,9 @@ describe('Vagrant Cloud style metadata', () => {
     expect(parsed.username).toBe('generic')
     const resolved = resolveCatalog(parsed, {providers: qemu, architecture: 'amd64'})
     expect(resolved).toMatchObject({version: '4.3.12', provider: {name: 'libvirt'}, checksum: undefined})
-    expect(() => resolveCatalog(parsed, {constraint: '4.3.13', providers: qemu})).toThrow(/no version of generic\/debian12 matches version 4.3.13/)
+    expect(() => resolveCatalog(parsed, {constraint: '4.3.13', providers: qemu})).toThrow(
+      /no version of generic\/debian12 matches version 4.3.13/,
+    )
   })
 })
 
@@ -110,7 +175,12 @@ describe('resolveCatalog', () => {
   it('picks the newest version with a qemu-compatible provider, preferring the host architecture', () => {
     const resolved = resolveCatalog(catalog, {providers: qemu, architecture: 'amd64'})
     // 2.0.0 is revoked, 1.10.0 has only virtualbox.
-    expect(resolved).toMatchObject({name: 'org/worker', version: '1.3.0', provider: {name: 'libvirt'}, checksum: undefined})
+    expect(resolved).toMatchObject({
+      name: 'org/worker',
+      version: '1.3.0',
+      provider: {name: 'libvirt'},
+      checksum: undefined,
+    })
   })
 
   it('applies constraints', () => {
@@ -120,12 +190,19 @@ describe('resolveCatalog', () => {
       checksum: {type: 'sha256', value: sha('4')},
     })
     expect(resolveCatalog(catalog, {constraint: '~> 1.0.0', providers: qemu}).version).toBe('1.0.0')
-    expect(resolveCatalog(catalog, {constraint: '>= 1.0, != 1.3.0', providers: qemu, architecture: 'arm64'})).toMatchObject({
+    expect(
+      resolveCatalog(catalog, {constraint: '>= 1.0, != 1.3.0', providers: qemu, architecture: 'arm64'}),
+    ).toMatchObject({
       version: '1.2.0',
       provider: {url: 'https://example.org/worker-1.2.0-arm.box'},
     })
-    expect(resolveCatalog(catalog, {constraint: '= 1.0', providers: ['virtualbox']}).provider.url).toBe('https://example.org/worker-1.0.0-vb.box')
-    expect(resolveCatalog(catalog, {constraint: '1.0.0', providers: qemu}).checksum).toEqual({type: 'sha256', value: sha('2')})
+    expect(resolveCatalog(catalog, {constraint: '= 1.0', providers: ['virtualbox']}).provider.url).toBe(
+      'https://example.org/worker-1.0.0-vb.box',
+    )
+    expect(resolveCatalog(catalog, {constraint: '1.0.0', providers: qemu}).checksum).toEqual({
+      type: 'sha256',
+      value: sha('2'),
+    })
   })
 
   it('orders versions numerically, not as text', () => {
@@ -134,11 +211,16 @@ describe('resolveCatalog', () => {
 
   it('prefers providers in the order given', () => {
     expect(resolveCatalog(catalog, {constraint: '1.2.0', providers: ['libvirt', 'qemu']}).provider.name).toBe('libvirt')
-    expect(resolveCatalog(catalog, {constraint: '1.2.0', providers: ['qemu', 'libvirt'], architecture: 'amd64'}).provider.name).toBe('qemu')
+    expect(
+      resolveCatalog(catalog, {constraint: '1.2.0', providers: ['qemu', 'libvirt'], architecture: 'amd64'}).provider
+        .name,
+    ).toBe('qemu')
   })
 
   it('falls back to an entry without architecture when none matches exactly', () => {
-    expect(resolveCatalog(catalog, {constraint: '1.2.0', providers: qemu, architecture: 's390x'}).provider.name).toBe('libvirt')
+    expect(resolveCatalog(catalog, {constraint: '1.2.0', providers: qemu, architecture: 's390x'}).provider.name).toBe(
+      'libvirt',
+    )
   })
 
   it('explains what is available when nothing matches', () => {
@@ -156,7 +238,9 @@ describe('resolveCatalog', () => {
   })
 
   it('rejects a malformed constraint as a usage error', () => {
-    expect(() => resolveCatalog(catalog, {constraint: '>= banana', providers: qemu})).toThrow(/invalid version constraint/)
+    expect(() => resolveCatalog(catalog, {constraint: '>= banana', providers: qemu})).toThrow(
+      /invalid version constraint/,
+    )
   })
 })
 
@@ -169,9 +253,15 @@ describe('resolveProviderUrl and loadCatalog', () => {
   afterAll(() => rm(dir, {recursive: true, force: true}))
 
   it('resolves relative provider URLs against the catalog', () => {
-    expect(resolveProviderUrl('worker.box', 'https://example.org/boxes/catalog.json')).toBe('https://example.org/boxes/worker.box')
-    expect(resolveProviderUrl('https://cdn.example.org/w.box', 'https://example.org/c.json')).toBe('https://cdn.example.org/w.box')
-    expect(resolveProviderUrl('worker.box', join(dir, 'catalog.json'))).toBe(pathToFileURL(join(dir, 'worker.box')).toString())
+    expect(resolveProviderUrl('worker.box', 'https://example.org/boxes/catalog.json')).toBe(
+      'https://example.org/boxes/worker.box',
+    )
+    expect(resolveProviderUrl('https://cdn.example.org/w.box', 'https://example.org/c.json')).toBe(
+      'https://cdn.example.org/w.box',
+    )
+    expect(resolveProviderUrl('worker.box', join(dir, 'catalog.json'))).toBe(
+      pathToFileURL(join(dir, 'worker.box')).toString(),
+    )
     expect(resolveProviderUrl('/srv/w.box', join(dir, 'catalog.json'))).toBe('/srv/w.box')
   })
 

@@ -42,7 +42,11 @@ jobs:
     ])
     expect(jobs.jobs[0]!.command).toEqual(['make', '-C', '/tmp/job', 'grade'])
     expect(jobs.jobs[1]!.command).toBe('make -C /tmp/job grade')
-    expect(parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: [sleep, 1, true]\n').jobs[0]!.command).toEqual(['sleep', '1', 'true'])
+    expect(parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: [sleep, 1, true]\n').jobs[0]!.command).toEqual([
+      'sleep',
+      '1',
+      'true',
+    ])
     expect(jobs.jobs[0]!.inputs).toEqual([{host: join(dir, 'submissions', 'alice'), guest: '/tmp/job'}])
     expect(jobs.jobs[0]!.outputs).toEqual(['/tmp/job/feedback.txt'])
   })
@@ -54,16 +58,30 @@ jobs:
     command: [true]
     timout: 5s
 `
-    expect(() => parseJobFile(file(), text)).toThrow(new RegExp(`${file().replace(/[.]/g, '\\.')}:5:5: unknown field "jobs\\.0\\.timout" \\(accepted: id, command, in, out, timeout`))
+    expect(() => parseJobFile(file(), text)).toThrow(
+      new RegExp(
+        `${file().replace(/[.]/g, '\\.')}:5:5: unknown field "jobs\\.0\\.timout" \\(accepted: id, command, in, out, timeout`,
+      ),
+    )
   })
 
   it('reports bad values where they are', () => {
-    expect(() => parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: x\n    timeout: soon\n')).toThrow(/jobs\.yaml:5:14: jobs\.0\.timeout: timeout: "soon" is not a duration/)
-    expect(() => parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: x\n    in: [../../etc:/tmp/x]\n')).toThrow(/jobs\.yaml:5:10: jobs\.0\.in\.0: .*leaves .* \(it climbs out with "\.\."\)/)
-    expect(() => parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: x\n  - id: a\n    command: y\n')).toThrow(/jobs\.yaml:5:9: jobs\.1\.id: the id a is used twice/)
-    expect(() => parseJobFile(file(), 'box: g\njobs:\n  - id: ../x\n    command: x\n')).toThrow(/jobs\.yaml:3:9: jobs\.0\.id: must be a plain name/)
+    expect(() => parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: x\n    timeout: soon\n')).toThrow(
+      /jobs\.yaml:5:14: jobs\.0\.timeout: timeout: "soon" is not a duration/,
+    )
+    expect(() =>
+      parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: x\n    in: [../../etc:/tmp/x]\n'),
+    ).toThrow(/jobs\.yaml:5:10: jobs\.0\.in\.0: .*leaves .* \(it climbs out with "\.\."\)/)
+    expect(() => parseJobFile(file(), 'box: g\njobs:\n  - id: a\n    command: x\n  - id: a\n    command: y\n')).toThrow(
+      /jobs\.yaml:5:9: jobs\.1\.id: the id a is used twice/,
+    )
+    expect(() => parseJobFile(file(), 'box: g\njobs:\n  - id: ../x\n    command: x\n')).toThrow(
+      /jobs\.yaml:3:9: jobs\.0\.id: must be a plain name/,
+    )
     expect(() => parseJobFile(file(), 'jobs:\n  - id: a\n    command: x\n')).toThrow(/name the box/)
-    expect(() => parseJobFile(file(), 'box: g\nsetup: [apt-get install -y make]\njobs:\n  - id: a\n    command: x\n')).toThrow(/jobs\.yaml:2:8: setup: .*network: on/)
+    expect(() =>
+      parseJobFile(file(), 'box: g\nsetup: [apt-get install -y make]\njobs:\n  - id: a\n    command: x\n'),
+    ).toThrow(/jobs\.yaml:2:8: setup: .*network: on/)
   })
 })
 
@@ -93,7 +111,13 @@ describe('job spec checks', () => {
   })
 
   it("reads box-job's status file", () => {
-    expect(parseStatus('exit 137\nsignal KILL\ntimed_out 1\ncut 0\nstdout_bytes 0\nrun_ms 3029\n')).toEqual({exit: 137, signal: 'SIGKILL', timedOut: true, cut: false, runMs: 3029})
+    expect(parseStatus('exit 137\nsignal KILL\ntimed_out 1\ncut 0\nstdout_bytes 0\nrun_ms 3029\n')).toEqual({
+      exit: 137,
+      signal: 'SIGKILL',
+      timedOut: true,
+      cut: false,
+      runMs: 3029,
+    })
     expect(() => parseStatus('garbage')).toThrow(/no exit code/)
   })
 })
@@ -117,7 +141,7 @@ describe('output cap', () => {
     expect(await readFile(join(dir, 'out'), 'utf8')).toBe('hello\n')
   })
 
-  it("cuts what box-job kept (LIMIT + 1 bytes) and never writes through a file that exists", async () => {
+  it('cuts what box-job kept (LIMIT + 1 bytes) and never writes through a file that exists', async () => {
     const source = join(dir, 'kept')
     await writeFile(source, 'y'.repeat(11))
     expect(await capFile(source, join(dir, 'cut'), 10, false)).toEqual({bytes: 10, cut: true})
@@ -153,7 +177,17 @@ describe('output extraction', () => {
     expect(extracted.files).toBe(2)
     const refused = Object.fromEntries(extracted.refused.map((entry) => [entry.name, entry.reason]))
     expect(Object.keys(refused).sort()).toEqual(
-      ['/etc/cron.d/evil', 'etc/shadow', 'tmp/job/out/../../../../escape.txt', 'tmp/job/out/fifo', 'tmp/job/out/hard', 'tmp/job/out/null', 'tmp/job/out/ssh', 'tmp/job/out/ssh/authorized_keys', 'tmp/job/out/up'].sort(),
+      [
+        '/etc/cron.d/evil',
+        'etc/shadow',
+        'tmp/job/out/../../../../escape.txt',
+        'tmp/job/out/fifo',
+        'tmp/job/out/hard',
+        'tmp/job/out/null',
+        'tmp/job/out/ssh',
+        'tmp/job/out/ssh/authorized_keys',
+        'tmp/job/out/up',
+      ].sort(),
     )
     expect(refused['tmp/job/out/ssh']).toMatch(/symlink entries are not written/)
     expect(refused['tmp/job/out/../../../../escape.txt']).toMatch(/"\.\."/)

@@ -6,7 +6,13 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {BOX_INSECURE_KEY, insecureKeyBlobs, insecureKeysFor, stageInsecureKeys, VAGRANT_INSECURE_KEYS} from '../../src/lib/machine/login-keys.js'
+import {
+  BOX_INSECURE_KEY,
+  insecureKeyBlobs,
+  insecureKeysFor,
+  stageInsecureKeys,
+  VAGRANT_INSECURE_KEYS,
+} from '../../src/lib/machine/login-keys.js'
 
 describe('the insecure keys a new machine is reached with', () => {
   let dir: string
@@ -37,8 +43,10 @@ describe('the insecure keys a new machine is reached with', () => {
     expect(existsSync(staged.keyFiles[0]!)).toBe(false)
   })
 
-  it('includes both halves of Vagrant\'s published pair (RSA and ed25519)', async () => {
-    const types = await Promise.all(VAGRANT_INSECURE_KEYS.map(async (key) => (await readFile(`${key}.pub`, 'utf8')).split(' ')[0]))
+  it("includes both halves of Vagrant's published pair (RSA and ed25519)", async () => {
+    const types = await Promise.all(
+      VAGRANT_INSECURE_KEYS.map(async (key) => (await readFile(`${key}.pub`, 'utf8')).split(' ')[0]),
+    )
     expect(types.sort()).toEqual(['ssh-ed25519', 'ssh-rsa'])
   })
 })

@@ -40,7 +40,10 @@ describe('ovfDisks', () => {
   })
 
   it('lists every disk in order, so a caller can refuse a box with several', () => {
-    const xml = VIRTUALBOX_EXPORT.replace('</References>', '<File ovf:id="file2" ovf:href="box-disk002.vmdk"/></References>').replace(
+    const xml = VIRTUALBOX_EXPORT.replace(
+      '</References>',
+      '<File ovf:id="file2" ovf:href="box-disk002.vmdk"/></References>',
+    ).replace(
       '</DiskSection>',
       '<Disk ovf:capacity="1073741824" ovf:diskId="vmdisk2" ovf:fileRef="file2"/></DiskSection>',
     )
@@ -57,8 +60,14 @@ describe('ovfDisks', () => {
       }
       throw new Error('expected a refusal')
     }
-    expect(problem('<Envelope><References/></Envelope>')).toBe('cannot read the disks of box.ovf: it has no DiskSection')
-    expect(problem(VIRTUALBOX_EXPORT.replace('ovf:fileRef="file1"', 'ovf:fileRef="file9"'))).toMatch(/disk vmdisk1 names no file in References \(ovf:fileRef "file9"\)/)
-    expect(problem(VIRTUALBOX_EXPORT.replace('box-disk001.vmdk', '../../etc/shadow'))).toMatch(/"\.\.\/\.\.\/etc\/shadow" is not a plain file name/)
+    expect(problem('<Envelope><References/></Envelope>')).toBe(
+      'cannot read the disks of box.ovf: it has no DiskSection',
+    )
+    expect(problem(VIRTUALBOX_EXPORT.replace('ovf:fileRef="file1"', 'ovf:fileRef="file9"'))).toMatch(
+      /disk vmdisk1 names no file in References \(ovf:fileRef "file9"\)/,
+    )
+    expect(problem(VIRTUALBOX_EXPORT.replace('box-disk001.vmdk', '../../etc/shadow'))).toMatch(
+      /"\.\.\/\.\.\/etc\/shadow" is not a plain file name/,
+    )
   })
 })

@@ -103,7 +103,9 @@ describe('LVM on-disk structures', () => {
     // pe_start 2048 sectors = 1 MiB; extents of 4 MiB.
     expect(lvRangesOnPv(parsed, 'box', 'root', uuid)).toEqual([{offset: 1 * MiB, size: 3072 * MiB}])
     // The classic snapshot's copy-on-write store is the LV named as the snapshot.
-    expect(lvRangesOnPv(parsed, 'box', 'root_snap', uuid)).toEqual([{offset: 1 * MiB + 1152 * 4 * MiB, size: 2048 * MiB}])
+    expect(lvRangesOnPv(parsed, 'box', 'root_snap', uuid)).toEqual([
+      {offset: 1 * MiB + 1152 * 4 * MiB, size: 2048 * MiB},
+    ])
     expect(lvRangesOnPv(parsed, 'box', 'snapshot0', uuid)).toEqual([])
     expect(lvRangesOnPv(parsed, 'box', 'missing', uuid)).toBeUndefined()
     expect(lvRangesOnPv(parsed, 'other', 'root', uuid)).toBeUndefined()
@@ -136,7 +138,10 @@ describe('LVM on-disk structures', () => {
     head.writeBigUInt64LE(1048576n, pv + 40) // data area
     head.writeBigUInt64LE(4096n, pv + 72) // metadata area offset (after the data list's zero entry)
     head.writeBigUInt64LE(1044480n, pv + 80)
-    expect(parsePvLabel(head)).toEqual({uuid: 'GlyA2ek0W2pSk0MeSznD0YL52eXzxqwR', metadataAreas: [{offset: 4096, size: 1044480}]})
+    expect(parsePvLabel(head)).toEqual({
+      uuid: 'GlyA2ek0W2pSk0MeSznD0YL52eXzxqwR',
+      metadataAreas: [{offset: 4096, size: 1044480}],
+    })
     expect(parsePvLabel(Buffer.alloc(2048))).toBeUndefined()
 
     const area = Buffer.alloc(4096)
@@ -163,7 +168,12 @@ describe('versions and catalogs', () => {
 
   it('orders kernel versions as sort -V does (the newest in /boot is the one shipped)', () => {
     const kernels = ['6.1.0-31-cloud-amd64', '6.1.0-9-cloud-amd64', '6.10.2-1-cloud-amd64', '6.1.0-28-cloud-amd64']
-    expect(kernels.sort(compareKernelVersions)).toEqual(['6.1.0-9-cloud-amd64', '6.1.0-28-cloud-amd64', '6.1.0-31-cloud-amd64', '6.10.2-1-cloud-amd64'])
+    expect(kernels.sort(compareKernelVersions)).toEqual([
+      '6.1.0-9-cloud-amd64',
+      '6.1.0-28-cloud-amd64',
+      '6.1.0-31-cloud-amd64',
+      '6.10.2-1-cloud-amd64',
+    ])
   })
 
   it('bumps the last number of a version', () => {
@@ -173,32 +183,69 @@ describe('versions and catalogs', () => {
     expect(nextVersion('2.0.0-rc1')).toBe('2.0.0-rc2')
   })
 
-  it('creates a catalog, then adds versions and replaces a version\'s provider entry, keeping everything else', async () => {
+  it("creates a catalog, then adds versions and replaces a version's provider entry, keeping everything else", async () => {
     const file = join(dir, 'catalog.json')
-    await updateCatalog({file, url: 'https://example.org/w-1.0.0.box', boxName: 'org/worker', version: '1.0.0', sha256: 'a'.repeat(64)})
+    await updateCatalog({
+      file,
+      url: 'https://example.org/w-1.0.0.box',
+      boxName: 'org/worker',
+      version: '1.0.0',
+      sha256: 'a'.repeat(64),
+    })
     expect(JSON.parse(await readFile(file, 'utf8'))).toEqual({
       name: 'org/worker',
-      versions: [{version: '1.0.0', providers: [{name: 'libvirt', url: 'https://example.org/w-1.0.0.box', checksum_type: 'sha256', checksum: 'a'.repeat(64)}]}],
+      versions: [
+        {
+          version: '1.0.0',
+          providers: [
+            {
+              name: 'libvirt',
+              url: 'https://example.org/w-1.0.0.box',
+              checksum_type: 'sha256',
+              checksum: 'a'.repeat(64),
+            },
+          ],
+        },
+      ],
     })
     const edited = JSON.parse(await readFile(file, 'utf8'))
     edited.description = 'kept'
     edited.versions[0].providers.push({name: 'virtualbox', url: 'https://example.org/vb.box'})
     await writeFile(file, JSON.stringify(edited))
-    await updateCatalog({file, url: 'https://example.org/w-1.1.0.box', boxName: 'ignored', version: '1.1.0', sha256: 'b'.repeat(64)})
-    await updateCatalog({file, url: 'https://example.org/w-1.0.0-fixed.box', boxName: 'ignored', version: '1.0.0', sha256: 'c'.repeat(64)})
+    await updateCatalog({
+      file,
+      url: 'https://example.org/w-1.1.0.box',
+      boxName: 'ignored',
+      version: '1.1.0',
+      sha256: 'b'.repeat(64),
+    })
+    await updateCatalog({
+      file,
+      url: 'https://example.org/w-1.0.0-fixed.box',
+      boxName: 'ignored',
+      version: '1.0.0',
+      sha256: 'c'.repeat(64),
+    })
     const catalog = JSON.parse(await readFile(file, 'utf8'))
     expect(catalog.name).toBe('org/worker')
     expect(catalog.description).toBe('kept')
     expect(catalog.versions.map((version: {version: string}) => version.version)).toEqual(['1.1.0', '1.0.0'])
     expect(catalog.versions[1].providers).toEqual([
       {name: 'virtualbox', url: 'https://example.org/vb.box'},
-      {name: 'libvirt', url: 'https://example.org/w-1.0.0-fixed.box', checksum_type: 'sha256', checksum: 'c'.repeat(64)},
+      {
+        name: 'libvirt',
+        url: 'https://example.org/w-1.0.0-fixed.box',
+        checksum_type: 'sha256',
+        checksum: 'c'.repeat(64),
+      },
     ])
   })
 
   it('refuses to edit a file that is not a catalog', async () => {
     const file = join(dir, 'bad.json')
     await writeFile(file, '{"versions": 3}')
-    await expect(updateCatalog({file, url: 'u', boxName: 'x', version: '1.0.0', sha256: 'd'})).rejects.toThrow(/not a valid box catalog/)
+    await expect(updateCatalog({file, url: 'u', boxName: 'x', version: '1.0.0', sha256: 'd'})).rejects.toThrow(
+      /not a valid box catalog/,
+    )
   })
 })

@@ -30,13 +30,25 @@ describe('QEMU argv', () => {
     expect(netdev).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80')
     expect(args).toContain('socket,id=qmp,path=/p/qmp.sock,server=on,wait=off')
     expect(args).toContain('file,id=serial,path=/p/serial.log')
-    expect(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg,thread=multi', '-cpu', 'max,la57=off,erms=off'])
+    expect(args.slice(args.indexOf('-accel'), args.indexOf('-accel') + 4)).toEqual([
+      '-accel',
+      'tcg,thread=multi',
+      '-cpu',
+      'max,la57=off,erms=off',
+    ])
     expect(args).not.toContain('-kernel')
     expect(args).not.toContain('-daemonize')
   })
 
   it('a job worker without network has no NIC at all, and its job disks carry their serials', () => {
-    const args = buildQemuArgs({...spec, noNetwork: true, drives: [{file: '/j/in,1.img', serial: 'box-job-in', readOnly: true}, {file: '/j/out.img', serial: 'box-job-out'}]})
+    const args = buildQemuArgs({
+      ...spec,
+      noNetwork: true,
+      drives: [
+        {file: '/j/in,1.img', serial: 'box-job-in', readOnly: true},
+        {file: '/j/out.img', serial: 'box-job-out'},
+      ],
+    })
     expect(args).not.toContain('-netdev')
     expect(args.join(' ')).not.toMatch(/virtio-net|hostfwd/)
     expect(args).toContain('file=/j/in,,1.img,if=none,id=extra0,format=raw,readonly=on')
@@ -46,7 +58,13 @@ describe('QEMU argv', () => {
   })
 
   it('doubles commas in paths inside option lists, where a single one would start the next option', () => {
-    const args = buildQemuArgs({...spec, disk: '/a,b/disk.qcow2', serialLog: '/a,b/serial.log', qmpSocket: '/a,b/qmp.sock', agentFifo: '/a,b/agent'})
+    const args = buildQemuArgs({
+      ...spec,
+      disk: '/a,b/disk.qcow2',
+      serialLog: '/a,b/serial.log',
+      qmpSocket: '/a,b/qmp.sock',
+      agentFifo: '/a,b/agent',
+    })
     expect(args).toContain('file=/a,,b/disk.qcow2,if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap')
     expect(args).toContain('file,id=serial,path=/a,,b/serial.log')
     expect(args).toContain('socket,id=qmp,path=/a,,b/qmp.sock,server=on,wait=off')
@@ -60,7 +78,9 @@ describe('QEMU argv', () => {
 
   it('cuts the network off but keeps the forwards when asked, and waits for a saved state with -incoming defer', () => {
     const args = buildQemuArgs({...spec, restrictNetwork: true, incoming: true, daemonize: true})
-    expect(args[args.indexOf('-netdev') + 1]).toBe('user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80')
+    expect(args[args.indexOf('-netdev') + 1]).toBe(
+      'user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80',
+    )
     expect(args.slice(-4)).toEqual(['-S', '-incoming', 'defer', '-daemonize'])
     expect(buildQemuArgs(spec)).not.toContain('-incoming')
   })
@@ -70,22 +90,47 @@ describe('QEMU argv', () => {
   })
 
   it('boots the kernel directly when asked', () => {
-    const args = buildQemuArgs({...spec, accel: 'kvm', directBoot: {kernel: '/b/vmlinuz', initrd: '/b/initrd.img', append: 'root=/dev/x ro resnap'}, daemonize: true})
-    expect(args.slice(args.indexOf('-kernel'))).toEqual(['-kernel', '/b/vmlinuz', '-initrd', '/b/initrd.img', '-append', 'root=/dev/x ro resnap', '-daemonize'])
+    const args = buildQemuArgs({
+      ...spec,
+      accel: 'kvm',
+      directBoot: {kernel: '/b/vmlinuz', initrd: '/b/initrd.img', append: 'root=/dev/x ro resnap'},
+      daemonize: true,
+    })
+    expect(args.slice(args.indexOf('-kernel'))).toEqual([
+      '-kernel',
+      '/b/vmlinuz',
+      '-initrd',
+      '/b/initrd.img',
+      '-append',
+      'root=/dev/x ro resnap',
+      '-daemonize',
+    ])
     expect(args).toContain('host')
   })
 })
 
 describe('resnap command line', () => {
-  const lvm = {vg: 'vagrant-pipeline', root: 'root', snapshot: 'root_snap', snapshot_size: '45G', persistent: 'persistent'}
+  const lvm = {
+    vg: 'vagrant-pipeline',
+    root: 'root',
+    snapshot: 'root_snap',
+    snapshot_size: '45G',
+    persistent: 'persistent',
+  }
 
-  it('is the seed\'s grub line, with dashes doubled in mapper names', () => {
-    expect(kernelCommandLine(lvm, {resnap: true})).toBe('root=/dev/mapper/vagrant--pipeline-root_snap ro volgroup=vagrant-pipeline lvroot=root lvsnap=root_snap lvsize=45G resnap')
-    expect(kernelCommandLine(lvm, {resnap: false}, 'console=ttyS0')).toBe('root=/dev/mapper/vagrant--pipeline-root_snap ro volgroup=vagrant-pipeline lvroot=root lvsnap=root_snap lvsize=45G console=ttyS0')
+  it("is the seed's grub line, with dashes doubled in mapper names", () => {
+    expect(kernelCommandLine(lvm, {resnap: true})).toBe(
+      'root=/dev/mapper/vagrant--pipeline-root_snap ro volgroup=vagrant-pipeline lvroot=root lvsnap=root_snap lvsize=45G resnap',
+    )
+    expect(kernelCommandLine(lvm, {resnap: false}, 'console=ttyS0')).toBe(
+      'root=/dev/mapper/vagrant--pipeline-root_snap ro volgroup=vagrant-pipeline lvroot=root lvsnap=root_snap lvsize=45G console=ttyS0',
+    )
   })
 
   it('boots the origin with --base and never resnaps it', () => {
-    expect(kernelCommandLine(lvm, {resnap: true, base: true})).toMatch(/^root=\/dev\/mapper\/vagrant--pipeline-root ro .* lvsize=45G$/)
+    expect(kernelCommandLine(lvm, {resnap: true, base: true})).toMatch(
+      /^root=\/dev\/mapper\/vagrant--pipeline-root ro .* lvsize=45G$/,
+    )
     expect(mapperPath('a-b', 'c-d')).toBe('/dev/mapper/a--b-c--d')
   })
 })
@@ -132,14 +177,23 @@ describe('direct kernel boot command line', () => {
       provider: 'libvirt',
       format: 'qcow2',
       virtual_size: 8,
-      box: {version: '1', user: 'box', kernel: 'vmlinuz', initrd: 'initrd.img', kernel_args: 'console=ttyS0', lvm: {vg: 'box', root: 'root', snapshot: 'root_snap', snapshot_size: '2G', persistent: 'persistent'}},
+      box: {
+        version: '1',
+        user: 'box',
+        kernel: 'vmlinuz',
+        initrd: 'initrd.img',
+        kernel_args: 'console=ttyS0',
+        lvm: {vg: 'box', root: 'root', snapshot: 'root_snap', snapshot_size: '2G', persistent: 'persistent'},
+      },
     },
   } as unknown as Parameters<typeof directBootFor>[0]
 
   it('adds the TCG-only arguments under TCG, and only there', () => {
     const tcg = directBootFor(box, {resnap: true}, 'tcg')!
     const kvm = directBootFor(box, {resnap: true}, 'kvm')!
-    expect(kvm.append).toBe('root=/dev/mapper/box-root_snap ro volgroup=box lvroot=root lvsnap=root_snap lvsize=2G resnap console=ttyS0')
+    expect(kvm.append).toBe(
+      'root=/dev/mapper/box-root_snap ro volgroup=box lvroot=root lvsnap=root_snap lvsize=2G resnap console=ttyS0',
+    )
     expect(tcg.append).toBe(`${kvm.append} ${TCG_KERNEL_ARGS}`)
     expect(TCG_KERNEL_ARGS.split(' ')).toEqual(['mitigations=off', 'tsc=reliable'])
     expect(kvm.kernel).toBe('/b/vmlinuz')

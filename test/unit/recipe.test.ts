@@ -54,7 +54,13 @@ describe('loadRecipe', () => {
   it('loads the reference recipe', async () => {
     const recipe = await loadRecipe(REFERENCE)
     expect(recipe.name).toBe('debian-bookworm')
-    expect(recipe.lvm).toMatchObject({vg: 'box', root: 'root', snapshot: 'root_snap', persistent: 'persistent', swap: 'swap'})
+    expect(recipe.lvm).toMatchObject({
+      vg: 'box',
+      root: 'root',
+      snapshot: 'root_snap',
+      persistent: 'persistent',
+      swap: 'swap',
+    })
     expect(recipe.users[0]).toMatchObject({name: 'box', sudo: 'nopasswd'})
     expect(recipe.authorizedKeyFiles[0]).toEqual([join(PROJECT_ROOT, 'static', 'insecure_key.pub')])
     expect(recipe.packages).toContain('lvm2')
@@ -93,7 +99,9 @@ describe('loadRecipe', () => {
   })
 
   it('rejects kernel arguments outside the grub-safe alphabet', async () => {
-    const recipeDir = await writeRecipe((text) => text.replace(/^kernel_args: .*$/m, "kernel_args: console=ttyS0 '$(reboot)'"))
+    const recipeDir = await writeRecipe((text) =>
+      text.replace(/^kernel_args: .*$/m, "kernel_args: console=ttyS0 '$(reboot)'"),
+    )
     const error = await loadError(recipeDir)
     expect(error.message).toMatch(/recipe\.yaml:\d+:\d+: kernel_args: kernel arguments/)
   })
@@ -102,7 +110,11 @@ describe('loadRecipe', () => {
     const recipeDir = await writeRecipe((text) => text.replace('disk_size: 8G', 'disk_size: 4G'))
     const error = await loadError(recipeDir)
     const line = lineOf(await readFile(join(recipeDir, 'recipe.yaml'), 'utf8'), 'disk_size:')
-    expect(error.message).toMatch(new RegExp(`recipe\\.yaml:${line}:\\d+: disk_size: 4G is too small: boot \\+ root \\+ snapshot \\+ persistent \\+ swap need \\d+ MiB`))
+    expect(error.message).toMatch(
+      new RegExp(
+        `recipe\\.yaml:${line}:\\d+: disk_size: 4G is too small: boot \\+ root \\+ snapshot \\+ persistent \\+ swap need \\d+ MiB`,
+      ),
+    )
   })
 
   it('rejects duplicate LV names and swap without a size', async () => {
@@ -148,7 +160,10 @@ describe('hashes', () => {
     expect(await fullRecipeHash(reference, 'http://ftp.de.debian.org/debian')).not.toBe(first)
     // The hash reads recipe.yaml itself: hash each variant right after writing it.
     const same = await fullRecipeHash(await loadRecipe(await writeRecipe((text) => text)), MIRROR)
-    const variant = await fullRecipeHash(await loadRecipe(await writeRecipe((text) => text.replace('snapshot_size: 2G', 'snapshot_size: 3G'))), MIRROR)
+    const variant = await fullRecipeHash(
+      await loadRecipe(await writeRecipe((text) => text.replace('snapshot_size: 2G', 'snapshot_size: 3G'))),
+      MIRROR,
+    )
     expect(variant).not.toBe(same)
   })
 })
@@ -158,7 +173,9 @@ describe('generated files', () => {
     const recipe = await loadRecipe(REFERENCE)
     const cfg = grubConfig(recipe)
     const lines = cfg.split('\n').filter((line) => line.trim().startsWith('linux '))
-    expect(lines[0]).toContain('root=/dev/mapper/box-root_snap ro volgroup=box lvroot=root lvsnap=root_snap lvsize=2G resnap console=ttyS0')
+    expect(lines[0]).toContain(
+      'root=/dev/mapper/box-root_snap ro volgroup=box lvroot=root lvsnap=root_snap lvsize=2G resnap console=ttyS0',
+    )
     expect(lines[1]).toContain('root=/dev/mapper/box-root_snap ro')
     expect(lines[1]).not.toMatch(/\bresnap\b/)
     expect(lines[2]).toContain('root=/dev/mapper/box-root ro')
@@ -177,7 +194,19 @@ describe('generated files', () => {
   })
 
   it('doubles dashes in mapper paths and escapes device unit names like systemd-escape', () => {
-    expect(fstab({lvm: {vg: 'my-vg', root: 'root', root_size: '3G', snapshot: 'root-snap', snapshot_size: '1G', persistent: 'p', persistent_size: '1G'}})).toContain('/dev/mapper/my--vg-root--snap\t/')
+    expect(
+      fstab({
+        lvm: {
+          vg: 'my-vg',
+          root: 'root',
+          root_size: '3G',
+          snapshot: 'root-snap',
+          snapshot_size: '1G',
+          persistent: 'p',
+          persistent_size: '1G',
+        },
+      }),
+    ).toContain('/dev/mapper/my--vg-root--snap\t/')
     expect(systemdDeviceUnit('/dev/mapper/box-swap')).toBe('dev-mapper-box\\x2dswap.device')
   })
 
@@ -187,18 +216,30 @@ describe('generated files', () => {
     expect(() => tuneLvmConf('nothing here')).toThrow(/issue_discards/)
   })
 
-  it('drops only the dynamic motd from sshd\'s PAM stack', () => {
-    const pam = '@include common-account\nsession    optional     pam_motd.so  motd=/run/motd.dynamic\nsession    optional     pam_motd.so noupdate\n'
-    expect(withoutDynamicMotd(pam)).toBe('@include common-account\n# box: no update-motd scripts at every login (slow under emulation)\n#session    optional     pam_motd.so  motd=/run/motd.dynamic\nsession    optional     pam_motd.so noupdate\n')
+  it("drops only the dynamic motd from sshd's PAM stack", () => {
+    const pam =
+      '@include common-account\nsession    optional     pam_motd.so  motd=/run/motd.dynamic\nsession    optional     pam_motd.so noupdate\n'
+    expect(withoutDynamicMotd(pam)).toBe(
+      '@include common-account\n# box: no update-motd scripts at every login (slow under emulation)\n#session    optional     pam_motd.so  motd=/run/motd.dynamic\nsession    optional     pam_motd.so noupdate\n',
+    )
     expect(() => withoutDynamicMotd('@include common-account\n')).toThrow(/pam_motd/)
   })
 
   it('sfdisk layout and metadata follow the recipe', async () => {
     const recipe = await loadRecipe(REFERENCE)
-    expect(sfdiskLayout(recipe)).toBe(`label: dos\n\nsize=${parseSize(recipe.boot_size) / 1024 / 1024}MiB, type=83, bootable\ntype=8e\n`)
+    expect(sfdiskLayout(recipe)).toBe(
+      `label: dos\n\nsize=${parseSize(recipe.boot_size) / 1024 / 1024}MiB, type=83, bootable\ntype=8e\n`,
+    )
     const metadata = boxMetadata(recipe, 'abc')
     expect(metadata).toMatchObject({provider: 'libvirt', format: 'qcow2', virtual_size: 8})
-    expect(metadata.box).toMatchObject({version: recipe.version, user: 'box', kernel: 'vmlinuz', initrd: 'initrd.img', recipe_hash: 'abc', lvm: {vg: 'box', snapshot_size: '2G'}})
+    expect(metadata.box).toMatchObject({
+      version: recipe.version,
+      user: 'box',
+      kernel: 'vmlinuz',
+      initrd: 'initrd.img',
+      recipe_hash: 'abc',
+      lvm: {vg: 'box', snapshot_size: '2G'},
+    })
   })
 
   it('resolves module dependencies from modules.dep, dependencies first', () => {

@@ -30,7 +30,7 @@ function plan(): TaskPlan {
 }
 
 describe('slurm engine pieces', () => {
-  it('reads squeue\'s array task strings', () => {
+  it("reads squeue's array task strings", () => {
     expect(parseArrayTasks('0-5%2')).toEqual([0, 1, 2, 3, 4, 5])
     expect(parseArrayTasks('1,3-4')).toEqual([1, 3, 4])
     expect(parseArrayTasks('0-9:3')).toEqual([0, 3, 6, 9])
@@ -45,7 +45,9 @@ describe('slurm engine pieces', () => {
     // The shell hands the data to the task unchanged: run the script with a stand-in for node that prints its stdin.
     const dir = await mkdtemp(join(tmpdir(), 'box-slurm-unit-'))
     const file = join(dir, 'task.sh')
-    await writeFile(file, script.replace("exec /usr/bin/node '/opt/box dir/bin/run.js' batch task", 'exec cat'), {mode: 0o700})
+    await writeFile(file, script.replace("exec /usr/bin/node '/opt/box dir/bin/run.js' batch task", 'exec cat'), {
+      mode: 0o700,
+    })
     const {stdout} = await promisify(execFile)('sh', [file]).finally(() => rm(dir, {recursive: true, force: true}))
     expect(decodePlan(stdout).jobs[0]!.command).toBe(hostile)
   })
@@ -53,10 +55,27 @@ describe('slurm engine pieces', () => {
   it('submits an array with its cap, time, partition and the nodes a retry must avoid', () => {
     const args = sbatchArgs(plan(), {array: '0-9%3', scriptFile: '/s/task.sh', attempt: 2, exclude: ['node1', 'node4']})
     expect(args).toEqual([
-      '--parsable', '--job-name', 'box-batch-b1', '--array', '0-9%3',
-      '--output', '/shared/results/.box-batch/b1/task-%a-%A.out', '--chdir', '/shared/results/.box-batch/b1',
-      '--cpus-per-task', '1', '--no-requeue', '--export', 'ALL,BOX_BATCH_ATTEMPT=2,BOX_BATCH_EXCLUDE=node1:node4',
-      '--partition', 'vm', '--time', '30', '--exclude', 'node1,node4', '/s/task.sh',
+      '--parsable',
+      '--job-name',
+      'box-batch-b1',
+      '--array',
+      '0-9%3',
+      '--output',
+      '/shared/results/.box-batch/b1/task-%a-%A.out',
+      '--chdir',
+      '/shared/results/.box-batch/b1',
+      '--cpus-per-task',
+      '1',
+      '--no-requeue',
+      '--export',
+      'ALL,BOX_BATCH_ATTEMPT=2,BOX_BATCH_EXCLUDE=node1:node4',
+      '--partition',
+      'vm',
+      '--time',
+      '30',
+      '--exclude',
+      'node1,node4',
+      '/s/task.sh',
     ])
   })
 

@@ -2,7 +2,15 @@ import {describe, expect, it} from 'vitest'
 
 import {BoxError} from '../../src/lib/core/errors.js'
 import type {QemuLaunchSpec} from '../../src/providers/qemu/argv.js'
-import {compatProblems, devicesFingerprint, incompatibleStateError, parseStateCompat, STATE_FORMAT, type CompatTarget, type StateCompat} from '../../src/providers/qemu/state-compat.js'
+import {
+  compatProblems,
+  devicesFingerprint,
+  incompatibleStateError,
+  parseStateCompat,
+  STATE_FORMAT,
+  type CompatTarget,
+  type StateCompat,
+} from '../../src/providers/qemu/state-compat.js'
 
 const spec: QemuLaunchSpec = {
   name: 'web',
@@ -32,13 +40,27 @@ const saved: StateCompat = {
   memoryMiB: 1024,
   devices: devicesFingerprint(spec),
   box,
-  launch: {choice: {resnap: true}, firmwareBoot: false, agent: true, restrictNetwork: false, guestForwards: [{guest: 80, protocol: 'tcp'}]},
+  launch: {
+    choice: {resnap: true},
+    firmwareBoot: false,
+    agent: true,
+    restrictNetwork: false,
+    guestForwards: [{guest: 80, protocol: 'tcp'}],
+  },
   diskVirtualSize: 8 << 30,
   state: {bytes: 170_000_000, sha256: 'f'.repeat(64)},
   savedAt: '2026-12-01T00:00:00.000Z',
 }
 
-const target: CompatTarget = {qemuVersion: '7.2.22', machineType: 'pc-i440fx-7.2', accel: 'tcg', cpus: 2, memoryMiB: 1024, devices: saved.devices, box}
+const target: CompatTarget = {
+  qemuVersion: '7.2.22',
+  machineType: 'pc-i440fx-7.2',
+  accel: 'tcg',
+  cpus: 2,
+  memoryMiB: 1024,
+  devices: saved.devices,
+  box,
+}
 
 describe('the devices fingerprint of a saved state', () => {
   it('ignores what differs between two starts of one machine: paths, host ports, name, daemonizing, -incoming', () => {
@@ -78,19 +100,31 @@ describe('the compatibility check before a restore', () => {
   })
 
   it('refuses another QEMU version, machine type or accelerator, naming both sides', () => {
-    expect(compatProblems(saved, {...target, qemuVersion: '8.0.0'})).toEqual(['it was saved by QEMU 7.2.22, this is QEMU 8.0.0'])
-    expect(compatProblems(saved, {...target, machineType: 'pc-i440fx-8.0'})).toEqual(['it was saved on machine type pc-i440fx-7.2, QEMU now builds pc-i440fx-8.0'])
-    expect(compatProblems(saved, {...target, accel: 'kvm'})).toEqual(['it was saved under tcg, this host runs guests under kvm'])
+    expect(compatProblems(saved, {...target, qemuVersion: '8.0.0'})).toEqual([
+      'it was saved by QEMU 7.2.22, this is QEMU 8.0.0',
+    ])
+    expect(compatProblems(saved, {...target, machineType: 'pc-i440fx-8.0'})).toEqual([
+      'it was saved on machine type pc-i440fx-7.2, QEMU now builds pc-i440fx-8.0',
+    ])
+    expect(compatProblems(saved, {...target, accel: 'kvm'})).toEqual([
+      'it was saved under tcg, this host runs guests under kvm',
+    ])
   })
 
-  it('refuses a Boxfile that changed cpus or memory, in the Boxfile\'s words', () => {
-    expect(compatProblems(saved, {...target, memoryMiB: 2048})).toEqual(['it was saved with memory: 1024 (MiB), the Boxfile now says memory: 2048'])
-    expect(compatProblems(saved, {...target, cpus: 4})).toEqual(['it was saved with cpus: 2, the Boxfile now says cpus: 4'])
+  it("refuses a Boxfile that changed cpus or memory, in the Boxfile's words", () => {
+    expect(compatProblems(saved, {...target, memoryMiB: 2048})).toEqual([
+      'it was saved with memory: 1024 (MiB), the Boxfile now says memory: 2048',
+    ])
+    expect(compatProblems(saved, {...target, cpus: 4})).toEqual([
+      'it was saved with cpus: 2, the Boxfile now says cpus: 4',
+    ])
   })
 
   it('refuses another box image, or the same one changed', () => {
     expect(compatProblems(saved, {...target, box: {...box, imageMtimeMs: 6}})).toHaveLength(1)
-    expect(compatProblems(saved, {...target, box: {...box, dir: '/store/reference/2.0/qemu', version: '2.0'}})[0]).toMatch(/box image in \/store\/reference\/1\.0\/qemu \(version 1\.0\)/)
+    expect(
+      compatProblems(saved, {...target, box: {...box, dir: '/store/reference/2.0/qemu', version: '2.0'}})[0],
+    ).toMatch(/box image in \/store\/reference\/1\.0\/qemu \(version 1\.0\)/)
   })
 
   it('reports changed devices only when nothing above explains the difference', () => {

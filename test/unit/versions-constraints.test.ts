@@ -37,9 +37,12 @@ describe('version constraints (Vagrant / RubyGems rules)', () => {
     expect(compareVersions('1.0.0.beta', '1.0.0')).toBe(-1)
   })
 
-  it.each([[''], ['>= '], ['>= 1.2,'], ['=> 1.2'], ['>= one'], ['1.2 || 2.0']])('rejects %j with a clear error', (text) => {
-    expect(() => parseConstraint(text)).toThrow(VersionSyntaxError)
-  })
+  it.each([[''], ['>= '], ['>= 1.2,'], ['=> 1.2'], ['>= one'], ['1.2 || 2.0']])(
+    'rejects %j with a clear error',
+    (text) => {
+      expect(() => parseConstraint(text)).toThrow(VersionSyntaxError)
+    },
+  )
 
   it('names the bad part', () => {
     expect(() => parseConstraint('>= 1.2, < two')).toThrow(/"< two": "two" is not a version/)

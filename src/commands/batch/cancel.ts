@@ -12,13 +12,16 @@ export default class BatchCancel extends BaseCommand<typeof BatchCancel> {
     jobFile: Args.string({description: 'The job file the batch was submitted from.', required: true}),
   }
   static flags = {
-    results: Flags.string({description: 'The batch\'s results folder, when it was given to box batch --results.'}),
+    results: Flags.string({description: "The batch's results folder, when it was given to box batch --results."}),
   }
 
   async run(): Promise<SlurmCancelResult> {
     const state = await findBatch({jobFile: this.args.jobFile, resultsDir: this.flags.results, cwd: process.cwd()})
     const result = await cancelBatch(state)
-    if (!this.jsonEnabled()) this.log(`cancelled ${result.cancelled} queued or running jobs of batch ${result.batchId} (Slurm array ${result.arrayJobId})`)
+    if (!this.jsonEnabled())
+      this.log(
+        `cancelled ${result.cancelled} queued or running jobs of batch ${result.batchId} (Slurm array ${result.arrayJobId})`,
+      )
     return result
   }
 }

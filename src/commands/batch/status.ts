@@ -7,13 +7,17 @@ import {batchStatus, findBatch, waitForBatch, type SlurmBatchStatus} from '../..
 export default class BatchStatus extends BaseCommand<typeof BatchStatus> {
   static summary = 'Show where the jobs of a Slurm batch are: queued, running, done, failed.'
   static description = `For a batch submitted with box batch --on slurm: squeue --json for the jobs Slurm still holds, result.json for the rest (no accounting database needed). A worker failure (infrastructure) is counted apart from the jobs' own failures.`
-  static examples = ['box batch status jobs.yaml', 'box batch status jobs.yaml --results /shared/grading/results --json', 'box batch status jobs.yaml --wait']
+  static examples = [
+    'box batch status jobs.yaml',
+    'box batch status jobs.yaml --results /shared/grading/results --json',
+    'box batch status jobs.yaml --wait',
+  ]
   static enableJsonFlag = true
   static args = {
     jobFile: Args.string({description: 'The job file the batch was submitted from.', required: true}),
   }
   static flags = {
-    results: Flags.string({description: 'The batch\'s results folder, when it was given to box batch --results.'}),
+    results: Flags.string({description: "The batch's results folder, when it was given to box batch --results."}),
     wait: Flags.boolean({description: 'Follow the batch to its end.'}),
   }
 
@@ -24,7 +28,10 @@ export default class BatchStatus extends BaseCommand<typeof BatchStatus> {
       const json = this.jsonEnabled()
       const onEvent = (event: BatchEvent) => {
         if (json) return
-        if (event.type === 'finished') process.stderr.write(`${event.record.id}: ${event.record.status}, exit ${event.record.exitCode}\n  ${formatCounts(event.counts)}\n`)
+        if (event.type === 'finished')
+          process.stderr.write(
+            `${event.record.id}: ${event.record.status}, exit ${event.record.exitCode}\n  ${formatCounts(event.counts)}\n`,
+          )
         else if (event.type === 'retry') process.stderr.write(`${event.id}: ${event.reason}\n`)
       }
       status = (await waitForBatch(state, {onEvent, signal: this.signal})).status
@@ -32,11 +39,30 @@ export default class BatchStatus extends BaseCommand<typeof BatchStatus> {
       status = await batchStatus(state)
     }
     if (!this.jsonEnabled()) {
-      const rows = [['JOB', 'STATE', 'EXIT', 'ATTEMPTS', 'NODE', 'SLURM JOB', 'REASON'], ...status.jobs.map((job) => [job.id, job.state, job.exitCode === undefined ? '-' : String(job.exitCode), job.attempts === undefined ? '-' : String(job.attempts), job.node ?? '-', job.slurmJobId ?? '-', job.reason ?? ''])]
+      const rows = [
+        ['JOB', 'STATE', 'EXIT', 'ATTEMPTS', 'NODE', 'SLURM JOB', 'REASON'],
+        ...status.jobs.map((job) => [
+          job.id,
+          job.state,
+          job.exitCode === undefined ? '-' : String(job.exitCode),
+          job.attempts === undefined ? '-' : String(job.attempts),
+          job.node ?? '-',
+          job.slurmJobId ?? '-',
+          job.reason ?? '',
+        ]),
+      ]
       const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
-      for (const row of rows) this.log(row.map((cell, column) => cell.padEnd(widths[column]!)).join('  ').trimEnd())
+      for (const row of rows)
+        this.log(
+          row
+            .map((cell, column) => cell.padEnd(widths[column]!))
+            .join('  ')
+            .trimEnd(),
+        )
       const c = status.counts
-      this.log(`batch ${status.batchId} (Slurm array ${status.arrayJobId}): ${c.total} jobs · queued ${c.queued} · running ${c.running} · done ${c.done} · failed ${c.failed} · worker failures ${c.infrastructure}${c.cancelled ? ` · cancelled ${c.cancelled}` : ''}${c.lost ? ` · lost ${c.lost}` : ''}`)
+      this.log(
+        `batch ${status.batchId} (Slurm array ${status.arrayJobId}): ${c.total} jobs · queued ${c.queued} · running ${c.running} · done ${c.done} · failed ${c.failed} · worker failures ${c.infrastructure}${c.cancelled ? ` · cancelled ${c.cancelled}` : ''}${c.lost ? ` · lost ${c.lost}` : ''}`,
+      )
     }
     return status
   }

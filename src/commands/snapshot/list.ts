@@ -14,8 +14,15 @@ export default class SnapshotList extends MachineCommand<typeof SnapshotList> {
     for (const {machine, snapshots} of results) {
       if (snapshots.length === 0) this.log(`${machine}: no snapshots`)
       for (const s of snapshots) {
-        const size = [s.diskBytes === undefined ? undefined : `disk ${formatBytes(s.diskBytes)}`, s.stateBytes === undefined ? undefined : `state ${formatBytes(s.stateBytes)}`].filter(Boolean).join(', ')
-        this.log(`${machine}: ${s.name}${s.current ? ' (current)' : ''}  ${s.kind}  ${s.createdAt}${s.parent ? `  on ${s.parent}` : ''}${size ? `  ${size}` : ''}`)
+        const size = [
+          s.diskBytes === undefined ? undefined : `disk ${formatBytes(s.diskBytes)}`,
+          s.stateBytes === undefined ? undefined : `state ${formatBytes(s.stateBytes)}`,
+        ]
+          .filter(Boolean)
+          .join(', ')
+        this.log(
+          `${machine}: ${s.name}${s.current ? ' (current)' : ''}  ${s.kind}  ${s.createdAt}${s.parent ? `  on ${s.parent}` : ''}${size ? `  ${size}` : ''}`,
+        )
       }
     }
     return results

@@ -9,7 +9,11 @@ export default class SnapshotPop extends MachineCommand<typeof SnapshotPop> {
     const {machines, context} = await this.project()
     const results: RestoredSnapshot[] = []
     for (const machine of machines) results.push(await popSnapshot(context, machine))
-    if (!this.jsonEnabled()) for (const r of results) this.log(`${r.machine}: popped snapshot "${r.name}"${r.running ? `, running (ssh on 127.0.0.1:${r.sshPort})` : ', halted'}`)
+    if (!this.jsonEnabled())
+      for (const r of results)
+        this.log(
+          `${r.machine}: popped snapshot "${r.name}"${r.running ? `, running (ssh on 127.0.0.1:${r.sshPort})` : ', halted'}`,
+        )
     return results
   }
 }

@@ -9,7 +9,21 @@
  */
 import {createHash} from 'node:crypto'
 import {closeSync, createReadStream, createWriteStream, openSync} from 'node:fs'
-import {link, lstat, mkdir, open, readdir, readFile, rename, rm, stat, statfs, symlink, unlink, type FileHandle} from 'node:fs/promises'
+import {
+  link,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  statfs,
+  symlink,
+  unlink,
+  type FileHandle,
+} from 'node:fs/promises'
 import {dirname, isAbsolute, join, posix, relative, resolve, sep} from 'node:path'
 import {PassThrough, Transform, type Duplex} from 'node:stream'
 import {pipeline} from 'node:stream/promises'
@@ -109,7 +123,10 @@ async function readHead(file: string): Promise<Buffer> {
 function looksLikeTarHeader(head: Buffer): boolean {
   if (head.length < 512) return false
   if (head.toString('latin1', 257, 262) === 'ustar') return true
-  const stored = head.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim()
+  const stored = head
+    .toString('latin1', 148, 156)
+    .replace(/[\0 ]+$/, '')
+    .trim()
   if (!/^[0-7]{1,8}$/.test(stored) || head[0] === 0) return false
   let sum = 8 * 0x20
   for (let i = 0; i < 512; i++) if (i < 148 || i >= 156) sum += head[i]!
@@ -117,17 +134,28 @@ function looksLikeTarHeader(head: Buffer): boolean {
 }
 
 /** What a file that is not a tar is, from its first bytes: a disk image people mistake for a box, mostly. */
-function identifyContent(head: Buffer): {what: string; image?: 'qcow2' | 'raw' | 'other'; virtualSize?: number} | undefined {
-  const at = (offset: number, text: string) => head.length >= offset + text.length && head.toString('latin1', offset, offset + text.length) === text
-  if (at(0, 'QFI\u00FB')) return {what: 'a qcow2 disk image', image: 'qcow2', virtualSize: head.length >= 32 ? Number(head.readBigUInt64BE(24)) : undefined}
+function identifyContent(
+  head: Buffer,
+): {what: string; image?: 'qcow2' | 'raw' | 'other'; virtualSize?: number} | undefined {
+  const at = (offset: number, text: string) =>
+    head.length >= offset + text.length && head.toString('latin1', offset, offset + text.length) === text
+  if (at(0, 'QFI\u00FB'))
+    return {
+      what: 'a qcow2 disk image',
+      image: 'qcow2',
+      virtualSize: head.length >= 32 ? Number(head.readBigUInt64BE(24)) : undefined,
+    }
   if (at(0, 'KDMV') || at(0, '# Disk DescriptorFile')) return {what: 'a VMDK disk image', image: 'other'}
-  if (head.length >= 68 && head.readUInt32LE(64) === 0xbeda107f) return {what: 'a VirtualBox VDI disk image', image: 'other'}
+  if (head.length >= 68 && head.readUInt32LE(64) === 0xbeda107f)
+    return {what: 'a VirtualBox VDI disk image', image: 'other'}
   if (at(0, 'vhdxfile')) return {what: 'a VHDX disk image', image: 'other'}
   if (at(0, 'conectix')) return {what: 'a VHD disk image', image: 'other'}
   if (at(32769, 'CD001')) return {what: 'an ISO 9660 image', image: 'other'}
   if (at(512, 'EFI PART')) return {what: 'a raw disk image (GPT partition table)', image: 'raw'}
-  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) return {what: 'a raw disk image (MBR boot sector)', image: 'raw'}
-  if (head.length >= 1082 && head.readUInt16LE(1080) === 0xef53) return {what: 'a raw ext2/3/4 filesystem image', image: 'raw'}
+  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa)
+    return {what: 'a raw disk image (MBR boot sector)', image: 'raw'}
+  if (head.length >= 1082 && head.readUInt16LE(1080) === 0xef53)
+    return {what: 'a raw ext2/3/4 filesystem image', image: 'raw'}
   if (head.length >= 4 && head.subarray(0, 2).equals(ZIP_MAGIC)) return {what: 'a zip archive'}
   return undefined
 }
@@ -150,13 +178,26 @@ function notABox(file: string, head: Buffer, compression: ArchiveCompression): B
     const image = compressed ? 'IMAGE' : shQuote(file)
     const suggestions =
       found.image === 'qcow2'
-        ? [`${unpack}wrap it in a box: mkdir wrap && cp ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":${gib ?? 'GiB'}}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
+        ? [
+            `${unpack}wrap it in a box: mkdir wrap && cp ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":${gib ?? 'GiB'}}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`,
+            'then: box add NAME NAME.box',
+          ]
         : found.image === 'raw'
-          ? [`${unpack}convert it and wrap it in a box: mkdir wrap && qemu-img convert -O qcow2 ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":GiB}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`, 'then: box add NAME NAME.box']
-          : [`${unpack}convert it to qcow2 (qemu-img convert -O qcow2 ${image} box.img) and wrap it with a metadata.json ({"provider":"libvirt","format":"qcow2"}) in a tar`]
-    return new BoxError(`${file} is ${article}${what}, not a box: a .box is a tar archive holding metadata.json and the disk image (box does not take bare disk images)`, {exitCode: ExitCode.USAGE, suggestions})
+          ? [
+              `${unpack}convert it and wrap it in a box: mkdir wrap && qemu-img convert -O qcow2 ${image} wrap/box.img && echo '{"provider":"libvirt","format":"qcow2","virtual_size":GiB}' > wrap/metadata.json && tar -czf NAME.box -C wrap metadata.json box.img`,
+              'then: box add NAME NAME.box',
+            ]
+          : [
+              `${unpack}convert it to qcow2 (qemu-img convert -O qcow2 ${image} box.img) and wrap it with a metadata.json ({"provider":"libvirt","format":"qcow2"}) in a tar`,
+            ]
+    return new BoxError(
+      `${file} is ${article}${what}, not a box: a .box is a tar archive holding metadata.json and the disk image (box does not take bare disk images)`,
+      {exitCode: ExitCode.USAGE, suggestions},
+    )
   }
-  const inside = compressed ? `its ${compression} stream holds no tar archive` : 'expected a tar archive (plain or compressed with gzip, bzip2, xz or zstd)'
+  const inside = compressed
+    ? `its ${compression} stream holds no tar archive`
+    : 'expected a tar archive (plain or compressed with gzip, bzip2, xz or zstd)'
   return new BoxError(`${file} is not a box: ${inside}`, {exitCode: ExitCode.USAGE})
 }
 
@@ -193,7 +234,9 @@ export async function writeBoxArchive(options: WriteBoxArchiveOptions): Promise<
       signal?.throwIfAborted()
       const header = {name: file.name, mode: file.mode, mtime: file.mtime}
       if (file.type === 'directory') {
-        await new Promise<void>((done, fail) => pack.entry({...header, type: 'directory'}, (error) => (error ? fail(error) : done())))
+        await new Promise<void>((done, fail) =>
+          pack.entry({...header, type: 'directory'}, (error) => (error ? fail(error) : done())),
+        )
         continue
       }
       const entry = pack.entry({...header, type: 'file', size: file.size})
@@ -204,7 +247,9 @@ export async function writeBoxArchive(options: WriteBoxArchiveOptions): Promise<
           callback(null, chunk)
         },
       })
-      await pipeline(createReadStream(join(sourceDir, file.name), {highWaterMark: READ_CHUNK}), counter, entry, {signal})
+      await pipeline(createReadStream(join(sourceDir, file.name), {highWaterMark: READ_CHUNK}), counter, entry, {
+        signal,
+      })
     }
     pack.finalize()
   })()
@@ -252,7 +297,11 @@ export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Prom
         signal,
         reserve: (bytes) => {
           if (bytes > freeBytes) {
-            throw refuseEntry(entry!.name, `it would write ${formatBytes(bytes)} (${bytes} bytes), more than the ${formatBytes(freeBytes)} left free in ${dest} (a tar bomb, or a box too big for this disk)`, 'free some space, or check where the box came from')
+            throw refuseEntry(
+              entry!.name,
+              `it would write ${formatBytes(bytes)} (${bytes} bytes), more than the ${formatBytes(freeBytes)} left free in ${dest} (a tar bomb, or a box too big for this disk)`,
+              'free some space, or check where the box came from',
+            )
           }
           freeBytes -= bytes
         },
@@ -278,7 +327,11 @@ export async function extractBoxArchive(options: ExtractBoxArchiveOptions): Prom
 export async function readArchiveFile(
   file: string,
   name: string,
-  options: {maxBytes?: number; signal?: AbortSignal; /** Give up (undefined) after this many entries: a cheap peek. */ maxEntries?: number} = {},
+  options: {
+    maxBytes?: number
+    signal?: AbortSignal
+    /** Give up (undefined) after this many entries: a cheap peek. */ maxEntries?: number
+  } = {},
 ): Promise<Buffer | undefined> {
   const maxBytes = options.maxBytes ?? 16 * 1024 * 1024
   const maxEntries = options.maxEntries ?? Number.POSITIVE_INFINITY
@@ -294,7 +347,8 @@ export async function readArchiveFile(
     for (let entry = await reader.next(); entry !== undefined; entry = await reader.next()) {
       options.signal?.throwIfAborted()
       if (normaliseEntryName(entry.name) === wanted && entry.type === 'file') {
-        if (entry.size > maxBytes) throw new BoxError(`${name} in ${file} is larger than ${maxBytes} bytes`, {exitCode: ExitCode.USAGE})
+        if (entry.size > maxBytes)
+          throw new BoxError(`${name} in ${file} is larger than ${maxBytes} bytes`, {exitCode: ExitCode.USAGE})
         // A sparse entry's holes read as zeros.
         const content = Buffer.alloc(entry.size)
         for await (const {position, chunk} of reader.data()) chunk.copy(content, position)
@@ -340,7 +394,9 @@ async function settleTogether(jobs: Array<Promise<unknown>>, destroyAll: () => v
       throw error
     }),
   )
-  const errors = (await Promise.allSettled(watched)).flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []))
+  const errors = (await Promise.allSettled(watched)).flatMap((result) =>
+    result.status === 'rejected' ? [result.reason as unknown] : [],
+  )
   if (errors.length > 0) throw errors.find((error) => error instanceof BoxError) ?? errors[0]
 }
 
@@ -360,7 +416,10 @@ async function listSourceFiles(sourceDir: string, entries: string[]): Promise<So
   const files: SourceFile[] = []
   const visit = async (name: string): Promise<void> => {
     const normalised = normaliseEntryName(name)
-    if (!isSafeRelativeName(normalised)) throw new BoxError(`cannot add ${JSON.stringify(name)} to a box: entries must be relative paths inside ${sourceDir}`)
+    if (!isSafeRelativeName(normalised))
+      throw new BoxError(
+        `cannot add ${JSON.stringify(name)} to a box: entries must be relative paths inside ${sourceDir}`,
+      )
     const path = join(sourceDir, normalised)
     let info
     try {
@@ -421,7 +480,11 @@ const DECOMPRESSORS: Record<'zstd' | 'xz' | 'bzip2', {command: string; args: str
  * through us); either way decompression runs beside the extraction, not in turn.
  * `onRead` counts the file's (compressed) bytes, for progress.
  */
-function openDecompressed(file: string, compression: ArchiveCompression, onRead?: (bytes: number) => void): DecompressedInput {
+function openDecompressed(
+  file: string,
+  compression: ArchiveCompression,
+  onRead?: (bytes: number) => void,
+): DecompressedInput {
   if (compression === 'none' || compression === 'gzip') {
     const input = createReadStream(file, {highWaterMark: READ_CHUNK})
     let bytesRead = 0
@@ -449,9 +512,19 @@ function openDecompressed(file: string, compression: ArchiveCompression, onRead?
     throw fileError(file, error)
   }
   // execa's types list only small descriptor numbers; any open descriptor is passed on as it is.
-  const subprocess = spawn(command, args, {stdin: descriptor as 3, stdout: 'pipe', stderr: 'pipe', buffer: {stdout: false, stderr: true}})
+  const subprocess = spawn(command, args, {
+    stdin: descriptor as 3,
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: {stdout: false, stderr: true},
+  })
   // The program shares our descriptor's offset: how far it has read is our progress.
-  const poll = onRead && setInterval(() => void readOffset(descriptor).then((offset) => offset !== undefined && onRead(offset)), PROGRESS_POLL_MS)
+  const poll =
+    onRead &&
+    setInterval(
+      () => void readOffset(descriptor).then((offset) => offset !== undefined && onRead(offset)),
+      PROGRESS_POLL_MS,
+    )
   let processError: unknown
   const finished = subprocess.then(
     () => undefined,
@@ -474,7 +547,8 @@ function openDecompressed(file: string, compression: ArchiveCompression, onRead?
       stdout.destroy()
       subprocess.kill()
     },
-    processError: () => (processError === undefined ? undefined : toBoxError(command, args, processError, `decompressing (${command})`)),
+    processError: () =>
+      processError === undefined ? undefined : toBoxError(command, args, processError, `decompressing (${command})`),
   }
 }
 
@@ -492,7 +566,12 @@ function zlibStage(stream: Duplex): StreamStage {
 }
 
 function zstdStage(args: string[]): StreamStage {
-  const subprocess = spawn('zstd', args, {stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', buffer: {stdout: false, stderr: true}})
+  const subprocess = spawn('zstd', args, {
+    stdin: 'pipe',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    buffer: {stdout: false, stderr: true},
+  })
   let processError: unknown
   const finished = subprocess.then(
     () => undefined,
@@ -514,8 +593,15 @@ function zstdStage(args: string[]): StreamStage {
 // Extraction: every check happens before the entry touches the disk.
 
 /** Refusing an entry: an honest tar program never writes such a thing. */
-function refuseEntry(rawName: string, why: string, suggestion = 'no tar program writes such an entry: get the box from a source you trust'): BoxError {
-  return new BoxError(`refusing to extract entry ${JSON.stringify(rawName)}: ${why}`, {exitCode: ExitCode.FAILURE, suggestions: [suggestion]})
+function refuseEntry(
+  rawName: string,
+  why: string,
+  suggestion = 'no tar program writes such an entry: get the box from a source you trust',
+): BoxError {
+  return new BoxError(`refusing to extract entry ${JSON.stringify(rawName)}: ${why}`, {
+    exitCode: ExitCode.FAILURE,
+    suggestions: [suggestion],
+  })
 }
 
 interface WriteEntryContext {
@@ -524,7 +610,12 @@ interface WriteEntryContext {
   reserve: (bytes: number) => void
 }
 
-async function writeEntry(dest: string, entry: TarEntry, reader: TarReader, context: WriteEntryContext): Promise<string | undefined> {
+async function writeEntry(
+  dest: string,
+  entry: TarEntry,
+  reader: TarReader,
+  context: WriteEntryContext,
+): Promise<string | undefined> {
   const rawName = entry.name
   const name = normaliseEntryName(rawName)
   const refuse = (why: string): never => {
@@ -540,7 +631,10 @@ async function writeEntry(dest: string, entry: TarEntry, reader: TarReader, cont
 
   switch (entry.type) {
     case 'file': {
-      if (entry.size > MAX_FILE_SIZE) refuse(`it declares a size of ${formatBytes(entry.size)}, more than any disk image box takes (${formatBytes(MAX_FILE_SIZE)}): a tar bomb`)
+      if (entry.size > MAX_FILE_SIZE)
+        refuse(
+          `it declares a size of ${formatBytes(entry.size)}, more than any disk image box takes (${formatBytes(MAX_FILE_SIZE)}): a tar bomb`,
+        )
       context.reserve(entry.dataSize)
       await assertNoLinkInParents(dest, target, refuse)
       await prepareParent(dest, target)
@@ -570,8 +664,10 @@ async function writeEntry(dest: string, entry: TarEntry, reader: TarReader, cont
       const parts = linkname.split('/').filter((part) => part !== '' && part !== '.')
       // ".." only at the start: then it climbs real directories (no links in our own path), never through another link.
       const firstDown = parts.findIndex((part) => part !== '..')
-      if (firstDown !== -1 && parts.slice(firstDown).includes('..')) refuse(`symlink target ${linkname} has ".." after a path component`)
-      if (!isInside(dest, resolve(dirname(target), linkname), true)) refuse(`symlink to ${linkname} leads outside the destination`)
+      if (firstDown !== -1 && parts.slice(firstDown).includes('..'))
+        refuse(`symlink target ${linkname} has ".." after a path component`)
+      if (!isInside(dest, resolve(dirname(target), linkname), true))
+        refuse(`symlink to ${linkname} leads outside the destination`)
       await assertNoLinkInParents(dest, target, refuse)
       await prepareParent(dest, target)
       await removeExisting(target)
@@ -581,7 +677,8 @@ async function writeEntry(dest: string, entry: TarEntry, reader: TarReader, cont
     case 'link': {
       // A hard link's target is relative to the archive root, like entry names.
       const linkname = entry.linkname
-      if (linkname === '' || isAbsolute(linkname) || linkname.split('/').includes('..')) refuse(`hard link to ${JSON.stringify(linkname)} leads outside the destination`)
+      if (linkname === '' || isAbsolute(linkname) || linkname.split('/').includes('..'))
+        refuse(`hard link to ${JSON.stringify(linkname)} leads outside the destination`)
       const linkTarget = join(dest, ...normaliseEntryName(linkname).split('/'))
       if (!isInside(dest, linkTarget)) refuse(`hard link to ${linkname} leads outside the destination`)
       await assertNoLinkInParents(dest, linkTarget, refuse)
@@ -745,11 +842,21 @@ function fileError(file: string, error: unknown): BoxError {
   return new BoxError(`cannot read ${file}: ${(error as Error).message}`, {cause: error})
 }
 
-function archiveError(error: unknown, signal: AbortSignal | undefined, doing: string, stage: {processError?: () => unknown}, source?: {file: string; compression: ArchiveCompression}): unknown {
-  if (signal?.aborted) return signal.reason instanceof BoxError ? signal.reason : new BoxError(`${doing} was interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
+function archiveError(
+  error: unknown,
+  signal: AbortSignal | undefined,
+  doing: string,
+  stage: {processError?: () => unknown},
+  source?: {file: string; compression: ArchiveCompression},
+): unknown {
+  if (signal?.aborted)
+    return signal.reason instanceof BoxError
+      ? signal.reason
+      : new BoxError(`${doing} was interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
   const processError = stage.processError?.()
   // The decompressor missing: the exec wrapper's error names the package to install.
-  if (processError instanceof BoxError && (processError.cause as {code?: string} | undefined)?.code === 'ENOENT') return processError
+  if (processError instanceof BoxError && (processError.cause as {code?: string} | undefined)?.code === 'ENOENT')
+    return processError
   // The data ended early or was no tar because the decompressor failed: it says why.
   if (processError instanceof BoxError && (error instanceof NotATarError || error instanceof TruncatedArchiveError)) {
     return new BoxError(`${doing} failed: its ${source?.compression ?? 'compressed'} data is damaged or cut short`, {
@@ -759,7 +866,11 @@ function archiveError(error: unknown, signal: AbortSignal | undefined, doing: st
     })
   }
   if (error instanceof NotATarError && source) return notABox(source.file, error.head, source.compression)
-  if (error instanceof TruncatedArchiveError) return new TruncatedArchiveError(`${doing} failed: ${error.message}`, {cause: error, suggestions: error.suggestions})
+  if (error instanceof TruncatedArchiveError)
+    return new TruncatedArchiveError(`${doing} failed: ${error.message}`, {
+      cause: error,
+      suggestions: error.suggestions,
+    })
   if (error instanceof BoxError) return error
   const code = (error as {code?: string}).code
   if (code === 'ENOSPC') return new BoxError(`${doing} failed: no space left on the device`, {cause: error})
@@ -767,6 +878,10 @@ function archiveError(error: unknown, signal: AbortSignal | undefined, doing: st
   return new BoxError(`${doing} failed: ${message}`, {
     cause: error,
     detail: processError instanceof BoxError ? processError.detail : undefined,
-    suggestions: /unexpected end|premature|truncated|incorrect header|invalid tar|unknown format|invalid|check/i.test(message) ? ['the archive looks truncated or damaged: get it again'] : [],
+    suggestions: /unexpected end|premature|truncated|incorrect header|invalid tar|unknown format|invalid|check/i.test(
+      message,
+    )
+      ? ['the archive looks truncated or damaged: get it again']
+      : [],
   })
 }

@@ -21,8 +21,18 @@ export function imageRangeSpec(image: string, format: string, offset: number, si
 }
 
 /** Copy a byte range of a disk image into a raw file (sparse: zero blocks stay holes). */
-export async function copyImageRange(image: string, format: string, offset: number, size: number, dest: string, signal?: AbortSignal): Promise<void> {
-  await run('qemu-img', ['convert', '-O', 'raw', imageRangeSpec(image, format, offset, size), dest], {purpose: 'reading the disk image', cancelSignal: signal})
+export async function copyImageRange(
+  image: string,
+  format: string,
+  offset: number,
+  size: number,
+  dest: string,
+  signal?: AbortSignal,
+): Promise<void> {
+  await run('qemu-img', ['convert', '-O', 'raw', imageRangeSpec(image, format, offset, size), dest], {
+    purpose: 'reading the disk image',
+    cancelSignal: signal,
+  })
 }
 
 /** Read a small byte range of a disk image into memory. */
@@ -88,7 +98,7 @@ export function parsePvLabel(head: Buffer): PhysicalVolumeLabel | undefined {
     let at = pvHeader + 40
     const readList = () => {
       const list: Array<{offset: number; size: number}> = []
-      for (; at + 16 <= head.length; ) {
+      for (; at + 16 <= head.length;) {
         const offset = Number(head.readBigUInt64LE(at))
         const size = Number(head.readBigUInt64LE(at + 8))
         at += 16
@@ -114,7 +124,10 @@ export function metadataTextFromArea(area: Buffer): string | undefined {
   const length = Number(area.readBigUInt64LE(48))
   if (offset === 0 || length === 0) return undefined
   const end = offset + length
-  const text = end <= size ? area.subarray(offset, end) : Buffer.concat([area.subarray(offset, size), area.subarray(SECTOR, SECTOR + end - size)])
+  const text =
+    end <= size
+      ? area.subarray(offset, end)
+      : Buffer.concat([area.subarray(offset, size), area.subarray(SECTOR, SECTOR + end - size)])
   return text.toString('utf8').replace(/\0+$/, '')
 }
 
@@ -171,7 +184,12 @@ export interface ExtentRange {
  * its linear/striped segments (for a classic snapshot, the LV named as the snapshot holds
  * the copy-on-write store). Undefined when the VG or LV is not in the metadata.
  */
-export function lvRangesOnPv(metadata: LvmSection, vgName: string, lvName: string, pvUuid: string): ExtentRange[] | undefined {
+export function lvRangesOnPv(
+  metadata: LvmSection,
+  vgName: string,
+  lvName: string,
+  pvUuid: string,
+): ExtentRange[] | undefined {
   const vg = metadata[vgName]
   if (!isSection(vg)) return undefined
   const extentBytes = Number(vg.extent_size) * SECTOR
@@ -189,7 +207,10 @@ export function lvRangesOnPv(metadata: LvmSection, vgName: string, lvName: strin
     const extentsPerStripe = Number(segment.extent_count) / stripeCount
     for (let i = 0; i < segment.stripes.length; i += 2) {
       if (segment.stripes[i] !== pvKey) continue
-      ranges.push({offset: peStart + Number(segment.stripes[i + 1]) * extentBytes, size: extentsPerStripe * extentBytes})
+      ranges.push({
+        offset: peStart + Number(segment.stripes[i + 1]) * extentBytes,
+        size: extentsPerStripe * extentBytes,
+      })
     }
   }
   return ranges
@@ -242,7 +263,10 @@ export async function zeroImageRanges(image: string, ranges: ExtentRange[]): Pro
   if (commands.length === 0) return
   const result = await run('qemu-io', ['-f', 'qcow2', ...commands, image], {purpose: 'dropping the snapshot area'})
   // qemu-io reports a failed request on its output but still exits 0.
-  if (/failed/i.test(`${result.stdout}\n${result.stderr}`)) throw new BoxError(`dropping the snapshot area of ${image} failed`, {detail: `${result.stdout}\n${result.stderr}`.trim()})
+  if (/failed/i.test(`${result.stdout}\n${result.stderr}`))
+    throw new BoxError(`dropping the snapshot area of ${image} failed`, {
+      detail: `${result.stdout}\n${result.stderr}`.trim(),
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -271,10 +295,14 @@ export async function dumpExtFile(fsImage: string, path: string, destDir: string
   assertDebugfsWord(path)
   assertDebugfsWord(destName)
   // The destination is named relative to cwd: the directory's own path may hold any character.
-  await run('debugfs', ['-R', `dump ${path} ${destName}`, fsImage], {cwd: destDir, purpose: `copying ${path} out of the disk image`})
+  await run('debugfs', ['-R', `dump ${path} ${destName}`, fsImage], {
+    cwd: destDir,
+    purpose: `copying ${path} out of the disk image`,
+  })
 }
 
 /** debugfs splits its request on spaces: only plain names go into one. */
 function assertDebugfsWord(word: string): void {
-  if (!/^[A-Za-z0-9._+/-]+$/.test(word)) throw new BoxError(`cannot read ${JSON.stringify(word)} with debugfs: unusual characters in the name`)
+  if (!/^[A-Za-z0-9._+/-]+$/.test(word))
+    throw new BoxError(`cannot read ${JSON.stringify(word)} with debugfs: unusual characters in the name`)
 }

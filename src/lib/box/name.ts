@@ -12,7 +12,8 @@ export const SLASH_ESCAPE = '-VAGRANTSLASH-'
 export function boxNameProblem(name: string): string | undefined {
   if (!name) return 'it is empty'
   if (!NAME_PATTERN.test(name)) return 'only letters, digits and . _ - / are allowed'
-  if (name.split('/').some((part) => part === '' || part === '.' || part === '..')) return 'it must not start or end with "/" or contain "//", "." or ".." segments'
+  if (name.split('/').some((part) => part === '' || part === '.' || part === '..'))
+    return 'it must not start or end with "/" or contain "//", "." or ".." segments'
   if (name.startsWith('.') || name.startsWith('-')) return 'it must not start with "." or "-"'
   if (name.includes(SLASH_ESCAPE)) return `it must not contain ${SLASH_ESCAPE}`
   return undefined

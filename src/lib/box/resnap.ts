@@ -23,7 +23,14 @@ export interface BootChoice {
  */
 export function kernelCommandLine(lvm: LvmLayout, choice: BootChoice, extraArgs = ''): string {
   const root = mapperPath(lvm.vg, choice.base ? lvm.root : lvm.snapshot)
-  const args = [`root=${root}`, 'ro', `volgroup=${lvm.vg}`, `lvroot=${lvm.root}`, `lvsnap=${lvm.snapshot}`, `lvsize=${lvm.snapshot_size}`]
+  const args = [
+    `root=${root}`,
+    'ro',
+    `volgroup=${lvm.vg}`,
+    `lvroot=${lvm.root}`,
+    `lvsnap=${lvm.snapshot}`,
+    `lvsize=${lvm.snapshot_size}`,
+  ]
   if (choice.resnap && !choice.base) args.push('resnap')
   if (extraArgs.trim()) args.push(extraArgs.trim())
   return args.join(' ')

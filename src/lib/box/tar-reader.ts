@@ -90,7 +90,11 @@ const TYPES: Record<string, TarEntryType> = {
 }
 
 /** Everything the reader refuses is a BoxError; `entry` is named when one is concerned. */
-function refuse(entry: string | undefined, why: string, suggestion = 'the box is damaged: get it again (or from a source you trust)'): BoxError {
+function refuse(
+  entry: string | undefined,
+  why: string,
+  suggestion = 'the box is damaged: get it again (or from a source you trust)',
+): BoxError {
   const subject = entry === undefined ? 'refusing the archive' : `refusing to extract entry ${JSON.stringify(entry)}`
   return new BoxError(`${subject}: ${why}`, {exitCode: ExitCode.FAILURE, suggestions: [suggestion]})
 }
@@ -172,7 +176,10 @@ export class TarReader {
   private finished = false
 
   constructor(chunks: AsyncIterable<Buffer> | AsyncIterator<Buffer>) {
-    const iterator = Symbol.asyncIterator in chunks ? (chunks as AsyncIterable<Buffer>)[Symbol.asyncIterator]() : (chunks as AsyncIterator<Buffer>)
+    const iterator =
+      Symbol.asyncIterator in chunks
+        ? (chunks as AsyncIterable<Buffer>)[Symbol.asyncIterator]()
+        : (chunks as AsyncIterator<Buffer>)
     this.source = new ByteSource(iterator)
   }
 
@@ -201,7 +208,8 @@ export class TarReader {
       }
       if (isZeroBlock(block)) {
         if (!this.sawHeader) throw new NotATarError(block)
-        if (longName || longLink || pax) throw refuse(longName ?? pax?.values.get('path'), 'the archive ends right after its extended header')
+        if (longName || longLink || pax)
+          throw refuse(longName ?? pax?.values.get('path'), 'the archive ends right after its extended header')
         this.finished = true
         return undefined
       }
@@ -219,13 +227,21 @@ export class TarReader {
           pax = parsePax(await this.readExtension(size, MAX_PAX_HEADER, headerName, 'PAX extended header'), headerName)
           continue
         case 'g':
-          for (const [key, value] of parsePax(await this.readExtension(size, MAX_PAX_HEADER, headerName, 'PAX global header'), headerName).values) this.global.set(key, value)
+          for (const [key, value] of parsePax(
+            await this.readExtension(size, MAX_PAX_HEADER, headerName, 'PAX global header'),
+            headerName,
+          ).values)
+            this.global.set(key, value)
           continue
         case 'L':
           longName = readString(await this.readExtension(size, MAX_LONG_NAME, headerName, 'GNU long name'), 0, size)
           continue
         case 'K':
-          longLink = readString(await this.readExtension(size, MAX_LONG_NAME, headerName, 'GNU long link name'), 0, size)
+          longLink = readString(
+            await this.readExtension(size, MAX_LONG_NAME, headerName, 'GNU long link name'),
+            0,
+            size,
+          )
           continue
         case 'V': // a volume label (tar --label): not a file
           await this.skipData(size, headerName)
@@ -285,7 +301,14 @@ export class TarReader {
     if ((await this.source.skip(total)) < total) throw truncated(name)
   }
 
-  private async buildEntry(block: Buffer, typeflag: string, headerSize: number, longName: string | undefined, longLink: string | undefined, pax: PaxRecords | undefined): Promise<TarEntry> {
+  private async buildEntry(
+    block: Buffer,
+    typeflag: string,
+    headerSize: number,
+    longName: string | undefined,
+    longLink: string | undefined,
+    pax: PaxRecords | undefined,
+  ): Promise<TarEntry> {
     const values = new Map(this.global)
     for (const [key, value] of pax?.values ?? []) values.set(key, value)
     const magic = block.toString('latin1', 257, 263)
@@ -296,11 +319,17 @@ export class TarReader {
     const linkname = values.get('linkpath') ?? longLink ?? readString(block, 157, 100)
     const storedSize = values.has('size') ? paxNumber(values.get('size')!, name, 'size') : headerSize
     const mode = readNumber(block, 100, 8, name, 'mode') & 0o7777
-    const mtimeSeconds = values.has('mtime') ? Number.parseFloat(values.get('mtime')!) : readNumber(block, 136, 12, name, 'mtime')
+    const mtimeSeconds = values.has('mtime')
+      ? Number.parseFloat(values.get('mtime')!)
+      : readNumber(block, 136, 12, name, 'mtime')
     const type = TYPES[typeflag]
     if (type === undefined) {
       await this.skipData(storedSize, name)
-      throw refuse(name, `it has tar entry type ${JSON.stringify(typeflag)}, which is not a file, directory or link (${describeTypeflag(typeflag)})`, 'repack the box with GNU tar or bsdtar, keeping only files, directories and links')
+      throw refuse(
+        name,
+        `it has tar entry type ${JSON.stringify(typeflag)}, which is not a file, directory or link (${describeTypeflag(typeflag)})`,
+        'repack the box with GNU tar or bsdtar, keeping only files, directories and links',
+      )
     }
     const entry: TarEntry = {
       name,
@@ -318,22 +347,40 @@ export class TarReader {
       const sparse = await this.readOldGnuSparse(block, name)
       entry.sparse = sparse.map
       entry.size = sparse.realSize
-    } else if (values.has('GNU.sparse.major') || values.has('GNU.sparse.map') || values.has('GNU.sparse.size') || (pax?.sparsePairs.length ?? 0) > 0) {
+    } else if (
+      values.has('GNU.sparse.major') ||
+      values.has('GNU.sparse.map') ||
+      values.has('GNU.sparse.size') ||
+      (pax?.sparsePairs.length ?? 0) > 0
+    ) {
       const major = values.get('GNU.sparse.major')
       const minor = values.get('GNU.sparse.minor')
       if (major !== undefined && !(major === '1' && minor === '0')) {
-        throw refuse(name, `it is a GNU sparse ${major}.${minor ?? '?'} entry, a format no GNU tar writes (known: 0.0, 0.1, 1.0)`)
+        throw refuse(
+          name,
+          `it is a GNU sparse ${major}.${minor ?? '?'} entry, a format no GNU tar writes (known: 0.0, 0.1, 1.0)`,
+        )
       }
       if (type !== 'file') throw refuse(name, `a ${type} entry cannot carry a sparse map`)
       if (major === '1') {
-        const realSize = paxNumber(values.get('GNU.sparse.realsize') ?? missing(name, 'GNU.sparse.realsize'), name, 'GNU.sparse.realsize')
+        const realSize = paxNumber(
+          values.get('GNU.sparse.realsize') ?? missing(name, 'GNU.sparse.realsize'),
+          name,
+          'GNU.sparse.realsize',
+        )
         const {map, bytes} = await this.readSparse10Map(storedSize, name)
         entry.sparse = map
         entry.size = realSize
         mapBytes = bytes
       } else {
-        const realSize = paxNumber(values.get('GNU.sparse.size') ?? values.get('GNU.sparse.realsize') ?? missing(name, 'GNU.sparse.size'), name, 'GNU.sparse.size')
-        const map = values.has('GNU.sparse.map') ? parseSparse01Map(values.get('GNU.sparse.map')!, name) : sparse00Map(pax?.sparsePairs ?? [], name)
+        const realSize = paxNumber(
+          values.get('GNU.sparse.size') ?? values.get('GNU.sparse.realsize') ?? missing(name, 'GNU.sparse.size'),
+          name,
+          'GNU.sparse.size',
+        )
+        const map = values.has('GNU.sparse.map')
+          ? parseSparse01Map(values.get('GNU.sparse.map')!, name)
+          : sparse00Map(pax?.sparsePairs ?? [], name)
         const declared = values.get('GNU.sparse.numblocks')
         if (declared !== undefined && paxNumber(declared, name, 'GNU.sparse.numblocks') !== map.offsets.length) {
           throw refuse(name, `its sparse map announces ${declared} segments but lists ${map.offsets.length}`)
@@ -392,11 +439,15 @@ export class TarReader {
         if (newline !== -1) {
           const line = text.slice(0, newline)
           text = text.slice(newline + 1)
-          if (!/^\d{1,16}$/.test(line)) throw refuse(name, `its sparse map has ${JSON.stringify(line.slice(0, 40))} where a number (${what}) belongs`)
+          if (!/^\d{1,16}$/.test(line))
+            throw refuse(
+              name,
+              `its sparse map has ${JSON.stringify(line.slice(0, 40))} where a number (${what}) belongs`,
+            )
           return paxNumber(line, name, what)
         }
         if (text.length > 40) throw refuse(name, `its sparse map has a line longer than any number (${what})`)
-        if (consumed >= storedSize) throw refuse(name, 'its sparse map runs past the entry\'s data')
+        if (consumed >= storedSize) throw refuse(name, "its sparse map runs past the entry's data")
         const block = await this.source.readExact(BLOCK)
         if (block.length < BLOCK) throw truncated(name)
         consumed += BLOCK
@@ -406,7 +457,11 @@ export class TarReader {
     const count = await nextNumber('the segment count')
     if (count > MAX_SPARSE_SEGMENTS) throw tooManySegments(name, String(count))
     // Every segment takes at least four bytes of map ("0\n0\n"), and the map lives in the stored data.
-    if (count * 4 > storedSize) throw refuse(name, `its sparse map announces ${count} segments, more than its ${storedSize} stored bytes can hold`)
+    if (count * 4 > storedSize)
+      throw refuse(
+        name,
+        `its sparse map announces ${count} segments, more than its ${storedSize} stored bytes can hold`,
+      )
     for (let i = 0; i < count; i++) {
       map.offsets.push(await nextNumber('a segment offset'))
       map.lengths.push(await nextNumber('a segment length'))
@@ -424,17 +479,33 @@ function validateSparseMap(map: SparseMap, realSize: number, dataBytes: number, 
   for (let i = 0; i < offsets.length; i++) {
     const offset = offsets[i]!
     const length = lengths[i]!
-    if (i > 0 && offset < offsets[i - 1]!) throw refuse(name, `its sparse map is out of order (segment ${i + 1} at ${offset} comes after one at ${offsets[i - 1]})`)
-    if (offset < end) throw refuse(name, `its sparse map overlaps itself (segment ${i + 1} at ${offset} starts before the previous one ends at ${end})`)
-    if (offset + length > realSize) throw refuse(name, `its sparse map runs past the entry's real size (segment ${i + 1} ends at ${offset + length}, the file is ${realSize} bytes)`)
+    if (i > 0 && offset < offsets[i - 1]!)
+      throw refuse(
+        name,
+        `its sparse map is out of order (segment ${i + 1} at ${offset} comes after one at ${offsets[i - 1]})`,
+      )
+    if (offset < end)
+      throw refuse(
+        name,
+        `its sparse map overlaps itself (segment ${i + 1} at ${offset} starts before the previous one ends at ${end})`,
+      )
+    if (offset + length > realSize)
+      throw refuse(
+        name,
+        `its sparse map runs past the entry's real size (segment ${i + 1} ends at ${offset + length}, the file is ${realSize} bytes)`,
+      )
     end = offset + length
     total += length
   }
-  if (total !== dataBytes) throw refuse(name, `its sparse map describes ${total} bytes of data but the entry stores ${dataBytes}`)
+  if (total !== dataBytes)
+    throw refuse(name, `its sparse map describes ${total} bytes of data but the entry stores ${dataBytes}`)
 }
 
 function tooManySegments(name: string, count: string): BoxError {
-  return refuse(name, `its sparse map has ${count} segments, more than the ${MAX_SPARSE_SEGMENTS} box accepts (no disk image needs that many)`)
+  return refuse(
+    name,
+    `its sparse map has ${count} segments, more than the ${MAX_SPARSE_SEGMENTS} box accepts (no disk image needs that many)`,
+  )
 }
 
 function parseSparse01Map(text: string, name: string): SparseMap {
@@ -454,7 +525,8 @@ function sparse00Map(pairs: Array<['offset' | 'numbytes', string]>, name: string
   for (let i = 0; i < pairs.length; i += 2) {
     const [offsetKey, offset] = pairs[i]!
     const [lengthKey, length] = pairs[i + 1] ?? ['offset', '']
-    if (offsetKey !== 'offset' || lengthKey !== 'numbytes') throw refuse(name, 'its GNU.sparse.offset/GNU.sparse.numbytes records do not come in pairs')
+    if (offsetKey !== 'offset' || lengthKey !== 'numbytes')
+      throw refuse(name, 'its GNU.sparse.offset/GNU.sparse.numbytes records do not come in pairs')
     map.offsets.push(paxNumber(offset, name, 'GNU.sparse.offset'))
     map.lengths.push(paxNumber(length, name, 'GNU.sparse.numbytes'))
   }
@@ -469,7 +541,12 @@ function parsePax(data: Buffer, name: string): PaxRecords {
     if (data[at] === 0) break // padding some writers leave
     const space = data.indexOf(0x20, at)
     const length = space === -1 ? Number.NaN : Number(data.toString('latin1', at, space))
-    if (!Number.isSafeInteger(length) || length <= space - at + 1 || at + length > data.length || data[at + length - 1] !== 0x0a) {
+    if (
+      !Number.isSafeInteger(length) ||
+      length <= space - at + 1 ||
+      at + length > data.length ||
+      data[at + length - 1] !== 0x0a
+    ) {
       throw refuse(name, 'its PAX extended header is malformed')
     }
     const record = data.toString('utf8', space + 1, at + length - 1)
@@ -478,7 +555,8 @@ function parsePax(data: Buffer, name: string): PaxRecords {
     const key = record.slice(0, equals)
     const value = record.slice(equals + 1)
     if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
-      if (records.sparsePairs.length >= 2 * MAX_SPARSE_SEGMENTS) throw tooManySegments(name, `more than ${MAX_SPARSE_SEGMENTS}`)
+      if (records.sparsePairs.length >= 2 * MAX_SPARSE_SEGMENTS)
+        throw tooManySegments(name, `more than ${MAX_SPARSE_SEGMENTS}`)
       records.sparsePairs.push([key === 'GNU.sparse.offset' ? 'offset' : 'numbytes', value])
     } else records.values.set(key, value)
     at += length
@@ -487,7 +565,8 @@ function parsePax(data: Buffer, name: string): PaxRecords {
 }
 
 function paxNumber(text: string, name: string, what: string): number {
-  if (!/^\d{1,16}$/.test(text)) throw refuse(name, `its ${what} ${JSON.stringify(text.slice(0, 40))} is not a size tar writes`)
+  if (!/^\d{1,16}$/.test(text))
+    throw refuse(name, `its ${what} ${JSON.stringify(text.slice(0, 40))} is not a size tar writes`)
   const value = Number(text)
   if (!Number.isSafeInteger(value)) throw refuse(name, `its ${what} ${text} is too large`)
   return value
@@ -529,7 +608,10 @@ function readString(block: Buffer, start: number, length: number): string {
 
 /** The sum of the header's bytes with the checksum field as spaces; historic writers summed signed bytes. */
 function checksumMatches(block: Buffer): boolean {
-  const stored = block.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim()
+  const stored = block
+    .toString('latin1', 148, 156)
+    .replace(/[\0 ]+$/, '')
+    .trim()
   if (!/^[0-7]{1,8}$/.test(stored)) return false
   const expected = Number.parseInt(stored, 8)
   let unsigned = 8 * 0x20
@@ -555,13 +637,23 @@ function padded(size: number): number {
 }
 
 function truncated(name: string | undefined): BoxError {
-  return new TruncatedArchiveError(name === undefined ? 'the archive is truncated: it ends in the middle of a header' : `the archive is truncated: it ends in the middle of entry ${JSON.stringify(name)}`, {
-    exitCode: ExitCode.FAILURE,
-    suggestions: ['the file is incomplete: download or copy it again'],
-  })
+  return new TruncatedArchiveError(
+    name === undefined
+      ? 'the archive is truncated: it ends in the middle of a header'
+      : `the archive is truncated: it ends in the middle of entry ${JSON.stringify(name)}`,
+    {
+      exitCode: ExitCode.FAILURE,
+      suggestions: ['the file is incomplete: download or copy it again'],
+    },
+  )
 }
 
 function describeTypeflag(typeflag: string): string {
-  const known: Record<string, string> = {M: 'a GNU multi-volume continuation', N: 'an old GNU long-name record', I: 'a Star inode metadata entry', E: 'a Star extended entry'}
+  const known: Record<string, string> = {
+    M: 'a GNU multi-volume continuation',
+    N: 'an old GNU long-name record',
+    I: 'a Star inode metadata entry',
+    E: 'a Star extended entry',
+  }
   return known[typeflag] ?? 'a vendor-specific extension'
 }

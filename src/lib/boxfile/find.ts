@@ -17,7 +17,8 @@ export async function findBoxfile(cwd: string, env: NodeJS.ProcessEnv = process.
   const override = env[BOXFILE_ENV]
   if (override && override.includes('/')) {
     const file = resolve(cwd, override)
-    if (!(await isFile(file))) throw new BoxError(`${BOXFILE_ENV}=${override}: no such file ${file}`, {exitCode: ExitCode.USAGE})
+    if (!(await isFile(file)))
+      throw new BoxError(`${BOXFILE_ENV}=${override}: no such file ${file}`, {exitCode: ExitCode.USAGE})
     return file
   }
   const name = override || BOXFILE_NAME
@@ -27,5 +28,7 @@ export async function findBoxfile(cwd: string, env: NodeJS.ProcessEnv = process.
     if (await isFile(candidate)) return candidate
     if (dirname(dir) === dir) break
   }
-  throw new BoxError(`no ${name} found in ${start} or its parents; create one with: box init BOX`, {exitCode: ExitCode.USAGE})
+  throw new BoxError(`no ${name} found in ${start} or its parents; create one with: box init BOX`, {
+    exitCode: ExitCode.USAGE,
+  })
 }

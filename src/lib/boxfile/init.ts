@@ -24,7 +24,10 @@ export interface NewBoxfileOptions {
 export async function renderBoxfile(options: NewBoxfileOptions, file = resolve(BOXFILE_NAME)): Promise<string> {
   const box = options.box ?? DEFAULT_INIT_BOX
   if (boxNameProblem(box) !== undefined) {
-    throw new BoxError(`invalid box name "${box}": use a name such as debian-bookworm or org/name (letters, digits, ".", "_", "-")`, {exitCode: ExitCode.USAGE})
+    throw new BoxError(
+      `invalid box name "${box}": use a name such as debian-bookworm or org/name (letters, digits, ".", "_", "-")`,
+      {exitCode: ExitCode.USAGE},
+    )
   }
   const template = await readFile(BOXFILE_TEMPLATE, 'utf8')
   const rendered = ejs.render(template, {
@@ -47,7 +50,10 @@ export async function writeNewBoxfile(file: string, options: NewBoxfileOptions &
     await writeFile(target, text, {flag: options.force ? 'w' : 'wx'})
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
-      throw new BoxError(`${target} already exists; not overwriting it`, {exitCode: ExitCode.USAGE, suggestions: ['box init --force to replace it']})
+      throw new BoxError(`${target} already exists; not overwriting it`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['box init --force to replace it'],
+      })
     }
     throw error
   }

@@ -14,8 +14,27 @@ import {stat} from 'node:fs/promises'
 
 import {exists, isDirectory, isFile} from '../core/fs.js'
 import {findBoxfile} from './find.js'
-import {BoxfileSchema, URL_SCHEME_PATTERN, type BoxfileSettings, type ForwardedPortSchema, type MachineSettings, type ProvisionerSchema, type SyncedFolderSchema} from './schema.js'
-import {CHECKSUM_DIGITS, CHECKSUM_TYPES, DEFAULT_INIT_BOX, DEFAULT_MACHINE_NAME, MACHINE_DEFAULTS, type Checksum, type Boxfile, type MachineField, type Provisioner, type ResolvedMachine} from './types.js'
+import {
+  BoxfileSchema,
+  URL_SCHEME_PATTERN,
+  type BoxfileSettings,
+  type ForwardedPortSchema,
+  type MachineSettings,
+  type ProvisionerSchema,
+  type SyncedFolderSchema,
+} from './schema.js'
+import {
+  CHECKSUM_DIGITS,
+  CHECKSUM_TYPES,
+  DEFAULT_INIT_BOX,
+  DEFAULT_MACHINE_NAME,
+  MACHINE_DEFAULTS,
+  type Checksum,
+  type Boxfile,
+  type MachineField,
+  type Provisioner,
+  type ResolvedMachine,
+} from './types.js'
 
 export interface LoadBoxfileOptions {
   /** Where to search from (default: the process's cwd). */
@@ -69,7 +88,8 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
     machineSections === undefined
       ? [{name: DEFAULT_MACHINE_NAME, path: [], settings: {}}]
       : Object.entries(machineSections).map(([name, settings]) => ({name, path: ['machines', name], settings}))
-  if (machineSections !== undefined && sections.length === 0) problem(['machines'], 'must name at least one machine (or leave out machines: for one machine named default)')
+  if (machineSections !== undefined && sections.length === 0)
+    problem(['machines'], 'must name at least one machine (or leave out machines: for one machine named default)')
   checkMachineNamesDifferInCase(sections, problem)
 
   // Items written at the top level are checked once, however many machines inherit them.
@@ -88,14 +108,28 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
     const inherited = <T>(field: 'forwarded_ports' | 'synced_folders' | 'provisioners') =>
       [
         ...((defaults[field] ?? []) as T[]).map((value, index) => ({value, path: [field, index], machine: name})),
-        ...((settings[field] ?? []) as T[]).map((value, index) => ({value, path: [...path, field, index], machine: name})),
+        ...((settings[field] ?? []) as T[]).map((value, index) => ({
+          value,
+          path: [...path, field, index],
+          machine: name,
+        })),
       ] as Array<Located<T>>
     const ports = inherited<RawPort>('forwarded_ports')
     const folders = inherited<RawFolder>('synced_folders')
     const provisioners = inherited<RawProvisioner>('provisioners')
     allPorts.push(...ports)
-    checkUnique(folders, (folder) => (folder.disabled ? undefined : folder.destination), (first) => `destination is already synced from ${loaded.where(first.path)}`, problem)
-    checkUnique(provisioners, (provisioner) => provisioner.name, (first) => `another provisioner of machine ${name} has this name (${loaded.where(first.path)})`, problem)
+    checkUnique(
+      folders,
+      (folder) => (folder.disabled ? undefined : folder.destination),
+      (first) => `destination is already synced from ${loaded.where(first.path)}`,
+      problem,
+    )
+    checkUnique(
+      provisioners,
+      (provisioner) => provisioner.name,
+      (first) => `another provisioner of machine ${name} has this name (${loaded.where(first.path)})`,
+      problem,
+    )
 
     const boxUrl = settings.box_url ?? defaults.box_url
     const ssh = {...defaults.ssh, ...settings.ssh}
@@ -110,7 +144,12 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
       cpus: settings.cpus ?? defaults.cpus ?? MACHINE_DEFAULTS.cpus,
       memoryMiB: settings.memory ?? defaults.memory ?? MACHINE_DEFAULTS.memoryMiB,
       resnap: settings.resnap ?? defaults.resnap ?? MACHINE_DEFAULTS.resnap,
-      forwardedPorts: ports.map(({value}) => ({guest: value.guest, host: value.host, protocol: value.protocol, hostIp: value.host_ip})),
+      forwardedPorts: ports.map(({value}) => ({
+        guest: value.guest,
+        host: value.host,
+        protocol: value.protocol,
+        hostIp: value.host_ip,
+      })),
       syncedFolders: folders.map(({value}) => ({
         source: hostPath(dir, value.source),
         destination: value.destination,
@@ -118,7 +157,11 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
         disabled: value.disabled,
       })),
       provisioners: provisioners.map(({value}, index) => resolveProvisioner(value, index, dir)),
-      ssh: {username: ssh.username, privateKeyPath: ssh.private_key_path === undefined ? undefined : hostPath(dir, ssh.private_key_path), forwardAgent: ssh.forward_agent ?? false},
+      ssh: {
+        username: ssh.username,
+        privateKeyPath: ssh.private_key_path === undefined ? undefined : hostPath(dir, ssh.private_key_path),
+        forwardAgent: ssh.forward_agent ?? false,
+      },
       hostname: settings.hostname ?? defaults.hostname,
       site: settings.site ?? defaults.site,
       directorPort: settings.director_port ?? defaults.director_port ?? MACHINE_DEFAULTS.directorPort,
@@ -138,7 +181,13 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
 
 function resolveProvisioner(raw: RawProvisioner, index: number, dir: string): Provisioner {
   if (raw.type === 'file') {
-    return {type: 'file', name: raw.name ?? `file #${index + 1}`, source: hostPath(dir, raw.source), destination: raw.destination, run: raw.run}
+    return {
+      type: 'file',
+      name: raw.name ?? `file #${index + 1}`,
+      source: hostPath(dir, raw.source),
+      destination: raw.destination,
+      run: raw.run,
+    }
   }
   return {
     type: 'shell',
@@ -158,26 +207,43 @@ type Report = (path: YamlPath, message: string) => void
  * box_download_checksum(_type) as a machine inherits them (Vagrant's names); the type, when
  * left out, is told from the digest's length as `box add --checksum` does.
  */
-function downloadChecksum(settings: MachineSettings, defaults: MachineSettings, path: YamlPath, boxUrl: string | undefined, once: Report): Checksum | undefined {
-  const at = (field: 'box_download_checksum' | 'box_download_checksum_type'): YamlPath => (settings[field] === undefined ? [field] : [...path, field])
+function downloadChecksum(
+  settings: MachineSettings,
+  defaults: MachineSettings,
+  path: YamlPath,
+  boxUrl: string | undefined,
+  once: Report,
+): Checksum | undefined {
+  const at = (field: 'box_download_checksum' | 'box_download_checksum_type'): YamlPath =>
+    settings[field] === undefined ? [field] : [...path, field]
   const value = settings.box_download_checksum ?? defaults.box_download_checksum
   const type = settings.box_download_checksum_type ?? defaults.box_download_checksum_type
   if (value === undefined) {
-    if (type !== undefined) once(at('box_download_checksum_type'), 'needs box_download_checksum (the digest to check the download against)')
+    if (type !== undefined)
+      once(at('box_download_checksum_type'), 'needs box_download_checksum (the digest to check the download against)')
     return undefined
   }
   if (boxUrl === undefined) {
-    once(at('box_download_checksum'), 'checks the download from box_url, which is not set (an installed box is not downloaded)')
+    once(
+      at('box_download_checksum'),
+      'checks the download from box_url, which is not set (an installed box is not downloaded)',
+    )
     return undefined
   }
   const digest = value.toLowerCase()
   const guessed = type ?? CHECKSUM_TYPES.find((candidate) => CHECKSUM_DIGITS[candidate] === digest.length)
   if (guessed === undefined) {
-    once(at('box_download_checksum'), `cannot tell the type of a ${digest.length}-digit digest: set box_download_checksum_type (${CHECKSUM_TYPES.join(', ')})`)
+    once(
+      at('box_download_checksum'),
+      `cannot tell the type of a ${digest.length}-digit digest: set box_download_checksum_type (${CHECKSUM_TYPES.join(', ')})`,
+    )
     return undefined
   }
   if (CHECKSUM_DIGITS[guessed] !== digest.length) {
-    once(at('box_download_checksum'), `a ${guessed} digest has ${CHECKSUM_DIGITS[guessed]} hex digits, this one has ${digest.length}`)
+    once(
+      at('box_download_checksum'),
+      `a ${guessed} digest has ${CHECKSUM_DIGITS[guessed]} hex digits, this one has ${digest.length}`,
+    )
     return undefined
   }
   return {type: guessed, value: digest}
@@ -200,12 +266,17 @@ async function checkListItems(settings: MachineSettings, path: YamlPath, dir: st
     const info = await stat(key).catch(() => undefined)
     // OpenSSH ignores a private key others can read ("UNPROTECTED PRIVATE KEY FILE"): say so before booting.
     if (!info?.isFile()) problem([...path, 'ssh', 'private_key_path'], `no such file: ${key}`)
-    else if ((info.mode & 0o077) !== 0) problem([...path, 'ssh', 'private_key_path'], `${key} is readable by others (mode ${(info.mode & 0o777).toString(8).padStart(4, '0')}); ssh refuses such keys: chmod 600 ${key}`)
+    else if ((info.mode & 0o077) !== 0)
+      problem(
+        [...path, 'ssh', 'private_key_path'],
+        `${key} is readable by others (mode ${(info.mode & 0o777).toString(8).padStart(4, '0')}); ssh refuses such keys: chmod 600 ${key}`,
+      )
   }
   for (const [index, folder] of (settings.synced_folders ?? []).entries()) {
     if (folder.disabled) continue
     const source = hostPath(dir, folder.source)
-    if (!(await isDirectory(source))) problem([...path, 'synced_folders', index, 'source'], `no such directory: ${source}`)
+    if (!(await isDirectory(source)))
+      problem([...path, 'synced_folders', index, 'source'], `no such directory: ${source}`)
   }
   for (const [index, provisioner] of (settings.provisioners ?? []).entries()) {
     const at: YamlPath = [...path, 'provisioners', index]
@@ -226,7 +297,12 @@ async function checkListItems(settings: MachineSettings, path: YamlPath, dir: st
 }
 
 /** Report every item whose key was already seen (items with no key are skipped). */
-function checkUnique<T>(items: Array<Located<T>>, keyOf: (item: T) => string | undefined, message: (first: Located<T>) => string, problem: Report): void {
+function checkUnique<T>(
+  items: Array<Located<T>>,
+  keyOf: (item: T) => string | undefined,
+  message: (first: Located<T>) => string,
+  problem: Report,
+): void {
   const seen = new Map<string, Located<T>>()
   for (const item of items) {
     const key = keyOf(item.value)
@@ -241,7 +317,11 @@ function checkUnique<T>(items: Array<Located<T>>, keyOf: (item: T) => string | u
 function checkHostPorts(ports: Array<Located<RawPort>>, loaded: LoadedYaml<unknown>, problem: Report): void {
   const wildcard = (ip: string) => ip === '0.0.0.0' || ip === '::'
   const reported = new Set<string>()
-  const sharers = (path: YamlPath) => ports.filter((port) => port.path.join('.') === path.join('.')).map((port) => port.machine).join(', ')
+  const sharers = (path: YamlPath) =>
+    ports
+      .filter((port) => port.path.join('.') === path.join('.'))
+      .map((port) => port.machine)
+      .join(', ')
   for (const [index, item] of ports.entries()) {
     const clash = ports
       .slice(0, index)
@@ -249,7 +329,9 @@ function checkHostPorts(ports: Array<Located<RawPort>>, loaded: LoadedYaml<unkno
         (earlier) =>
           earlier.value.host === item.value.host &&
           earlier.value.protocol === item.value.protocol &&
-          (earlier.value.host_ip === item.value.host_ip || wildcard(earlier.value.host_ip) || wildcard(item.value.host_ip)),
+          (earlier.value.host_ip === item.value.host_ip ||
+            wildcard(earlier.value.host_ip) ||
+            wildcard(item.value.host_ip)),
       )
     if (!clash) continue
     const key = item.path.join('.')
@@ -273,7 +355,8 @@ function checkMachineNamesDifferInCase(sections: Array<{name: string; path: Yaml
   const seen = new Map<string, string>()
   for (const {name, path} of sections) {
     const first = seen.get(name.toLowerCase())
-    if (first !== undefined) problem(path, `machine name differs from "${first}" only in case; machine names must differ in more than case`)
+    if (first !== undefined)
+      problem(path, `machine name differs from "${first}" only in case; machine names must differ in more than case`)
     else seen.set(name.toLowerCase(), name)
   }
 }
@@ -292,4 +375,3 @@ function hostPath(dir: string, path: string): string {
   if (path === '~' || path.startsWith('~/')) return join(homedir(), path.slice(1))
   return resolve(dir, path)
 }
-

@@ -8,7 +8,17 @@ import {z} from 'zod'
 
 import {boxNameProblem} from '../box/name.js'
 import {constraintProblem} from '../core/versions.js'
-import {CHECKSUM_TYPES, MACHINE_DEFAULTS, MACHINE_NAME_PATTERN, PROTOCOLS, PROVIDERS, PROVISIONER_RUNS, PROVISIONER_TYPES, RESNAP_POLICIES, type MachineField} from './types.js'
+import {
+  CHECKSUM_TYPES,
+  MACHINE_DEFAULTS,
+  MACHINE_NAME_PATTERN,
+  PROTOCOLS,
+  PROVIDERS,
+  PROVISIONER_RUNS,
+  PROVISIONER_TYPES,
+  RESNAP_POLICIES,
+  type MachineField,
+} from './types.js'
 
 const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/
 const HOST_LABEL_PATTERN = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/
@@ -44,7 +54,10 @@ const flag = () => z.boolean({error: 'must be true or false'})
 
 const port = (which: string) =>
   z
-    .number({error: (issue) => (issue.input === undefined ? `required: the ${which} port number (1-65535)` : 'must be a port number 1-65535')})
+    .number({
+      error: (issue) =>
+        issue.input === undefined ? `required: the ${which} port number (1-65535)` : 'must be a port number 1-65535',
+    })
     .int('must be a port number 1-65535')
     .min(1, 'must be a port number 1-65535')
     .max(65_535, 'must be a port number 1-65535')
@@ -54,7 +67,10 @@ export function isHostName(name: string): boolean {
 }
 
 const hostName = (what: string) =>
-  text(`a host name such as ${what}`).refine(isHostName, `must be a host name such as ${what} (letters, digits and "-" in dot-separated labels)`)
+  text(`a host name such as ${what}`).refine(
+    isHostName,
+    `must be a host name such as ${what} (letters, digits and "-" in dot-separated labels)`,
+  )
 
 /**
  * Memory in MiB from a number of MiB or a string with a binary unit:
@@ -77,7 +93,10 @@ const memory = z.any().transform((value, ctx) => {
     return z.NEVER
   }
   if (mib < MIN_MEMORY_MIB) {
-    ctx.addIssue({code: 'custom', message: `${mib} MiB is too small (at least ${MIN_MEMORY_MIB}; did you mean "${mib}G"?)`})
+    ctx.addIssue({
+      code: 'custom',
+      message: `${mib} MiB is too small (at least ${MIN_MEMORY_MIB}; did you mean "${mib}G"?)`,
+    })
     return z.NEVER
   }
   return mib
@@ -109,12 +128,21 @@ export const ForwardedPortSchema = closedObject({
 
 export const SyncedFolderSchema = closedObject({
   source: text('a host directory (relative to the Boxfile)'),
-  destination: text('an absolute guest path such as /srv/project').refine((path) => path.startsWith('/'), 'must be an absolute guest path such as /srv/project'),
-  exclude: z.array(z.string({error: 'must be a list of rsync patterns'}), {error: 'must be a list of rsync patterns, e.g. [.git/, node_modules/]'}).default([]),
+  destination: text('an absolute guest path such as /srv/project').refine(
+    (path) => path.startsWith('/'),
+    'must be an absolute guest path such as /srv/project',
+  ),
+  exclude: z
+    .array(z.string({error: 'must be a list of rsync patterns'}), {
+      error: 'must be a list of rsync patterns, e.g. [.git/, node_modules/]',
+    })
+    .default([]),
   disabled: flag().default(false),
 })
 
-const scalarText = z.union([z.string(), z.number(), z.boolean()], {error: 'must be a string, number or boolean'}).transform(String)
+const scalarText = z
+  .union([z.string(), z.number(), z.boolean()], {error: 'must be a string, number or boolean'})
+  .transform(String)
 
 const ShellProvisionerSchema = closedObject({
   type: z.literal('shell'),
@@ -125,7 +153,9 @@ const ShellProvisionerSchema = closedObject({
   env: z
     .record(z.string().regex(ENV_NAME_PATTERN), scalarText, {
       error: (issue) =>
-        issue.code === 'invalid_key' ? 'environment variable names use letters, digits and "_" and do not start with a digit' : 'must be a map of NAME: value',
+        issue.code === 'invalid_key'
+          ? 'environment variable names use letters, digits and "_" and do not start with a digit'
+          : 'must be a map of NAME: value',
     })
     .default({}),
   privileged: flag().default(MACHINE_DEFAULTS.privileged),
@@ -150,7 +180,8 @@ export const ProvisionerSchema = z.discriminatedUnion('type', [ShellProvisionerS
       : `must be one of: ${PROVISIONER_TYPES.join(', ')}`,
 })
 
-const list = <Item extends z.ZodType>(item: Item, example: string) => z.array(item, {error: `must be a list, e.g. ${example}`})
+const list = <Item extends z.ZodType>(item: Item, example: string) =>
+  z.array(item, {error: `must be a list, e.g. ${example}`})
 /** Fields a machine can set, at the top level (defaults for all) or under machines.NAME. */
 const machineShape = {
   box: text('the name of a box in the store (see box list), e.g. debian-bookworm').refine(
@@ -159,16 +190,26 @@ const machineShape = {
   ),
   box_url: boxUrl,
   box_version: boxVersion,
-  box_download_checksum: text('the hex digest of the .box at box_url, as sha256sum prints it').regex(/^[0-9a-fA-F]+$/, 'must be a hex digest, as sha256sum prints it'),
+  box_download_checksum: text('the hex digest of the .box at box_url, as sha256sum prints it').regex(
+    /^[0-9a-fA-F]+$/,
+    'must be a hex digest, as sha256sum prints it',
+  ),
   box_download_checksum_type: oneOf(CHECKSUM_TYPES),
   provider: oneOf(PROVIDERS),
-  cpus: z.number({error: 'must be a whole number of CPUs, at least 1'}).int('must be a whole number of CPUs, at least 1').min(1, 'must be a whole number of CPUs, at least 1'),
+  cpus: z
+    .number({error: 'must be a whole number of CPUs, at least 1'})
+    .int('must be a whole number of CPUs, at least 1')
+    .min(1, 'must be a whole number of CPUs, at least 1'),
   memory,
   resnap: oneOf(RESNAP_POLICIES),
   forwarded_ports: list(ForwardedPortSchema, '[{guest: 80, host: 8080}]'),
   synced_folders: list(SyncedFolderSchema, '[{source: ., destination: /srv/project}]'),
   provisioners: list(ProvisionerSchema, '[{type: shell, path: setup.sh}]'),
-  ssh: closedObject({username: text('a user name').optional(), private_key_path: text('a private key file (relative to the Boxfile)').optional(), forward_agent: flag().optional()}),
+  ssh: closedObject({
+    username: text('a user name').optional(),
+    private_key_path: text('a private key file (relative to the Boxfile)').optional(),
+    forward_agent: flag().optional(),
+  }),
   hostname: hostName('worker-1 or worker-1.example.org'),
   site: hostName('example.org'),
   director_port: port('director'),

@@ -13,7 +13,10 @@ export const DEFAULT_INIT_BOX = 'debian-bookworm'
 
 /** Digest lengths (hex digits) of the checksums a box download can be checked with. */
 export const CHECKSUM_DIGITS = {md5: 32, sha1: 40, sha256: 64, sha384: 96, sha512: 128} as const
-export const CHECKSUM_TYPES = Object.keys(CHECKSUM_DIGITS) as [keyof typeof CHECKSUM_DIGITS, ...Array<keyof typeof CHECKSUM_DIGITS>]
+export const CHECKSUM_TYPES = Object.keys(CHECKSUM_DIGITS) as [
+  keyof typeof CHECKSUM_DIGITS,
+  ...Array<keyof typeof CHECKSUM_DIGITS>,
+]
 /** A digest to check a download against (the store's Checksum has the same shape). */
 export interface Checksum {
   type: keyof typeof CHECKSUM_DIGITS

@@ -18,21 +18,33 @@ type Path = ReadonlyArray<PropertyKey>
  * Parse `file` as YAML and validate it with `schema`. Syntax and schema errors
  * become one BoxError listing every problem as `file:line:col: field: what is wrong`.
  */
-export async function loadYamlFile<S extends z.ZodType>(file: string, schema: S, what = 'file'): Promise<LoadedYaml<z.infer<S>>> {
+export async function loadYamlFile<S extends z.ZodType>(
+  file: string,
+  schema: S,
+  what = 'file',
+): Promise<LoadedYaml<z.infer<S>>> {
   let text: string
   try {
     text = await readFile(file, 'utf8')
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
-    throw new BoxError(code === 'ENOENT' ? `${what} not found: ${file}` : `cannot read ${what} ${file}: ${(error as Error).message}`, {
-      exitCode: ExitCode.USAGE,
-      cause: error,
-    })
+    throw new BoxError(
+      code === 'ENOENT' ? `${what} not found: ${file}` : `cannot read ${what} ${file}: ${(error as Error).message}`,
+      {
+        exitCode: ExitCode.USAGE,
+        cause: error,
+      },
+    )
   }
   return parseYaml(file, text, schema, what)
 }
 
-export function parseYaml<S extends z.ZodType>(file: string, text: string, schema: S, what = 'file'): LoadedYaml<z.infer<S>> {
+export function parseYaml<S extends z.ZodType>(
+  file: string,
+  text: string,
+  schema: S,
+  what = 'file',
+): LoadedYaml<z.infer<S>> {
   const lineCounter = new LineCounter()
   const doc = parseDocument(text, {lineCounter, prettyErrors: false, uniqueKeys: true})
   const at = (offset: number) => {
@@ -60,13 +72,22 @@ export function parseYaml<S extends z.ZodType>(file: string, text: string, schem
 }
 
 /** A semantic check failed after parsing: same format as schema errors. */
-export function configError(loaded: LoadedYaml<unknown>, path: ReadonlyArray<string | number>, message: string, what = 'file'): BoxError {
+export function configError(
+  loaded: LoadedYaml<unknown>,
+  path: ReadonlyArray<string | number>,
+  message: string,
+  what = 'file',
+): BoxError {
   const field = path.length > 0 ? path.join('.') : '(top level)'
   return invalid(what, loaded.file, [`${loaded.where(path)}: ${field}: ${message}`])
 }
 
 function invalid(what: string, file: string, problems: string[]): BoxError {
-  const position = (problem: string) => problem.slice(file.length + 1).split(':', 2).map(Number) as [number, number]
+  const position = (problem: string) =>
+    problem
+      .slice(file.length + 1)
+      .split(':', 2)
+      .map(Number) as [number, number]
   // Report in file order, whatever order the schema found them in.
   const sorted = [...new Set(problems)].sort((a, b) => {
     const [la, ca] = position(a)
@@ -109,10 +130,13 @@ function rangeStart(node: unknown): number | undefined {
 function acceptedFields(schema: z.ZodType, path: Path): string {
   let current: unknown = schema
   for (const segment of path) {
-    const def = (current as {def?: {type?: string; shape?: Record<string, unknown>; element?: unknown; innerType?: unknown}})?.def
+    const def = (
+      current as {def?: {type?: string; shape?: Record<string, unknown>; element?: unknown; innerType?: unknown}}
+    )?.def
     if (!def) return ''
     current = typeof segment === 'number' ? def.element : def.shape?.[segment as string]
-    while ((current as {def?: {innerType?: unknown}})?.def?.innerType) current = (current as {def: {innerType: unknown}}).def.innerType
+    while ((current as {def?: {innerType?: unknown}})?.def?.innerType)
+      current = (current as {def: {innerType: unknown}}).def.innerType
   }
   const shape = (current as {def?: {shape?: Record<string, unknown>}})?.def?.shape
   return shape ? ` (accepted: ${Object.keys(shape).join(', ')})` : ''

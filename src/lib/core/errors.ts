@@ -22,7 +22,7 @@ export class BoxError extends Error {
   readonly detail?: string
 
   constructor(message: string, options: BoxErrorOptions = {}) {
-    super(message, { cause: options.cause })
+    super(message, {cause: options.cause})
     this.name = 'BoxError'
     this.exitCode = options.exitCode ?? ExitCode.FAILURE
     this.suggestions = options.suggestions ?? []
@@ -47,7 +47,10 @@ export class ExternalError extends BoxError {
 /** A path that cannot happen did: a bug in box, not something the user can fix. */
 export class BugError extends BoxError {
   constructor(message: string, options: Omit<BoxErrorOptions, 'suggestions'> = {}) {
-    super(`internal error: ${message}`, {...options, suggestions: ['this is a bug in box: please report it with the command you ran']})
+    super(`internal error: ${message}`, {
+      ...options,
+      suggestions: ['this is a bug in box: please report it with the command you ran'],
+    })
     this.name = 'BugError'
   }
 }
@@ -61,8 +64,12 @@ export function formatBoxError(error: BoxError): string {
 }
 
 /** A BoxError as `--json` prints it on stdout. */
-export function boxErrorJson(error: BoxError): {error: {message: string; detail?: string; suggestions: string[]; exitCode: number}} {
-  return {error: {message: error.message, detail: error.detail, suggestions: error.suggestions, exitCode: error.exitCode}}
+export function boxErrorJson(error: BoxError): {
+  error: {message: string; detail?: string; suggestions: string[]; exitCode: number}
+} {
+  return {
+    error: {message: error.message, detail: error.detail, suggestions: error.suggestions, exitCode: error.exitCode},
+  }
 }
 
 /** Last `lines` lines of a text, for error details. */

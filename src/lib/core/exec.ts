@@ -9,7 +9,10 @@ import type {Options, ResultPromise} from 'execa'
 import {BoxError, ExternalError, tail} from './errors.js'
 import {packageFor} from './host-tools.js'
 
-export interface RunOptions extends Pick<Options, 'cwd' | 'env' | 'input' | 'timeout' | 'cancelSignal' | 'stdin' | 'stdout' | 'stderr'> {
+export interface RunOptions extends Pick<
+  Options,
+  'cwd' | 'env' | 'input' | 'timeout' | 'cancelSignal' | 'stdin' | 'stdout' | 'stderr'
+> {
   /** What the command was doing, for the error message ("extracting the box"). */
   purpose?: string
   /** Suggestions added to the error when the command fails. */
@@ -69,7 +72,8 @@ export function runAttached(command: string, args: readonly string[]): Promise<n
     const ignore = () => {}
     const forward = (signal: NodeJS.Signals) => child.kill(signal)
     process.on('SIGINT', ignore).on('SIGQUIT', ignore).on('SIGTERM', forward).on('SIGHUP', forward)
-    const done = () => process.off('SIGINT', ignore).off('SIGQUIT', ignore).off('SIGTERM', forward).off('SIGHUP', forward)
+    const done = () =>
+      process.off('SIGINT', ignore).off('SIGQUIT', ignore).off('SIGTERM', forward).off('SIGHUP', forward)
     child
       .on('error', (error: NodeJS.ErrnoException) => {
         done()
@@ -95,8 +99,22 @@ export async function findOnPath(command: string, path = process.env.PATH ?? '')
 }
 
 /** A failed child (an execa error, or a result with `reject: false`) as the BoxError the user sees: what failed, the command, why, the output's tail. */
-export function toBoxError(command: string, args: readonly string[], error: unknown, purpose?: string, suggestions: string[] = []): BoxError {
-  const e = error as {code?: string; exitCode?: number; stderr?: unknown; stdout?: unknown; timedOut?: boolean; isCanceled?: boolean; signal?: string}
+export function toBoxError(
+  command: string,
+  args: readonly string[],
+  error: unknown,
+  purpose?: string,
+  suggestions: string[] = [],
+): BoxError {
+  const e = error as {
+    code?: string
+    exitCode?: number
+    stderr?: unknown
+    stdout?: unknown
+    timedOut?: boolean
+    isCanceled?: boolean
+    signal?: string
+  }
   if (e?.code === 'ENOENT') return missingProgramError(command, error)
   const what = purpose ? `${purpose} failed` : `${command} failed`
   const shown = [command, ...args].join(' ')
@@ -105,7 +123,10 @@ export function toBoxError(command: string, args: readonly string[], error: unkn
   else if (e?.isCanceled) reason = 'was cancelled'
   else if (e?.signal) reason = `was killed by ${e.signal}`
   else reason = `exited with code ${e?.exitCode ?? '?'}`
-  const output = [e?.stderr, e?.stdout].map((s) => (typeof s === 'string' ? s : '')).filter(Boolean).join('\n')
+  const output = [e?.stderr, e?.stdout]
+    .map((s) => (typeof s === 'string' ? s : ''))
+    .filter(Boolean)
+    .join('\n')
   return new ExternalError(`${what}: \`${shown}\` ${reason}`, {
     command,
     args,

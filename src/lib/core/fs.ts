@@ -40,7 +40,11 @@ export async function isDirectory(path: string): Promise<boolean> {
  * then renamed over it, so a reader sees the old content or the new, never half. The
  * temporary file is removed when anything fails.
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, options: {mode?: number} = {}): Promise<void> {
+export async function writeFileAtomic(
+  file: string,
+  data: string | Uint8Array,
+  options: {mode?: number} = {},
+): Promise<void> {
   const temporary = join(dirname(file), `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`)
   try {
     await writeFile(temporary, data, {mode: options.mode})
@@ -62,24 +66,39 @@ export interface SchemaErrorOptions {
 }
 
 /** Validate `value` with `schema`; a BoxError naming `what` and listing each problem as "path: message". */
-export function checkWithSchema<S extends z.ZodType>(value: unknown, schema: S, what: string, options: SchemaErrorOptions = {}): z.infer<S> {
+export function checkWithSchema<S extends z.ZodType>(
+  value: unknown,
+  schema: S,
+  what: string,
+  options: SchemaErrorOptions = {},
+): z.infer<S> {
   const parsed = schema.safeParse(value)
   if (parsed.success) return parsed.data
   throw new BoxError(options.invalid ?? `${what} is invalid`, {
     exitCode: options.exitCode,
-    detail: parsed.error.issues.map((issue) => `${formatIssuePath(issue.path) || '(top level)'}: ${issue.message}`).join('\n'),
+    detail: parsed.error.issues
+      .map((issue) => `${formatIssuePath(issue.path) || '(top level)'}: ${issue.message}`)
+      .join('\n'),
     suggestions: options.suggestions,
   })
 }
 
 /** Parse JSON text and validate it with `schema`; errors as checkWithSchema's. */
-export function parseJsonWithSchema<S extends z.ZodType>(text: string, schema: S, what: string, options: SchemaErrorOptions = {}): z.infer<S> {
+export function parseJsonWithSchema<S extends z.ZodType>(
+  text: string,
+  schema: S,
+  what: string,
+  options: SchemaErrorOptions = {},
+): z.infer<S> {
   let json: unknown
   try {
     json = JSON.parse(text)
   } catch (error) {
     const reason = (error as Error).message
-    throw new BoxError(options.notJson?.(reason) ?? `${what} is not valid JSON: ${reason}`, {exitCode: options.exitCode, suggestions: options.suggestions})
+    throw new BoxError(options.notJson?.(reason) ?? `${what} is not valid JSON: ${reason}`, {
+      exitCode: options.exitCode,
+      suggestions: options.suggestions,
+    })
   }
   return checkWithSchema(json, schema, what, options)
 }
@@ -90,14 +109,23 @@ export interface ReadJsonOptions<T> extends SchemaErrorOptions {
 }
 
 /** Read a JSON file and validate it with `schema`; every failure is a BoxError naming `what`. */
-export async function readJsonWithSchema<S extends z.ZodType>(file: string, schema: S, what: string, options: ReadJsonOptions<z.infer<S>> = {}): Promise<z.infer<S>> {
+export async function readJsonWithSchema<S extends z.ZodType>(
+  file: string,
+  schema: S,
+  what: string,
+  options: ReadJsonOptions<z.infer<S>> = {},
+): Promise<z.infer<S>> {
   let text: string
   try {
     text = await readFile(file, 'utf8')
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
       if (options.ifMissing) return options.ifMissing()
-      throw new BoxError(`${what} not found: ${file}`, {exitCode: options.exitCode, cause: error, suggestions: options.suggestions})
+      throw new BoxError(`${what} not found: ${file}`, {
+        exitCode: options.exitCode,
+        cause: error,
+        suggestions: options.suggestions,
+      })
     }
     throw new BoxError(`cannot read ${what}: ${(error as Error).message}`, {exitCode: options.exitCode, cause: error})
   }
@@ -106,7 +134,9 @@ export async function readJsonWithSchema<S extends z.ZodType>(file: string, sche
 
 /** "versions[0].providers[1].url" */
 function formatIssuePath(path: ReadonlyArray<PropertyKey>): string {
-  return path.map((key, index) => (typeof key === 'number' ? `[${key}]` : `${index === 0 ? '' : '.'}${String(key)}`)).join('')
+  return path
+    .map((key, index) => (typeof key === 'number' ? `[${key}]` : `${index === 0 ? '' : '.'}${String(key)}`))
+    .join('')
 }
 
 /** Bytes an unprivileged writer may still use on the file system holding `path`, and that file system's device. */
@@ -119,11 +149,18 @@ export async function freeSpace(path: string): Promise<{bytes: number; device: n
  * Refuse long work up front when `dir`'s file system has less than `needed` bytes free:
  * a half-full disk fails late and messily. `needs` names the work ("the build").
  */
-export async function checkFreeSpace(dir: string, needed: number, options: {needs: string; suggestions: string[]}): Promise<void> {
+export async function checkFreeSpace(
+  dir: string,
+  needed: number,
+  options: {needs: string; suggestions: string[]},
+): Promise<void> {
   const {bytes} = await freeSpace(dir)
   if (bytes < needed) {
-    throw new BoxError(`not enough free space in ${dir}: ${options.needs} needs about ${formatBytes(needed)}, ${formatBytes(bytes)} is free`, {
-      suggestions: options.suggestions,
-    })
+    throw new BoxError(
+      `not enough free space in ${dir}: ${options.needs} needs about ${formatBytes(needed)}, ${formatBytes(bytes)} is free`,
+      {
+        suggestions: options.suggestions,
+      },
+    )
   }
 }

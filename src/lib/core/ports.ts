@@ -18,7 +18,9 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
     server.once('error', reject)
     server.listen(0, host, () => {
       const address = server.address()
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))))
+      server.close(() =>
+        typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')),
+      )
     })
   })
 }
@@ -41,7 +43,8 @@ export async function availableForwards<T extends ForwardedPort>(forwards: reado
     const taken = (port: number) => chosen.some((c) => c.host === port && c.protocol === forward.protocol)
     while (forward.protocol === 'tcp' && (taken(host) || !(await isPortFree(host, forward.hostIp)))) {
       host++
-      if (host > 65_535) throw new BoxError(`no free host port at or above ${forward.host} for guest port ${forward.guest}`)
+      if (host > 65_535)
+        throw new BoxError(`no free host port at or above ${forward.host} for guest port ${forward.guest}`)
     }
     chosen.push({...forward, host})
   }

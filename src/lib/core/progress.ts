@@ -109,7 +109,11 @@ export function createProgress(options: ProgressOptions = {}): Progress {
 /** A byte transfer for a stage's detail: "412 MB of 1.2 GB (34 %), 85 MB/s, ETA 9.6 s". */
 export function formatTransfer(progress: {received: number; total?: number; rate: number; eta?: number}): string {
   const {received, total, rate, eta} = progress
-  const parts = [total ? `${formatBytes(received)} of ${formatBytes(total)} (${Math.floor((received / total) * 100)} %)` : formatBytes(received)]
+  const parts = [
+    total
+      ? `${formatBytes(received)} of ${formatBytes(total)} (${Math.floor((received / total) * 100)} %)`
+      : formatBytes(received),
+  ]
   if (rate > 0) parts.push(`${formatBytes(rate)}/s`)
   if (eta !== undefined && Number.isFinite(eta)) parts.push(`ETA ${formatDuration(eta * 1000)}`)
   return parts.join(', ')

@@ -32,7 +32,8 @@ export function isVersion(text: string): boolean {
 /** Segments of a version: numbers stay numbers; a "-pre" suffix becomes its own segments. */
 export function parseVersion(text: string): VersionSegment[] {
   const trimmed = text.trim()
-  if (!isVersion(trimmed)) throw new VersionSyntaxError(`"${text}" is not a version (expected numbers separated by dots, such as 1.2.3)`)
+  if (!isVersion(trimmed))
+    throw new VersionSyntaxError(`"${text}" is not a version (expected numbers separated by dots, such as 1.2.3)`)
   return trimmed.split(/[.-]/).map((segment) => (/^\d+$/.test(segment) ? Number(segment) : segment))
 }
 
@@ -57,14 +58,20 @@ export function compareVersions(a: string, b: string): number {
 /** Parse ">= 1.2, < 2" into requirements; throws VersionSyntaxError naming the bad part. */
 export function parseConstraint(text: string): VersionRequirement[] {
   const parts = text.split(',').map((part) => part.trim())
-  if (parts.every((part) => part === '')) throw new VersionSyntaxError('empty version constraint (expected e.g. ">= 1.2, < 2")')
+  if (parts.every((part) => part === ''))
+    throw new VersionSyntaxError('empty version constraint (expected e.g. ">= 1.2, < 2")')
   return parts.map((part) => {
     if (part === '') throw new VersionSyntaxError(`empty requirement in "${text}" (a stray comma?)`)
     const match = REQUIREMENT_PATTERN.exec(part)
-    if (!match) throw new VersionSyntaxError(`"${part}" is not a requirement (expected an operator = != > < >= <= ~> and a version, e.g. ">= 1.2")`)
+    if (!match)
+      throw new VersionSyntaxError(
+        `"${part}" is not a requirement (expected an operator = != > < >= <= ~> and a version, e.g. ">= 1.2")`,
+      )
     const [, operator = '=', version = ''] = match
     if (!isVersion(version)) {
-      throw new VersionSyntaxError(`"${part}": "${version}" is not a version (operators: = != > < >= <= ~>; versions: numbers separated by dots, such as 1.2.3)`)
+      throw new VersionSyntaxError(
+        `"${part}": "${version}" is not a version (operators: = != > < >= <= ~>; versions: numbers separated by dots, such as 1.2.3)`,
+      )
     }
     return {operator: operator as ConstraintOperator, version}
   })

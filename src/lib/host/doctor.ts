@@ -22,14 +22,30 @@ export interface DoctorReport {
 }
 
 /** Check every host tool (found + version, or the package that provides it) and the accelerator. */
-export async function runDoctor(options: {cacheDir: string; refreshAccel?: boolean; jobs?: boolean}): Promise<DoctorReport> {
-  const tools = await Promise.all(HOST_TOOLS.map(async (tool): Promise<ToolReport> => {
-    const base = {command: tool.command, package: tool.package, purpose: tool.purpose, required: tool.required || (options.jobs === true && tool.jobs === true)}
-    if (!(await findOnPath(tool.command))) return {...base, found: false}
-    if (!tool.versionArgs) return {...base, found: true}
-    const result = await spawn(tool.command, tool.versionArgs, {reject: false, timeout: 10_000, stdin: 'ignore', all: true})
-    return {...base, found: true, version: firstVersionLine(String(result.all ?? ''))}
-  }))
+export async function runDoctor(options: {
+  cacheDir: string
+  refreshAccel?: boolean
+  jobs?: boolean
+}): Promise<DoctorReport> {
+  const tools = await Promise.all(
+    HOST_TOOLS.map(async (tool): Promise<ToolReport> => {
+      const base = {
+        command: tool.command,
+        package: tool.package,
+        purpose: tool.purpose,
+        required: tool.required || (options.jobs === true && tool.jobs === true),
+      }
+      if (!(await findOnPath(tool.command))) return {...base, found: false}
+      if (!tool.versionArgs) return {...base, found: true}
+      const result = await spawn(tool.command, tool.versionArgs, {
+        reject: false,
+        timeout: 10_000,
+        stdin: 'ignore',
+        all: true,
+      })
+      return {...base, found: true, version: firstVersionLine(String(result.all ?? ''))}
+    }),
+  )
   let accel: HostCheck | undefined
   let accelError: string | undefined
   if (tools.find((tool) => tool.command === 'qemu-system-x86_64')?.found) {
@@ -49,7 +65,10 @@ export async function runDoctor(options: {cacheDir: string; refreshAccel?: boole
 
 /** The line of a tool's version output that carries a version number. */
 function firstVersionLine(output: string): string | undefined {
-  const lines = output.split('\n').map((line) => line.trim()).filter(Boolean)
+  const lines = output
+    .split('\n')
+    .map((line) => line.trim())
+    .filter(Boolean)
   const line = lines.find((l) => /\d+\.\d+/.test(l)) ?? lines[0]
   return line?.replace(/^usage:.*$/i, '').slice(0, 80) || undefined
 }

@@ -89,7 +89,8 @@ export async function runBatch(options: BatchOptions): Promise<BatchResult> {
   const cpus = jobFile.cpus ?? resolved.cpus
   const memoryMiB = jobFile.memoryMiB ?? resolved.memoryMiB
   const parallel = options.exclusive ? 1 : (options.parallel ?? defaultParallelism(memoryMiB))
-  if (!Number.isInteger(parallel) || parallel < 1) throw new BoxError('--parallel must be a whole number of at least 1', {exitCode: ExitCode.USAGE})
+  if (!Number.isInteger(parallel) || parallel < 1)
+    throw new BoxError('--parallel must be a whole number of at least 1', {exitCode: ExitCode.USAGE})
   const resultsDir = resolve(options.cwd, options.resultsDir ?? join(jobFile.dir, 'results'))
 
   const started = Date.now()
@@ -137,7 +138,13 @@ export async function runBatch(options: BatchOptions): Promise<BatchResult> {
         attempt,
       })
       if (record.status === 'infrastructure' && attempt <= jobFile.retries) {
-        options.onEvent?.({type: 'retry', id: job.id, attempt, reason: record.error?.message.split('\n')[0] ?? 'worker failed', counts: counts()})
+        options.onEvent?.({
+          type: 'retry',
+          id: job.id,
+          attempt,
+          reason: record.error?.message.split('\n')[0] ?? 'worker failed',
+          counts: counts(),
+        })
         continue
       }
       records.push(record)
@@ -172,7 +179,12 @@ export async function runBatch(options: BatchOptions): Promise<BatchResult> {
 
 /** The live progress line: "queued 3 · running 2 · done 5 · failed 1 · 2.4 jobs/min · ETA 1m 15s". */
 export function formatCounts(counts: BatchCounts): string {
-  const parts = [`queued ${counts.queued}`, `running ${counts.running}`, `done ${counts.done}`, `failed ${counts.failed}`]
+  const parts = [
+    `queued ${counts.queued}`,
+    `running ${counts.running}`,
+    `done ${counts.done}`,
+    `failed ${counts.failed}`,
+  ]
   if (counts.skipped > 0) parts.push(`skipped ${counts.skipped}`)
   if (counts.ratePerMinute > 0) parts.push(`${counts.ratePerMinute.toFixed(1)} jobs/min`)
   if (counts.etaMs !== undefined) parts.push(`ETA ${formatDuration(counts.etaMs)}`)

@@ -40,13 +40,32 @@ export async function resolveJobBox(choice: JobBoxChoice): Promise<ResolvedJobBo
   let {cpus, memoryMiB} = WORKER_DEFAULTS
   if (!name) {
     const {openProject} = await import('../machine/project.js')
-    const {machines} = await openProject({version: choice.boxVersionOfCli, names: choice.machine ? [choice.machine] : [], dataDir: choice.dataDir, cacheDir: choice.cacheDir, cwd: choice.cwd}).catch((error: unknown) => {
+    const {machines} = await openProject({
+      version: choice.boxVersionOfCli,
+      names: choice.machine ? [choice.machine] : [],
+      dataDir: choice.dataDir,
+      cacheDir: choice.cacheDir,
+      cwd: choice.cwd,
+    }).catch((error: unknown) => {
       if (choice.machine) throw error
-      throw new BoxError('no box named for the job', {exitCode: ExitCode.USAGE, suggestions: ['name one: box run --box NAME -- COMMAND', 'or run it in a project with a Boxfile: box run --machine NAME -- COMMAND'], cause: error})
+      throw new BoxError('no box named for the job', {
+        exitCode: ExitCode.USAGE,
+        suggestions: [
+          'name one: box run --box NAME -- COMMAND',
+          'or run it in a project with a Boxfile: box run --machine NAME -- COMMAND',
+        ],
+        cause: error,
+      })
     })
-    if (!choice.machine && machines.length !== 1) throw new BoxError(`the Boxfile has ${machines.length} machines: name one with --machine`, {exitCode: ExitCode.USAGE})
+    if (!choice.machine && machines.length !== 1)
+      throw new BoxError(`the Boxfile has ${machines.length} machines: name one with --machine`, {
+        exitCode: ExitCode.USAGE,
+      })
     const machine = machines[0]!
-    if (machine.provider !== 'qemu') throw new BoxError(`machine ${machine.name} uses provider ${machine.provider}; jobs run on qemu workers only`, {exitCode: ExitCode.USAGE})
+    if (machine.provider !== 'qemu')
+      throw new BoxError(`machine ${machine.name} uses provider ${machine.provider}; jobs run on qemu workers only`, {
+        exitCode: ExitCode.USAGE,
+      })
     name = machine.box
     url = machine.boxUrl
     constraint = machine.boxVersion
@@ -55,10 +74,25 @@ export async function resolveJobBox(choice: JobBoxChoice): Promise<ResolvedJobBo
   }
   const {ensureBoxInstalled} = await import('../store/updates.js')
   const checksum = choice.boxChecksum ? await parseBoxChecksum(choice.boxChecksum) : undefined
-  const stored = await ensureBoxInstalled({dataDir: choice.dataDir, cacheDir: choice.cacheDir, name, url, constraint, checksum, hostProvider: 'qemu', signal: choice.signal, progress: choice.progress})
+  const stored = await ensureBoxInstalled({
+    dataDir: choice.dataDir,
+    cacheDir: choice.cacheDir,
+    name,
+    url,
+    constraint,
+    checksum,
+    hostProvider: 'qemu',
+    signal: choice.signal,
+    progress: choice.progress,
+  })
   const {BoxMetadataSchema} = await import('../box/metadata.js')
   const metadata = BoxMetadataSchema.parse(stored.metadata)
-  return {box: {name: stored.name, version: stored.version, image: {dir: stored.path, metadata}}, cpus, memoryMiB, loginUser: metadata.box?.user}
+  return {
+    box: {name: stored.name, version: stored.version, image: {dir: stored.path, metadata}},
+    cpus,
+    memoryMiB,
+    loginUser: metadata.box?.user,
+  }
 }
 
 /** "sha256:HEX" or a bare HEX (its type told by its length). */
@@ -74,6 +108,6 @@ export async function parseBoxChecksum(text: string) {
  */
 export function defaultParallelism(memoryMiB: number): number {
   const byCpu = availableParallelism()
-  const byMemory = Math.floor((Math.min(freemem(), totalmem() * 0.75) / (1024 * 1024)) / (memoryMiB + 128))
+  const byMemory = Math.floor(Math.min(freemem(), totalmem() * 0.75) / (1024 * 1024) / (memoryMiB + 128))
   return Math.max(1, Math.min(byCpu, byMemory))
 }

@@ -35,7 +35,9 @@ export async function stageJob(spec: JobSpec, dir: string): Promise<number> {
   ]
   await writeFile(join(dir, 'limits'), `${limits.join('\n')}\n`, {mode: 0o644})
   await writeFile(join(dir, 'command'), `${commandText(spec.command, shJoin)}\n`, {mode: 0o644})
-  await writeFile(join(dir, 'inputs'), spec.inputs.map((input, index) => `${index} ${input.guest}\n`).join(''), {mode: 0o644})
+  await writeFile(join(dir, 'inputs'), spec.inputs.map((input, index) => `${index} ${input.guest}\n`).join(''), {
+    mode: 0o644,
+  })
   await writeFile(join(dir, 'outputs'), spec.outputs.map((output) => `${output}\n`).join(''), {mode: 0o644})
   let bytes = 0
   for (const [index, input] of spec.inputs.entries()) {
@@ -56,7 +58,11 @@ async function copyInput(source: string, dest: string, isDirectory: boolean, sho
       if (entry.isSymbolicLink()) await symlink(await readlink(from), to)
       else if (entry.isDirectory()) bytes += await copyInput(from, to, true, shown)
       else if (entry.isFile()) bytes += await copyRegular(from, to)
-      else throw new BoxError(`input ${shown} holds ${from}, which is not a file, folder or symlink`, {exitCode: ExitCode.USAGE, suggestions: ['leave devices, sockets and fifos out of job inputs']})
+      else
+        throw new BoxError(`input ${shown} holds ${from}, which is not a file, folder or symlink`, {
+          exitCode: ExitCode.USAGE,
+          suggestions: ['leave devices, sockets and fifos out of job inputs'],
+        })
     }
     return bytes
   }
@@ -78,7 +84,12 @@ export async function makeInputImage(dir: string, image: string, inputBytes: num
 }
 
 /** An empty ext4 image for stdout, stderr, status and out.tar. */
-export async function makeOutputImage(image: string, outputLimit: number, outputsLimit: number, emptyDir: string): Promise<void> {
+export async function makeOutputImage(
+  image: string,
+  outputLimit: number,
+  outputsLimit: number,
+  emptyDir: string,
+): Promise<void> {
   await mkdir(emptyDir, {recursive: true})
   const size = 2 * (outputLimit + 1) + outputsLimit + 16 * 1024 * 1024
   await mke2fs(image, size, emptyDir, 'box-job-out')
@@ -87,7 +98,26 @@ export async function makeOutputImage(image: string, outputLimit: number, output
 async function mke2fs(image: string, bytes: number, dir: string, label: string): Promise<void> {
   const kib = Math.ceil(bytes / 1024 / 4) * 4
   // No journal (a job's disk is written once) and no orphan_file: the guest's 6.1 kernel mounts it read-write.
-  await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-O', '^has_journal,^orphan_file,^metadata_csum_seed', '-E', 'root_owner=0:0', '-L', label, '-d', dir, image, `${kib}k`], {purpose: `making the job disk ${label}`})
+  await run(
+    'mke2fs',
+    [
+      '-q',
+      '-F',
+      '-t',
+      'ext4',
+      '-O',
+      '^has_journal,^orphan_file,^metadata_csum_seed',
+      '-E',
+      'root_owner=0:0',
+      '-L',
+      label,
+      '-d',
+      dir,
+      image,
+      `${kib}k`,
+    ],
+    {purpose: `making the job disk ${label}`},
+  )
 }
 
 /**
@@ -106,7 +136,10 @@ export async function readOutputImage(image: string, dest: string): Promise<stri
   const found = GUEST_RESULT_FILES.filter((name) => present.has(name))
   for (const name of found) {
     // Run in `dest` with a bare name: debugfs splits its command at spaces, which a path may hold.
-    await run('debugfs', ['-R', `dump /${name} ${name}`, image], {cwd: dest, purpose: `reading ${name} from the job output disk`})
+    await run('debugfs', ['-R', `dump /${name} ${name}`, image], {
+      cwd: dest,
+      purpose: `reading ${name} from the job output disk`,
+    })
   }
   return found
 }

@@ -7,7 +7,19 @@ import {randomBytes} from 'node:crypto'
 import {mkdir, mkdtemp, rename, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {copyIn, copyOut, create, destroy, InfrastructureError, newJobState, run, wait, type JobBox, type JobContext, type JobState} from './phases.js'
+import {
+  copyIn,
+  copyOut,
+  create,
+  destroy,
+  InfrastructureError,
+  newJobState,
+  run,
+  wait,
+  type JobBox,
+  type JobContext,
+  type JobState,
+} from './phases.js'
 import {JobExit, type JobRecord, type JobStatus} from './spec.js'
 
 export interface RunJobOptions extends Omit<JobContext, 'workDir'> {
@@ -49,17 +61,31 @@ export async function runJob(options: RunJobOptions): Promise<JobRecord> {
     failure = error
   } finally {
     await destroy(state).catch((error: unknown) => {
-      failure ??= new InfrastructureError(`the worker could not be destroyed: ${(error as Error).message}`, {cause: error})
+      failure ??= new InfrastructureError(`the worker could not be destroyed: ${(error as Error).message}`, {
+        cause: error,
+      })
     })
   }
   if (options.signal?.aborted) throw options.signal.reason
   if (failure && !(failure instanceof InfrastructureError)) throw failure
-  const record = buildRecord(state, options.box, startedAt, options.attempt ?? 1, failure as InfrastructureError | undefined)
+  const record = buildRecord(
+    state,
+    options.box,
+    startedAt,
+    options.attempt ?? 1,
+    failure as InfrastructureError | undefined,
+  )
   await writeRecord(resultDir, record)
   return record
 }
 
-function buildRecord(state: JobState, box: JobBox, startedAt: string, attempts: number, failure: InfrastructureError | undefined): JobRecord {
+function buildRecord(
+  state: JobState,
+  box: JobBox,
+  startedAt: string,
+  attempts: number,
+  failure: InfrastructureError | undefined,
+): JobRecord {
   const {spec} = state.context
   const guest = state.guest
   let status: JobStatus
@@ -93,7 +119,14 @@ function buildRecord(state: JobState, box: JobBox, startedAt: string, attempts: 
     finishedAt: new Date().toISOString(),
     attempts,
     refusedOutputs: state.refusedOutputs,
-    ...(failure ? {error: {message: failure.detail ? `${failure.message}\n${failure.detail}` : failure.message, serialLogTail: failure.serialLogTail}} : {}),
+    ...(failure
+      ? {
+          error: {
+            message: failure.detail ? `${failure.message}\n${failure.detail}` : failure.message,
+            serialLogTail: failure.serialLogTail,
+          },
+        }
+      : {}),
   }
 }
 

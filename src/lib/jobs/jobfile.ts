@@ -30,7 +30,12 @@ const size = z.union([z.string(), z.number()], {error: 'must be a size such as 1
 const network = z.union([z.boolean(), z.enum(['on', 'off'])], {error: 'must be on or off'})
 const pathList = z.array(z.string().min(1, 'must not be empty'), {error: 'must be a list of paths'})
 
-const TimeoutsSchema = z.strictObject({create: duration.optional(), wait: duration.optional(), copy_in: duration.optional(), copy_out: duration.optional()})
+const TimeoutsSchema = z.strictObject({
+  create: duration.optional(),
+  wait: duration.optional(),
+  copy_in: duration.optional(),
+  copy_out: duration.optional(),
+})
 
 const settings = {
   timeout: duration.optional(),
@@ -46,9 +51,14 @@ const settings = {
 const DefaultsSchema = z.strictObject(settings)
 
 const JobSchema = z.strictObject({
-  id: z.string({error: 'required: the job id (a plain name)'}).regex(JOB_ID_PATTERN, 'must be a plain name: letters, digits, ".", "_", "-", at most 64'),
+  id: z
+    .string({error: 'required: the job id (a plain name)'})
+    .regex(JOB_ID_PATTERN, 'must be a plain name: letters, digits, ".", "_", "-", at most 64'),
   // YAML reads [echo, 1, true] as a string, a number and a boolean: each word is its text.
-  command: z.union([z.string().min(1), z.array(z.union([z.string(), z.number(), z.boolean()]).transform(String)).min(1)], {error: 'required: a command, as a list of words or one shell string'}),
+  command: z.union(
+    [z.string().min(1), z.array(z.union([z.string(), z.number(), z.boolean()]).transform(String)).min(1)],
+    {error: 'required: a command, as a list of words or one shell string'},
+  ),
   in: pathList.optional(),
   out: pathList.optional(),
   ...settings,
@@ -59,7 +69,10 @@ export const JobFileSchema = z.strictObject({
   box_url: z.string().min(1).optional(),
   box_version: z.string().min(1).optional(),
   /** The .box's digest, TYPE:HEX (sha256:…); a catalog carries its own. */
-  box_checksum: z.string().regex(/^(?:(?:md5|sha1|sha256|sha384|sha512):)?[0-9a-fA-F]{32,128}$/, 'must be a digest such as sha256:0123…').optional(),
+  box_checksum: z
+    .string()
+    .regex(/^(?:(?:md5|sha1|sha256|sha384|sha512):)?[0-9a-fA-F]{32,128}$/, 'must be a digest such as sha256:0123…')
+    .optional(),
   cpus: z.number().int().positive().optional(),
   memory: z.number().int().min(256, 'must be at least 256 (MiB)').optional(),
   setup: z.union([z.string().min(1), z.array(z.string().min(1))]).optional(),
@@ -97,7 +110,8 @@ export function parseJobFile(file: string, text: string, loginUser?: string): Jo
 function resolveJobFile(loaded: LoadedYaml<JobFileSettings>, loginUser?: string): JobFile {
   const value = loaded.value
   const dir = dirname(loaded.file)
-  if (!value.box && !value.box_url) throw configError(loaded, [], 'name the box: box: NAME (a stored box) or box_url: URL', 'job file')
+  if (!value.box && !value.box_url)
+    throw configError(loaded, [], 'name the box: box: NAME (a stored box) or box_url: URL', 'job file')
   const at = <T>(path: Array<string | number>, work: () => T): T => {
     try {
       return work()
@@ -112,7 +126,10 @@ function resolveJobFile(loaded: LoadedYaml<JobFileSettings>, loginUser?: string)
     const path = ['jobs', index]
     if (seen.has(job.id)) throw configError(loaded, [...path, 'id'], `the id ${job.id} is used twice`, 'job file')
     seen.add(job.id)
-    const pick = <K extends keyof typeof settings>(key: K) => (job[key] !== undefined ? {value: job[key], where: [...path, key]} : {value: defaults[key], where: ['defaults', key]})
+    const pick = <K extends keyof typeof settings>(key: K) =>
+      job[key] !== undefined
+        ? {value: job[key], where: [...path, key]}
+        : {value: defaults[key], where: ['defaults', key]}
     const durationOf = (key: 'timeout', fallback: number) => {
       const {value: v, where} = pick(key)
       return v === undefined ? fallback : at(where, () => parseDuration(v as string | number, key))
@@ -122,7 +139,8 @@ function resolveJobFile(loaded: LoadedYaml<JobFileSettings>, loginUser?: string)
       return v === undefined ? fallback : at(where, () => parseSize(v as string | number, key))
     }
     const timeouts = {...defaults.timeouts, ...job.timeouts}
-    const phase = (key: keyof typeof timeouts, fallback: number) => (timeouts[key] === undefined ? fallback : at([...path, 'timeouts', key], () => parseDuration(timeouts[key]!, key)))
+    const phase = (key: keyof typeof timeouts, fallback: number) =>
+      timeouts[key] === undefined ? fallback : at([...path, 'timeouts', key], () => parseDuration(timeouts[key]!, key))
     const net = pick('network').value
     const user = pick('user')
     const spec: JobSpec = {
@@ -135,7 +153,10 @@ function resolveJobFile(loaded: LoadedYaml<JobFileSettings>, loginUser?: string)
       outputsLimit: sizeOf('outputs_limit', DEFAULT_OUTPUTS_LIMIT),
       fileSizeLimit: sizeOf('file_size_limit', DEFAULT_FILE_SIZE_LIMIT),
       network: net === undefined ? false : net === true || net === 'on',
-      user: user.value === undefined ? DEFAULT_JOB_USER : at(user.where, () => checkJobUser(user.value as string, loginUser)),
+      user:
+        user.value === undefined
+          ? DEFAULT_JOB_USER
+          : at(user.where, () => checkJobUser(user.value as string, loginUser)),
       nproc: (pick('nproc').value as number | undefined) ?? DEFAULT_NPROC,
       phaseTimeouts: {
         create: phase('create', PHASE_TIMEOUTS_MS.create),
@@ -150,7 +171,12 @@ function resolveJobFile(loaded: LoadedYaml<JobFileSettings>, loginUser?: string)
   if (setup.length > 0) {
     const offline = jobs.findIndex((job) => !job.network)
     if (offline !== -1) {
-      throw configError(loaded, ['setup'], `setup: runs as root over ssh in each worker before its job (until box saves a ready state), so every job needs network: on (job ${jobs[offline]!.id} has it off)`, 'job file')
+      throw configError(
+        loaded,
+        ['setup'],
+        `setup: runs as root over ssh in each worker before its job (until box saves a ready state), so every job needs network: on (job ${jobs[offline]!.id} has it off)`,
+        'job file',
+      )
     }
   }
   return {

@@ -30,7 +30,11 @@ export class CappedOutput {
   private closed = false
   cut = false
 
-  private constructor(private readonly handle: FileHandle, readonly limit: number, private readonly echo?: (chunk: Buffer) => void) {}
+  private constructor(
+    private readonly handle: FileHandle,
+    readonly limit: number,
+    private readonly echo?: (chunk: Buffer) => void,
+  ) {}
 
   static async create(path: string, limit: number, echo?: (chunk: Buffer) => void): Promise<CappedOutput> {
     return new CappedOutput(await open(path, 'wx', 0o644), limit, echo)
@@ -52,7 +56,9 @@ export class CappedOutput {
 
   /** A Writable for pipelines (e.g. ssh's stdout). */
   stream(): Writable {
-    return new Writable({write: (chunk: Buffer, _encoding, callback) => void this.write(chunk).then(() => callback(), callback)})
+    return new Writable({
+      write: (chunk: Buffer, _encoding, callback) => void this.write(chunk).then(() => callback(), callback),
+    })
   }
 
   async finish(cut = false): Promise<void> {
@@ -65,7 +71,12 @@ export class CappedOutput {
 }
 
 /** Copy `source` (what box-job kept: up to limit + 1 bytes) into a capped file. */
-export async function capFile(source: string | undefined, dest: string, limit: number, cut: boolean): Promise<{bytes: number; cut: boolean}> {
+export async function capFile(
+  source: string | undefined,
+  dest: string,
+  limit: number,
+  cut: boolean,
+): Promise<{bytes: number; cut: boolean}> {
   const output = await CappedOutput.create(dest, limit)
   try {
     if (source) await pipeline(createReadStream(source), output.stream())
@@ -86,7 +97,12 @@ export interface ExtractedOutputs {
  * starts with and lands at `<basename of that path>/<rest>`; anything else is refused.
  * `maxBytes` bounds what is written in all.
  */
-export async function extractOutputs(tarFile: string, dest: string, outputs: readonly string[], maxBytes: number): Promise<ExtractedOutputs> {
+export async function extractOutputs(
+  tarFile: string,
+  dest: string,
+  outputs: readonly string[],
+  maxBytes: number,
+): Promise<ExtractedOutputs> {
   const result: ExtractedOutputs = {files: 0, bytes: 0, refused: []}
   // Guest paths as tar stores them: no leading "/".
   const roots = outputs.map((output) => ({stored: output.replace(/^\/+/, ''), name: posix.basename(output)}))
@@ -95,9 +111,14 @@ export async function extractOutputs(tarFile: string, dest: string, outputs: rea
   const refusedNames: string[] = []
   const consume = async () => {
     for await (const entry of extract) {
-      const name = entry.header.name.split('/').filter((part) => part !== '' && part !== '.').join('/')
+      const name = entry.header.name
+        .split('/')
+        .filter((part) => part !== '' && part !== '.')
+        .join('/')
       const under = refusedNames.find((refused) => name.startsWith(`${refused}/`))
-      const reason = under ? `it lies under ${under}, which was refused` : await writeEntry(entry, dest, roots, maxBytes - result.bytes, result)
+      const reason = under
+        ? `it lies under ${under}, which was refused`
+        : await writeEntry(entry, dest, roots, maxBytes - result.bytes, result)
       if (reason && !under && entry.header.type !== 'file' && entry.header.type !== 'directory') refusedNames.push(name)
       if (reason) {
         result.refused.push({name: entry.header.name, reason})
@@ -112,7 +133,13 @@ export async function extractOutputs(tarFile: string, dest: string, outputs: rea
 type TarEntry = tar.ExtractEvents['entry'][1]
 
 /** Writes one entry, or says why not (undefined when written). */
-async function writeEntry(entry: TarEntry, dest: string, roots: Array<{stored: string; name: string}>, room: number, result: ExtractedOutputs): Promise<string | undefined> {
+async function writeEntry(
+  entry: TarEntry,
+  dest: string,
+  roots: Array<{stored: string; name: string}>,
+  room: number,
+  result: ExtractedOutputs,
+): Promise<string | undefined> {
   const {header} = entry
   const raw = header.name
   if (raw.includes('\0')) return 'its name holds a NUL byte'

@@ -89,13 +89,27 @@ const files = (state: JobState) => ({
   key: join(state.context.workDir, 'key'),
 })
 
-async function timed<T>(state: JobState, phase: keyof PhaseTimes, limitMs: number | undefined, work: () => Promise<T>): Promise<T> {
+async function timed<T>(
+  state: JobState,
+  phase: keyof PhaseTimes,
+  limitMs: number | undefined,
+  work: () => Promise<T>,
+): Promise<T> {
   const started = Date.now()
   let timer: NodeJS.Timeout | undefined
   try {
-    const limit = limitMs === undefined ? undefined : new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new InfrastructureError(`the ${phase} phase did not finish within ${Math.round(limitMs / 1000)} s`)), limitMs)
-    })
+    const limit =
+      limitMs === undefined
+        ? undefined
+        : new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () =>
+                reject(
+                  new InfrastructureError(`the ${phase} phase did not finish within ${Math.round(limitMs / 1000)} s`),
+                ),
+              limitMs,
+            )
+          })
     return await (limit ? Promise.race([work(), limit]) : work())
   } finally {
     clearTimeout(timer)
@@ -113,7 +127,13 @@ async function serialTail(state: JobState): Promise<string | undefined> {
 /** Any error of a worker-facing phase becomes an InfrastructureError with the serial log's tail (Ctrl-C stays as it is). */
 async function infrastructure(state: JobState, error: unknown, doing: string): Promise<never> {
   if (state.context.signal?.aborted) throw state.context.signal.reason
-  const wrapped = error instanceof InfrastructureError ? error : new InfrastructureError(`worker failed while ${doing}: ${(error as Error).message}`, {detail: (error as BoxError).detail, cause: error})
+  const wrapped =
+    error instanceof InfrastructureError
+      ? error
+      : new InfrastructureError(`worker failed while ${doing}: ${(error as Error).message}`, {
+          detail: (error as BoxError).detail,
+          cause: error,
+        })
   wrapped.serialLogTail ??= await serialTail(state)
   throw wrapped
 }
@@ -135,15 +155,31 @@ export async function copyIn(state: JobState): Promise<void> {
     }
     if (!state.ssh) throw new BoxError('copyIn with network needs a worker that is up (create, wait)')
     for (const line of state.context.setup ?? []) {
-      const result = await spawn('ssh', sshArgs(state.ssh, ['sudo', 'sh', '-c', line]), {reject: false, stdin: 'ignore', cancelSignal: state.context.signal})
-      if (result.exitCode !== 0) throw new InfrastructureError(`setup \`${line}\` failed in the worker (exit ${result.exitCode})`, {detail: tail(`${String(result.stdout ?? '')}\n${String(result.stderr ?? '')}`, 10)})
+      const result = await spawn('ssh', sshArgs(state.ssh, ['sudo', 'sh', '-c', line]), {
+        reject: false,
+        stdin: 'ignore',
+        cancelSignal: state.context.signal,
+      })
+      if (result.exitCode !== 0)
+        throw new InfrastructureError(`setup \`${line}\` failed in the worker (exit ${result.exitCode})`, {
+          detail: tail(`${String(result.stdout ?? '')}\n${String(result.stderr ?? '')}`, 10),
+        })
     }
     await stageJob(spec, f.jobDir)
     const archive = join(state.context.workDir, 'job.tar')
     await runProgram('tar', ['-c', '-f', archive, '-C', f.jobDir, '.'], {purpose: 'packing the job inputs'})
     const script = `set -e; rm -rf ${GUEST_DIR}; mkdir -m 0700 ${GUEST_DIR} ${GUEST_DIR}/job ${GUEST_DIR}/out; tar -x -f - -C ${GUEST_DIR}/job --no-same-owner`
-    const result = await spawn('ssh', sshArgs(state.ssh, ['sudo', 'sh', '-c', script]), {inputFile: archive, reject: false, cancelSignal: state.context.signal})
-    if (result.exitCode !== 0) await infrastructure(state, new BoxError(`copying the inputs in failed: ${tail(String(result.stderr ?? ''), 5)}`), 'copying inputs in')
+    const result = await spawn('ssh', sshArgs(state.ssh, ['sudo', 'sh', '-c', script]), {
+      inputFile: archive,
+      reject: false,
+      cancelSignal: state.context.signal,
+    })
+    if (result.exitCode !== 0)
+      await infrastructure(
+        state,
+        new BoxError(`copying the inputs in failed: ${tail(String(result.stderr ?? ''), 5)}`),
+        'copying inputs in',
+      )
   })
 }
 
@@ -159,7 +195,12 @@ export async function create(state: JobState): Promise<Worker> {
       cpus: context.cpus,
       memoryMiB: context.memoryMiB,
       network: context.spec.network,
-      drives: context.spec.network ? [] : [{file: f.inputImage, serial: INPUT_SERIAL, readOnly: true}, {file: f.outputImage, serial: OUTPUT_SERIAL}],
+      drives: context.spec.network
+        ? []
+        : [
+            {file: f.inputImage, serial: INPUT_SERIAL, readOnly: true},
+            {file: f.outputImage, serial: OUTPUT_SERIAL},
+          ],
     },
     {cacheDir: context.cacheDir, signal: context.signal},
   )
@@ -167,7 +208,12 @@ export async function create(state: JobState): Promise<Worker> {
     state.worker = await timed(state, 'create', context.spec.phaseTimeouts.create, () => pending)
   } catch (error) {
     // Past the deadline the worker may still come: it is destroyed when it does.
-    pending.then((late) => destroyWorker(late), () => undefined).catch(() => undefined)
+    pending
+      .then(
+        (late) => destroyWorker(late),
+        () => undefined,
+      )
+      .catch(() => undefined)
     return infrastructure(state, error, 'starting')
   }
   return state.worker
@@ -181,19 +227,38 @@ export async function wait(state: JobState): Promise<void> {
   try {
     await timed(state, 'wait', undefined, async () => {
       if (!spec.network) {
-        if (!worker.provider.askAgent) throw new InfrastructureError('this provider has no guest agent channel; jobs without network need one')
+        if (!worker.provider.askAgent)
+          throw new InfrastructureError('this provider has no guest agent channel; jobs without network need one')
         for (;;) {
           signal?.throwIfAborted()
           if (!worker.started.isAlive()) throw new InfrastructureError('the worker stopped before its agent answered')
-          const answered = await worker.provider.askAgent(worker.handle, 'ping', {timeoutMs: 1000}).then(() => true, () => false)
+          const answered = await worker.provider.askAgent(worker.handle, 'ping', {timeoutMs: 1000}).then(
+            () => true,
+            () => false,
+          )
           if (answered) return
-          if (Date.now() > deadline) throw new InfrastructureError(`the worker's agent did not answer within ${Math.round(spec.phaseTimeouts.wait / 1000)} s`)
+          if (Date.now() > deadline)
+            throw new InfrastructureError(
+              `the worker's agent did not answer within ${Math.round(spec.phaseTimeouts.wait / 1000)} s`,
+            )
           await sleep(200)
         }
       }
       const keyFile = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), files(state).key)
-      state.ssh = {host: '127.0.0.1', port: worker.started.sshPort, user: state.context.box.image.metadata.box?.user ?? 'vagrant', keyFile, controlPath: socketPath(state.context.workDir, 'ssh.ctl')}
-      await waitForSsh(state.ssh, {timeoutMs: Math.max(1000, deadline - Date.now()), isAlive: worker.started.isAlive, serialLog: worker.started.serialLog, sshListening: worker.started.sshListening, signal})
+      state.ssh = {
+        host: '127.0.0.1',
+        port: worker.started.sshPort,
+        user: state.context.box.image.metadata.box?.user ?? 'vagrant',
+        keyFile,
+        controlPath: socketPath(state.context.workDir, 'ssh.ctl'),
+      }
+      await waitForSsh(state.ssh, {
+        timeoutMs: Math.max(1000, deadline - Date.now()),
+        isAlive: worker.started.isAlive,
+        serialLog: worker.started.serialLog,
+        sshListening: worker.started.sshListening,
+        signal,
+      })
     })
   } catch (error) {
     await infrastructure(state, error, 'waiting for it to come up')
@@ -217,11 +282,17 @@ export async function run(state: JobState): Promise<GuestStatus> {
         if (!answer.startsWith('started')) throw new InfrastructureError(`the agent did not start the job: ${answer}`)
         for (;;) {
           await sleep(250, undefined, {signal})
-          if (!worker.started.isAlive()) throw new InfrastructureError('the worker stopped while the job ran (QEMU exited)')
-          const status = await worker.provider.askAgent!(worker.handle, 'job-status', {timeoutMs: 5000}).catch(() => undefined)
+          if (!worker.started.isAlive())
+            throw new InfrastructureError('the worker stopped while the job ran (QEMU exited)')
+          const status = await worker.provider.askAgent!(worker.handle, 'job-status', {timeoutMs: 5000}).catch(
+            () => undefined,
+          )
           if (status?.startsWith('done')) {
             const code = Number(status.split(' ')[1])
-            if (code !== 0) throw new InfrastructureError(`box-job failed in the worker (exit ${code}) before the job's status was written`)
+            if (code !== 0)
+              throw new InfrastructureError(
+                `box-job failed in the worker (exit ${code}) before the job's status was written`,
+              )
             // The status itself is read from the output disk in copyOut.
             return {exit: 0, signal: null, timedOut: false, cut: false}
           }
@@ -240,21 +311,43 @@ async function runOverSsh(state: JobState, hostDeadline: number): Promise<GuestS
   const {spec, resultDir, onOutput, signal} = state.context
   const target = state.ssh!
   const script = await readFile(BOX_JOB_SCRIPT, 'utf8')
-  const stdout = await CappedOutput.create(join(resultDir, 'stdout'), spec.outputLimit, onOutput && ((chunk) => onOutput('stdout', chunk)))
-  const stderr = await CappedOutput.create(join(resultDir, 'stderr'), spec.outputLimit, onOutput && ((chunk) => onOutput('stderr', chunk)))
-  const child = spawn('ssh', sshArgs(target, ['sudo', 'sh', '-s', '--', 'run', `${GUEST_DIR}/job`, `${GUEST_DIR}/out`, 'stream']), {
-    input: script,
-    buffer: false,
-    reject: false,
-    timeout: Math.max(1000, hostDeadline - Date.now()),
-    cancelSignal: signal,
-  })
-  const [result] = await Promise.all([child, pipeline(child.stdout as Readable, stdout.stream()), pipeline(child.stderr as Readable, stderr.stream())])
-  const {stdout: statusText, exitCode} = await runProgram('ssh', sshArgs(target, ['sudo', 'cat', `${GUEST_DIR}/out/status`]), {stdin: 'ignore', timeout: 30_000}).catch(() => ({stdout: '', exitCode: 1}))
+  const stdout = await CappedOutput.create(
+    join(resultDir, 'stdout'),
+    spec.outputLimit,
+    onOutput && ((chunk) => onOutput('stdout', chunk)),
+  )
+  const stderr = await CappedOutput.create(
+    join(resultDir, 'stderr'),
+    spec.outputLimit,
+    onOutput && ((chunk) => onOutput('stderr', chunk)),
+  )
+  const child = spawn(
+    'ssh',
+    sshArgs(target, ['sudo', 'sh', '-s', '--', 'run', `${GUEST_DIR}/job`, `${GUEST_DIR}/out`, 'stream']),
+    {
+      input: script,
+      buffer: false,
+      reject: false,
+      timeout: Math.max(1000, hostDeadline - Date.now()),
+      cancelSignal: signal,
+    },
+  )
+  const [result] = await Promise.all([
+    child,
+    pipeline(child.stdout as Readable, stdout.stream()),
+    pipeline(child.stderr as Readable, stderr.stream()),
+  ])
+  const {stdout: statusText, exitCode} = await runProgram(
+    'ssh',
+    sshArgs(target, ['sudo', 'cat', `${GUEST_DIR}/out/status`]),
+    {stdin: 'ignore', timeout: 30_000},
+  ).catch(() => ({stdout: '', exitCode: 1}))
   if (exitCode !== 0 || statusText.trim() === '') {
     await stdout.finish()
     await stderr.finish()
-    throw new InfrastructureError(`the job's status could not be read from the worker (ssh exited ${result.exitCode ?? 'by a signal'})`)
+    throw new InfrastructureError(
+      `the job's status could not be read from the worker (ssh exited ${result.exitCode ?? 'by a signal'})`,
+    )
   }
   const status = parseStatus(statusText)
   await stdout.finish(status.cut)
@@ -267,11 +360,23 @@ async function runOverSsh(state: JobState, hostDeadline: number): Promise<GuestS
 
 /** box-job's status file: KEY VALUE lines. */
 export function parseStatus(text: string): GuestStatus {
-  const values = new Map(text.split('\n').map((line) => line.trim().split(/\s+/, 2) as [string, string]).filter((pair) => pair[0] !== ''))
+  const values = new Map(
+    text
+      .split('\n')
+      .map((line) => line.trim().split(/\s+/, 2) as [string, string])
+      .filter((pair) => pair[0] !== ''),
+  )
   const exit = Number(values.get('exit'))
-  if (!Number.isInteger(exit)) throw new InfrastructureError(`box-job wrote no exit code (status: ${JSON.stringify(text.slice(0, 200))})`)
+  if (!Number.isInteger(exit))
+    throw new InfrastructureError(`box-job wrote no exit code (status: ${JSON.stringify(text.slice(0, 200))})`)
   const signal = values.get('signal')
-  return {exit, signal: signal && signal !== 'none' ? `SIG${signal}` : null, timedOut: values.get('timed_out') === '1', cut: values.get('cut') === '1', runMs: values.has('run_ms') ? Number(values.get('run_ms')) : undefined}
+  return {
+    exit,
+    signal: signal && signal !== 'none' ? `SIG${signal}` : null,
+    timedOut: values.get('timed_out') === '1',
+    cut: values.get('cut') === '1',
+    runMs: values.has('run_ms') ? Number(values.get('run_ms')) : undefined,
+  }
 }
 
 /**
@@ -287,11 +392,24 @@ export async function copyOut(state: JobState): Promise<void> {
       const archive = join(f.guestFiles, 'out.tar')
       if (!spec.network) {
         const found = new Set(await readOutputImage(f.outputImage, f.guestFiles))
-        if (!found.has('status')) throw new InfrastructureError(`the job's status is missing from the output disk (found: ${[...found].join(', ') || 'nothing'})`)
+        if (!found.has('status'))
+          throw new InfrastructureError(
+            `the job's status is missing from the output disk (found: ${[...found].join(', ') || 'nothing'})`,
+          )
         const status = parseStatus(await readFile(join(f.guestFiles, 'status'), 'utf8'))
         state.guest = status
-        const out = await capFile(found.has('stdout') ? join(f.guestFiles, 'stdout') : undefined, join(resultDir, 'stdout'), spec.outputLimit, false)
-        const err = await capFile(found.has('stderr') ? join(f.guestFiles, 'stderr') : undefined, join(resultDir, 'stderr'), spec.outputLimit, false)
+        const out = await capFile(
+          found.has('stdout') ? join(f.guestFiles, 'stdout') : undefined,
+          join(resultDir, 'stdout'),
+          spec.outputLimit,
+          false,
+        )
+        const err = await capFile(
+          found.has('stderr') ? join(f.guestFiles, 'stderr') : undefined,
+          join(resultDir, 'stderr'),
+          spec.outputLimit,
+          false,
+        )
         state.bytesOut.stdout = out.bytes
         state.bytesOut.stderr = err.bytes
         state.outputLimitHit = status.cut || out.cut || err.cut
@@ -304,11 +422,21 @@ export async function copyOut(state: JobState): Promise<void> {
         if (spec.outputs.length === 0) return
         await mkdir(f.guestFiles, {recursive: true})
         const script = await readFile(BOX_JOB_SCRIPT, 'utf8')
-        const child = spawn('ssh', sshArgs(state.ssh!, ['sudo', 'sh', '-s', '--', 'outputs', `${GUEST_DIR}/job`]), {input: script, buffer: false, reject: false, cancelSignal: state.context.signal})
+        const child = spawn('ssh', sshArgs(state.ssh!, ['sudo', 'sh', '-s', '--', 'outputs', `${GUEST_DIR}/job`]), {
+          input: script,
+          buffer: false,
+          reject: false,
+          cancelSignal: state.context.signal,
+        })
         const capped = await CappedOutput.create(archive, spec.outputsLimit + 1024 * 1024)
-        await Promise.all([child, pipeline(child.stdout as Readable, capped.stream()), pipeline(child.stderr as Readable, createWriteStream(join(f.guestFiles, 'out.log')))])
+        await Promise.all([
+          child,
+          pipeline(child.stdout as Readable, capped.stream()),
+          pipeline(child.stderr as Readable, createWriteStream(join(f.guestFiles, 'out.log'))),
+        ])
         await capped.finish()
-        if (capped.cut) throw new BoxError(`the out: files are larger than the outputs limit (${spec.outputsLimit} bytes)`)
+        if (capped.cut)
+          throw new BoxError(`the out: files are larger than the outputs limit (${spec.outputsLimit} bytes)`)
       }
       if ((await stat(archive)).size === 0) return
       const extracted = await extractOutputs(archive, resultDir, spec.outputs, spec.outputsLimit)
@@ -325,7 +453,11 @@ export async function destroy(state: JobState): Promise<void> {
   const started = Date.now()
   try {
     if (state.ssh?.controlPath) {
-      await spawn('ssh', ['-o', `ControlPath=${state.ssh.controlPath}`, '-O', 'exit', 'box-worker'], {reject: false, stdin: 'ignore', timeout: 3000})
+      await spawn('ssh', ['-o', `ControlPath=${state.ssh.controlPath}`, '-O', 'exit', 'box-worker'], {
+        reject: false,
+        stdin: 'ignore',
+        timeout: 3000,
+      })
     }
     if (state.worker) await destroyWorker(state.worker)
     await rm(state.context.workDir, {recursive: true, force: true})

@@ -48,7 +48,10 @@ export interface RunCommandResult {
 
 export async function runCommandJob(options: RunCommandOptions): Promise<RunCommandResult> {
   if (options.command.length === 0) {
-    throw new BoxError('no command to run', {exitCode: ExitCode.USAGE, suggestions: ['put it after --: box run --box NAME -- make test']})
+    throw new BoxError('no command to run', {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['put it after --: box run --box NAME -- make test'],
+    })
   }
   // Everything about the job is checked before any worker starts (or a box is fetched).
   const inputs = options.inputs.map((text) => parseInput(text, options.cwd))
@@ -56,7 +59,16 @@ export async function runCommandJob(options: RunCommandOptions): Promise<RunComm
   const outputs = checkOutputs(options.outputs)
   const timeoutMs = options.timeout ? parseDuration(options.timeout, '--timeout') : PHASE_TIMEOUTS_MS.run
   const outputLimit = options.outputLimit ? parseSize(options.outputLimit, '--output-limit') : DEFAULT_OUTPUT_LIMIT
-  const resolved = await resolveJobBox({box: options.box, machine: options.machine, cwd: options.cwd, dataDir: options.dataDir, cacheDir: options.cacheDir, boxVersionOfCli: options.version, progress: options.progress, signal: options.signal})
+  const resolved = await resolveJobBox({
+    box: options.box,
+    machine: options.machine,
+    cwd: options.cwd,
+    dataDir: options.dataDir,
+    cacheDir: options.cacheDir,
+    boxVersionOfCli: options.version,
+    progress: options.progress,
+    signal: options.signal,
+  })
   const user = checkJobUser(options.user ?? DEFAULT_JOB_USER, resolved.loginUser)
   const id = newJobId()
   const spec: JobSpec = {
@@ -72,12 +84,28 @@ export async function runCommandJob(options: RunCommandOptions): Promise<RunComm
     user,
     nproc: DEFAULT_NPROC,
     fileSizeLimit: DEFAULT_FILE_SIZE_LIMIT,
-    phaseTimeouts: {create: PHASE_TIMEOUTS_MS.create, wait: PHASE_TIMEOUTS_MS.wait, copyIn: PHASE_TIMEOUTS_MS.copyIn, copyOut: PHASE_TIMEOUTS_MS.copyOut},
+    phaseTimeouts: {
+      create: PHASE_TIMEOUTS_MS.create,
+      wait: PHASE_TIMEOUTS_MS.wait,
+      copyIn: PHASE_TIMEOUTS_MS.copyIn,
+      copyOut: PHASE_TIMEOUTS_MS.copyOut,
+    },
   }
   const resultDir = resolve(options.cwd, 'box-run', id)
-  const stage = options.progress.stage(`job ${id}: ${resolved.box.name} ${resolved.box.version}, network ${options.network}`)
+  const stage = options.progress.stage(
+    `job ${id}: ${resolved.box.name} ${resolved.box.version}, network ${options.network}`,
+  )
   try {
-    const record = await runJob({spec, box: resolved.box, cacheDir: options.cacheDir, resultDir, cpus: resolved.cpus, memoryMiB: resolved.memoryMiB, signal: options.signal, onOutput: options.follow})
+    const record = await runJob({
+      spec,
+      box: resolved.box,
+      cacheDir: options.cacheDir,
+      resultDir,
+      cpus: resolved.cpus,
+      memoryMiB: resolved.memoryMiB,
+      signal: options.signal,
+      onOutput: options.follow,
+    })
     if (record.status === 'infrastructure') stage.fail(record.error?.message.split('\n')[0])
     else stage.done(`${record.status}, exit ${record.exitCode}`)
     return {record, resultDir}

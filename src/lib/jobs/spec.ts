@@ -98,7 +98,11 @@ const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/
 export function parseDuration(value: string | number, what = 'duration'): number {
   const text = String(value).trim()
   const match = DURATION.exec(text)
-  if (!match) throw new BoxError(`${what}: "${text}" is not a duration`, {exitCode: ExitCode.USAGE, suggestions: ['write it as 90s, 2m, 1h or 500ms']})
+  if (!match)
+    throw new BoxError(`${what}: "${text}" is not a duration`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['write it as 90s, 2m, 1h or 500ms'],
+    })
   const unit = {ms: 1, s: 1000, m: 60_000, h: 3_600_000}[(match[2] ?? 's') as 'ms' | 's' | 'm' | 'h']
   const ms = Math.round(Number(match[1]) * unit)
   if (ms <= 0) throw new BoxError(`${what}: must be more than zero`, {exitCode: ExitCode.USAGE})
@@ -111,7 +115,11 @@ const SIZE = /^(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$/i
 export function parseSize(value: string | number, what = 'size'): number {
   const text = String(value).trim()
   const match = SIZE.exec(text)
-  if (!match) throw new BoxError(`${what}: "${text}" is not a size`, {exitCode: ExitCode.USAGE, suggestions: ['write it as 1M, 500K or 1048576']})
+  if (!match)
+    throw new BoxError(`${what}: "${text}" is not a size`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['write it as 1M, 500K or 1048576'],
+    })
   const unit = (match[2] ?? 'b').toLowerCase()[0] as 'b' | 'k' | 'm' | 'g'
   const bytes = Math.floor(Number(match[1]) * {b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3}[unit])
   if (bytes <= 0) throw new BoxError(`${what}: must be more than zero`, {exitCode: ExitCode.USAGE})
@@ -120,13 +128,20 @@ export function parseSize(value: string | number, what = 'size'): number {
 
 /** A guest path box may write to or read from: absolute, no "..", not "/", one line. */
 export function checkGuestPath(path: string, what: string): string {
-  const problem =
-    !path.startsWith('/') ? 'is not absolute'
-    : path.split('/').includes('..') ? 'contains ".."'
-    : /[\n\r\0]/.test(path) ? 'contains a line break or NUL'
-    : posix.normalize(path) === '/' ? 'is the root directory'
-    : undefined
-  if (problem) throw new BoxError(`${what} ${JSON.stringify(path)} ${problem}`, {exitCode: ExitCode.USAGE, suggestions: ['name an absolute path in the guest, such as /tmp/job']})
+  const problem = !path.startsWith('/')
+    ? 'is not absolute'
+    : path.split('/').includes('..')
+      ? 'contains ".."'
+      : /[\n\r\0]/.test(path)
+        ? 'contains a line break or NUL'
+        : posix.normalize(path) === '/'
+          ? 'is the root directory'
+          : undefined
+  if (problem)
+    throw new BoxError(`${what} ${JSON.stringify(path)} ${problem}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['name an absolute path in the guest, such as /tmp/job'],
+    })
   return posix.normalize(path).replace(/\/$/, '')
 }
 
@@ -139,12 +154,16 @@ export function parseInput(text: string, baseDir: string, what = '--in'): JobInp
   const split = text.lastIndexOf(':/')
   const hostPart = split > 0 ? text.slice(0, split) : text
   const guestPart = split > 0 ? text.slice(split + 1) : undefined
-  if (hostPart === '') throw new BoxError(`${what} ${JSON.stringify(text)} names no host path`, {exitCode: ExitCode.USAGE})
+  if (hostPart === '')
+    throw new BoxError(`${what} ${JSON.stringify(text)} names no host path`, {exitCode: ExitCode.USAGE})
   const host = resolve(baseDir, hostPart)
   if (!isAbsolute(hostPart)) {
     const rel = relative(baseDir, host)
     if (rel === '..' || rel.startsWith(`..${sep}`)) {
-      throw new BoxError(`${what} ${JSON.stringify(hostPart)} leaves ${baseDir} (it climbs out with "..")`, {exitCode: ExitCode.USAGE, suggestions: ['name a path inside that folder, or an absolute path']})
+      throw new BoxError(`${what} ${JSON.stringify(hostPart)} leaves ${baseDir} (it climbs out with "..")`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['name a path inside that folder, or an absolute path'],
+      })
     }
   }
   const guest = checkGuestPath(guestPart ?? `/tmp/job/${basename(host)}`, `${what} guest path`)
@@ -155,7 +174,11 @@ export function parseInput(text: string, baseDir: string, what = '--in'): JobInp
 export async function checkInputsExist(inputs: readonly JobInput[], what = '--in'): Promise<void> {
   for (const input of inputs) {
     const info = await lstat(input.host).catch(() => undefined)
-    if (!info) throw new BoxError(`${what}: ${input.host} does not exist`, {exitCode: ExitCode.USAGE, suggestions: ['check the path (relative paths start at the current folder, or at the job file in a batch)']})
+    if (!info)
+      throw new BoxError(`${what}: ${input.host} does not exist`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['check the path (relative paths start at the current folder, or at the job file in a batch)'],
+      })
   }
 }
 
@@ -167,23 +190,39 @@ export function checkOutputs(outputs: readonly string[], what = '--out'): string
   return outputs.map((output) => {
     const path = checkGuestPath(output, what)
     const name = posix.basename(path)
-    if (RESERVED_RESULT_NAMES.has(name)) throw new BoxError(`${what} ${path}: its name ${name} is taken by the job's own result files`, {exitCode: ExitCode.USAGE, suggestions: ['bring back the folder that holds it instead']})
+    if (RESERVED_RESULT_NAMES.has(name))
+      throw new BoxError(`${what} ${path}: its name ${name} is taken by the job's own result files`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['bring back the folder that holds it instead'],
+      })
     const earlier = seen.get(name)
-    if (earlier) throw new BoxError(`${what} ${earlier} and ${path} would both be results/<id>/${name}`, {exitCode: ExitCode.USAGE, suggestions: ['bring back their common folder instead']})
+    if (earlier)
+      throw new BoxError(`${what} ${earlier} and ${path} would both be results/<id>/${name}`, {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['bring back their common folder instead'],
+      })
     seen.set(name, path)
     return path
   })
 }
 
 export function checkJobId(id: string): string {
-  if (!JOB_ID_PATTERN.test(id)) throw new BoxError(`job id ${JSON.stringify(id)} is not a plain name`, {exitCode: ExitCode.USAGE, suggestions: ['use letters, digits, ".", "_" and "-" (at most 64), starting with a letter or digit']})
+  if (!JOB_ID_PATTERN.test(id))
+    throw new BoxError(`job id ${JSON.stringify(id)} is not a plain name`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['use letters, digits, ".", "_" and "-" (at most 64), starting with a letter or digit'],
+    })
   return id
 }
 
 export function checkJobUser(user: string, loginUser: string | undefined): string {
-  if (!/^[a-z_][a-z0-9_-]{0,30}$/.test(user)) throw new BoxError(`--user ${JSON.stringify(user)} is not a user name`, {exitCode: ExitCode.USAGE})
+  if (!/^[a-z_][a-z0-9_-]{0,30}$/.test(user))
+    throw new BoxError(`--user ${JSON.stringify(user)} is not a user name`, {exitCode: ExitCode.USAGE})
   if (user === 'root' || user === loginUser) {
-    throw new BoxError(`jobs never run as ${user}${user === loginUser ? ' (the box\'s login user, who has sudo)' : ''}`, {exitCode: ExitCode.USAGE, suggestions: [`leave --user out (the job user is "${DEFAULT_JOB_USER}")`]})
+    throw new BoxError(
+      `jobs never run as ${user}${user === loginUser ? " (the box's login user, who has sudo)" : ''}`,
+      {exitCode: ExitCode.USAGE, suggestions: [`leave --user out (the job user is "${DEFAULT_JOB_USER}")`]},
+    )
   }
   return user
 }

@@ -84,7 +84,10 @@ export async function destroyWorker(worker: Pick<Worker, 'stateDir' | 'provider'
   await worker.provider.destroy({stateDir: worker.stateDir})
   const deadline = Date.now() + 5000
   while (worker.started.isAlive() || (await worker.provider.state({stateDir: worker.stateDir})) === 'running') {
-    if (Date.now() > deadline) throw new BoxError(`the worker in ${worker.stateDir} did not stop`, {suggestions: ['look for its QEMU process (ps -ef | grep qemu) and kill it']})
+    if (Date.now() > deadline)
+      throw new BoxError(`the worker in ${worker.stateDir} did not stop`, {
+        suggestions: ['look for its QEMU process (ps -ef | grep qemu) and kill it'],
+      })
     await worker.provider.destroy({stateDir: worker.stateDir})
     await new Promise((resolve) => setTimeout(resolve, 100))
   }

@@ -61,7 +61,10 @@ export function machineFiles(stateDir: string): {record: string; key: string; lo
 export async function lockMachine(stateDir: string, name: string): Promise<() => Promise<void>> {
   return acquireLock(machineFiles(stateDir).lock, {
     waitMs: 3000,
-    busy: (pid) => new BoxError(`machine ${name} is busy: another box command (pid ${pid}) is working on it`, {suggestions: ['wait for that command to finish, then try again']}),
+    busy: (pid) =>
+      new BoxError(`machine ${name} is busy: another box command (pid ${pid}) is working on it`, {
+        suggestions: ['wait for that command to finish, then try again'],
+      }),
   })
 }
 

@@ -6,7 +6,10 @@ import {machineDir, readRecord, type MachineContext} from './context.js'
 import {closeSshMaster} from './keys.js'
 
 /** Stop a machine, delete its disk and state, and drop it from the machine index; resolves to whether it existed. */
-export async function destroyMachine(context: Pick<MachineContext, 'projectDir' | 'cacheDir' | 'dataDir'>, machine: ResolvedMachine): Promise<boolean> {
+export async function destroyMachine(
+  context: Pick<MachineContext, 'projectDir' | 'cacheDir' | 'dataDir'>,
+  machine: ResolvedMachine,
+): Promise<boolean> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const record = await readRecord(stateDir)
   const provider = providerFor(machine.provider, context.cacheDir)

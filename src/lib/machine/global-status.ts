@@ -14,12 +14,16 @@ export interface GlobalStatusEntry {
 /** Entries whose project folder is gone are pruned from the index; a state that cannot be read is "unknown". */
 export async function globalStatus(options: {dataDir: string; cacheDir: string}): Promise<GlobalStatusEntry[]> {
   const machines = await listMachines(options.dataDir, {prune: true})
-  return Promise.all(machines.map(async (machine) => ({
-    id: machine.id.slice(0, 8),
-    name: machine.name,
-    provider: machine.provider,
-    state: await providerFor(machine.provider, options.cacheDir).state({stateDir: machine.stateDir}).catch(() => 'unknown'),
-    box: `${machine.box.name} ${machine.box.version}`,
-    directory: machine.projectDir,
-  })))
+  return Promise.all(
+    machines.map(async (machine) => ({
+      id: machine.id.slice(0, 8),
+      name: machine.name,
+      provider: machine.provider,
+      state: await providerFor(machine.provider, options.cacheDir)
+        .state({stateDir: machine.stateDir})
+        .catch(() => 'unknown'),
+      box: `${machine.box.name} ${machine.box.version}`,
+      directory: machine.projectDir,
+    })),
+  )
 }

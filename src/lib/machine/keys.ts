@@ -12,7 +12,12 @@ import {sshRun, waitForSsh, type SshTarget} from './ssh.js'
  * The insecure login is one connection (a master, closed once the key is in place), and
  * the machine key's first login stays as the master for what follows.
  */
-export async function waitForMachineSsh(stateDir: string, target: SshTarget, record: MachineRecord, options: Parameters<typeof waitForSsh>[1]): Promise<MachineRecord> {
+export async function waitForMachineSsh(
+  stateDir: string,
+  target: SshTarget,
+  record: MachineRecord,
+  options: Parameters<typeof waitForSsh>[1],
+): Promise<MachineRecord> {
   if (record.keyInstalled || record.privateKeyPath) {
     await waitForSsh(target, options)
     return record
@@ -22,7 +27,11 @@ export async function waitForMachineSsh(stateDir: string, target: SshTarget, rec
   const bootstrap = {...target, keyFile: insecure.keyFiles[0]!, moreKeyFiles: insecure.keyFiles.slice(1)}
   try {
     await waitForSsh(bootstrap, options)
-    authorizedKeysFile = await replaceInsecureKeys(bootstrap, record.user, await readFile(`${target.keyFile}.pub`, 'utf8'))
+    authorizedKeysFile = await replaceInsecureKeys(
+      bootstrap,
+      record.user,
+      await readFile(`${target.keyFile}.pub`, 'utf8'),
+    )
   } finally {
     if (bootstrap.controlPath) await closeSshMaster(bootstrap.controlPath)
     await insecure.remove()
@@ -52,12 +61,19 @@ chown "$user" "$file.new" && chmod 0600 "$file.new"
 mv "$file.new" "$file"
 echo "$file"
 `
-  const {stdout} = await sshRun(target, ['sudo', 'sh', '-c', script, 'sh', user], {input: publicKey, purpose: 'installing the machine ssh key'})
+  const {stdout} = await sshRun(target, ['sudo', 'sh', '-c', script, 'sh', user], {
+    input: publicKey,
+    purpose: 'installing the machine ssh key',
+  })
   return stdout.trim()
 }
 
 /** Close the ssh master connection of a machine (halt, destroy, a finished key install). */
 export async function closeSshMaster(controlPath: string): Promise<void> {
-  await spawn('ssh', ['-o', `ControlPath=${controlPath}`, '-O', 'exit', 'box-machine'], {reject: false, stdin: 'ignore', timeout: 3000})
+  await spawn('ssh', ['-o', `ControlPath=${controlPath}`, '-O', 'exit', 'box-machine'], {
+    reject: false,
+    stdin: 'ignore',
+    timeout: 3000,
+  })
   await rm(controlPath, {force: true})
 }

@@ -17,7 +17,10 @@ import {PROJECT_ROOT} from '../core/paths.js'
 import {installPrivateKey, sshRun, type SshTarget} from './ssh.js'
 
 export const BOX_INSECURE_KEY = join(PROJECT_ROOT, 'static', 'insecure_key')
-export const VAGRANT_INSECURE_KEYS = [join(PROJECT_ROOT, 'static', 'vagrant', 'insecure_key.ed25519'), join(PROJECT_ROOT, 'static', 'vagrant', 'insecure_key.rsa')]
+export const VAGRANT_INSECURE_KEYS = [
+  join(PROJECT_ROOT, 'static', 'vagrant', 'insecure_key.ed25519'),
+  join(PROJECT_ROOT, 'static', 'vagrant', 'insecure_key.rsa'),
+]
 
 /** The insecure private keys to offer, the box's own convention first (box-built boxes carry box's metadata). */
 export function insecureKeysFor(builtByBox: boolean): string[] {
@@ -38,12 +41,21 @@ export async function insecureKeyBlobs(): Promise<string[]> {
  * Copies (mode 0600, as OpenSSH wants; git keeps no modes) of the keys to offer, in
  * `stateDir`, and a function that removes them again.
  */
-export async function stageInsecureKeys(stateDir: string, boxDir: string): Promise<{keyFiles: string[]; remove: () => Promise<void>}> {
-  const metadata = JSON.parse(await readFile(join(boxDir, 'metadata.json'), 'utf8').catch(() => '{}')) as {box?: unknown}
+export async function stageInsecureKeys(
+  stateDir: string,
+  boxDir: string,
+): Promise<{keyFiles: string[]; remove: () => Promise<void>}> {
+  const metadata = JSON.parse(await readFile(join(boxDir, 'metadata.json'), 'utf8').catch(() => '{}')) as {
+    box?: unknown
+  }
   const sources = insecureKeysFor(metadata.box !== undefined)
   const keyFiles: string[] = []
-  for (const [index, source] of sources.entries()) keyFiles.push(await installPrivateKey(source, join(stateDir, `insecure_key.${index}`)))
-  return {keyFiles, remove: async () => Promise.all(keyFiles.map((file) => rm(file, {force: true}))).then(() => undefined)}
+  for (const [index, source] of sources.entries())
+    keyFiles.push(await installPrivateKey(source, join(stateDir, `insecure_key.${index}`)))
+  return {
+    keyFiles,
+    remove: async () => Promise.all(keyFiles.map((file) => rm(file, {force: true}))).then(() => undefined),
+  }
 }
 
 /**
@@ -81,6 +93,9 @@ echo "$file"
 /** Replace the insecure keys by the machine's key; resolves to the guest file that holds it. */
 export async function replaceInsecureKeys(target: SshTarget, user: string, machinePublicKey: string): Promise<string> {
   const blobs = await insecureKeyBlobs()
-  const {stdout} = await sshRun(target, ['sudo', 'sh', '-c', REPLACE_SCRIPT, 'sh', user, ...blobs], {input: machinePublicKey.trim(), purpose: 'replacing the insecure ssh keys by the machine key'})
+  const {stdout} = await sshRun(target, ['sudo', 'sh', '-c', REPLACE_SCRIPT, 'sh', user, ...blobs], {
+    input: machinePublicKey.trim(),
+    purpose: 'replacing the insecure ssh keys by the machine key',
+  })
   return stdout.trim()
 }

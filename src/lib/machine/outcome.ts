@@ -19,6 +19,8 @@ export async function machineOutcome<T extends object = object>(
   outcome: string,
   extra?: T,
 ): Promise<MachineOutcome & T> {
-  const state = await providerFor(machine.provider, context.cacheDir).state({stateDir: machineDir(context.projectDir, machine.name)})
+  const state = await providerFor(machine.provider, context.cacheDir).state({
+    stateDir: machineDir(context.projectDir, machine.name),
+  })
   return {name: machine.name, outcome, state, ...(extra as T)}
 }

@@ -42,7 +42,9 @@ export async function shipKernel(
   }
   try {
     const partitions = parseMbr(await readImageRange(image, 'qcow2', 0, 512))
-    const boot = partitions.find((partition) => partition.bootable && partition.type === 0x83) ?? partitions.find((partition) => partition.type === 0x83)
+    const boot =
+      partitions.find((partition) => partition.bootable && partition.type === 0x83) ??
+      partitions.find((partition) => partition.type === 0x83)
     if (!boot) return await fromSource('the disk has no /boot partition box can read')
     const bootImage = join(workDir, 'boot.raw')
     await copyImageRange(image, 'qcow2', boot.offset, boot.size, bootImage, signal)
@@ -50,15 +52,23 @@ export async function shipKernel(
       const entries = await listExtDirectory(bootImage, '/')
       const kernels = entries
         .map((entry) => ({entry, version: KERNEL_PATTERN.exec(entry.name)?.[1]}))
-        .filter((kernel): kernel is {entry: typeof kernel.entry; version: string} => kernel.version !== undefined && (kernel.entry.mode & 0o170000) === 0o100000)
+        .filter(
+          (kernel): kernel is {entry: typeof kernel.entry; version: string} =>
+            kernel.version !== undefined && (kernel.entry.mode & 0o170000) === 0o100000,
+        )
         .filter((kernel) => !initrdName || entries.some((entry) => entry.name === `initrd.img-${kernel.version}`))
         .sort((a, b) => compareKernelVersions(a.version, b.version))
       const newest = kernels.at(-1)
-      if (!newest) return await fromSource('no kernel with an initrd found in the image\'s /boot')
+      if (!newest) return await fromSource("no kernel with an initrd found in the image's /boot")
       await dumpExtFile(bootImage, `/${newest.entry.name}`, workDir, kernelName)
       if (initrdName) await dumpExtFile(bootImage, `/initrd.img-${newest.version}`, workDir, initrdName)
-      const changed = (await sha256File(join(workDir, kernelName))) !== (await sha256File(join(record.box.path, kernelName)).catch(() => ''))
-      if (changed) progress.info(`the kernel changed in the origin: shipping ${newest.entry.name} from the image's /boot for direct boot`)
+      const changed =
+        (await sha256File(join(workDir, kernelName))) !==
+        (await sha256File(join(record.box.path, kernelName)).catch(() => ''))
+      if (changed)
+        progress.info(
+          `the kernel changed in the origin: shipping ${newest.entry.name} from the image's /boot for direct boot`,
+        )
       return {from: 'image', file: newest.entry.name, changed}
     } finally {
       await rm(bootImage, {force: true})

@@ -35,7 +35,15 @@ import type {Provider} from '../../providers/provider.js'
 import {isVersion} from '../core/versions.js'
 import {updateCatalog} from '../store/catalog-update.js'
 import {shipKernel, type ShippedKernel} from './package-kernel.js'
-import {flattenDisk, measureDisk, overlayHasData, overlayTouches, resetLoginKeys, restorePersistent, skipSwapSignature} from './package-scrub.js'
+import {
+  flattenDisk,
+  measureDisk,
+  overlayHasData,
+  overlayTouches,
+  resetLoginKeys,
+  restorePersistent,
+  skipSwapSignature,
+} from './package-scrub.js'
 
 export interface CatalogEntryOptions {
   /** The catalog JSON to create or update. */
@@ -100,7 +108,8 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
   }
   const sourceMetadata = await readSourceMetadata(record)
   const version = options.version ?? nextVersion(record.box.version)
-  if (!isVersion(version)) throw new BoxError(`"${version}" is not a box version (such as 1.2.3)`, {exitCode: ExitCode.USAGE})
+  if (!isVersion(version))
+    throw new BoxError(`"${version}" is not a box version (such as 1.2.3)`, {exitCode: ExitCode.USAGE})
   const output = resolve(options.output ?? `${record.box.name.replaceAll('/', '-')}-${version}.box`)
   await refuseExistingOutput(output, options.force ?? false)
   const include = await checkInputs(options)
@@ -109,14 +118,22 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
   const state = await provider.state({stateDir})
   if (state === 'running') {
     if (!options.halt) {
-      throw new BoxError(`machine ${machine.name} is running: package a halted machine (its disk must not change while it is read)`, {
-        exitCode: ExitCode.USAGE,
-        suggestions: [`halt it first: box halt ${machine.name}`, `or let package do it: box package ${machine.name} --halt`],
-      })
+      throw new BoxError(
+        `machine ${machine.name} is running: package a halted machine (its disk must not change while it is read)`,
+        {
+          exitCode: ExitCode.USAGE,
+          suggestions: [
+            `halt it first: box halt ${machine.name}`,
+            `or let package do it: box package ${machine.name} --halt`,
+          ],
+        },
+      )
     }
     await trimAndHalt(context, machine, record, progress)
   } else if (state === 'aborted') {
-    progress.warn(`${machine.name}: QEMU died without a clean shutdown; the filesystems will be checked at the next boot of the new box`)
+    progress.warn(
+      `${machine.name}: QEMU died without a clean shutdown; the filesystems will be checked at the next boot of the new box`,
+    )
     // What a halt leaves behind, done now (the provider settles a disk left mid-snapshot).
     await provider.halt({stateDir}, {force: true, timeoutMs: 0})
   }
@@ -124,7 +141,9 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
   const release = await lockMachine(stateDir, machine.name)
   if ((await provider.state({stateDir})) === 'running') {
     await release()
-    throw new BoxError(`machine ${machine.name} was started while package was getting ready`, {suggestions: [`halt it, then package again: box halt ${machine.name}`]})
+    throw new BoxError(`machine ${machine.name} was started while package was getting ready`, {
+      suggestions: [`halt it, then package again: box halt ${machine.name}`],
+    })
   }
   const workDir = await mkdtemp(join(dirname(output), '.box-package-'))
   try {
@@ -134,7 +153,11 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
 
     const lvm = sourceMetadata.box?.lvm
     const layout = lvm ? await readLvmOnDisk(disk, 'qcow2') : undefined
-    const rangesOf = (lv: string | undefined): ExtentRange[] => (layout && lvm && lv ? lvRangesOnPv(layout.metadata, lvm.vg, lv, layout.pvUuid) ?? [] : []).map((range) => ({...range, offset: range.offset + layout!.pvOffset}))
+    const rangesOf = (lv: string | undefined): ExtentRange[] =>
+      (layout && lvm && lv ? (lvRangesOnPv(layout.metadata, lvm.vg, lv, layout.pvUuid) ?? []) : []).map((range) => ({
+        ...range,
+        offset: range.offset + layout!.pvOffset,
+      }))
     const originChanged = layout ? await overlayTouches(disk, rangesOf(lvm?.root)) : await overlayHasData(disk)
     progress.info(
       originChanged
@@ -144,8 +167,12 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
 
     // A throwaway overlay takes the zeroing; the machine's own disk stays as it is.
     const scrubbed = join(workDir, 'scrub.qcow2')
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', disk, scrubbed], {purpose: 'preparing the disk for packaging'})
-    const dropped = [...rangesOf(lvm?.snapshot), ...rangesOf(lvm?.swap).map(skipSwapSignature)].filter((range) => range.size > 0)
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', disk, scrubbed], {
+      purpose: 'preparing the disk for packaging',
+    })
+    const dropped = [...rangesOf(lvm?.snapshot), ...rangesOf(lvm?.swap).map(skipSwapSignature)].filter(
+      (range) => range.size > 0,
+    )
     await zeroImageRanges(scrubbed, dropped)
     if (layout && lvm) {
       await restorePersistent(scrubbed, record.box.path, lvm, rangesOf(lvm.persistent), progress)
@@ -154,7 +181,9 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
       const keyInRoot = !record.authorizedKeysFile?.startsWith('/persistent/')
       if (originChanged && keyInRoot) await resetLoginKeys(scrubbed, rangesOf(lvm.root), record.user, workDir)
     } else if (originChanged) {
-      progress.warn(`${record.box.name} has no LVM layout box knows: the disk is packaged as the machine left it, its ssh keys included (put ${join(PROJECT_ROOT, 'static', 'insecure_key.pub')} back as the login user's authorized_keys before halting)`)
+      progress.warn(
+        `${record.box.name} has no LVM layout box knows: the disk is packaged as the machine left it, its ssh keys included (put ${join(PROJECT_ROOT, 'static', 'insecure_key.pub')} back as the login user's authorized_keys before halting)`,
+      )
     }
 
     const image = join(workDir, 'box.img')
@@ -162,7 +191,9 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
     await rm(scrubbed, {force: true})
     const imageSize = (await stat(image)).size
 
-    const kernel = sourceMetadata.box?.kernel ? await shipKernel(image, record, sourceMetadata, workDir, progress, signal) : undefined
+    const kernel = sourceMetadata.box?.kernel
+      ? await shipKernel(image, record, sourceMetadata, workDir, progress, signal)
+      : undefined
     const metadata: BoxMetadata = {
       ...sourceMetadata,
       provider: 'libvirt',
@@ -196,7 +227,10 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
         output,
         compression: options.compression ?? 'zstd',
         signal,
-        onProgress: (done, total) => compressing.update(`${formatBytes(done)} of ${formatBytes(total)} (${total ? Math.floor((done / total) * 100) : 100} %)`),
+        onProgress: (done, total) =>
+          compressing.update(
+            `${formatBytes(done)} of ${formatBytes(total)} (${total ? Math.floor((done / total) * 100) : 100} %)`,
+          ),
       })
       compressing.done(formatBytes(written.size))
     } catch (error) {
@@ -205,7 +239,12 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
     }
 
     const catalog = options.catalog
-      ? await updateCatalog({...options.catalog, boxName: options.catalog.boxName ?? record.box.name, version, sha256: written.sha256})
+      ? await updateCatalog({
+          ...options.catalog,
+          boxName: options.catalog.boxName ?? record.box.name,
+          version,
+          sha256: written.sha256,
+        })
       : undefined
     return {
       output,
@@ -230,10 +269,13 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
 /** The machine disk packaging reads; only providers with a qcow2 chain (QEMU) have one. */
 function packagedDiskOf(provider: Provider, stateDir: string, name: string): string {
   if (!provider.packagedDisk) {
-    throw new BoxError(`box package cannot package ${provider.name} machines (${name}): it reads a QEMU machine's qcow2 disk`, {
-      exitCode: ExitCode.USAGE,
-      suggestions: ['package a machine whose Boxfile says provider: qemu'],
-    })
+    throw new BoxError(
+      `box package cannot package ${provider.name} machines (${name}): it reads a QEMU machine's qcow2 disk`,
+      {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['package a machine whose Boxfile says provider: qemu'],
+      },
+    )
   }
   return provider.packagedDisk({stateDir}).path
 }
@@ -249,21 +291,28 @@ async function readSourceMetadata(record: MachineRecord): Promise<BoxMetadata> {
   const file = join(record.box.path, 'metadata.json')
   return readJsonWithSchema(file, BoxMetadataSchema, `metadata of ${record.box.name} ${record.box.version}`, {
     ifMissing: () => {
-      throw new BoxError(`the box this machine was made from (${record.box.name} ${record.box.version}) is no longer installed: ${file} is missing`, {
-        suggestions: [`add it again: box add ${record.box.name} …`],
-      })
+      throw new BoxError(
+        `the box this machine was made from (${record.box.name} ${record.box.version}) is no longer installed: ${file} is missing`,
+        {
+          suggestions: [`add it again: box add ${record.box.name} …`],
+        },
+      )
     },
   })
 }
 
 async function refuseExistingOutput(output: string, force: boolean): Promise<void> {
   const parent = await stat(dirname(output)).catch(() => undefined)
-  if (!parent?.isDirectory()) throw new BoxError(`cannot write ${output}: ${dirname(output)} is not a directory`, {exitCode: ExitCode.USAGE})
+  if (!parent?.isDirectory())
+    throw new BoxError(`cannot write ${output}: ${dirname(output)} is not a directory`, {exitCode: ExitCode.USAGE})
   const existing = await stat(output).catch(() => undefined)
   if (!existing) return
   if (!existing.isFile()) throw new BoxError(`${output} exists and is not a file`, {exitCode: ExitCode.USAGE})
   if (!force) {
-    throw new BoxError(`${output} already exists`, {exitCode: ExitCode.USAGE, suggestions: ['replace it with --force, or choose another --output']})
+    throw new BoxError(`${output} already exists`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['replace it with --force, or choose another --output'],
+    })
   }
 }
 
@@ -276,7 +325,10 @@ async function checkInputs(options: PackageOptions): Promise<string[]> {
   }
   const names = files.map((file) => basename(file))
   const duplicate = names.find((name, index) => names.indexOf(name) !== index)
-  if (duplicate) throw new BoxError(`two --include files are named ${duplicate}: they would overwrite each other in include/`, {exitCode: ExitCode.USAGE})
+  if (duplicate)
+    throw new BoxError(`two --include files are named ${duplicate}: they would overwrite each other in include/`, {
+      exitCode: ExitCode.USAGE,
+    })
   if (options.info) {
     try {
       JSON.parse(await readFile(resolve(options.info), 'utf8'))
@@ -292,16 +344,26 @@ async function checkInputs(options: PackageOptions): Promise<string[]> {
  * (the drive has discard=unmap), so convert ships nothing for them. Best effort: a
  * filesystem on a device without discard (a dm-snapshot) just reports it.
  */
-async function trimAndHalt(context: MachineContext, machine: ResolvedMachine, record: MachineRecord, progress: Progress): Promise<void> {
+async function trimAndHalt(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  record: MachineRecord,
+  progress: Progress,
+): Promise<void> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const stage = progress.stage(`${machine.name}: trimming filesystems and halting`)
   try {
     const target = sshTarget(stateDir, record, providerFor(machine.provider, context.cacheDir))
-    await sshRun(target, ['sudo', '-n', 'sh', '-c', 'fstrim -av || true; sync'], {timeoutMs: 300_000, purpose: 'trimming the filesystems'}).catch((error: unknown) => {
+    await sshRun(target, ['sudo', '-n', 'sh', '-c', 'fstrim -av || true; sync'], {
+      timeoutMs: 300_000,
+      purpose: 'trimming the filesystems',
+    }).catch((error: unknown) => {
       progress.warn(`${machine.name}: fstrim failed (${(error as Error).message}); freed blocks may be packaged`)
     })
     // The guest powers itself off (cleaner than ACPI, which a busy TCG guest may miss); halt then waits for QEMU to exit.
-    await sshRun(target, ['sudo', '-n', 'systemctl', '--no-block', 'poweroff'], {timeoutMs: 30_000}).catch(() => undefined)
+    await sshRun(target, ['sudo', '-n', 'systemctl', '--no-block', 'poweroff'], {timeoutMs: 30_000}).catch(
+      () => undefined,
+    )
     const how = await haltMachine(context, machine, {timeoutMs: 90_000})
     if (how === 'forced') progress.warn(`${machine.name}: the guest did not power off in time and was stopped by force`)
     stage.done(how)
@@ -313,7 +375,10 @@ async function trimAndHalt(context: MachineContext, machine: ResolvedMachine, re
 
 /** Refuse before starting when the output's filesystem cannot hold the flattened image and the archive. */
 export async function checkFreeSpace(dir: string, needed: number): Promise<void> {
-  await checkFreeSpaceIn(dir, needed, {needs: 'packaging (the flattened disk and the archive)', suggestions: ['free some space, or write the box elsewhere with --output']})
+  await checkFreeSpaceIn(dir, needed, {
+    needs: 'packaging (the flattened disk and the archive)',
+    suggestions: ['free some space, or write the box elsewhere with --output'],
+  })
 }
 
 /** The source box's Vagrantfile when it has one (its settings still apply), else a minimal one. */
@@ -323,5 +388,11 @@ async function writeVagrantfile(record: MachineRecord, dest: string): Promise<vo
     await copyFile(source, dest)
     return
   }
-  await writeFile(dest, vagrantfileText({origin: `Written by \`box package\` from ${record.box.name} ${record.box.version}.`, username: record.user}))
+  await writeFile(
+    dest,
+    vagrantfileText({
+      origin: `Written by \`box package\` from ${record.box.name} ${record.box.version}.`,
+      username: record.user,
+    }),
+  )
 }

@@ -15,25 +15,37 @@ export function oneMachine(machines: readonly ResolvedMachine[], command: string
   // A Boxfile resolves to at least one machine (one named default without machines:).
   if (machines.length === 0) throw new BugError(`box ${command} got no machine`)
   if (machines.length !== 1) {
-    throw new BoxError(`box ${command} needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {exitCode: ExitCode.USAGE, suggestions: [`name one: box ${command} ${machines[0]!.name}`]})
+    throw new BoxError(`box ${command} needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`name one: box ${command} ${machines[0]!.name}`],
+    })
   }
   return machines[0]!
 }
 
 /** ssh's forward first, then the Boxfile's, as the provider set them up at the last boot (host ports may have moved off taken ones). */
-export async function machineForwards(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine): Promise<PortForward[]> {
+export async function machineForwards(
+  context: Pick<MachineContext, 'projectDir' | 'cacheDir'>,
+  machine: ResolvedMachine,
+): Promise<PortForward[]> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const record = await readRecord(stateDir)
   const provider = providerFor(machine.provider, context.cacheDir)
   if (!record?.sshPort || (await provider.state({stateDir})) !== 'running') {
-    throw new BoxError(`machine ${machine.name} is not running, so no port is forwarded to it`, {suggestions: [`start it: box up ${machine.name}`]})
+    throw new BoxError(`machine ${machine.name} is not running, so no port is forwarded to it`, {
+      suggestions: [`start it: box up ${machine.name}`],
+    })
   }
-  return [{guest: 22, host: record.sshPort, hostIp: '127.0.0.1', protocol: 'tcp', ssh: true}, ...(record.forwardedPorts ?? [])]
+  return [
+    {guest: 22, host: record.sshPort, hostIp: '127.0.0.1', protocol: 'tcp', ssh: true},
+    ...(record.forwardedPorts ?? []),
+  ]
 }
 
 /** The forward of guest port `guest` (TCP before UDP); a clear error listing the forwarded ones when there is none. */
 export function forwardOf(forwards: readonly PortForward[], guest: number, machine: string): PortForward {
-  const found = forwards.find((f) => f.guest === guest && f.protocol === 'tcp') ?? forwards.find((f) => f.guest === guest)
+  const found =
+    forwards.find((f) => f.guest === guest && f.protocol === 'tcp') ?? forwards.find((f) => f.guest === guest)
   if (!found) {
     const known = [...new Set(forwards.map((f) => `${f.guest}/${f.protocol}`))].join(', ')
     throw new BoxError(`guest port ${guest} of machine ${machine} is not forwarded; forwarded guest ports: ${known}`, {

@@ -21,19 +21,26 @@ import {createProgress} from '../core/progress.js'
 export type ProjectBoxfile = Pick<Boxfile, 'file' | 'dir' | 'machines'>
 
 /** The machines `names` ask for, in that order; all of them for no names. */
-export function selectMachines(boxfile: Pick<Boxfile, 'file' | 'machines'>, names: readonly string[]): ResolvedMachine[] {
+export function selectMachines(
+  boxfile: Pick<Boxfile, 'file' | 'machines'>,
+  names: readonly string[],
+): ResolvedMachine[] {
   if (names.length === 0) return boxfile.machines
   const byName = new Map(boxfile.machines.map((machine) => [machine.name, machine]))
   const unknown = names.filter((name) => !byName.has(name))
   if (unknown.length > 0) {
     const known = boxfile.machines.map((machine) => machine.name).join(', ')
-    const what = unknown.length === 1 ? `unknown machine "${unknown[0]}"` : `unknown machines ${unknown.map((name) => `"${name}"`).join(', ')}`
+    const what =
+      unknown.length === 1
+        ? `unknown machine "${unknown[0]}"`
+        : `unknown machines ${unknown.map((name) => `"${name}"`).join(', ')}`
     throw new BoxError(`${what} in ${boxfile.file}; its machines: ${known}`, {exitCode: ExitCode.USAGE})
   }
   return [...new Set(names)].map((name) => byName.get(name)!)
 }
 
-export interface OpenProjectOptions extends Pick<MachineContext, 'dataDir' | 'cacheDir'>, Partial<Pick<MachineContext, 'progress' | 'signal'>> {
+export interface OpenProjectOptions
+  extends Pick<MachineContext, 'dataDir' | 'cacheDir'>, Partial<Pick<MachineContext, 'progress' | 'signal'>> {
   /** box's version: part of the Boxfile cache key. */
   version: string
   /** Machine names asked for (all of the Boxfile's for none). */
@@ -42,7 +49,9 @@ export interface OpenProjectOptions extends Pick<MachineContext, 'dataDir' | 'ca
 }
 
 /** The machines a machine command acts on and the context they run in. */
-export async function openProject(options: OpenProjectOptions): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
+export async function openProject(
+  options: OpenProjectOptions,
+): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
   const boxfile = await loadProjectBoxfile({version: options.version, cwd: options.cwd})
   const context: MachineContext = {
     projectDir: boxfile.dir,
@@ -71,7 +80,14 @@ export async function loadProjectBoxfile(options: {version: string; cwd?: string
   const [info, parser] = await Promise.all([stat(file), stat(PARSER_MODULE).catch(() => undefined)])
   // Taken before the file is read: if it changes meanwhile, the next run sees a new key.
   // The parser module's mtime: a rebuilt box (same version, other fields) resolves anew.
-  const key = JSON.stringify({file, mtimeMs: info.mtimeMs, size: info.size, version: options.version, parser: parser?.mtimeMs, home: homedir()})
+  const key = JSON.stringify({
+    file,
+    mtimeMs: info.mtimeMs,
+    size: info.size,
+    version: options.version,
+    parser: parser?.mtimeMs,
+    home: homedir(),
+  })
   const cached = await readCache(cacheFile, key)
   if (cached) return cached
 
@@ -110,7 +126,9 @@ async function writeCache(cacheFile: string, key: string, boxfile: ProjectBoxfil
  */
 async function hostPathsStillValid(machines: ResolvedMachine[]): Promise<boolean> {
   const checks = machines.flatMap((machine) => [
-    ...machine.syncedFolders.filter((folder) => !folder.disabled).map(async (folder) => (await pathKind(folder.source)) === 'directory'),
+    ...machine.syncedFolders
+      .filter((folder) => !folder.disabled)
+      .map(async (folder) => (await pathKind(folder.source)) === 'directory'),
     ...machine.provisioners.map(async (provisioner) => {
       if (provisioner.type === 'file') return (await pathKind(provisioner.source)) !== undefined
       return provisioner.path === undefined || (await pathKind(provisioner.path)) === 'file'

@@ -14,7 +14,12 @@ export function provisionersToRun(provisioners: Provisioner[], firstTime: boolea
   return provisioners.filter((p) => p.run === 'always' || (p.run === 'once' && firstTime))
 }
 
-export async function runProvisioners(context: MachineContext, machine: ResolvedMachine, target: SshTarget, options: {firstTime: boolean}): Promise<number> {
+export async function runProvisioners(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  target: SshTarget,
+  options: {firstTime: boolean},
+): Promise<number> {
   const selected = provisionersToRun(machine.provisioners, options.firstTime)
   for (const provisioner of selected) {
     context.signal?.throwIfAborted()
@@ -31,7 +36,12 @@ export async function runProvisioners(context: MachineContext, machine: Resolved
   return selected.length
 }
 
-async function runShell(context: MachineContext, name: string, target: SshTarget, provisioner: Extract<Provisioner, {type: 'shell'}>): Promise<void> {
+async function runShell(
+  context: MachineContext,
+  name: string,
+  target: SshTarget,
+  provisioner: Extract<Provisioner, {type: 'shell'}>,
+): Promise<void> {
   const script = provisioner.inline ?? (await readFile(provisioner.path!, 'utf8'))
   const exitCode = await runGuestScript(context, name, target, {
     name: provisioner.name,
@@ -68,19 +78,41 @@ export interface GuestScript {
  * there (removed afterwards), so nothing of it is on a command line. Resolves to the
  * script's exit code (1 when the process was killed and has none).
  */
-export async function runGuestScript(context: MachineContext, machineName: string, target: SshTarget, guestScript: GuestScript): Promise<number> {
-  const {stdout: remoteFile} = await sshRun(target, ['sh', '-c', 'f=$(mktemp /tmp/box-provision.XXXXXX) && cat > "$f" && chmod 0700 "$f" && echo "$f"'], {input: guestScript.script, purpose: `uploading ${guestScript.name}`})
+export async function runGuestScript(
+  context: MachineContext,
+  machineName: string,
+  target: SshTarget,
+  guestScript: GuestScript,
+): Promise<number> {
+  const {stdout: remoteFile} = await sshRun(
+    target,
+    ['sh', '-c', 'f=$(mktemp /tmp/box-provision.XXXXXX) && cat > "$f" && chmod 0700 "$f" && echo "$f"'],
+    {input: guestScript.script, purpose: `uploading ${guestScript.name}`},
+  )
   const envWords = Object.entries(guestScript.env ?? {}).map(([key, value]) => `${key}=${value}`)
-  const command = [...(guestScript.privileged ? ['sudo', '-n'] : []), 'env', ...envWords, ...(guestScript.viaSh ? ['sh', remoteFile] : [remoteFile]), ...(guestScript.args ?? [])]
+  const command = [
+    ...(guestScript.privileged ? ['sudo', '-n'] : []),
+    'env',
+    ...envWords,
+    ...(guestScript.viaSh ? ['sh', remoteFile] : [remoteFile]),
+    ...(guestScript.args ?? []),
+  ]
   const remote = `${shJoin(command)}; status=$?; rm -f ${shJoin([remoteFile])}; exit $status`
   const args = sshArgs(target, undefined, remote)
-  const child = spawn('ssh', args, {reject: false, cancelSignal: context.signal, ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input})})
-  const prefix = (line: string) => (context.output ? context.output(`${machineName}: ${line}`) : context.progress.print(`${machineName}: ${line}`))
-  const pump = (stream: NodeJS.ReadableStream | null) => stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
+  const child = spawn('ssh', args, {
+    reject: false,
+    cancelSignal: context.signal,
+    ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input}),
+  })
+  const prefix = (line: string) =>
+    context.output ? context.output(`${machineName}: ${line}`) : context.progress.print(`${machineName}: ${line}`)
+  const pump = (stream: NodeJS.ReadableStream | null) =>
+    stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
   await Promise.all([pump(child.stdout), pump(child.stderr)])
   const result = await child
   // ssh never started (not installed): no exit code to report, the user needs to know why.
-  if (result.failed && result.exitCode === undefined && !result.isCanceled && !result.signal) throw toBoxError('ssh', args, result, `running ${guestScript.name}`)
+  if (result.failed && result.exitCode === undefined && !result.isCanceled && !result.signal)
+    throw toBoxError('ssh', args, result, `running ${guestScript.name}`)
   return result.exitCode ?? 1
 }
 
@@ -105,6 +137,11 @@ async function copyIn(target: SshTarget, source: string, destination: string): P
   const sshArgv = sshArgs(target, undefined, remote)
   const result = await spawn('ssh', sshArgv, {reject: false, inputFile: source})
   if (result.failed) {
-    throw new ExternalError(`copying ${basename(source)} to ${destination} failed`, {command: 'ssh', args: sshArgv, cause: result, detail: String(result.stderr ?? '')})
+    throw new ExternalError(`copying ${basename(source)} to ${destination} failed`, {
+      command: 'ssh',
+      args: sshArgv,
+      cause: result,
+      detail: String(result.stderr ?? ''),
+    })
   }
 }

@@ -40,13 +40,15 @@ const USERNAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$/
 /** Why `site` is not acceptable, or undefined. */
 export function siteProblem(site: string): string | undefined {
   if (site === '') return 'the site name must not be empty'
-  if (!isHostName(site)) return `"${site}" is not a host name: use letters, digits and "-" in dot-separated labels, e.g. example.org`
+  if (!isHostName(site))
+    return `"${site}" is not a host name: use letters, digits and "-" in dot-separated labels, e.g. example.org`
   return undefined
 }
 
 export function usernameProblem(username: string): string | undefined {
   if (username === '') return 'the user name must not be empty'
-  if (!USERNAME_PATTERN.test(username)) return `"${username}" is not a user name box accepts: up to 64 letters, digits and . _ @ + -, starting with a letter or digit`
+  if (!USERNAME_PATTERN.test(username))
+    return `"${username}" is not a user name box accepts: up to 64 letters, digits and . _ @ + -, starting with a letter or digit`
   return undefined
 }
 
@@ -57,10 +59,15 @@ export function passwordProblem(password: string): string | undefined {
   return undefined
 }
 
-
 /** provisioners/secure with the non-secret answers filled in (the password is never in it). */
-export async function renderSecureScript(machine: Pick<ResolvedMachine, 'name' | 'directorPort'>, sshUser: string, answers: Omit<SecureAnswers, 'password'>): Promise<string> {
-  const [template, runsecure] = await Promise.all(['secure', 'runsecure'].map((name) => readFile(join(PROJECT_ROOT, 'provisioners', name), 'utf8')))
+export async function renderSecureScript(
+  machine: Pick<ResolvedMachine, 'name' | 'directorPort'>,
+  sshUser: string,
+  answers: Omit<SecureAnswers, 'password'>,
+): Promise<string> {
+  const [template, runsecure] = await Promise.all(
+    ['secure', 'runsecure'].map((name) => readFile(join(PROJECT_ROOT, 'provisioners', name), 'utf8')),
+  )
   return ejs.render(template!, {
     machine: machine.name,
     role: answers.role,
@@ -75,13 +82,30 @@ export async function renderSecureScript(machine: Pick<ResolvedMachine, 'name' |
 }
 
 /** Secure a running machine with `answers`; running it again replaces the configuration. */
-export async function secureMachine(context: MachineContext, machine: ResolvedMachine, target: SshTarget, answers: SecureAnswers): Promise<void> {
+export async function secureMachine(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  target: SshTarget,
+  answers: SecureAnswers,
+): Promise<void> {
   const script = await renderSecureScript(machine, target.user, answers)
   const stage = context.progress.stage(`${machine.name}: securing as ${answers.role} of ${answers.site}`)
-  const exitCode = await runGuestScript(context, machine.name, target, {name: 'secure', script, viaSh: false, privileged: true, input: `${answers.password}\n`})
+  const exitCode = await runGuestScript(context, machine.name, target, {
+    name: 'secure',
+    script,
+    viaSh: false,
+    privileged: true,
+    input: `${answers.password}\n`,
+  })
   if (exitCode !== 0) {
     stage.fail()
-    throw new BoxError(`securing ${machine.name} failed (exit code ${exitCode})`, {exitCode, suggestions: ['the lines above, prefixed with the machine name, say why', 'fix that, then run box secure again: it replaces whatever was applied']})
+    throw new BoxError(`securing ${machine.name} failed (exit code ${exitCode})`, {
+      exitCode,
+      suggestions: [
+        'the lines above, prefixed with the machine name, say why',
+        'fix that, then run box secure again: it replaces whatever was applied',
+      ],
+    })
   }
   stage.done()
 }
@@ -122,7 +146,10 @@ exit 0
 `
 
 export async function secureStatus(machineName: string, target: SshTarget): Promise<SecureStatus> {
-  const {stdout} = await sshRun(target, ['sudo', '-n', 'sh', '-s'], {input: STATUS_SCRIPT, purpose: `reading the lockdown state of ${machineName}`})
+  const {stdout} = await sshRun(target, ['sudo', '-n', 'sh', '-s'], {
+    input: STATUS_SCRIPT,
+    purpose: `reading the lockdown state of ${machineName}`,
+  })
   const values = new Map<string, string>()
   const sshd = new Map<string, string>()
   for (const line of stdout.split('\n')) {

@@ -28,7 +28,10 @@ const PUSH_PREFIX = 'push_'
 
 export function validateSnapshotName(name: string): void {
   if (!SNAPSHOT_NAME.test(name)) {
-    throw new BoxError(`"${name}" is not a snapshot name: use letters, digits, ".", "_" and "-", starting with a letter or digit, at most 64`, {exitCode: ExitCode.USAGE})
+    throw new BoxError(
+      `"${name}" is not a snapshot name: use letters, digits, ".", "_" and "-", starting with a letter or digit, at most 64`,
+      {exitCode: ExitCode.USAGE},
+    )
   }
 }
 
@@ -42,15 +45,22 @@ interface Opened {
 async function open(context: MachineContext, machine: ResolvedMachine): Promise<Opened> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const provider = providerFor(machine.provider, context.cacheDir)
-  if (!provider.snapshots) throw new BoxError(`the ${provider.name} provider cannot take snapshots in this version of box`)
+  if (!provider.snapshots)
+    throw new BoxError(`the ${provider.name} provider cannot take snapshots in this version of box`)
   const record = await readRecord(stateDir)
   if (!record || (await provider.state({stateDir})) === 'not_created') {
-    throw new BoxError(`machine ${machine.name} is not created`, {suggestions: [`create it first: box up ${machine.name}`]})
+    throw new BoxError(`machine ${machine.name} is not created`, {
+      suggestions: [`create it first: box up ${machine.name}`],
+    })
   }
   return {stateDir, provider, snapshots: provider.snapshots, record}
 }
 
-async function withMachine<T>(context: MachineContext, machine: ResolvedMachine, work: (opened: Opened) => Promise<T>): Promise<T> {
+async function withMachine<T>(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  work: (opened: Opened) => Promise<T>,
+): Promise<T> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const release = await lockMachine(stateDir, machine.name)
   try {
@@ -71,19 +81,35 @@ export interface SavedSnapshot extends SnapshotInfo {
   pauseMs?: number
 }
 
-export async function saveSnapshot(context: MachineContext, machine: ResolvedMachine, name: string): Promise<SavedSnapshot> {
+export async function saveSnapshot(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  name: string,
+): Promise<SavedSnapshot> {
   validateSnapshotName(name)
   return withMachine(context, machine, async (opened) => {
     const handle = await handleOf(opened, machine)
     const running = (await opened.provider.state({stateDir: opened.stateDir})) === 'running'
-    const stage = context.progress.stage(`${machine.name}: saving snapshot "${name}"${running ? ' (disk and running state)' : ' (disk)'}`)
+    const stage = context.progress.stage(
+      `${machine.name}: saving snapshot "${name}"${running ? ' (disk and running state)' : ' (disk)'}`,
+    )
     const started = Date.now()
     try {
       const saved = await opened.snapshots.save(handle, name, {signal: context.signal})
       const saveMs = Date.now() - started
-      stage.done([saved.pauseMs === undefined ? undefined : `guest paused ${formatDuration(saved.pauseMs)}`, saved.stateBytes ? `state ${formatBytes(saved.stateBytes)}` : undefined].filter(Boolean).join(', '))
+      stage.done(
+        [
+          saved.pauseMs === undefined ? undefined : `guest paused ${formatDuration(saved.pauseMs)}`,
+          saved.stateBytes ? `state ${formatBytes(saved.stateBytes)}` : undefined,
+        ]
+          .filter(Boolean)
+          .join(', '),
+      )
       // The guest's clock stood still while it was paused.
-      if (running) await setGuestClock(opened).catch((error) => context.progress.warn(`${machine.name}: could not set the guest clock: ${(error as Error).message}`))
+      if (running)
+        await setGuestClock(opened).catch((error) =>
+          context.progress.warn(`${machine.name}: could not set the guest clock: ${(error as Error).message}`),
+        )
       return {...saved, machine: machine.name, saveMs}
     } catch (error) {
       stage.fail()
@@ -102,25 +128,44 @@ export interface RestoredSnapshot {
   restoreMs: number
 }
 
-export async function restoreSnapshot(context: MachineContext, machine: ResolvedMachine, name: string): Promise<RestoredSnapshot> {
+export async function restoreSnapshot(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  name: string,
+): Promise<RestoredSnapshot> {
   return withMachine(context, machine, (opened) => restoreLocked(context, machine, opened, name))
 }
 
-async function restoreLocked(context: MachineContext, machine: ResolvedMachine, opened: Opened, name: string): Promise<RestoredSnapshot> {
+async function restoreLocked(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  opened: Opened,
+  name: string,
+): Promise<RestoredSnapshot> {
   const handle = await handleOf(opened, machine)
   const stage = context.progress.stage(`${machine.name}: restoring snapshot "${name}"`)
   const begun = Date.now()
   try {
     // The old QEMU's ssh master goes with it.
     await closeSshMaster(opened.provider.sshControlPath({stateDir: opened.stateDir}))
-    const restored = await opened.snapshots.restore(handle, name, {sshPort: opened.record.sshPort, signal: context.signal})
+    const restored = await opened.snapshots.restore(handle, name, {
+      sshPort: opened.record.sshPort,
+      signal: context.signal,
+    })
     if (!restored.started) {
       stage.done('disk restored; the machine is halted (start it with box up)')
       return {machine: machine.name, name, kind: restored.kind, running: false, restoreMs: Date.now() - begun}
     }
     const record = await resumeGuest(context, machine, opened, handle, restored.started, restored.agent ?? false)
     stage.done(`running again, ssh on 127.0.0.1:${record.sshPort}`)
-    return {machine: machine.name, name, kind: restored.kind, running: true, sshPort: record.sshPort, restoreMs: Date.now() - begun}
+    return {
+      machine: machine.name,
+      name,
+      kind: restored.kind,
+      running: true,
+      sshPort: record.sshPort,
+      restoreMs: Date.now() - begun,
+    }
   } catch (error) {
     stage.fail()
     throw context.signal?.aborted ? context.signal.reason : error
@@ -132,25 +177,49 @@ async function restoreLocked(context: MachineContext, machine: ResolvedMachine, 
  * is the saved one. Set both from the host (box-agent; ssh for boxes without it), then wait
  * for a new ssh connection.
  */
-async function resumeGuest(context: MachineContext, machine: ResolvedMachine, opened: Opened, handle: MachineHandle, started: Started, agent: boolean): Promise<MachineRecord> {
+async function resumeGuest(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  opened: Opened,
+  handle: MachineHandle,
+  started: Started,
+  agent: boolean,
+): Promise<MachineRecord> {
   const record: MachineRecord = {...opened.record, sshPort: started.sshPort, forwardedPorts: started.forwardedPorts}
   await writeRecord(opened.stateDir, record)
-  if (opened.record.sshPort && started.sshPort !== opened.record.sshPort) context.progress.warn(`${machine.name}: port ${opened.record.sshPort} is taken; ssh now on 127.0.0.1:${started.sshPort}`)
+  if (opened.record.sshPort && started.sshPort !== opened.record.sshPort)
+    context.progress.warn(
+      `${machine.name}: port ${opened.record.sshPort} is taken; ssh now on 127.0.0.1:${started.sshPort}`,
+    )
   for (const forward of started.forwardedPorts) {
     const wanted = handle.forwardedPorts.find((p) => p.guest === forward.guest && p.protocol === forward.protocol)
-    if (wanted && wanted.host !== forward.host) context.progress.warn(`${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`)
+    if (wanted && wanted.host !== forward.host)
+      context.progress.warn(
+        `${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`,
+      )
   }
   const withAgent = {...opened, record}
   if (agent && opened.provider.askAgent) {
     await setGuestClock(withAgent)
-    await opened.provider.askAgent({stateDir: opened.stateDir}, `reseed ${randomBytes(64).toString('hex')}`, {timeoutMs: 10_000})
+    await opened.provider.askAgent({stateDir: opened.stateDir}, `reseed ${randomBytes(64).toString('hex')}`, {
+      timeoutMs: 10_000,
+    })
   }
   const target = sshTarget(opened.stateDir, record, opened.provider)
-  await waitForSsh(target, {timeoutMs: 120_000, isAlive: started.isAlive, serialLog: started.serialLog, sshListening: started.sshListening, signal: context.signal})
+  await waitForSsh(target, {
+    timeoutMs: 120_000,
+    isAlive: started.isAlive,
+    serialLog: started.serialLog,
+    sshListening: started.sshListening,
+    signal: context.signal,
+  })
   if (!(agent && opened.provider.askAgent)) {
     await sshRun(target, ['sudo', 'date', '-u', '-s', `@${hostEpoch()}`], {purpose: 'setting the guest clock'})
     // Mixed into the pool (no forced reseed without the agent's ioctl).
-    await sshRun(target, ['sudo', 'dd', 'of=/dev/urandom', 'status=none'], {input: randomBytes(64).toString('hex'), purpose: 'adding host randomness to the guest'})
+    await sshRun(target, ['sudo', 'dd', 'of=/dev/urandom', 'status=none'], {
+      input: randomBytes(64).toString('hex'),
+      purpose: 'adding host randomness to the guest',
+    })
   }
   return record
 }
@@ -165,7 +234,11 @@ async function setGuestClock(opened: Opened): Promise<void> {
     await opened.provider.askAgent({stateDir: opened.stateDir}, `set-clock ${hostEpoch()}`, {timeoutMs: 10_000})
     return
   }
-  await sshRun(sshTarget(opened.stateDir, opened.record, opened.provider), ['sudo', 'date', '-u', '-s', `@${hostEpoch()}`], {purpose: 'setting the guest clock'})
+  await sshRun(
+    sshTarget(opened.stateDir, opened.record, opened.provider),
+    ['sudo', 'date', '-u', '-s', `@${hostEpoch()}`],
+    {purpose: 'setting the guest clock'},
+  )
 }
 
 export interface MachineSnapshots {
@@ -174,7 +247,10 @@ export interface MachineSnapshots {
 }
 
 export async function listSnapshots(context: MachineContext, machine: ResolvedMachine): Promise<MachineSnapshots> {
-  return withMachine(context, machine, async (opened) => ({machine: machine.name, snapshots: await opened.snapshots.list({stateDir: opened.stateDir})}))
+  return withMachine(context, machine, async (opened) => ({
+    machine: machine.name,
+    snapshots: await opened.snapshots.list({stateDir: opened.stateDir}),
+  }))
 }
 
 export interface DeletedSnapshot {
@@ -184,8 +260,16 @@ export interface DeletedSnapshot {
   layerKept: boolean
 }
 
-export async function deleteSnapshot(context: MachineContext, machine: ResolvedMachine, name: string): Promise<DeletedSnapshot> {
-  return withMachine(context, machine, async (opened) => ({machine: machine.name, name, ...(await opened.snapshots.delete({stateDir: opened.stateDir}, name))}))
+export async function deleteSnapshot(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  name: string,
+): Promise<DeletedSnapshot> {
+  return withMachine(context, machine, async (opened) => ({
+    machine: machine.name,
+    name,
+    ...(await opened.snapshots.delete({stateDir: opened.stateDir}, name)),
+  }))
 }
 
 /** `push`: a snapshot with a generated name, for `pop` to go back to. */
@@ -197,9 +281,14 @@ export async function pushSnapshot(context: MachineContext, machine: ResolvedMac
 /** `pop`: restore the newest pushed snapshot and delete it (its layer stays under the disk). */
 export async function popSnapshot(context: MachineContext, machine: ResolvedMachine): Promise<RestoredSnapshot> {
   return withMachine(context, machine, async (opened) => {
-    const pushed = (await opened.snapshots.list({stateDir: opened.stateDir})).filter((snapshot) => snapshot.name.startsWith(PUSH_PREFIX))
+    const pushed = (await opened.snapshots.list({stateDir: opened.stateDir})).filter((snapshot) =>
+      snapshot.name.startsWith(PUSH_PREFIX),
+    )
     const newest = pushed.sort((a, b) => a.createdAt.localeCompare(b.createdAt)).at(-1)
-    if (!newest) throw new BoxError(`machine ${machine.name} has no pushed snapshot to pop`, {suggestions: [`push one first: box snapshot push ${machine.name}`]})
+    if (!newest)
+      throw new BoxError(`machine ${machine.name} has no pushed snapshot to pop`, {
+        suggestions: [`push one first: box snapshot push ${machine.name}`],
+      })
     const restored = await restoreLocked(context, machine, opened, newest.name)
     await opened.snapshots.delete({stateDir: opened.stateDir}, newest.name)
     return restored

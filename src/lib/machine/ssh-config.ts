@@ -10,7 +10,10 @@ export interface SshConfigEntry {
   ssh?: {host: string; port: number; user: string; identityFile: string}
 }
 
-export async function sshConfigEntries(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machines: readonly ResolvedMachine[]): Promise<SshConfigEntry[]> {
+export async function sshConfigEntries(
+  context: Pick<MachineContext, 'projectDir' | 'cacheDir'>,
+  machines: readonly ResolvedMachine[],
+): Promise<SshConfigEntry[]> {
   const entries: SshConfigEntry[] = []
   for (const machine of machines) {
     const stateDir = machineDir(context.projectDir, machine.name)
@@ -20,7 +23,10 @@ export async function sshConfigEntries(context: Pick<MachineContext, 'projectDir
       continue
     }
     const target = sshTarget(stateDir, record, providerFor(machine.provider, context.cacheDir))
-    entries.push({name: machine.name, ssh: {host: target.host, port: target.port, user: target.user, identityFile: target.keyFile}})
+    entries.push({
+      name: machine.name,
+      ssh: {host: target.host, port: target.port, user: target.user, identityFile: target.keyFile},
+    })
   }
   return entries
 }

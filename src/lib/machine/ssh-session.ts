@@ -8,12 +8,22 @@ import {machineDir, machineFiles, readRecord, type MachineContext, type MachineR
 import {sshArgs, type SshTarget} from './ssh.js'
 
 export function sshTarget(stateDir: string, record: MachineRecord, provider: Provider): SshTarget {
-  if (!record.sshPort) throw new BoxError(`machine ${record.name} has never been started`, {suggestions: ['start it: box up'] })
-  return {host: '127.0.0.1', port: record.sshPort, user: record.user, keyFile: record.privateKeyPath ?? machineFiles(stateDir).key, controlPath: provider.sshControlPath({stateDir})}
+  if (!record.sshPort)
+    throw new BoxError(`machine ${record.name} has never been started`, {suggestions: ['start it: box up']})
+  return {
+    host: '127.0.0.1',
+    port: record.sshPort,
+    user: record.user,
+    keyFile: record.privateKeyPath ?? machineFiles(stateDir).key,
+    controlPath: provider.sshControlPath({stateDir}),
+  }
 }
 
 /** The ssh target of a machine that must be running (ssh, provision, rsync); a clear error otherwise. */
-export async function runningMachineTarget(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine): Promise<SshTarget> {
+export async function runningMachineTarget(
+  context: Pick<MachineContext, 'projectDir' | 'cacheDir'>,
+  machine: ResolvedMachine,
+): Promise<SshTarget> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const provider = providerFor(machine.provider, context.cacheDir)
   const record = await readRecord(stateDir)
@@ -27,11 +37,18 @@ export async function runningMachineTarget(context: Pick<MachineContext, 'projec
  * box ssh: an interactive shell with a TTY, or `command` (one shell string, as ssh takes it)
  * or `words` (each quoted for the remote shell); resolves to ssh's exit code.
  */
-export async function sshSession(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machines: readonly ResolvedMachine[], options: {command?: string; words: readonly string[]}): Promise<number> {
+export async function sshSession(
+  context: Pick<MachineContext, 'projectDir' | 'cacheDir'>,
+  machines: readonly ResolvedMachine[],
+  options: {command?: string; words: readonly string[]},
+): Promise<number> {
   // A Boxfile resolves to at least one machine (one named default without machines:).
   if (machines.length === 0) throw new BugError('box ssh got no machine to connect to')
   if (machines.length !== 1) {
-    throw new BoxError(`box ssh needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {exitCode: ExitCode.USAGE, suggestions: [`name one: box ssh ${machines[0]!.name}`]})
+    throw new BoxError(`box ssh needs one machine; this Boxfile has ${machines.map((m) => m.name).join(', ')}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`name one: box ssh ${machines[0]!.name}`],
+    })
   }
   const target = await runningMachineTarget(context, machines[0]!)
   const args = sshArgs(target, options.words, options.command)

@@ -21,15 +21,23 @@ export interface SshTarget {
 /** OpenSSH options for a box machine: key-only, no host key prompts (the guest is local and new). */
 export function sshOptions(target: SshTarget): string[] {
   const options = [
-    '-o', 'BatchMode=yes',
-    '-o', 'IdentitiesOnly=yes',
-    '-o', 'StrictHostKeyChecking=no',
-    '-o', 'UserKnownHostsFile=/dev/null',
-    '-o', 'LogLevel=ERROR',
-    '-o', 'ConnectTimeout=10',
-    '-i', target.keyFile,
+    '-o',
+    'BatchMode=yes',
+    '-o',
+    'IdentitiesOnly=yes',
+    '-o',
+    'StrictHostKeyChecking=no',
+    '-o',
+    'UserKnownHostsFile=/dev/null',
+    '-o',
+    'LogLevel=ERROR',
+    '-o',
+    'ConnectTimeout=10',
+    '-i',
+    target.keyFile,
     ...(target.moreKeyFiles ?? []).flatMap((file) => ['-i', file]),
-    '-p', String(target.port),
+    '-p',
+    String(target.port),
   ]
   if (target.controlPath) {
     options.push('-o', 'ControlMaster=auto', '-o', `ControlPath=${target.controlPath}`, '-o', 'ControlPersist=120s')
@@ -47,8 +55,17 @@ export function sshArgs(target: SshTarget, command?: readonly string[], remoteSh
 }
 
 /** Run a command (words, quoted for the remote shell) in the guest and collect its output. */
-export async function sshRun(target: SshTarget, command: string[], options: {input?: string; timeoutMs?: number; purpose?: string} = {}): Promise<RunResult> {
-  return run('ssh', sshArgs(target, command), {input: options.input, stdin: options.input === undefined ? 'ignore' : undefined, timeout: options.timeoutMs, purpose: options.purpose ?? `running \`${command.join(' ')}\` in the guest`})
+export async function sshRun(
+  target: SshTarget,
+  command: string[],
+  options: {input?: string; timeoutMs?: number; purpose?: string} = {},
+): Promise<RunResult> {
+  return run('ssh', sshArgs(target, command), {
+    input: options.input,
+    stdin: options.input === undefined ? 'ignore' : undefined,
+    timeout: options.timeoutMs,
+    purpose: options.purpose ?? `running \`${command.join(' ')}\` in the guest`,
+  })
 }
 
 /** Copy a key to `dest` with mode 0600, as OpenSSH requires (git does not keep file modes). */
@@ -92,7 +109,10 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
   const deadline = started + options.timeoutMs
   const check = async () => {
     if (options.isAlive && !(await options.isAlive())) {
-      throw new BoxError('the machine stopped while box waited for ssh', {detail: await serialTail(options.serialLog), suggestions: serialHint(options.serialLog)})
+      throw new BoxError('the machine stopped while box waited for ssh', {
+        detail: await serialTail(options.serialLog),
+        suggestions: serialHint(options.serialLog),
+      })
     }
     if (Date.now() > deadline) {
       throw new BoxError(`ssh did not answer within ${Math.round(options.timeoutMs / 1000)} s`, {
@@ -128,7 +148,12 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
     const connectTimeoutS = listening || Date.now() - started >= 60_000 ? 10 : 2
     // First: ssh takes an option's first value (sshOptions has its own ConnectTimeout).
     const args = ['-o', `ConnectTimeout=${connectTimeoutS}`, ...sshArgs(target, ['true'])]
-    const result = await spawn('ssh', args, {reject: false, stdin: 'ignore', timeout: (connectTimeoutS + 10) * 1000, cancelSignal: options.signal})
+    const result = await spawn('ssh', args, {
+      reject: false,
+      stdin: 'ignore',
+      timeout: (connectTimeoutS + 10) * 1000,
+      cancelSignal: options.signal,
+    })
     if (result.exitCode === 0) return Date.now() - started
     await check()
     await sleep(250)

@@ -29,7 +29,10 @@ export interface MachineStatus {
 /** Above this fill status warns: at 100 % the snapshot is invalidated and the root is lost. */
 export const SNAPSHOT_WARNING_PERCENT = 80
 
-export async function machineStatus(context: Pick<MachineContext, 'projectDir' | 'cacheDir'>, machine: ResolvedMachine): Promise<MachineStatus> {
+export async function machineStatus(
+  context: Pick<MachineContext, 'projectDir' | 'cacheDir'>,
+  machine: ResolvedMachine,
+): Promise<MachineStatus> {
   const stateDir = machineDir(context.projectDir, machine.name)
   const provider = providerFor(machine.provider, context.cacheDir)
   const [state, record] = await Promise.all([provider.state({stateDir}), readRecord(stateDir)])
@@ -51,7 +54,11 @@ export async function machineStatus(context: Pick<MachineContext, 'projectDir' |
 }
 
 /** `box status` as text: a line per machine on `out`, warnings on `err`. */
-export function printStatuses(statuses: readonly MachineStatus[], out: (line: string) => void, err: (line: string) => void): void {
+export function printStatuses(
+  statuses: readonly MachineStatus[],
+  out: (line: string) => void,
+  err: (line: string) => void,
+): void {
   for (const status of statuses) {
     out(formatStatus(status))
     if (status.warning) err(`warning: ${status.name}: ${status.warning}`)
@@ -65,7 +72,9 @@ function formatStatus(status: MachineStatus): string {
     status.state,
     status.ssh && status.state === 'running' ? `ssh ${status.ssh}` : undefined,
     ports.length > 0 ? `ports ${ports.join(', ')}` : undefined,
-    status.snapshotUsedPercent === undefined ? undefined : `root snapshot ${status.snapshotUsedPercent.toFixed(1)}% used`,
+    status.snapshotUsedPercent === undefined
+      ? undefined
+      : `root snapshot ${status.snapshotUsedPercent.toFixed(1)}% used`,
   ]
   return `${status.name.padEnd(16)} ${parts.filter(Boolean).join('  ')}`
 }
@@ -82,10 +91,14 @@ async function snapshotUsage(provider: Provider, stateDir: string, record: Machi
     const device = mapperName(lvm.vg, lvm.snapshot)
     if (metadata.box.agent !== undefined && provider.askAgent) {
       // A machine started before its box had the agent has no port: ssh answers instead.
-      const answer = await provider.askAgent({stateDir}, `dm-status ${device}`, {timeoutMs: 3000}).catch(() => undefined)
+      const answer = await provider
+        .askAgent({stateDir}, `dm-status ${device}`, {timeoutMs: 3000})
+        .catch(() => undefined)
       if (answer !== undefined) return snapshotDataPercent(answer)
     }
-    const {stdout} = await sshRun(sshTarget(stateDir, record, provider), ['sudo', '-n', 'dmsetup', 'status', device], {timeoutMs: 5000})
+    const {stdout} = await sshRun(sshTarget(stateDir, record, provider), ['sudo', '-n', 'dmsetup', 'status', device], {
+      timeoutMs: 5000,
+    })
     return snapshotDataPercent(stdout)
   } catch {
     return undefined

@@ -10,13 +10,19 @@ import {sshOptions, sshRun, type SshTarget} from './ssh.js'
  * machine's ssh connection (a one-way copy, like Vagrant's rsync folders). The
  * destination is made and handed to the login user first, so rsync runs unprivileged.
  */
-export async function syncFolders(machine: ResolvedMachine, target: SshTarget, options: {progress: Progress; signal?: AbortSignal}): Promise<number> {
+export async function syncFolders(
+  machine: ResolvedMachine,
+  target: SshTarget,
+  options: {progress: Progress; signal?: AbortSignal},
+): Promise<number> {
   const folders = machine.syncedFolders.filter((folder) => !folder.disabled)
   for (const folder of folders) {
     options.signal?.throwIfAborted()
     const stage = options.progress.stage(`${machine.name}: rsync ${folder.source} → ${folder.destination}`)
     try {
-      await sshRun(target, ['sudo', '-n', 'install', '-d', '-o', target.user, folder.destination], {purpose: `creating ${folder.destination} in the guest`})
+      await sshRun(target, ['sudo', '-n', 'install', '-d', '-o', target.user, folder.destination], {
+        purpose: `creating ${folder.destination} in the guest`,
+      })
       const {stdout} = await run('rsync', rsyncArgs(target, folder), {
         purpose: `rsync of ${folder.source} to ${machine.name}:${folder.destination}`,
         cancelSignal: options.signal,
@@ -32,12 +38,21 @@ export async function syncFolders(machine: ResolvedMachine, target: SshTarget, o
 }
 
 /** rsync's argv: the trailing slash copies the folder's contents; --delete makes the guest side match. */
-export function rsyncArgs(target: SshTarget, folder: {source: string; destination: string; exclude: string[]}): string[] {
+export function rsyncArgs(
+  target: SshTarget,
+  folder: {source: string; destination: string; exclude: string[]},
+): string[] {
   return [
-    '--archive', '--compress', '--delete', '--no-owner', '--no-group', '--stats',
+    '--archive',
+    '--compress',
+    '--delete',
+    '--no-owner',
+    '--no-group',
+    '--stats',
     ...folder.exclude.map((pattern) => `--exclude=${pattern}`),
     // rsync splits -e on spaces and honours quotes, so each ssh option is quoted.
-    '-e', shJoin(['ssh', ...sshOptions(target)]),
+    '-e',
+    shJoin(['ssh', ...sshOptions(target)]),
     `${folder.source.replace(/\/+$/, '')}/`,
     `${target.user}@${target.host}:${folder.destination}`,
   ]

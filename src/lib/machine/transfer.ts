@@ -100,7 +100,11 @@ export async function upload(options: TransferOptions): Promise<TransferResult> 
   let feeder: Promise<unknown> = Promise.resolve()
   if (fromStdin && compress) feeder = pipeline(process.stdin, createGzip(), ssh.stdin!)
   else if (!fromStdin) {
-    const tar = spawn('tar', ['-c', ...(compress ? ['-z'] : []), '-f', '-', '-C', dirname(resolve(source)), '--', base], {reject: false, stdin: 'ignore', stdout: 'pipe', stderr: 'pipe', cancelSignal: options.signal})
+    const tar = spawn(
+      'tar',
+      ['-c', ...(compress ? ['-z'] : []), '-f', '-', '-C', dirname(resolve(source)), '--', base],
+      {reject: false, stdin: 'ignore', stdout: 'pipe', stderr: 'pipe', cancelSignal: options.signal},
+    )
     feeder = Promise.all([pipeline(tar.stdout!, ssh.stdin!), tar]).then(([, result]) => {
       if (result.exitCode !== 0) throw toBoxError('tar', ['-c', source], result, `reading ${source}`)
     })
@@ -110,7 +114,8 @@ export async function upload(options: TransferOptions): Promise<TransferResult> 
   const {exitCode, stderr, stdout} = result.value
   if (exitCode !== 0) {
     stage.fail()
-    if (exitCode !== undefined && GUEST_REFUSED.has(exitCode)) throw new BoxError(`upload to ${options.machine} refused: ${String(stderr).trim()}`)
+    if (exitCode !== undefined && GUEST_REFUSED.has(exitCode))
+      throw new BoxError(`upload to ${options.machine} refused: ${String(stderr).trim()}`)
     if (fed.status === 'rejected') throw fed.reason
     throw toBoxError('ssh', [], result.value, `upload of ${source} to ${options.machine}`)
   }
@@ -124,12 +129,24 @@ export async function upload(options: TransferOptions): Promise<TransferResult> 
 }
 
 /** The upload's name in the stream (`-` for stdin); a clear error for a source that does not exist, checked before the guest is reached. */
-export async function checkUploadSource(source: string, destination: string | undefined, machine: string): Promise<string> {
+export async function checkUploadSource(
+  source: string,
+  destination: string | undefined,
+  machine: string,
+): Promise<string> {
   if (source === '-') {
-    if (destination === undefined) throw new BoxError('box upload - needs a destination: the guest path to write stdin to', {exitCode: ExitCode.USAGE, suggestions: [`box upload ${machine} - /tmp/file`]})
+    if (destination === undefined)
+      throw new BoxError('box upload - needs a destination: the guest path to write stdin to', {
+        exitCode: ExitCode.USAGE,
+        suggestions: [`box upload ${machine} - /tmp/file`],
+      })
     return '-'
   }
-  if (!(await lstat(source).catch(() => undefined))) throw new BoxError(`upload source ${source} does not exist`, {exitCode: ExitCode.USAGE, suggestions: ['name a file or folder on this host']})
+  if (!(await lstat(source).catch(() => undefined)))
+    throw new BoxError(`upload source ${source} does not exist`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['name a file or folder on this host'],
+    })
   return basename(resolve(source))
 }
 
@@ -138,18 +155,33 @@ export async function download(options: TransferOptions): Promise<TransferResult
   const z = compress ? '-z' : ''
   const base = posix.basename(source)
   if (source === '-' || ['', '.', '..', '/'].includes(base)) {
-    throw new BoxError(`box download needs a file or folder of the guest, not "${source}"`, {exitCode: ExitCode.USAGE, suggestions: [`box download ${options.machine} /etc/hostname .`]})
+    throw new BoxError(`box download needs a file or folder of the guest, not "${source}"`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`box download ${options.machine} /etc/hostname .`],
+    })
   }
   const guest = (raw: boolean) => sshArgs(target, ['sh', '-c', DOWNLOAD_SCRIPT, 'sh', source, z, raw ? 'raw' : ''])
   const refused = (result: {exitCode?: number; stderr?: unknown}) =>
-    result.exitCode !== undefined && GUEST_REFUSED.has(result.exitCode) ? new BoxError(`download from ${options.machine} refused: ${String(result.stderr).trim()}`) : toBoxError('ssh', [], result, `download of ${source} from ${options.machine}`)
+    result.exitCode !== undefined && GUEST_REFUSED.has(result.exitCode)
+      ? new BoxError(`download from ${options.machine} refused: ${String(result.stderr).trim()}`)
+      : toBoxError('ssh', [], result, `download of ${source} from ${options.machine}`)
 
   if (options.destination === '-') {
-    const ssh = spawn('ssh', guest(true), {reject: false, stdin: 'ignore', stdout: compress ? 'pipe' : 'inherit', stderr: 'pipe', cancelSignal: options.signal})
-    const [piped, result] = await Promise.allSettled([compress ? pipeline(ssh.stdout!, createGunzip(), process.stdout, {end: false}) : Promise.resolve(), ssh])
+    const ssh = spawn('ssh', guest(true), {
+      reject: false,
+      stdin: 'ignore',
+      stdout: compress ? 'pipe' : 'inherit',
+      stderr: 'pipe',
+      cancelSignal: options.signal,
+    })
+    const [piped, result] = await Promise.allSettled([
+      compress ? pipeline(ssh.stdout!, createGunzip(), process.stdout, {end: false}) : Promise.resolve(),
+      ssh,
+    ])
     if (result.status === 'rejected') throw result.reason
     if (result.value.exitCode !== 0) throw refused(result.value)
-    if (piped.status === 'rejected') throw new BoxError(`the gzip stream from ${options.machine} is damaged`, {cause: piped.reason})
+    if (piped.status === 'rejected')
+      throw new BoxError(`the gzip stream from ${options.machine} is damaged`, {cause: piped.reason})
     return {destination: '-'}
   }
 
@@ -158,15 +190,28 @@ export async function download(options: TransferOptions): Promise<TransferResult
   const work = await mkdtemp(join(folder, '.box-download-'))
   try {
     const stream = join(work, compress ? 'stream.tar.gz' : 'stream.tar')
-    const ssh = spawn('ssh', guest(false), {reject: false, stdin: 'ignore', stdout: 'pipe', stderr: 'pipe', cancelSignal: options.signal})
-    const [saved, result] = await Promise.allSettled([pipeline(ssh.stdout!, createWriteStream(stream, {mode: 0o600})), ssh])
+    const ssh = spawn('ssh', guest(false), {
+      reject: false,
+      stdin: 'ignore',
+      stdout: 'pipe',
+      stderr: 'pipe',
+      cancelSignal: options.signal,
+    })
+    const [saved, result] = await Promise.allSettled([
+      pipeline(ssh.stdout!, createWriteStream(stream, {mode: 0o600})),
+      ssh,
+    ])
     if (result.status === 'rejected') throw result.reason
     if (result.value.exitCode !== 0) throw refused(result.value)
     if (saved.status === 'rejected') throw saved.reason
     const bytes = await checkDownloadStream(stream, base, compress, options.machine)
     const out = join(work, 'out')
     await mkdir(out)
-    await run('tar', ['-x', ...(compress ? ['-z'] : []), '-f', stream, '-C', out, '--no-same-owner', '--no-overwrite-dir'], {purpose: `unpacking ${source}`})
+    await run(
+      'tar',
+      ['-x', ...(compress ? ['-z'] : []), '-f', stream, '-C', out, '--no-same-owner', '--no-overwrite-dir'],
+      {purpose: `unpacking ${source}`},
+    )
     // Checked again just before: the destination may have changed while the copy ran.
     await downloadTarget(options.destination ?? '.', base)
     await rename(join(out, base), final)
@@ -188,17 +233,28 @@ export async function download(options: TransferOptions): Promise<TransferResult
 async function downloadTarget(destination: string, base: string): Promise<{folder: string; final: string}> {
   const info = await lstat(destination).catch(() => undefined)
   if (info?.isSymbolicLink()) throw symlinkRefused(destination)
-  const [folder, final] = info?.isDirectory() ? [destination, join(destination, base)] : [dirname(destination), destination]
+  const [folder, final] = info?.isDirectory()
+    ? [destination, join(destination, base)]
+    : [dirname(destination), destination]
   const folderInfo = await lstat(folder).catch(() => undefined)
-  if (!folderInfo?.isDirectory()) throw new BoxError(`download destination folder ${folder} does not exist`, {exitCode: ExitCode.USAGE, suggestions: [`create it first: mkdir -p ${folder}`]})
+  if (!folderInfo?.isDirectory())
+    throw new BoxError(`download destination folder ${folder} does not exist`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`create it first: mkdir -p ${folder}`],
+    })
   const existing = await lstat(final).catch(() => undefined)
   if (existing?.isSymbolicLink()) throw symlinkRefused(final)
-  if (existing?.isDirectory()) throw new BoxError(`${final} already exists as a folder`, {suggestions: ['remove it first, or name another destination']})
+  if (existing?.isDirectory())
+    throw new BoxError(`${final} already exists as a folder`, {
+      suggestions: ['remove it first, or name another destination'],
+    })
   return {folder, final}
 }
 
 function symlinkRefused(path: string): BoxError {
-  return new BoxError(`download destination ${path} is a symlink: box does not write through symlinks`, {suggestions: ['name the real folder or file it points to']})
+  return new BoxError(`download destination ${path} is a symlink: box does not write through symlinks`, {
+    suggestions: ['name the real folder or file it points to'],
+  })
 }
 
 /** Every entry of the saved stream, checked before anything is extracted; resolves to the bytes of file data. */
@@ -211,7 +267,8 @@ async function checkDownloadStream(file: string, base: string, compressed: boole
     for (let entry = await reader.next(); entry; entry = await reader.next()) {
       const parts = entryParts(entry.name, base, machine)
       for (let i = 1; i < parts.length; i++) {
-        if (symlinks.has(parts.slice(0, i).join('/'))) throw unsafe(machine, entry, 'it would be written through a symlink of the copy')
+        if (symlinks.has(parts.slice(0, i).join('/')))
+          throw unsafe(machine, entry, 'it would be written through a symlink of the copy')
       }
       switch (entry.type) {
         case 'file':
@@ -225,7 +282,8 @@ async function checkDownloadStream(file: string, base: string, compressed: boole
         case 'link': {
           const target = entryParts(entry.linkname, base, machine)
           for (let i = 1; i <= target.length; i++) {
-            if (symlinks.has(target.slice(0, i).join('/'))) throw unsafe(machine, entry, 'it is a hard link through a symlink of the copy')
+            if (symlinks.has(target.slice(0, i).join('/')))
+              throw unsafe(machine, entry, 'it is a hard link through a symlink of the copy')
           }
           break
         }
@@ -243,21 +301,33 @@ async function checkDownloadStream(file: string, base: string, compressed: boole
 function entryParts(name: string, base: string, machine: string): string[] {
   const parts = name.split('/').filter((part) => part !== '' && part !== '.')
   if (name.startsWith('/') || parts.includes('..') || parts[0] !== base) {
-    throw new BoxError(`download from ${machine} refused: the stream holds "${name}", outside ${base}`, {suggestions: ['nothing was written; the guest sent a tar stream box did not ask for']})
+    throw new BoxError(`download from ${machine} refused: the stream holds "${name}", outside ${base}`, {
+      suggestions: ['nothing was written; the guest sent a tar stream box did not ask for'],
+    })
   }
   return parts
 }
 
 function unsafe(machine: string, entry: TarEntry, why: string): BoxError {
-  return new BoxError(`download from ${machine} refused: "${entry.name}": ${why}`, {suggestions: ['nothing was written']})
+  return new BoxError(`download from ${machine} refused: "${entry.name}": ${why}`, {
+    suggestions: ['nothing was written'],
+  })
 }
 
 /**
  * `[NAME] SOURCE [DESTINATION]`: with three words the first is the machine; with two, it is
  * the machine when the Boxfile has a machine of that name (else SOURCE DESTINATION).
  */
-export function transferWords(words: readonly string[], machineNames: readonly string[], command: string): {names: string[]; source: string; destination?: string} {
-  const usage = () => new BoxError(`box ${command} takes [NAME] SOURCE [DESTINATION]`, {exitCode: ExitCode.USAGE, suggestions: [`box ${command} --help`]})
+export function transferWords(
+  words: readonly string[],
+  machineNames: readonly string[],
+  command: string,
+): {names: string[]; source: string; destination?: string} {
+  const usage = () =>
+    new BoxError(`box ${command} takes [NAME] SOURCE [DESTINATION]`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`box ${command} --help`],
+    })
   if (words.length === 0 || words.length > 3) throw usage()
   const named = words.length === 3 || (words.length === 2 && machineNames.includes(words[0]!))
   const [source, destination] = named ? words.slice(1) : words

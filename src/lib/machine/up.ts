@@ -8,7 +8,15 @@ import type {MachineHandle, MachineState, Provider} from '../../providers/provid
 import type {ResolvedMachine} from '../boxfile/types.js'
 import {run} from '../core/exec.js'
 import type {StoredBox} from '../store/query.js'
-import {lockMachine, machineDir, machineFiles, readRecord, writeRecord, type MachineContext, type MachineRecord} from './context.js'
+import {
+  lockMachine,
+  machineDir,
+  machineFiles,
+  readRecord,
+  writeRecord,
+  type MachineContext,
+  type MachineRecord,
+} from './context.js'
 import {waitForMachineSsh} from './keys.js'
 import {sshTarget} from './ssh-session.js'
 
@@ -28,7 +36,11 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
   })
 }
 
-export async function handleFor(stateDir: string, machine: ResolvedMachine, box: {path: string; metadata: StoredBox['metadata']}): Promise<MachineHandle> {
+export async function handleFor(
+  stateDir: string,
+  machine: ResolvedMachine,
+  box: {path: string; metadata: StoredBox['metadata']},
+): Promise<MachineHandle> {
   const {BoxMetadataSchema} = await import('../box/metadata.js')
   return {
     name: machine.name,
@@ -37,7 +49,12 @@ export async function handleFor(stateDir: string, machine: ResolvedMachine, box:
     box: {dir: box.path, metadata: BoxMetadataSchema.parse(box.metadata)},
     cpus: machine.cpus,
     memoryMiB: machine.memoryMiB,
-    forwardedPorts: machine.forwardedPorts.map((p) => ({guest: p.guest, host: p.host, hostIp: p.hostIp, protocol: p.protocol})),
+    forwardedPorts: machine.forwardedPorts.map((p) => ({
+      guest: p.guest,
+      host: p.host,
+      hostIp: p.hostIp,
+      protocol: p.protocol,
+    })),
   }
 }
 
@@ -66,7 +83,11 @@ export interface UpResult {
  * Create (first time) and boot a machine, wait for ssh, install its own key and
  * run its provisioners. Any failure or Ctrl-C after QEMU started stops QEMU again.
  */
-export async function upMachine(context: MachineContext, machine: ResolvedMachine, options: UpOptions = {}): Promise<UpResult> {
+export async function upMachine(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  options: UpOptions = {},
+): Promise<UpResult> {
   const stateDir = machineDir(context.projectDir, machine.name)
   await mkdir(stateDir, {recursive: true, mode: 0o700})
   const release = await lockMachine(stateDir, machine.name)
@@ -93,17 +114,30 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
     const handle = await handleFor(stateDir, machine, box)
     const choice = {resnap: options.base ? false : (options.resnap ?? machine.resnap === 'always'), base: options.base}
 
-    const boot = context.progress.stage(`${machine.name}: booting${choice.base ? ' the origin (--base)' : choice.resnap ? ' with resnap' : ''}`)
+    const boot = context.progress.stage(
+      `${machine.name}: booting${choice.base ? ' the origin (--base)' : choice.resnap ? ' with resnap' : ''}`,
+    )
     const started = Date.now()
     let booted
     try {
       booted = await provider.start(handle, {choice, sshPort: record.sshPort, signal: context.signal})
-      if (booted.sshPort !== record.sshPort && record.sshPort) context.progress.warn(`${machine.name}: port ${record.sshPort} is taken; ssh now on 127.0.0.1:${booted.sshPort}`)
+      if (booted.sshPort !== record.sshPort && record.sshPort)
+        context.progress.warn(
+          `${machine.name}: port ${record.sshPort} is taken; ssh now on 127.0.0.1:${booted.sshPort}`,
+        )
       for (const forward of booted.forwardedPorts) {
         const wanted = handle.forwardedPorts.find((p) => p.guest === forward.guest && p.protocol === forward.protocol)
-        if (wanted && wanted.host !== forward.host) context.progress.warn(`${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`)
+        if (wanted && wanted.host !== forward.host)
+          context.progress.warn(
+            `${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`,
+          )
       }
-      record = {...record, sshPort: booted.sshPort, forwardedPorts: booted.forwardedPorts, privateKeyPath: machine.ssh.privateKeyPath}
+      record = {
+        ...record,
+        sshPort: booted.sshPort,
+        forwardedPorts: booted.forwardedPorts,
+        privateKeyPath: machine.ssh.privateKeyPath,
+      }
       await writeRecord(stateDir, record)
       const target = sshTarget(stateDir, record, provider)
       // One counter for the whole wait: a first boot waits twice (the box's key, then the machine's own), and each wait counts from 0.
@@ -114,7 +148,10 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
         serialLog: booted.serialLog,
         sshListening: booted.sshListening,
         signal: context.signal,
-        onAttempt: () => boot.update(`waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round((Date.now() - waitStarted) / 1000)} s)`),
+        onAttempt: () =>
+          boot.update(
+            `waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round((Date.now() - waitStarted) / 1000)} s)`,
+          ),
       })
       boot.done(`ssh on 127.0.0.1:${record.sshPort}`)
     } catch (error) {
@@ -127,7 +164,10 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
 
     if (machine.syncedFolders.some((folder) => !folder.disabled)) {
       const {syncFolders} = await import('./sync.js')
-      await syncFolders(machine, sshTarget(stateDir, record, provider), {progress: context.progress, signal: context.signal})
+      await syncFolders(machine, sshTarget(stateDir, record, provider), {
+        progress: context.progress,
+        signal: context.signal,
+      })
     }
     if (options.provision !== 'none') {
       const {runProvisioners} = await import('./provision.js')
@@ -141,12 +181,20 @@ export async function upMachine(context: MachineContext, machine: ResolvedMachin
   }
 }
 
-async function createMachine(context: MachineContext, provider: Provider, stateDir: string, machine: ResolvedMachine, stored: StoredBox): Promise<MachineRecord> {
+async function createMachine(
+  context: MachineContext,
+  provider: Provider,
+  stateDir: string,
+  machine: ResolvedMachine,
+  stored: StoredBox,
+): Promise<MachineRecord> {
   const stage = context.progress.stage(`${machine.name}: creating from ${stored.name} ${stored.version}`)
   const key = machineFiles(stateDir).key
   await rm(key, {force: true})
   await rm(`${key}.pub`, {force: true})
-  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `box-${machine.name}`, '-f', key], {purpose: 'creating the machine ssh key'})
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', `box-${machine.name}`, '-f', key], {
+    purpose: 'creating the machine ssh key',
+  })
   const record: MachineRecord = {
     id: randomUUID(),
     name: machine.name,
@@ -159,7 +207,14 @@ async function createMachine(context: MachineContext, provider: Provider, stateD
   await provider.create(await handleFor(stateDir, machine, stored))
   await writeRecord(stateDir, record)
   const {registerMachine} = await import('../store/machine-index.js')
-  await registerMachine(context.dataDir, {id: record.id, name: machine.name, projectDir: context.projectDir, stateDir, provider: provider.name, box: {name: stored.name, version: stored.version, provider: stored.provider}})
+  await registerMachine(context.dataDir, {
+    id: record.id,
+    name: machine.name,
+    projectDir: context.projectDir,
+    stateDir,
+    provider: provider.name,
+    box: {name: stored.name, version: stored.version, provider: stored.provider},
+  })
   stage.done('linked clone, own ssh key')
   return record
 }

@@ -87,7 +87,11 @@ const workersRoot = (cacheDir: string) => join(cacheDir, 'workers')
 async function imageChecksum(cacheDir: string, image: string): Promise<string> {
   const info = await stat(image)
   const stamp = `${info.size}:${info.mtimeMs}:${info.ino}`
-  const file = join(readyRoot(cacheDir), 'checksums', `${createHash('sha256').update(image).digest('hex').slice(0, 24)}.json`)
+  const file = join(
+    readyRoot(cacheDir),
+    'checksums',
+    `${createHash('sha256').update(image).digest('hex').slice(0, 24)}.json`,
+  )
   try {
     const cached = JSON.parse(await readFile(file, 'utf8')) as {stamp: string; sha256: string}
     if (cached.stamp === stamp) return cached.sha256
@@ -118,12 +122,20 @@ async function newWorkerDir(cacheDir: string, prefix: string): Promise<string> {
 export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOptions): Promise<FreshWorker> {
   const progress = options.progress ?? createProgress({silent: true})
   const provider = options.provider ?? providerFor('qemu', options.cacheDir)
-  if (!provider.runningStates) throw new BoxError(`the ${provider.name} provider cannot start workers from a saved state`)
+  if (!provider.runningStates)
+    throw new BoxError(`the ${provider.name} provider cannot start workers from a saved state`)
   const {findBox} = await import('../store/query.js')
   const {COMPATIBLE_BOX_PROVIDERS, BoxMetadataSchema} = await import('../box/metadata.js')
-  const stored = await findBox(options.dataDir, {name: spec.box.name, version: spec.box.version, providers: COMPATIBLE_BOX_PROVIDERS[provider.name] ?? [provider.name]})
+  const stored = await findBox(options.dataDir, {
+    name: spec.box.name,
+    version: spec.box.version,
+    providers: COMPATIBLE_BOX_PROVIDERS[provider.name] ?? [provider.name],
+  })
   if (!stored) {
-    throw new BoxError(`box ${spec.box.name}${spec.box.version ? ` ${spec.box.version}` : ''} is not installed for ${provider.name}`, {suggestions: [`add it: box add ${spec.box.name} URL`]})
+    throw new BoxError(
+      `box ${spec.box.name}${spec.box.version ? ` ${spec.box.version}` : ''} is not installed for ${provider.name}`,
+      {suggestions: [`add it: box add ${spec.box.name} URL`]},
+    )
   }
   const box = {dir: stored.path, metadata: BoxMetadataSchema.parse(stored.metadata)}
   const inputs = {
@@ -138,7 +150,15 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
   }
   const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 20)
   const readyDir = join(readyRoot(options.cacheDir), `${slug(stored.name)}-${slug(stored.version)}-${key}`)
-  const handleIn = (stateDir: string, name: string): MachineHandle => ({name, stateDir, box, cpus: spec.cpus, memoryMiB: spec.memoryMiB, forwardedPorts: [], network: spec.network ? 'full' : 'restricted'})
+  const handleIn = (stateDir: string, name: string): MachineHandle => ({
+    name,
+    stateDir,
+    box,
+    cpus: spec.cpus,
+    memoryMiB: spec.memoryMiB,
+    forwardedPorts: [],
+    network: spec.network ? 'full' : 'restricted',
+  })
 
   let builtReadyState = false
   let ready = await readReady(readyDir)
@@ -146,7 +166,11 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
     await mkdir(readyRoot(options.cacheDir), {recursive: true})
     const release = await acquireLock(`${readyDir}.lock`, {
       waitMs: 20 * 60_000,
-      busy: (pid) => new BoxError(`the ready state for ${stored.name} ${stored.version} is being made by another box process (pid ${pid})`, {suggestions: ['wait for it, then try again']}),
+      busy: (pid) =>
+        new BoxError(
+          `the ready state for ${stored.name} ${stored.version} is being made by another box process (pid ${pid})`,
+          {suggestions: ['wait for it, then try again']},
+        ),
     })
     try {
       ready = await readReady(readyDir)
@@ -172,11 +196,21 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
     }
     const agentMs = Date.now() - begun
     if (ready.agent) await askAgent(`reseed ${randomBytes(64).toString('hex')}`, {timeoutMs: 10_000})
-    const ssh: SshTarget = {host: '127.0.0.1', port: restored.started.sshPort, user: ready.user, keyFile: join(readyDir, 'id_ed25519'), controlPath: provider.sshControlPath({stateDir})}
+    const ssh: SshTarget = {
+      host: '127.0.0.1',
+      port: restored.started.sshPort,
+      user: ready.user,
+      keyFile: join(readyDir, 'id_ed25519'),
+      controlPath: provider.sshControlPath({stateDir}),
+    }
     let sshWait: Promise<void> | undefined
-    const sshReady = () => (sshWait ??= waitForSsh(ssh, sshWaitOptions(restored.started, options.signal)).then(async () => {
-      if (!ready!.agent) await sshRun(ssh, ['sudo', 'date', '-u', '-s', `@${(Date.now() / 1000).toFixed(3)}`], {purpose: 'setting the worker clock'})
-    }))
+    const sshReady = () =>
+      (sshWait ??= waitForSsh(ssh, sshWaitOptions(restored.started, options.signal)).then(async () => {
+        if (!ready!.agent)
+          await sshRun(ssh, ['sudo', 'date', '-u', '-s', `@${(Date.now() / 1000).toFixed(3)}`], {
+            purpose: 'setting the worker clock',
+          })
+      }))
     let sshMs: number | undefined
     if (options.waitForSsh !== false) {
       await sshReady()
@@ -188,7 +222,13 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
       ssh,
       askAgent,
       sshReady,
-      timings: {builtReadyState, loadMs: restored.loadMs, agentMs, sshMs, diskBytesBeforeRun: restored.diskBytesBeforeRun},
+      timings: {
+        builtReadyState,
+        loadMs: restored.loadMs,
+        agentMs,
+        sshMs,
+        diskBytesBeforeRun: restored.diskBytesBeforeRun,
+      },
       destroy,
     }
   } catch (error) {
@@ -205,7 +245,13 @@ function agentOf(provider: Provider, handle: MachineHandle): FreshWorker['askAge
 }
 
 function sshWaitOptions(started: Started, signal?: AbortSignal): Parameters<typeof waitForSsh>[1] {
-  return {timeoutMs: 120_000, isAlive: started.isAlive, serialLog: started.serialLog, sshListening: started.sshListening, signal}
+  return {
+    timeoutMs: 120_000,
+    isAlive: started.isAlive,
+    serialLog: started.serialLog,
+    sshListening: started.sshListening,
+    signal,
+  }
 }
 
 function makeDestroy(provider: Provider, handle: MachineHandle): () => Promise<void> {
@@ -238,7 +284,12 @@ interface BuildContext {
 }
 
 /** Boot one worker with resnap, make it ready, save its running state into `readyDir`. */
-async function buildReadyState(provider: Provider, readyDir: string, handleIn: (stateDir: string, name: string) => MachineHandle, build: BuildContext): Promise<ReadyRecord> {
+async function buildReadyState(
+  provider: Provider,
+  readyDir: string,
+  handleIn: (stateDir: string, name: string) => MachineHandle,
+  build: BuildContext,
+): Promise<ReadyRecord> {
   const {spec, options, progress} = build
   const stage = progress.stage(`making the ready state for ${spec.box.name} (a resnap boot, once)`)
   await rm(readyDir, {recursive: true, force: true})
@@ -252,11 +303,16 @@ async function buildReadyState(provider: Provider, readyDir: string, handleIn: (
     const box = handle.box.metadata.box
     const user = box?.user ?? 'vagrant'
     const key = join(partialDir, 'id_ed25519')
-    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'box-worker', '-f', key], {purpose: 'creating the worker ssh key'})
+    await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'box-worker', '-f', key], {
+      purpose: 'creating the worker ssh key',
+    })
     await provider.create(handle)
     const started = await provider.start(handle, {choice: {resnap: true}, signal: options.signal})
     const controlPath = provider.sshControlPath({stateDir})
-    const insecure = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), join(stateDir, 'insecure_key'))
+    const insecure = await installPrivateKey(
+      join(PROJECT_ROOT, 'static', 'insecure_key'),
+      join(stateDir, 'insecure_key'),
+    )
     const bootstrap: SshTarget = {host: '127.0.0.1', port: started.sshPort, user, keyFile: insecure, controlPath}
     stage.update('waiting for ssh')
     await waitForSsh(bootstrap, {...sshWaitOptions(started, options.signal), timeoutMs: 300_000})
@@ -268,14 +324,24 @@ async function buildReadyState(provider: Provider, readyDir: string, handleIn: (
     if (agent) await provider.askAgent!({stateDir}, 'ping', {timeoutMs: 30_000})
     for (const [index, command] of (spec.setup ?? []).entries()) {
       stage.update(`setup ${index + 1}/${spec.setup!.length}`)
-      await sshRun(target, ['sudo', 'sh', '-euc', command], {purpose: `running setup command ${index + 1} in the ready state`, timeoutMs: 30 * 60_000})
+      await sshRun(target, ['sudo', 'sh', '-euc', command], {
+        purpose: `running setup command ${index + 1} in the ready state`,
+        timeoutMs: 30 * 60_000,
+      })
     }
     // Everything the guest wrote is in its page cache or on disk; sshd's connection must not be in the state.
-    await sshRun(target, ['sync'], {purpose: 'syncing the ready state\'s disk'})
+    await sshRun(target, ['sync'], {purpose: "syncing the ready state's disk"})
     await closeSshMaster(controlPath)
     stage.update('saving the running state')
     const saved = await provider.runningStates!.save(handle, partialDir, {signal: options.signal})
-    const record: ReadyRecord = {key: build.key, inputs: build.inputs, user, agent, stateBytes: saved.stateBytes, createdAt: new Date().toISOString()}
+    const record: ReadyRecord = {
+      key: build.key,
+      inputs: build.inputs,
+      user,
+      agent,
+      stateBytes: saved.stateBytes,
+      createdAt: new Date().toISOString(),
+    }
     await writeFile(join(partialDir, 'ready.json'), `${JSON.stringify(record, null, 2)}\n`, {mode: 0o600})
     await rename(partialDir, readyDir)
     stage.done(`state ${Math.round(saved.stateBytes / 1e6)} MB`)

@@ -6,7 +6,15 @@ import {pipeline} from 'node:stream/promises'
 import {fileURLToPath} from 'node:url'
 
 import {COMPATIBLE_BOX_PROVIDERS} from '../box/metadata.js'
-import {fetchCatalogText, hostArchitecture, loadCatalog, parseCatalogText, resolveCatalog, resolveProviderUrl, type Catalog} from './catalog.js'
+import {
+  fetchCatalogText,
+  hostArchitecture,
+  loadCatalog,
+  parseCatalogText,
+  resolveCatalog,
+  resolveProviderUrl,
+  type Catalog,
+} from './catalog.js'
 import {CHECKSUM_TYPES, download, isChecksumType, partPath, type Checksum, type DownloadOptions} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {formatBytes, formatDuration, formatTransfer, type Progress} from '../core/progress.js'
@@ -40,14 +48,22 @@ function localPath(text: string): string {
  * (a JSON answer is a catalog, anything else a box); local files are catalogs when they
  * start with "{" (a .box is a tar, gzip or zstd stream and never does).
  */
-export async function identifySource(source: string, options: {signal?: AbortSignal; timeoutMs?: number} = {}): Promise<BoxSourceKind> {
+export async function identifySource(
+  source: string,
+  options: {signal?: AbortSignal; timeoutMs?: number} = {},
+): Promise<BoxSourceKind> {
   if (isHttpUrl(source)) {
     if (/\.box$/i.test(new URL(source).pathname)) return {kind: 'box-url', url: source}
     const text = await fetchCatalogText(source, {...options, onlyIfJson: true})
-    return text === undefined ? {kind: 'box-url', url: source} : {kind: 'catalog', location: source, catalog: parseCatalogText(text, source)}
+    return text === undefined
+      ? {kind: 'box-url', url: source}
+      : {kind: 'catalog', location: source, catalog: parseCatalogText(text, source)}
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(source) && !/^file:\/\//i.test(source)) {
-    throw new BoxError(`unsupported URL scheme in ${source}`, {exitCode: ExitCode.USAGE, suggestions: ['use an http://, https:// or file:// URL, or a path']})
+    throw new BoxError(`unsupported URL scheme in ${source}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['use an http://, https:// or file:// URL, or a path'],
+    })
   }
   const path = localPath(source)
   const info = await stat(path).catch(() => undefined)
@@ -80,12 +96,19 @@ export function checksumFromFlags(value: string | undefined, type: string | unde
   const digest = value.trim()
   if (type !== undefined) {
     const lower = type.toLowerCase()
-    if (!isChecksumType(lower)) throw new BoxError(`unknown checksum type ${JSON.stringify(type)}: use one of ${CHECKSUM_TYPES.join(', ')}`, {exitCode: ExitCode.USAGE})
+    if (!isChecksumType(lower))
+      throw new BoxError(`unknown checksum type ${JSON.stringify(type)}: use one of ${CHECKSUM_TYPES.join(', ')}`, {
+        exitCode: ExitCode.USAGE,
+      })
     return {type: lower, value: digest}
   }
   const byLength: Record<number, Checksum['type']> = {32: 'md5', 40: 'sha1', 64: 'sha256', 96: 'sha384', 128: 'sha512'}
   const guessed = /^[0-9a-f]+$/i.test(digest) ? byLength[digest.length] : undefined
-  if (!guessed) throw new BoxError(`cannot tell the type of checksum ${JSON.stringify(value)}`, {exitCode: ExitCode.USAGE, suggestions: [`give it with --checksum-type (${CHECKSUM_TYPES.join(', ')})`]})
+  if (!guessed)
+    throw new BoxError(`cannot tell the type of checksum ${JSON.stringify(value)}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`give it with --checksum-type (${CHECKSUM_TYPES.join(', ')})`],
+    })
   return {type: guessed, value: digest}
 }
 
@@ -150,7 +173,14 @@ export async function addBoxFromSource(options: AddFromSourceOptions): Promise<A
     })
   }
   const location = source.kind === 'box-url' ? source.url : source.path
-  return importBox(options, {name, location, version: options.version, provider: options.provider, checksum: options.checksum, progress})
+  return importBox(options, {
+    name,
+    location,
+    version: options.version,
+    provider: options.provider,
+    checksum: options.checksum,
+    progress,
+  })
 }
 
 async function addFromCatalog(options: AddFromSourceOptions, location: string, catalog: Catalog): Promise<AddedBox> {
@@ -160,12 +190,22 @@ async function addFromCatalog(options: AddFromSourceOptions, location: string, c
       suggestions: [`box add ${location}`, `or: box add ${catalog.name} ${location}`],
     })
   }
-  const providers = options.providers ?? (options.provider ? (COMPATIBLE_BOX_PROVIDERS[options.provider] ?? [options.provider]) : DEFAULT_PROVIDERS)
-  const resolved = resolveCatalog(catalog, {constraint: options.version, providers, architecture: options.architecture ?? hostArchitecture()})
+  const providers =
+    options.providers ??
+    (options.provider ? (COMPATIBLE_BOX_PROVIDERS[options.provider] ?? [options.provider]) : DEFAULT_PROVIDERS)
+  const resolved = resolveCatalog(catalog, {
+    constraint: options.version,
+    providers,
+    architecture: options.architecture ?? hostArchitecture(),
+  })
   const what = `${resolved.name} ${resolved.version} (${resolved.provider.name})`
   if (!options.force) {
     // Say so before downloading gigabytes the store would refuse.
-    const installed = await findBox(options.dataDir, {name: resolved.name, version: resolved.version, providers: [resolved.provider.name]})
+    const installed = await findBox(options.dataDir, {
+      name: resolved.name,
+      version: resolved.version,
+      providers: [resolved.provider.name],
+    })
     if (installed) throw new BoxError(`box ${what} is already installed`, {suggestions: ['add --force to replace it']})
   }
   options.progress?.info(`Adding ${what} from ${location}`)
@@ -197,7 +237,16 @@ async function importBox(options: AddFromSourceOptions, request: ImportRequest):
   const {name, location, progress} = request
   const {hostProvidersOnThisHost} = await import('./convert.js')
   const convertFor = options.convertFor ?? (await hostProvidersOnThisHost())
-  const storeOptions = {dataDir, name, version: request.version, provider: request.provider, force, convertFor, signal, progress}
+  const storeOptions = {
+    dataDir,
+    name,
+    version: request.version,
+    provider: request.provider,
+    force,
+    convertFor,
+    signal,
+    progress,
+  }
 
   if (!isHttpUrl(location)) {
     const file = localPath(location)
@@ -210,7 +259,10 @@ async function importBox(options: AddFromSourceOptions, request: ImportRequest):
   await mkdir(join(cacheDir, 'downloads'), {recursive: true})
   let fetched = 0
   if (!(await reusableDownload(dest, request.checksum, progress))) {
-    fetched = await downloadWithProgress({url: location, dest, checksum: request.checksum, signal, ...options.downloadOptions}, progress)
+    fetched = await downloadWithProgress(
+      {url: location, dest, checksum: request.checksum, signal, ...options.downloadOptions},
+      progress,
+    )
   }
 
   try {
@@ -229,7 +281,11 @@ async function importBox(options: AddFromSourceOptions, request: ImportRequest):
  * extraction) is used as it is, after the checksum if there is one; one that fails it is
  * removed so the download starts afresh.
  */
-async function reusableDownload(dest: string, checksum: Checksum | undefined, progress: Progress | undefined): Promise<boolean> {
+async function reusableDownload(
+  dest: string,
+  checksum: Checksum | undefined,
+  progress: Progress | undefined,
+): Promise<boolean> {
   const exists = await stat(dest).then(
     (info) => info.isFile(),
     () => false,
@@ -251,16 +307,23 @@ async function downloadWithProgress(options: DownloadOptions, progress: Progress
     (info) => info.size,
     () => 0,
   )
-  const stage = progress?.stage(`Downloading ${options.url}${resuming > 0 ? `, resuming after ${formatBytes(resuming)}` : ''}`)
+  const stage = progress?.stage(
+    `Downloading ${options.url}${resuming > 0 ? `, resuming after ${formatBytes(resuming)}` : ''}`,
+  )
   const started = performance.now()
   try {
     const result = await download({
       ...options,
       onProgress: stage && ((p) => stage.update(formatTransfer(p))),
-      onRetry: progress && (({error, attempt, delayMs}) => progress.warn(`${error.message}; retry ${attempt} in ${formatDuration(delayMs)}`)),
+      onRetry:
+        progress &&
+        (({error, attempt, delayMs}) =>
+          progress.warn(`${error.message}; retry ${attempt} in ${formatDuration(delayMs)}`)),
     })
     const seconds = (performance.now() - started) / 1000
-    stage?.done(`${formatBytes(result.bytes)}${result.fetched > 0 && seconds > 0 ? `, ${formatBytes(result.fetched / seconds)}/s` : ''}${options.checksum ? `, ${options.checksum.type} verified` : ''}`)
+    stage?.done(
+      `${formatBytes(result.bytes)}${result.fetched > 0 && seconds > 0 ? `, ${formatBytes(result.fetched / seconds)}/s` : ''}${options.checksum ? `, ${options.checksum.type} verified` : ''}`,
+    )
     return result.fetched
   } catch (error) {
     stage?.fail()
@@ -279,13 +342,18 @@ async function verifyFileChecksum(file: string, checksum: Checksum, progress?: P
   } catch (error) {
     stage?.fail()
     const code = (error as NodeJS.ErrnoException).code
-    throw new BoxError(code === 'ENOENT' ? `box file not found: ${file}` : `cannot read ${file}: ${(error as Error).message}`, {exitCode: ExitCode.USAGE, cause: error})
+    throw new BoxError(
+      code === 'ENOENT' ? `box file not found: ${file}` : `cannot read ${file}: ${(error as Error).message}`,
+      {exitCode: ExitCode.USAGE, cause: error},
+    )
   }
   const actual = hash.digest('hex')
   const expected = checksum.value.trim().toLowerCase()
   if (actual !== expected) {
     stage?.fail()
-    throw new BoxError(`checksum mismatch for ${file}`, {detail: `expected ${checksum.type} ${expected}\nactual   ${checksum.type} ${actual}`})
+    throw new BoxError(`checksum mismatch for ${file}`, {
+      detail: `expected ${checksum.type} ${expected}\nactual   ${checksum.type} ${actual}`,
+    })
   }
   stage?.done()
 }

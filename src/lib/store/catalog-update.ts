@@ -43,7 +43,10 @@ export async function updateCatalog(update: CatalogUpdate): Promise<string> {
     entry = {version: update.version, providers: []}
     catalog.versions.push(entry)
   }
-  entry.providers = [...(entry.providers ?? []).filter((candidate) => candidate.name !== provider), {name: provider, url: update.url, checksum_type: 'sha256', checksum: update.sha256}]
+  entry.providers = [
+    ...(entry.providers ?? []).filter((candidate) => candidate.name !== provider),
+    {name: provider, url: update.url, checksum_type: 'sha256', checksum: update.sha256},
+  ]
   catalog.versions.sort((a, b) => compareVersions(b.version, a.version))
   const partial = `${file}.partial`
   await writeFile(partial, `${JSON.stringify(catalog, null, 2)}\n`)

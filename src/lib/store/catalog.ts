@@ -28,13 +28,15 @@ const optionalText = z
 const CatalogProviderSchema = z.looseObject({
   name: z.string().min(1, 'a provider name is required'),
   url: z.string().min(1, 'a download URL is required'),
-  checksum_type: optionalText.pipe(
-    z
-      .string()
-      .transform((value) => value.toLowerCase())
-      .pipe(z.enum(CHECKSUM_TYPES, {error: `must be one of ${CHECKSUM_TYPES.join(', ')}`}))
-      .optional(),
-  ).optional(),
+  checksum_type: optionalText
+    .pipe(
+      z
+        .string()
+        .transform((value) => value.toLowerCase())
+        .pipe(z.enum(CHECKSUM_TYPES, {error: `must be one of ${CHECKSUM_TYPES.join(', ')}`}))
+        .optional(),
+    )
+    .optional(),
   checksum: optionalText,
   architecture: optionalText,
   default_architecture: z.boolean().optional(),
@@ -72,7 +74,9 @@ function catalogErrors(location: string): SchemaErrorOptions {
     exitCode: ExitCode.USAGE,
     invalid: `${location} is not a valid box catalog`,
     notJson: (reason) => `${location} is not a box catalog: not valid JSON (${reason})`,
-    suggestions: ['a catalog is Vagrant box metadata: {"name": "org/box", "versions": [{"version": "1.0.0", "providers": [{"name": "qemu", "url": "…", "checksum_type": "sha256", "checksum": "…"}]}]}'],
+    suggestions: [
+      'a catalog is Vagrant box metadata: {"name": "org/box", "versions": [{"version": "1.0.0", "providers": [{"name": "qemu", "url": "…", "checksum_type": "sha256", "checksum": "…"}]}]}',
+    ],
   }
 }
 
@@ -111,7 +115,8 @@ export async function fetchCatalogText(url: string, options: FetchCatalogOptions
     try {
       return await fetchCatalogOnce(url, options)
     } catch (error) {
-      if (attempt >= retries || options.signal?.aborted || !(error instanceof RetryableFetchError)) throw error instanceof RetryableFetchError ? error.error : error
+      if (attempt >= retries || options.signal?.aborted || !(error instanceof RetryableFetchError))
+        throw error instanceof RetryableFetchError ? error.error : error
       await sleep(1000 * 2 ** attempt, undefined, {signal: options.signal}).catch(() => undefined)
     }
   }
@@ -130,7 +135,14 @@ async function fetchCatalogOnce(url: string, options: FetchCatalogOptions): Prom
     decompress: true,
     throwHttpErrors: false,
     retry: {limit: 0},
-    timeout: {lookup: timeoutMs, connect: timeoutMs, secureConnect: timeoutMs, send: timeoutMs, response: timeoutMs, socket: timeoutMs},
+    timeout: {
+      lookup: timeoutMs,
+      connect: timeoutMs,
+      secureConnect: timeoutMs,
+      send: timeoutMs,
+      response: timeoutMs,
+      socket: timeoutMs,
+    },
     headers: {accept: options.onlyIfJson ? 'application/json, */*' : 'application/json'},
   })
   const onAbort = () => request.destroy(new Error('aborted'))
@@ -141,15 +153,27 @@ async function fetchCatalogOnce(url: string, options: FetchCatalogOptions): Prom
     const chunks: Buffer[] = []
     let bytes = 0
     let json: boolean | undefined = options.onlyIfJson ? undefined : true
-    request.once('response', (response: {statusCode: number; statusMessage?: string; headers: Record<string, string | string[] | undefined>}) => {
-      if (response.statusCode >= 400) {
-        const failure = new BoxError(`HTTP ${response.statusCode}${response.statusMessage ? ` ${response.statusMessage}` : ''} for ${url}`)
-        httpFailure = response.statusCode === 408 || response.statusCode === 429 || response.statusCode >= 500 ? new RetryableFetchError(failure) : failure
-        request.destroy(failure)
-      } else if (/\bjson\b/i.test(String(response.headers['content-type'] ?? ''))) {
-        json = true
-      }
-    })
+    request.once(
+      'response',
+      (response: {
+        statusCode: number
+        statusMessage?: string
+        headers: Record<string, string | string[] | undefined>
+      }) => {
+        if (response.statusCode >= 400) {
+          const failure = new BoxError(
+            `HTTP ${response.statusCode}${response.statusMessage ? ` ${response.statusMessage}` : ''} for ${url}`,
+          )
+          httpFailure =
+            response.statusCode === 408 || response.statusCode === 429 || response.statusCode >= 500
+              ? new RetryableFetchError(failure)
+              : failure
+          request.destroy(failure)
+        } else if (/\bjson\b/i.test(String(response.headers['content-type'] ?? ''))) {
+          json = true
+        }
+      },
+    )
     for await (const chunk of request as AsyncIterable<Buffer>) {
       if (json === undefined) json = chunk.toString('latin1').trimStart().startsWith('{')
       if (!json) {
@@ -167,7 +191,8 @@ async function fetchCatalogOnce(url: string, options: FetchCatalogOptions): Prom
   } catch (error) {
     if (httpFailure) throw httpFailure
     if (error instanceof BoxError) throw error
-    if (options.signal?.aborted) throw new BoxError(`fetching ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
+    if (options.signal?.aborted)
+      throw new BoxError(`fetching ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
     throw new RetryableFetchError(new BoxError(`cannot fetch ${url}: ${(error as Error).message}`, {cause: error}))
   } finally {
     options.signal?.removeEventListener('abort', onAbort)
@@ -181,13 +206,22 @@ async function fetchCatalogOnce(url: string, options: FetchCatalogOptions): Prom
 export function resolveProviderUrl(url: string, catalogLocation: string): string {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) return url
   if (/^https?:\/\//i.test(catalogLocation)) return new URL(url, catalogLocation).toString()
-  const catalogPath = /^file:\/\//i.test(catalogLocation) ? fileURLToPath(catalogLocation) : resolvePath(catalogLocation)
+  const catalogPath = /^file:\/\//i.test(catalogLocation)
+    ? fileURLToPath(catalogLocation)
+    : resolvePath(catalogLocation)
   return isAbsolute(url) ? url : pathToFileURL(resolvePath(dirname(catalogPath), url)).toString()
 }
 
 /** The architecture names catalogs use (Vagrant's), for this host. */
 export function hostArchitecture(): string {
-  const names: Record<string, string> = {x64: 'amd64', arm64: 'arm64', ia32: 'i386', arm: 'arm', ppc64: 'ppc64', s390x: 's390x'}
+  const names: Record<string, string> = {
+    x64: 'amd64',
+    arm64: 'arm64',
+    ia32: 'i386',
+    arm: 'arm',
+    ppc64: 'ppc64',
+    s390x: 's390x',
+  }
   return names[arch()] ?? arch()
 }
 
@@ -217,14 +251,21 @@ export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions)
     if (requirements && !satisfies(version.version, requirements)) continue
     const provider = pickProvider(version, options.providers, options.architecture)
     if (provider) {
-      const checksum = provider.checksum_type && provider.checksum ? {type: provider.checksum_type, value: provider.checksum} : undefined
+      const checksum =
+        provider.checksum_type && provider.checksum
+          ? {type: provider.checksum_type, value: provider.checksum}
+          : undefined
       return {name: catalog.name, version: version.version, provider, checksum}
     }
   }
   throw noMatchError(catalog, options, newestFirst)
 }
 
-function pickProvider(version: CatalogVersion, providers: readonly string[], architecture?: string): CatalogProvider | undefined {
+function pickProvider(
+  version: CatalogVersion,
+  providers: readonly string[],
+  architecture?: string,
+): CatalogProvider | undefined {
   for (const name of providers) {
     const candidates = version.providers.filter((provider) => provider.name === name)
     if (candidates.length === 0) continue
@@ -245,7 +286,9 @@ function noMatchError(catalog: Catalog, options: ResolveCatalogOptions, newestFi
     options.architecture ? `architecture ${options.architecture}` : undefined,
   ].filter(Boolean)
   const listing = newestFirst.map((version) => {
-    const providers = version.providers.map((provider) => (provider.architecture ? `${provider.name} (${provider.architecture})` : provider.name))
+    const providers = version.providers.map((provider) =>
+      provider.architecture ? `${provider.name} (${provider.architecture})` : provider.name,
+    )
     return `${version.version}: ${providers.length > 0 ? providers.join(', ') : 'no providers'}`
   })
   const hidden = catalog.versions.filter((version) => UNAVAILABLE_STATUSES.has(version.status?.toLowerCase() ?? ''))

@@ -82,8 +82,16 @@ const RATE_WINDOW_MS = 5000
 /** Statuses worth another attempt: the server or a proxy is busy or broken for now. */
 const TRANSIENT_STATUSES = new Set([408, 425, 429, 500, 502, 503, 504])
 const TRANSIENT_CODES = new Set([
-  'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN',
-  'ENETUNREACH', 'EHOSTUNREACH', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_GOT_REQUEST_ERROR',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ENETUNREACH',
+  'EHOSTUNREACH',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'ERR_GOT_REQUEST_ERROR',
 ])
 /** Errors of the local disk: retrying cannot help. */
 const DISK_CODES = new Set(['ENOSPC', 'EDQUOT', 'EROFS', 'EACCES', 'EPERM', 'EIO', 'EFBIG'])
@@ -127,7 +135,13 @@ async function downloadLocked(options: DownloadOptions, expectedDigest: string |
     for (;;) {
       const before = part.size
       try {
-        const outcome = await fetchInto(part, {url, dest, signal, timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS, meter})
+        const outcome = await fetchInto(part, {
+          url,
+          dest,
+          signal,
+          timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+          meter,
+        })
         if (outcome === 'complete') {
           // An empty file never opened the part: create it so the rename below has something.
           part.handle ??= await open(partPath(dest), 'a')
@@ -146,7 +160,10 @@ async function downloadLocked(options: DownloadOptions, expectedDigest: string |
         if (failures >= retries) throw failure.error
         const backoff = retryDelayMs * 2 ** failures * (0.8 + Math.random() * 0.4)
         // A server that says when to come back (429/503 Retry-After) is believed, within reason.
-        const delay = Math.min(Math.max(backoff, error instanceof HttpStatusError ? (error.retryAfterMs ?? 0) : 0), MAX_RETRY_DELAY_MS)
+        const delay = Math.min(
+          Math.max(backoff, error instanceof HttpStatusError ? (error.retryAfterMs ?? 0) : 0),
+          MAX_RETRY_DELAY_MS,
+        )
         failures++
         options.onRetry?.({error: failure.error, attempt: failures, delayMs: delay})
         await sleep(delay, undefined, {signal}).catch(() => {
@@ -165,7 +182,10 @@ async function downloadLocked(options: DownloadOptions, expectedDigest: string |
       await removePart(dest)
       throw new BoxError(`checksum mismatch for ${url}`, {
         detail: `expected ${checksum!.type} ${expectedDigest}\nactual   ${checksum!.type} ${actual}`,
-        suggestions: ['the partial download was removed; run the command again to download afresh', 'check the checksum given with the box'],
+        suggestions: [
+          'the partial download was removed; run the command again to download afresh',
+          'check the checksum given with the box',
+        ],
       })
     }
   }
@@ -200,12 +220,15 @@ async function openPart(dest: string, url: string, hashType?: ChecksumType): Pro
   // Hash what is already there once, then the same hash continues with the new bytes.
   const hash = createHash(hashType)
   let size = 0
-  await pipeline(createReadStream(partPath(dest), {highWaterMark: 1 << 20}), async function (source: AsyncIterable<Buffer>) {
-    for await (const chunk of source) {
-      hash.update(chunk)
-      size += chunk.length
-    }
-  })
+  await pipeline(
+    createReadStream(partPath(dest), {highWaterMark: 1 << 20}),
+    async function (source: AsyncIterable<Buffer>) {
+      for await (const chunk of source) {
+        hash.update(chunk)
+        size += chunk.length
+      }
+    },
+  )
   return {dest, size, hash, hashType, info, total: info!.total}
 }
 
@@ -215,9 +238,10 @@ async function openPart(dest: string, url: string, hashType?: ChecksumType): Pro
  */
 async function lockPart(dest: string, url: string): Promise<() => Promise<void>> {
   return acquireLock(`${partPath(dest)}.lock`, {
-    busy: (pid) => new BoxError(`${url} is already being downloaded${pid === process.pid ? '' : ` by process ${pid}`}`, {
-      suggestions: ['wait for that download to finish (this command can then be run again)'],
-    }),
+    busy: (pid) =>
+      new BoxError(`${url} is already being downloaded${pid === process.pid ? '' : ` by process ${pid}`}`, {
+        suggestions: ['wait for that download to finish (this command can then be run again)'],
+      }),
   })
 }
 
@@ -278,7 +302,14 @@ async function fetchInto(part: Part, context: FetchContext): Promise<'complete' 
     decompress: false,
     throwHttpErrors: false,
     retry: {limit: 0},
-    timeout: {lookup: timeoutMs, connect: timeoutMs, secureConnect: timeoutMs, send: timeoutMs, response: timeoutMs, socket: timeoutMs},
+    timeout: {
+      lookup: timeoutMs,
+      connect: timeoutMs,
+      secureConnect: timeoutMs,
+      send: timeoutMs,
+      response: timeoutMs,
+      socket: timeoutMs,
+    },
   })
   const onAbort = () => request.destroy(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'))
   signal?.addEventListener('abort', onAbort, {once: true})
@@ -338,11 +369,15 @@ async function fetchInto(part: Part, context: FetchContext): Promise<'complete' 
 
     await writeBody(request, part, meter)
     if (total !== undefined && part.size < total) {
-      throw Object.assign(new Error(`connection closed after ${part.size} of ${total} bytes`), {code: 'ERR_STREAM_PREMATURE_CLOSE'})
+      throw Object.assign(new Error(`connection closed after ${part.size} of ${total} bytes`), {
+        code: 'ERR_STREAM_PREMATURE_CLOSE',
+      })
     }
     if (total !== undefined && part.size > total) {
       await truncatePart(part)
-      throw new BoxError(`the server sent more bytes than announced for ${url}`, {suggestions: ['run the command again']})
+      throw new BoxError(`the server sent more bytes than announced for ${url}`, {
+        suggestions: ['run the command again'],
+      })
     }
     return 'complete'
   } finally {
@@ -446,10 +481,19 @@ class HttpStatusError extends BoxError {
   }
 }
 
-function httpError(url: string, status: number, statusMessage: string | undefined, retryAfter: string | undefined): HttpStatusError {
+function httpError(
+  url: string,
+  status: number,
+  statusMessage: string | undefined,
+  retryAfter: string | undefined,
+): HttpStatusError {
   const reason = statusMessage || STATUS_CODES[status] || ''
   const seconds = Number(retryAfter)
-  return new HttpStatusError(`HTTP ${status}${reason ? ` ${reason}` : ''} for ${url}`, status, Number.isFinite(seconds) ? seconds * 1000 : undefined)
+  return new HttpStatusError(
+    `HTTP ${status}${reason ? ` ${reason}` : ''} for ${url}`,
+    status,
+    Number.isFinite(seconds) ? seconds * 1000 : undefined,
+  )
 }
 
 /** Sort a failed attempt into "try again" or "give up", and give the error the user should see. */
@@ -465,7 +509,9 @@ function classifyFailure(error: unknown): {retry: boolean; error: Error; diskFul
       diskFull,
       error: new BoxError(diskFull ? `no space left on the disk for ${path}` : `cannot write ${path}: ${e.message}`, {
         cause: error,
-        suggestions: diskFull ? ['the partial download was removed; free some disk space and run the command again'] : [],
+        suggestions: diskFull
+          ? ['the partial download was removed; free some disk space and run the command again']
+          : [],
       }),
     }
   }
@@ -474,10 +520,22 @@ function classifyFailure(error: unknown): {retry: boolean; error: Error; diskFul
   const where = url ? ` (${url})` : ''
   if (e?.name === 'TimeoutError') {
     const what = e.event === 'socket' ? 'no data received' : `no answer (${e.event})`
-    return {retry: true, error: new BoxError(`download timed out: ${what} for ${timeoutSeconds(e.message)}${where}`, {cause: error, suggestions: ['run the command again to resume']})}
+    return {
+      retry: true,
+      error: new BoxError(`download timed out: ${what} for ${timeoutSeconds(e.message)}${where}`, {
+        cause: error,
+        suggestions: ['run the command again to resume'],
+      }),
+    }
   }
   if (TRANSIENT_CODES.has(code) || e?.name === 'ReadError' || e?.name === 'RequestError') {
-    return {retry: true, error: new BoxError(`download failed${where}: ${e.message}`, {cause: error, suggestions: ['run the command again to resume']})}
+    return {
+      retry: true,
+      error: new BoxError(`download failed${where}: ${e.message}`, {
+        cause: error,
+        suggestions: ['run the command again to resume'],
+      }),
+    }
   }
   return {retry: false, error: e instanceof Error ? e : new Error(String(e))}
 }
@@ -496,14 +554,20 @@ function interruptedError(url: string, dest: string): BoxError {
 }
 
 function throwIfAborted(signal: AbortSignal | undefined, url: string): void {
-  if (signal?.aborted) throw signal.reason instanceof BoxError ? signal.reason : new BoxError(`download of ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED})
+  if (signal?.aborted)
+    throw signal.reason instanceof BoxError
+      ? signal.reason
+      : new BoxError(`download of ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED})
 }
 
 function normalizeDigest(checksum: Checksum): string {
   const value = checksum.value.trim().toLowerCase()
   const lengths: Record<ChecksumType, number> = {md5: 32, sha1: 40, sha256: 64, sha384: 96, sha512: 128}
   if (!/^[0-9a-f]+$/.test(value) || value.length !== lengths[checksum.type]) {
-    throw new BoxError(`'${checksum.value}' is not a ${checksum.type} checksum (expected ${lengths[checksum.type]} hex digits)`, {exitCode: ExitCode.USAGE})
+    throw new BoxError(
+      `'${checksum.value}' is not a ${checksum.type} checksum (expected ${lengths[checksum.type]} hex digits)`,
+      {exitCode: ExitCode.USAGE},
+    )
   }
   return value
 }

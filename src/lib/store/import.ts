@@ -128,7 +128,9 @@ export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<Im
 
     signal?.throwIfAborted()
     await moveAllIntoPlace(dataDir, moves, scratch, force)
-    const [stored, ...converted] = await Promise.all([...moves].reverse().map(({box}) => readStoredBox(dataDir, box.name, box.version, box.provider)))
+    const [stored, ...converted] = await Promise.all(
+      [...moves].reverse().map(({box}) => readStoredBox(dataDir, box.name, box.version, box.provider)),
+    )
     return {...stored!, converted}
   } finally {
     await rm(scratch, {recursive: true, force: true})
@@ -146,16 +148,27 @@ async function writeStoreInfo(dir: string, info: StoreInfo): Promise<void> {
 }
 
 /** Convert the box in `staged` into `into`, with a progress stage; `into` is scratch the caller removes. */
-async function convertStaged(options: {staged: string; into: string; conversion: BoxConversion; what: string; signal?: AbortSignal; progress?: Progress}): Promise<void> {
+async function convertStaged(options: {
+  staged: string
+  into: string
+  conversion: BoxConversion
+  what: string
+  signal?: AbortSignal
+  progress?: Progress
+}): Promise<void> {
   const {conversion, progress} = options
   const stage = progress?.stage(`Converting ${options.what} for ${conversion.label}`)
   try {
-    await conversion.convert(options.staged, options.into, {signal: options.signal, onProgress: stage && ((percent) => stage.update(`${Math.floor(percent)} %`))})
+    await conversion.convert(options.staged, options.into, {
+      signal: options.signal,
+      onProgress: stage && ((percent) => stage.update(`${Math.floor(percent)} %`)),
+    })
     const {formatBytes} = await import('../core/progress.js')
     stage?.done(`${formatBytes(await directorySize(options.into))} as ${conversion.storedAs}`)
   } catch (error) {
     stage?.fail()
-    if (options.signal?.aborted) throw new BoxError(`converting ${options.what} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
+    if (options.signal?.aborted)
+      throw new BoxError(`converting ${options.what} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
     throw error
   }
 }
@@ -165,25 +178,43 @@ async function convertStaged(options: {staged: string; into: string; conversion:
  * provider the box was not added for, e.g. VirtualBox installed after `box add`). Atomic
  * like an import, and locked: a second `up` of the same box waits and then uses the copy.
  */
-export async function convertStoredBox(options: {dataDir: string; box: StoredBox; hostProvider: string; signal?: AbortSignal; progress?: Progress}): Promise<StoredBox> {
+export async function convertStoredBox(options: {
+  dataDir: string
+  box: StoredBox
+  hostProvider: string
+  signal?: AbortSignal
+  progress?: Progress
+}): Promise<StoredBox> {
   const {dataDir, box, hostProvider} = options
   const {conversionFor} = await import('./convert.js')
   const conversion = conversionFor(box.provider, hostProvider)
-  if (!conversion) throw new BoxError(`box ${box.name} ${box.version} (${box.provider}) cannot be converted for ${hostProvider}`)
+  if (!conversion)
+    throw new BoxError(`box ${box.name} ${box.version} (${box.provider}) cannot be converted for ${hostProvider}`)
   const copy = {name: box.name, version: box.version, provider: conversion.storedAs}
   const root = boxesDir(dataDir)
   const {acquireLock} = await import('../core/lock.js')
   const lockName = `${escapeBoxName(copy.name)}-${copy.version}-${copy.provider}`
   const release = await acquireLock(join(root, `.convert-${lockName}.lock`), {
     waitMs: 60 * 60_000,
-    busy: (pid) => new BoxError(`box ${box.name} ${box.version} is being converted for ${hostProvider} by another box command (pid ${pid})`, {suggestions: ['wait for it to finish, then try again']}),
+    busy: (pid) =>
+      new BoxError(
+        `box ${box.name} ${box.version} is being converted for ${hostProvider} by another box command (pid ${pid})`,
+        {suggestions: ['wait for it to finish, then try again']},
+      ),
   })
   try {
     if (!(await exists(boxPath(dataDir, copy)))) {
       const scratch = await mkdtemp(join(root, SCRATCH_PREFIX))
       try {
         const convertedDir = join(scratch, 'box')
-        await convertStaged({staged: box.path, into: convertedDir, conversion, what: `${box.name} ${box.version}`, signal: options.signal, progress: options.progress})
+        await convertStaged({
+          staged: box.path,
+          into: convertedDir,
+          conversion,
+          what: `${box.name} ${box.version}`,
+          signal: options.signal,
+          progress: options.progress,
+        })
         await writeStoreInfo(convertedDir, {addedAt: new Date().toISOString(), source: box.path})
         await moveAllIntoPlace(dataDir, [{staged: convertedDir, box: copy}], scratch, false)
       } finally {
@@ -201,9 +232,16 @@ export async function convertStoredBox(options: {dataDir: string; box: StoredBox
  * version and provider before extracting gigabytes only to refuse a duplicate.
  * Anything unusual is left to the full check after extraction.
  */
-async function refuseInstalledEarly(dataDir: string, name: string, file: string, options: {version?: string; provider?: string}): Promise<void> {
+async function refuseInstalledEarly(
+  dataDir: string,
+  name: string,
+  file: string,
+  options: {version?: string; provider?: string},
+): Promise<void> {
   const {readArchiveFile} = await import('../box/archive.js')
-  const text = await readArchiveFile(file, 'metadata.json', {maxEntries: 1, maxBytes: 1024 * 1024}).catch(() => undefined)
+  const text = await readArchiveFile(file, 'metadata.json', {maxEntries: 1, maxBytes: 1024 * 1024}).catch(
+    () => undefined,
+  )
   if (!text) return
   let metadata: {provider?: unknown; box?: {version?: unknown}}
   try {
@@ -213,8 +251,15 @@ async function refuseInstalledEarly(dataDir: string, name: string, file: string,
   }
   const provider = options.provider ?? metadata.provider
   const version = options.version ?? metadata.box?.version ?? '0'
-  if (typeof provider !== 'string' || typeof version !== 'string' || !PROVIDER_PATTERN.test(provider) || !isVersion(version)) return
-  if (await exists(boxPath(dataDir, {name, version, provider}))) throw alreadyInstalled(`${name} ${version} (${provider})`)
+  if (
+    typeof provider !== 'string' ||
+    typeof version !== 'string' ||
+    !PROVIDER_PATTERN.test(provider) ||
+    !isVersion(version)
+  )
+    return
+  if (await exists(boxPath(dataDir, {name, version, provider})))
+    throw alreadyInstalled(`${name} ${version} (${provider})`)
 }
 
 function alreadyInstalled(what: string): BoxError {
@@ -236,7 +281,8 @@ async function removeStaleScratch(root: string): Promise<void> {
       .map(async (entry) => {
         const path = join(root, entry.name)
         const info = await stat(path).catch(() => undefined)
-        if (info && Date.now() - info.mtimeMs > STALE_SCRATCH_MS) await rm(path, {recursive: true, force: true}).catch(() => undefined)
+        if (info && Date.now() - info.mtimeMs > STALE_SCRATCH_MS)
+          await rm(path, {recursive: true, force: true}).catch(() => undefined)
       }),
   )
 }
@@ -281,7 +327,12 @@ async function moveAllIntoPlace(dataDir: string, moves: StagedMove[], scratch: s
       const target = boxPath(dataDir, box)
       await mkdir(join(target, '..'), {recursive: true})
       const replaced = join(scratch, `replaced-${index}`)
-      placed.push({target, replaced: (await moveIntoPlace(staged, target, replaced, force, `${box.name} ${box.version} (${box.provider})`)) ? replaced : undefined})
+      placed.push({
+        target,
+        replaced: (await moveIntoPlace(staged, target, replaced, force, `${box.name} ${box.version} (${box.provider})`))
+          ? replaced
+          : undefined,
+      })
     }
   } catch (error) {
     for (const [index, {target, replaced}] of placed.reverse().entries()) {
@@ -293,7 +344,13 @@ async function moveAllIntoPlace(dataDir: string, moves: StagedMove[], scratch: s
 }
 
 /** rename(2) `staged` to `target`; with force, an installed box goes to `replaced` first. Returns whether one was replaced. */
-async function moveIntoPlace(staged: string, target: string, replaced: string, force: boolean, what: string): Promise<boolean> {
+async function moveIntoPlace(
+  staged: string,
+  target: string,
+  replaced: string,
+  force: boolean,
+  what: string,
+): Promise<boolean> {
   const installed = await exists(target)
   if (installed && !force) throw alreadyInstalled(what)
   if (!installed) {

@@ -36,13 +36,18 @@ export function validateBoxName(name: string): void {
 
 export function validateBoxVersion(version: string): void {
   if (!isVersion(version)) {
-    throw new BoxError(`invalid box version ${JSON.stringify(version)}: expected numbers separated by dots, such as 1.2.3`, {exitCode: ExitCode.USAGE})
+    throw new BoxError(
+      `invalid box version ${JSON.stringify(version)}: expected numbers separated by dots, such as 1.2.3`,
+      {exitCode: ExitCode.USAGE},
+    )
   }
 }
 
 export function validateProviderName(provider: string): void {
   if (!PROVIDER_PATTERN.test(provider)) {
-    throw new BoxError(`invalid provider name ${JSON.stringify(provider)}: only letters, digits, _ and - are allowed`, {exitCode: ExitCode.USAGE})
+    throw new BoxError(`invalid provider name ${JSON.stringify(provider)}: only letters, digits, _ and - are allowed`, {
+      exitCode: ExitCode.USAGE,
+    })
   }
 }
 

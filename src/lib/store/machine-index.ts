@@ -41,7 +41,10 @@ function indexPath(dataDir: string): string {
 }
 
 /** Add (or replace, by id) a machine. `createdAt` defaults to now. */
-export async function registerMachine(dataDir: string, machine: Omit<MachineEntry, 'createdAt'> & {createdAt?: string}): Promise<MachineEntry> {
+export async function registerMachine(
+  dataDir: string,
+  machine: Omit<MachineEntry, 'createdAt'> & {createdAt?: string},
+): Promise<MachineEntry> {
   const entry = MachineEntrySchema.parse({...machine, createdAt: machine.createdAt ?? new Date().toISOString()})
   await updateIndex(dataDir, (machines) => [...machines.filter((existing) => existing.id !== entry.id), entry])
   return entry
@@ -74,10 +77,15 @@ export async function listMachines(dataDir: string, options: {prune?: boolean} =
 }
 
 /** Machines backed by a box: all of a name, or one version, or one version and provider. Machines whose state dir is gone do not count. */
-export async function machinesUsingBox(dataDir: string, box: {name: string; version?: string; provider?: string}): Promise<MachineEntry[]> {
+export async function machinesUsingBox(
+  dataDir: string,
+  box: {name: string; version?: string; provider?: string},
+): Promise<MachineEntry[]> {
   const matching = (await readIndex(dataDir)).machines.filter(
     (machine) =>
-      machine.box.name === box.name && (box.version === undefined || machine.box.version === box.version) && (box.provider === undefined || machine.box.provider === box.provider),
+      machine.box.name === box.name &&
+      (box.version === undefined || machine.box.version === box.version) &&
+      (box.provider === undefined || machine.box.provider === box.provider),
   )
   const alive = await Promise.all(matching.map((machine) => exists(machine.stateDir)))
   return matching.filter((_, index) => alive[index])
@@ -96,12 +104,18 @@ async function readIndex(dataDir: string): Promise<IndexFile> {
 }
 
 /** Read-modify-write under the lock; the new file replaces the old one atomically. */
-async function updateIndex(dataDir: string, change: (machines: MachineEntry[]) => MachineEntry[] | Promise<MachineEntry[]>): Promise<void> {
+async function updateIndex(
+  dataDir: string,
+  change: (machines: MachineEntry[]) => MachineEntry[] | Promise<MachineEntry[]>,
+): Promise<void> {
   await mkdir(dataDir, {recursive: true})
   await withLock(`${indexPath(dataDir)}.lock`, async () => {
     const index = await readIndex(dataDir)
     const machines = await change(index.machines)
-    await writeFileAtomic(indexPath(dataDir), `${JSON.stringify({version: 1, machines} satisfies IndexFile, null, 2)}\n`)
+    await writeFileAtomic(
+      indexPath(dataDir),
+      `${JSON.stringify({version: 1, machines} satisfies IndexFile, null, 2)}\n`,
+    )
   })
 }
 
@@ -111,9 +125,10 @@ async function withLock<T>(lockFile: string, work: () => Promise<T>): Promise<T>
     waitMs: LOCK_WAIT_MS,
     // The critical section is milliseconds long: poll often.
     pollMs: 5,
-    busy: () => new BoxError(`the machine index is locked by another box process (${lockFile})`, {
-      suggestions: ['try again; if no other box command is running, remove the lock file'],
-    }),
+    busy: () =>
+      new BoxError(`the machine index is locked by another box process (${lockFile})`, {
+        suggestions: ['try again; if no other box command is running, remove the lock file'],
+      }),
   })
   try {
     return await work()

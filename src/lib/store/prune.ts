@@ -55,7 +55,9 @@ export async function pruneBoxes(options: {dataDir: string; name?: string; dryRu
   if (options.dryRun) return result
   for (const box of plan.remove) {
     try {
-      result.removed.push(...(await removeBox({dataDir: options.dataDir, name: box.name, version: box.version, provider: box.provider})))
+      result.removed.push(
+        ...(await removeBox({dataDir: options.dataDir, name: box.name, version: box.version, provider: box.provider})),
+      )
     } catch (error) {
       if (!(error instanceof BoxError)) throw error
       result.failed.push({box, error: error.message})

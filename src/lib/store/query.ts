@@ -5,7 +5,15 @@ import {join} from 'node:path'
 import type {BoxMetadata} from '../box/metadata.js'
 import {checkWithSchema, writeFileAtomic} from '../core/fs.js'
 import {compareNewestFirst, compareVersions, isVersion} from '../core/versions.js'
-import {boxesDir, boxPath, escapeBoxName, STORE_INFO_FILE, unescapeBoxName, validateBoxName, type StoreInfo} from './layout.js'
+import {
+  boxesDir,
+  boxPath,
+  escapeBoxName,
+  STORE_INFO_FILE,
+  unescapeBoxName,
+  validateBoxName,
+  type StoreInfo,
+} from './layout.js'
 
 export interface StoredBox {
   name: string
@@ -31,7 +39,9 @@ export async function setCatalogUrl(dataDir: string, name: string, url: string):
 
 export async function getCatalogUrl(dataDir: string, name: string): Promise<string | undefined> {
   validateBoxName(name)
-  const text = await readFile(join(boxesDir(dataDir), escapeBoxName(name), 'catalog_url'), 'utf8').catch(() => undefined)
+  const text = await readFile(join(boxesDir(dataDir), escapeBoxName(name), 'catalog_url'), 'utf8').catch(
+    () => undefined,
+  )
   return text?.trim() || undefined
 }
 
@@ -46,7 +56,9 @@ export async function listBoxes(dataDir: string, filter: {name?: string} = {}): 
     validateBoxName(filter.name)
     names = [escapeBoxName(filter.name)]
   } else {
-    names = (await readdir(root, {withFileTypes: true}).catch(() => [])).filter((entry) => entry.isDirectory() && !entry.name.startsWith('.')).map((entry) => entry.name)
+    names = (await readdir(root, {withFileTypes: true}).catch(() => []))
+      .filter((entry) => entry.isDirectory() && !entry.name.startsWith('.'))
+      .map((entry) => entry.name)
   }
   const found = await Promise.all(
     names.map(async (directory) => {
@@ -55,7 +67,9 @@ export async function listBoxes(dataDir: string, filter: {name?: string} = {}): 
       const perVersion = await Promise.all(
         versions.map(async (version) => {
           const providers = await subdirectories(join(root, directory, version))
-          return Promise.all(providers.map((provider) => readStoredBox(dataDir, name, version, provider).catch(() => undefined)))
+          return Promise.all(
+            providers.map((provider) => readStoredBox(dataDir, name, version, provider).catch(() => undefined)),
+          )
         }),
       )
       return perVersion.flat()
@@ -64,7 +78,14 @@ export async function listBoxes(dataDir: string, filter: {name?: string} = {}): 
   return found
     .flat()
     .filter((box): box is StoredBox => box !== undefined)
-    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : compareNewestFirst(a.version, b.version) || (a.provider < b.provider ? -1 : a.provider > b.provider ? 1 : 0)))
+    .sort((a, b) =>
+      a.name < b.name
+        ? -1
+        : a.name > b.name
+          ? 1
+          : compareNewestFirst(a.version, b.version) ||
+            (a.provider < b.provider ? -1 : a.provider > b.provider ? 1 : 0),
+    )
 }
 
 export interface FindBoxQuery {
@@ -78,17 +99,28 @@ export interface FindBoxQuery {
 /** The newest installed box matching the query, or undefined. */
 export async function findBox(dataDir: string, query: FindBoxQuery): Promise<StoredBox | undefined> {
   const boxes = (await listBoxes(dataDir, {name: query.name})).filter(
-    (box) => query.providers.includes(box.provider) && (query.version === undefined || box.version === query.version || (isVersion(box.version) && isVersion(query.version) && compareVersions(box.version, query.version) === 0)),
+    (box) =>
+      query.providers.includes(box.provider) &&
+      (query.version === undefined ||
+        box.version === query.version ||
+        (isVersion(box.version) && isVersion(query.version) && compareVersions(box.version, query.version) === 0)),
   )
   // listBoxes sorts newest first; among one version, prefer the caller's provider order.
   const newest = boxes[0]
   if (!newest) return undefined
-  const chosen = boxes.filter((box) => box.version === newest.version).sort((a, b) => query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))[0]
+  const chosen = boxes
+    .filter((box) => box.version === newest.version)
+    .sort((a, b) => query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))[0]
   // A box about to boot gets its metadata through the schema (defaults such as kernel_args filled in).
   const {BoxMetadataSchema} = await import('../box/metadata.js')
-  const metadata = checkWithSchema(chosen.metadata, BoxMetadataSchema, `the stored metadata.json of ${chosen.name} ${chosen.version} (${chosen.provider})`, {
-    suggestions: [`add the box again: box add ${chosen.name} FILE --force`],
-  })
+  const metadata = checkWithSchema(
+    chosen.metadata,
+    BoxMetadataSchema,
+    `the stored metadata.json of ${chosen.name} ${chosen.version} (${chosen.provider})`,
+    {
+      suggestions: [`add the box again: box add ${chosen.name} FILE --force`],
+    },
+  )
   return {...chosen, metadata}
 }
 
@@ -97,12 +129,23 @@ export async function subdirectories(dir: string): Promise<string[]> {
   return entries.filter((entry) => entry.isDirectory() && !entry.name.startsWith('.')).map((entry) => entry.name)
 }
 
-export async function readStoredBox(dataDir: string, name: string, version: string, provider: string): Promise<StoredBox> {
+export async function readStoredBox(
+  dataDir: string,
+  name: string,
+  version: string,
+  provider: string,
+): Promise<StoredBox> {
   const path = boxPath(dataDir, {name, version, provider})
   // Validated in full at import; here only what listing relies on, without loading zod.
   const metadata = JSON.parse(await readFile(join(path, 'metadata.json'), 'utf8')) as BoxMetadata
   if (typeof metadata?.provider !== 'string') throw new Error(`${path}/metadata.json has no provider`)
-  const [size, info] = await Promise.all([directorySize(path), readFile(join(path, STORE_INFO_FILE), 'utf8').then((text) => JSON.parse(text) as StoreInfo, () => undefined)])
+  const [size, info] = await Promise.all([
+    directorySize(path),
+    readFile(join(path, STORE_INFO_FILE), 'utf8').then(
+      (text) => JSON.parse(text) as StoreInfo,
+      () => undefined,
+    ),
+  ])
   const addedAt = info?.addedAt ?? (await stat(path)).mtime.toISOString()
   return {name, version, provider, path, size, addedAt, metadata}
 }

@@ -27,18 +27,31 @@ export async function removeBox(options: RemoveBoxOptions): Promise<StoredBox[]>
   validateBoxName(name)
   const installed = await listBoxes(dataDir, {name})
   if (installed.length === 0) {
-    throw new BoxError(`box ${name} is not installed`, {exitCode: ExitCode.USAGE, suggestions: ['see the installed boxes with: box list']})
-  }
-  const selected = installed.filter((box) => (options.version === undefined || box.version === options.version) && (options.provider === undefined || box.provider === options.provider))
-  const describe = (box: StoredBox) => `${box.name} ${box.version} (${box.provider})`
-  if (selected.length === 0) {
-    throw new BoxError(`no installed box matches ${[name, options.version, options.provider && `(${options.provider})`].filter(Boolean).join(' ')}`, {
+    throw new BoxError(`box ${name} is not installed`, {
       exitCode: ExitCode.USAGE,
-      detail: `installed:\n${installed.map(describe).join('\n')}`,
+      suggestions: ['see the installed boxes with: box list'],
     })
   }
+  const selected = installed.filter(
+    (box) =>
+      (options.version === undefined || box.version === options.version) &&
+      (options.provider === undefined || box.provider === options.provider),
+  )
+  const describe = (box: StoredBox) => `${box.name} ${box.version} (${box.provider})`
+  if (selected.length === 0) {
+    throw new BoxError(
+      `no installed box matches ${[name, options.version, options.provider && `(${options.provider})`].filter(Boolean).join(' ')}`,
+      {
+        exitCode: ExitCode.USAGE,
+        detail: `installed:\n${installed.map(describe).join('\n')}`,
+      },
+    )
+  }
   // A copy converted from a selected box goes with it: `box remove NAME` means the box in every format.
-  const isCopyOfSelected = (box: StoredBox) => selected.some((source) => source !== box && source.version === box.version && source.provider === box.metadata.converted_from)
+  const isCopyOfSelected = (box: StoredBox) =>
+    selected.some(
+      (source) => source !== box && source.version === box.version && source.provider === box.metadata.converted_from,
+    )
   if (selected.filter((box) => !isCopyOfSelected(box)).length > 1 && !options.all) {
     throw new BoxError(`${name} has ${selected.length} matching versions/providers installed; say which to remove`, {
       exitCode: ExitCode.USAGE,
@@ -49,12 +62,26 @@ export async function removeBox(options: RemoveBoxOptions): Promise<StoredBox[]>
 
   if (!options.force) {
     const {machinesUsingBox} = await import('./machine-index.js')
-    const users = (await Promise.all(selected.map(async (box) => (await machinesUsingBox(dataDir, box)).map((machine) => ({box, machine}))))).flat()
+    const users = (
+      await Promise.all(
+        selected.map(async (box) => (await machinesUsingBox(dataDir, box)).map((machine) => ({box, machine}))),
+      )
+    ).flat()
     if (users.length > 0) {
-      throw new BoxError(`cannot remove ${name}: ${users.length === 1 ? 'a machine uses' : `${users.length} machines use`} it`, {
-        detail: users.map(({box, machine}) => `${machine.name} in ${machine.projectDir} (id ${machine.id}) uses ${describe(box)}`).join('\n'),
-        suggestions: ['destroy those machines first (box destroy, in their project directory)', 'or remove anyway with --force (those machines will no longer start)'],
-      })
+      throw new BoxError(
+        `cannot remove ${name}: ${users.length === 1 ? 'a machine uses' : `${users.length} machines use`} it`,
+        {
+          detail: users
+            .map(
+              ({box, machine}) => `${machine.name} in ${machine.projectDir} (id ${machine.id}) uses ${describe(box)}`,
+            )
+            .join('\n'),
+          suggestions: [
+            'destroy those machines first (box destroy, in their project directory)',
+            'or remove anyway with --force (those machines will no longer start)',
+          ],
+        },
+      )
     }
   }
 

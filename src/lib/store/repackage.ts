@@ -9,7 +9,14 @@ import {resolve} from 'node:path'
 
 import {BoxError, ExitCode} from '../core/errors.js'
 import {formatBytes, type Progress} from '../core/progress.js'
-import {boxPath, SCRATCH_PREFIX, STORE_INFO_FILE, validateBoxName, validateBoxVersion, validateProviderName} from './layout.js'
+import {
+  boxPath,
+  SCRATCH_PREFIX,
+  STORE_INFO_FILE,
+  validateBoxName,
+  validateBoxVersion,
+  validateProviderName,
+} from './layout.js'
 
 export interface RepackageOptions {
   dataDir: string
@@ -38,13 +45,21 @@ export async function repackageBox(options: RepackageOptions): Promise<Repackage
   validateProviderName(provider)
   const dir = boxPath(options.dataDir, {name, version, provider})
   if (!(await lstat(dir).catch(() => undefined))?.isDirectory()) {
-    throw new BoxError(`box ${name} ${version} (${provider}) is not installed`, {exitCode: ExitCode.USAGE, suggestions: ['see the installed ones: box list']})
+    throw new BoxError(`box ${name} ${version} (${provider}) is not installed`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['see the installed ones: box list'],
+    })
   }
   const output = resolve(options.output)
   if (!options.force && (await lstat(output).catch(() => undefined))) {
-    throw new BoxError(`${output} already exists`, {exitCode: ExitCode.USAGE, suggestions: ['pass --force to replace it, or --output to name another file']})
+    throw new BoxError(`${output} already exists`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['pass --force to replace it, or --output to name another file'],
+    })
   }
-  const names = (await readdir(dir)).filter((entry) => entry !== STORE_INFO_FILE && !entry.startsWith(SCRATCH_PREFIX)).sort()
+  const names = (await readdir(dir))
+    .filter((entry) => entry !== STORE_INFO_FILE && !entry.startsWith(SCRATCH_PREFIX))
+    .sort()
   // metadata.json first, as Vagrant's and box's own boxes have it (readers may stop early).
   const entries = ['metadata.json', ...names.filter((entry) => entry !== 'metadata.json')]
   const {writeBoxArchive} = await import('../box/archive.js')

@@ -26,16 +26,24 @@ export function hostProviderOf(provider: string): string {
 const newestFirst = (a: StoredBox, b: StoredBox) => compareNewestFirst(a.version, b.version)
 
 /** The newest installed box of `name` for these providers that satisfies the constraint. */
-export async function findInstalledBox(dataDir: string, query: {name: string; constraint?: string; providers: readonly string[]}): Promise<StoredBox | undefined> {
+export async function findInstalledBox(
+  dataDir: string,
+  query: {name: string; constraint?: string; providers: readonly string[]},
+): Promise<StoredBox | undefined> {
   if (query.constraint !== undefined) parseUserConstraint(query.constraint)
   const boxes = (await listBoxes(dataDir, {name: query.name}))
     .filter((box) => query.providers.includes(box.provider))
-    .filter((box) => query.constraint === undefined || (isVersion(box.version) && satisfies(box.version, query.constraint)))
+    .filter(
+      (box) => query.constraint === undefined || (isVersion(box.version) && satisfies(box.version, query.constraint)),
+    )
     .sort((a, b) => newestFirst(a, b) || query.providers.indexOf(a.provider) - query.providers.indexOf(b.provider))
   return boxes[0]
 }
 
-export interface EnsureBoxInstalledOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions' | 'checksum'> {
+export interface EnsureBoxInstalledOptions extends Pick<
+  AddFromSourceOptions,
+  'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions' | 'checksum'
+> {
   name: string
   /** Boxfile's box_url: a catalog or .box, by URL or path. */
   url?: string
@@ -55,15 +63,29 @@ export async function ensureBoxInstalled(options: EnsureBoxInstalledOptions): Pr
   const providers = COMPATIBLE_BOX_PROVIDERS[hostProvider] ?? [hostProvider]
   const installed = await findInstalledBox(dataDir, {name, constraint, providers})
   if (installed) return installed
-  const convertible = await findInstalledBox(dataDir, {name, constraint, providers: providersConvertibleFor(hostProvider)})
+  const convertible = await findInstalledBox(dataDir, {
+    name,
+    constraint,
+    providers: providersConvertibleFor(hostProvider),
+  })
   if (convertible) {
     const {convertStoredBox} = await import('./import.js')
-    return convertStoredBox({dataDir, box: convertible, hostProvider, signal: options.signal, progress: options.progress})
+    return convertStoredBox({
+      dataDir,
+      box: convertible,
+      hostProvider,
+      signal: options.signal,
+      progress: options.progress,
+    })
   }
   const wanted = `${name}${constraint ? ` (${constraint})` : ''}`
   if (!options.url) {
     throw new BoxError(`box ${wanted} is not installed`, {
-      suggestions: [`add it: box add ${name} FILE_OR_URL`, 'or give box_url in the Boxfile so up fetches it', 'list installed boxes: box list'],
+      suggestions: [
+        `add it: box add ${name} FILE_OR_URL`,
+        'or give box_url in the Boxfile so up fetches it',
+        'list installed boxes: box list',
+      ],
     })
   }
   options.progress?.info(`Box ${wanted} is not installed; fetching it from ${options.url}`)
@@ -76,7 +98,10 @@ export async function ensureBoxInstalled(options: EnsureBoxInstalledOptions): Pr
     convertFor: [...new Set([...(await hostProvidersOnThisHost()), hostProvider])],
   })
   const forMachine = [added.box, ...added.converted].find((box) => providers.includes(box.provider))
-  if (!forMachine) throw new BoxError(`${options.url} gave ${added.box.name} ${added.box.version} (${added.box.provider}), which the ${hostProvider} provider cannot run`)
+  if (!forMachine)
+    throw new BoxError(
+      `${options.url} gave ${added.box.name} ${added.box.version} (${added.box.provider}), which the ${hostProvider} provider cannot run`,
+    )
   return forMachine
 }
 
@@ -93,10 +118,18 @@ export interface OutdatedEntry {
 }
 
 /** One row per box name and host provider: the newest installed version against its catalog. */
-export async function checkOutdated(options: {dataDir: string; name?: string; signal?: AbortSignal; architecture?: string}): Promise<OutdatedEntry[]> {
+export async function checkOutdated(options: {
+  dataDir: string
+  name?: string
+  signal?: AbortSignal
+  architecture?: string
+}): Promise<OutdatedEntry[]> {
   const boxes = await listBoxes(options.dataDir, {name: options.name})
   if (options.name !== undefined && boxes.length === 0) {
-    throw new BoxError(`box ${options.name} is not installed`, {exitCode: ExitCode.USAGE, suggestions: ['see the installed boxes with: box list']})
+    throw new BoxError(`box ${options.name} is not installed`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['see the installed boxes with: box list'],
+    })
   }
   const architecture = options.architecture ?? hostArchitecture()
   const names = [...new Set(boxes.map((box) => box.name))]
@@ -104,22 +137,49 @@ export async function checkOutdated(options: {dataDir: string; name?: string; si
     names.map(async (name) => {
       const newestPerGroup = newestByHostProvider(boxes.filter((box) => box.name === name))
       const catalogUrl = await getCatalogUrl(options.dataDir, name)
-      if (!catalogUrl) return newestPerGroup.map((box): OutdatedEntry => ({name, provider: box.provider, installed: box.version, status: 'no-catalog'}))
+      if (!catalogUrl)
+        return newestPerGroup.map((box): OutdatedEntry => ({
+          name,
+          provider: box.provider,
+          installed: box.version,
+          status: 'no-catalog',
+        }))
       let catalog
       try {
         catalog = await loadCatalog(catalogUrl, {signal: options.signal})
       } catch (error) {
-        return newestPerGroup.map((box): OutdatedEntry => ({name, provider: box.provider, installed: box.version, catalogUrl, status: 'error', error: (error as Error).message}))
+        return newestPerGroup.map((box): OutdatedEntry => ({
+          name,
+          provider: box.provider,
+          installed: box.version,
+          catalogUrl,
+          status: 'error',
+          error: (error as Error).message,
+        }))
       }
       return newestPerGroup.map((box): OutdatedEntry => {
         let latest: string | undefined
         try {
           latest = resolveCatalog(catalog, {providers: providerGroup(box.provider), architecture}).version
         } catch (error) {
-          return {name, provider: box.provider, installed: box.version, catalogUrl, status: 'error', error: (error as Error).message}
+          return {
+            name,
+            provider: box.provider,
+            installed: box.version,
+            catalogUrl,
+            status: 'error',
+            error: (error as Error).message,
+          }
         }
         const newer = isVersion(box.version) ? compareVersions(latest, box.version) > 0 : true
-        return {name, provider: box.provider, installed: box.version, latest, catalogUrl, status: newer ? 'outdated' : 'up-to-date'}
+        return {
+          name,
+          provider: box.provider,
+          installed: box.version,
+          latest,
+          catalogUrl,
+          status: newer ? 'outdated' : 'up-to-date',
+        }
       })
     }),
   )
@@ -155,7 +215,10 @@ export interface UpdateResult {
   catalogUrl?: string
 }
 
-export interface UpdateOptions extends Pick<AddFromSourceOptions, 'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions' | 'architecture'> {
+export interface UpdateOptions extends Pick<
+  AddFromSourceOptions,
+  'dataDir' | 'cacheDir' | 'signal' | 'progress' | 'downloadOptions' | 'architecture'
+> {
   targets: UpdateTarget[]
 }
 
@@ -165,7 +228,9 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
   for (const target of options.targets) {
     if (target.constraint !== undefined) parseUserConstraint(target.constraint)
     const installed = await listBoxes(options.dataDir, {name: target.name})
-    const groups = target.providers ? [target.providers] : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
+    const groups = target.providers
+      ? [target.providers]
+      : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
     if (groups.length === 0) groups.push(COMPATIBLE_BOX_PROVIDERS.qemu)
     const source = await catalogFor(options.dataDir, target, options.signal)
     if (!source) {
@@ -176,12 +241,27 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
     for (const providers of groups) {
       // Compare with what the constraint allows: an installed 2.0 does not serve "< 2".
       const current = installed
-        .filter((box) => providers.includes(box.provider) && (target.constraint === undefined || (isVersion(box.version) && satisfies(box.version, target.constraint))))
+        .filter(
+          (box) =>
+            providers.includes(box.provider) &&
+            (target.constraint === undefined || (isVersion(box.version) && satisfies(box.version, target.constraint))),
+        )
         .sort(newestFirst)[0]
-      const resolved = resolveCatalog(catalog, {constraint: target.constraint, providers, architecture: options.architecture ?? hostArchitecture()})
+      const resolved = resolveCatalog(catalog, {
+        constraint: target.constraint,
+        providers,
+        architecture: options.architecture ?? hostArchitecture(),
+      })
       const newer = !current || !isVersion(current.version) || compareVersions(resolved.version, current.version) > 0
       if (!newer) {
-        results.push({name: target.name, provider: current.provider, from: current.version, to: current.version, status: 'up-to-date', catalogUrl})
+        results.push({
+          name: target.name,
+          provider: current.provider,
+          from: current.version,
+          to: current.version,
+          status: 'up-to-date',
+          catalogUrl,
+        })
         continue
       }
       const {dataDir, cacheDir, signal, progress, downloadOptions, architecture} = options
@@ -198,14 +278,25 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
         version: `= ${resolved.version}`,
         providers,
       })
-      results.push({name: target.name, provider: box.provider, from: current?.version, to: box.version, status: 'updated', catalogUrl})
+      results.push({
+        name: target.name,
+        provider: box.provider,
+        from: current?.version,
+        to: box.version,
+        status: 'updated',
+        catalogUrl,
+      })
     }
   }
   return results
 }
 
 /** The catalog remembered in the store, else the target's URL when that is a catalog (not a .box). */
-async function catalogFor(dataDir: string, target: UpdateTarget, signal?: AbortSignal): Promise<{catalog: Catalog; catalogUrl: string} | undefined> {
+async function catalogFor(
+  dataDir: string,
+  target: UpdateTarget,
+  signal?: AbortSignal,
+): Promise<{catalog: Catalog; catalogUrl: string} | undefined> {
   const stored = await getCatalogUrl(dataDir, target.name)
   if (stored) return {catalog: await loadCatalog(stored, {signal}), catalogUrl: stored}
   if (!target.url) return undefined
@@ -226,7 +317,10 @@ export interface MachineBoxRequest {
  * their box_version and box_url) when the caller found a Boxfile, else every installed
  * box that came from a catalog.
  */
-export async function updateTargets(options: {dataDir: string; machines?: readonly MachineBoxRequest[]}): Promise<UpdateTarget[]> {
+export async function updateTargets(options: {
+  dataDir: string
+  machines?: readonly MachineBoxRequest[]
+}): Promise<UpdateTarget[]> {
   if (options.machines) {
     const seen = new Set<string>()
     const targets: UpdateTarget[] = []
@@ -240,6 +334,8 @@ export async function updateTargets(options: {dataDir: string; machines?: readon
     return targets
   }
   const names = [...new Set((await listBoxes(options.dataDir)).map((box) => box.name))]
-  const withCatalog = await Promise.all(names.map(async (name) => ((await getCatalogUrl(options.dataDir, name)) ? name : undefined)))
+  const withCatalog = await Promise.all(
+    names.map(async (name) => ((await getCatalogUrl(options.dataDir, name)) ? name : undefined)),
+  )
   return withCatalog.filter((name): name is string => name !== undefined).map((name) => ({name}))
 }

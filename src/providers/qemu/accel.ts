@@ -104,13 +104,24 @@ export async function resolveAccel(options: ProbeOptions): Promise<AccelResult> 
       return result
     }
   }
-  throw new BoxError(`QEMU could not run a guest with any accelerator (${attempts.map((a) => `${a.accel}: ${a.reason}`).join('; ')})`, {
-    suggestions: ['check the QEMU installation: qemu-system-x86_64 --version', 'reinstall it: sudo apt-get install --reinstall qemu-system-x86'],
-  })
+  throw new BoxError(
+    `QEMU could not run a guest with any accelerator (${attempts.map((a) => `${a.accel}: ${a.reason}`).join('; ')})`,
+    {
+      suggestions: [
+        'check the QEMU installation: qemu-system-x86_64 --version',
+        'reinstall it: sudo apt-get install --reinstall qemu-system-x86',
+      ],
+    },
+  )
 }
 
 /** Run the probe guest under one accelerator; a guest that does not exit by the deadline is hung. */
-export async function probeOnce(qemu: string, accel: Accel, firmwareFile: string, deadlineMs: number): Promise<AccelAttempt> {
+export async function probeOnce(
+  qemu: string,
+  accel: Accel,
+  firmwareFile: string,
+  deadlineMs: number,
+): Promise<AccelAttempt> {
   const started = Date.now()
   const args = ['-accel', accel, '-bios', firmwareFile, ...probeMachineArgs()]
   const child = spawn(qemu, args, {stdin: 'ignore', reject: false, timeout: deadlineMs, killSignal: 'SIGKILL'})
@@ -120,12 +131,27 @@ export async function probeOnce(qemu: string, accel: Accel, firmwareFile: string
   const r = result as {exitCode?: number; timedOut?: boolean; stderr?: string}
   if (r.timedOut) return {accel, ok: false, ms, reason: `no answer within ${deadlineMs} ms (guest hung)`}
   if (r.exitCode === PROBE_EXIT_STATUS) return {accel, ok: true, ms}
-  const message = String(r.stderr ?? '').split('\n').find((line) => line.trim() && !line.includes('warning:'))
+  const message = String(r.stderr ?? '')
+    .split('\n')
+    .find((line) => line.trim() && !line.includes('warning:'))
   return {accel, ok: false, ms, reason: message?.trim() || `qemu exited with ${r.exitCode}`}
 }
 
 function probeMachineArgs(): string[] {
-  return ['-machine', 'pc', '-m', '16', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'none', '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04']
+  return [
+    '-machine',
+    'pc',
+    '-m',
+    '16',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-serial',
+    'none',
+    '-device',
+    'isa-debug-exit,iobase=0xf4,iosize=0x04',
+  ]
 }
 
 export async function qemuVersion(qemu = 'qemu-system-x86_64'): Promise<string> {

@@ -53,7 +53,11 @@ async function exchange(base: string, request: string, timeoutMs: number): Promi
   const id = randomUUID().slice(0, 8)
   // Non-blocking opens: reading never waits for a writer, and opening for writing fails
   // (ENXIO) rather than hangs when no QEMU holds the FIFOs (the machine is not running).
-  const reader = new Socket({fd: await openFd(fromGuest, constants.O_RDONLY | constants.O_NONBLOCK), readable: true, writable: false})
+  const reader = new Socket({
+    fd: await openFd(fromGuest, constants.O_RDONLY | constants.O_NONBLOCK),
+    readable: true,
+    writable: false,
+  })
   let timer: NodeJS.Timeout | undefined
   try {
     const answer = new Promise<string>((resolve, reject) => {
@@ -72,7 +76,10 @@ async function exchange(base: string, request: string, timeoutMs: number): Promi
       })
     })
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new BoxError(`the guest agent did not answer "${request}" within ${timeoutMs} ms`)), timeoutMs)
+      timer = setTimeout(
+        () => reject(new BoxError(`the guest agent did not answer "${request}" within ${timeoutMs} ms`)),
+        timeoutMs,
+      )
     })
     // One short line is written atomically; EAGAIN means 64 KiB of questions nobody read: no agent.
     const writeFd = await openFd(toGuest, constants.O_WRONLY | constants.O_NONBLOCK)

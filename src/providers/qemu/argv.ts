@@ -50,41 +50,65 @@ export function optionValue(path: string): string {
 
 export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
   const args = [
-    '-name', `box-${spec.name},process=box-${spec.name}`,
-    '-machine', 'pc',
+    '-name',
+    `box-${spec.name},process=box-${spec.name}`,
+    '-machine',
+    'pc',
     ...accelArgs(spec.accel),
-    '-smp', String(spec.cpus),
-    '-m', String(spec.memoryMiB),
-    '-nodefaults', '-no-user-config', '-display', 'none',
+    '-smp',
+    String(spec.cpus),
+    '-m',
+    String(spec.memoryMiB),
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
-    '-drive', `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
+    '-drive',
+    `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
     ...(spec.drives ?? []).flatMap((drive, index) => [
-      '-drive', `file=${optionValue(drive.file)},if=none,id=extra${index},format=raw${drive.readOnly ? ',readonly=on' : ''}`,
-      '-device', `virtio-blk-pci,drive=extra${index},serial=${drive.serial}`,
+      '-drive',
+      `file=${optionValue(drive.file)},if=none,id=extra${index},format=raw${drive.readOnly ? ',readonly=on' : ''}`,
+      '-device',
+      `virtio-blk-pci,drive=extra${index},serial=${drive.serial}`,
     ]),
     ...(spec.noNetwork
       ? []
       : [
-          '-netdev', ['user', 'id=net0', ...(spec.restrictNetwork ? ['restrict=on'] : []), ...spec.forwards.map(hostfwd)].join(','),
+          '-netdev',
+          ['user', 'id=net0', ...(spec.restrictNetwork ? ['restrict=on'] : []), ...spec.forwards.map(hostfwd)].join(
+            ',',
+          ),
           // romfile= skips the iPXE option ROM: nothing boots from the network.
-          '-device', 'virtio-net-pci,netdev=net0,romfile=',
+          '-device',
+          'virtio-net-pci,netdev=net0,romfile=',
         ]),
     // sshd and the kernel want entropy early; without it a TCG boot can stall.
-    '-device', 'virtio-rng-pci',
+    '-device',
+    'virtio-rng-pci',
     // A new generation ID at every start: a kernel with the vmgenid driver reseeds its RNG
     // when a saved state is restored (guid=auto: a fresh one per QEMU process).
-    '-device', 'vmgenid,guid=auto',
-    '-chardev', `file,id=serial,path=${optionValue(spec.serialLog)}`,
-    '-serial', 'chardev:serial',
-    '-chardev', `socket,id=qmp,path=${optionValue(spec.qmpSocket)},server=on,wait=off`,
-    '-mon', 'chardev=qmp,mode=control',
-    '-pidfile', spec.pidFile,
+    '-device',
+    'vmgenid,guid=auto',
+    '-chardev',
+    `file,id=serial,path=${optionValue(spec.serialLog)}`,
+    '-serial',
+    'chardev:serial',
+    '-chardev',
+    `socket,id=qmp,path=${optionValue(spec.qmpSocket)},server=on,wait=off`,
+    '-mon',
+    'chardev=qmp,mode=control',
+    '-pidfile',
+    spec.pidFile,
   ]
   if (spec.agentFifo) {
     args.push(
-      '-device', 'virtio-serial-pci,id=serial0',
-      '-chardev', `pipe,id=agent,path=${optionValue(spec.agentFifo)}`,
-      '-device', `virtserialport,bus=serial0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
+      '-device',
+      'virtio-serial-pci,id=serial0',
+      '-chardev',
+      `pipe,id=agent,path=${optionValue(spec.agentFifo)}`,
+      '-device',
+      `virtserialport,bus=serial0.0,chardev=agent,name=${AGENT_PORT_NAME}`,
     )
   }
   if (spec.directBoot) {

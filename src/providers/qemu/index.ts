@@ -3,7 +3,17 @@ import {join} from 'node:path'
 
 import {defaultCacheDir} from '../../lib/core/paths.js'
 import {socketPath} from '../../lib/core/short-socket.js'
-import type {HaltOptions, HostCheck, MachineHandle, MachineState, PackagedDisk, Provider, ProviderRunningStates, StartOptions, Started} from '../provider.js'
+import type {
+  HaltOptions,
+  HostCheck,
+  MachineHandle,
+  MachineState,
+  PackagedDisk,
+  Provider,
+  ProviderRunningStates,
+  StartOptions,
+  Started,
+} from '../provider.js'
 import {resolveAccel} from './accel.js'
 import {AgentRefusal, askAgent} from './agent.js'
 import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles, type Booted} from './instance.js'
@@ -52,7 +62,12 @@ export class QemuProvider implements Provider {
 
   private startedOf(machine: Pick<MachineHandle, 'stateDir'>, booted: Booted): Started {
     const files = instanceFiles(machine.stateDir)
-    const started: Started = {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
+    const started: Started = {
+      sshPort: booted.sshPort,
+      forwardedPorts: booted.forwards,
+      serialLog: files.serialLog,
+      isAlive: () => isAlive(booted.pid),
+    }
     if (booted.agent) {
       started.sshListening = async () => {
         try {
@@ -88,9 +103,17 @@ export class QemuProvider implements Provider {
     }
   }
 
-  async halt(machine: Pick<MachineHandle, 'stateDir'>, options: HaltOptions): Promise<'acpi' | 'forced' | 'not-running'> {
+  async halt(
+    machine: Pick<MachineHandle, 'stateDir'>,
+    options: HaltOptions,
+  ): Promise<'acpi' | 'forced' | 'not-running'> {
     const files = instanceFiles(machine.stateDir)
-    const result = await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: options.timeoutMs, force: options.force})
+    const result = await stopQemu({
+      pidFile: files.pidFile,
+      qmpSocket: files.qmpSocket,
+      timeoutMs: options.timeoutMs,
+      force: options.force,
+    })
     await rm(files.pidFile, {force: true})
     await rm(files.qmpSocket, {force: true})
     await settleDisk(machine.stateDir)
@@ -117,7 +140,15 @@ export class QemuProvider implements Provider {
       const {accel} = await resolveAccel({cacheDir: this.cacheDir})
       const files = readyStateFiles(dir)
       const instance = instanceFiles(machine.stateDir)
-      const saved = await saveRunningState({...machine, files: instance, accel, qemu: await hostQemu(this.cacheDir), next: join(machine.stateDir, 'after-save.qcow2'), state: files.state, signal: options.signal})
+      const saved = await saveRunningState({
+        ...machine,
+        files: instance,
+        accel,
+        qemu: await hostQemu(this.cacheDir),
+        next: join(machine.stateDir, 'after-save.qcow2'),
+        state: files.state,
+        signal: options.signal,
+      })
       // The machine is done with: once its QEMU is gone its frozen disk may move.
       await this.halt(machine, {force: true, timeoutMs: 0})
       await rename(saved.frozen, files.layer)
@@ -140,7 +171,11 @@ export class QemuProvider implements Provider {
         what: `the ready state in ${dir}`,
         signal: options.signal,
       })
-      return {started: this.startedOf(machine, result.booted), loadMs: result.loadMs, diskBytesBeforeRun: result.overlayBytesBeforeRun}
+      return {
+        started: this.startedOf(machine, result.booted),
+        loadMs: result.loadMs,
+        diskBytesBeforeRun: result.overlayBytesBeforeRun,
+      }
     },
   }
 

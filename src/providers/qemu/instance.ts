@@ -44,7 +44,9 @@ export const GUEST_SSH_PORT = 22
 
 /** A linked clone: a qcow2 overlay whose backing file is the box's image, so nothing is copied. */
 export async function createOverlay(box: BoxImage, overlay: string): Promise<void> {
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(box.dir, 'box.img'), overlay], {purpose: 'creating the machine disk'})
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(box.dir, 'box.img'), overlay], {
+    purpose: 'creating the machine disk',
+  })
 }
 
 /**
@@ -110,7 +112,6 @@ export interface Booted {
   spec: QemuLaunchSpec
 }
 
-
 /** The QEMU a boot with `options` starts, with these host ports (a pure function: a restore compares it with a saved one). */
 export function launchSpecFor(options: BootOptions, sshPort: number, forwards: ForwardedPort[]): QemuLaunchSpec {
   return {
@@ -149,7 +150,11 @@ export async function bootInstance(options: BootOptions): Promise<Booted> {
     } catch (error) {
       // A port taken between the check and QEMU's bind (or a UDP port): retry with a new ssh port, then give up clearly.
       if (!(error instanceof HostPortInUseError)) throw error
-      if (attempt >= 3) throw new BoxError(error.message, {detail: error.detail, suggestions: ['choose other host ports in the Boxfile, or stop what uses them']})
+      if (attempt >= 3)
+        throw new BoxError(error.message, {
+          detail: error.detail,
+          suggestions: ['choose other host ports in the Boxfile, or stop what uses them'],
+        })
       sshPort = await freePort()
     }
   }

@@ -18,7 +18,10 @@ export class HostPortInUseError extends BoxError {}
 export async function launchQemu(spec: QemuLaunchSpec): Promise<number> {
   await rm(spec.qmpSocket, {force: true})
   try {
-    await run(QEMU_BINARY, buildQemuArgs({...spec, daemonize: true}), {purpose: `starting QEMU for ${spec.name}`, stdin: 'ignore'})
+    await run(QEMU_BINARY, buildQemuArgs({...spec, daemonize: true}), {
+      purpose: `starting QEMU for ${spec.name}`,
+      stdin: 'ignore',
+    })
   } catch (error) {
     const detail = (error as BoxError).detail ?? ''
     if (/host forwarding rule|Could not set up host forwarding/i.test(detail)) {
@@ -27,7 +30,10 @@ export async function launchQemu(spec: QemuLaunchSpec): Promise<number> {
     throw error
   }
   const pid = await runningPid(spec.pidFile, spec.qmpSocket)
-  if (!pid) throw new BoxError(`QEMU for ${spec.name} exited right after starting`, {suggestions: [`see the serial log: ${spec.serialLog}`]})
+  if (!pid)
+    throw new BoxError(`QEMU for ${spec.name} exited right after starting`, {
+      suggestions: [`see the serial log: ${spec.serialLog}`],
+    })
   return pid
 }
 
@@ -79,7 +85,12 @@ export interface StopResult {
  * ACPI power-down through QMP, then `quit` after the timeout (or at once with force),
  * then SIGKILL if QEMU still does not go away.
  */
-export async function stopQemu(options: {pidFile: string; qmpSocket: string; timeoutMs: number; force?: boolean}): Promise<StopResult> {
+export async function stopQemu(options: {
+  pidFile: string
+  qmpSocket: string
+  timeoutMs: number
+  force?: boolean
+}): Promise<StopResult> {
   const pid = await runningPid(options.pidFile, options.qmpSocket)
   if (!pid) return {how: 'not-running'}
   if (!options.force) {

@@ -70,7 +70,13 @@ export class QmpClient {
       const line = this.buffer.slice(0, newline).trim()
       this.buffer = this.buffer.slice(newline + 1)
       if (!line) continue
-      const message = JSON.parse(line) as {QMP?: unknown; return?: unknown; error?: {desc: string}; event?: string; data?: unknown}
+      const message = JSON.parse(line) as {
+        QMP?: unknown
+        return?: unknown
+        error?: {desc: string}
+        event?: string
+        data?: unknown
+      }
       if (message.event) {
         this.events.push({event: message.event, data: message.data})
         continue

@@ -22,11 +22,28 @@ import {join, relative} from 'node:path'
 
 import {BoxError} from '../../lib/core/errors.js'
 import {run} from '../../lib/core/exec.js'
-import type {MachineHandle, ProviderSnapshots, SnapshotInfo, SnapshotRestored, SnapshotSaved, Started} from '../provider.js'
+import type {
+  MachineHandle,
+  ProviderSnapshots,
+  SnapshotInfo,
+  SnapshotRestored,
+  SnapshotSaved,
+  Started,
+} from '../provider.js'
 import {resolveAccel} from './accel.js'
 import {instanceFiles} from './instance.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
-import {checkStateFile, checkStateFits, compatFileOf, freezeHaltedDisk, hostQemu, overlayOnLayer, readStateCompat, saveRunningState, startFromState} from './snapshot.js'
+import {
+  checkStateFile,
+  checkStateFits,
+  compatFileOf,
+  freezeHaltedDisk,
+  hostQemu,
+  overlayOnLayer,
+  readStateCompat,
+  saveRunningState,
+  startFromState,
+} from './snapshot.js'
 
 interface SnapshotEntry {
   name: string
@@ -76,7 +93,12 @@ async function writeIndex(stateDir: string, index: SnapshotIndex): Promise<void>
 /** `layer` and every layer under it, nearest first. */
 function ancestry(index: SnapshotIndex, layer: string | null): string[] {
   const chain: string[] = []
-  for (let current = layer; current !== null && current !== undefined && !chain.includes(current); current = index.layers[current] ?? null) chain.push(current)
+  for (
+    let current = layer;
+    current !== null && current !== undefined && !chain.includes(current);
+    current = index.layers[current] ?? null
+  )
+    chain.push(current)
   return chain
 }
 
@@ -84,21 +106,29 @@ function findEntry(index: SnapshotIndex, name: string, machine: string): Snapsho
   const entry = index.snapshots.find((snapshot) => snapshot.name === name)
   if (!entry) {
     const known = index.snapshots.map((snapshot) => snapshot.name)
-    throw new BoxError(`machine ${machine} has no snapshot named "${name}"`, {suggestions: [known.length > 0 ? `its snapshots: ${known.join(', ')}` : 'it has no snapshots yet: box snapshot save']})
+    throw new BoxError(`machine ${machine} has no snapshot named "${name}"`, {
+      suggestions: [
+        known.length > 0 ? `its snapshots: ${known.join(', ')}` : 'it has no snapshots yet: box snapshot save',
+      ],
+    })
   }
   return entry
 }
 
 /** Remove layers nothing needs any more (and state files a crash left as `.partial`). */
 async function collectGarbage(stateDir: string, index: SnapshotIndex): Promise<void> {
-  const needed = new Set([...index.snapshots.flatMap((snapshot) => ancestry(index, snapshot.layer)), ...ancestry(index, index.diskParent)])
+  const needed = new Set([
+    ...index.snapshots.flatMap((snapshot) => ancestry(index, snapshot.layer)),
+    ...ancestry(index, index.diskParent),
+  ])
   for (const layer of Object.keys(index.layers)) {
     if (needed.has(layer) || layer === (index.active ?? DISK)) continue
     await rm(join(stateDir, layer), {force: true})
     delete index.layers[layer]
   }
   const names = await readdir(snapshotsDir(stateDir)).catch(() => [] as string[])
-  for (const name of names.filter((file) => file.endsWith('.partial'))) await rm(join(snapshotsDir(stateDir), name), {force: true})
+  for (const name of names.filter((file) => file.endsWith('.partial')))
+    await rm(join(snapshotsDir(stateDir), name), {force: true})
 }
 
 /**
@@ -110,10 +140,15 @@ export async function settleDisk(stateDir: string): Promise<void> {
   if (!index.active || index.active === DISK) return
   if (DISK in index.layers) {
     const moved = `snapshots/${randomBytes(6).toString('hex')}.qcow2`
-    const children = [...Object.keys(index.layers).filter((layer) => index.layers[layer] === DISK), ...(index.diskParent === DISK ? [index.active] : [])]
+    const children = [
+      ...Object.keys(index.layers).filter((layer) => index.layers[layer] === DISK),
+      ...(index.diskParent === DISK ? [index.active] : []),
+    ]
     await rename(join(stateDir, DISK), join(stateDir, moved))
     for (const child of children) {
-      await run('qemu-img', ['rebase', '-q', '-u', '-F', 'qcow2', '-b', join(stateDir, moved), join(stateDir, child)], {purpose: 'pointing a snapshot layer at its moved backing file'})
+      await run('qemu-img', ['rebase', '-q', '-u', '-F', 'qcow2', '-b', join(stateDir, moved), join(stateDir, child)], {
+        purpose: 'pointing a snapshot layer at its moved backing file',
+      })
     }
     index.layers[moved] = index.layers[DISK]!
     delete index.layers[DISK]
@@ -127,7 +162,11 @@ export async function settleDisk(stateDir: string): Promise<void> {
   await writeIndex(stateDir, index)
 }
 
-const sizeOf = (file: string) => stat(file).then((info) => info.blocks * 512, () => undefined)
+const sizeOf = (file: string) =>
+  stat(file).then(
+    (info) => info.blocks * 512,
+    () => undefined,
+  )
 
 export class QemuSnapshots implements ProviderSnapshots {
   constructor(private readonly cacheDir: string) {}
@@ -135,7 +174,10 @@ export class QemuSnapshots implements ProviderSnapshots {
   async list(machine: Pick<MachineHandle, 'stateDir'>): Promise<SnapshotInfo[]> {
     const index = await readIndex(machine.stateDir)
     const byLayer = new Map(index.snapshots.map((snapshot) => [snapshot.layer, snapshot.name]))
-    const nearestNamed = (layer: string | null) => ancestry(index, layer).map((candidate) => byLayer.get(candidate)).find((name) => name !== undefined)
+    const nearestNamed = (layer: string | null) =>
+      ancestry(index, layer)
+        .map((candidate) => byLayer.get(candidate))
+        .find((name) => name !== undefined)
     const current = nearestNamed(index.diskParent)
     const dir = machine.stateDir
     return Promise.all(
@@ -157,11 +199,19 @@ export class QemuSnapshots implements ProviderSnapshots {
     if (!running) await settleDisk(machine.stateDir)
     const index = await readIndex(machine.stateDir)
     if (index.snapshots.some((snapshot) => snapshot.name === name)) {
-      throw new BoxError(`machine ${machine.name} already has a snapshot named "${name}"`, {suggestions: [`delete it first (box snapshot delete ${machine.name} ${name}) or choose another name`]})
+      throw new BoxError(`machine ${machine.name} already has a snapshot named "${name}"`, {
+        suggestions: [`delete it first (box snapshot delete ${machine.name} ${name}) or choose another name`],
+      })
     }
     await mkdir(snapshotsDir(machine.stateDir), {recursive: true, mode: 0o700})
     const id = randomBytes(6).toString('hex')
-    const entry: SnapshotEntry = {name, id, kind: 'disk', createdAt: new Date().toISOString(), layer: `snapshots/${id}.qcow2`}
+    const entry: SnapshotEntry = {
+      name,
+      id,
+      kind: 'disk',
+      createdAt: new Date().toISOString(),
+      layer: `snapshots/${id}.qcow2`,
+    }
     let pauseMs: number | undefined
     if (running) {
       const {accel} = await resolveAccel({cacheDir: this.cacheDir})
@@ -200,7 +250,11 @@ export class QemuSnapshots implements ProviderSnapshots {
     return {...info, pauseMs}
   }
 
-  async restore(machine: MachineHandle, name: string, options: {sshPort?: number; signal?: AbortSignal}): Promise<SnapshotRestored> {
+  async restore(
+    machine: MachineHandle,
+    name: string,
+    options: {sshPort?: number; signal?: AbortSignal},
+  ): Promise<SnapshotRestored> {
     const files = instanceFiles(machine.stateDir)
     const entry = findEntry(await readIndex(machine.stateDir), name, machine.name)
     const dir = machine.stateDir
@@ -211,7 +265,17 @@ export class QemuSnapshots implements ProviderSnapshots {
       const state = join(dir, entry.state!)
       const {accel} = await resolveAccel({cacheDir: this.cacheDir})
       const qemu = await hostQemu(this.cacheDir)
-      const common = {name: machine.name, files, box: machine.box, accel, cpus: machine.cpus, memoryMiB: machine.memoryMiB, forwards: machine.forwardedPorts, qemu, what}
+      const common = {
+        name: machine.name,
+        files,
+        box: machine.box,
+        accel,
+        cpus: machine.cpus,
+        memoryMiB: machine.memoryMiB,
+        forwards: machine.forwardedPorts,
+        qemu,
+        what,
+      }
       // Refused before the running machine is touched.
       const compat = await readStateCompat(state)
       await checkStateFits(compat, common)
@@ -230,7 +294,12 @@ export class QemuSnapshots implements ProviderSnapshots {
         },
       })
       const {booted} = result
-      started = {sshPort: booted.sshPort, forwardedPorts: booted.forwards, serialLog: files.serialLog, isAlive: () => isAlive(booted.pid)}
+      started = {
+        sshPort: booted.sshPort,
+        forwardedPorts: booted.forwards,
+        serialLog: files.serialLog,
+        isAlive: () => isAlive(booted.pid),
+      }
       agent = booted.agent
       await collectGarbage(machine.stateDir, index)
       await writeIndex(machine.stateDir, index)
@@ -247,7 +316,10 @@ export class QemuSnapshots implements ProviderSnapshots {
   }
 
   /** After the machine's QEMU stopped: the disk settled, the index and the snapshot's layer as they are now. */
-  private async settled(stateDir: string, name: string): Promise<{index: SnapshotIndex; entry: SnapshotEntry; layer: string}> {
+  private async settled(
+    stateDir: string,
+    name: string,
+  ): Promise<{index: SnapshotIndex; entry: SnapshotEntry; layer: string}> {
     await settleDisk(stateDir)
     const index = await readIndex(stateDir)
     const entry = findEntry(index, name, 'this machine')
@@ -257,11 +329,16 @@ export class QemuSnapshots implements ProviderSnapshots {
   async delete(machine: Pick<MachineHandle, 'stateDir'>, name: string): Promise<{layerKept: boolean}> {
     const index = await readIndex(machine.stateDir)
     const entry = findEntry(index, name, 'this machine')
-    const dependents = index.snapshots.filter((other) => other !== entry && ancestry(index, other.layer).includes(entry.layer)).map((other) => other.name)
+    const dependents = index.snapshots
+      .filter((other) => other !== entry && ancestry(index, other.layer).includes(entry.layer))
+      .map((other) => other.name)
     if (dependents.length > 0) {
-      throw new BoxError(`snapshot "${name}" cannot be deleted: ${dependents.map((other) => `"${other}"`).join(', ')} ${dependents.length === 1 ? 'builds' : 'build'} on it`, {
-        suggestions: [`delete ${dependents.length === 1 ? 'that one' : 'those'} first (newest first), then this one`],
-      })
+      throw new BoxError(
+        `snapshot "${name}" cannot be deleted: ${dependents.map((other) => `"${other}"`).join(', ')} ${dependents.length === 1 ? 'builds' : 'build'} on it`,
+        {
+          suggestions: [`delete ${dependents.length === 1 ? 'that one' : 'those'} first (newest first), then this one`],
+        },
+      )
     }
     const dir = machine.stateDir
     index.snapshots = index.snapshots.filter((other) => other !== entry)

@@ -30,7 +30,16 @@ import type {BoxImage} from '../provider.js'
 import {bootInstance, launchSpecFor, type Booted, type InstanceFiles, type LaunchRecord} from './instance.js'
 import {QEMU_BINARY, stopQemu} from './process.js'
 import {QmpClient} from './qmp.js'
-import {compatProblems, devicesFingerprint, incompatibleStateError, parseStateCompat, STATE_FORMAT, type BoxIdentity, type CompatTarget, type StateCompat} from './state-compat.js'
+import {
+  compatProblems,
+  devicesFingerprint,
+  incompatibleStateError,
+  parseStateCompat,
+  STATE_FORMAT,
+  type BoxIdentity,
+  type CompatTarget,
+  type StateCompat,
+} from './state-compat.js'
 
 /** A migration stream starts with "QEVM" and version 3 (QEMU's savevm.c). */
 const STATE_MAGIC = Buffer.from([0x51, 0x45, 0x56, 0x4d, 0x00, 0x00, 0x00, 0x03])
@@ -54,18 +63,29 @@ export async function hostQemu(cacheDir: string): Promise<HostQemu> {
     const cached = JSON.parse(await readFile(cacheFile, 'utf8')) as {key: string} & HostQemu
     if (cached.key === key) return {version: cached.version, pcMachineType: cached.pcMachineType}
   } catch {}
-  const [version, machines] = await Promise.all([qemuVersion(QEMU_BINARY), spawn(QEMU_BINARY, ['-machine', 'help'], {timeout: 10_000})])
+  const [version, machines] = await Promise.all([
+    qemuVersion(QEMU_BINARY),
+    spawn(QEMU_BINARY, ['-machine', 'help'], {timeout: 10_000}),
+  ])
   // "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)"
   const pcMachineType = /^pc\s.*\(alias of ([\w.-]+)\)/m.exec(String(machines.stdout))?.[1] ?? 'pc'
   const result = {version, pcMachineType}
-  await writeFile(`${cacheFile}.${process.pid}`, JSON.stringify({key, ...result})).then(() => rename(`${cacheFile}.${process.pid}`, cacheFile)).catch(() => {})
+  await writeFile(`${cacheFile}.${process.pid}`, JSON.stringify({key, ...result}))
+    .then(() => rename(`${cacheFile}.${process.pid}`, cacheFile))
+    .catch(() => {})
   return result
 }
 
 /** The box image a disk chain ends in, as the compatibility record names it (no hashing: stat only). */
 export async function boxIdentity(box: BoxImage): Promise<BoxIdentity> {
   const image = await stat(join(box.dir, 'box.img'))
-  return {dir: box.dir, version: box.metadata.box?.version, recipeHash: box.metadata.box?.recipe_hash, imageBytes: image.size, imageMtimeMs: Math.round(image.mtimeMs)}
+  return {
+    dir: box.dir,
+    version: box.metadata.box?.version,
+    recipeHash: box.metadata.box?.recipe_hash,
+    imageBytes: image.size,
+    imageMtimeMs: Math.round(image.mtimeMs),
+  }
 }
 
 export async function sha256File(file: string): Promise<string> {
@@ -78,7 +98,9 @@ async function readLaunchRecord(files: InstanceFiles): Promise<LaunchRecord> {
   try {
     return JSON.parse(await readFile(files.launchRecord, 'utf8')) as LaunchRecord
   } catch {
-    throw new BoxError('this machine was started by an older box, which did not record how it started QEMU', {suggestions: ['halt it and start it again (box halt, box up), then save the snapshot']})
+    throw new BoxError('this machine was started by an older box, which did not record how it started QEMU', {
+      suggestions: ['halt it and start it again (box halt, box up), then save the snapshot'],
+    })
   }
 }
 
@@ -144,7 +166,10 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
   let diskVirtualSize = 0
   let frozen = ''
   try {
-    const blocks = await qmp.execute<Array<{inserted?: {'node-name': string; file: string; image: {'virtual-size': number}}}>>('query-block')
+    const blocks =
+      await qmp.execute<Array<{inserted?: {'node-name': string; file: string; image: {'virtual-size': number}}}>>(
+        'query-block',
+      )
     const drive = blocks.find((block) => block.inserted)?.inserted
     if (!drive) throw new BoxError('QEMU reports no disk for this machine')
     diskVirtualSize = drive.image['virtual-size']
@@ -167,7 +192,10 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
     await rm(partial, {force: true})
     if (options.signal?.aborted) throw options.signal.reason
     throw error instanceof BoxError && /saving the running state failed/.test(error.message)
-      ? new BoxError(error.message, {cause: error, suggestions: ['check the free space where the machine lives (df -h .box)']})
+      ? new BoxError(error.message, {
+          cause: error,
+          suggestions: ['check the free space where the machine lives (df -h .box)'],
+        })
       : error
   } finally {
     qmp.close()
@@ -188,7 +216,9 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
         firmwareBoot: launch.firmwareBoot,
         agent: launch.spec.agentFifo !== undefined,
         restrictNetwork: launch.spec.restrictNetwork ?? false,
-        guestForwards: launch.spec.forwards.slice(1).map((forward) => ({guest: forward.guest, protocol: forward.protocol})),
+        guestForwards: launch.spec.forwards
+          .slice(1)
+          .map((forward) => ({guest: forward.guest, protocol: forward.protocol})),
       },
       diskVirtualSize,
       state: {bytes, sha256: await sha256File(partial)},
@@ -216,12 +246,29 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
  * the switch, again when a migration hands the disks back), and a renamed path would give
  * it another file (snapshot-chain.ts moves files only while no QEMU runs).
  */
-async function switchToNewOverlay(qmp: QmpClient, current: string, next: string, activeNode: string, virtualSize: number): Promise<void> {
+async function switchToNewOverlay(
+  qmp: QmpClient,
+  current: string,
+  next: string,
+  activeNode: string,
+  virtualSize: number,
+): Promise<void> {
   const node = `box-${Date.now().toString(36)}`
   try {
     // -u: the current file is QEMU's, locked; the size is given instead of read from it.
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', current, next, String(virtualSize)], {purpose: 'creating the overlay the machine continues on'})
-    await qmp.execute('blockdev-add', {driver: 'qcow2', 'node-name': node, discard: 'unmap', 'detect-zeroes': 'unmap', file: {driver: 'file', filename: next}, backing: null})
+    await run(
+      'qemu-img',
+      ['create', '-q', '-f', 'qcow2', '-u', '-F', 'qcow2', '-b', current, next, String(virtualSize)],
+      {purpose: 'creating the overlay the machine continues on'},
+    )
+    await qmp.execute('blockdev-add', {
+      driver: 'qcow2',
+      'node-name': node,
+      discard: 'unmap',
+      'detect-zeroes': 'unmap',
+      file: {driver: 'file', filename: next},
+      backing: null,
+    })
     await qmp.execute('blockdev-snapshot', {node: activeNode, overlay: node})
   } catch (error) {
     await qmp.execute('blockdev-del', {'node-name': node}).catch(() => {})
@@ -234,7 +281,9 @@ async function switchToNewOverlay(qmp: QmpClient, current: string, next: string,
 export async function freezeHaltedDisk(overlay: string, layer: string): Promise<void> {
   await rename(overlay, layer)
   try {
-    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', layer, overlay], {purpose: 'creating the machine disk over the snapshot'})
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', layer, overlay], {
+      purpose: 'creating the machine disk over the snapshot',
+    })
   } catch (error) {
     await rm(overlay, {force: true})
     await rename(layer, overlay)
@@ -247,7 +296,23 @@ export async function overlayOnLayer(overlay: string, layer: string, virtualSize
   await rm(overlay, {force: true})
   const size = virtualSize === undefined ? [] : [String(virtualSize)]
   // With the size known the layer is not opened (workers share it while others read it).
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', ...(virtualSize === undefined ? [] : ['-u']), '-F', 'qcow2', '-b', layer, overlay, ...size], {purpose: 'creating the machine disk over the snapshot'})
+  await run(
+    'qemu-img',
+    [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      ...(virtualSize === undefined ? [] : ['-u']),
+      '-F',
+      'qcow2',
+      '-b',
+      layer,
+      overlay,
+      ...size,
+    ],
+    {purpose: 'creating the machine disk over the snapshot'},
+  )
 }
 
 export async function readStateCompat(state: string): Promise<StateCompat> {
@@ -256,7 +321,9 @@ export async function readStateCompat(state: string): Promise<StateCompat> {
   try {
     text = await readFile(file, 'utf8')
   } catch {
-    throw new BoxError(`the saved state ${state} has no compatibility record (${file})`, {suggestions: ['the snapshot is incomplete: delete it']})
+    throw new BoxError(`the saved state ${state} has no compatibility record (${file})`, {
+      suggestions: ['the snapshot is incomplete: delete it'],
+    })
   }
   return parseStateCompat(text, file)
 }
@@ -289,9 +356,22 @@ export interface StartedFromState {
 }
 
 /** The record's refusal for this machine, or nothing when the state may load. */
-export async function checkStateFits(compat: StateCompat, options: Omit<StartFromStateOptions, 'layer' | 'state' | 'signal' | 'sshPort' | 'onDiskReplaced'>): Promise<void> {
+export async function checkStateFits(
+  compat: StateCompat,
+  options: Omit<StartFromStateOptions, 'layer' | 'state' | 'signal' | 'sshPort' | 'onDiskReplaced'>,
+): Promise<void> {
   const spec = launchSpecFor(
-    {name: options.name, files: options.files, box: options.box, accel: options.accel, cpus: options.cpus, memoryMiB: options.memoryMiB, choice: compat.launch.choice, firmwareBoot: compat.launch.firmwareBoot, restrictNetwork: compat.launch.restrictNetwork},
+    {
+      name: options.name,
+      files: options.files,
+      box: options.box,
+      accel: options.accel,
+      cpus: options.cpus,
+      memoryMiB: options.memoryMiB,
+      choice: compat.launch.choice,
+      firmwareBoot: compat.launch.firmwareBoot,
+      restrictNetwork: compat.launch.restrictNetwork,
+    },
     0,
     options.forwards,
   )
@@ -314,10 +394,15 @@ export async function checkStateFile(state: string, compat: StateCompat, what: s
   try {
     size = (await stat(state)).size
   } catch {
-    throw new BoxError(`the saved state of ${what} is missing (${state})`, {suggestions: ['delete the snapshot and save a new one']})
+    throw new BoxError(`the saved state of ${what} is missing (${state})`, {
+      suggestions: ['delete the snapshot and save a new one'],
+    })
   }
   if (size !== compat.state.bytes) {
-    throw new BoxError(`the saved state of ${what} is ${size} bytes but ${compat.state.bytes} were saved: it is truncated or was replaced`, {suggestions: ['delete the snapshot and save a new one']})
+    throw new BoxError(
+      `the saved state of ${what} is ${size} bytes but ${compat.state.bytes} were saved: it is truncated or was replaced`,
+      {suggestions: ['delete the snapshot and save a new one']},
+    )
   }
   const handle = await open(state, 'r')
   const head = Buffer.alloc(STATE_MAGIC.length)
@@ -330,7 +415,10 @@ export async function checkStateFile(state: string, compat: StateCompat, what: s
 }
 
 function corruptStateError(what: string, state: string, why: string): BoxError {
-  return new BoxError(`the saved state of ${what} is corrupt: ${why}`, {detail: state, suggestions: ['delete the snapshot and save a new one']})
+  return new BoxError(`the saved state of ${what} is corrupt: ${why}`, {
+    detail: state,
+    suggestions: ['delete the snapshot and save a new one'],
+  })
 }
 
 /**
@@ -370,9 +458,14 @@ export async function startFromState(options: StartFromStateOptions): Promise<St
       await waitForMigration(qmp, 'loading the saved state', options.signal)
     } catch (error) {
       if (options.signal?.aborted) throw error
-      throw corruptStateError(options.what, options.state, `QEMU could not load it (${(error as Error).message.replace(/^loading the saved state failed: ?/, '') || 'QEMU exited'})`)
+      throw corruptStateError(
+        options.what,
+        options.state,
+        `QEMU could not load it (${(error as Error).message.replace(/^loading the saved state failed: ?/, '') || 'QEMU exited'})`,
+      )
     }
-    if ((await checksum) !== compat.state.sha256) throw corruptStateError(options.what, options.state, 'its checksum is not the one recorded at save')
+    if ((await checksum) !== compat.state.sha256)
+      throw corruptStateError(options.what, options.state, 'its checksum is not the one recorded at save')
     const overlayBytesBeforeRun = (await stat(options.files.overlay)).blocks * 512
     options.signal?.throwIfAborted()
     await qmp.execute('cont')

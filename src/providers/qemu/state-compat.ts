@@ -26,7 +26,13 @@ export interface StateCompat {
   devices: string
   box: BoxIdentity
   /** How the machine was started, so a restore builds the same QEMU. */
-  launch: {choice: BootChoice; firmwareBoot: boolean; agent: boolean; restrictNetwork: boolean; guestForwards: Array<{guest: number; protocol: 'tcp' | 'udp'}>}
+  launch: {
+    choice: BootChoice
+    firmwareBoot: boolean
+    agent: boolean
+    restrictNetwork: boolean
+    guestForwards: Array<{guest: number; protocol: 'tcp' | 'udp'}>
+  }
   /** The frozen disk layer's virtual size (a restore's new overlay is made without opening it). */
   diskVirtualSize: number
   state: {bytes: number; sha256: string}
@@ -73,23 +79,44 @@ export function devicesFingerprint(spec: QemuLaunchSpec): string {
 /** What differs between the record and the machine a restore would start; empty when it may load. */
 export function compatProblems(saved: StateCompat, target: CompatTarget): string[] {
   const problems: string[] = []
-  if (saved.format !== STATE_FORMAT) problems.push(`it is in format ${saved.format}, this box reads format ${STATE_FORMAT}`)
-  if (saved.qemuVersion !== target.qemuVersion) problems.push(`it was saved by QEMU ${saved.qemuVersion}, this is QEMU ${target.qemuVersion}`)
-  if (saved.machineType !== target.machineType) problems.push(`it was saved on machine type ${saved.machineType}, QEMU now builds ${target.machineType}`)
-  if (saved.accel !== target.accel) problems.push(`it was saved under ${saved.accel}, this host runs guests under ${target.accel}`)
-  if (saved.cpus !== target.cpus) problems.push(`it was saved with cpus: ${saved.cpus}, the Boxfile now says cpus: ${target.cpus}`)
-  if (saved.memoryMiB !== target.memoryMiB) problems.push(`it was saved with memory: ${saved.memoryMiB} (MiB), the Boxfile now says memory: ${target.memoryMiB}`)
-  const sameBox = saved.box.dir === target.box.dir && saved.box.version === target.box.version && saved.box.recipeHash === target.box.recipeHash && saved.box.imageBytes === target.box.imageBytes && saved.box.imageMtimeMs === target.box.imageMtimeMs
-  if (!sameBox) problems.push(`its disk builds on the box image in ${saved.box.dir}${saved.box.version ? ` (version ${saved.box.version})` : ''}, which is no longer the one the machine uses or was changed`)
+  if (saved.format !== STATE_FORMAT)
+    problems.push(`it is in format ${saved.format}, this box reads format ${STATE_FORMAT}`)
+  if (saved.qemuVersion !== target.qemuVersion)
+    problems.push(`it was saved by QEMU ${saved.qemuVersion}, this is QEMU ${target.qemuVersion}`)
+  if (saved.machineType !== target.machineType)
+    problems.push(`it was saved on machine type ${saved.machineType}, QEMU now builds ${target.machineType}`)
+  if (saved.accel !== target.accel)
+    problems.push(`it was saved under ${saved.accel}, this host runs guests under ${target.accel}`)
+  if (saved.cpus !== target.cpus)
+    problems.push(`it was saved with cpus: ${saved.cpus}, the Boxfile now says cpus: ${target.cpus}`)
+  if (saved.memoryMiB !== target.memoryMiB)
+    problems.push(
+      `it was saved with memory: ${saved.memoryMiB} (MiB), the Boxfile now says memory: ${target.memoryMiB}`,
+    )
+  const sameBox =
+    saved.box.dir === target.box.dir &&
+    saved.box.version === target.box.version &&
+    saved.box.recipeHash === target.box.recipeHash &&
+    saved.box.imageBytes === target.box.imageBytes &&
+    saved.box.imageMtimeMs === target.box.imageMtimeMs
+  if (!sameBox)
+    problems.push(
+      `its disk builds on the box image in ${saved.box.dir}${saved.box.version ? ` (version ${saved.box.version})` : ''}, which is no longer the one the machine uses or was changed`,
+    )
   // Only worth saying when nothing above explains it.
-  if (problems.length === 0 && saved.devices !== target.devices) problems.push('the machine\'s devices changed since (forwarded guest ports, network, boot setup or box\'s QEMU options)')
+  if (problems.length === 0 && saved.devices !== target.devices)
+    problems.push(
+      "the machine's devices changed since (forwarded guest ports, network, boot setup or box's QEMU options)",
+    )
   return problems
 }
 
 /** The refusal a restore gives for an incompatible state. */
 export function incompatibleStateError(what: string, problems: string[]): BoxError {
   return new BoxError(`${what} cannot be resumed: ${problems.join('; ')}`, {
-    suggestions: ['a saved running state loads only into the machine QEMU saved it from: undo the change to restore it, or save a new snapshot'],
+    suggestions: [
+      'a saved running state loads only into the machine QEMU saved it from: undo the change to restore it, or save a new snapshot',
+    ],
   })
 }
 
@@ -99,15 +126,28 @@ export function parseStateCompat(text: string, file: string): StateCompat {
   try {
     value = JSON.parse(text)
   } catch {
-    throw new BoxError(`the compatibility record ${file} is not JSON`, {suggestions: ['the snapshot is damaged: delete it']})
+    throw new BoxError(`the compatibility record ${file} is not JSON`, {
+      suggestions: ['the snapshot is damaged: delete it'],
+    })
   }
   const record = value as Partial<StateCompat>
   const ok =
-    typeof record === 'object' && record !== null &&
-    typeof record.format === 'number' && typeof record.qemuVersion === 'string' && typeof record.machineType === 'string' &&
-    typeof record.cpus === 'number' && typeof record.memoryMiB === 'number' && typeof record.devices === 'string' &&
-    typeof record.box?.dir === 'string' && typeof record.launch?.choice === 'object' && typeof record.diskVirtualSize === 'number' &&
-    typeof record.state?.bytes === 'number' && typeof record.state?.sha256 === 'string'
-  if (!ok) throw new BoxError(`the compatibility record ${file} lacks fields a restore needs`, {suggestions: ['the snapshot is damaged or from another program: delete it']})
+    typeof record === 'object' &&
+    record !== null &&
+    typeof record.format === 'number' &&
+    typeof record.qemuVersion === 'string' &&
+    typeof record.machineType === 'string' &&
+    typeof record.cpus === 'number' &&
+    typeof record.memoryMiB === 'number' &&
+    typeof record.devices === 'string' &&
+    typeof record.box?.dir === 'string' &&
+    typeof record.launch?.choice === 'object' &&
+    typeof record.diskVirtualSize === 'number' &&
+    typeof record.state?.bytes === 'number' &&
+    typeof record.state?.sha256 === 'string'
+  if (!ok)
+    throw new BoxError(`the compatibility record ${file} lacks fields a restore needs`, {
+      suggestions: ['the snapshot is damaged or from another program: delete it'],
+    })
   return record as StateCompat
 }

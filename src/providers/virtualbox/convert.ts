@@ -35,18 +35,38 @@ export type {ConvertOptions} from '../provider.js'
  * are copied so the box stays whole. Writes to temporary names first, so an
  * interrupted conversion leaves no half box.
  */
-export async function convertForVirtualBox(boxDir: string, targetDir = boxDir, options: ConvertOptions = {}): Promise<ConvertedBox> {
+export async function convertForVirtualBox(
+  boxDir: string,
+  targetDir = boxDir,
+  options: ConvertOptions = {},
+): Promise<ConvertedBox> {
   const metadata = await readMetadata(boxDir)
   if (metadata.provider === 'virtualbox') throw new BoxError(`${boxDir} is already a VirtualBox box`)
   if (metadata.format !== undefined && metadata.format !== 'qcow2') {
-    throw new BoxError(`cannot convert ${boxDir} for VirtualBox: its disk format is ${String(metadata.format)}, not qcow2`)
+    throw new BoxError(
+      `cannot convert ${boxDir} for VirtualBox: its disk format is ${String(metadata.format)}, not qcow2`,
+    )
   }
   await mkdir(targetDir, {recursive: true})
   const disk = join(targetDir, CONVERTED_DISK)
   // -O vdi: VirtualBox's native format (differencing images for linked clones work best on it).
-  await convertDisk({source: join(boxDir, 'box.img'), sourceFormat: 'qcow2', output: disk, outputFormat: 'vdi', purpose: 'converting the box disk to VDI for VirtualBox'}, options)
+  await convertDisk(
+    {
+      source: join(boxDir, 'box.img'),
+      sourceFormat: 'qcow2',
+      output: disk,
+      outputFormat: 'vdi',
+      purpose: 'converting the box disk to VDI for VirtualBox',
+    },
+    options,
+  )
   if (targetDir !== boxDir) await copyOtherFiles(boxDir, targetDir, new Set(['box.img']))
-  await writeMetadata(targetDir, {...metadata, provider: 'virtualbox', format: 'vdi', converted_from: metadata.provider})
+  await writeMetadata(targetDir, {
+    ...metadata,
+    provider: 'virtualbox',
+    format: 'vdi',
+    converted_from: metadata.provider,
+  })
   if (targetDir === boxDir) await rm(join(boxDir, 'box.img'), {force: true})
   return {dir: targetDir, disk}
 }
@@ -57,34 +77,63 @@ export async function convertForVirtualBox(boxDir: string, targetDir = boxDir, o
  * metadata provider "libvirt" with `converted_from`. Boxes with several disks are refused:
  * the QEMU provider gives a machine one disk.
  */
-export async function convertVirtualBoxForQemu(boxDir: string, targetDir: string, options: ConvertOptions = {}): Promise<ConvertedBox> {
+export async function convertVirtualBoxForQemu(
+  boxDir: string,
+  targetDir: string,
+  options: ConvertOptions = {},
+): Promise<ConvertedBox> {
   const metadata = await readMetadata(boxDir)
-  if (metadata.provider !== 'virtualbox') throw new BoxError(`${boxDir} is not a VirtualBox box (its provider is ${String(metadata.provider)})`)
+  if (metadata.provider !== 'virtualbox')
+    throw new BoxError(`${boxDir} is not a VirtualBox box (its provider is ${String(metadata.provider)})`)
   const names = await readdir(boxDir)
   const ovfs = names.filter((name) => name.endsWith('.ovf'))
   if (ovfs.length !== 1) {
-    throw new BoxError(`cannot convert the VirtualBox box for QEMU: it has ${ovfs.length === 0 ? 'no .ovf descriptor' : `${ovfs.length} .ovf descriptors (${ovfs.join(', ')})`}`, {
-      exitCode: ExitCode.USAGE,
-      suggestions: ['a Vagrant VirtualBox box holds one box.ovf and its disk (.vmdk)'],
-    })
+    throw new BoxError(
+      `cannot convert the VirtualBox box for QEMU: it has ${ovfs.length === 0 ? 'no .ovf descriptor' : `${ovfs.length} .ovf descriptors (${ovfs.join(', ')})`}`,
+      {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['a Vagrant VirtualBox box holds one box.ovf and its disk (.vmdk)'],
+      },
+    )
   }
   const ovf = ovfs[0]!
   const disks = ovfDisks(await readFile(join(boxDir, ovf), 'utf8'), ovf)
   if (disks.length !== 1) {
-    throw new BoxError(`cannot convert the VirtualBox box for QEMU: ${ovf} describes ${disks.length} disks (${disks.map((disk) => disk.file).join(', ') || 'none'}), and a QEMU machine has one`, {
-      exitCode: ExitCode.USAGE,
-      suggestions: ['keep it for VirtualBox only: box add NAME FILE --no-convert (and provider: virtualbox in the Boxfile)'],
-    })
+    throw new BoxError(
+      `cannot convert the VirtualBox box for QEMU: ${ovf} describes ${disks.length} disks (${disks.map((disk) => disk.file).join(', ') || 'none'}), and a QEMU machine has one`,
+      {
+        exitCode: ExitCode.USAGE,
+        suggestions: [
+          'keep it for VirtualBox only: box add NAME FILE --no-convert (and provider: virtualbox in the Boxfile)',
+        ],
+      },
+    )
   }
   const vmdk = disks[0]!.file
-  if (!names.includes(vmdk)) throw new BoxError(`the VirtualBox box is missing ${vmdk}, the disk ${ovf} names`, {exitCode: ExitCode.USAGE})
+  if (!names.includes(vmdk))
+    throw new BoxError(`the VirtualBox box is missing ${vmdk}, the disk ${ovf} names`, {exitCode: ExitCode.USAGE})
   await mkdir(targetDir, {recursive: true})
   const disk = join(targetDir, 'box.img')
-  const virtualSize = await convertDisk({source: join(boxDir, vmdk), sourceFormat: 'vmdk', output: disk, outputFormat: 'qcow2', purpose: 'converting the VirtualBox disk (VMDK) to qcow2 for QEMU'}, options)
+  const virtualSize = await convertDisk(
+    {
+      source: join(boxDir, vmdk),
+      sourceFormat: 'vmdk',
+      output: disk,
+      outputFormat: 'qcow2',
+      purpose: 'converting the VirtualBox disk (VMDK) to qcow2 for QEMU',
+    },
+    options,
+  )
   // The descriptor, its manifest and the VMDK describe the VirtualBox appliance only.
   await copyOtherFiles(boxDir, targetDir, new Set(names.filter((name) => /\.(ovf|mf|vmdk)$/.test(name))))
   // virtual_size: whole GiB, as vagrant-libvirt writes it.
-  await writeMetadata(targetDir, {...metadata, provider: 'libvirt', format: 'qcow2', virtual_size: Math.ceil(virtualSize / 2 ** 30), converted_from: 'virtualbox'})
+  await writeMetadata(targetDir, {
+    ...metadata,
+    provider: 'libvirt',
+    format: 'qcow2',
+    virtual_size: Math.ceil(virtualSize / 2 ** 30),
+    converted_from: 'virtualbox',
+  })
   return {dir: targetDir, disk}
 }
 
@@ -114,13 +163,18 @@ async function convertDisk(conversion: DiskConversion, options: ConvertOptions):
       stdout: {
         binary: true,
         *transform(chunk: unknown) {
-          for (const match of Buffer.from(chunk as Uint8Array).toString('latin1').matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)) options.onProgress?.(Number(match[1]))
+          for (const match of Buffer.from(chunk as Uint8Array)
+            .toString('latin1')
+            .matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g))
+            options.onProgress?.(Number(match[1]))
         },
       },
     })
     const converted = await imageInfo(partial, outputFormat)
     if (converted.format !== outputFormat || converted.virtualSize !== sourceSize) {
-      throw new BoxError(`${purpose} produced a wrong image: ${converted.format}, ${converted.virtualSize} bytes (expected ${outputFormat}, ${sourceSize} bytes)`)
+      throw new BoxError(
+        `${purpose} produced a wrong image: ${converted.format}, ${converted.virtualSize} bytes (expected ${outputFormat}, ${sourceSize} bytes)`,
+      )
     }
     await rename(partial, output)
     return sourceSize
@@ -148,7 +202,8 @@ async function writeMetadata(dir: string, metadata: Record<string, unknown>): Pr
 /** Files that go with the box as they are (Vagrantfile, kernel, initrd); not metadata.json, the store's dotfiles or `skip`. */
 async function copyOtherFiles(from: string, to: string, skip: Set<string>): Promise<void> {
   for (const entry of await readdir(from, {withFileTypes: true})) {
-    if (!entry.isFile() || entry.name === 'metadata.json' || entry.name.startsWith('.') || skip.has(entry.name)) continue
+    if (!entry.isFile() || entry.name === 'metadata.json' || entry.name.startsWith('.') || skip.has(entry.name))
+      continue
     await copyFile(join(from, entry.name), join(to, entry.name))
   }
 }

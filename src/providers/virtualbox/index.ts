@@ -84,7 +84,12 @@ async function writeVirtualBoxRecord(stateDir: string, record: VirtualBoxRecord)
 
 /** VM names show up in VirtualBox's GUI and folder names: keep them to a safe alphabet. */
 function vmSlug(text: string): string {
-  return text.replace(/[^A-Za-z0-9._-]+/g, '_').replace(/^[._-]+/, '').slice(0, 60) || 'box'
+  return (
+    text
+      .replace(/[^A-Za-z0-9._-]+/g, '_')
+      .replace(/^[._-]+/, '')
+      .slice(0, 60) || 'box'
+  )
 }
 
 /** The base VM of a stored box: named after NAME-VERSION plus a hash of its folder, so two stores never collide. */
@@ -97,7 +102,9 @@ export function baseVmName(boxDir: string): string {
 }
 
 /** The box's disk for VirtualBox: an OVF appliance (Vagrant's virtualbox boxes), or a converted VDI/VMDK. */
-export async function virtualBoxDiskOf(box: BoxImage): Promise<{kind: 'ovf'; path: string} | {kind: 'disk'; path: string}> {
+export async function virtualBoxDiskOf(
+  box: BoxImage,
+): Promise<{kind: 'ovf'; path: string} | {kind: 'disk'; path: string}> {
   const names = (await readdir(box.dir)).sort()
   const ovf = names.find((name) => name.endsWith('.ovf'))
   if (ovf) return {kind: 'ovf', path: join(box.dir, ovf)}
@@ -105,7 +112,9 @@ export async function virtualBoxDiskOf(box: BoxImage): Promise<{kind: 'ovf'; pat
   if (disk) return {kind: 'disk', path: join(box.dir, disk)}
   throw new BoxError(`the box in ${box.dir} has no VirtualBox disk (no .ovf, .vdi or .vmdk)`, {
     suggestions: names.includes('box.img')
-      ? ['this is a QEMU/libvirt box: add it for VirtualBox so box converts its disk (qemu-img convert to VDI), or use provider: qemu']
+      ? [
+          'this is a QEMU/libvirt box: add it for VirtualBox so box converts its disk (qemu-img convert to VDI), or use provider: qemu',
+        ]
       : ['add a VirtualBox box (provider virtualbox) with box add'],
   })
 }
@@ -131,12 +140,18 @@ export class VirtualBoxProvider implements Provider {
     const marker = join(this.basesDir, `${name}.json`)
     const release = await acquireLock(join(this.basesDir, `${name}.lock`), {
       waitMs: 30 * 60_000,
-      busy: (pid) => new BoxError(`VirtualBox base VM ${name} is being made by another box command (pid ${pid})`, {suggestions: ['wait for it to finish, then try again']}),
+      busy: (pid) =>
+        new BoxError(`VirtualBox base VM ${name} is being made by another box command (pid ${pid})`, {
+          suggestions: ['wait for it to finish, then try again'],
+        }),
     })
     try {
       const disk = await virtualBoxDiskOf(box)
       const info = await findVm(name)
-      const finished = await readFile(marker, 'utf8').then(() => true, () => false)
+      const finished = await readFile(marker, 'utf8').then(
+        () => true,
+        () => false,
+      )
       if (info && finished && snapshotNamesOf(info).includes(BASE_SNAPSHOT)) return name
       if (info) {
         // Half made: an imported base owns its disk copy; one around a store disk must not delete it.
@@ -175,7 +190,8 @@ export class VirtualBoxProvider implements Provider {
     const record = await this.requireRecord(machine.stateDir)
     const info = await findVm(record.vm)
     if (!info) throw vmGoneError(record.vm, machine.name)
-    const sshPort = options.sshPort !== undefined && (await isPortFree(options.sshPort)) ? options.sshPort : await freePort()
+    const sshPort =
+      options.sshPort !== undefined && (await isPortFree(options.sshPort)) ? options.sshPort : await freePort()
     // VirtualBox starts the VM even when a forwarded host port is taken (NAT only logs it): move taken ones first.
     const forwards = await availableForwards(machine.forwardedPorts)
     // A state saved in VirtualBox's GUI would be resumed and refuses modifyvm: box boots afresh.
@@ -184,7 +200,14 @@ export class VirtualBoxProvider implements Provider {
     const serialLog = join(resolve(machine.stateDir), 'serial.log')
     const rules: NatRule[] = [
       {name: SSH_RULE, protocol: 'tcp', hostIp: '127.0.0.1', hostPort: sshPort, guestIp: '', guestPort: 22},
-      ...forwards.map((p) => ({name: `${p.protocol}${p.host}`, protocol: p.protocol, hostIp: p.hostIp, hostPort: p.host, guestIp: '', guestPort: p.guest})),
+      ...forwards.map((p) => ({
+        name: `${p.protocol}${p.host}`,
+        protocol: p.protocol,
+        hostIp: p.hostIp,
+        hostPort: p.host,
+        guestIp: '',
+        guestPort: p.guest,
+      })),
     ]
     try {
       await modifyVm(record.vm, {
@@ -212,7 +235,10 @@ export class VirtualBoxProvider implements Provider {
     return machineStateOf(info.get('VMState'))
   }
 
-  async halt(machine: Pick<MachineHandle, 'stateDir'>, options: HaltOptions): Promise<'acpi' | 'forced' | 'not-running'> {
+  async halt(
+    machine: Pick<MachineHandle, 'stateDir'>,
+    options: HaltOptions,
+  ): Promise<'acpi' | 'forced' | 'not-running'> {
     const record = await readVirtualBoxRecord(machine.stateDir)
     if (!record || (await this.state(machine)) !== 'running') return 'not-running'
     if (!options.force) {
@@ -264,7 +290,10 @@ export class VirtualBoxProvider implements Provider {
 
   /** Snapshots through VBoxManage (snapshots.ts; unverified against a real VirtualBox). */
   get snapshots(): VirtualBoxSnapshots {
-    return new VirtualBoxSnapshots(async (stateDir) => (await this.requireRecord(stateDir)).vm, (vm) => this.watchRunning(vm))
+    return new VirtualBoxSnapshots(
+      async (stateDir) => (await this.requireRecord(stateDir)).vm,
+      (vm) => this.watchRunning(vm),
+    )
   }
 
   private async requireRecord(stateDir: string): Promise<VirtualBoxRecord> {
@@ -280,19 +309,22 @@ export class VirtualBoxProvider implements Provider {
   private watchRunning(vm: string): () => boolean {
     let alive = true
     let busy = false
-    const timer = setInterval(async () => {
-      if (busy) return
-      busy = true
-      try {
-        const info = await findVm(vm)
-        alive = info !== undefined && machineStateOf(info.get('VMState')) === 'running'
-      } catch {
-        // VBoxManage hiccup: keep the last answer.
-      } finally {
-        busy = false
-      }
-      if (!alive) clearInterval(timer)
-    }, Math.max(this.pollMs, 1000))
+    const timer = setInterval(
+      async () => {
+        if (busy) return
+        busy = true
+        try {
+          const info = await findVm(vm)
+          alive = info !== undefined && machineStateOf(info.get('VMState')) === 'running'
+        } catch {
+          // VBoxManage hiccup: keep the last answer.
+        } finally {
+          busy = false
+        }
+        if (!alive) clearInterval(timer)
+      },
+      Math.max(this.pollMs, 1000),
+    )
     timer.unref()
     return () => alive
   }
@@ -316,7 +348,10 @@ function explainStartError(error: unknown, vm: string, machine: string): unknown
       return new BoxError(`VirtualBox VM ${vm} (machine ${machine}) is running or held by another VirtualBox session`, {
         detail: error.detail,
         cause: error,
-        suggestions: ['stop it first: box halt', 'if VirtualBox shows it stopped, close the VirtualBox window that has it open'],
+        suggestions: [
+          'stop it first: box halt',
+          'if VirtualBox shows it stopped, close the VirtualBox window that has it open',
+        ],
       })
     case 'nat-rule-conflict':
       return new BoxError(`two port forwards of machine ${machine} use the same host port (or name)`, {
@@ -336,7 +371,10 @@ function explainStartError(error: unknown, vm: string, machine: string): unknown
  * one was made. VirtualBox refuses while linked clones still hang from it; that is
  * reported, not forced. Returns whether a base VM existed.
  */
-export async function removeVirtualBoxBase(boxDir: string, basesDir = join(defaultDataDir(), 'virtualbox')): Promise<boolean> {
+export async function removeVirtualBoxBase(
+  boxDir: string,
+  basesDir = join(defaultDataDir(), 'virtualbox'),
+): Promise<boolean> {
   const name = baseVmName(boxDir)
   const existed = (await findVm(name)) !== undefined
   if (existed) {
@@ -345,11 +383,12 @@ export async function removeVirtualBoxBase(boxDir: string, basesDir = join(defau
     } catch (error) {
       if (!(error instanceof VBoxManageError)) throw error
       // Gone meanwhile: nothing left to unregister.
-      if (error.kind !== 'vm-not-found') throw new BoxError(`VirtualBox still uses the base VM ${name} of this box`, {
-        detail: error.detail,
-        cause: error,
-        suggestions: ['destroy the machines made from it first (box global-status lists them)'],
-      })
+      if (error.kind !== 'vm-not-found')
+        throw new BoxError(`VirtualBox still uses the base VM ${name} of this box`, {
+          detail: error.detail,
+          cause: error,
+          suggestions: ['destroy the machines made from it first (box global-status lists them)'],
+        })
     }
   }
   await rm(join(basesDir, name), {recursive: true, force: true})

@@ -16,16 +16,20 @@ export interface OvfDisk {
 /** The virtual disks of an appliance, in DiskSection order (the first is the boot disk VirtualBox exports first). */
 export function ovfDisks(xml: string, ovfName = 'the OVF descriptor'): OvfDisk[] {
   const text = xml.replace(/<!--[\s\S]*?-->/g, '')
-  const files = new Map(elementsIn(sectionOf(text, 'References') ?? '', 'File').map((file) => [file.get('id'), file.get('href')]))
+  const files = new Map(
+    elementsIn(sectionOf(text, 'References') ?? '', 'File').map((file) => [file.get('id'), file.get('href')]),
+  )
   const diskSection = sectionOf(text, 'DiskSection')
   if (diskSection === undefined) throw invalid(ovfName, 'it has no DiskSection')
   return elementsIn(diskSection, 'Disk').map((disk) => {
     const id = disk.get('diskId') ?? '?'
     const fileRef = disk.get('fileRef')
     const file = fileRef === undefined ? undefined : files.get(fileRef)
-    if (file === undefined) throw invalid(ovfName, `disk ${id} names no file in References (ovf:fileRef ${JSON.stringify(fileRef ?? '')})`)
+    if (file === undefined)
+      throw invalid(ovfName, `disk ${id} names no file in References (ovf:fileRef ${JSON.stringify(fileRef ?? '')})`)
     // The file sits next to the descriptor: a path would reach outside the box.
-    if (!/^[^/\\]+$/.test(file) || file === '.' || file === '..') throw invalid(ovfName, `disk file ${JSON.stringify(file)} is not a plain file name next to the descriptor`)
+    if (!/^[^/\\]+$/.test(file) || file === '.' || file === '..')
+      throw invalid(ovfName, `disk file ${JSON.stringify(file)} is not a plain file name next to the descriptor`)
     return {id, file}
   })
 }
@@ -45,7 +49,15 @@ const ATTRIBUTE = /(?:[\w.-]+:)?([\w.-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g
 /** The attributes (by local name, entities decoded) of each `<prefix:Name …>` in `text`. */
 function elementsIn(text: string, name: string): Array<Map<string, string>> {
   const pattern = new RegExp(`<(?:[\\w.-]+:)?${name}((?:\\s+[^>]*?)?)\\s*/?>`, 'g')
-  return [...text.matchAll(pattern)].map((match) => new Map([...(match[1] ?? '').matchAll(ATTRIBUTE)].map((attribute) => [attribute[1]!, decodeEntities(attribute[2] ?? attribute[3] ?? '')])))
+  return [...text.matchAll(pattern)].map(
+    (match) =>
+      new Map(
+        [...(match[1] ?? '').matchAll(ATTRIBUTE)].map((attribute) => [
+          attribute[1]!,
+          decodeEntities(attribute[2] ?? attribute[3] ?? ''),
+        ]),
+      ),
+  )
 }
 
 function decodeEntities(value: string): string {

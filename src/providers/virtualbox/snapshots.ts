@@ -15,7 +15,17 @@ import {join, resolve} from 'node:path'
 import {BoxError} from '../../lib/core/errors.js'
 import {freePort, isPortFree} from '../../lib/core/ports.js'
 import type {MachineHandle, ProviderSnapshots, SnapshotInfo, SnapshotRestored, SnapshotSaved} from '../provider.js'
-import {findVm, machineStateOf, natRuleSpec, natRulesOf, powerOffVm, snapshotNamesOf, startVmHeadless, vboxmanage, type NatRule} from './vboxmanage.js'
+import {
+  findVm,
+  machineStateOf,
+  natRuleSpec,
+  natRulesOf,
+  powerOffVm,
+  snapshotNamesOf,
+  startVmHeadless,
+  vboxmanage,
+  type NatRule,
+} from './vboxmanage.js'
 
 interface Entry {
   name: string
@@ -56,7 +66,13 @@ export class VirtualBoxSnapshots implements ProviderSnapshots {
     const entries = await readEntries(machine.stateDir)
     return names.map((name) => {
       const entry = entries.find((candidate) => candidate.name === name)
-      return {name, kind: entry?.kind ?? 'disk', createdAt: entry?.createdAt ?? '', parent: entry?.parent, current: name === current}
+      return {
+        name,
+        kind: entry?.kind ?? 'disk',
+        createdAt: entry?.createdAt ?? '',
+        parent: entry?.parent,
+        current: name === current,
+      }
     })
   }
 
@@ -64,11 +80,26 @@ export class VirtualBoxSnapshots implements ProviderSnapshots {
     const vm = await this.vmOf(machine.stateDir)
     const info = await findVm(vm)
     if (!info) throw new BoxError(`VirtualBox no longer knows VM ${vm} (machine ${machine.name})`)
-    if (snapshotNamesOf(info).includes(name)) throw new BoxError(`machine ${machine.name} already has a snapshot named "${name}"`, {suggestions: ['delete it first or choose another name']})
+    if (snapshotNamesOf(info).includes(name))
+      throw new BoxError(`machine ${machine.name} already has a snapshot named "${name}"`, {
+        suggestions: ['delete it first or choose another name'],
+      })
     const running = machineStateOf(info.get('VMState')) === 'running'
-    const entry: Entry = {name, kind: running ? 'running' : 'disk', createdAt: new Date().toISOString(), parent: info.get('CurrentSnapshotName')}
-    await vboxmanage(['snapshot', vm, 'take', name, ...(running ? ['--live'] : [])], `taking snapshot ${name} of ${vm}`, {timeoutMs: 30 * 60_000})
-    await writeEntries(machine.stateDir, [...(await readEntries(machine.stateDir)).filter((other) => other.name !== name), entry])
+    const entry: Entry = {
+      name,
+      kind: running ? 'running' : 'disk',
+      createdAt: new Date().toISOString(),
+      parent: info.get('CurrentSnapshotName'),
+    }
+    await vboxmanage(
+      ['snapshot', vm, 'take', name, ...(running ? ['--live'] : [])],
+      `taking snapshot ${name} of ${vm}`,
+      {timeoutMs: 30 * 60_000},
+    )
+    await writeEntries(machine.stateDir, [
+      ...(await readEntries(machine.stateDir)).filter((other) => other.name !== name),
+      entry,
+    ])
     return {...entry, current: true}
   }
 
@@ -76,7 +107,14 @@ export class VirtualBoxSnapshots implements ProviderSnapshots {
     const vm = await this.vmOf(machine.stateDir)
     const snapshots = await this.list(machine)
     const snapshot = snapshots.find((candidate) => candidate.name === name)
-    if (!snapshot) throw new BoxError(`machine ${machine.name} has no snapshot named "${name}"`, {suggestions: [snapshots.length > 0 ? `its snapshots: ${snapshots.map((s) => s.name).join(', ')}` : 'it has no snapshots yet']})
+    if (!snapshot)
+      throw new BoxError(`machine ${machine.name} has no snapshot named "${name}"`, {
+        suggestions: [
+          snapshots.length > 0
+            ? `its snapshots: ${snapshots.map((s) => s.name).join(', ')}`
+            : 'it has no snapshots yet',
+        ],
+      })
     const info = await findVm(vm)
     if (info && machineStateOf(info.get('VMState')) === 'running') await powerOffVm(vm)
     await vboxmanage(['snapshot', vm, 'restore', name], `restoring snapshot ${name} of ${vm}`, {timeoutMs: 30 * 60_000})
@@ -86,17 +124,29 @@ export class VirtualBoxSnapshots implements ProviderSnapshots {
     const moves: Array<{rule: NatRule; port: number}> = []
     for (const rule of rules) {
       const wanted = rule.name === SSH_RULE && options.sshPort !== undefined ? options.sshPort : rule.hostPort
-      if (rule.protocol === 'tcp' && !(await isPortFree(rule.hostPort, rule.hostIp || '127.0.0.1'))) moves.push({rule, port: (await isPortFree(wanted)) && wanted !== rule.hostPort ? wanted : await freePort()})
+      if (rule.protocol === 'tcp' && !(await isPortFree(rule.hostPort, rule.hostIp || '127.0.0.1')))
+        moves.push({rule, port: (await isPortFree(wanted)) && wanted !== rule.hostPort ? wanted : await freePort()})
     }
     await startVmHeadless(vm)
     for (const {rule, port} of moves) {
-      await vboxmanage(['controlvm', vm, 'natpf1', 'delete', rule.name], `moving forwarded port ${rule.hostPort} of ${vm}`)
-      await vboxmanage(['controlvm', vm, 'natpf1', natRuleSpec({...rule, hostPort: port})], `moving forwarded port ${rule.hostPort} of ${vm}`)
+      await vboxmanage(
+        ['controlvm', vm, 'natpf1', 'delete', rule.name],
+        `moving forwarded port ${rule.hostPort} of ${vm}`,
+      )
+      await vboxmanage(
+        ['controlvm', vm, 'natpf1', natRuleSpec({...rule, hostPort: port})],
+        `moving forwarded port ${rule.hostPort} of ${vm}`,
+      )
       rule.hostPort = port
     }
     const ssh = rules.find((rule) => rule.name === SSH_RULE)
-    if (!ssh) throw new BoxError(`snapshot "${name}" of machine ${machine.name} has no ssh port forward`, {suggestions: ['halt the machine and boot it with box up']})
-    const forwardedPorts = rules.filter((rule) => rule !== ssh).map((rule) => ({guest: rule.guestPort, host: rule.hostPort, hostIp: rule.hostIp, protocol: rule.protocol}))
+    if (!ssh)
+      throw new BoxError(`snapshot "${name}" of machine ${machine.name} has no ssh port forward`, {
+        suggestions: ['halt the machine and boot it with box up'],
+      })
+    const forwardedPorts = rules
+      .filter((rule) => rule !== ssh)
+      .map((rule) => ({guest: rule.guestPort, host: rule.hostPort, hostIp: rule.hostIp, protocol: rule.protocol}))
     const serialLog = join(resolve(machine.stateDir), 'serial.log')
     return {
       kind: 'running',
@@ -113,9 +163,13 @@ export class VirtualBoxSnapshots implements ProviderSnapshots {
   async delete(machine: Pick<MachineHandle, 'stateDir'>, name: string): Promise<{layerKept: boolean}> {
     const vm = await this.vmOf(machine.stateDir)
     const info = await findVm(vm)
-    if (!info || !snapshotNamesOf(info).includes(name)) throw new BoxError(`this machine has no snapshot named "${name}"`)
+    if (!info || !snapshotNamesOf(info).includes(name))
+      throw new BoxError(`this machine has no snapshot named "${name}"`)
     await vboxmanage(['snapshot', vm, 'delete', name], `deleting snapshot ${name} of ${vm}`, {timeoutMs: 30 * 60_000})
-    await writeEntries(machine.stateDir, (await readEntries(machine.stateDir)).filter((entry) => entry.name !== name))
+    await writeEntries(
+      machine.stateDir,
+      (await readEntries(machine.stateDir)).filter((entry) => entry.name !== name),
+    )
     return {layerKept: false}
   }
 }

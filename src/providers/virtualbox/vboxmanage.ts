@@ -39,9 +39,11 @@ export class VBoxManageError extends BoxError {
  */
 export function classifyVBoxManageError(stderr: string): VBoxManageErrorKind {
   if (/Could not find a registered machine|VBOX_E_OBJECT_NOT_FOUND/.test(stderr)) return 'vm-not-found'
-  if (/A NAT rule (of this name|for this host port and this host IP) already exists/.test(stderr)) return 'nat-rule-conflict'
+  if (/A NAT rule (of this name|for this host port and this host IP) already exists/.test(stderr))
+    return 'nat-rule-conflict'
   if (/is not currently running/.test(stderr)) return 'vm-not-running'
-  if (/already locked (for|by) a session|while it is locked|VBOX_E_INVALID_OBJECT_STATE/.test(stderr)) return 'vm-locked'
+  if (/already locked (for|by) a session|while it is locked|VBOX_E_INVALID_OBJECT_STATE/.test(stderr))
+    return 'vm-locked'
   return 'failed'
 }
 
@@ -59,9 +61,18 @@ export function virtualBoxMissingError(cause?: unknown): BoxError {
 }
 
 /** Run VBoxManage; stdout on success, a classified VBoxManageError on failure. */
-export async function vboxmanage(args: readonly string[], purpose: string, options: {timeoutMs?: number} = {}): Promise<string> {
+export async function vboxmanage(
+  args: readonly string[],
+  purpose: string,
+  options: {timeoutMs?: number} = {},
+): Promise<string> {
   try {
-    const result = await run(VBOXMANAGE, args, {env: {LC_ALL: 'C'}, stdin: 'ignore', timeout: options.timeoutMs, purpose})
+    const result = await run(VBOXMANAGE, args, {
+      env: {LC_ALL: 'C'},
+      stdin: 'ignore',
+      timeout: options.timeoutMs,
+      purpose,
+    })
     return result.stdout
   } catch (error) {
     const cause = (error as {cause?: {code?: string; stderr?: unknown; exitCode?: number}}).cause
@@ -91,13 +102,16 @@ export function parseMachineReadable(text: string): MachineInfo {
 }
 
 function unquote(value: string): string {
-  if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) return value.slice(1, -1).replace(/\\(["\\])/g, '$1')
+  if (value.length >= 2 && value.startsWith('"') && value.endsWith('"'))
+    return value.slice(1, -1).replace(/\\(["\\])/g, '$1')
   return value
 }
 
 /** Full machine-readable info; throws VBoxManageError kind 'vm-not-found' for an unknown VM. */
 export async function showVmInfo(vm: string): Promise<MachineInfo> {
-  return parseMachineReadable(await vboxmanage(['showvminfo', vm, '--machinereadable'], `reading the state of VirtualBox VM ${vm}`))
+  return parseMachineReadable(
+    await vboxmanage(['showvminfo', vm, '--machinereadable'], `reading the state of VirtualBox VM ${vm}`),
+  )
 }
 
 /** Info, or undefined when VirtualBox has no such VM (deleted by hand, never created). */
@@ -149,7 +163,14 @@ export function natRulesOf(info: MachineInfo): NatRule[] {
   for (const [key, value] of info) {
     if (!/^Forwarding\(\d+\)$/.test(key)) continue
     const [name, protocol, hostIp, hostPort, guestIp, guestPort] = value.split(',')
-    rules.push({name, protocol: protocol === 'udp' ? 'udp' : 'tcp', hostIp, hostPort: Number(hostPort), guestIp, guestPort: Number(guestPort)})
+    rules.push({
+      name,
+      protocol: protocol === 'udp' ? 'udp' : 'tcp',
+      hostIp,
+      hostPort: Number(hostPort),
+      guestIp,
+      guestPort: Number(guestPort),
+    })
   }
   return rules
 }
@@ -161,16 +182,26 @@ export function snapshotNamesOf(info: MachineInfo): string[] {
 
 /** `import OVF --vsys 0 --vmname NAME --basefolder DIR`: registers the appliance's first system as NAME. */
 export async function importOvf(ovf: string, options: {name: string; baseFolder: string}): Promise<void> {
-  await vboxmanage(['import', ovf, '--vsys', '0', '--vmname', options.name, '--basefolder', options.baseFolder], `importing ${ovf} into VirtualBox`, {timeoutMs: 30 * 60_000})
+  await vboxmanage(
+    ['import', ovf, '--vsys', '0', '--vmname', options.name, '--basefolder', options.baseFolder],
+    `importing ${ovf} into VirtualBox`,
+    {timeoutMs: 30 * 60_000},
+  )
 }
 
 /** `createvm --register`: an empty VM for a converted disk. */
 export async function createVm(options: {name: string; osType: string; baseFolder: string}): Promise<void> {
-  await vboxmanage(['createvm', '--name', options.name, '--ostype', options.osType, '--basefolder', options.baseFolder, '--register'], `creating VirtualBox VM ${options.name}`)
+  await vboxmanage(
+    ['createvm', '--name', options.name, '--ostype', options.osType, '--basefolder', options.baseFolder, '--register'],
+    `creating VirtualBox VM ${options.name}`,
+  )
 }
 
 /** `storagectl --add`: a storage controller (IDE takes no port count, SATA does). */
-export async function addStorageController(vm: string, options: {name: string; bus: 'ide' | 'sata'; controller: 'PIIX4' | 'IntelAhci'; portCount?: number}): Promise<void> {
+export async function addStorageController(
+  vm: string,
+  options: {name: string; bus: 'ide' | 'sata'; controller: 'PIIX4' | 'IntelAhci'; portCount?: number},
+): Promise<void> {
   const args = ['storagectl', vm, '--name', options.name, '--add', options.bus, '--controller', options.controller]
   if (options.portCount !== undefined) args.push('--portcount', String(options.portCount))
   await vboxmanage(args, `adding a storage controller to ${vm}`)
@@ -179,7 +210,20 @@ export async function addStorageController(vm: string, options: {name: string; b
 /** `storageattach --type hdd`: attach a disk image (VDI/VMDK) to a controller port. */
 export async function attachDisk(vm: string, options: {controller: string; port: number; disk: string}): Promise<void> {
   await vboxmanage(
-    ['storageattach', vm, '--storagectl', options.controller, '--port', String(options.port), '--device', '0', '--type', 'hdd', '--medium', options.disk],
+    [
+      'storageattach',
+      vm,
+      '--storagectl',
+      options.controller,
+      '--port',
+      String(options.port),
+      '--device',
+      '0',
+      '--type',
+      'hdd',
+      '--medium',
+      options.disk,
+    ],
     `attaching ${options.disk} to ${vm}`,
   )
 }
@@ -190,9 +234,24 @@ export async function takeSnapshot(vm: string, name: string): Promise<void> {
 }
 
 /** `clonevm --snapshot S --options link --register`: a linked clone (differencing disks, nothing copied). */
-export async function cloneVmLinked(source: string, options: {snapshot: string; name: string; baseFolder: string}): Promise<void> {
+export async function cloneVmLinked(
+  source: string,
+  options: {snapshot: string; name: string; baseFolder: string},
+): Promise<void> {
   await vboxmanage(
-    ['clonevm', source, '--snapshot', options.snapshot, '--options', 'link', '--name', options.name, '--basefolder', options.baseFolder, '--register'],
+    [
+      'clonevm',
+      source,
+      '--snapshot',
+      options.snapshot,
+      '--options',
+      'link',
+      '--name',
+      options.name,
+      '--basefolder',
+      options.baseFolder,
+      '--register',
+    ],
     `making ${options.name}, a linked clone of ${source}`,
   )
 }

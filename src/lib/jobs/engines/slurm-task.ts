@@ -42,17 +42,30 @@ export function decodePlan(text: string): TaskPlan {
   try {
     plan = JSON.parse(Buffer.from(text.replace(/\s+/g, ''), 'base64').toString('utf8')) as TaskPlan
   } catch (error) {
-    throw new BoxError('box batch task: the job list on stdin is not base64 JSON (it is written by box batch --on slurm)', {exitCode: ExitCode.USAGE, cause: error})
+    throw new BoxError(
+      'box batch task: the job list on stdin is not base64 JSON (it is written by box batch --on slurm)',
+      {exitCode: ExitCode.USAGE, cause: error},
+    )
   }
-  if (plan?.version !== 1 || !Array.isArray(plan.jobs)) throw new BoxError('box batch task: the job list on stdin is not one this box reads', {exitCode: ExitCode.USAGE})
+  if (plan?.version !== 1 || !Array.isArray(plan.jobs))
+    throw new BoxError('box batch task: the job list on stdin is not one this box reads', {exitCode: ExitCode.USAGE})
   return plan
 }
 
 /** The box for this node: fetched and verified once per node; other tasks wait on the lock, then find it stored. */
-export async function ensureNodeBox(plan: TaskPlan, options: Pick<SlurmTaskOptions, 'dataDir' | 'cacheDir' | 'version' | 'progress' | 'signal'>): Promise<ResolvedJobBox> {
+export async function ensureNodeBox(
+  plan: TaskPlan,
+  options: Pick<SlurmTaskOptions, 'dataDir' | 'cacheDir' | 'version' | 'progress' | 'signal'>,
+): Promise<ResolvedJobBox> {
   const {name, url, version, checksum} = plan.box
   await mkdir(options.dataDir, {recursive: true})
-  const lockFile = join(options.dataDir, `.fetch-${createHash('sha256').update(`${name}\n${url ?? ''}`).digest('hex').slice(0, 16)}.lock`)
+  const lockFile = join(
+    options.dataDir,
+    `.fetch-${createHash('sha256')
+      .update(`${name}\n${url ?? ''}`)
+      .digest('hex')
+      .slice(0, 16)}.lock`,
+  )
   const release = await acquireLock(lockFile, {
     waitMs: 2 * 3600_000,
     pollMs: 500,
@@ -61,11 +74,31 @@ export async function ensureNodeBox(plan: TaskPlan, options: Pick<SlurmTaskOptio
   try {
     const {ensureBoxInstalled} = await import('../../store/updates.js')
     const parsed = checksum ? await parseBoxChecksum(checksum) : undefined
-    await ensureBoxInstalled({dataDir: options.dataDir, cacheDir: options.cacheDir, name, url, constraint: version, checksum: parsed, hostProvider: 'qemu', downloadOptions: {retries: 2}, signal: options.signal, progress: options.progress})
+    await ensureBoxInstalled({
+      dataDir: options.dataDir,
+      cacheDir: options.cacheDir,
+      name,
+      url,
+      constraint: version,
+      checksum: parsed,
+      hostProvider: 'qemu',
+      downloadOptions: {retries: 2},
+      signal: options.signal,
+      progress: options.progress,
+    })
   } finally {
     await release()
   }
-  return resolveJobBox({box: name, boxVersion: version, cwd: '/', dataDir: options.dataDir, cacheDir: options.cacheDir, boxVersionOfCli: options.version, progress: options.progress, signal: options.signal})
+  return resolveJobBox({
+    box: name,
+    boxVersion: version,
+    cwd: '/',
+    dataDir: options.dataDir,
+    cacheDir: options.cacheDir,
+    boxVersionOfCli: options.version,
+    progress: options.progress,
+    signal: options.signal,
+  })
 }
 
 /** The nodes of the partition that could take a retry (not down, drained or failing), minus `exclude`. */
@@ -76,7 +109,10 @@ async function otherUsableNodes(partition: string | undefined, exclude: readonly
   return stdout
     .split('\n')
     .map((line) => line.trim().split(/\s+/))
-    .filter(([node, state]) => node && state && !/down|drain|fail|maint|unk|boot|futur|inval/.test(state) && !exclude.includes(node))
+    .filter(
+      ([node, state]) =>
+        node && state && !/down|drain|fail|maint|unk|boot|futur|inval/.test(state) && !exclude.includes(node),
+    )
     .map(([node]) => node!)
 }
 
@@ -84,7 +120,11 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
   const plan = decodePlan(options.planText)
   const index = Number(options.env.SLURM_ARRAY_TASK_ID)
   const job = Number.isInteger(index) ? plan.jobs[index] : undefined
-  if (!job) throw new BoxError(`box batch task: no job ${options.env.SLURM_ARRAY_TASK_ID ?? '(SLURM_ARRAY_TASK_ID unset)'} in the job list of ${plan.jobs.length}`, {exitCode: ExitCode.USAGE})
+  if (!job)
+    throw new BoxError(
+      `box batch task: no job ${options.env.SLURM_ARRAY_TASK_ID ?? '(SLURM_ARRAY_TASK_ID unset)'} in the job list of ${plan.jobs.length}`,
+      {exitCode: ExitCode.USAGE},
+    )
   const node = options.env.SLURMD_NODENAME ?? hostname()
   const slurmJobId = options.env.SLURM_JOB_ID ?? '?'
   const attempt = Number(options.env.BOX_BATCH_ATTEMPT ?? '1') || 1
@@ -94,7 +134,10 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
   const retry = async (): Promise<string | undefined> => {
     if (attempt > plan.retries) return undefined
     // Elsewhere when there is an elsewhere; on a one-node partition the same node again.
-    const others = await otherUsableNodes(plan.sbatch.partition ?? options.env.SLURM_JOB_PARTITION, [...excluded, node]).catch(() => [])
+    const others = await otherUsableNodes(plan.sbatch.partition ?? options.env.SLURM_JOB_PARTITION, [
+      ...excluded,
+      node,
+    ]).catch(() => [])
     const exclude = others.length > 0 ? [...excluded, node] : excluded
     // sbatch reads the script here and hands it to slurmctld: a private copy will do.
     const dir = await mkdtemp(join(tmpdir(), 'box-batch-retry-'))
@@ -111,7 +154,11 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
   const token = await readFile(join(plan.stateDir, TOKEN_FILE), 'utf8').catch(() => '')
   if (token.trim() !== plan.token) {
     const retriedAs = await retry()
-    return {exitCode: JobExit.INFRASTRUCTURE, retriedAs, message: `node ${node} does not see the results folder ${plan.resultsDir} (the shared path is not mounted here)${retriedAs ? `; submitted again as job ${retriedAs}` : ''}`}
+    return {
+      exitCode: JobExit.INFRASTRUCTURE,
+      retriedAs,
+      message: `node ${node} does not see the results folder ${plan.resultsDir} (the shared path is not mounted here)${retriedAs ? `; submitted again as job ${retriedAs}` : ''}`,
+    }
   }
 
   const resultDir = join(plan.resultsDir, job.id)
@@ -122,7 +169,16 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
     resolved = await ensureNodeBox(plan, options)
   } catch (error) {
     if (options.signal?.aborted) throw options.signal.reason
-    record = {...infrastructureRecord(plan, index, attempt, startedAt, `node ${node} could not get box ${plan.box.name}: ${(error as Error).message}`), slurm}
+    record = {
+      ...infrastructureRecord(
+        plan,
+        index,
+        attempt,
+        startedAt,
+        `node ${node} could not get box ${plan.box.name}: ${(error as Error).message}`,
+      ),
+      slurm,
+    }
   }
   if (resolved) {
     const done = await runJob({
@@ -143,10 +199,21 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
   let retriedAs: string | undefined
   if (record!.status === 'infrastructure') retriedAs = await retry()
   const why = record!.status === 'infrastructure' ? `: ${record!.error?.message.split('\n')[0]}` : ''
-  return {record: record!, retriedAs, exitCode: record!.exitCode, message: `job ${job.id} on ${node}: ${record!.status}, exit ${record!.exitCode}${why}${retriedAs ? `; submitted again as job ${retriedAs}` : ''}`}
+  return {
+    record: record!,
+    retriedAs,
+    exitCode: record!.exitCode,
+    message: `job ${job.id} on ${node}: ${record!.status}, exit ${record!.exitCode}${why}${retriedAs ? `; submitted again as job ${retriedAs}` : ''}`,
+  }
 }
 
-function infrastructureRecord(plan: TaskPlan, index: number, attempt: number, startedAt: string, message: string): JobRecord {
+function infrastructureRecord(
+  plan: TaskPlan,
+  index: number,
+  attempt: number,
+  startedAt: string,
+  message: string,
+): JobRecord {
   const job = plan.jobs[index]!
   return {
     id: job.id,

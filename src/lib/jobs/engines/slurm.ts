@@ -117,7 +117,10 @@ async function slurmProgram(name: string): Promise<string> {
   if (!path) {
     throw new BoxError(`${name} is not on PATH: box batch --on slurm needs the Slurm client programs`, {
       exitCode: ExitCode.USAGE,
-      suggestions: [`install them: sudo apt-get install ${SLURM_CLIENT_PACKAGE} (the whole of Slurm: slurm-wlm)`, 'or run the batch on this host: leave out --on slurm'],
+      suggestions: [
+        `install them: sudo apt-get install ${SLURM_CLIENT_PACKAGE} (the whole of Slurm: slurm-wlm)`,
+        'or run the batch on this host: leave out --on slurm',
+      ],
     })
   }
   return path
@@ -132,7 +135,10 @@ export async function checkController(): Promise<void> {
     throw new BoxError('the Slurm controller (slurmctld) is not reachable: nothing was submitted', {
       exitCode: ExitCode.FAILURE,
       detail: said.trim(),
-      suggestions: ['check that slurmctld runs and that SLURM_CONF (or /etc/slurm/slurm.conf) names it', 'scontrol ping says what this host sees'],
+      suggestions: [
+        'check that slurmctld runs and that SLURM_CONF (or /etc/slurm/slurm.conf) names it',
+        'scontrol ping says what this host sees',
+      ],
     })
   }
 }
@@ -140,18 +146,30 @@ export async function checkController(): Promise<void> {
 async function partitions(): Promise<string[]> {
   const sinfo = await slurmProgram('sinfo')
   const {stdout} = await run(sinfo, ['-h', '-o', '%R'], {purpose: 'listing the Slurm partitions', timeout: 60_000})
-  return [...new Set(stdout.split('\n').map((line) => line.trim()).filter(Boolean))]
+  return [
+    ...new Set(
+      stdout
+        .split('\n')
+        .map((line) => line.trim())
+        .filter(Boolean),
+    ),
+  ]
 }
 
 /** Every host path a node would need: inputs, and a box_url that is a local file. */
 function checkNodesCanSee(jobFile: JobFile, shared: string | undefined): void {
   const hint = shared
     ? [`put it under the shared path ${shared}`]
-    : ['name the path every node sees at the same place: --shared DIR (or BOX_SLURM_SHARED=DIR), and keep inputs under it']
+    : [
+        'name the path every node sees at the same place: --shared DIR (or BOX_SLURM_SHARED=DIR), and keep inputs under it',
+      ]
   for (const job of jobFile.jobs) {
     for (const input of job.inputs) {
       if (!shared || !isUnder(input.host, shared)) {
-        throw new BoxError(`job ${job.id}: input ${input.host} is a path on this host only; the nodes cannot see it (nothing was submitted)`, {exitCode: ExitCode.USAGE, suggestions: hint})
+        throw new BoxError(
+          `job ${job.id}: input ${input.host} is a path on this host only; the nodes cannot see it (nothing was submitted)`,
+          {exitCode: ExitCode.USAGE, suggestions: hint},
+        )
       }
     }
   }
@@ -159,17 +177,22 @@ function checkNodesCanSee(jobFile: JobFile, shared: string | undefined): void {
   if (url && !/^https?:\/\//i.test(url)) {
     const path = resolve(jobFile.dir, url.replace(/^file:\/\//, ''))
     if (!shared || !isUnder(path, shared)) {
-      throw new BoxError(`box_url ${url} is a file on this host only; the nodes cannot fetch it (nothing was submitted)`, {
-        exitCode: ExitCode.USAGE,
-        suggestions: ['serve the box over HTTP(S) (a catalog or a .box with box_checksum)', ...hint],
-      })
+      throw new BoxError(
+        `box_url ${url} is a file on this host only; the nodes cannot fetch it (nothing was submitted)`,
+        {
+          exitCode: ExitCode.USAGE,
+          suggestions: ['serve the box over HTTP(S) (a catalog or a .box with box_checksum)', ...hint],
+        },
+      )
     }
   }
 }
 
 /** The batch script: the job list as data on the task's stdin, never as shell text. */
 export function batchScript(plan: TaskPlan): string {
-  const data = Buffer.from(JSON.stringify(plan)).toString('base64').replace(/.{1,76}/g, '$&\n')
+  const data = Buffer.from(JSON.stringify(plan))
+    .toString('base64')
+    .replace(/.{1,76}/g, '$&\n')
   return [
     '#!/bin/sh',
     `# box batch ${plan.batchId}: array task N runs job N of the list below (base64 JSON, read by box).`,
@@ -181,17 +204,26 @@ export function batchScript(plan: TaskPlan): string {
 }
 
 /** sbatch's arguments for tasks `array` of the plan (the first submission and each retry). */
-export function sbatchArgs(plan: TaskPlan, options: {array: string; scriptFile: string; attempt: number; exclude?: string[]; hold?: boolean}): string[] {
+export function sbatchArgs(
+  plan: TaskPlan,
+  options: {array: string; scriptFile: string; attempt: number; exclude?: string[]; hold?: boolean},
+): string[] {
   const args = [
     '--parsable',
-    '--job-name', plan.jobName,
-    '--array', options.array,
-    '--output', join(plan.stateDir, 'task-%a-%A.out'),
-    '--chdir', plan.stateDir,
-    '--cpus-per-task', String(plan.sbatch.cpusPerTask),
+    '--job-name',
+    plan.jobName,
+    '--array',
+    options.array,
+    '--output',
+    join(plan.stateDir, 'task-%a-%A.out'),
+    '--chdir',
+    plan.stateDir,
+    '--cpus-per-task',
+    String(plan.sbatch.cpusPerTask),
     // box retries worker failures itself (on another node); Slurm's requeue would start the task from the top with no record of why.
     '--no-requeue',
-    '--export', `ALL,BOX_BATCH_ATTEMPT=${options.attempt}${options.exclude?.length ? `,BOX_BATCH_EXCLUDE=${options.exclude.join(':')}` : ''}`,
+    '--export',
+    `ALL,BOX_BATCH_ATTEMPT=${options.attempt}${options.exclude?.length ? `,BOX_BATCH_EXCLUDE=${options.exclude.join(':')}` : ''}`,
   ]
   if (plan.sbatch.partition) args.push('--partition', plan.sbatch.partition)
   if (plan.sbatch.timeLimit) args.push('--time', plan.sbatch.timeLimit)
@@ -220,32 +252,50 @@ export async function submitSlurmBatch(options: SlurmBatchOptions): Promise<Slur
     throw new BoxError('--max-running must be a whole number of at least 1', {exitCode: ExitCode.USAGE})
   }
   if (options.timeLimit !== undefined && !SLURM_TIME.test(options.timeLimit)) {
-    throw new BoxError(`--time ${JSON.stringify(options.timeLimit)} is not a Slurm time limit`, {exitCode: ExitCode.USAGE, suggestions: ['write minutes (30), H:MM:SS (1:00:00) or D-HH (2-0)']})
+    throw new BoxError(`--time ${JSON.stringify(options.timeLimit)} is not a Slurm time limit`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['write minutes (30), H:MM:SS (1:00:00) or D-HH (2-0)'],
+    })
   }
   const jobFile = await loadJobFile(resolve(options.cwd, options.jobFile))
   if (!jobFile.box) {
-    throw new BoxError('box batch --on slurm needs the box by name (box: NAME), with box_url: where nodes fetch it', {exitCode: ExitCode.USAGE, suggestions: ['add box: NAME to the job file']})
+    throw new BoxError('box batch --on slurm needs the box by name (box: NAME), with box_url: where nodes fetch it', {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['add box: NAME to the job file'],
+    })
   }
   for (const job of jobFile.jobs) await checkInputsExist(job.inputs, `job ${job.id}: in`)
   const shared = slurmSharedPath(options)
   checkNodesCanSee(jobFile, shared)
   const resultsDir = resolve(options.cwd, options.resultsDir ?? join(jobFile.dir, 'results'))
   if (shared && !isUnder(resultsDir, shared)) {
-    throw new BoxError(`the results folder ${resultsDir} is not under the shared path ${shared}: the nodes could not write it`, {exitCode: ExitCode.USAGE, suggestions: [`give --results a folder under ${shared}`]})
+    throw new BoxError(
+      `the results folder ${resultsDir} is not under the shared path ${shared}: the nodes could not write it`,
+      {exitCode: ExitCode.USAGE, suggestions: [`give --results a folder under ${shared}`]},
+    )
   }
   await checkController()
   if (options.partition && !(await partitions()).includes(options.partition)) {
-    throw new BoxError(`Slurm has no partition ${options.partition}`, {exitCode: ExitCode.USAGE, suggestions: [`the partitions: ${(await partitions()).join(', ')}`]})
+    throw new BoxError(`Slurm has no partition ${options.partition}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: [`the partitions: ${(await partitions()).join(', ')}`],
+    })
   }
   const stateRoot = join(resultsDir, STATE_FOLDER)
   const earlier = await readState(resultsDir).catch(() => undefined)
   if (earlier) {
     const live = (await squeueJobs()).filter((job) => job.name === earlier.jobName && isLiveState(job.state))
     if (live.length > 0) {
-      throw new BoxError(`a batch into ${resultsDir} is still in Slurm (array ${earlier.arrayJobId}): nothing was submitted`, {
-        exitCode: ExitCode.USAGE,
-        suggestions: [`follow it: box batch status ${options.jobFile}`, `or stop it: box batch cancel ${options.jobFile}`],
-      })
+      throw new BoxError(
+        `a batch into ${resultsDir} is still in Slurm (array ${earlier.arrayJobId}): nothing was submitted`,
+        {
+          exitCode: ExitCode.USAGE,
+          suggestions: [
+            `follow it: box batch status ${options.jobFile}`,
+            `or stop it: box batch cancel ${options.jobFile}`,
+          ],
+        },
+      )
     }
   }
 
@@ -261,13 +311,27 @@ export async function submitSlurmBatch(options: SlurmBatchOptions): Promise<Slur
     token,
     resultsDir,
     stateDir,
-    box: {name: jobFile.box, url: jobFile.boxUrl && /^https?:\/\//i.test(jobFile.boxUrl) ? jobFile.boxUrl : jobFile.boxUrl ? resolve(jobFile.dir, jobFile.boxUrl) : undefined, version: jobFile.boxVersion, checksum: jobFile.boxChecksum},
+    box: {
+      name: jobFile.box,
+      url:
+        jobFile.boxUrl && /^https?:\/\//i.test(jobFile.boxUrl)
+          ? jobFile.boxUrl
+          : jobFile.boxUrl
+            ? resolve(jobFile.dir, jobFile.boxUrl)
+            : undefined,
+      version: jobFile.boxVersion,
+      checksum: jobFile.boxChecksum,
+    },
     cpus: jobFile.cpus,
     memoryMiB: jobFile.memoryMiB,
     setup: jobFile.setup,
     retries: jobFile.retries,
     jobs: jobFile.jobs,
-    sbatch: {partition: options.partition, timeLimit: options.timeLimit, cpusPerTask: jobFile.cpus ?? WORKER_DEFAULTS.cpus},
+    sbatch: {
+      partition: options.partition,
+      timeLimit: options.timeLimit,
+      cpusPerTask: jobFile.cpus ?? WORKER_DEFAULTS.cpus,
+    },
     boxCommand: options.boxCommand ?? [process.execPath, process.argv[1]!],
   }
   const scriptFile = join(stateDir, 'task.sh')
@@ -287,7 +351,15 @@ export async function submitSlurmBatch(options: SlurmBatchOptions): Promise<Slur
     maxRunning: options.maxRunning,
   }
   await writeState(resultsDir, state)
-  return {engine: 'slurm', batchId, arrayJobId, jobs: jobFile.jobs.length, resultsDir, stateFile: join(stateRoot, STATE_FILE), submitMs: Date.now() - started}
+  return {
+    engine: 'slurm',
+    batchId,
+    arrayJobId,
+    jobs: jobFile.jobs.length,
+    resultsDir,
+    stateFile: join(stateRoot, STATE_FILE),
+    submitMs: Date.now() - started,
+  }
 }
 
 async function writeState(resultsDir: string, state: SlurmBatchState): Promise<void> {
@@ -299,13 +371,20 @@ async function writeState(resultsDir: string, state: SlurmBatchState): Promise<v
 export async function readState(resultsDir: string): Promise<SlurmBatchState> {
   const file = join(resultsDir, STATE_FOLDER, STATE_FILE)
   const text = await readFile(file, 'utf8').catch(() => {
-    throw new BoxError(`no Slurm batch was submitted into ${resultsDir}`, {exitCode: ExitCode.USAGE, suggestions: ['submit one: box batch JOBS.yaml --on slurm', 'or name its results folder with --results']})
+    throw new BoxError(`no Slurm batch was submitted into ${resultsDir}`, {
+      exitCode: ExitCode.USAGE,
+      suggestions: ['submit one: box batch JOBS.yaml --on slurm', 'or name its results folder with --results'],
+    })
   })
   return JSON.parse(text) as SlurmBatchState
 }
 
 /** The state of the batch whose job file (and --results) this is. */
-export async function findBatch(options: {jobFile: string; resultsDir?: string; cwd: string}): Promise<SlurmBatchState> {
+export async function findBatch(options: {
+  jobFile: string
+  resultsDir?: string
+  cwd: string
+}): Promise<SlurmBatchState> {
   const jobFile = resolve(options.cwd, options.jobFile)
   await stat(jobFile).catch(() => {
     throw new BoxError(`the job file ${jobFile} does not exist`, {exitCode: ExitCode.USAGE})
@@ -343,7 +422,18 @@ export function parseArrayTasks(text: string): number[] {
   return ids
 }
 
-const LIVE_STATES = new Set(['PENDING', 'RUNNING', 'CONFIGURING', 'COMPLETING', 'SUSPENDED', 'REQUEUED', 'RESIZING', 'SIGNALING', 'STAGE_OUT', 'STOPPED'])
+const LIVE_STATES = new Set([
+  'PENDING',
+  'RUNNING',
+  'CONFIGURING',
+  'COMPLETING',
+  'SUSPENDED',
+  'REQUEUED',
+  'RESIZING',
+  'SIGNALING',
+  'STAGE_OUT',
+  'STOPPED',
+])
 export function isLiveState(state: string): boolean {
   return LIVE_STATES.has(state)
 }
@@ -351,7 +441,10 @@ export function isLiveState(state: string): boolean {
 /** Every job slurmctld still holds (22.05's --json ignores squeue's filters: the caller filters). */
 export async function squeueJobs(): Promise<QueuedJob[]> {
   const squeue = await slurmProgram('squeue')
-  const {stdout} = await run(squeue, ['--json'], {purpose: 'asking Slurm for the queue (squeue --json)', timeout: 60_000})
+  const {stdout} = await run(squeue, ['--json'], {
+    purpose: 'asking Slurm for the queue (squeue --json)',
+    timeout: 60_000,
+  })
   const parsed = JSON.parse(stdout) as {jobs?: Array<Record<string, unknown>>}
   return (parsed.jobs ?? []).map((job) => {
     const taskId = typeof job.array_task_id === 'number' ? job.array_task_id : undefined
@@ -419,7 +512,17 @@ export async function batchStatus(state: SlurmBatchState): Promise<SlurmBatchSta
     const record = await readRecord(state.resultsDir, id)
     // A record from an earlier batch into the same folder is not this batch's answer.
     const ours = record && record.slurm?.batchId === state.batchId ? record : undefined
-    const entry: SlurmJobStatus = {id, index, state: 'lost', attempts: ours?.attempts, status: ours?.status, exitCode: ours?.exitCode, node: ours?.slurm?.node, slurmJobId: ours?.slurm?.jobId, failedOn: ours?.status === 'infrastructure' ? ours.slurm?.node : undefined}
+    const entry: SlurmJobStatus = {
+      id,
+      index,
+      state: 'lost',
+      attempts: ours?.attempts,
+      status: ours?.status,
+      exitCode: ours?.exitCode,
+      node: ours?.slurm?.node,
+      slurmJobId: ours?.slurm?.jobId,
+      failedOn: ours?.status === 'infrastructure' ? ours.slurm?.node : undefined,
+    }
     if (live) {
       entry.state = live.state === 'PENDING' ? 'queued' : 'running'
       entry.reason = live.state === 'PENDING' ? live.reason : undefined
@@ -435,7 +538,16 @@ export async function batchStatus(state: SlurmBatchState): Promise<SlurmBatchSta
     }
     jobs.push(entry)
   }
-  const counts = {total: jobs.length, queued: 0, running: 0, done: 0, failed: 0, infrastructure: 0, cancelled: 0, lost: 0}
+  const counts = {
+    total: jobs.length,
+    queued: 0,
+    running: 0,
+    done: 0,
+    failed: 0,
+    infrastructure: 0,
+    cancelled: 0,
+    lost: 0,
+  }
   for (const job of jobs) counts[job.state]++
   const finished = counts.queued === 0 && counts.running === 0
   return {batchId: state.batchId, arrayJobId: state.arrayJobId, resultsDir: state.resultsDir, counts, jobs, finished}
@@ -456,7 +568,11 @@ export async function cancelBatch(state: SlurmBatchState): Promise<SlurmCancelRe
   const ids = [...new Set(live.map((job) => job.jobId))]
   if (ids.length > 0) await run(scancel, ids, {purpose: 'cancelling the batch (scancel)', timeout: 60_000})
   await writeState(state.resultsDir, {...state, cancelledAt: new Date().toISOString()})
-  return {batchId: state.batchId, arrayJobId: state.arrayJobId, cancelled: live.reduce((sum, job) => sum + job.tasks.length, 0)}
+  return {
+    batchId: state.batchId,
+    arrayJobId: state.arrayJobId,
+    cancelled: live.reduce((sum, job) => sum + job.tasks.length, 0),
+  }
 }
 
 // ---- --wait ----------------------------------------------------------------------------------
@@ -465,7 +581,10 @@ export async function cancelBatch(state: SlurmBatchState): Promise<SlurmCancelRe
  * Follow the batch until every job has its answer, with the same events (and so the same
  * progress line) as the local batch. Ctrl-C stops following; the jobs go on in Slurm.
  */
-export async function waitForBatch(state: SlurmBatchState, options: {onEvent?: (event: BatchEvent) => void; signal?: AbortSignal; pollMs?: number; started?: number}): Promise<BatchResult & {status: SlurmBatchStatus}> {
+export async function waitForBatch(
+  state: SlurmBatchState,
+  options: {onEvent?: (event: BatchEvent) => void; signal?: AbortSignal; pollMs?: number; started?: number},
+): Promise<BatchResult & {status: SlurmBatchStatus}> {
   const started = options.started ?? Date.now()
   const seen = new Map<string, string>()
   let status: SlurmBatchStatus
@@ -491,9 +610,20 @@ export async function waitForBatch(state: SlurmBatchState, options: {onEvent?: (
       const before = seen.get(job.id)
       seen.set(job.id, key)
       if (job.state === 'running') {
-        options.onEvent?.({type: 'started', id: job.id, attempt: (job.status === 'infrastructure' ? (job.attempts ?? 0) : 0) + 1, counts})
+        options.onEvent?.({
+          type: 'started',
+          id: job.id,
+          attempt: (job.status === 'infrastructure' ? (job.attempts ?? 0) : 0) + 1,
+          counts,
+        })
       } else if (job.state === 'queued' && job.status === 'infrastructure' && before !== undefined) {
-        options.onEvent?.({type: 'retry', id: job.id, attempt: job.attempts ?? 1, reason: `worker failed on ${job.failedOn ?? 'a node'}; queued again`, counts})
+        options.onEvent?.({
+          type: 'retry',
+          id: job.id,
+          attempt: job.attempts ?? 1,
+          reason: `worker failed on ${job.failedOn ?? 'a node'}; queued again`,
+          counts,
+        })
       } else if (job.state === 'done' || job.state === 'failed' || job.state === 'infrastructure') {
         const record = await readRecord(state.resultsDir, job.id)
         if (record) options.onEvent?.({type: 'finished', record, counts})
@@ -501,10 +631,16 @@ export async function waitForBatch(state: SlurmBatchState, options: {onEvent?: (
     }
     if (status.finished) break
     if (options.signal?.aborted) {
-      throw new BoxError(`stopped following batch ${state.batchId}; its jobs go on in Slurm (array ${state.arrayJobId})`, {
-        exitCode: ExitCode.INTERRUPTED,
-        suggestions: [`follow it again: box batch status --wait ${state.jobFile}`, `stop it: box batch cancel ${state.jobFile}`],
-      })
+      throw new BoxError(
+        `stopped following batch ${state.batchId}; its jobs go on in Slurm (array ${state.arrayJobId})`,
+        {
+          exitCode: ExitCode.INTERRUPTED,
+          suggestions: [
+            `follow it again: box batch status --wait ${state.jobFile}`,
+            `stop it: box batch cancel ${state.jobFile}`,
+          ],
+        },
+      )
     }
     await sleep(options.pollMs ?? 2000, undefined, {signal: options.signal}).catch(() => {})
   }
@@ -513,10 +649,19 @@ export async function waitForBatch(state: SlurmBatchState, options: {onEvent?: (
     const record = await readRecord(state.resultsDir, id)
     if (record && record.slurm?.batchId === state.batchId) records.push(record)
   }
-  return {jobFile: state.jobFile, resultsDir: state.resultsDir, parallel: state.maxRunning ?? 0, records, skipped: [], elapsedMs: Date.now() - started, status}
+  return {
+    jobFile: state.jobFile,
+    resultsDir: state.resultsDir,
+    parallel: state.maxRunning ?? 0,
+    records,
+    skipped: [],
+    elapsedMs: Date.now() - started,
+    status,
+  }
 }
 
-export type SlurmRunResult = (SlurmSubmission & {waited: false}) | (BatchResult & SlurmSubmission & {waited: true; status: SlurmBatchStatus})
+export type SlurmRunResult =
+  (SlurmSubmission & {waited: false}) | (BatchResult & SlurmSubmission & {waited: true; status: SlurmBatchStatus})
 
 export const slurmEngine: BatchEngine<SlurmBatchOptions, SlurmRunResult> = {
   name: 'slurm',
@@ -525,7 +670,12 @@ export const slurmEngine: BatchEngine<SlurmBatchOptions, SlurmRunResult> = {
     const submission = await submitSlurmBatch(options)
     if (!options.wait) return {...submission, waited: false}
     const state = await readState(submission.resultsDir)
-    const result = await waitForBatch(state, {onEvent: options.onEvent, signal: options.signal, pollMs: options.pollMs, started})
+    const result = await waitForBatch(state, {
+      onEvent: options.onEvent,
+      signal: options.signal,
+      pollMs: options.pollMs,
+      started,
+    })
     return {...submission, ...result, waited: true}
   },
 }
