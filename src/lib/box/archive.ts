@@ -525,14 +525,7 @@ function openDecompressed(
       () => void readOffset(descriptor).then((offset) => offset !== undefined && onRead(offset)),
       PROGRESS_POLL_MS,
     )
-  let processError: unknown
-  const finished = subprocess.then(
-    () => undefined,
-    (error: unknown) => {
-      processError = error
-      throw error
-    },
-  )
+  const {finished, failure} = watchExit(subprocess)
   const closeDescriptor = () => {
     if (poll) clearInterval(poll)
     closeSync(descriptor)
@@ -548,8 +541,21 @@ function openDecompressed(
       subprocess.kill()
     },
     processError: () =>
-      processError === undefined ? undefined : toBoxError(command, args, processError, `decompressing (${command})`),
+      failure() === undefined ? undefined : toBoxError(command, args, failure(), `decompressing (${command})`),
   }
+}
+
+/** A program's end as a promise, and the error it failed with (read once the stream it feeds has failed). */
+function watchExit(subprocess: Promise<unknown>): {finished: Promise<undefined>; failure: () => unknown} {
+  let failure: unknown
+  const finished = subprocess.then(
+    () => undefined,
+    (error: unknown) => {
+      failure = error
+      throw error
+    },
+  )
+  return {finished, failure: () => failure}
 }
 
 const PROGRESS_POLL_MS = 200
@@ -572,20 +578,13 @@ function zstdStage(args: string[]): StreamStage {
     stderr: 'pipe',
     buffer: {stdout: false, stderr: true},
   })
-  let processError: unknown
-  const finished = subprocess.then(
-    () => undefined,
-    (error: unknown) => {
-      processError = error
-      throw error
-    },
-  )
+  const {finished, failure} = watchExit(subprocess)
   finished.catch(() => undefined) // observed through processError / the stream
   const stream = subprocess.duplex()
   return {
     stream,
     finished,
-    processError: () => (processError === undefined ? undefined : toBoxError('zstd', args, processError, 'zstd')),
+    processError: () => (failure() === undefined ? undefined : toBoxError('zstd', args, failure(), 'zstd')),
   }
 }
 
