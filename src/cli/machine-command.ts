@@ -3,7 +3,7 @@ import {Args, Command} from '@oclif/core'
 import {BaseCommand} from './base-command.js'
 import type {ResolvedMachine} from '../lib/boxfile/types.js'
 import type {MachineContext} from '../lib/machine/context.js'
-import {openProject} from '../lib/machine/project.js'
+import {openProject, type OpenProjectOptions} from '../lib/machine/project.js'
 
 /** Base of the commands that act on the machines of the Boxfile (`box up [NAME…]`). */
 export abstract class MachineCommand<T extends typeof Command> extends BaseCommand<T> {
@@ -22,15 +22,22 @@ export abstract class MachineCommand<T extends typeof Command> extends BaseComma
   /** The machines named on the command line (or `names`, for commands whose other words are not names). */
   protected async project(names?: string[]): Promise<{machines: ResolvedMachine[]; context: MachineContext}> {
     const project = await openProject({
-      version: this.config.version,
+      ...this.projectOptions(),
       names: names ?? this.positionals.slice(0, this.positionals.length - this.guestCommand.length),
-      dataDir: this.config.dataDir,
-      cacheDir: this.config.cacheDir,
-      progress: this.progress(),
-      signal: this.signal,
     })
     // Guest output (provisioners) must not mix with the JSON document on stdout.
     if (this.jsonEnabled()) project.context.output = (line) => process.stderr.write(`${line}\n`)
     return project
+  }
+
+  /** What opening the project needs of this command, for lib functions that open it themselves. */
+  protected projectOptions(): Omit<OpenProjectOptions, 'names'> {
+    return {
+      version: this.config.version,
+      dataDir: this.config.dataDir,
+      cacheDir: this.config.cacheDir,
+      progress: this.progress(),
+      signal: this.signal,
+    }
   }
 }

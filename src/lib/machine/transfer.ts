@@ -19,7 +19,10 @@ import {TarReader, type TarEntry} from '../box/tar-reader.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {run, spawn, toBoxError} from '../core/exec.js'
 import {formatBytes, type Progress} from '../core/progress.js'
+import {oneMachine} from './port.js'
+import {loadProjectBoxfile, openProject, type OpenProjectOptions} from './project.js'
 import {sshArgs, type SshTarget} from './ssh.js'
+import {runningMachineTarget} from './ssh-session.js'
 
 export interface TransferOptions {
   machine: string
@@ -83,7 +86,7 @@ cd -- "$(dirname -- "$p")"
 exec tar -c $z -f - -- "$(basename -- "$p")"
 `
 
-export async function upload(options: TransferOptions): Promise<TransferResult> {
+async function upload(options: TransferOptions): Promise<TransferResult> {
   const {source, target, compress} = options
   const z = compress ? '-z' : ''
   const fromStdin = source === '-'
@@ -129,7 +132,7 @@ export async function upload(options: TransferOptions): Promise<TransferResult> 
 }
 
 /** The upload's name in the stream (`-` for stdin); a clear error for a source that does not exist, checked before the guest is reached. */
-export async function checkUploadSource(
+async function checkUploadSource(
   source: string,
   destination: string | undefined,
   machine: string,
@@ -150,7 +153,7 @@ export async function checkUploadSource(
   return basename(resolve(source))
 }
 
-export async function download(options: TransferOptions): Promise<TransferResult> {
+async function download(options: TransferOptions): Promise<TransferResult> {
   const {source, target, compress} = options
   const z = compress ? '-z' : ''
   const base = posix.basename(source)
@@ -318,7 +321,7 @@ function unsafe(machine: string, entry: TarEntry, why: string): BoxError {
  * `[NAME] SOURCE [DESTINATION]`: with three words the first is the machine; with two, it is
  * the machine when the Boxfile has a machine of that name (else SOURCE DESTINATION).
  */
-export function transferWords(
+function transferWords(
   words: readonly string[],
   machineNames: readonly string[],
   command: string,
@@ -332,4 +335,34 @@ export function transferWords(
   const named = words.length === 3 || (words.length === 2 && machineNames.includes(words[0]!))
   const [source, destination] = named ? words.slice(1) : words
   return {names: named ? [words[0]!] : [], source: source!, destination}
+}
+
+export interface CopyFilesOptions extends Omit<OpenProjectOptions, 'names'> {
+  /** The command line's words: `[NAME] SOURCE [DESTINATION]`. */
+  words: readonly string[]
+  compress: boolean
+}
+
+/** `box upload` / `box download`: the machine and paths from the words, then the copy. */
+export async function copyFiles(direction: 'upload' | 'download', options: CopyFilesOptions): Promise<TransferResult> {
+  const {machines: all} = await loadProjectBoxfile({version: options.version, cwd: options.cwd})
+  const words = transferWords(
+    options.words,
+    all.map((m) => m.name),
+    direction,
+  )
+  const {machines, context} = await openProject({...options, names: words.names})
+  const machine = oneMachine(machines, direction)
+  // A missing source is said before the machine is reached (it may not even be running).
+  if (direction === 'upload') await checkUploadSource(words.source, words.destination, machine.name)
+  const copy = direction === 'upload' ? upload : download
+  return copy({
+    machine: machine.name,
+    target: await runningMachineTarget(context, machine),
+    source: words.source,
+    destination: words.destination,
+    compress: options.compress,
+    progress: context.progress,
+    signal: context.signal,
+  })
 }
