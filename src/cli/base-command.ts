@@ -57,6 +57,18 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     process.on('SIGTERM', this.onSignal)
   }
 
+  /** Rows as aligned columns, two spaces apart. */
+  protected logTable(rows: readonly (readonly string[])[]): void {
+    const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
+    for (const row of rows)
+      this.log(
+        row
+          .map((cell, column) => cell.padEnd(widths[column]!))
+          .join('  ')
+          .trimEnd(),
+      )
+  }
+
   protected progress(): Progress {
     return createProgress({plain: this.flags['no-color'], silent: this.jsonEnabled()})
   }

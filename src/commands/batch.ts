@@ -1,8 +1,9 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {batchProgress} from '../cli/batch-progress.js'
 import {BoxError, ExitCode} from '../lib/core/errors.js'
-import {formatCounts, runBatch, summaryRows, type BatchEvent, type BatchResult} from '../lib/jobs/batch.js'
+import {runBatch, summaryRows, type BatchResult} from '../lib/jobs/batch.js'
 import type {SlurmRunResult} from '../lib/jobs/engines/slurm.js'
 
 export default class Batch extends BaseCommand<typeof Batch> {
@@ -71,22 +72,7 @@ export default class Batch extends BaseCommand<typeof Batch> {
         suggestions: ['with --on slurm, cap the jobs at once with --max-running'],
       })
     const json = this.jsonEnabled()
-    const tty = Boolean(process.stderr.isTTY) && !this.flags['no-color'] && !json
-    const line = (text: string) => {
-      if (json) return
-      process.stderr.write(tty ? `\r\u001B[2K${text}\n` : `${text}\n`)
-    }
-    const onEvent = (event: BatchEvent) => {
-      if (event.type === 'finished') {
-        const {record} = event
-        line(
-          `${record.id}: ${record.status}, exit ${record.exitCode}${record.attempts > 1 ? ` (attempt ${record.attempts})` : ''}`,
-        )
-      } else if (event.type === 'retry') line(`${event.id}: worker failed (${event.reason}); trying again`)
-      else if (event.type === 'skipped') line(`${event.id}: finished before, skipped (--resume)`)
-      if (tty) process.stderr.write(`\r\u001B[2K${formatCounts(event.counts)}`)
-      else if (!json && event.type === 'finished') line(`  ${formatCounts(event.counts)}`)
-    }
+    const {onEvent, clear} = batchProgress({json, plain: this.flags['no-color']})
     if (slurm) {
       const {slurmEngine} = await import('../lib/jobs/engines/slurm.js')
       const submitted = await slurmEngine.run({
@@ -106,7 +92,7 @@ export default class Batch extends BaseCommand<typeof Batch> {
         onEvent,
         signal: this.signal,
       })
-      if (tty) process.stderr.write('\r\u001B[2K')
+      clear()
       if (!submitted.waited) {
         if (!json)
           this.log(
@@ -134,7 +120,7 @@ export default class Batch extends BaseCommand<typeof Batch> {
       onEvent,
       signal: this.signal,
     })
-    if (tty) process.stderr.write('\r\u001B[2K')
+    clear()
     if (!json) this.printSummary(result)
     // Non-zero when any job did not succeed: 75 when a worker failure remained, else 1.
     const statuses = new Set(result.records.map((record) => record.status))
@@ -144,15 +130,7 @@ export default class Batch extends BaseCommand<typeof Batch> {
   }
 
   private printSummary(result: BatchResult): void {
-    const rows = summaryRows(result.records)
-    const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
-    for (const row of rows)
-      this.log(
-        row
-          .map((cell, column) => cell.padEnd(widths[column]!))
-          .join('  ')
-          .trimEnd(),
-      )
+    this.logTable(summaryRows(result.records))
     const cap = result.parallel > 0 ? `with up to ${result.parallel} at once` : 'with no cap'
     this.log(
       `${result.records.length} jobs in ${Math.round(result.elapsedMs / 1000)} s ${cap}${result.skipped.length > 0 ? `, ${result.skipped.length} skipped` : ''}; results in ${result.resultsDir}`,

@@ -17,9 +17,7 @@ export default class List extends BaseCommand<typeof List> {
       ['NAME', 'VERSION', 'PROVIDER', 'SIZE'],
       ...boxes.map((box) => [box.name, box.version, box.provider, formatBytes(box.size)]),
     ]
-    const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)))
-    for (const row of rows)
-      this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  '))
+    this.logTable(rows)
     return boxes
   }
 }

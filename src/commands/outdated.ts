@@ -31,9 +31,7 @@ export default class Outdated extends BaseCommand<typeof Outdated> {
       ['NAME', 'PROVIDER', 'INSTALLED', 'LATEST', 'STATUS'],
       ...entries.map((entry) => [entry.name, entry.provider, entry.installed, entry.latest ?? '-', describe(entry)]),
     ]
-    const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)))
-    for (const row of rows)
-      this.log(row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]))).join('  '))
+    this.logTable(rows)
     return entries
   }
 }

@@ -1,7 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../../cli/base-command.js'
-import {formatCounts, type BatchEvent} from '../../lib/jobs/batch.js'
+import {batchProgress} from '../../cli/batch-progress.js'
 import {batchStatus, findBatch, waitForBatch, type SlurmBatchStatus} from '../../lib/jobs/engines/slurm.js'
 
 export default class BatchStatus extends BaseCommand<typeof BatchStatus> {
@@ -25,16 +25,9 @@ export default class BatchStatus extends BaseCommand<typeof BatchStatus> {
     const state = await findBatch({jobFile: this.args.jobFile, resultsDir: this.flags.results, cwd: process.cwd()})
     let status: SlurmBatchStatus
     if (this.flags.wait) {
-      const json = this.jsonEnabled()
-      const onEvent = (event: BatchEvent) => {
-        if (json) return
-        if (event.type === 'finished')
-          process.stderr.write(
-            `${event.record.id}: ${event.record.status}, exit ${event.record.exitCode}\n  ${formatCounts(event.counts)}\n`,
-          )
-        else if (event.type === 'retry') process.stderr.write(`${event.id}: ${event.reason}\n`)
-      }
-      status = (await waitForBatch(state, {onEvent, signal: this.signal})).status
+      const progress = batchProgress({json: this.jsonEnabled(), plain: this.flags['no-color']})
+      status = (await waitForBatch(state, {onEvent: progress.onEvent, signal: this.signal})).status
+      progress.clear()
     } else {
       status = await batchStatus(state)
     }
@@ -51,14 +44,7 @@ export default class BatchStatus extends BaseCommand<typeof BatchStatus> {
           job.reason ?? '',
         ]),
       ]
-      const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
-      for (const row of rows)
-        this.log(
-          row
-            .map((cell, column) => cell.padEnd(widths[column]!))
-            .join('  ')
-            .trimEnd(),
-        )
+      this.logTable(rows)
       const c = status.counts
       this.log(
         `batch ${status.batchId} (Slurm array ${status.arrayJobId}): ${c.total} jobs · queued ${c.queued} · running ${c.running} · done ${c.done} · failed ${c.failed} · worker failures ${c.infrastructure}${c.cancelled ? ` · cancelled ${c.cancelled}` : ''}${c.lost ? ` · lost ${c.lost}` : ''}`,

@@ -142,7 +142,7 @@ export async function runBatch(options: BatchOptions): Promise<BatchResult> {
           type: 'retry',
           id: job.id,
           attempt,
-          reason: record.error?.message.split('\n')[0] ?? 'worker failed',
+          reason: `worker failed (${record.error?.message.split('\n')[0] ?? 'no reason given'}); trying again`,
           counts: counts(),
         })
         continue
