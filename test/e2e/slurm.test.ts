@@ -268,4 +268,24 @@ describe('box batch --on slurm', () => {
     expect(after.jobs[0]!.state).toBe('cancelled')
     expect(after.counts).toMatchObject({cancelled: 1, running: 0, queued: 0})
   }, 900_000)
+
+  it("a job that outlives Slurm's --time gets a timeout record (exit 124), not a worker failure", async () => {
+    const dir = join(root, 'time-limit')
+    const file = await jobFile(dir, [{id: 'slow', command: ['sleep', '600'], timeout: '15m'}])
+    // --time 1: one minute; Slurm stops the task as scancel does, and box asks Slurm why.
+    const run = await box(['batch', file, '--on', 'slurm', '--time', '1', '--wait', '--json'], {cwd: dir})
+    expect(run.exitCode, run.stderr).toBe(1)
+    const record = JSON.parse(await readFile(join(dir, 'results', 'slow', 'result.json'), 'utf8'))
+    expect(record).toMatchObject({
+      status: 'timeout',
+      exitCode: 124,
+      timedOut: true,
+      attempts: 1,
+      stoppedBy: "Slurm's time limit (--time 1) stopped the job",
+    })
+    expect(record.error).toBeUndefined()
+    expect(await ourQemus()).toEqual([])
+    const status = JSON.parse((await box(['batch', 'status', file, '--json'], {cwd: dir})).stdout) as SlurmBatchStatus
+    expect(status.counts).toMatchObject({failed: 1, infrastructure: 0, lost: 0})
+  }, 600_000)
 })

@@ -25,6 +25,11 @@ import {JobExit, type JobRecord, type JobStatus} from './spec.js'
 export interface RunJobOptions extends Omit<JobContext, 'workDir'> {
   /** Attempt number (box batch's retries), written to the record. */
   attempt?: number
+  /**
+   * Asked when the run is aborted: the outside limit that stopped it (the job then gets a
+   * timeout record), or undefined for an interruption (the run rejects, no record).
+   */
+  outsideLimit?: () => Promise<string | undefined>
 }
 
 /** A job id for box run: sortable by time, unique. */
@@ -66,15 +71,15 @@ export async function runJob(options: RunJobOptions): Promise<JobRecord> {
       })
     })
   }
-  if (options.signal?.aborted) throw options.signal.reason
-  if (failure && !(failure instanceof InfrastructureError)) throw failure
-  const record = buildRecord(
-    state,
-    options.box,
-    startedAt,
-    options.attempt ?? 1,
-    failure as InfrastructureError | undefined,
-  )
+  let stoppedBy: string | undefined
+  if (options.signal?.aborted) {
+    stoppedBy = await options.outsideLimit?.().catch(() => undefined)
+    if (stoppedBy === undefined) throw options.signal.reason
+  } else if (failure && !(failure instanceof InfrastructureError)) throw failure
+  const record = buildRecord(state, options.box, startedAt, options.attempt ?? 1, {
+    failure: stoppedBy === undefined ? (failure as InfrastructureError | undefined) : undefined,
+    stoppedBy,
+  })
   await writeRecord(resultDir, record)
   return record
 }
@@ -84,13 +89,17 @@ function buildRecord(
   box: JobBox,
   startedAt: string,
   attempts: number,
-  failure: InfrastructureError | undefined,
+  end: {failure?: InfrastructureError; stoppedBy?: string},
 ): JobRecord {
   const {spec} = state.context
+  const {failure, stoppedBy} = end
   const guest = state.guest
   let status: JobStatus
   let exitCode: number
-  if (failure || !guest) {
+  if (stoppedBy !== undefined) {
+    status = 'timeout'
+    exitCode = JobExit.TIMEOUT
+  } else if (failure || !guest) {
     status = 'infrastructure'
     exitCode = JobExit.INFRASTRUCTURE
   } else if (state.outputLimitHit) {
@@ -108,8 +117,8 @@ function buildRecord(
     box: {name: box.name, version: box.version},
     status,
     exitCode,
-    signal: failure ? null : (guest?.signal ?? null),
-    timedOut: !failure && (guest?.timedOut ?? false),
+    signal: failure || stoppedBy !== undefined ? null : (guest?.signal ?? null),
+    timedOut: stoppedBy !== undefined || (!failure && (guest?.timedOut ?? false)),
     outputLimitHit: !failure && state.outputLimitHit,
     bytesOut: state.bytesOut,
     phases: state.phases,
@@ -127,6 +136,7 @@ function buildRecord(
           },
         }
       : {}),
+    ...(stoppedBy === undefined ? {} : {stoppedBy}),
   }
 }
 

@@ -90,6 +90,8 @@ export interface JobRecord {
   refusedOutputs: Array<{name: string; reason: string}>
   /** Infrastructure failures: what went wrong, and the serial console's last lines. */
   error?: {message: string; serialLogTail?: string}
+  /** The outside limit that stopped the job (Slurm's --time), when not its own timeout did. */
+  stoppedBy?: string
 }
 
 const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/

@@ -191,6 +191,7 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
       signal: options.signal,
       setup: plan.setup,
       attempt,
+      outsideLimit: () => slurmTimeLimitHit(slurmJobId, plan.sbatch.timeLimit),
     })
     record = {...done, slurm}
   }
@@ -205,6 +206,19 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
     exitCode: record!.exitCode,
     message: `job ${job.id} on ${node}: ${record!.status}, exit ${record!.exitCode}${why}${retriedAs ? `; submitted again as job ${retriedAs}` : ''}`,
   }
+}
+
+/**
+ * Slurm stops a task at its time limit as scancel does (SIGTERM, then SIGKILL after
+ * KillWait); only the job's state tells the two apart: TIMEOUT is the job's own result.
+ */
+async function slurmTimeLimitHit(jobId: string, timeLimit: string | undefined): Promise<string | undefined> {
+  const {stdout} = await run('scontrol', ['show', 'job', '--oneliner', jobId], {
+    purpose: 'reading why Slurm stopped the task',
+    timeout: 15_000,
+  })
+  if (!/\bJobState=TIMEOUT\b/.test(stdout)) return undefined
+  return `Slurm's time limit${timeLimit ? ` (--time ${timeLimit})` : ''} stopped the job`
 }
 
 function infrastructureRecord(
