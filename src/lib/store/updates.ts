@@ -1,8 +1,9 @@
 import {COMPATIBLE_BOX_PROVIDERS} from '../box/metadata.js'
 import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './add.js'
-import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
+import {loadCatalog, resolveCatalog, type ArchitectureChoice, type Catalog} from './catalog.js'
 import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
+import type {HttpOptions} from './http.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './query.js'
 import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 
@@ -122,7 +123,9 @@ export async function checkOutdated(options: {
   dataDir: string
   name?: string
   signal?: AbortSignal
-  architecture?: string
+  architecture?: ArchitectureChoice
+  /** HTTP settings for reading the catalogs (`--ca-cert`). */
+  http?: HttpOptions
 }): Promise<OutdatedEntry[]> {
   const boxes = await listBoxes(options.dataDir, {name: options.name})
   if (options.name !== undefined && boxes.length === 0) {
@@ -131,7 +134,7 @@ export async function checkOutdated(options: {
       suggestions: ['see the installed boxes with: box list'],
     })
   }
-  const architecture = options.architecture ?? hostArchitecture()
+  const architecture = options.architecture ?? 'auto'
   const names = [...new Set(boxes.map((box) => box.name))]
   const rows = await Promise.all(
     names.map(async (name) => {
@@ -146,7 +149,7 @@ export async function checkOutdated(options: {
         }))
       let catalog
       try {
-        catalog = await loadCatalog(catalogUrl, {signal: options.signal})
+        catalog = await loadCatalog(catalogUrl, {...options.http, signal: options.signal})
       } catch (error) {
         return newestPerGroup.map((box): OutdatedEntry => ({
           name,
@@ -232,7 +235,7 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
       ? [target.providers]
       : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
     if (groups.length === 0) groups.push(COMPATIBLE_BOX_PROVIDERS.qemu)
-    const source = await catalogFor(options.dataDir, target, options.signal)
+    const source = await catalogFor(options.dataDir, target, options.signal, options.downloadOptions)
     if (!source) {
       results.push({name: target.name, status: 'no-catalog'})
       continue
@@ -250,7 +253,7 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
       const resolved = resolveCatalog(catalog, {
         constraint: target.constraint,
         providers,
-        architecture: options.architecture ?? hostArchitecture(),
+        architecture: options.architecture ?? 'auto',
       })
       const newer = !current || !isVersion(current.version) || compareVersions(resolved.version, current.version) > 0
       if (!newer) {
@@ -296,11 +299,12 @@ async function catalogFor(
   dataDir: string,
   target: UpdateTarget,
   signal?: AbortSignal,
+  http: HttpOptions = {},
 ): Promise<{catalog: Catalog; catalogUrl: string} | undefined> {
   const stored = await getCatalogUrl(dataDir, target.name)
-  if (stored) return {catalog: await loadCatalog(stored, {signal}), catalogUrl: stored}
+  if (stored) return {catalog: await loadCatalog(stored, {...http, signal}), catalogUrl: stored}
   if (!target.url) return undefined
-  const source = await identifySource(target.url, {signal})
+  const source = await identifySource(target.url, {timeoutMs: http.timeoutMs, caCertFile: http.caCertFile, signal})
   return source.kind === 'catalog' ? {catalog: source.catalog, catalogUrl: source.location} : undefined
 }
 
