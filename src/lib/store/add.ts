@@ -201,7 +201,7 @@ async function addFromCatalog(options: AddFromSourceOptions, location: string, c
   const resolved = resolveCatalog(catalog, {
     constraint: options.version,
     providers,
-    architecture: options.architecture ?? 'auto',
+    architecture: options.architecture,
   })
   const what = `${resolved.name} ${resolved.version} (${resolved.provider.name})`
   if (!options.force) {

@@ -244,9 +244,11 @@ export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions)
   const requirements = options.constraint?.trim() ? parseUserConstraint(options.constraint) : undefined
   const available = catalog.versions.filter((version) => !UNAVAILABLE_STATUSES.has(version.status?.toLowerCase() ?? ''))
   const newestFirst = [...available].sort((a, b) => compareNewestFirst(a.version, b.version))
+  // Not `??`: null (the default_architecture entry) is a choice of its own.
+  const architecture = options.architecture === undefined ? 'auto' : options.architecture
   for (const version of newestFirst) {
     if (requirements && !satisfies(version.version, requirements)) continue
-    const provider = pickProvider(version, options.providers, options.architecture ?? 'auto')
+    const provider = pickProvider(version, options.providers, architecture)
     if (provider) {
       const checksum =
         provider.checksum_type && provider.checksum

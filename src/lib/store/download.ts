@@ -211,9 +211,11 @@ interface Part {
 }
 
 /**
- * Open `<dest>.part`, keeping earlier bytes only if they came from the same URL, fetched
- * for the same expected checksum (a catalog that now names another digest for the URL
- * wants another file), with a validator.
+ * Open `<dest>.part`, keeping earlier bytes only if they came from the same URL, with a
+ * validator, and were fetched for the checksum expected now: a part recorded for one
+ * digest is another file than the one a catalog naming another digest (or none) wants.
+ * A part fetched with no checksum may be resumed for one: the digest, computed over
+ * every byte at the end, still proves the whole file.
  */
 async function openPart(
   dest: string,
@@ -228,7 +230,7 @@ async function openPart(
     existing?.isFile() &&
     existing.size > 0 &&
     info?.url === url &&
-    info.checksum === checksumKey &&
+    (info.checksum === undefined || info.checksum === checksumKey) &&
     rangeValidator(info) !== undefined
   if (!resumable) {
     await removePart(dest)

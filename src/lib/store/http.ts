@@ -1,6 +1,5 @@
 import {readFile} from 'node:fs/promises'
 import {resolve} from 'node:path'
-import {rootCertificates} from 'node:tls'
 
 import type {Got, OptionsInit} from 'got'
 
@@ -65,6 +64,7 @@ function trustedCertificates(file: string): Promise<string[]> {
   let certificates = trusted.get(key)
   if (!certificates) {
     certificates = (async () => {
+      const {rootCertificates} = await import('node:tls')
       // Node already warned at start-up if this one is unreadable; it is not ours to refuse.
       const fromEnvironment = extra ? await readFile(extra, 'utf8').catch(() => undefined) : undefined
       return [...rootCertificates, ...(fromEnvironment ? [fromEnvironment] : []), await readCaFile(path, file)]

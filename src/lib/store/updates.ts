@@ -134,7 +134,7 @@ export async function checkOutdated(options: {
       suggestions: ['see the installed boxes with: box list'],
     })
   }
-  const architecture = options.architecture ?? 'auto'
+  const architecture = options.architecture
   const names = [...new Set(boxes.map((box) => box.name))]
   const rows = await Promise.all(
     names.map(async (name) => {
@@ -253,7 +253,7 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
       const resolved = resolveCatalog(catalog, {
         constraint: target.constraint,
         providers,
-        architecture: options.architecture ?? 'auto',
+        architecture: options.architecture,
       })
       const newer = !current || !isVersion(current.version) || compareVersions(resolved.version, current.version) > 0
       if (!newer) {
