@@ -110,6 +110,11 @@ describe('redirects', () => {
     expect(a.requests.length + b.requests.length).toBe(MAX_REDIRECTS + 1)
     expect(existsSync(partPath(dest))).toBe(false)
     expect(existsSync(dest)).toBe(false)
+
+    // A catalog URL that loops fails the same way, not as a retried network error.
+    const catalogError = await rejection(loadCatalog(a.url('/loop.box')))
+    expect(catalogError.message).toMatch(/^redirect loop for .* after 10 redirects \(the cap\)$/)
+    expect(a.requests.length + b.requests.length).toBe(2 * (MAX_REDIRECTS + 1))
   })
 
   it('says "too many redirects" for a chain longer than the cap that never loops', async () => {
@@ -221,7 +226,12 @@ describe('resume keyed by URL and checksum', () => {
   it('resumes for the same URL and checksum', async () => {
     await leavePart(sha256(data))
     expect((await readFile(partPath(dest))).length).toBe(half)
-    const result = await download({url: origin.url('/r.box'), dest, checksum: {type: 'sha256', value: sha256(data)}})
+    const result = await download({
+      url: origin.url('/r.box'),
+      dest,
+      checksum: {type: 'sha256', value: sha256(data)},
+      retryDelayMs: 10,
+    })
     expect(result.resumedFrom).toBe(half)
     expect(origin.requests.at(-1)!.range).toBe(`bytes=${half}-`)
   })
@@ -229,7 +239,12 @@ describe('resume keyed by URL and checksum', () => {
   it('starts afresh when the expected checksum changed (the catalog now names another file)', async () => {
     const other = randomBytes(2 * half)
     await leavePart(sha256(other))
-    const result = await download({url: origin.url('/r.box'), dest, checksum: {type: 'sha256', value: sha256(data)}})
+    const result = await download({
+      url: origin.url('/r.box'),
+      dest,
+      checksum: {type: 'sha256', value: sha256(data)},
+      retryDelayMs: 10,
+    })
     expect(result.resumedFrom).toBe(0)
     expect(origin.requests.at(-1)!.range).toBeUndefined()
     expect((await readFile(dest)).equals(data)).toBe(true)
@@ -237,20 +252,30 @@ describe('resume keyed by URL and checksum', () => {
 
   it('starts afresh when the part was fetched for a checksum and none is expected now', async () => {
     await leavePart(sha256(data))
-    const unchecked = await download({url: origin.url('/r.box'), dest})
+    const unchecked = await download({url: origin.url('/r.box'), dest, retryDelayMs: 10})
     expect(unchecked.resumedFrom).toBe(0)
     expect(origin.requests.at(-1)!.range).toBeUndefined()
   })
 
   it('resumes a part fetched with no checksum for one given now: the digest still covers every byte', async () => {
     await leavePart()
-    const checked = await download({url: origin.url('/r.box'), dest, checksum: {type: 'sha256', value: sha256(data)}})
+    const checked = await download({
+      url: origin.url('/r.box'),
+      dest,
+      checksum: {type: 'sha256', value: sha256(data)},
+      retryDelayMs: 10,
+    })
     expect(checked.resumedFrom).toBe(half)
     // And a part that does not make the file is caught at the end, not trusted.
     origin.plan.push({cutAfter: half}, {status: 503}, {status: 503})
     await leavePart()
     const wrong = await rejection(
-      download({url: origin.url('/r.box'), dest, checksum: {type: 'sha256', value: sha256(randomBytes(8))}}),
+      download({
+        url: origin.url('/r.box'),
+        dest,
+        checksum: {type: 'sha256', value: sha256(randomBytes(8))},
+        retryDelayMs: 10,
+      }),
     )
     expect(wrong.message).toBe(`checksum mismatch for ${origin.url('/r.box')}`)
   })
@@ -262,6 +287,7 @@ describe('resume keyed by URL and checksum', () => {
       url: origin.url('/moved.box'),
       dest,
       checksum: {type: 'sha256', value: sha256(data)},
+      retryDelayMs: 10,
     })
     expect(result.resumedFrom).toBe(0)
   })
