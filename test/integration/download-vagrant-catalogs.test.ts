@@ -165,6 +165,32 @@ describe('redirects', () => {
   })
 })
 
+describe('box names from catalogs', () => {
+  it('refuses a catalog whose name would climb out of the store, before downloading the box', async () => {
+    const origin = await server()
+    origin.files.set('/evil.box', {data: randomBytes(1000), etag: '"e"'})
+    for (const name of ['../../escape', 'org/../../escape', '/abs', 'a-VAGRANTSLASH-b']) {
+      origin.files.set('/evil.json', {
+        data: Buffer.from(
+          JSON.stringify({name, versions: [{version: '1.0.0', providers: [{name: 'qemu', url: '/evil.box'}]}]}),
+        ),
+        contentType: 'application/json',
+      })
+      const error = await rejection(
+        addBoxFromSource({
+          dataDir: join(dir, 'data'),
+          cacheDir: join(dir, 'cache'),
+          source: origin.url('/evil.json'),
+          force: true,
+        }),
+      )
+      expect(error.message.startsWith(`invalid box name ${JSON.stringify(name)}: `), error.message).toBe(true)
+    }
+    expect(origin.requests.filter((r) => r.path === '/evil.box')).toEqual([])
+    await expectNothingLeft(join(dir, 'data'), join(dir, 'cache'))
+  })
+})
+
 describe('chunked responses', () => {
   it('downloads a body without Content-Length: progress counts bytes with no total, the checksum holds', async () => {
     const origin = await server()

@@ -20,6 +20,7 @@ import {BoxError, ExitCode} from '../core/errors.js'
 import {formatBytes, formatDuration, formatTransfer, type Progress} from '../core/progress.js'
 import type {HttpOptions} from './http.js'
 import {addBoxFromFile} from './import.js'
+import {validateBoxName} from './layout.js'
 import {findBox, setCatalogUrl, type StoredBox} from './query.js'
 
 /**
@@ -177,6 +178,7 @@ export async function addBoxFromSource(options: AddFromSourceOptions): Promise<A
       suggestions: [`box add NAME ${options.source}`],
     })
   }
+  validateBoxName(name)
   const location = source.kind === 'box-url' ? source.url : source.path
   return importBox(options, {
     name,
@@ -189,6 +191,8 @@ export async function addBoxFromSource(options: AddFromSourceOptions): Promise<A
 }
 
 async function addFromCatalog(options: AddFromSourceOptions, location: string, catalog: Catalog): Promise<AddedBox> {
+  // The catalog's name becomes the store's directory: refuse one that could climb out before downloading anything.
+  validateBoxName(catalog.name)
   if (options.name !== undefined && options.name !== catalog.name) {
     throw new BoxError(`the catalog ${location} is for ${catalog.name}, not ${options.name}`, {
       exitCode: ExitCode.USAGE,
