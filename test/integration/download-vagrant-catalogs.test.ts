@@ -44,11 +44,12 @@ async function rejection(promise: Promise<unknown>): Promise<BoxError> {
   return error as BoxError
 }
 
-/** What a failed add must leave: no box, and nothing in the download scratch folder. */
+/** What a failed add must leave: no box, no import scratch (.tmp-*) in the store, nothing in the download folder. */
 async function expectNothingLeft(dataDir: string, cacheDir: string): Promise<void> {
   expect(await listBoxes(dataDir)).toEqual([])
-  const downloads = join(cacheDir, 'downloads')
-  expect(existsSync(downloads) ? await readdir(downloads) : []).toEqual([])
+  const listing = async (path: string) => (existsSync(path) ? await readdir(path) : [])
+  expect(await listing(join(dataDir, 'boxes'))).toEqual([])
+  expect(await listing(join(cacheDir, 'downloads'))).toEqual([])
 }
 
 beforeEach(async () => {
