@@ -47,7 +47,7 @@ async function rejection(promise: Promise<unknown>): Promise<BoxError> {
 /** What a failed add must leave: no box, no import scratch (.tmp-*) in the store, nothing in the download folder. */
 async function expectNothingLeft(dataDir: string, cacheDir: string): Promise<void> {
   expect(await listBoxes(dataDir)).toEqual([])
-  const listing = async (path: string) => (existsSync(path) ? await readdir(path) : [])
+  const listing = async (path: string): Promise<string[]> => (existsSync(path) ? readdir(path) : [])
   expect(await listing(join(dataDir, 'boxes'))).toEqual([])
   expect(await listing(join(cacheDir, 'downloads'))).toEqual([])
 }
@@ -126,6 +126,24 @@ describe('redirects', () => {
     expect(error.message).toBe(
       `too many redirects for ${origin.url('/hop0')}: stopped at ${origin.url(`/hop${MAX_REDIRECTS}`)} after ${MAX_REDIRECTS} redirects (the cap)`,
     )
+  })
+
+  it('refuses a redirect to another scheme (file:, ftp:) at once, naming the hop', async () => {
+    const origin = await server()
+    origin.redirects.set('/f.box', {status: 302, location: 'file:///etc/passwd'})
+    origin.redirects.set('/ftp.box', {status: 301, location: 'ftp://example.org/x.box'})
+    for (const [path, scheme] of [
+      ['/f.box', 'file:'],
+      ['/ftp.box', 'ftp:'],
+    ] as const) {
+      const error = await rejection(download({url: origin.url(path), dest: join(dir, 'x.box'), retryDelayMs: 10}))
+      expect(error.message).toBe(
+        `${origin.url(path)} redirects to a ${scheme} URL: box follows redirects to http: and https: only`,
+      )
+    }
+    // One request each: not retried.
+    expect(origin.requests.map((r) => r.path)).toEqual(['/f.box', '/ftp.box'])
+    expect(existsSync(join(dir, 'x.box'))).toBe(false)
   })
 
   it('follows a catalog that moved, and a provider URL that redirects, into a store named org/name', async () => {

@@ -132,6 +132,14 @@ export function permanentHttpFailure(error: unknown, fallbackUrl: string): BoxEr
       },
     )
   }
+  // got refuses to follow a Location of another scheme (file:, ftp:): no retry changes that.
+  const scheme = /^Unsupported protocol: ([a-z][a-z0-9+.-]*:)/i.exec(reason)?.[1]
+  if (scheme) {
+    return new BoxError(`${url} redirects to a ${scheme} URL: box follows redirects to http: and https: only`, {
+      cause: error,
+      suggestions: ['download the box another way and give box add its path'],
+    })
+  }
   if (UNTRUSTED_CODES.has(code)) {
     return new BoxError(`the TLS certificate of ${host} is not signed by a trusted CA (${code})`, {
       cause: error,
