@@ -165,6 +165,24 @@ describe('HTTPS with a local CA', () => {
   })
 })
 
+describe('box update in a project', () => {
+  it("trusts the Boxfile's box_download_ca_cert for box_url's catalog and boxes", async () => {
+    const server = await serve({tls: good})
+    await publish(server, {name: 'acme/worker', versions: []}, '1.0.0')
+    await writeFile(join(dir, 'local-ca.pem'), await readFile(ca.certFile))
+    await writeFile(
+      join(dir, 'Boxfile'),
+      ['box: acme/worker', `box_url: ${server.url('/worker.json')}`, 'box_download_ca_cert: local-ca.pem', ''].join(
+        '\n',
+      ),
+    )
+    const updated = await box(['update'])
+    expect(updated.exitCode, updated.stderr).toBe(0)
+    expect(updated.stdout).toContain('Updated acme/worker (qemu): none → 1.0.0')
+    expect(JSON.parse((await box(['list', '--json'])).stdout)).toMatchObject([{name: 'acme/worker', version: '1.0.0'}])
+  })
+})
+
 describe('a chunked download (no Content-Length)', () => {
   it('shows bytes received with no total, and --json prints only the JSON', async () => {
     const server = await serve()

@@ -207,6 +207,8 @@ export interface UpdateTarget {
   url?: string
   /** Acceptable box providers, preferred first; default: the groups of the installed providers. */
   providers?: readonly string[]
+  /** CA file to trust for this target's catalog and box (the Boxfile's box_download_ca_cert) unless the caller gives one. */
+  caCertFile?: string
 }
 
 export interface UpdateResult {
@@ -235,7 +237,12 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
       ? [target.providers]
       : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
     if (groups.length === 0) groups.push(COMPATIBLE_BOX_PROVIDERS.qemu)
-    const source = await catalogFor(options.dataDir, target, options.signal, options.downloadOptions)
+    // --ca-cert, else the Boxfile's box_download_ca_cert for this machine's box.
+    const downloadOptions = {
+      ...options.downloadOptions,
+      caCertFile: options.downloadOptions?.caCertFile ?? target.caCertFile,
+    }
+    const source = await catalogFor(options.dataDir, target, options.signal, downloadOptions)
     if (!source) {
       results.push({name: target.name, status: 'no-catalog'})
       continue
@@ -267,7 +274,7 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
         })
         continue
       }
-      const {dataDir, cacheDir, signal, progress, downloadOptions, architecture} = options
+      const {dataDir, cacheDir, signal, progress, architecture} = options
       const {box} = await addBoxFromSource({
         dataDir,
         cacheDir,
@@ -314,6 +321,7 @@ export interface MachineBoxRequest {
   boxVersion?: string
   boxUrl?: string
   provider: string
+  boxDownloadCaCert?: string
 }
 
 /**
@@ -333,7 +341,13 @@ export async function updateTargets(options: {
       const key = JSON.stringify([machine.box, machine.boxVersion, providers])
       if (seen.has(key)) continue
       seen.add(key)
-      targets.push({name: machine.box, constraint: machine.boxVersion, url: machine.boxUrl, providers})
+      targets.push({
+        name: machine.box,
+        constraint: machine.boxVersion,
+        url: machine.boxUrl,
+        providers,
+        caCertFile: machine.boxDownloadCaCert,
+      })
     }
     return targets
   }
