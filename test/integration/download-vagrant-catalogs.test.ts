@@ -15,10 +15,11 @@ import {afterEach, beforeAll, beforeEach, describe, expect, it} from 'vitest'
 
 import {addBoxFromSource, downloadPath} from '../../src/lib/store/add.js'
 import {download, partPath, type DownloadProgress} from '../../src/lib/store/download.js'
-import {loadCatalog} from '../../src/lib/store/catalog.js'
+import {hostArchitecture, loadCatalog} from '../../src/lib/store/catalog.js'
 import {MAX_REDIRECTS} from '../../src/lib/store/http.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 import {listBoxes} from '../../src/lib/store/query.js'
+import {checkOutdated, updateBoxes} from '../../src/lib/store/updates.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {makeTestCa, type TestCa} from '../support/tls.js'
 import {startTestServer, type TestServer} from './download-server.js'
@@ -207,6 +208,48 @@ describe('box names from catalogs', () => {
     }
     expect(origin.requests.filter((r) => r.path === '/evil.box')).toEqual([])
     await expectNothingLeft(join(dir, 'data'), join(dir, 'cache'))
+  })
+})
+
+describe('updates across architectures', () => {
+  it('does not update a box for this host to a newer version offered only as architecture "unknown"', async () => {
+    const origin = await server()
+    const host = hostArchitecture()
+    const dataDir = join(dir, 'data')
+    const cacheDir = join(dir, 'cache')
+    const versions: unknown[] = []
+    const publish = async (version: string, architecture: string) => {
+      const data = await readFile(await makeBoxFile(dir, {metadata: {provider: 'qemu'}, imageBytes: 64 * 1024}))
+      origin.files.set(`/w-${version}-${architecture}.box`, {data, etag: `"${version}"`})
+      const entry = {name: 'qemu', url: `/w-${version}-${architecture}.box`, architecture, default_architecture: true}
+      const existing = versions.find((v) => (v as {version: string}).version === version) as
+        {providers: unknown[]} | undefined
+      if (existing) existing.providers.push({...entry, default_architecture: false})
+      else versions.push({version, providers: [entry]})
+      origin.files.set('/w.json', {
+        data: Buffer.from(JSON.stringify({name: 'acme/w', versions})),
+        contentType: 'application/json',
+      })
+    }
+    await publish('1.0.0', host)
+    await addBoxFromSource({dataDir, cacheDir, source: origin.url('/w.json'), convertFor: []})
+    await publish('2.0.0', 'unknown')
+
+    expect(await checkOutdated({dataDir})).toMatchObject([{installed: '1.0.0', latest: '1.0.0', status: 'up-to-date'}])
+    expect(await updateBoxes({dataDir, cacheDir, targets: [{name: 'acme/w'}]})).toMatchObject([
+      {status: 'up-to-date', from: '1.0.0', to: '1.0.0'},
+    ])
+    expect(origin.requests.filter((r) => r.path.startsWith('/w-2.0.0'))).toEqual([])
+
+    // Once 2.0.0 is offered for this host too, it is an update.
+    await publish('2.0.0', host)
+    expect(await checkOutdated({dataDir})).toMatchObject([{latest: '2.0.0', status: 'outdated'}])
+    expect(await updateBoxes({dataDir, cacheDir, targets: [{name: 'acme/w'}]})).toMatchObject([
+      {status: 'updated', from: '1.0.0', to: '2.0.0'},
+    ])
+    expect(origin.requests.filter((r) => r.path.startsWith('/w-2.0.0')).map((r) => r.path)).toEqual([
+      `/w-2.0.0-${host}.box`,
+    ])
   })
 })
 

@@ -9,6 +9,7 @@ import {COMPATIBLE_BOX_PROVIDERS} from '../../src/lib/box/metadata.js'
 import {
   catalogArchitecture,
   hostArchitecture,
+  isCompatibleUpdate,
   loadCatalog,
   parseCatalogText,
   resolveCatalog,
@@ -343,5 +344,49 @@ describe('Vagrant 2.4 architectures (architecture, default_architecture)', () =>
       'multi.json',
     )
     expect(resolveCatalog(catalog, {providers: ['qemu']})).toMatchObject({version: '1.0.0', provider: {url: '1-host.box'}})
+  })
+})
+
+describe('isCompatibleUpdate (Vagrant: no update from a known architecture to "unknown")', () => {
+  const host = hostArchitecture()
+  const entry = (url: string, architecture?: string, defaultArchitecture?: boolean) => ({
+    name: 'qemu',
+    url,
+    ...(architecture === undefined ? {} : {architecture}),
+    ...(defaultArchitecture === undefined ? {} : {default_architecture: defaultArchitecture}),
+  })
+  const catalogOf = (current: unknown, next: unknown): Catalog =>
+    parseCatalog(
+      {
+        name: 'acme/multi',
+        versions: [
+          {version: '1.0.0', providers: [current]},
+          {version: '2.0.0', providers: [next]},
+        ],
+      },
+      'multi.json',
+    )
+  const compatible = (catalog: Catalog, installed = '1.0.0', architecture?: string | null) =>
+    isCompatibleUpdate(
+      catalog,
+      {version: installed, providers: ['qemu']},
+      resolveCatalog(catalog, {providers: ['qemu'], architecture}),
+      architecture,
+    )
+
+  it('refuses a host-architecture box moving to an "unknown" entry, unless the choice is null', () => {
+    const catalog = catalogOf(entry('1.box', host, true), entry('2.box', 'unknown', true))
+    expect(resolveCatalog(catalog, {providers: ['qemu']}).version).toBe('2.0.0')
+    expect(compatible(catalog)).toBe(false)
+    expect(compatible(catalog, '1.0', null)).toBe(true)
+  })
+
+  it('allows unknown → unknown, pre-architecture → unknown, known → known, and a version the catalog dropped', () => {
+    expect(compatible(catalogOf(entry('1.box', 'unknown', true), entry('2.box', 'unknown', true)))).toBe(true)
+    expect(compatible(catalogOf(entry('1.box'), entry('2.box', 'unknown', true)))).toBe(true)
+    expect(compatible(catalogOf(entry('1.box', host, true), entry('2.box', host, true)))).toBe(true)
+    expect(compatible(catalogOf(entry('1.box', host, true), entry('2.box', 'unknown', true)), '0.9.0')).toBe(true)
+    // The same version written differently is the same version.
+    expect(compatible(catalogOf(entry('1.box', host, true), entry('2.box', 'unknown', true)), '1.0')).toBe(false)
   })
 })

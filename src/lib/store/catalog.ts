@@ -8,7 +8,7 @@ import {z} from 'zod'
 import {CHECKSUM_TYPES, type Checksum} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {parseJsonWithSchema, readJsonWithSchema, type SchemaErrorOptions} from '../core/fs.js'
-import {compareNewestFirst, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
+import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 import {loadGot, permanentHttpFailure, requestOptions, type HttpOptions} from './http.js'
 
 /**
@@ -258,6 +258,28 @@ export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions)
     }
   }
   throw noMatchError(catalog, options, newestFirst)
+}
+
+/**
+ * Whether `newer` (resolved from `catalog`) may replace the installed `current` version,
+ * architecture-wise, as Vagrant's compatible_version_update? has it: not from an entry
+ * for a known architecture to one marked "unknown", which cannot be verified (unless the
+ * architecture choice is null). A current version the catalog no longer lists cannot be
+ * compared: allowed. (Vagrant counts an entry without architecture as known; here it is
+ * not, so a catalog from before architectures may move on to an "unknown" entry.)
+ */
+export function isCompatibleUpdate(
+  catalog: Catalog,
+  current: {version: string; providers: readonly string[]},
+  newer: ResolvedCatalogBox,
+  architecture: ArchitectureChoice = 'auto',
+): boolean {
+  if (architecture === null || newer.provider.architecture !== 'unknown') return true
+  const entry = isVersion(current.version)
+    ? catalog.versions.find((version) => compareVersions(version.version, current.version) === 0)
+    : undefined
+  const installed = entry && pickProvider(entry, current.providers, architecture)
+  return !installed?.architecture || installed.architecture === 'unknown'
 }
 
 function pickProvider(

@@ -1,6 +1,6 @@
 import {COMPATIBLE_BOX_PROVIDERS} from '../box/metadata.js'
 import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './add.js'
-import {loadCatalog, resolveCatalog, type ArchitectureChoice, type Catalog} from './catalog.js'
+import {isCompatibleUpdate, loadCatalog, resolveCatalog, type ArchitectureChoice, type Catalog} from './catalog.js'
 import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import type {HttpOptions} from './http.js'
@@ -162,8 +162,13 @@ export async function checkOutdated(options: {
       }
       return newestPerGroup.map((box): OutdatedEntry => {
         let latest: string | undefined
+        let compatible = true
         try {
-          latest = resolveCatalog(catalog, {providers: providerGroup(box.provider), architecture}).version
+          const providers = providerGroup(box.provider)
+          const resolved = resolveCatalog(catalog, {providers, architecture})
+          compatible = isCompatibleUpdate(catalog, {version: box.version, providers}, resolved, architecture)
+          // A newer version only for an "unknown" architecture is no update of a box for a known one (Vagrant's rule).
+          latest = compatible ? resolved.version : box.version
         } catch (error) {
           return {
             name,
@@ -174,7 +179,7 @@ export async function checkOutdated(options: {
             error: (error as Error).message,
           }
         }
-        const newer = isVersion(box.version) ? compareVersions(latest, box.version) > 0 : true
+        const newer = compatible && (isVersion(box.version) ? compareVersions(latest, box.version) > 0 : true)
         return {
           name,
           provider: box.provider,
@@ -262,7 +267,10 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
         providers,
         architecture: options.architecture,
       })
-      const newer = !current || !isVersion(current.version) || compareVersions(resolved.version, current.version) > 0
+      const newer =
+        !current ||
+        ((!isVersion(current.version) || compareVersions(resolved.version, current.version) > 0) &&
+          isCompatibleUpdate(catalog, {version: current.version, providers}, resolved, options.architecture))
       if (!newer) {
         results.push({
           name: target.name,
