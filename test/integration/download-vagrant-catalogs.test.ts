@@ -11,7 +11,7 @@ import {existsSync} from 'node:fs'
 import {readdir, readFile, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {afterEach, beforeAll, beforeEach, describe, expect, it} from 'vitest'
+import {afterAll, afterEach, beforeAll, beforeEach, describe, expect, it} from 'vitest'
 
 import {addBoxFromSource, downloadPath} from '../../src/lib/store/add.js'
 import {download, partPath, type DownloadProgress} from '../../src/lib/store/download.js'
@@ -388,9 +388,18 @@ describe('HTTPS against a local CA', () => {
   let expired: {key: string; cert: string}
   let box: Buffer
 
+  const cleanups: Array<() => Promise<void>> = []
+  const tempDir = async (prefix: string) => {
+    const made = await makeTempDir(prefix)
+    cleanups.push(made.cleanup)
+    return made.dir
+  }
+  afterAll(async () => {
+    await Promise.all(cleanups.map((cleanup_) => cleanup_()))
+  })
+
   beforeAll(async () => {
-    const {dir: caDir} = await makeTempDir('box-test-ca-')
-    ca = await makeTestCa(caDir)
+    ca = await makeTestCa(await tempDir('box-test-ca-'))
     ;[good, wrongHost, expired] = await Promise.all([
       ca.issue('localhost', {altNames: ['DNS:localhost', 'IP:127.0.0.1']}),
       ca.issue('other', {altNames: ['DNS:boxes.example.org']}),
@@ -400,8 +409,9 @@ describe('HTTPS against a local CA', () => {
         endDate: '20200201000000Z',
       }),
     ])
-    const {dir: boxDir} = await makeTempDir('box-test-tls-box-')
-    box = await readFile(await makeBoxFile(boxDir, {metadata: {provider: 'qemu', format: 'qcow2'}}))
+    box = await readFile(
+      await makeBoxFile(await tempDir('box-test-tls-box-'), {metadata: {provider: 'qemu', format: 'qcow2'}}),
+    )
   })
 
   async function httpsCatalog(tls: {key: string; cert: string}): Promise<TestServer> {
@@ -505,8 +515,7 @@ describe('HTTPS against a local CA', () => {
   it("keeps trusting Node's CAs and NODE_EXTRA_CA_CERTS's next to the given one (the mirror may redirect elsewhere)", async () => {
     const {rootCertificates} = await import('node:tls')
     const {requestOptions} = await import('../../src/lib/store/http.js')
-    const {dir: otherDir} = await makeTempDir('box-test-ca2-')
-    const other = await makeTestCa(otherDir, 'another test CA')
+    const other = await makeTestCa(await tempDir('box-test-ca2-'), 'another test CA')
     const saved = process.env.NODE_EXTRA_CA_CERTS
     process.env.NODE_EXTRA_CA_CERTS = other.certFile
     try {
