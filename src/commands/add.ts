@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {downloadFlags} from '../cli/download-flags.js'
 
 export default class Add extends BaseCommand<typeof Add> {
   static summary = 'Add a box to the local store.'
@@ -12,6 +13,7 @@ The box is stored for every provider this host runs: a Vagrant VirtualBox box (O
     '<%= config.bin %> add worker ./worker.box --box-version 1.2.0 --force',
     '<%= config.bin %> add worker https://example.org/worker.box --checksum 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08',
     '<%= config.bin %> add https://example.org/worker.json --box-version ">= 1.2, < 2"',
+    '<%= config.bin %> add https://mirror.internal/worker.json --ca-cert ./internal-ca.pem',
   ]
   static enableJsonFlag = true
 
@@ -21,6 +23,7 @@ The box is stored for every provider this host runs: a Vagrant VirtualBox box (O
   }
 
   static flags = {
+    ...downloadFlags,
     'box-version': Flags.string({
       description:
         'For a .box: store it as this version. For a catalog: a version constraint (">= 1.2, < 2", "~> 1.4").',
@@ -62,6 +65,7 @@ The box is stored for every provider this host runs: a Vagrant VirtualBox box (O
       convertFor: this.flags.convert ? undefined : [],
       signal: this.signal,
       progress: this.progress(),
+      downloadOptions: {caCertFile: this.flags['ca-cert']},
     })
     this.log(`Added box ${box.name} ${box.version} (${box.provider}), ${formatBytes(box.size)}`)
     for (const copy of converted)

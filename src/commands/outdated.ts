@@ -1,6 +1,7 @@
 import {Args} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {downloadFlags} from '../cli/download-flags.js'
 
 export default class Outdated extends BaseCommand<typeof Outdated> {
   static summary = 'Show installed boxes that have a newer version in their catalog.'
@@ -13,9 +14,16 @@ export default class Outdated extends BaseCommand<typeof Outdated> {
     name: Args.string({description: 'Only this box.'}),
   }
 
+  static flags = {...downloadFlags}
+
   public async run() {
     const {checkOutdated} = await import('../lib/store/updates.js')
-    const entries = await checkOutdated({dataDir: this.config.dataDir, name: this.args.name, signal: this.signal})
+    const entries = await checkOutdated({
+      dataDir: this.config.dataDir,
+      name: this.args.name,
+      signal: this.signal,
+      http: {caCertFile: this.flags['ca-cert']},
+    })
     if (entries.length === 0) {
       this.log('There are no boxes installed.')
       return entries

@@ -1,6 +1,7 @@
 import {Args, Flags} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
+import {downloadFlags} from '../cli/download-flags.js'
 
 export default class Update extends BaseCommand<typeof Update> {
   static summary = 'Download the newest version of a box that its catalog offers.'
@@ -17,6 +18,7 @@ export default class Update extends BaseCommand<typeof Update> {
   }
 
   static flags = {
+    ...downloadFlags,
     'box-version': Flags.string({description: 'Version constraint for NAME (">= 1.2, < 2", "~> 1.4").'}),
     provider: Flags.string({description: 'Provider for NAME (qemu also takes libvirt boxes).'}),
   }
@@ -50,6 +52,7 @@ export default class Update extends BaseCommand<typeof Update> {
       targets,
       signal: this.signal,
       progress: this.progress(),
+      downloadOptions: {caCertFile: this.flags['ca-cert']},
     })
     for (const result of results) {
       if (result.status === 'updated')

@@ -256,7 +256,7 @@ describe('box add from a catalog', () => {
   it('lists what is available when nothing matches', async () => {
     const error = await rejection(addBoxFromSource({dataDir, cacheDir, source: server.url('/worker'), version: '>= 3'}))
     expect(error.message).toMatch(
-      /^no version of org\/worker matches version >= 3, provider qemu or libvirt, architecture \w+$/,
+      /^no version of org\/worker matches version >= 3, provider qemu or libvirt, architecture \w+ \(this host's\)$/,
     )
     expect(error.detail).toContain('1.1.0: virtualbox, libvirt')
   })

@@ -1,17 +1,29 @@
 import {createServer, type IncomingMessage, type Server, type ServerResponse} from 'node:http'
+import {createServer as createTlsServer} from 'node:https'
 import type {AddressInfo} from 'node:net'
 
 /**
  * A real HTTP server on 127.0.0.1 for download tests: serves byte buffers with ETag,
  * Last-Modified and Range, and misbehaves on request (cut the connection after N bytes,
  * ignore Range, stall after the headers, answer an error status). It counts every body
- * byte it sends so tests can prove what was (not) fetched twice.
+ * byte it sends so tests can prove what was (not) fetched twice. With `tls` it serves
+ * HTTPS with the given key and certificate; `redirects` answers paths with a Location.
  */
 export interface ServedFile {
   data: Buffer
   etag?: string
   lastModified?: string
   contentType?: string
+  /** Further response headers (Content-Disposition, …). */
+  headers?: Record<string, string>
+  /** Send no Content-Length: Node then sends the body chunked. */
+  chunked?: boolean
+}
+
+export interface Redirect {
+  status: 301 | 302 | 303 | 307 | 308
+  /** Absolute or relative, sent as it is. */
+  location: string
 }
 
 export interface Behaviour {
@@ -38,17 +50,23 @@ export interface RecordedRequest {
 }
 
 export interface TestServer {
-  url(path: string): string
+  /** The URL of `path` on this server, by IP (default) or by another name of 127.0.0.1 (localhost). */
+  url(path: string, host?: string): string
+  port: number
   files: Map<string, ServedFile>
+  redirects: Map<string, Redirect>
   requests: RecordedRequest[]
   /** Behaviour for the next requests, one entry per request (then well-behaved). */
   plan: Behaviour[]
   bytesSent(): number
+  /** TCP connections accepted so far (a TLS handshake that fails makes one and no request). */
+  connections(): number
   close(): Promise<void>
 }
 
-export async function startTestServer(): Promise<TestServer> {
+export async function startTestServer(options: {tls?: {key: string; cert: string}} = {}): Promise<TestServer> {
   const files = new Map<string, ServedFile>()
+  const redirects = new Map<string, Redirect>()
   const requests: RecordedRequest[] = []
   const plan: Behaviour[] = []
   const sockets = new Set<import('node:net').Socket>()
@@ -64,6 +82,13 @@ export async function startTestServer(): Promise<TestServer> {
       bytesSent: 0,
     }
     requests.push(record)
+    const redirect = redirects.get(path)
+    if (redirect) {
+      record.status = redirect.status
+      response.writeHead(redirect.status, {location: redirect.location, 'content-type': 'text/plain'})
+      response.end('moved\n')
+      return
+    }
     const file = files.get(path)
     if (behaviour.status || !file) {
       record.status = behaviour.status ?? 404
@@ -77,6 +102,7 @@ export async function startTestServer(): Promise<TestServer> {
     }
     if (file.etag) headers.etag = file.etag
     if (file.lastModified) headers['last-modified'] = file.lastModified
+    Object.assign(headers, file.headers)
 
     let start = 0
     let status = 200
@@ -96,7 +122,7 @@ export async function startTestServer(): Promise<TestServer> {
       status = 206
       headers['content-range'] = `bytes ${start}-${file.data.length - 1}/${file.data.length}`
     }
-    headers['content-length'] = file.data.length - start
+    if (!file.chunked) headers['content-length'] = file.data.length - start
     record.status = status
     response.writeHead(status, headers)
     response.flushHeaders()
@@ -128,20 +154,26 @@ export async function startTestServer(): Promise<TestServer> {
     pump()
   }
 
-  const server: Server = createServer(handle)
+  const server: Server = options.tls ? createTlsServer(options.tls, handle) : createServer(handle)
+  let connections = 0
   server.on('connection', (socket) => {
+    connections++
     sockets.add(socket)
     socket.on('close', () => sockets.delete(socket))
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   const {port} = server.address() as AddressInfo
 
+  const scheme = options.tls ? 'https' : 'http'
   return {
-    url: (path) => `http://127.0.0.1:${port}${path}`,
+    url: (path, host = '127.0.0.1') => `${scheme}://${host}:${port}${path}`,
+    port,
     files,
+    redirects,
     requests,
     plan,
     bytesSent: () => requests.reduce((sum, r) => sum + r.bytesSent, 0),
+    connections: () => connections,
     async close() {
       for (const socket of sockets) socket.destroy()
       await new Promise<void>((resolve) => server.close(() => resolve()))

@@ -146,3 +146,33 @@ describe('box_download_checksum and box_download_checksum_type', () => {
     ])
   })
 })
+
+describe('box_download_ca_cert', () => {
+  it('gives each machine the CA file as an absolute path, inherited or its own', async () => {
+    await writeFile(join(dir, 'ca.pem'), '-----BEGIN CERTIFICATE-----\n')
+    await writeFile(join(dir, 'db-ca.pem'), '-----BEGIN CERTIFICATE-----\n')
+    const boxfile = await parseBoxfile(
+      file,
+      yaml(
+        'box: b',
+        'box_url: https://mirror.internal/b.json',
+        'box_download_ca_cert: ca.pem',
+        'machines:',
+        '  web:',
+        '  db:',
+        '    box_download_ca_cert: ./db-ca.pem',
+      ),
+    )
+    expect(boxfile.machines.map((machine) => machine.boxDownloadCaCert)).toEqual([
+      join(dir, 'ca.pem'),
+      join(dir, 'db-ca.pem'),
+    ])
+    expect((await parseBoxfile(file, yaml('box: b'))).machines[0]!.boxDownloadCaCert).toBeUndefined()
+  })
+
+  it('refuses a file that is not there', async () => {
+    expect(await problems(yaml('box: b', 'box_download_ca_cert: nowhere.pem'))).toEqual([
+      `Boxfile:2:23: box_download_ca_cert: no such file: ${join(dir, 'nowhere.pem')}`,
+    ])
+  })
+})

@@ -254,7 +254,7 @@ describe('several machines', () => {
 describe('unknown fields and bad values name the position, the field and what is accepted', () => {
   it('unknown top-level field', async () => {
     expect(await problems(yaml('box: b', 'memroy: 2G'))).toEqual([
-      'Boxfile:2:9: memroy: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port, machines)',
+      'Boxfile:2:9: memroy: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, box_download_ca_cert, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port, machines)',
     ])
   })
 
@@ -280,7 +280,7 @@ describe('unknown fields and bad values name the position, the field and what is
       'Boxfile:2:13: ssh.user: unknown field (accepted: username, private_key_path, forward_agent)',
       'Boxfile:4:36: forwarded_ports.0.proto: unknown field (accepted: guest, host, protocol, host_ip)',
       'Boxfile:9:11: provisioners.0.mode: unknown field (accepted: type, name, source, destination, run)',
-      'Boxfile:12:15: machines.web.machines: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port)',
+      'Boxfile:12:15: machines.web.machines: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, box_download_ca_cert, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port)',
     ])
   })
 

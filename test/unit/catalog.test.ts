@@ -7,6 +7,9 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {COMPATIBLE_BOX_PROVIDERS} from '../../src/lib/box/metadata.js'
 import {
+  catalogArchitecture,
+  hostArchitecture,
+  isCompatibleUpdate,
   loadCatalog,
   parseCatalogText,
   resolveCatalog,
@@ -172,9 +175,9 @@ describe('Vagrant Cloud style metadata', () => {
 })
 
 describe('resolveCatalog', () => {
-  it('picks the newest version with a qemu-compatible provider, preferring the host architecture', () => {
-    const resolved = resolveCatalog(catalog, {providers: qemu, architecture: 'amd64'})
-    // 2.0.0 is revoked, 1.10.0 has only virtualbox.
+  it('picks the newest version with a qemu-compatible provider', () => {
+    const resolved = resolveCatalog(catalog, {providers: qemu})
+    // 2.0.0 is revoked, 1.10.0 has only virtualbox; 1.3.0's libvirt entry predates architectures (taken on any host).
     expect(resolved).toMatchObject({
       name: 'org/worker',
       version: '1.3.0',
@@ -217,9 +220,9 @@ describe('resolveCatalog', () => {
     ).toBe('qemu')
   })
 
-  it('falls back to an entry without architecture when none matches exactly', () => {
-    expect(resolveCatalog(catalog, {constraint: '1.2.0', providers: qemu, architecture: 's390x'}).provider.name).toBe(
-      'libvirt',
+  it('takes only entries for an architecture asked for by name (Vagrant: no fallback then)', () => {
+    expect(() => resolveCatalog(catalog, {constraint: '1.2.0', providers: qemu, architecture: 's390x'})).toThrow(
+      'no version of org/worker matches version 1.2.0, provider qemu or libvirt, architecture s390x',
     )
   })
 
@@ -231,7 +234,9 @@ describe('resolveCatalog', () => {
       error = e as BoxError
     }
     expect(error).toBeInstanceOf(BoxError)
-    expect(error!.message).toBe('no version of org/worker matches version >= 1.4, provider qemu or libvirt')
+    expect(error!.message).toBe(
+      `no version of org/worker matches version >= 1.4, provider qemu or libvirt, architecture ${hostArchitecture()} (this host's)`,
+    )
     expect(error!.detail).toContain('1.10.0: virtualbox')
     expect(error!.detail).toContain('1.2.0: qemu (arm64), qemu (amd64), libvirt')
     expect(error!.detail).toContain('2.0.0: revoked (not offered)')
@@ -269,5 +274,119 @@ describe('resolveProviderUrl and loadCatalog', () => {
     expect((await loadCatalog(join(dir, 'catalog.json'))).name).toBe('org/worker')
     expect((await loadCatalog(pathToFileURL(join(dir, 'catalog.json')).toString())).versions).toHaveLength(5)
     await expect(loadCatalog(join(dir, 'nope.json'))).rejects.toThrow(`catalog not found: ${join(dir, 'nope.json')}`)
+  })
+})
+
+describe('Vagrant 2.4 architectures (architecture, default_architecture)', () => {
+  const box = (url: string, architecture?: string, defaultArchitecture?: boolean) => ({
+    name: 'qemu',
+    url,
+    ...(architecture === undefined ? {} : {architecture}),
+    ...(defaultArchitecture === undefined ? {} : {default_architecture: defaultArchitecture}),
+  })
+  const withProviders = (providers: unknown[]): Catalog =>
+    parseCatalog({name: 'acme/multi', versions: [{version: '1.0.0', providers}]}, 'multi.json')
+  const pick = (catalog: Catalog, architecture?: string | null) =>
+    resolveCatalog(catalog, {providers: ['qemu'], architecture}).provider.url
+  const host = hostArchitecture()
+  const other = host === 'arm64' ? 'amd64' : 'arm64'
+
+  it("names Node's architectures as Vagrant does", () => {
+    expect(catalogArchitecture('x64')).toBe('amd64')
+    expect(catalogArchitecture('ia32')).toBe('i386')
+    expect(catalogArchitecture('arm64')).toBe('arm64')
+    expect(catalogArchitecture('riscv64')).toBe('riscv64')
+    expect(hostArchitecture()).toBe(catalogArchitecture(process.arch))
+  })
+
+  it("takes the host's architecture by default, wherever the entry sits and whichever is flagged default", () => {
+    const catalog = withProviders([box('other.box', other, true), box('host.box', host, false)])
+    expect(pick(catalog)).toBe('host.box')
+    expect(pick(catalog, 'auto')).toBe('host.box')
+  })
+
+  it('falls back to the entry marked architecture "unknown" and default_architecture, as Vagrant Cloud serves old uploads', () => {
+    expect(pick(withProviders([box('other.box', other, false), box('unknown.box', 'unknown', true)]))).toBe('unknown.box')
+    // "unknown" without the flag is no fallback, and neither is another architecture flagged default.
+    expect(() => pick(withProviders([box('other.box', other, true), box('unknown.box', 'unknown', false)]))).toThrow(
+      `no version of acme/multi matches any version, provider qemu, architecture ${host} (this host's)`,
+    )
+  })
+
+  it('takes the single entry of a catalog from before architectures (no default_architecture field)', () => {
+    expect(pick(withProviders([box('legacy.box')]))).toBe('legacy.box')
+    expect(pick(withProviders([box('legacy.box', other)]))).toBe('legacy.box')
+    // Two entries, or one that knows about architectures: no guess.
+    expect(() => pick(withProviders([box('a.box'), box('b.box')]))).toThrow(BoxError)
+    expect(() => pick(withProviders([box('flagged.box', other, false)]))).toThrow(BoxError)
+  })
+
+  it('with a named architecture takes exactly it; with null the default_architecture entry', () => {
+    const catalog = withProviders([box('host.box', host, false), box('other.box', other, true), box('s390x.box', 's390x')])
+    expect(pick(catalog, 's390x')).toBe('s390x.box')
+    expect(pick(catalog, other)).toBe('other.box')
+    expect(() => pick(withProviders([box('legacy.box')]), 'mips')).toThrow(
+      'no version of acme/multi matches any version, provider qemu, architecture mips',
+    )
+    expect(pick(catalog, null)).toBe('other.box')
+    expect(pick(withProviders([box('legacy.box')]), null)).toBe('legacy.box')
+  })
+
+  it('picks per version: an older version for this host wins over a newer one without it', () => {
+    const catalog = parseCatalog(
+      {
+        name: 'acme/multi',
+        versions: [
+          {version: '2.0.0', providers: [box('2-other.box', other, true)]},
+          {version: '1.0.0', providers: [box('1-other.box', other, true), box('1-host.box', host, false)]},
+        ],
+      },
+      'multi.json',
+    )
+    expect(resolveCatalog(catalog, {providers: ['qemu']})).toMatchObject({version: '1.0.0', provider: {url: '1-host.box'}})
+  })
+})
+
+describe('isCompatibleUpdate (Vagrant: no update from a known architecture to "unknown")', () => {
+  const host = hostArchitecture()
+  const entry = (url: string, architecture?: string, defaultArchitecture?: boolean) => ({
+    name: 'qemu',
+    url,
+    ...(architecture === undefined ? {} : {architecture}),
+    ...(defaultArchitecture === undefined ? {} : {default_architecture: defaultArchitecture}),
+  })
+  const catalogOf = (current: unknown, next: unknown): Catalog =>
+    parseCatalog(
+      {
+        name: 'acme/multi',
+        versions: [
+          {version: '1.0.0', providers: [current]},
+          {version: '2.0.0', providers: [next]},
+        ],
+      },
+      'multi.json',
+    )
+  const compatible = (catalog: Catalog, installed = '1.0.0', architecture?: string | null) =>
+    isCompatibleUpdate(
+      catalog,
+      {version: installed, providers: ['qemu']},
+      resolveCatalog(catalog, {providers: ['qemu'], architecture}),
+      architecture,
+    )
+
+  it('refuses a host-architecture box moving to an "unknown" entry, unless the choice is null', () => {
+    const catalog = catalogOf(entry('1.box', host, true), entry('2.box', 'unknown', true))
+    expect(resolveCatalog(catalog, {providers: ['qemu']}).version).toBe('2.0.0')
+    expect(compatible(catalog)).toBe(false)
+    expect(compatible(catalog, '1.0', null)).toBe(true)
+  })
+
+  it('allows unknown → unknown, pre-architecture → unknown, known → known, and a version the catalog dropped', () => {
+    expect(compatible(catalogOf(entry('1.box', 'unknown', true), entry('2.box', 'unknown', true)))).toBe(true)
+    expect(compatible(catalogOf(entry('1.box'), entry('2.box', 'unknown', true)))).toBe(true)
+    expect(compatible(catalogOf(entry('1.box', host, true), entry('2.box', host, true)))).toBe(true)
+    expect(compatible(catalogOf(entry('1.box', host, true), entry('2.box', 'unknown', true)), '0.9.0')).toBe(true)
+    // The same version written differently is the same version.
+    expect(compatible(catalogOf(entry('1.box', host, true), entry('2.box', 'unknown', true)), '1.0')).toBe(false)
   })
 })

@@ -134,12 +134,14 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
     const boxUrl = settings.box_url ?? defaults.box_url
     const ssh = {...defaults.ssh, ...settings.ssh}
     const boxDownloadChecksum = downloadChecksum(settings, defaults, path, boxUrl, checksumProblem)
+    const caCert = settings.box_download_ca_cert ?? defaults.box_download_ca_cert
     machines.push({
       name,
       box,
       boxUrl: boxUrl === undefined ? undefined : URL_SCHEME_PATTERN.test(boxUrl) ? boxUrl : hostPath(dir, boxUrl),
       boxVersion: settings.box_version ?? defaults.box_version,
       boxDownloadChecksum,
+      boxDownloadCaCert: caCert === undefined ? undefined : hostPath(dir, caCert),
       provider: settings.provider ?? defaults.provider ?? MACHINE_DEFAULTS.provider,
       cpus: settings.cpus ?? defaults.cpus ?? MACHINE_DEFAULTS.cpus,
       memoryMiB: settings.memory ?? defaults.memory ?? MACHINE_DEFAULTS.memoryMiB,
@@ -271,6 +273,10 @@ async function checkListItems(settings: MachineSettings, path: YamlPath, dir: st
         [...path, 'ssh', 'private_key_path'],
         `${key} is readable by others (mode ${(info.mode & 0o777).toString(8).padStart(4, '0')}); ssh refuses such keys: chmod 600 ${key}`,
       )
+  }
+  if (settings.box_download_ca_cert !== undefined) {
+    const file = hostPath(dir, settings.box_download_ca_cert)
+    if (!(await isFile(file))) problem([...path, 'box_download_ca_cert'], `no such file: ${file}`)
   }
   for (const [index, folder] of (settings.synced_folders ?? []).entries()) {
     if (folder.disabled) continue

@@ -195,6 +195,7 @@ const machineShape = {
     'must be a hex digest, as sha256sum prints it',
   ),
   box_download_checksum_type: oneOf(CHECKSUM_TYPES),
+  box_download_ca_cert: text('a PEM file of CA certificates (relative to the Boxfile)'),
   provider: oneOf(PROVIDERS),
   cpus: z
     .number({error: 'must be a whole number of CPUs, at least 1'})

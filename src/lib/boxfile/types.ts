@@ -58,6 +58,7 @@ export type MachineField =
   | 'box_version'
   | 'box_download_checksum'
   | 'box_download_checksum_type'
+  | 'box_download_ca_cert'
   | 'provider'
   | 'cpus'
   | 'memory'
@@ -117,6 +118,8 @@ export interface ResolvedMachine {
   boxVersion?: string
   /** box_download_checksum(_type): checked while box_url's .box downloads. */
   boxDownloadChecksum?: Checksum
+  /** box_download_ca_cert: absolute host path of a PEM file of CAs trusted for box_url's HTTPS. */
+  boxDownloadCaCert?: string
   provider: Provider
   cpus: number
   memoryMiB: number

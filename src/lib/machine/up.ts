@@ -33,6 +33,7 @@ async function resolveBox(context: MachineContext, machine: ResolvedMachine): Pr
     hostProvider: machine.provider,
     signal: context.signal,
     progress: context.progress,
+    downloadOptions: {caCertFile: machine.boxDownloadCaCert},
   })
 }
 

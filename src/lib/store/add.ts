@@ -8,17 +8,19 @@ import {fileURLToPath} from 'node:url'
 import {COMPATIBLE_BOX_PROVIDERS} from '../box/metadata.js'
 import {
   fetchCatalogText,
-  hostArchitecture,
   loadCatalog,
   parseCatalogText,
   resolveCatalog,
   resolveProviderUrl,
+  type ArchitectureChoice,
   type Catalog,
 } from './catalog.js'
 import {CHECKSUM_TYPES, download, isChecksumType, partPath, type Checksum, type DownloadOptions} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {formatBytes, formatDuration, formatTransfer, type Progress} from '../core/progress.js'
+import type {HttpOptions} from './http.js'
 import {addBoxFromFile} from './import.js'
+import {validateBoxName} from './layout.js'
 import {findBox, setCatalogUrl, type StoredBox} from './query.js'
 
 /**
@@ -50,7 +52,7 @@ function localPath(text: string): string {
  */
 export async function identifySource(
   source: string,
-  options: {signal?: AbortSignal; timeoutMs?: number} = {},
+  options: {signal?: AbortSignal} & HttpOptions = {},
 ): Promise<BoxSourceKind> {
   if (isHttpUrl(source)) {
     if (/\.box$/i.test(new URL(source).pathname)) return {kind: 'box-url', url: source}
@@ -73,7 +75,7 @@ export async function identifySource(
       suggestions: ['give the path of a .box or of a catalog JSON, or an http(s):// URL'],
     })
   }
-  if (await startsWithBrace(path)) return {kind: 'catalog', location: path, catalog: await loadCatalog(path)}
+  if (await startsWithBrace(path)) return {kind: 'catalog', location: path, catalog: await loadCatalog(path, options)}
   return {kind: 'box-file', path}
 }
 
@@ -138,12 +140,12 @@ export interface AddFromSourceOptions {
    * provider this host runs, so `up` works whichever one a Boxfile names. [] keeps the box only as it is.
    */
   convertFor?: readonly string[]
-  /** Architecture to pick from a catalog; default: this host's. */
-  architecture?: string
+  /** Architecture to pick from a catalog; default 'auto' (this host's, with Vagrant's fallbacks). */
+  architecture?: ArchitectureChoice
   signal?: AbortSignal
   progress?: Progress
-  /** Download tuning (tests use short timeouts). */
-  downloadOptions?: Pick<DownloadOptions, 'timeoutMs' | 'retries' | 'retryDelayMs'>
+  /** HTTP settings for the catalog and the download: CA certificates to trust (`--ca-cert`), and tuning (tests use short timeouts). */
+  downloadOptions?: Pick<DownloadOptions, 'timeoutMs' | 'retries' | 'retryDelayMs' | 'caCertFile'>
 }
 
 export interface AddedBox {
@@ -161,7 +163,11 @@ export interface AddedBox {
 /** `box add`: bring a box from any source into the store. */
 export async function addBoxFromSource(options: AddFromSourceOptions): Promise<AddedBox> {
   const {signal, progress} = options
-  const source = await identifySource(options.source, {signal, timeoutMs: options.downloadOptions?.timeoutMs})
+  const source = await identifySource(options.source, {
+    signal,
+    timeoutMs: options.downloadOptions?.timeoutMs,
+    caCertFile: options.downloadOptions?.caCertFile,
+  })
 
   if (source.kind === 'catalog') return addFromCatalog(options, source.location, source.catalog)
 
@@ -172,6 +178,7 @@ export async function addBoxFromSource(options: AddFromSourceOptions): Promise<A
       suggestions: [`box add NAME ${options.source}`],
     })
   }
+  validateBoxName(name)
   const location = source.kind === 'box-url' ? source.url : source.path
   return importBox(options, {
     name,
@@ -184,6 +191,8 @@ export async function addBoxFromSource(options: AddFromSourceOptions): Promise<A
 }
 
 async function addFromCatalog(options: AddFromSourceOptions, location: string, catalog: Catalog): Promise<AddedBox> {
+  // The catalog's name becomes the store's directory: refuse one that could climb out before downloading anything.
+  validateBoxName(catalog.name)
   if (options.name !== undefined && options.name !== catalog.name) {
     throw new BoxError(`the catalog ${location} is for ${catalog.name}, not ${options.name}`, {
       exitCode: ExitCode.USAGE,
@@ -196,7 +205,7 @@ async function addFromCatalog(options: AddFromSourceOptions, location: string, c
   const resolved = resolveCatalog(catalog, {
     constraint: options.version,
     providers,
-    architecture: options.architecture ?? hostArchitecture(),
+    architecture: options.architecture,
   })
   const what = `${resolved.name} ${resolved.version} (${resolved.provider.name})`
   if (!options.force) {

@@ -3,13 +3,13 @@ import {dirname, isAbsolute, resolve as resolvePath} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {fileURLToPath, pathToFileURL} from 'node:url'
 
-import got from 'got'
 import {z} from 'zod'
 
 import {CHECKSUM_TYPES, type Checksum} from './download.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {parseJsonWithSchema, readJsonWithSchema, type SchemaErrorOptions} from '../core/fs.js'
-import {compareNewestFirst, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
+import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
+import {loadGot, permanentHttpFailure, requestOptions, type HttpOptions} from './http.js'
 
 /**
  * Box catalogs in Vagrant's metadata format: a box name, its versions, and per version
@@ -80,9 +80,8 @@ function catalogErrors(location: string): SchemaErrorOptions {
   }
 }
 
-export interface LoadCatalogOptions {
+export interface LoadCatalogOptions extends HttpOptions {
   signal?: AbortSignal
-  timeoutMs?: number
 }
 
 /** Read a catalog from an http(s) URL, a file:// URL or a path. */
@@ -130,19 +129,10 @@ class RetryableFetchError extends Error {
 }
 
 async function fetchCatalogOnce(url: string, options: FetchCatalogOptions): Promise<string | undefined> {
-  const timeoutMs = options.timeoutMs ?? 30_000
+  const got = await loadGot()
   const request = got.stream(url, {
+    ...(await requestOptions(options)),
     decompress: true,
-    throwHttpErrors: false,
-    retry: {limit: 0},
-    timeout: {
-      lookup: timeoutMs,
-      connect: timeoutMs,
-      secureConnect: timeoutMs,
-      send: timeoutMs,
-      response: timeoutMs,
-      socket: timeoutMs,
-    },
     headers: {accept: options.onlyIfJson ? 'application/json, */*' : 'application/json'},
   })
   const onAbort = () => request.destroy(new Error('aborted'))
@@ -191,6 +181,8 @@ async function fetchCatalogOnce(url: string, options: FetchCatalogOptions): Prom
   } catch (error) {
     if (httpFailure) throw httpFailure
     if (error instanceof BoxError) throw error
+    const permanent = permanentHttpFailure(error, url)
+    if (permanent) throw permanent
     if (options.signal?.aborted)
       throw new BoxError(`fetching ${url} interrupted`, {exitCode: ExitCode.INTERRUPTED, cause: error})
     throw new RetryableFetchError(new BoxError(`cannot fetch ${url}: ${(error as Error).message}`, {cause: error}))
@@ -212,26 +204,31 @@ export function resolveProviderUrl(url: string, catalogLocation: string): string
   return isAbsolute(url) ? url : pathToFileURL(resolvePath(dirname(catalogPath), url)).toString()
 }
 
-/** The architecture names catalogs use (Vagrant's), for this host. */
-export function hostArchitecture(): string {
-  const names: Record<string, string> = {
-    x64: 'amd64',
-    arm64: 'arm64',
-    ia32: 'i386',
-    arm: 'arm',
-    ppc64: 'ppc64',
-    s390x: 's390x',
-  }
-  return names[arch()] ?? arch()
+/** Node's name for a CPU (process.arch) in the names catalogs use, Vagrant's: x64 → amd64, ia32 → i386; others as they are. */
+export function catalogArchitecture(nodeArch: string): string {
+  const names: Record<string, string> = {x64: 'amd64', ia32: 'i386'}
+  return names[nodeArch] ?? nodeArch
 }
+
+/** This host's architecture in catalog names. */
+export function hostArchitecture(): string {
+  return catalogArchitecture(arch())
+}
+
+/**
+ * Which architecture to take from a catalog, as Vagrant's `box_architecture` has it:
+ * 'auto' (the default) this host's, with Vagrant's fallbacks; a name ("arm64") exactly
+ * that one; null the entry the catalog flags `default_architecture`.
+ */
+export type ArchitectureChoice = 'auto' | string | null
 
 export interface ResolveCatalogOptions {
   /** Version constraint (">= 1.2, < 2", "~> 1.4", "1.0.0"); default: any. */
   constraint?: string
   /** Acceptable provider names, preferred first (e.g. COMPATIBLE_BOX_PROVIDERS.qemu). */
   providers: readonly string[]
-  /** Wanted architecture; entries without one are accepted when no entry matches exactly. Default: any. */
-  architecture?: string
+  /** Default 'auto': this host's (see pickProvider). */
+  architecture?: ArchitectureChoice
 }
 
 export interface ResolvedCatalogBox {
@@ -247,9 +244,11 @@ export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions)
   const requirements = options.constraint?.trim() ? parseUserConstraint(options.constraint) : undefined
   const available = catalog.versions.filter((version) => !UNAVAILABLE_STATUSES.has(version.status?.toLowerCase() ?? ''))
   const newestFirst = [...available].sort((a, b) => compareNewestFirst(a.version, b.version))
+  // Not `??`: null (the default_architecture entry) is a choice of its own.
+  const architecture = options.architecture === undefined ? 'auto' : options.architecture
   for (const version of newestFirst) {
     if (requirements && !satisfies(version.version, requirements)) continue
-    const provider = pickProvider(version, options.providers, options.architecture)
+    const provider = pickProvider(version, options.providers, architecture)
     if (provider) {
       const checksum =
         provider.checksum_type && provider.checksum
@@ -261,29 +260,79 @@ export function resolveCatalog(catalog: Catalog, options: ResolveCatalogOptions)
   throw noMatchError(catalog, options, newestFirst)
 }
 
+/**
+ * Whether `newer` (resolved from `catalog`) may replace the installed `current` version,
+ * architecture-wise, as Vagrant's compatible_version_update? has it: not from an entry
+ * for a known architecture to one marked "unknown", which cannot be verified (unless the
+ * architecture choice is null). A current version the catalog no longer lists cannot be
+ * compared: allowed. (Vagrant counts an entry without architecture as known; here it is
+ * not, so a catalog from before architectures may move on to an "unknown" entry.)
+ */
+export function isCompatibleUpdate(
+  catalog: Catalog,
+  current: {version: string; providers: readonly string[]},
+  newer: ResolvedCatalogBox,
+  architecture: ArchitectureChoice = 'auto',
+): boolean {
+  if (architecture === null || newer.provider.architecture !== 'unknown') return true
+  const entry = isVersion(current.version)
+    ? catalog.versions.find((version) => compareVersions(version.version, current.version) === 0)
+    : undefined
+  const installed = entry && pickProvider(entry, current.providers, architecture)
+  return !installed?.architecture || installed.architecture === 'unknown'
+}
+
 function pickProvider(
   version: CatalogVersion,
   providers: readonly string[],
-  architecture?: string,
+  architecture: ArchitectureChoice,
 ): CatalogProvider | undefined {
   for (const name of providers) {
-    const candidates = version.providers.filter((provider) => provider.name === name)
-    if (candidates.length === 0) continue
-    if (!architecture) return candidates.find((provider) => provider.default_architecture) ?? candidates[0]
-    const exact = candidates.find((provider) => provider.architecture === architecture)
-    if (exact) return exact
-    // An entry that names no architecture (older catalogs) is taken for "any".
-    const unspecified = candidates.find((provider) => !provider.architecture || provider.architecture === 'unknown')
-    if (unspecified) return unspecified
+    const picked = pickArchitecture(
+      version.providers.filter((provider) => provider.name === name),
+      architecture,
+    )
+    if (picked) return picked
   }
   return undefined
+}
+
+/**
+ * One provider's entries (one per architecture in Vagrant 2.4 catalogs) → the one to
+ * download, by Vagrant's rules (BoxMetadata::Version#provider):
+ * - a named architecture: only an entry for exactly it;
+ * - 'auto': the host's; else the entry marked architecture "unknown" and
+ *   default_architecture (how Vagrant Cloud serves boxes uploaded before architectures);
+ * - null: the default_architecture entry;
+ * - and for 'auto' and null, a catalog from before architectures (a single entry, no
+ *   default_architecture field) gives that entry.
+ */
+function pickArchitecture(
+  candidates: readonly CatalogProvider[],
+  architecture: ArchitectureChoice,
+): CatalogProvider | undefined {
+  if (candidates.length === 0) return undefined
+  if (architecture !== null) {
+    const wanted = architecture === 'auto' ? hostArchitecture() : architecture
+    const exact = candidates.find((provider) => provider.architecture === wanted)
+    if (exact || architecture !== 'auto') return exact
+    const unknown = candidates.find((provider) => provider.architecture === 'unknown' && provider.default_architecture)
+    if (unknown) return unknown
+  } else {
+    const flagged = candidates.find((provider) => provider.default_architecture)
+    if (flagged) return flagged
+  }
+  const legacy = candidates.length === 1 && candidates[0]!.default_architecture === undefined
+  return legacy ? candidates[0] : undefined
 }
 
 function noMatchError(catalog: Catalog, options: ResolveCatalogOptions, newestFirst: CatalogVersion[]): BoxError {
   const wanted = [
     options.constraint?.trim() ? `version ${options.constraint.trim()}` : 'any version',
     `provider ${options.providers.join(' or ')}`,
-    options.architecture ? `architecture ${options.architecture}` : undefined,
+    options.architecture === null
+      ? 'the default architecture'
+      : `architecture ${!options.architecture || options.architecture === 'auto' ? `${hostArchitecture()} (this host's)` : options.architecture}`,
   ].filter(Boolean)
   const listing = newestFirst.map((version) => {
     const providers = version.providers.map((provider) =>

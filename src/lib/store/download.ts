@@ -6,16 +6,18 @@ import {dirname} from 'node:path'
 import {pipeline} from 'node:stream/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import got, {type Request as GotRequest} from 'got'
+import type {Request as GotRequest, Response as GotResponse} from 'got'
 
 import {acquireLock} from '../core/lock.js'
 import {BoxError, ExitCode} from '../core/errors.js'
 import {writeFileAtomic} from '../core/fs.js'
+import {loadGot, permanentHttpFailure, requestOptions, type HttpOptions} from './http.js'
 
 /**
  * HTTP(S) downloads for boxes: streamed to `<dest>.part`, checksummed while streaming,
  * resumed with a Range request after Ctrl-C, a cut connection or a crash, and renamed to
  * `dest` only once complete and verified. file:// URLs and plain paths are the caller's.
+ * Redirects, timeouts and trusted CAs are http.ts's, shared with catalog fetches.
  */
 
 export const CHECKSUM_TYPES = ['md5', 'sha1', 'sha256', 'sha384', 'sha512'] as const
@@ -38,14 +40,12 @@ export interface DownloadProgress {
   eta?: number
 }
 
-export interface DownloadOptions {
+export interface DownloadOptions extends HttpOptions {
   url: string
   dest: string
   checksum?: Checksum
   signal?: AbortSignal
   onProgress?: (progress: DownloadProgress) => void
-  /** Connect, wait-for-headers and idle (no bytes) timeout, per attempt. Default 30 s. */
-  timeoutMs?: number
   /** Further attempts after a transient failure (each one resumes). Default 5. */
   retries?: number
   /** First backoff delay; doubled per attempt without progress, capped at 30 s. Default 1 s. */
@@ -67,12 +67,13 @@ export interface DownloadResult {
 /** What `<dest>.part.json` records so a later run knows whether the part can be resumed. */
 interface PartInfo {
   url: string
+  /** The checksum the part was fetched to meet ("sha256:…"): another one means another file is wanted. */
+  checksum?: string
   etag?: string
   lastModified?: string
   total?: number
 }
 
-const DEFAULT_TIMEOUT_MS = 30_000
 const DEFAULT_RETRIES = 5
 const DEFAULT_RETRY_DELAY_MS = 1000
 const MAX_RETRY_DELAY_MS = 30_000
@@ -126,7 +127,9 @@ async function downloadLocked(options: DownloadOptions, expectedDigest: string |
   const {url, dest, checksum, signal} = options
   const retries = options.retries ?? DEFAULT_RETRIES
   const retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS
-  const part = await openPart(dest, url, checksum?.type)
+  // A part is resumed for the same URL and the same expected checksum only (checksumKey).
+  const checksumKey = checksum && expectedDigest ? `${checksum.type}:${expectedDigest}` : undefined
+  const part = await openPart(dest, url, checksumKey, checksum?.type)
   const resumedFrom = part.size
   const meter = createMeter(options.onProgress)
   let failures = 0
@@ -139,7 +142,8 @@ async function downloadLocked(options: DownloadOptions, expectedDigest: string |
           url,
           dest,
           signal,
-          timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+          http: {timeoutMs: options.timeoutMs, caCertFile: options.caCertFile},
+          checksumKey,
           meter,
         })
         if (outcome === 'complete') {
@@ -151,7 +155,7 @@ async function downloadLocked(options: DownloadOptions, expectedDigest: string |
         continue
       } catch (error) {
         if (signal?.aborted) throw interruptedError(url, dest)
-        const failure = classifyFailure(error)
+        const failure = classifyFailure(error, url)
         // A full disk: the partial file only takes space the user needs back.
         if (failure.diskFull) await removePart(dest)
         if (!failure.retry) throw failure.error
@@ -206,12 +210,28 @@ interface Part {
   total?: number
 }
 
-/** Open `<dest>.part`, keeping earlier bytes only if they came from the same URL with a validator. */
-async function openPart(dest: string, url: string, hashType?: ChecksumType): Promise<Part> {
+/**
+ * Open `<dest>.part`, keeping earlier bytes only if they came from the same URL, with a
+ * validator, and were fetched for the checksum expected now: a part recorded for one
+ * digest is another file than the one a catalog naming another digest (or none) wants.
+ * A part fetched with no checksum may be resumed for one: the digest, computed over
+ * every byte at the end, still proves the whole file.
+ */
+async function openPart(
+  dest: string,
+  url: string,
+  checksumKey: string | undefined,
+  hashType?: ChecksumType,
+): Promise<Part> {
   const info = await readPartInfo(dest)
   const existing = await stat(partPath(dest)).catch(() => undefined)
-  // Resume only what If-Range can vouch for: same URL, and a strong ETag or a Last-Modified date.
-  const resumable = existing?.isFile() && existing.size > 0 && info?.url === url && rangeValidator(info) !== undefined
+  // Resume only what If-Range can vouch for: same URL and checksum, and a strong ETag or a Last-Modified date.
+  const resumable =
+    existing?.isFile() &&
+    existing.size > 0 &&
+    info?.url === url &&
+    (info.checksum === undefined || info.checksum === checksumKey) &&
+    rangeValidator(info) !== undefined
   if (!resumable) {
     await removePart(dest)
     return {dest, size: 0, hash: hashType ? createHash(hashType) : undefined, hashType}
@@ -280,13 +300,14 @@ interface FetchContext {
   url: string
   dest: string
   signal?: AbortSignal
-  timeoutMs: number
+  http: HttpOptions
+  checksumKey?: string
   meter: Meter
 }
 
 /** One HTTP request: append to the part until the body ends. 'restart' when the part had to be emptied first. */
 async function fetchInto(part: Part, context: FetchContext): Promise<'complete' | 'restart'> {
-  const {url, dest, signal, timeoutMs, meter} = context
+  const {url, dest, signal, meter} = context
   const offset = part.size
   const headers: Record<string, string> = {}
   if (offset > 0) {
@@ -296,20 +317,15 @@ async function fetchInto(part: Part, context: FetchContext): Promise<'complete' 
     if (validator) headers['if-range'] = validator
   }
 
+  const got = await loadGot()
+  // Redirects are got's (the Range and If-Range headers go along to the next hop); the
+  // part stays keyed by the URL asked for. Content-Disposition is never read: the box's
+  // name comes from the user or the catalog, and the file's from downloadPath.
   const request = got.stream(url, {
+    ...(await requestOptions(context.http)),
     headers,
     // Ranges and checksums are about the bytes of the file: never let a transfer encoding change them.
     decompress: false,
-    throwHttpErrors: false,
-    retry: {limit: 0},
-    timeout: {
-      lookup: timeoutMs,
-      connect: timeoutMs,
-      secureConnect: timeoutMs,
-      send: timeoutMs,
-      response: timeoutMs,
-      socket: timeoutMs,
-    },
   })
   const onAbort = () => request.destroy(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'))
   signal?.addEventListener('abort', onAbort, {once: true})
@@ -359,6 +375,7 @@ async function fetchInto(part: Part, context: FetchContext): Promise<'complete' 
 
     const info: PartInfo = {
       url,
+      checksum: context.checksumKey,
       etag: stringHeader(responseHeaders.etag),
       lastModified: stringHeader(responseHeaders['last-modified']),
       total,
@@ -385,7 +402,7 @@ async function fetchInto(part: Part, context: FetchContext): Promise<'complete' 
   }
 }
 
-function waitForResponse(request: GotRequest): Promise<import('got').Response> {
+function waitForResponse(request: GotRequest): Promise<GotResponse> {
   return new Promise((resolve, reject) => {
     const onError = (error: Error) => reject(error)
     request.once('error', onError)
@@ -497,7 +514,7 @@ function httpError(
 }
 
 /** Sort a failed attempt into "try again" or "give up", and give the error the user should see. */
-function classifyFailure(error: unknown): {retry: boolean; error: Error; diskFull?: boolean} {
+function classifyFailure(error: unknown, requestedUrl: string): {retry: boolean; error: Error; diskFull?: boolean} {
   if (error instanceof HttpStatusError) return {retry: TRANSIENT_STATUSES.has(error.status), error}
   const e = error as NodeJS.ErrnoException & {event?: string; timings?: unknown; options?: {url?: URL}}
   const code = e?.code ?? ''
@@ -516,6 +533,8 @@ function classifyFailure(error: unknown): {retry: boolean; error: Error; diskFul
     }
   }
   if (error instanceof BoxError) return {retry: false, error}
+  const permanent = permanentHttpFailure(error, requestedUrl)
+  if (permanent) return {retry: false, error: permanent}
   const url = e?.options?.url?.toString()
   const where = url ? ` (${url})` : ''
   if (e?.name === 'TimeoutError') {

@@ -1,8 +1,9 @@
 import {COMPATIBLE_BOX_PROVIDERS} from '../box/metadata.js'
 import {addBoxFromSource, identifySource, type AddFromSourceOptions} from './add.js'
-import {hostArchitecture, loadCatalog, resolveCatalog, type Catalog} from './catalog.js'
+import {isCompatibleUpdate, loadCatalog, resolveCatalog, type ArchitectureChoice, type Catalog} from './catalog.js'
 import {hostProvidersOnThisHost, providersConvertibleFor} from './convert.js'
 import {BoxError, ExitCode} from '../core/errors.js'
+import type {HttpOptions} from './http.js'
 import {getCatalogUrl, listBoxes, type StoredBox} from './query.js'
 import {compareNewestFirst, compareVersions, isVersion, parseUserConstraint, satisfies} from '../core/versions.js'
 
@@ -122,7 +123,9 @@ export async function checkOutdated(options: {
   dataDir: string
   name?: string
   signal?: AbortSignal
-  architecture?: string
+  architecture?: ArchitectureChoice
+  /** HTTP settings for reading the catalogs (`--ca-cert`). */
+  http?: HttpOptions
 }): Promise<OutdatedEntry[]> {
   const boxes = await listBoxes(options.dataDir, {name: options.name})
   if (options.name !== undefined && boxes.length === 0) {
@@ -131,7 +134,7 @@ export async function checkOutdated(options: {
       suggestions: ['see the installed boxes with: box list'],
     })
   }
-  const architecture = options.architecture ?? hostArchitecture()
+  const architecture = options.architecture
   const names = [...new Set(boxes.map((box) => box.name))]
   const rows = await Promise.all(
     names.map(async (name) => {
@@ -146,7 +149,7 @@ export async function checkOutdated(options: {
         }))
       let catalog
       try {
-        catalog = await loadCatalog(catalogUrl, {signal: options.signal})
+        catalog = await loadCatalog(catalogUrl, {...options.http, signal: options.signal})
       } catch (error) {
         return newestPerGroup.map((box): OutdatedEntry => ({
           name,
@@ -159,8 +162,13 @@ export async function checkOutdated(options: {
       }
       return newestPerGroup.map((box): OutdatedEntry => {
         let latest: string | undefined
+        let compatible = true
         try {
-          latest = resolveCatalog(catalog, {providers: providerGroup(box.provider), architecture}).version
+          const providers = providerGroup(box.provider)
+          const resolved = resolveCatalog(catalog, {providers, architecture})
+          compatible = isCompatibleUpdate(catalog, {version: box.version, providers}, resolved, architecture)
+          // A newer version only for an "unknown" architecture is no update of a box for a known one (Vagrant's rule).
+          latest = compatible ? resolved.version : box.version
         } catch (error) {
           return {
             name,
@@ -171,7 +179,7 @@ export async function checkOutdated(options: {
             error: (error as Error).message,
           }
         }
-        const newer = isVersion(box.version) ? compareVersions(latest, box.version) > 0 : true
+        const newer = compatible && (isVersion(box.version) ? compareVersions(latest, box.version) > 0 : true)
         return {
           name,
           provider: box.provider,
@@ -204,6 +212,8 @@ export interface UpdateTarget {
   url?: string
   /** Acceptable box providers, preferred first; default: the groups of the installed providers. */
   providers?: readonly string[]
+  /** CA file to trust for this target's catalog and box (the Boxfile's box_download_ca_cert) unless the caller gives one. */
+  caCertFile?: string
 }
 
 export interface UpdateResult {
@@ -232,7 +242,12 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
       ? [target.providers]
       : newestByHostProvider(installed).map((box) => providerGroup(box.provider))
     if (groups.length === 0) groups.push(COMPATIBLE_BOX_PROVIDERS.qemu)
-    const source = await catalogFor(options.dataDir, target, options.signal)
+    // --ca-cert, else the Boxfile's box_download_ca_cert for this machine's box.
+    const downloadOptions = {
+      ...options.downloadOptions,
+      caCertFile: options.downloadOptions?.caCertFile ?? target.caCertFile,
+    }
+    const source = await catalogFor(options.dataDir, target, options.signal, downloadOptions)
     if (!source) {
       results.push({name: target.name, status: 'no-catalog'})
       continue
@@ -250,9 +265,12 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
       const resolved = resolveCatalog(catalog, {
         constraint: target.constraint,
         providers,
-        architecture: options.architecture ?? hostArchitecture(),
+        architecture: options.architecture,
       })
-      const newer = !current || !isVersion(current.version) || compareVersions(resolved.version, current.version) > 0
+      const newer =
+        !current ||
+        ((!isVersion(current.version) || compareVersions(resolved.version, current.version) > 0) &&
+          isCompatibleUpdate(catalog, {version: current.version, providers}, resolved, options.architecture))
       if (!newer) {
         results.push({
           name: target.name,
@@ -264,7 +282,7 @@ export async function updateBoxes(options: UpdateOptions): Promise<UpdateResult[
         })
         continue
       }
-      const {dataDir, cacheDir, signal, progress, downloadOptions, architecture} = options
+      const {dataDir, cacheDir, signal, progress, architecture} = options
       const {box} = await addBoxFromSource({
         dataDir,
         cacheDir,
@@ -296,11 +314,12 @@ async function catalogFor(
   dataDir: string,
   target: UpdateTarget,
   signal?: AbortSignal,
+  http: HttpOptions = {},
 ): Promise<{catalog: Catalog; catalogUrl: string} | undefined> {
   const stored = await getCatalogUrl(dataDir, target.name)
-  if (stored) return {catalog: await loadCatalog(stored, {signal}), catalogUrl: stored}
+  if (stored) return {catalog: await loadCatalog(stored, {...http, signal}), catalogUrl: stored}
   if (!target.url) return undefined
-  const source = await identifySource(target.url, {signal})
+  const source = await identifySource(target.url, {timeoutMs: http.timeoutMs, caCertFile: http.caCertFile, signal})
   return source.kind === 'catalog' ? {catalog: source.catalog, catalogUrl: source.location} : undefined
 }
 
@@ -310,6 +329,7 @@ export interface MachineBoxRequest {
   boxVersion?: string
   boxUrl?: string
   provider: string
+  boxDownloadCaCert?: string
 }
 
 /**
@@ -329,7 +349,13 @@ export async function updateTargets(options: {
       const key = JSON.stringify([machine.box, machine.boxVersion, providers])
       if (seen.has(key)) continue
       seen.add(key)
-      targets.push({name: machine.box, constraint: machine.boxVersion, url: machine.boxUrl, providers})
+      targets.push({
+        name: machine.box,
+        constraint: machine.boxVersion,
+        url: machine.boxUrl,
+        providers,
+        caCertFile: machine.boxDownloadCaCert,
+      })
     }
     return targets
   }
