@@ -165,20 +165,16 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
   const startedAt = new Date().toISOString()
   let resolved: ResolvedJobBox | undefined
   let record: NodeRecord
+  const outsideLimit = () => slurmTimeLimitHit(slurmJobId, plan.sbatch.timeLimit)
   try {
     resolved = await ensureNodeBox(plan, options)
   } catch (error) {
-    if (options.signal?.aborted) throw options.signal.reason
-    record = {
-      ...infrastructureRecord(
-        plan,
-        index,
-        attempt,
-        startedAt,
-        `node ${node} could not get box ${plan.box.name}: ${(error as Error).message}`,
-      ),
-      slurm,
-    }
+    const stoppedBy = options.signal?.aborted ? await outsideLimit().catch(() => undefined) : undefined
+    if (options.signal?.aborted && stoppedBy === undefined) throw options.signal.reason
+    const end = stoppedBy
+      ? {stoppedBy}
+      : {error: `node ${node} could not get box ${plan.box.name}: ${(error as Error).message}`}
+    record = {...recordWithoutWorker(plan, index, attempt, startedAt, end), slurm}
   }
   if (resolved) {
     const done = await runJob({
@@ -191,7 +187,7 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
       signal: options.signal,
       setup: plan.setup,
       attempt,
-      outsideLimit: () => slurmTimeLimitHit(slurmJobId, plan.sbatch.timeLimit),
+      outsideLimit,
     })
     record = {...done, slurm}
   }
@@ -210,32 +206,35 @@ export async function runSlurmTask(options: SlurmTaskOptions): Promise<SlurmTask
 
 /**
  * Slurm stops a task at its time limit as scancel does (SIGTERM, then SIGKILL after
- * KillWait); only the job's state tells the two apart: TIMEOUT is the job's own result.
+ * KillWait); only Slurm's reason for the job (TimeLimit) tells the two apart.
  */
 async function slurmTimeLimitHit(jobId: string, timeLimit: string | undefined): Promise<string | undefined> {
   const {stdout} = await run('scontrol', ['show', 'job', '--oneliner', jobId], {
     purpose: 'reading why Slurm stopped the task',
     timeout: 15_000,
   })
-  if (!/\bJobState=TIMEOUT\b/.test(stdout)) return undefined
+  // While the task is being stopped the job is COMPLETING; the reason says why.
+  if (!/\b(JobState=TIMEOUT|Reason=TimeLimit)\b/.test(stdout)) return undefined
   return `Slurm's time limit${timeLimit ? ` (--time ${timeLimit})` : ''} stopped the job`
 }
 
-function infrastructureRecord(
+/** The record of a task whose job never reached a worker: the box could not be had, or Slurm's time limit came first. */
+function recordWithoutWorker(
   plan: TaskPlan,
   index: number,
   attempt: number,
   startedAt: string,
-  message: string,
+  end: {error: string} | {stoppedBy: string},
 ): JobRecord {
   const job = plan.jobs[index]!
+  const stopped = 'stoppedBy' in end
   return {
     id: job.id,
     box: {name: plan.box.name, version: plan.box.version ?? 'unknown'},
-    status: 'infrastructure',
-    exitCode: JobExit.INFRASTRUCTURE,
+    status: stopped ? 'timeout' : 'infrastructure',
+    exitCode: stopped ? JobExit.TIMEOUT : JobExit.INFRASTRUCTURE,
     signal: null,
-    timedOut: false,
+    timedOut: stopped,
     outputLimitHit: false,
     bytesOut: {stdout: 0, stderr: 0, files: 0},
     phases: {},
@@ -245,6 +244,6 @@ function infrastructureRecord(
     finishedAt: new Date().toISOString(),
     attempts: attempt,
     refusedOutputs: [],
-    error: {message},
+    ...(stopped ? {stoppedBy: end.stoppedBy} : {error: {message: end.error}}),
   }
 }
