@@ -90,10 +90,7 @@ try {
   await mkdir(batchDir, {recursive: true})
   const jobFile = async (count: number, name: string) => {
     const jobs = Array.from({length: count}, (_, i) => `  - id: echo-${i}\n    command: [echo, hello]\n`).join('')
-    await writeFile(
-      join(batchDir, name),
-      `box: reference\ndefaults: {network: off}\njobs:\n${jobs}`,
-    )
+    await writeFile(join(batchDir, name), `box: reference\ndefaults: {network: off}\njobs:\n${jobs}`)
     return join(batchDir, name)
   }
   const batch = async (file: string, parallel: number, label: string, workerSource?: WorkerSource) => {
