@@ -86,6 +86,7 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       outputs: ['/tmp/job/feedback.txt'],
     })
     const record = await runJob(context(spec, resultDir))
+    console.log(`trivial job, no network, making the ready state: ${JSON.stringify(record.phases)}`)
     expect(record, JSON.stringify(record)).toMatchObject({
       id: 'echo',
       box: {name: 'reference'},
@@ -114,7 +115,6 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       files: 5,
     })
     expect(await readRecord(resultDir)).toEqual(record)
-    console.log(`trivial job, no network: ${JSON.stringify(record.phases)}`)
   })
 
   it('the next job is restored from the same ready state and sees nothing the first one left', async () => {
@@ -129,6 +129,7 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
         resultDir,
       ),
     )
+    console.log(`trivial job from the ready state, no network: ${JSON.stringify(record.phases)}`)
     expect(record, JSON.stringify(record)).toMatchObject({status: 'ok', exitCode: 0})
     expect(record.worker).toEqual({
       how: 'restored',
@@ -139,7 +140,6 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     expect(Object.keys(record.phases)).toEqual(['copyIn', 'create', 'wait', 'run', 'copyOut', 'destroy'])
     // The same saved machine (one boot), yet a new disk and RAM as saved: the first job's file is gone.
     expect((await readFile(join(resultDir, 'stdout'), 'utf8')).trim().split('\n')).toEqual([readyBootId, 'absent'])
-    console.log(`trivial job from the ready state, no network: ${JSON.stringify(record.phases)}`)
   })
 
   it('a command that never ends: killed at the timeout, exit 124, the worker destroyed', async () => {

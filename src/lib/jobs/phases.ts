@@ -244,6 +244,8 @@ export async function create(state: JobState): Promise<Worker> {
   })
   try {
     state.worker = await timed(state, 'create', context.spec.phaseTimeouts.create, () => pending)
+    // The state the worker came from was made by this job's prepare.
+    if (state.phases.ready !== undefined) state.worker.start = {...state.worker.start, madeReadyState: true}
   } catch (error) {
     // Past the deadline the worker may still come: it is destroyed when it does.
     pending
