@@ -1,8 +1,10 @@
 /**
- * box run / box batch on real QEMU workers booted from the reference box (issue 15).
- * Boots are the cost: one worker with network is shared by the limit tests (its phases
- * called one by one, several jobs through box-job over ssh), and the no-network jobs
- * and the batch each boot their own, as they must. Run under the QEMU lock:
+ * box run / box batch on real QEMU workers from the reference box (issue 15). Every job's
+ * worker is restored from a ready state; boots are the cost, so there are three in all:
+ * the no-network ready state of the runJob tests (made by the first), the network-on one
+ * with a setup line of the limit tests (one worker, its phases called one by one, several
+ * jobs through box-job over ssh), and the no-network one of the CLI tests (the box there
+ * is the store's copy, another image folder). Run under the QEMU lock:
  *   flock /tmp/box-qemu.lock npx vitest run test/e2e/jobs.test.ts
  */
 import {lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile} from 'node:fs/promises'
@@ -18,6 +20,7 @@ import {
   create,
   destroy,
   newJobState,
+  prepare,
   run,
   wait,
   type JobBox,
@@ -44,6 +47,8 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
   let jobBox: JobBox
   let boxFile: string
   let boxDir: string
+  /** The first job's /proc boot_id: every worker restored from one ready state has it. */
+  let readyBootId: string
 
   beforeAll(async () => {
     root = await mkdtemp(join(tmpdir(), 'box-jobs-'))
@@ -74,11 +79,14 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     const resultDir = join(root, 'echo')
     const spec = jobSpec({
       id: 'echo',
-      command: 'echo "hello $(cat /tmp/job/name.txt)"; id -un; id -u; echo done > /tmp/job/feedback.txt',
+      command:
+        'echo "hello $(cat /tmp/job/name.txt)"; id -un; id -u; echo done > /tmp/job/feedback.txt; ' +
+        'echo left > /tmp/left-by-echo; cat /proc/sys/kernel/random/boot_id >&2',
       inputs: [{host: input, guest: '/tmp/job'}],
       outputs: ['/tmp/job/feedback.txt'],
     })
     const record = await runJob(context(spec, resultDir))
+    console.log(`trivial job, no network, making the ready state: ${JSON.stringify(record.phases)}`)
     expect(record, JSON.stringify(record)).toMatchObject({
       id: 'echo',
       box: {name: 'reference'},
@@ -96,10 +104,42 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     expect(user).toBe('job')
     expect(Number(uid)).toBeGreaterThan(0)
     expect(await readFile(join(resultDir, 'feedback.txt'), 'utf8')).toBe('done\n')
-    expect(Object.keys(record.phases)).toEqual(['copyIn', 'create', 'wait', 'run', 'copyOut', 'destroy'])
-    expect(record.bytesOut).toEqual({stdout: greeting!.length + user!.length + uid!.length + 3, stderr: 0, files: 5})
+    // The first job of this cache made the ready state (outside create's deadline), then was restored from it.
+    expect(Object.keys(record.phases)).toEqual(['copyIn', 'ready', 'create', 'wait', 'run', 'copyOut', 'destroy'])
+    expect(record.worker).toMatchObject({how: 'restored', madeReadyState: true, readyState: expect.any(String)})
+    readyBootId = (await readFile(join(resultDir, 'stderr'), 'utf8')).trim()
+    expect(readyBootId).toMatch(/^[0-9a-f-]{36}$/)
+    expect(record.bytesOut).toEqual({
+      stdout: greeting!.length + user!.length + uid!.length + 3,
+      stderr: readyBootId.length + 1,
+      files: 5,
+    })
     expect(await readRecord(resultDir)).toEqual(record)
-    console.log(`trivial job, no network: ${JSON.stringify(record.phases)}`)
+  })
+
+  it('the next job is restored from the same ready state and sees nothing the first one left', async () => {
+    const resultDir = join(root, 'next')
+    const first = await readRecord(join(root, 'echo'))
+    const record = await runJob(
+      context(
+        jobSpec({
+          id: 'next',
+          command: 'cat /proc/sys/kernel/random/boot_id; ls /tmp/left-by-echo 2>/dev/null || echo absent',
+        }),
+        resultDir,
+      ),
+    )
+    console.log(`trivial job from the ready state, no network: ${JSON.stringify(record.phases)}`)
+    expect(record, JSON.stringify(record)).toMatchObject({status: 'ok', exitCode: 0})
+    expect(record.worker).toEqual({
+      how: 'restored',
+      readyState: first.worker!.readyState,
+      madeReadyState: false,
+      loadMs: expect.any(Number),
+    })
+    expect(Object.keys(record.phases)).toEqual(['copyIn', 'create', 'wait', 'run', 'copyOut', 'destroy'])
+    // The same saved machine (one boot), yet a new disk and RAM as saved: the first job's file is gone.
+    expect((await readFile(join(resultDir, 'stdout'), 'utf8')).trim().split('\n')).toEqual([readyBootId, 'absent'])
   })
 
   it('a command that never ends: killed at the timeout, exit 124, the worker destroyed', async () => {
@@ -108,6 +148,7 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       context(jobSpec({id: 'forever', command: 'echo started; sleep 600', timeoutMs: 3000}), resultDir),
     )
     expect(record).toMatchObject({status: 'timeout', exitCode: 124, timedOut: true, signal: 'SIGKILL'})
+    expect(record.worker?.how).toBe('restored')
     expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toBe('started\n')
     expect(await qemuMentioning(cacheDir)).toEqual([])
     expect(await readdir(workersDir(cacheDir))).toEqual([])
@@ -140,6 +181,8 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
   })
 
   describe('limits, on one worker with network (phases one by one)', () => {
+    // Run once in the ready state before it is saved: the count stays 1 whatever runs after.
+    const SETUP = ['echo ran >> /etc/box-setup-count && chmod 644 /etc/box-setup-count']
     let worker: JobState
     const phasesDir = () => join(root, 'phases')
 
@@ -148,8 +191,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       worker = newJobState({
         ...context(jobSpec({id: 'shared', command: 'true', network: true}), join(phasesDir(), 'shared')),
         workDir: join(phasesDir(), 'work-shared'),
+        setup: SETUP,
       })
       await mkdir(worker.context.workDir, {recursive: true})
+      await prepare(worker)
       await create(worker)
       await wait(worker)
     })
@@ -168,6 +213,7 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       const state = newJobState({
         ...context(jobSpec({...spec, network: true}), resultDir),
         workDir,
+        setup: SETUP,
         onOutput: follow && ((_stream, chunk) => follow(chunk)),
       })
       state.worker = worker.worker
@@ -185,7 +231,11 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       const {status, resultDir, state} = await job(
         {
           id: 'follow',
-          command: ['sh', '-c', 'echo one; echo two >&2; mkdir -p /tmp/o; echo r > /tmp/o/r.txt'],
+          command: [
+            'sh',
+            '-c',
+            'echo one; echo two >&2; mkdir -p /tmp/o; echo r > /tmp/o/r.txt; echo "setup $(wc -l < /etc/box-setup-count)"',
+          ],
           outputs: ['/tmp/o'],
         },
         (chunk) => chunks.push(chunk),
@@ -195,6 +245,23 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       expect(await readFile(join(resultDir, 'stderr'), 'utf8')).toBe('two\n')
       expect(await readFile(join(resultDir, 'o', 'r.txt'), 'utf8')).toBe('r\n')
       expect(state.bytesOut.files).toBe(2)
+      expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toBe('one\nsetup 1\n')
+      expect(worker.worker!.start).toMatchObject({how: 'restored', madeReadyState: true})
+      expect(worker.phases.ready).toBeGreaterThan(0)
+    })
+
+    it('the output limit is per stream: stderr cut with its marker, stdout whole and unmarked', async () => {
+      const {state, resultDir} = await job({
+        id: 'stderr-flood',
+        command: 'echo small; head -c 5000000 /dev/zero | tr "\\0" e >&2',
+        outputLimit: 64 * 1024,
+        timeoutMs: 60_000,
+      })
+      expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toBe('small\n')
+      const stderr = await readFile(join(resultDir, 'stderr'), 'utf8')
+      expect(stderr).toMatch(/^e{65536}\n\[box: output cut at .*\]\n$/)
+      expect(state.outputLimitHit).toBe(true)
+      expect(state.bytesOut).toMatchObject({stdout: 6, stderr: 64 * 1024})
     })
 
     it('a job that prints 100 MB at a 1 MB limit: the host gets at most 1.1 MB and the job is stopped', async () => {
@@ -326,7 +393,7 @@ jobs:
     out: [/tmp/job/feedback.txt]
   - id: never-up
     command: [sh, -c, exit 0]
-    timeouts: {wait: 1s}
+    timeouts: {create: 100ms}
   - id: bob
     command: "sh /tmp/grader/grade.sh"
     in: [submissions/bob:/tmp/job, grade.sh:/tmp/grader/grade.sh]
@@ -370,7 +437,10 @@ jobs:
       expect(await readFile(join(project, 'results', 'alice', 'stdout'), 'utf8')).toBe('pass\n')
       // Never came up: a worker failure, tried twice (retries: 1), never the job's failure.
       expect(records.get('never-up')).toMatchObject({status: 'infrastructure', exitCode: 75, attempts: 2})
-      expect(records.get('never-up')!.error!.message).toMatch(/did not answer within 1 s/)
+      expect(records.get('never-up')!.error!.message).toMatch(/the create phase did not finish within/)
+      // Both from the ready state this cache made for the store's copy of the box.
+      expect(records.get('alice')!.worker?.how).toBe('restored')
+      expect(records.get('bob')!.worker?.readyState).toBe(records.get('alice')!.worker?.readyState)
       expect(resumed.exitCode).toBe(75)
       expect(result.skipped.length + result.records.length).toBe(3)
       expect(result.skipped.sort()).toEqual(finishedFirst.sort())

@@ -48,18 +48,18 @@ describe('fresh workers from a ready state', {timeout: 600_000}, () => {
     const first = await startFreshWorker(spec, {dataDir, cacheDir})
     workers.push(first)
     expect(first.timings.builtReadyState).toBe(true)
-    expect((await sshRun(first.ssh, ['sudo', 'cat', '/root/setup-ran'])).stdout).toBe('prepared')
-    await sshRun(first.ssh, ['sudo', 'sh', '-c', 'echo mine > /root/worker-file'])
-    const bootId = (await sshRun(first.ssh, ['cat', '/proc/sys/kernel/random/boot_id'])).stdout
+    expect((await sshRun(first.ssh!, ['sudo', 'cat', '/root/setup-ran'])).stdout).toBe('prepared')
+    await sshRun(first.ssh!, ['sudo', 'sh', '-c', 'echo mine > /root/worker-file'])
+    const bootId = (await sshRun(first.ssh!, ['cat', '/proc/sys/kernel/random/boot_id'])).stdout
 
     const second = await startFreshWorker(spec, {dataDir, cacheDir})
     workers.push(second)
     expect(second.timings.builtReadyState).toBe(false)
     expect(await second.askAgent('ping')).toBe('pong')
-    expect((await sshRun(second.ssh, ['sudo', 'ls', '/root'])).stdout).toBe('setup-ran')
+    expect((await sshRun(second.ssh!, ['sudo', 'ls', '/root'])).stdout).toBe('setup-ran')
     // The same saved boot, not a new one, with the host's time.
-    expect((await sshRun(second.ssh, ['cat', '/proc/sys/kernel/random/boot_id'])).stdout).toBe(bootId)
-    const guest = Number((await sshRun(second.ssh, ['date', '+%s'])).stdout)
+    expect((await sshRun(second.ssh!, ['cat', '/proc/sys/kernel/random/boot_id'])).stdout).toBe(bootId)
+    const guest = Number((await sshRun(second.ssh!, ['date', '+%s'])).stdout)
     expect(Math.abs(guest - Date.now() / 1000)).toBeLessThan(3)
     expect(second.timings.diskBytesBeforeRun).toBeLessThan(1024 * 1024)
     expect(second.stateDir).not.toBe(first.stateDir)

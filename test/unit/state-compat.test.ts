@@ -92,6 +92,33 @@ describe('the devices fingerprint of a saved state', () => {
     expect(prints.size).toBe(variants.length)
     expect(prints.has(devicesFingerprint(spec))).toBe(false)
   })
+
+  it("a job worker's disks: each start's own files fit, another serial, mode, count or the NIC do not", () => {
+    const job: QemuLaunchSpec = {
+      ...spec,
+      noNetwork: true,
+      drives: [
+        {file: '/cache/ready/slot-0.img', serial: 'box-job-in', readOnly: true},
+        {file: '/cache/ready/slot-1.img', serial: 'box-job-out'},
+      ],
+    }
+    const otherFiles = {
+      ...job,
+      drives: [
+        {file: '/cache/jobs/a/in.img', serial: 'box-job-in', readOnly: true},
+        {file: '/cache/jobs/a/out.img', serial: 'box-job-out'},
+      ],
+    }
+    expect(devicesFingerprint(otherFiles)).toBe(devicesFingerprint(job))
+    const variants: QemuLaunchSpec[] = [
+      {...job, noNetwork: false},
+      {...job, drives: [job.drives![0]!, {...job.drives![1]!, serial: 'other'}]},
+      {...job, drives: [{...job.drives![0]!, readOnly: false}, job.drives![1]!]},
+      {...job, drives: [job.drives![0]!]},
+    ]
+    const prints = new Set([job, ...variants].map(devicesFingerprint))
+    expect(prints.size).toBe(variants.length + 1)
+  })
 })
 
 describe('the compatibility check before a restore', () => {

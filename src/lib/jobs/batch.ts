@@ -133,6 +133,7 @@ export async function runBatch(options: BatchOptions): Promise<BatchResult> {
         cpus,
         memoryMiB,
         signal: options.signal,
+        progress: options.progress,
         workerSource: options.workerSource,
         setup: jobFile.setup,
         attempt,

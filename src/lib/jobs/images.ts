@@ -76,11 +76,22 @@ async function copyRegular(from: string, to: string): Promise<number> {
   return (await lstat(to)).size
 }
 
+/**
+ * The size a job disk is made at: what it needs rounded up to a power of two, at least
+ * 64 MiB. A worker restored from a ready state keeps the disks it was saved with, sizes
+ * included (the guest learnt them at boot), so the sizes are part of the ready state's key:
+ * rounding keeps the jobs of a batch on one or two ready states. The files are sparse.
+ */
+export function jobDiskBytes(needed: number): number {
+  let size = 64 * 1024 * 1024
+  while (size < needed) size *= 2
+  return size
+}
+
 /** An ext4 image of `dir`, readable by everyone in the guest (files stay as staged). */
 export async function makeInputImage(dir: string, image: string, inputBytes: number): Promise<void> {
-  // Twice the data plus room for inodes and the journal-less metadata; the file is sparse.
-  const size = Math.max(8 * 1024 * 1024, inputBytes * 2 + 4 * 1024 * 1024)
-  await mke2fs(image, size, dir, 'box-job-in')
+  // Twice the data plus room for inodes and the journal-less metadata.
+  await mke2fs(image, jobDiskBytes(inputBytes * 2 + 4 * 1024 * 1024), dir, 'box-job-in')
 }
 
 /** An empty ext4 image for stdout, stderr, status and out.tar. */
@@ -92,7 +103,7 @@ export async function makeOutputImage(
 ): Promise<void> {
   await mkdir(emptyDir, {recursive: true})
   const size = 2 * (outputLimit + 1) + outputsLimit + 16 * 1024 * 1024
-  await mke2fs(image, size, emptyDir, 'box-job-out')
+  await mke2fs(image, jobDiskBytes(size), emptyDir, 'box-job-out')
 }
 
 async function mke2fs(image: string, bytes: number, dir: string, label: string): Promise<void> {

@@ -14,6 +14,7 @@ import {
   destroy,
   InfrastructureError,
   newJobState,
+  prepare,
   run,
   wait,
   type JobBox,
@@ -57,6 +58,7 @@ export async function runJob(options: RunJobOptions): Promise<JobRecord> {
   let failure: unknown
   try {
     if (!spec.network) await copyIn(state)
+    await prepare(state)
     await create(state)
     await wait(state)
     if (spec.network) await copyIn(state)
@@ -122,6 +124,7 @@ function buildRecord(
     outputLimitHit: !failure && state.outputLimitHit,
     bytesOut: state.bytesOut,
     phases: state.phases,
+    ...(state.worker ? {worker: state.worker.start} : {}),
     network: spec.network,
     command: spec.command,
     startedAt,

@@ -174,7 +174,7 @@ function resolveJobFile(loaded: LoadedYaml<JobFileSettings>, loginUser?: string)
       throw configError(
         loaded,
         ['setup'],
-        `setup: runs as root over ssh in each worker before its job (until box saves a ready state), so every job needs network: on (job ${jobs[offline]!.id} has it off)`,
+        `setup: runs as root over ssh once, in the ready state the workers start from, and a worker without network has no interface for ssh: every job needs network: on (job ${jobs[offline]!.id} has it off)`,
         'job file',
       )
     }

@@ -14,6 +14,7 @@ import {pipeline} from 'node:stream/promises'
 import type {Readable} from 'node:stream'
 
 import type {MachineHandle} from '../../providers/provider.js'
+import type {Progress} from '../core/progress.js'
 import {BoxError, tail} from '../core/errors.js'
 import {run as runProgram, spawn} from '../core/exec.js'
 import {PROJECT_ROOT} from '../core/paths.js'
@@ -22,7 +23,7 @@ import {installPrivateKey, sshArgs, waitForSsh, type SshTarget} from '../machine
 import {INPUT_SERIAL, OUTPUT_SERIAL, makeInputImage, makeOutputImage, readOutputImage, stageJob} from './images.js'
 import {capFile, CappedOutput, extractOutputs} from './outputs.js'
 import type {JobSpec, PhaseTimes} from './spec.js'
-import {defaultWorkerSource, destroyWorker, type Worker, type WorkerSource} from './worker.js'
+import {defaultWorkerSource, destroyWorker, type Worker, type WorkerSource, type WorkerSpec} from './worker.js'
 
 /** The worker failed, not the job: retried by box batch, never counted as the job's failure. */
 export class InfrastructureError extends BoxError {
@@ -47,8 +48,14 @@ export interface JobContext {
   memoryMiB: number
   signal?: AbortSignal
   workerSource?: WorkerSource
-  /** Shell lines run as root over ssh before the inputs go in (box batch's setup:, network on only). */
+  /**
+   * box batch's setup: shell lines run as root once in the ready state before it is saved
+   * (part of its key); over ssh before the inputs go in only in a worker that was booted
+   * (network on only).
+   */
   setup?: string[]
+  /** Shows the making of a ready state. */
+  progress?: Progress
   /** --follow: each piece of stdout/stderr as it arrives (with network; without, once the job ended). */
   onOutput?: (stream: 'stdout' | 'stderr', chunk: Buffer) => void
 }
@@ -154,7 +161,7 @@ export async function copyIn(state: JobState): Promise<void> {
       return
     }
     if (!state.ssh) throw new BoxError('copyIn with network needs a worker that is up (create, wait)')
-    for (const line of state.context.setup ?? []) {
+    for (const line of state.worker?.setupDone ? [] : (state.context.setup ?? [])) {
       const result = await spawn('ssh', sshArgs(state.ssh, ['sudo', 'sh', '-c', line]), {
         reject: false,
         stdin: 'ignore',
@@ -183,29 +190,62 @@ export async function copyIn(state: JobState): Promise<void> {
   })
 }
 
+function workerSpecOf(state: JobState): WorkerSpec {
+  const {context} = state
+  const f = files(state)
+  return {
+    jobId: context.spec.id,
+    box: context.box.image,
+    boxName: context.box.name,
+    boxVersion: context.box.version,
+    cpus: context.cpus,
+    memoryMiB: context.memoryMiB,
+    network: context.spec.network,
+    drives: context.spec.network
+      ? []
+      : [
+          {file: f.inputImage, serial: INPUT_SERIAL, readOnly: true},
+          {file: f.outputImage, serial: OUTPUT_SERIAL},
+        ],
+    setup: context.spec.network ? (context.setup ?? []) : [],
+  }
+}
+
+/**
+ * Before create (after copyIn without network: the disk sizes are part of it): make what
+ * the worker source starts workers from, once, outside the create phase's deadline. The
+ * time goes in the record as the phase `ready` when it was made by this job.
+ */
+export async function prepare(state: JobState): Promise<void> {
+  const {context} = state
+  const source = context.workerSource ?? defaultWorkerSource
+  if (!source.prepare) return
+  const started = Date.now()
+  try {
+    const {made} = await source.prepare(workerSpecOf(state), {
+      cacheDir: context.cacheDir,
+      signal: context.signal,
+      progress: context.progress,
+    })
+    if (made) state.phases.ready = Date.now() - started
+  } catch (error) {
+    await infrastructure(state, error, 'making its ready state')
+  }
+}
+
 /** Create: a worker from the worker source, with the job's disks when it has no network. */
 export async function create(state: JobState): Promise<Worker> {
   const {context} = state
-  const f = files(state)
   const source = context.workerSource ?? defaultWorkerSource
-  const pending = source(
-    {
-      jobId: context.spec.id,
-      box: context.box.image,
-      cpus: context.cpus,
-      memoryMiB: context.memoryMiB,
-      network: context.spec.network,
-      drives: context.spec.network
-        ? []
-        : [
-            {file: f.inputImage, serial: INPUT_SERIAL, readOnly: true},
-            {file: f.outputImage, serial: OUTPUT_SERIAL},
-          ],
-    },
-    {cacheDir: context.cacheDir, signal: context.signal},
-  )
+  const pending = source(workerSpecOf(state), {
+    cacheDir: context.cacheDir,
+    signal: context.signal,
+    progress: context.progress,
+  })
   try {
     state.worker = await timed(state, 'create', context.spec.phaseTimeouts.create, () => pending)
+    // The state the worker came from was made by this job's prepare.
+    if (state.phases.ready !== undefined) state.worker.start = {...state.worker.start, madeReadyState: true}
   } catch (error) {
     // Past the deadline the worker may still come: it is destroyed when it does.
     pending
@@ -243,6 +283,26 @@ export async function wait(state: JobState): Promise<void> {
             )
           await sleep(200)
         }
+      }
+      if (worker.ssh) {
+        // A restored worker: the ready state's own key; sshReady also sets the clock where no agent did.
+        state.ssh = worker.ssh
+        const ready = worker.sshReady ? worker.sshReady() : Promise.resolve()
+        let timer: NodeJS.Timeout | undefined
+        const limit = new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new InfrastructureError(
+                  `the worker's ssh did not answer within ${Math.round(spec.phaseTimeouts.wait / 1000)} s`,
+                ),
+              ),
+            Math.max(1000, deadline - Date.now()),
+          )
+        })
+        ready.catch(() => undefined)
+        await Promise.race([ready, limit]).finally(() => clearTimeout(timer))
+        return
       }
       const keyFile = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), files(state).key)
       state.ssh = {
@@ -350,8 +410,10 @@ async function runOverSsh(state: JobState, hostDeadline: number): Promise<GuestS
     )
   }
   const status = parseStatus(statusText)
-  await stdout.finish(status.cut)
-  await stderr.finish(status.cut && stderr.cut)
+  // Per stream: each is cut (and marked) only when it passed the limit itself; box-job's
+  // status says whether either did (the job was stopped for it).
+  await stdout.finish()
+  await stderr.finish()
   state.bytesOut.stdout = stdout.bytes
   state.bytesOut.stderr = stderr.bytes
   state.outputLimitHit = status.cut || stdout.cut || stderr.cut

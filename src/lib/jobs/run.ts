@@ -104,6 +104,7 @@ export async function runCommandJob(options: RunCommandOptions): Promise<RunComm
       cpus: resolved.cpus,
       memoryMiB: resolved.memoryMiB,
       signal: options.signal,
+      progress: options.progress,
       onOutput: options.follow,
     })
     if (record.status === 'infrastructure') stage.fail(record.error?.message.split('\n')[0])

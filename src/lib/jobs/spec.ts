@@ -61,6 +61,8 @@ export interface JobSpec {
 export type JobStatus = 'ok' | 'failed' | 'timeout' | 'output-limit' | 'infrastructure'
 
 export interface PhaseTimes {
+  /** Making the ready state, when this job's start had to (a boot, once for all the jobs after). */
+  ready?: number
   create?: number
   wait?: number
   copyIn?: number
@@ -81,6 +83,8 @@ export interface JobRecord {
   bytesOut: {stdout: number; stderr: number; files: number}
   /** Milliseconds per phase, in the order they ran. */
   phases: PhaseTimes
+  /** How the worker started: restored from a ready state, or a resnap boot (and why). */
+  worker?: import('./worker.js').WorkerStart
   network: boolean
   command: string[] | string
   startedAt: string

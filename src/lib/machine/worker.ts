@@ -13,11 +13,11 @@
  */
 import {createHash, randomBytes} from 'node:crypto'
 import {createReadStream} from 'node:fs'
-import {mkdir, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdir, readFile, rename, rm, stat, truncate, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {pipeline} from 'node:stream/promises'
 
-import type {MachineHandle, Provider, Started} from '../../providers/provider.js'
+import type {BoxImage, ExtraDrive, MachineHandle, Provider, Started} from '../../providers/provider.js'
 import {BoxError} from '../core/errors.js'
 import {run} from '../core/exec.js'
 import {acquireLock} from '../core/lock.js'
@@ -33,8 +33,27 @@ export interface WorkerSpec {
   memoryMiB: number
   /** false: the guest has no network (ssh from the host still works). */
   network: boolean
+  /**
+   * No network interface at all (box run --network off, HTCondor style): box-agent is the
+   * only way in, so the box must have it, there is no ssh and no setup (it would need one).
+   */
+  noInterface?: boolean
+  /**
+   * Extra raw disks the state is saved with, as empty placeholders of these sizes: a
+   * restored guest keeps the disks it saw at save, so every start gives its own files of
+   * the same serials, modes and sizes in their place (FreshWorkerOptions.drives).
+   */
+  drives?: DriveSlot[]
   /** Shell commands run as root, in order, once in the ready state before it is saved. */
   setup?: string[]
+  /** The box already resolved (box run/batch); without it `box` is looked up in the store. */
+  image?: {name: string; version: string; box: BoxImage}
+}
+
+export interface DriveSlot {
+  serial: string
+  readOnly?: boolean
+  bytes: number
 }
 
 export interface FreshWorkerOptions {
@@ -44,14 +63,31 @@ export interface FreshWorkerOptions {
   signal?: AbortSignal
   /** Default: QEMU. */
   provider?: Provider
-  /** Wait until a new ssh login works before returning (default true). */
+  /** Wait until a new ssh login works before returning (default true; never without an interface). */
   waitForSsh?: boolean
+  /** This start's files for the spec's drive slots, in their order and of their sizes. */
+  drives?: ExtraDrive[]
+}
+
+/** A ready state on disk: where, under which key, and whether this call made it. */
+export interface ReadyState {
+  dir: string
+  key: string
+  built: boolean
+  record: ReadyRecord
+  /** The handle a worker of this state gets (its own state dir and name). */
+  handleIn(stateDir: string, name: string, drives?: ExtraDrive[]): MachineHandle
 }
 
 export interface FreshWorker {
   name: string
   stateDir: string
-  ssh: SshTarget
+  /** The ready state it was restored from. */
+  readyState: {dir: string; key: string}
+  handle: MachineHandle
+  started: Started
+  /** Absent without a network interface. */
+  ssh?: SshTarget
   /** One question to the worker's box-agent (provisioners/box-agent). */
   askAgent(request: string, options?: {timeoutMs?: number}): Promise<string>
   /** Resolves once a new ssh login works (at once when startFreshWorker waited for it). */
@@ -71,7 +107,7 @@ export interface FreshWorker {
   destroy(): Promise<void>
 }
 
-interface ReadyRecord {
+export interface ReadyRecord {
   key: string
   inputs: Record<string, unknown>
   user: string
@@ -120,44 +156,75 @@ async function newWorkerDir(cacheDir: string, prefix: string): Promise<string> {
  * On any failure, or Ctrl-C, the worker started here is destroyed again.
  */
 export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOptions): Promise<FreshWorker> {
+  const provider = options.provider ?? providerFor('qemu', options.cacheDir)
+  const readyState = await ensureReadyState(spec, {...options, provider})
+  return startFromReadyState(readyState, spec, {...options, provider})
+}
+
+/** Whether workers of this provider can come from a ready state at all (else: a boot per worker). */
+export function canMakeReadyStates(provider: Provider): boolean {
+  return provider.runningStates !== undefined
+}
+
+/** The ready state for `spec`, made now (a resnap boot, setup, save; with progress) when missing or stale. */
+export async function ensureReadyState(spec: WorkerSpec, options: FreshWorkerOptions): Promise<ReadyState> {
   const progress = options.progress ?? createProgress({silent: true})
   const provider = options.provider ?? providerFor('qemu', options.cacheDir)
   if (!provider.runningStates)
     throw new BoxError(`the ${provider.name} provider cannot start workers from a saved state`)
-  const {findBox} = await import('../store/query.js')
-  const {COMPATIBLE_BOX_PROVIDERS, BoxMetadataSchema} = await import('../box/metadata.js')
-  const stored = await findBox(options.dataDir, {
-    name: spec.box.name,
-    version: spec.box.version,
-    providers: COMPATIBLE_BOX_PROVIDERS[provider.name] ?? [provider.name],
-  })
-  if (!stored) {
-    throw new BoxError(
-      `box ${spec.box.name}${spec.box.version ? ` ${spec.box.version}` : ''} is not installed for ${provider.name}`,
-      {suggestions: [`add it: box add ${spec.box.name} URL`]},
-    )
+  if (spec.noInterface && (spec.setup ?? []).length > 0)
+    throw new BoxError('setup commands need a worker with a network interface (they run over ssh)', {
+      suggestions: ['turn the network on for these jobs, or put what setup does into the box'],
+    })
+  let stored: {name: string; version: string; path: string}
+  let box: BoxImage
+  if (spec.image) {
+    stored = {name: spec.image.name, version: spec.image.version, path: spec.image.box.dir}
+    box = spec.image.box
+  } else {
+    const {findBox} = await import('../store/query.js')
+    const {COMPATIBLE_BOX_PROVIDERS, BoxMetadataSchema} = await import('../box/metadata.js')
+    const found = await findBox(options.dataDir, {
+      name: spec.box.name,
+      version: spec.box.version,
+      providers: COMPATIBLE_BOX_PROVIDERS[provider.name] ?? [provider.name],
+    })
+    if (!found) {
+      throw new BoxError(
+        `box ${spec.box.name}${spec.box.version ? ` ${spec.box.version}` : ''} is not installed for ${provider.name}`,
+        {suggestions: [`add it: box add ${spec.box.name} URL`]},
+      )
+    }
+    stored = found
+    box = {dir: found.path, metadata: BoxMetadataSchema.parse(found.metadata)}
   }
-  const box = {dir: stored.path, metadata: BoxMetadataSchema.parse(stored.metadata)}
+  if (spec.noInterface && box.metadata.box?.agent === undefined)
+    throw new BoxError(`box ${stored.name} has no box-agent: a worker without a network interface needs it`)
   const inputs = {
     box: stored.name,
     version: stored.version,
     image: await imageChecksum(options.cacheDir, join(stored.path, 'box.img')),
+    // The saved disk chain ends in this folder's image: a copy of the box elsewhere is another state.
+    imageDir: stored.path,
     cpus: spec.cpus,
     memoryMiB: spec.memoryMiB,
     network: spec.network,
+    ...(spec.noInterface ? {noInterface: true} : {}),
+    ...(spec.drives?.length ? {drives: spec.drives.map((slot) => ({...slot, readOnly: slot.readOnly ?? false}))} : {}),
     setup: spec.setup ?? [],
     host: await provider.runningStates.hostKey(),
   }
   const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 20)
   const readyDir = join(readyRoot(options.cacheDir), `${slug(stored.name)}-${slug(stored.version)}-${key}`)
-  const handleIn = (stateDir: string, name: string): MachineHandle => ({
+  const handleIn = (stateDir: string, name: string, drives?: ExtraDrive[]): MachineHandle => ({
     name,
     stateDir,
     box,
     cpus: spec.cpus,
     memoryMiB: spec.memoryMiB,
     forwardedPorts: [],
-    network: spec.network ? 'full' : 'restricted',
+    network: spec.noInterface ? 'none' : spec.network ? 'full' : 'restricted',
+    ...(drives ? {drives} : {}),
   })
 
   let builtReadyState = false
@@ -182,9 +249,27 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
       await release()
     }
   }
+  return {dir: readyDir, key, built: builtReadyState, record: ready, handleIn}
+}
 
+/** A worker restored from `readyState` into a new overlay (and this start's drives). */
+export async function startFromReadyState(
+  readyState: ReadyState,
+  spec: WorkerSpec,
+  options: FreshWorkerOptions,
+): Promise<FreshWorker> {
+  const provider = options.provider ?? providerFor('qemu', options.cacheDir)
+  if (!provider.runningStates)
+    throw new BoxError(`the ${provider.name} provider cannot start workers from a saved state`)
+  const {dir: readyDir, record: ready, built: builtReadyState} = readyState
+  const slots = spec.drives ?? []
+  const drives = options.drives ?? []
+  if (drives.length !== slots.length || drives.some((drive, i) => drive.serial !== slots[i]!.serial))
+    throw new BoxError(
+      `this worker needs the disks ${slots.map((slot) => slot.serial).join(', ') || '(none)'}, it was given ${drives.map((drive) => drive.serial).join(', ') || 'none'}`,
+    )
   const stateDir = await newWorkerDir(options.cacheDir, 'worker')
-  const handle = handleIn(stateDir, `worker-${stateDir.slice(-10)}`)
+  const handle = readyState.handleIn(stateDir, `worker-${stateDir.slice(-10)}`, drives)
   const destroy = makeDestroy(provider, handle)
   try {
     const begun = Date.now()
@@ -196,6 +281,19 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
     }
     const agentMs = Date.now() - begun
     if (ready.agent) await askAgent(`reseed ${randomBytes(64).toString('hex')}`, {timeoutMs: 10_000})
+    if (spec.noInterface) {
+      return {
+        name: handle.name,
+        stateDir,
+        readyState: {dir: readyDir, key: readyState.key},
+        handle,
+        started: restored.started,
+        askAgent,
+        sshReady: () => Promise.reject(new BoxError('this worker has no network interface: no ssh')),
+        timings: {builtReadyState, loadMs: restored.loadMs, agentMs, diskBytesBeforeRun: restored.diskBytesBeforeRun},
+        destroy,
+      }
+    }
     const ssh: SshTarget = {
       host: '127.0.0.1',
       port: restored.started.sshPort,
@@ -219,6 +317,9 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
     return {
       name: handle.name,
       stateDir,
+      readyState: {dir: readyDir, key: readyState.key},
+      handle,
+      started: restored.started,
       ssh,
       askAgent,
       sshReady,
@@ -287,7 +388,7 @@ interface BuildContext {
 async function buildReadyState(
   provider: Provider,
   readyDir: string,
-  handleIn: (stateDir: string, name: string) => MachineHandle,
+  handleIn: ReadyState['handleIn'],
   build: BuildContext,
 ): Promise<ReadyRecord> {
   const {spec, options, progress} = build
@@ -297,11 +398,28 @@ async function buildReadyState(
   await rm(partialDir, {recursive: true, force: true})
   await mkdir(partialDir, {recursive: true, mode: 0o700})
   const stateDir = await newWorkerDir(options.cacheDir, 'ready-build')
-  const handle = handleIn(stateDir, `ready-build-${stateDir.slice(-10)}`)
+  // Empty placeholders in the drive slots: each worker's own disks of these sizes take their place.
+  const placeholders: ExtraDrive[] = []
+  for (const [index, slot] of (spec.drives ?? []).entries()) {
+    const file = join(stateDir, `slot-${index}.img`)
+    await writeFile(file, '')
+    await truncate(file, slot.bytes)
+    placeholders.push({file, serial: slot.serial, readOnly: slot.readOnly})
+  }
+  const handle = handleIn(stateDir, `ready-build-${stateDir.slice(-10)}`, placeholders)
   const destroy = makeDestroy(provider, handle)
   try {
     const box = handle.box.metadata.box
     const user = box?.user ?? 'vagrant'
+    if (spec.noInterface) {
+      await provider.create(handle)
+      const started = await provider.start(handle, {choice: {resnap: true}, signal: options.signal})
+      stage.update('waiting for the guest agent')
+      await waitForAgentAndSshd(provider, handle, started, options.signal)
+      stage.update('saving the running state')
+      const saved = await provider.runningStates!.save(handle, partialDir, {signal: options.signal})
+      return await finishReady(partialDir, readyDir, build, {user, agent: true, stateBytes: saved.stateBytes}, stage)
+    }
     const key = join(partialDir, 'id_ed25519')
     await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'box-worker', '-f', key], {
       purpose: 'creating the worker ssh key',
@@ -334,23 +452,52 @@ async function buildReadyState(
     await closeSshMaster(controlPath)
     stage.update('saving the running state')
     const saved = await provider.runningStates!.save(handle, partialDir, {signal: options.signal})
-    const record: ReadyRecord = {
-      key: build.key,
-      inputs: build.inputs,
-      user,
-      agent,
-      stateBytes: saved.stateBytes,
-      createdAt: new Date().toISOString(),
-    }
-    await writeFile(join(partialDir, 'ready.json'), `${JSON.stringify(record, null, 2)}\n`, {mode: 0o600})
-    await rename(partialDir, readyDir)
-    stage.done(`state ${Math.round(saved.stateBytes / 1e6)} MB`)
-    return record
+    return await finishReady(partialDir, readyDir, build, {user, agent, stateBytes: saved.stateBytes}, stage)
   } catch (error) {
     stage.fail()
     await rm(partialDir, {recursive: true, force: true})
     throw options.signal?.aborted ? options.signal.reason : error
   } finally {
     await destroy()
+  }
+}
+
+async function finishReady(
+  partialDir: string,
+  readyDir: string,
+  build: BuildContext,
+  saved: Pick<ReadyRecord, 'user' | 'agent' | 'stateBytes'>,
+  stage: ReturnType<Progress['stage']>,
+): Promise<ReadyRecord> {
+  const record: ReadyRecord = {key: build.key, inputs: build.inputs, ...saved, createdAt: new Date().toISOString()}
+  await writeFile(join(partialDir, 'ready.json'), `${JSON.stringify(record, null, 2)}\n`, {mode: 0o600})
+  await rename(partialDir, readyDir)
+  stage.done(`state ${Math.round(saved.stateBytes / 1e6)} MB`)
+  return record
+}
+
+/**
+ * A worker without a network interface has no ssh to wait for: it is ready once box-agent
+ * answers and sshd listens inside (sshd comes late in the boot, so the saved state does not
+ * go on booting in every worker restored from it).
+ */
+async function waitForAgentAndSshd(
+  provider: Provider,
+  handle: MachineHandle,
+  started: Started,
+  signal?: AbortSignal,
+): Promise<void> {
+  const deadline = Date.now() + 300_000
+  for (;;) {
+    signal?.throwIfAborted()
+    if (!started.isAlive()) throw new BoxError('the worker stopped while it booted', {detail: started.serialLog})
+    const agent = await provider.askAgent!({stateDir: handle.stateDir}, 'ping', {timeoutMs: 2000}).then(
+      () => true,
+      () => false,
+    )
+    if (agent && (await started.sshListening?.().catch(() => false)) !== false) return
+    if (Date.now() > deadline)
+      throw new BoxError('the worker did not come up within 300 s (box-agent and sshd)', {detail: started.serialLog})
+    await new Promise((resolve) => setTimeout(resolve, 500))
   }
 }

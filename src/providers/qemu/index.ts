@@ -165,6 +165,7 @@ export class QemuProvider implements Provider {
         cpus: machine.cpus,
         memoryMiB: machine.memoryMiB,
         forwards: machine.forwardedPorts,
+        drives: machine.drives,
         qemu: await hostQemu(this.cacheDir),
         layer: files.layer,
         state: files.state,

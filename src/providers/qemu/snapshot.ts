@@ -26,7 +26,7 @@ import {findOnPath, run, spawn} from '../../lib/core/exec.js'
 import type {ForwardedPort} from '../../lib/core/ports.js'
 import {shQuote} from '../../lib/core/shell-quote.js'
 import {qemuVersion, type Accel} from './accel.js'
-import type {BoxImage} from '../provider.js'
+import type {BoxImage, ExtraDrive} from '../provider.js'
 import {bootInstance, launchSpecFor, type Booted, type InstanceFiles, type LaunchRecord} from './instance.js'
 import {QEMU_BINARY, stopQemu} from './process.js'
 import {QmpClient} from './qmp.js'
@@ -167,10 +167,11 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
   let frozen = ''
   try {
     const blocks =
-      await qmp.execute<Array<{inserted?: {'node-name': string; file: string; image: {'virtual-size': number}}}>>(
-        'query-block',
-      )
-    const drive = blocks.find((block) => block.inserted)?.inserted
+      await qmp.execute<
+        Array<{device?: string; inserted?: {'node-name': string; file: string; image: {'virtual-size': number}}}>
+      >('query-block')
+    // The machine's own disk, not a job's extra raw drives (their ids start with "extra": argv.ts).
+    const drive = blocks.find((block) => block.inserted && !block.device?.startsWith('extra'))?.inserted
     if (!drive) throw new BoxError('QEMU reports no disk for this machine')
     diskVirtualSize = drive.image['virtual-size']
     frozen = drive.file
@@ -216,6 +217,14 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
         firmwareBoot: launch.firmwareBoot,
         agent: launch.spec.agentFifo !== undefined,
         restrictNetwork: launch.spec.restrictNetwork ?? false,
+        noNetwork: launch.spec.noNetwork ?? false,
+        drives: await Promise.all(
+          (launch.spec.drives ?? []).map(async (drive) => ({
+            serial: drive.serial,
+            readOnly: drive.readOnly ?? false,
+            bytes: (await stat(drive.file)).size,
+          })),
+        ),
         guestForwards: launch.spec.forwards
           .slice(1)
           .map((forward) => ({guest: forward.guest, protocol: forward.protocol})),
@@ -336,6 +345,8 @@ export interface StartFromStateOptions {
   cpus: number
   memoryMiB: number
   forwards: ForwardedPort[]
+  /** Extra raw disks in place of the ones it was saved with: same serials, modes and sizes. */
+  drives?: ExtraDrive[]
   sshPort?: number
   qemu: HostQemu
   layer: string
@@ -371,6 +382,8 @@ export async function checkStateFits(
       choice: compat.launch.choice,
       firmwareBoot: compat.launch.firmwareBoot,
       restrictNetwork: compat.launch.restrictNetwork,
+      noNetwork: compat.launch.noNetwork,
+      drives: options.drives,
     },
     0,
     options.forwards,
@@ -385,7 +398,22 @@ export async function checkStateFits(
     devices: devicesFingerprint(spec),
   }
   const problems = compatProblems(compat, target)
+  if (problems.length === 0) problems.push(...(await driveProblems(compat, options.drives ?? [])))
   if (problems.length > 0) throw incompatibleStateError(options.what, problems)
+}
+
+/** Extra disks that do not fit the ones saved (a guest keeps the capacity it saw at boot). */
+async function driveProblems(compat: StateCompat, drives: ExtraDrive[]): Promise<string[]> {
+  const saved = compat.launch.drives ?? []
+  if (saved.length !== drives.length)
+    return [`it was saved with ${saved.length} extra disk(s), this start gives ${drives.length}`]
+  const problems: string[] = []
+  for (const [index, drive] of drives.entries()) {
+    const bytes = (await stat(drive.file)).size
+    if (bytes !== saved[index]!.bytes)
+      problems.push(`extra disk ${drive.serial} is ${bytes} bytes, the saved guest knows it as ${saved[index]!.bytes}`)
+  }
+  return problems
 }
 
 /** Check the state file itself before any QEMU starts: present, as long as saved, a QEMU stream. */
@@ -445,6 +473,8 @@ export async function startFromState(options: StartFromStateOptions): Promise<St
     sshPort: options.sshPort,
     forwards: options.forwards,
     restrictNetwork: compat.launch.restrictNetwork,
+    noNetwork: compat.launch.noNetwork,
+    drives: options.drives,
     incoming: true,
   })
   let qmp: QmpClient | undefined

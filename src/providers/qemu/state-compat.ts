@@ -31,6 +31,14 @@ export interface StateCompat {
     firmwareBoot: boolean
     agent: boolean
     restrictNetwork: boolean
+    /** No NIC at all (a no-network job worker); absent in records written before it existed. */
+    noNetwork?: boolean
+    /**
+     * The extra raw disks it was saved with (a no-network job worker's input and output
+     * slots): a restore must give disks of the same serials, modes and sizes, since the guest
+     * learnt their capacity at boot and migration carries no disk contents.
+     */
+    drives?: Array<{serial: string; readOnly: boolean; bytes: number}>
     guestForwards: Array<{guest: number; protocol: 'tcp' | 'udp'}>
   }
   /** The frozen disk layer's virtual size (a restore's new overlay is made without opening it). */
@@ -69,6 +77,8 @@ export function devicesFingerprint(spec: QemuLaunchSpec): string {
     serialLog: 'SERIAL',
     pidFile: 'PID',
     agentFifo: spec.agentFifo === undefined ? undefined : 'AGENT',
+    // A drive's file differs per start (each job its own images); its serial and mode do not.
+    drives: spec.drives?.map((drive, index) => ({...drive, file: `DRIVE${index}`})),
     forwards: spec.forwards.map((forward) => ({...forward, host: 0})),
     daemonize: false,
     incoming: false,
