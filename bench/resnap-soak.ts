@@ -93,7 +93,8 @@ try {
       const line = await asRoot('dmesg | grep -o "resnap: [a-z ]*[^ ]* ([^)]*) from [^ ]* in [0-9.]* s" | tail -1')
       const took = /in ([\d.]+) s$/.exec(line)
       if (took) scriptMs.push(Number(took[1]) * 1000)
-      if (!/^resnap: reset /.test(line)) problems.push(`the resnap line says "${line}" (a reset in place was expected)`)
+      if (!line.startsWith('resnap: reset '))
+        problems.push(`the resnap line says "${line}" (a reset in place was expected)`)
       const watched = await asRoot(WATCHED)
       if (watched !== pristine) problems.push(`watched set of / is ${watched.slice(0, 16)}…, not the first boot's`)
       const sums = await asRoot('cd /persistent/soak && sha256sum *')
@@ -102,7 +103,8 @@ try {
         const name = file.slice('/persistent/soak/'.length)
         if (found.get(name) !== sum) problems.push(`${file} is ${found.has(name) ? 'changed' : 'missing'}`)
       }
-      if (found.size !== persistent.size) problems.push(`/persistent/soak has ${found.size} files, ${persistent.size} written`)
+      if (found.size !== persistent.size)
+        problems.push(`/persistent/soak has ${found.size} files, ${persistent.size} written`)
     } catch (error) {
       problems.push(`error: ${(error as Error).message.split('\n')[0]}`)
       // A machine left halted or half-up: the next cycle starts it again.

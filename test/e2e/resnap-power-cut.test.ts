@@ -75,7 +75,12 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
   afterAll(async () => {
     console.log(
       `power cuts: ${cuts.length} survived\n` +
-        cuts.map((cut, i) => `  ${i + 1}. ${cut.name} at ${cut.atMs} ms; script had said: ${cut.seen.join(' | ') || '(nothing)'}`).join('\n'),
+        cuts
+          .map(
+            (cut, i) =>
+              `  ${i + 1}. ${cut.name} at ${cut.atMs} ms; script had said: ${cut.seen.join(' | ') || '(nothing)'}`,
+          )
+          .join('\n'),
     )
     await guest?.dispose()
   })
@@ -86,10 +91,16 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
       if (pattern.test(await guest.serialLog())) return Date.now() - startedAt
       await sleep(5)
     }
-    throw new Error(`no ${pattern} on the serial console after ${timeoutMs} ms:\n${(await guest.serialLog()).slice(-3000)}`)
+    throw new Error(
+      `no ${pattern} on the serial console after ${timeoutMs} ms:\n${(await guest.serialLog()).slice(-3000)}`,
+    )
   }
 
-  const scriptLines = (log: string) => log.split('\n').filter((line) => /resnap: /.test(line)).map((line) => line.trim())
+  const scriptLines = (log: string) =>
+    log
+      .split('\n')
+      .filter((line) => /resnap: /.test(line))
+      .map((line) => line.trim())
 
   /** A verifying boot: to ssh, then the checks of the header comment against what the host expects. */
   async function verifyBoot(choice: BootChoice, lvsize?: string, inspect?: () => Promise<void>): Promise<void> {
@@ -106,17 +117,32 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
       ].join('\n'),
     )
     const rows = report.split('\n')
-    expect(rows.filter((row) => row.startsWith('root ')), 'the root device').toEqual([`root ${rootSnap}`])
-    expect(rows.filter((row) => row.startsWith('kernel ')), 'kernel errors').toEqual([])
+    expect(
+      rows.filter((row) => row.startsWith('root ')),
+      'the root device',
+    ).toEqual([`root ${rootSnap}`])
+    expect(
+      rows.filter((row) => row.startsWith('kernel ')),
+      'kernel errors',
+    ).toEqual([])
     const found = new Map(
-      rows.filter((row) => row.startsWith('file ')).map((row) => row.split(/\s+/).slice(1).reverse() as [string, string]),
+      rows
+        .filter((row) => row.startsWith('file '))
+        .map((row) => row.split(/\s+/).slice(1).reverse() as [string, string]),
     )
     for (const [path, sum] of persistent) expect(found.get(path), path).toBe(sum)
     const issue = found.get('/etc/issue')
     for (const path of [...persistent.keys(), '/etc/issue']) found.delete(path)
     const isFresh = found.size === 0 && issue === pristineIssue
-    const isStale = found.size === staleFiles.size && [...staleFiles].every(([f, sum]) => found.get(f) === sum) && issue !== pristineIssue
-    const seen = isFresh ? 'fresh' : isStale ? 'stale' : `a mix (${found.size}/${staleFiles.size} stale files, /etc/issue ${issue === pristineIssue ? 'pristine' : 'changed'})`
+    const isStale =
+      found.size === staleFiles.size &&
+      [...staleFiles].every(([f, sum]) => found.get(f) === sum) &&
+      issue !== pristineIssue
+    const seen = isFresh
+      ? 'fresh'
+      : isStale
+        ? 'stale'
+        : `a mix (${found.size}/${staleFiles.size} stale files, /etc/issue ${issue === pristineIssue ? 'pristine' : 'changed'})`
     if (expected === 'either') expect(['fresh', 'stale'], `the snapshot after the cuts is ${seen}`).toContain(seen)
     else expect(seen, `${choice.resnap ? 'resnap' : 'no-resnap'} boot after the cuts`).toBe(expected)
     state = seen as SnapshotState
@@ -137,7 +163,9 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
     const sizesKiB = [1, 2048, 1024, 64]
     if (state === 'fresh') {
       script.push(
-        ...sizesKiB.map((kib, i) => `f=/root/stale-${round}-${i}; head -c ${kib * 1024} /dev/urandom > $f; sha256sum $f`),
+        ...sizesKiB.map(
+          (kib, i) => `f=/root/stale-${round}-${i}; head -c ${kib * 1024} /dev/urandom > $f; sha256sum $f`,
+        ),
         `echo "changed in round ${round}" >> /etc/issue`,
       )
     }
@@ -186,7 +214,9 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
     await copyFile(guest.files.serialLog, join(guest.workDir, `cut-${cuts.length + 1}.log`))
     const seen = scriptLines(log)
     cuts.push({name: phase.name, seen, atMs})
-    console.log(`cut ${cuts.length}: ${phase.name} at ${atMs} ms; the script had said: ${seen.join(' | ') || '(nothing)'}`)
+    console.log(
+      `cut ${cuts.length}: ${phase.name} at ${atMs} ms; the script had said: ${seen.join(' | ') || '(nothing)'}`,
+    )
     // The script changes the snapshot only after its first line; once it says it is done, the
     // old snapshot is gone for good, with or without resnap on the next boot.
     if (DONE.test(log)) state = 'fresh'
@@ -213,7 +243,9 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
     const times = await scriptTimes()
     spans.reset = timeOf(times, DONE) - timeOf(times, RESETTING)
     pristineIssue = await guest.root('sha256sum /etc/issue | cut -d" " -f1')
-    console.log(`QEMU start → "resetting": ${spans.untilHook} ms; reset: ${spans.reset} ms; boot to ssh ${guest.lastBootMs} ms`)
+    console.log(
+      `QEMU start → "resetting": ${spans.untilHook} ms; reset: ${spans.reset} ms; boot to ssh ${guest.lastBootMs} ms`,
+    )
     await dirtyAndCut()
   })
 
@@ -222,7 +254,10 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
     await cutBoot({resnap: true}, {name: 'header reset, 0.2 in', after: RESETTING, span: 'reset', delay: 0.2})
     await verifyBoot({resnap: false})
     await cutBoot({resnap: true}, {name: 'kernel (0.3 of the way to the script)', span: 'untilHook', delay: 0.3})
-    await cutBoot({resnap: true}, {name: 'early initramfs (0.8 of the way to the script)', span: 'untilHook', delay: 0.8})
+    await cutBoot(
+      {resnap: true},
+      {name: 'early initramfs (0.8 of the way to the script)', span: 'untilHook', delay: 0.8},
+    )
     // If the script had not started, a boot without resnap finds the stale snapshot whole.
     await verifyBoot({resnap: false})
     await cutBoot({resnap: true}, {name: 'header reset, 0.5 in', after: RESETTING, span: 'reset', delay: 0.5})
@@ -253,11 +288,17 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
     // A cut may leave no snapshot: then there is no lvremove, and the cut comes in lvcreate.
     const REMOVING_OR_CREATING = /resnap: (removing|creating) /
     await cutBoot({resnap: true}, {name: 'lvremove starts', after: REMOVING_OR_CREATING, delay: 0}, size())
-    await cutBoot({resnap: true}, {name: 'lvremove, 0.5 in', after: REMOVING_OR_CREATING, span: 'remove', delay: 0.5}, size())
+    await cutBoot(
+      {resnap: true},
+      {name: 'lvremove, 0.5 in', after: REMOVING_OR_CREATING, span: 'remove', delay: 0.5},
+      size(),
+    )
     await cutBoot({resnap: true}, {name: 'lvcreate starts', after: CREATING, delay: 0}, size())
     // No snapshot, or only its store as a plain LV: a boot without resnap makes it rather than waiting for root=.
     await verifyBoot({resnap: false}, undefined, async () => {
-      console.log(`boot without resnap after a cut in lvcreate: ${scriptLines(await guest.serialLog()).join(' | ') || '(the snapshot was whole)'}`)
+      console.log(
+        `boot without resnap after a cut in lvcreate: ${scriptLines(await guest.serialLog()).join(' | ') || '(the snapshot was whole)'}`,
+      )
     })
     await cutBoot({resnap: true}, {name: 'lvcreate, 0.3 in', after: CREATING, span: 'create', delay: 0.3}, size())
     await cutBoot({resnap: true}, {name: 'lvcreate, 0.7 in', after: CREATING, span: 'create', delay: 0.7}, size())

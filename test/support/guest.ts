@@ -8,7 +8,13 @@ import type {BootChoice} from '../../src/lib/box/resnap.js'
 import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from '../../src/lib/machine/ssh.js'
 import {resolveAccel} from '../../src/providers/qemu/accel.js'
 import type {BoxImage} from '../../src/providers/provider.js'
-import {bootInstance, createOverlay, instanceFiles, type Booted, type InstanceFiles} from '../../src/providers/qemu/instance.js'
+import {
+  bootInstance,
+  createOverlay,
+  instanceFiles,
+  type Booted,
+  type InstanceFiles,
+} from '../../src/providers/qemu/instance.js'
 import {isAlive, runningPid, stopQemu, waitForExit} from '../../src/providers/qemu/process.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from './cache.js'
