@@ -90,15 +90,23 @@ try {
       resnapMs.push(Date.now() - before)
       const [result] = JSON.parse(stdout) as Array<{bootMs?: number}>
       if (result?.bootMs !== undefined) bootMs.push(result.bootMs)
-      const line = await asRoot('dmesg | grep -o "resnap: [a-z ]*[^ ]* ([^)]*) from [^ ]* in [0-9.]* s" | tail -1')
+      // One ssh round trip: the script's line, the watched set's hash, /persistent's checksums.
+      const [said = '', watched = '', ...sums] = (
+        await asRoot(
+          [
+            'echo "said: $(dmesg | grep -o "resnap: [a-z ]*[^ ]* ([^)]*) from [^ ]* in [0-9.]* s" | tail -1)"',
+            WATCHED,
+            'cd /persistent/soak && sha256sum *',
+          ].join('\n'),
+        )
+      ).split('\n')
+      const line = said.replace(/^said: ?/, '')
       const took = /in ([\d.]+) s$/.exec(line)
       if (took) scriptMs.push(Number(took[1]) * 1000)
       if (!line.startsWith('resnap: reset '))
         problems.push(`the resnap line says "${line}" (a reset in place was expected)`)
-      const watched = await asRoot(WATCHED)
       if (watched !== pristine) problems.push(`watched set of / is ${watched.slice(0, 16)}…, not the first boot's`)
-      const sums = await asRoot('cd /persistent/soak && sha256sum *')
-      const found = new Map(sums.split('\n').map((row) => row.split(/\s+/).reverse() as [string, string]))
+      const found = new Map(sums.map((row) => row.split(/\s+/).reverse() as [string, string]))
       for (const [file, sum] of persistent) {
         const name = file.slice('/persistent/soak/'.length)
         if (found.get(name) !== sum) problems.push(`${file} is ${found.has(name) ? 'changed' : 'missing'}`)
