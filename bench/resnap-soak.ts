@@ -114,7 +114,10 @@ try {
       if (found.size !== persistent.size)
         problems.push(`/persistent/soak has ${found.size} files, ${persistent.size} written`)
     } catch (error) {
-      problems.push(`error: ${(error as Error).message.split('\n')[0]}`)
+      // execa's message names the command; box's own error is on its stderr.
+      const {message, stderr} = error as Error & {stderr?: string}
+      const said = (stderr ?? '').trim().split('\n').slice(-4).join(' / ')
+      problems.push(`${message.split('\n')[0]}${said ? `: ${said}` : ''}`)
       // A machine left halted or half-up: the next cycle starts it again.
       await cli(['up', '--resnap']).catch(() => {})
     }
