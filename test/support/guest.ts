@@ -8,10 +8,28 @@ import type {BootChoice} from '../../src/lib/box/resnap.js'
 import {installPrivateKey, sshRun, waitForSsh, type SshTarget} from '../../src/lib/machine/ssh.js'
 import {resolveAccel} from '../../src/providers/qemu/accel.js'
 import type {BoxImage} from '../../src/providers/provider.js'
-import {bootInstance, createOverlay, instanceFiles, type InstanceFiles} from '../../src/providers/qemu/instance.js'
-import {isAlive, runningPid, stopQemu} from '../../src/providers/qemu/process.js'
+import {
+  bootInstance,
+  createOverlay,
+  instanceFiles,
+  type Booted,
+  type InstanceFiles,
+} from '../../src/providers/qemu/instance.js'
+import {isAlive, runningPid, stopQemu, waitForExit} from '../../src/providers/qemu/process.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from './cache.js'
+
+export interface GuestBootOptions {
+  firmwareBoot?: boolean
+  /** Another lvsize= on the kernel command line (direct kernel boot): a resnap boot then recreates the snapshot. */
+  lvsize?: string
+}
+
+function withSnapshotSize(box: BoxImage, lvsize: string): BoxImage {
+  const info = box.metadata.box
+  if (!info?.lvm) throw new Error('the box has no LVM layout')
+  return {...box, metadata: {...box.metadata, box: {...info, lvm: {...info.lvm, snapshot_size: lvsize}}}}
+}
 
 /**
  * One real QEMU guest from a .box, booted and halted by the tests of one file:
@@ -22,6 +40,7 @@ export class TestGuest {
   readonly files: InstanceFiles
   target?: SshTarget
   lastBootMs = 0
+  private pid?: number
 
   private constructor(
     readonly workDir: string,
@@ -43,19 +62,27 @@ export class TestGuest {
     return guest
   }
 
-  async boot(choice: BootChoice, options: {firmwareBoot?: boolean} = {}): Promise<SshTarget> {
+  /** Start QEMU and return at once (the guest is still in its firmware or kernel). */
+  async start(choice: BootChoice, options: GuestBootOptions = {}): Promise<Booted> {
     const {accel} = await resolveAccel({cacheDir: testCacheDir()})
-    const started = Date.now()
     const booted = await bootInstance({
       name: 'test',
       files: this.files,
-      box: this.box,
+      box: options.lvsize ? withSnapshotSize(this.box, options.lvsize) : this.box,
       accel,
       cpus: 2,
       memoryMiB: 1024,
       choice,
       firmwareBoot: options.firmwareBoot,
     })
+    this.pid = booted.pid
+    this.target = undefined
+    return booted
+  }
+
+  async boot(choice: BootChoice, options: GuestBootOptions = {}): Promise<SshTarget> {
+    const started = Date.now()
+    const booted = await this.start(choice, options)
     this.target = {
       host: '127.0.0.1',
       port: booted.sshPort,
@@ -70,6 +97,17 @@ export class TestGuest {
     })
     this.lastBootMs = Date.now() - started
     return this.target
+  }
+
+  /** A power cut: SIGKILL to QEMU, so nothing the guest has not flushed to its disk reaches it. */
+  async powerCut(): Promise<void> {
+    if (this.pid === undefined) throw new Error('guest not started')
+    try {
+      process.kill(this.pid, 'SIGKILL')
+    } catch {}
+    if (!(await waitForExit(this.pid, 10_000))) throw new Error(`QEMU ${this.pid} outlived SIGKILL`)
+    this.pid = undefined
+    this.target = undefined
   }
 
   /** Run a shell script as root in the guest; returns its stdout. */
