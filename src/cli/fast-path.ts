@@ -1,15 +1,17 @@
 /**
- * `box ssh` and `box status` without oclif. Users run them in loops and scripts, and loading
- * oclif costs about 0.15 s here, half of what these commands may take in all. Only their
- * plain forms are handled — `box ssh [NAME] [-c CMD] [-- WORDS…]` and `box status [NAME…]
- * [--json]` — with the same library calls as src/commands/ssh.ts and status.ts. Anything
- * else (help, other flags, mistakes) returns false, and oclif runs the command with its full
- * parser and messages. bin/run.js loads it bundled into one file (scripts/bundle-fast-path.js).
+ * `box ssh`, `box status` and the shell's `box __complete` (completion.ts) without oclif.
+ * Users run them in loops and scripts, or press Tab, and loading oclif costs about 0.15 s
+ * here, half of what these commands may take in all. Only their plain forms are handled —
+ * `box ssh [NAME] [-c CMD] [-- WORDS…]` and `box status [NAME…] [--json]` — with the same
+ * library calls as src/commands/ssh.ts and status.ts. Anything else (help, other flags,
+ * mistakes) returns false, and oclif runs the command with its full parser and messages.
+ * bin/run.js loads it bundled into one file (scripts/bundle-fast-path.js).
  */
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {parseArgs} from 'node:util'
 
+import {COMPLETE_COMMAND, completionCandidates} from './completion.js'
 import {BoxError, boxErrorJson, formatBoxError} from '../lib/core/errors.js'
 import {sshSession} from '../lib/machine/ssh-session.js'
 import {defaultCacheDir, defaultDataDir, PROJECT_ROOT} from '../lib/core/paths.js'
@@ -58,6 +60,15 @@ export function parseFastPath(argv: readonly string[]): Parsed | undefined {
 
 /** Run `argv` if it is a plain `box ssh` or `box status`; false when oclif must. */
 export async function runFastPath(argv: readonly string[]): Promise<boolean> {
+  if (argv[0] === COMPLETE_COMMAND) {
+    // Asked by the shell on Tab: never an error message on the user's command line.
+    const candidates = await completionCandidates(argv.slice(1), {cwd: process.cwd(), dataDir: defaultDataDir()}).catch(
+      () => undefined,
+    )
+    if (candidates) process.stdout.write(candidates.map((name) => `${name}\n`).join(''))
+    process.exitCode = candidates ? 0 : 1
+    return true
+  }
   const parsed = parseFastPath(argv)
   if (!parsed) return false
   try {
