@@ -105,6 +105,8 @@ export async function runAnsible(
       const started = /^TASK \[(.*)\] \**$/.exec(line)
       if (started) task = started[1]
       else if (/^(fatal|failed): \[/.test(line) && failedTask === undefined) failedTask = task
+      // Ansible separates its sections with blank lines: no prefixed empty lines.
+      if (!line.trim()) return
       const shown = `${machineName}: ${line}`
       if (context.output) context.output(shown)
       else context.progress.print(shown)
