@@ -1,10 +1,12 @@
 /**
- * `box ssh` and `box status` without oclif. Users run them in loops and scripts, and loading
- * oclif costs about 0.15 s here, half of what these commands may take in all. Only their
- * plain forms are handled — `box ssh [NAME] [-c CMD] [-- WORDS…]` and `box status [NAME…]
- * [--json]` — with the same library calls as src/commands/ssh.ts and status.ts. Anything
- * else (help, other flags, mistakes) returns false, and oclif runs the command with its full
- * parser and messages. bin/run.js loads it bundled into one file (scripts/bundle-fast-path.js).
+ * `box ssh`, `box status` and the shell's `box __complete` (completion.ts) without oclif;
+ * also the watcher of forward_ports: auto (lib/machine/auto-forward.ts), which box up starts.
+ * Users run them in loops and scripts, or press Tab, and loading oclif costs about 0.15 s
+ * here, half of what these commands may take in all. Only their plain forms are handled —
+ * `box ssh [NAME] [-c CMD] [-- WORDS…]` and `box status [NAME…] [--json]` — with the same
+ * library calls as src/commands/ssh.ts and status.ts. Anything else (help, other flags,
+ * mistakes) returns false, and oclif runs the command with its full parser and messages.
+ * bin/run.js loads it bundled into one file (scripts/bundle-fast-path.js).
  */
 import {readFileSync} from 'node:fs'
 import {join} from 'node:path'
@@ -58,6 +60,23 @@ export function parseFastPath(argv: readonly string[]): Parsed | undefined {
 
 /** Run `argv` if it is a plain `box ssh` or `box status`; false when oclif must. */
 export async function runFastPath(argv: readonly string[]): Promise<boolean> {
+  // Both loaded only when asked for: box ssh and box status must not pay for the Boxfile parser or the providers.
+  if (argv[0] === '__complete') {
+    // Asked by the shell on Tab (completion.ts): never an error message on the user's command line.
+    const {completionCandidates} = await import('./completion.js')
+    const candidates = await completionCandidates(argv.slice(1), {cwd: process.cwd(), dataDir: defaultDataDir()}).catch(
+      () => undefined,
+    )
+    if (candidates) process.stdout.write(candidates.map((name) => `${name}\n`).join(''))
+    process.exitCode = candidates ? 0 : 1
+    return true
+  }
+  if (argv[0] === '__auto-forward' && argv.length === 3) {
+    // Started detached by box up (forward_ports: auto, lib/machine/auto-forward.ts), never by a user.
+    const {watchListeningPorts} = await import('../lib/machine/auto-forward.js')
+    await watchListeningPorts(argv[1]!, argv[2]!)
+    return true
+  }
   const parsed = parseFastPath(argv)
   if (!parsed) return false
   try {

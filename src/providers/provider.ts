@@ -103,6 +103,8 @@ export interface Provider {
   sshControlPath(machine: Pick<MachineHandle, 'stateDir'>): string
   /** One question to box-agent in a running guest whose box declares it (provisioners/box-agent); absent where there is no channel. */
   askAgent?(machine: Pick<MachineHandle, 'stateDir'>, request: string, options: {timeoutMs: number}): Promise<string>
+  /** One more forward to the running guest, added live (forward_ports: auto); absent where forwards are fixed at boot. Rejects when the host port cannot be bound. */
+  addForward?(machine: Pick<MachineHandle, 'stateDir'>, forward: ForwardedPort): Promise<void>
   /** The disk `box package` flattens into a new box; absent where packaging is not supported. */
   packagedDisk?(machine: Pick<MachineHandle, 'stateDir'>): PackagedDisk
   /** `box remove`: drop what the provider made from a stored box (VirtualBox: its base VM); resolves to whether there was any. */

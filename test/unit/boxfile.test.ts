@@ -57,6 +57,7 @@ describe('defaults', () => {
         memoryMiB: 1024,
         resnap: 'always',
         forwardedPorts: [],
+        forwardPorts: 'off',
         syncedFolders: [],
         provisioners: [],
         ssh: {username: undefined, forwardAgent: false},
@@ -254,7 +255,7 @@ describe('several machines', () => {
 describe('unknown fields and bad values name the position, the field and what is accepted', () => {
   it('unknown top-level field', async () => {
     expect(await problems(yaml('box: b', 'memroy: 2G'))).toEqual([
-      'Boxfile:2:9: memroy: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, box_download_ca_cert, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port, machines)',
+      'Boxfile:2:9: memroy: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, box_download_ca_cert, provider, cpus, memory, resnap, forwarded_ports, forward_ports, synced_folders, provisioners, ssh, hostname, site, director_port, machines)',
     ])
   })
 
@@ -280,7 +281,7 @@ describe('unknown fields and bad values name the position, the field and what is
       'Boxfile:2:13: ssh.user: unknown field (accepted: username, private_key_path, forward_agent)',
       'Boxfile:4:36: forwarded_ports.0.proto: unknown field (accepted: guest, host, protocol, host_ip)',
       'Boxfile:9:11: provisioners.0.mode: unknown field (accepted: type, name, source, destination, run)',
-      'Boxfile:12:15: machines.web.machines: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, box_download_ca_cert, provider, cpus, memory, resnap, forwarded_ports, synced_folders, provisioners, ssh, hostname, site, director_port)',
+      'Boxfile:12:15: machines.web.machines: unknown field (accepted: box, box_url, box_version, box_download_checksum, box_download_checksum_type, box_download_ca_cert, provider, cpus, memory, resnap, forwarded_ports, forward_ports, synced_folders, provisioners, ssh, hostname, site, director_port)',
     ])
   })
 
@@ -295,7 +296,8 @@ describe('unknown fields and bad values name the position, the field and what is
           '  - {guest: 53, host: 5353, protocol: sctp}',
           'provisioners:',
           '  - {type: shell, inline: "true", run: twice}',
-          '  - {type: ansible, playbook: site.yml}',
+          '  - {type: puppet, manifest: site.pp}',
+          'forward_ports: always',
         ),
       ),
     ).toEqual([
@@ -303,7 +305,8 @@ describe('unknown fields and bad values name the position, the field and what is
       'Boxfile:3:9: resnap: must be one of: always, never',
       'Boxfile:5:39: forwarded_ports.0.protocol: must be one of: tcp, udp',
       'Boxfile:7:40: provisioners.0.run: must be one of: once, always, never',
-      'Boxfile:8:12: provisioners.1.type: must be one of: shell, file',
+      'Boxfile:8:12: provisioners.1.type: must be one of: shell, file, ansible',
+      'Boxfile:9:16: forward_ports: must be one of: auto, off',
     ])
   })
 
@@ -678,5 +681,82 @@ describe('the init template', () => {
 
   it('refuses a box name the Boxfile would reject', async () => {
     await expect(renderBoxfile({box: 'no spaces'}, file)).rejects.toThrow('invalid box name "no spaces"')
+  })
+})
+
+describe('ansible provisioners and forward_ports', () => {
+  it('resolves an ansible provisioner: the playbook beside the Boxfile, defaults for the rest', async () => {
+    await writeFile(join(dir, 'site.yml'), '- hosts: all\n  tasks: []\n')
+    const boxfile = await parse(
+      yaml(
+        'box: b',
+        'forward_ports: auto',
+        'provisioners:',
+        '  - {type: ansible, playbook: site.yml}',
+        '  - type: ansible',
+        '    name: web setup',
+        '    playbook: ./site.yml',
+        '    extra_vars: {app_port: 8080, users: [ann, bob]}',
+        '    inventory_groups: {webservers: [default, other]}',
+        '    limit: webservers',
+        '    become: true',
+        '    run: always',
+      ),
+    )
+    const [machine] = boxfile.machines
+    expect(machine!.forwardPorts).toBe('auto')
+    expect(machine!.provisioners).toEqual([
+      {
+        type: 'ansible',
+        name: 'site.yml',
+        playbook: join(dir, 'site.yml'),
+        extraVars: {},
+        inventoryGroups: {},
+        limit: undefined,
+        become: false,
+        run: 'once',
+      },
+      {
+        type: 'ansible',
+        name: 'web setup',
+        playbook: join(dir, 'site.yml'),
+        extraVars: {app_port: 8080, users: ['ann', 'bob']},
+        inventoryGroups: {webservers: ['default', 'other']},
+        limit: 'webservers',
+        become: true,
+        run: 'always',
+      },
+    ])
+  })
+
+  it('rejects a missing playbook and bad ansible fields at their lines', async () => {
+    expect(
+      await problems(
+        yaml(
+          'box: b',
+          'provisioners:',
+          '  - {type: ansible, playbook: nope.yml}',
+          '  - {type: ansible}',
+          '  - {type: ansible, playbook: nope.yml, extra_vars: [a, b], become: yes please}',
+          '  - {type: ansible, playbook: nope.yml, inventory_groups: {1bad: [web]}, limit: ""}',
+          '  - {type: ansible, playbook: nope.yml, inventory_groups: {web: "-x"}, forks: 3}',
+          'machines:',
+          '  web:',
+          '    forward_ports: yes',
+        ),
+      ),
+    ).toEqual([
+      'Boxfile:4:5: provisioners.1.playbook: required: a playbook file (relative to the Boxfile)',
+      'Boxfile:5:53: provisioners.2.extra_vars: must be a map of variable names to values, e.g. {app_port: 8080}',
+      'Boxfile:5:69: provisioners.2.become: must be true or false',
+      'Boxfile:6:66: provisioners.3.inventory_groups.1bad: group names use letters, digits and "_" and do not start with a digit (as Ansible wants)',
+      'Boxfile:6:81: provisioners.3.limit: must not be empty: an Ansible host pattern such as web or "webservers:!db"',
+      'Boxfile:7:65: provisioners.4.inventory_groups.web: must be a list of machine names, e.g. [web, db]',
+      'Boxfile:7:79: provisioners.4.forks: unknown field (accepted: type, name, playbook, extra_vars, inventory_groups, limit, become, run)',
+      'Boxfile:10:20: machines.web.forward_ports: must be one of: auto, off',
+    ])
+    expect(await problems(yaml('box: b', 'provisioners:', '  - {type: ansible, playbook: nope.yml}'))).toEqual([
+      `Boxfile:3:31: provisioners.0.playbook: no such file: ${join(dir, 'nope.yml')}`,
+    ])
   })
 })

@@ -152,6 +152,7 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
         protocol: value.protocol,
         hostIp: value.host_ip,
       })),
+      forwardPorts: settings.forward_ports ?? defaults.forward_ports ?? 'off',
       syncedFolders: folders.map(({value}) => ({
         source: hostPath(dir, value.source),
         destination: value.destination,
@@ -182,6 +183,18 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
 }
 
 function resolveProvisioner(raw: RawProvisioner, index: number, dir: string): Provisioner {
+  if (raw.type === 'ansible') {
+    return {
+      type: 'ansible',
+      name: raw.name ?? basename(raw.playbook),
+      playbook: hostPath(dir, raw.playbook),
+      extraVars: raw.extra_vars,
+      inventoryGroups: raw.inventory_groups,
+      limit: raw.limit,
+      become: raw.become,
+      run: raw.run,
+    }
+  }
   if (raw.type === 'file') {
     return {
       type: 'file',
@@ -289,6 +302,11 @@ async function checkListItems(settings: MachineSettings, path: YamlPath, dir: st
     if (provisioner.type === 'file') {
       const source = hostPath(dir, provisioner.source)
       if (!(await exists(source))) problem([...at, 'source'], `no such file or directory: ${source}`)
+      continue
+    }
+    if (provisioner.type === 'ansible') {
+      const playbook = hostPath(dir, provisioner.playbook)
+      if (!(await isFile(playbook))) problem([...at, 'playbook'], `no such file: ${playbook}`)
       continue
     }
     if (provisioner.inline !== undefined && provisioner.path !== undefined) {

@@ -10,6 +10,7 @@ import {boxNameProblem} from '../box/name.js'
 import {constraintProblem} from '../core/versions.js'
 import {
   CHECKSUM_TYPES,
+  FORWARD_PORTS_MODES,
   MACHINE_DEFAULTS,
   MACHINE_NAME_PATTERN,
   PROTOCOLS,
@@ -173,12 +174,44 @@ const FileProvisionerSchema = closedObject({
   run: oneOf(PROVISIONER_RUNS).default(MACHINE_DEFAULTS.run),
 })
 
-export const ProvisionerSchema = z.discriminatedUnion('type', [ShellProvisionerSchema, FileProvisionerSchema], {
-  error: (issue) =>
-    (issue.code as string) === 'invalid_type'
-      ? 'must be a provisioner such as {type: shell, inline: "echo hello"}'
-      : `must be one of: ${PROVISIONER_TYPES.join(', ')}`,
+const ANSIBLE_GROUP_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/
+
+const AnsibleProvisionerSchema = closedObject({
+  type: z.literal('ansible'),
+  name: text('a name for messages').optional(),
+  playbook: text('a playbook file (relative to the Boxfile)'),
+  extra_vars: z
+    .record(z.string(), z.unknown(), {error: 'must be a map of variable names to values, e.g. {app_port: 8080}'})
+    .default({}),
+  inventory_groups: z
+    .record(
+      z.string().regex(ANSIBLE_GROUP_PATTERN),
+      z.array(z.string().regex(MACHINE_NAME_PATTERN, 'must be a machine name'), {
+        error: 'must be a list of machine names, e.g. [web, db]',
+      }),
+      {
+        error: (issue) =>
+          issue.code === 'invalid_key'
+            ? 'group names use letters, digits and "_" and do not start with a digit (as Ansible wants)'
+            : 'must be a map of group names to machine names, e.g. {webservers: [web]}',
+      },
+    )
+    .default({}),
+  limit: text('an Ansible host pattern such as web or "webservers:!db"').optional(),
+  become: flag().default(false),
+  run: oneOf(PROVISIONER_RUNS).default(MACHINE_DEFAULTS.run),
 })
+
+export const ProvisionerSchema = z.discriminatedUnion(
+  'type',
+  [ShellProvisionerSchema, FileProvisionerSchema, AnsibleProvisionerSchema],
+  {
+    error: (issue) =>
+      (issue.code as string) === 'invalid_type'
+        ? 'must be a provisioner such as {type: shell, inline: "echo hello"}'
+        : `must be one of: ${PROVISIONER_TYPES.join(', ')}`,
+  },
+)
 
 const list = <Item extends z.ZodType>(item: Item, example: string) =>
   z.array(item, {error: `must be a list, e.g. ${example}`})
@@ -204,6 +237,7 @@ const machineShape = {
   memory,
   resnap: oneOf(RESNAP_POLICIES),
   forwarded_ports: list(ForwardedPortSchema, '[{guest: 80, host: 8080}]'),
+  forward_ports: oneOf(FORWARD_PORTS_MODES),
   synced_folders: list(SyncedFolderSchema, '[{source: ., destination: /srv/project}]'),
   provisioners: list(ProvisionerSchema, '[{type: shell, path: setup.sh}]'),
   ssh: closedObject({

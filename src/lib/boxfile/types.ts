@@ -26,13 +26,16 @@ export interface Checksum {
 export const PROVIDERS = ['qemu', 'virtualbox'] as const
 export const RESNAP_POLICIES = ['always', 'never'] as const
 export const PROVISIONER_RUNS = ['once', 'always', 'never'] as const
-export const PROVISIONER_TYPES = ['shell', 'file'] as const
+export const PROVISIONER_TYPES = ['shell', 'file', 'ansible'] as const
+/** forward_ports: auto adds a forward for each TCP port that starts listening in the guest; off: only forwarded_ports. */
+export const FORWARD_PORTS_MODES = ['auto', 'off'] as const
 export const PROTOCOLS = ['tcp', 'udp'] as const
 
 export type Provider = (typeof PROVIDERS)[number]
 export type ResnapPolicy = (typeof RESNAP_POLICIES)[number]
 export type ProvisionerRun = (typeof PROVISIONER_RUNS)[number]
 export type Protocol = (typeof PROTOCOLS)[number]
+export type ForwardPortsMode = (typeof FORWARD_PORTS_MODES)[number]
 
 /** Worker defaults: what a machine gets for every field the Boxfile leaves out. */
 export const MACHINE_DEFAULTS = {
@@ -64,6 +67,7 @@ export type MachineField =
   | 'memory'
   | 'resnap'
   | 'forwarded_ports'
+  | 'forward_ports'
   | 'synced_folders'
   | 'provisioners'
   | 'ssh'
@@ -106,7 +110,23 @@ export interface FileProvisioner {
   run: ProvisionerRun
 }
 
-export type Provisioner = ShellProvisioner | FileProvisioner
+/** Runs ansible-playbook on the host against the machine, over the ssh settings `box ssh-config` prints. */
+export interface AnsibleProvisioner {
+  type: 'ansible'
+  name: string
+  /** Absolute host path of the playbook. */
+  playbook: string
+  /** Passed as a JSON file (--extra-vars @FILE): never on the command line. */
+  extraVars: Record<string, unknown>
+  /** Inventory groups (Vagrant's ansible.groups): group name → machine names. */
+  inventoryGroups: Record<string, string[]>
+  /** ansible-playbook --limit; default: the machine's name. */
+  limit?: string
+  become: boolean
+  run: ProvisionerRun
+}
+
+export type Provisioner = ShellProvisioner | FileProvisioner | AnsibleProvisioner
 
 /** One machine with every default applied and every host path absolute. */
 export interface ResolvedMachine {
@@ -125,6 +145,8 @@ export interface ResolvedMachine {
   memoryMiB: number
   resnap: ResnapPolicy
   forwardedPorts: ForwardedPort[]
+  /** auto: TCP ports that start listening in the guest are forwarded too, while it runs. */
+  forwardPorts?: ForwardPortsMode
   syncedFolders: SyncedFolder[]
   /** Top-level provisioners first, then the machine's own (Vagrant's order). */
   provisioners: Provisioner[]

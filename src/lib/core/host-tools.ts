@@ -65,6 +65,13 @@ export const HOST_TOOLS: HostTool[] = [
     purpose: 'box build (builder appliance)',
     required: false,
   },
+  {
+    command: 'ansible-playbook',
+    package: 'ansible-core',
+    versionArgs: ['--version'],
+    purpose: 'ansible provisioners',
+    required: false,
+  },
   {command: 'rsync', package: 'rsync', versionArgs: ['--version'], purpose: 'synced folders', required: false},
   {
     command: 'sbatch',

@@ -3,11 +3,14 @@ import {providerFor} from '../../providers/index.js'
 import type {ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, BugError, ExitCode} from '../core/errors.js'
 import type {ForwardedPort} from '../core/ports.js'
+import {readAutoForwards} from './auto-forward.js'
 import {machineDir, readRecord, type MachineContext} from './context.js'
 
 export interface PortForward extends ForwardedPort {
   /** The forward box itself makes for ssh (not in the Boxfile). */
   ssh?: true
+  /** Added while the machine runs, for a port that started listening in the guest (forward_ports: auto). */
+  auto?: true
 }
 
 /** The one machine a command that takes a single [NAME] acts on; a usage error naming them when the Boxfile has several. */
@@ -23,7 +26,7 @@ export function oneMachine(machines: readonly ResolvedMachine[], command: string
   return machines[0]!
 }
 
-/** ssh's forward first, then the Boxfile's, as the provider set them up at the last boot (host ports may have moved off taken ones). */
+/** ssh's forward first, then the Boxfile's, then those forward_ports: auto added; as the provider set them up at the last boot (host ports may have moved off taken ones). */
 export async function machineForwards(
   context: Pick<MachineContext, 'projectDir' | 'cacheDir'>,
   machine: ResolvedMachine,
@@ -39,6 +42,7 @@ export async function machineForwards(
   return [
     {guest: 22, host: record.sshPort, hostIp: '127.0.0.1', protocol: 'tcp', ssh: true},
     ...(record.forwardedPorts ?? []),
+    ...(await readAutoForwards(stateDir)).map((forward) => ({...forward, auto: true as const})),
   ]
 }
 
@@ -56,5 +60,6 @@ export function forwardOf(forwards: readonly PortForward[], guest: number, machi
 }
 
 export function formatForward(forward: PortForward): string {
-  return `${forward.hostIp}:${forward.host} → ${forward.guest}/${forward.protocol}${forward.ssh ? ' (ssh)' : ''}`
+  const note = forward.ssh ? ' (ssh)' : forward.auto ? ' (auto)' : ''
+  return `${forward.hostIp}:${forward.host} → ${forward.guest}/${forward.protocol}${note}`
 }

@@ -131,6 +131,7 @@ async function hostPathsStillValid(machines: ResolvedMachine[]): Promise<boolean
       .map(async (folder) => (await pathKind(folder.source)) === 'directory'),
     ...machine.provisioners.map(async (provisioner) => {
       if (provisioner.type === 'file') return (await pathKind(provisioner.source)) !== undefined
+      if (provisioner.type === 'ansible') return (await pathKind(provisioner.playbook)) === 'file'
       return provisioner.path === undefined || (await pathKind(provisioner.path)) === 'file'
     }),
   ])

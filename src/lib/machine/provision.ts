@@ -5,7 +5,7 @@ import {createInterface} from 'node:readline'
 import type {Provisioner, ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, ExternalError} from '../core/errors.js'
 import {spawn, toBoxError} from '../core/exec.js'
-import type {MachineContext} from './context.js'
+import {machineDir, type MachineContext} from './context.js'
 import {shJoin} from '../core/shell-quote.js'
 import {sshArgs, sshRun, type SshTarget} from './ssh.js'
 
@@ -26,7 +26,10 @@ export async function runProvisioners(
     const stage = context.progress.stage(`${machine.name}: provisioner ${provisioner.name}`)
     try {
       if (provisioner.type === 'shell') await runShell(context, machine.name, target, provisioner)
-      else await copyIn(target, provisioner.source, provisioner.destination)
+      else if (provisioner.type === 'ansible') {
+        const {runAnsible} = await import('./ansible.js')
+        await runAnsible(context, machine.name, machineDir(context.projectDir, machine.name), target, provisioner)
+      } else await copyIn(target, provisioner.source, provisioner.destination)
       stage.done()
     } catch (error) {
       stage.fail()

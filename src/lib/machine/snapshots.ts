@@ -146,8 +146,10 @@ async function restoreLocked(
   const stage = context.progress.stage(`${machine.name}: restoring snapshot "${name}"`)
   const begun = Date.now()
   try {
-    // The old QEMU's ssh master goes with it.
+    // The old QEMU's ssh master goes with it, and so do the forwards forward_ports: auto added to it.
     await closeSshMaster(opened.provider.sshControlPath({stateDir: opened.stateDir}))
+    const {startAutoForward, stopAutoForward} = await import('./auto-forward.js')
+    await stopAutoForward(opened.stateDir)
     const restored = await opened.snapshots.restore(handle, name, {
       sshPort: opened.record.sshPort,
       signal: context.signal,
@@ -157,6 +159,8 @@ async function restoreLocked(
       return {machine: machine.name, name, kind: restored.kind, running: false, restoreMs: Date.now() - begun}
     }
     const record = await resumeGuest(context, machine, opened, handle, restored.started, restored.agent ?? false)
+    // The restored guest's servers are found again by a watcher of the new QEMU.
+    if (machine.forwardPorts === 'auto' && restored.agent) await startAutoForward(opened.stateDir, opened.provider.name)
     stage.done(`running again, ssh on 127.0.0.1:${record.sshPort}`)
     return {
       machine: machine.name,

@@ -4,7 +4,7 @@ import {mkdir, readFile, rm} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {providerFor} from '../../providers/index.js'
-import type {MachineHandle, MachineState, Provider} from '../../providers/provider.js'
+import type {MachineHandle, MachineState, Provider, Started} from '../../providers/provider.js'
 import type {ResolvedMachine} from '../boxfile/types.js'
 import {run} from '../core/exec.js'
 import type {StoredBox} from '../store/query.js'
@@ -162,6 +162,7 @@ export async function upMachine(
       throw context.signal?.aborted ? context.signal.reason : error
     }
     const bootMs = Date.now() - started
+    if (machine.forwardPorts === 'auto') await startAutoForwarding(context, machine.name, provider, stateDir, booted)
 
     if (machine.syncedFolders.some((folder) => !folder.disabled)) {
       const {syncFolders} = await import('./sync.js')
@@ -180,6 +181,31 @@ export async function upMachine(
   } finally {
     await release()
   }
+}
+
+/** forward_ports: auto — the watcher (auto-forward.ts), once the guest's agent has shown it can tell which ports listen. */
+async function startAutoForwarding(
+  context: MachineContext,
+  name: string,
+  provider: Provider,
+  stateDir: string,
+  booted: Started,
+): Promise<void> {
+  const {startAutoForward} = await import('./auto-forward.js')
+  const without = 'forward_ports: auto is off for this boot, only forwarded_ports apply'
+  if (!provider.addForward || !provider.askAgent || !booted.sshListening) {
+    context.progress.warn(`${name}: ${without} (it needs box-agent in the guest and the QEMU provider)`)
+    return
+  }
+  try {
+    await provider.askAgent({stateDir}, 'tcp-listeners', {timeoutMs: 5000})
+  } catch (error) {
+    context.progress.warn(
+      `${name}: ${without}: the guest's box-agent does not report listening ports (${(error as Error).message}); a box built with this box version does`,
+    )
+    return
+  }
+  await startAutoForward(stateDir, provider.name)
 }
 
 async function createMachine(

@@ -1,7 +1,9 @@
 import {rename, rm} from 'node:fs/promises'
 import {join} from 'node:path'
 
+import {BoxError} from '../../lib/core/errors.js'
 import {defaultCacheDir} from '../../lib/core/paths.js'
+import type {ForwardedPort} from '../../lib/core/ports.js'
 import {socketPath} from '../../lib/core/short-socket.js'
 import type {
   HaltOptions,
@@ -20,6 +22,8 @@ import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles, type Booted}
 import {QemuSnapshots, settleDisk, snapshotsDir} from './snapshot-chain.js'
 import {hostQemu, saveRunningState, startFromState} from './snapshot.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
+import {hostfwd} from './argv.js'
+import {QmpClient} from './qmp.js'
 import {access} from 'node:fs/promises'
 
 /** The files of a running state saved for fresh workers: the frozen disk, the state and its record (`state.json`). */
@@ -80,6 +84,18 @@ export class QemuProvider implements Provider {
       }
     }
     return started
+  }
+
+  async addForward(machine: Pick<MachineHandle, 'stateDir'>, forward: ForwardedPort): Promise<void> {
+    // QMP has no command of its own for this: the monitor's hostfwd_add, which prints nothing when it worked.
+    const qmp = await QmpClient.connect(instanceFiles(machine.stateDir).qmpSocket)
+    try {
+      const rule = hostfwd(forward).slice('hostfwd='.length)
+      const said = await qmp.execute<string>('human-monitor-command', {'command-line': `hostfwd_add net0 ${rule}`})
+      if (said.trim()) throw new BoxError(`QEMU did not add the forward ${rule}: ${said.trim()}`)
+    } finally {
+      qmp.close()
+    }
   }
 
   askAgent(machine: Pick<MachineHandle, 'stateDir'>, request: string, options: {timeoutMs: number}): Promise<string> {
