@@ -46,6 +46,11 @@ const dataDir = join(work, 'data')
 const env = {BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: cacheDir, NO_COLOR: '1'}
 const cli = (args: string[]) => execa(BIN, args, {cwd: project, env, stdin: 'ignore'})
 const figures: Record<string, string> = {}
+/** Printed at once too: a run cut short still shows what it measured. */
+const figure = (name: string, value: string) => {
+  figures[name] = value
+  console.log(`${name}: ${value}`)
+}
 console.log(`load before: ${load()}`)
 
 try {
@@ -69,10 +74,12 @@ try {
     pauses.push(saved.pauseMs!)
     sizes.push(saved.stateBytes!)
   }
-  figures['save of the running machine (whole call)'] = range(saves)
-  figures['  of which the guest was paused'] = range(pauses)
-  figures['state file size'] =
-    `median ${(median(sizes) / 1e6).toFixed(0)} MB (${sizes.map((s) => (s / 1e6).toFixed(0)).join(', ')})`
+  figure('save of the running machine (whole call)', range(saves))
+  figure('  of which the guest was paused', range(pauses))
+  figure(
+    'state file size',
+    `median ${(median(sizes) / 1e6).toFixed(0)} MB (${sizes.map((s) => (s / 1e6).toFixed(0)).join(', ')})`,
+  )
 
   // Restore → box-agent answers, at the provider (what box snapshot restore does before ssh).
   const record = (await readRecord(stateDir))!
@@ -98,7 +105,7 @@ try {
       JSON.stringify({...record, sshPort: restored.started!.sshPort, forwardedPorts: []}),
     )
   }
-  figures['restore (provider) → box-agent answers'] = range(toAgent)
+  figure('restore (provider) → box-agent answers', range(toAgent))
 
   // box snapshot restore → first box ssh -- true, as a user runs them.
   const toSsh: number[] = []
@@ -108,7 +115,7 @@ try {
     await cli(['ssh', '--', 'true'])
     toSsh.push(performance.now() - started)
   }
-  figures['`box snapshot restore` → first `box ssh -- true` done (two CLI runs)'] = range(toSsh)
+  figure('`box snapshot restore` → first `box ssh -- true` done (two CLI runs)', range(toSsh))
 
   // Resnap boots of the same box.
   const resnaps: number[] = []
@@ -117,7 +124,7 @@ try {
     await cli(['resnap'])
     resnaps.push(performance.now() - started)
   }
-  figures['`box resnap` (halt, boot with resnap, ssh)'] = range(resnaps)
+  figure('`box resnap` (halt, boot with resnap, ssh)', range(resnaps))
   await cli(['destroy', '-f'])
 
   // Fresh workers from the ready state, made in a cache of this run's own.
@@ -125,7 +132,7 @@ try {
   const spec = {box: {name: 'reference'}, cpus: 2, memoryMiB: 1024, network: true}
   const build = performance.now()
   const first = await startFreshWorker(spec, {dataDir, cacheDir: workerCache})
-  figures['first worker: making the ready state (resnap boot, save) + restore'] = seconds(performance.now() - build)
+  figure('first worker: making the ready state (resnap boot, save) + restore', seconds(performance.now() - build))
   await first.destroy()
   const workerAgent: number[] = []
   const workerSsh: number[] = []
@@ -137,13 +144,14 @@ try {
     written.push(worker.timings.diskBytesBeforeRun ?? 0)
     await worker.destroy()
   }
-  figures['fresh worker: restore → box-agent answers (clock set)'] = range(workerAgent)
-  figures['fresh worker: restore → first ssh login'] = range(workerSsh)
-  figures['disk taken by the new overlay before the guest runs'] = `median ${(median(written) / 1024).toFixed(0)} KiB`
+  figure('fresh worker: restore → box-agent answers (clock set)', range(workerAgent))
+  figure('fresh worker: restore → first ssh login', range(workerSsh))
+  figure('disk taken by the new overlay before the guest runs', `median ${(median(written) / 1024).toFixed(0)} KiB`)
 } finally {
   await execa(BIN, ['destroy', '-f'], {cwd: project, env, reject: false})
   await rm(work, {recursive: true, force: true})
 }
 
 console.log(`load after: ${load()}`)
+console.log('---')
 for (const [name, value] of Object.entries(figures)) console.log(`${name}: ${value}`)
