@@ -10,6 +10,7 @@
  *     against a resnap boot of the same box (`box resnap`: halt, boot, ssh);
  *   - disk the new overlay took per restore before the guest ran.
  * Run: npm run build && flock /tmp/box-qemu.lock node --import tsx/esm bench/snapshot.ts
+ * (RUNS=N for more runs; RESNAP=0 without the resnap boots.)
  */
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {loadavg, tmpdir} from 'node:os'
@@ -117,14 +118,16 @@ try {
   }
   figure('`box snapshot restore` → first `box ssh -- true` done (two CLI runs)', range(toSsh))
 
-  // Resnap boots of the same box.
-  const resnaps: number[] = []
-  for (let i = 0; i < RUNS; i++) {
-    const started = performance.now()
-    await cli(['resnap'])
-    resnaps.push(performance.now() - started)
+  // Resnap boots of the same box (RESNAP=0 leaves them out: the snapshot figures only).
+  if (process.env.RESNAP !== '0') {
+    const resnaps: number[] = []
+    for (let i = 0; i < RUNS; i++) {
+      const started = performance.now()
+      await cli(['resnap'])
+      resnaps.push(performance.now() - started)
+    }
+    figure('`box resnap` (halt, boot with resnap, ssh)', range(resnaps))
   }
-  figure('`box resnap` (halt, boot with resnap, ssh)', range(resnaps))
   await cli(['destroy', '-f'])
 
   // Fresh workers from the ready state, made in a cache of this run's own.
