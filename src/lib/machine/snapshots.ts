@@ -209,11 +209,14 @@ async function resumeGuest(
       signal: context.signal,
     })
   if (agent && opened.provider.askAgent) {
-    // The RNG first: sshd seeds each connection's process from it. The clock meanwhile with the ssh login.
+    // The RNG first: sshd seeds each connection's process from it. Then the ssh login, and the
+    // clock while it runs (asked second: the agent answers one question at a time, and the
+    // login waits for its "sshd listens").
     await opened.provider.askAgent({stateDir: opened.stateDir}, `reseed ${randomBytes(64).toString('hex')}`, {
       timeoutMs: 10_000,
     })
-    await Promise.all([setGuestClock(withAgent), sshUp()])
+    const login = sshUp()
+    await Promise.all([login, setGuestClock(withAgent)])
     return record
   }
   // Without the agent, over ssh once it answers.
