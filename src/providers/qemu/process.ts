@@ -1,4 +1,4 @@
-import {readFileSync} from 'node:fs'
+import {readdirSync, readFileSync} from 'node:fs'
 import {readFile, rm} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 
@@ -65,10 +65,12 @@ export function isAlive(pid: number): boolean {
   } catch {
     return false
   }
-  // A zombie (exited, its parent has not reaped it yet: a daemonized QEMU's parent is init) is gone.
+  // A zombie whose threads are all gone has closed its files: its parent (init, for a
+  // daemonized QEMU) just has not reaped it yet. Only the leader being a zombie is not
+  // enough: QEMU's other threads may still be exiting, holding its files and image locks.
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat[stat.lastIndexOf(')') + 2] !== 'Z'
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z' || readdirSync(`/proc/${pid}/task`).length > 1
   } catch {
     return false
   }

@@ -156,10 +156,18 @@ export async function settleDisk(stateDir: string): Promise<void> {
       ...(index.diskParent === DISK ? [index.active] : []),
     ]
     await rename(join(stateDir, DISK), join(stateDir, moved))
-    for (const child of children) {
-      await run('qemu-img', ['rebase', '-q', '-u', '-F', 'qcow2', '-b', join(stateDir, moved), join(stateDir, child)], {
-        purpose: 'pointing a snapshot layer at its moved backing file',
-      })
+    try {
+      for (const child of children) {
+        await run(
+          'qemu-img',
+          ['rebase', '-q', '-u', '-F', 'qcow2', '-b', join(stateDir, moved), join(stateDir, child)],
+          {purpose: 'pointing a snapshot layer at its moved backing file'},
+        )
+      }
+    } catch (error) {
+      // Back where the index says it is (a child already rebased points at a path that is gone, and is redone next time).
+      await rename(join(stateDir, moved), join(stateDir, DISK))
+      throw error
     }
     index.layers[moved] = index.layers[DISK]!
     delete index.layers[DISK]
