@@ -10,6 +10,7 @@
  *     against a resnap boot of the same box (`box resnap`: halt, boot, ssh);
  *   - disk the new overlay took per restore before the guest ran.
  * Run: npm run build && flock /tmp/box-qemu.lock node --import tsx/esm bench/snapshot.ts
+ * (RUNS=N for more runs; RESNAP=0 without the resnap boots.)
  */
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {loadavg, tmpdir} from 'node:os'
@@ -46,6 +47,11 @@ const dataDir = join(work, 'data')
 const env = {BOX_DATA_DIR: dataDir, BOX_CACHE_DIR: cacheDir, NO_COLOR: '1'}
 const cli = (args: string[]) => execa(BIN, args, {cwd: project, env, stdin: 'ignore'})
 const figures: Record<string, string> = {}
+/** Printed at once too: a run cut short still shows what it measured. */
+const figure = (name: string, value: string) => {
+  figures[name] = value
+  console.log(`${name}: ${value}`)
+}
 console.log(`load before: ${load()}`)
 
 try {
@@ -69,10 +75,12 @@ try {
     pauses.push(saved.pauseMs!)
     sizes.push(saved.stateBytes!)
   }
-  figures['save of the running machine (whole call)'] = range(saves)
-  figures['  of which the guest was paused'] = range(pauses)
-  figures['state file size'] =
-    `median ${(median(sizes) / 1e6).toFixed(0)} MB (${sizes.map((s) => (s / 1e6).toFixed(0)).join(', ')})`
+  figure('save of the running machine (whole call)', range(saves))
+  figure('  of which the guest was paused', range(pauses))
+  figure(
+    'state file size',
+    `median ${(median(sizes) / 1e6).toFixed(0)} MB (${sizes.map((s) => (s / 1e6).toFixed(0)).join(', ')})`,
+  )
 
   // Restore → box-agent answers, at the provider (what box snapshot restore does before ssh).
   const record = (await readRecord(stateDir))!
@@ -98,7 +106,7 @@ try {
       JSON.stringify({...record, sshPort: restored.started!.sshPort, forwardedPorts: []}),
     )
   }
-  figures['restore (provider) → box-agent answers'] = range(toAgent)
+  figure('restore (provider) → box-agent answers', range(toAgent))
 
   // box snapshot restore → first box ssh -- true, as a user runs them.
   const toSsh: number[] = []
@@ -108,16 +116,18 @@ try {
     await cli(['ssh', '--', 'true'])
     toSsh.push(performance.now() - started)
   }
-  figures['`box snapshot restore` → first `box ssh -- true` done (two CLI runs)'] = range(toSsh)
+  figure('`box snapshot restore` → first `box ssh -- true` done (two CLI runs)', range(toSsh))
 
-  // Resnap boots of the same box.
-  const resnaps: number[] = []
-  for (let i = 0; i < RUNS; i++) {
-    const started = performance.now()
-    await cli(['resnap'])
-    resnaps.push(performance.now() - started)
+  // Resnap boots of the same box (RESNAP=0 leaves them out: the snapshot figures only).
+  if (process.env.RESNAP !== '0') {
+    const resnaps: number[] = []
+    for (let i = 0; i < RUNS; i++) {
+      const started = performance.now()
+      await cli(['resnap'])
+      resnaps.push(performance.now() - started)
+    }
+    figure('`box resnap` (halt, boot with resnap, ssh)', range(resnaps))
   }
-  figures['`box resnap` (halt, boot with resnap, ssh)'] = range(resnaps)
   await cli(['destroy', '-f'])
 
   // Fresh workers from the ready state, made in a cache of this run's own.
@@ -125,7 +135,7 @@ try {
   const spec = {box: {name: 'reference'}, cpus: 2, memoryMiB: 1024, network: true}
   const build = performance.now()
   const first = await startFreshWorker(spec, {dataDir, cacheDir: workerCache})
-  figures['first worker: making the ready state (resnap boot, save) + restore'] = seconds(performance.now() - build)
+  figure('first worker: making the ready state (resnap boot, save) + restore', seconds(performance.now() - build))
   await first.destroy()
   const workerAgent: number[] = []
   const workerSsh: number[] = []
@@ -137,13 +147,14 @@ try {
     written.push(worker.timings.diskBytesBeforeRun ?? 0)
     await worker.destroy()
   }
-  figures['fresh worker: restore → box-agent answers (clock set)'] = range(workerAgent)
-  figures['fresh worker: restore → first ssh login'] = range(workerSsh)
-  figures['disk taken by the new overlay before the guest runs'] = `median ${(median(written) / 1024).toFixed(0)} KiB`
+  figure('fresh worker: restore → box-agent answers (clock set)', range(workerAgent))
+  figure('fresh worker: restore → first ssh login', range(workerSsh))
+  figure('disk taken by the new overlay before the guest runs', `median ${(median(written) / 1024).toFixed(0)} KiB`)
 } finally {
   await execa(BIN, ['destroy', '-f'], {cwd: project, env, reject: false})
   await rm(work, {recursive: true, force: true})
 }
 
 console.log(`load after: ${load()}`)
+console.log('---')
 for (const [name, value] of Object.entries(figures)) console.log(`${name}: ${value}`)

@@ -148,11 +148,15 @@ export interface ProviderSnapshots {
   list(machine: Pick<MachineHandle, 'stateDir'>): Promise<SnapshotInfo[]>
   /** Snapshot the machine as it is: disk only when halted, disk and running state when running (the guest only pauses). */
   save(machine: MachineHandle, name: string, options: {signal?: AbortSignal}): Promise<SnapshotSaved>
-  /** Put the machine back: a running snapshot resumes (a running machine is stopped first), a disk one leaves it halted. */
+  /**
+   * Put the machine back: a running snapshot resumes (a running machine is stopped first), a
+   * disk one leaves it halted. `consume` (`pop`): the snapshot is deleted by the restore, and
+   * the machine may take its files over instead of building on them.
+   */
   restore(
     machine: MachineHandle,
     name: string,
-    options: {sshPort?: number; signal?: AbortSignal},
+    options: {sshPort?: number; signal?: AbortSignal; consume?: boolean},
   ): Promise<SnapshotRestored>
   /** Refuses a snapshot others build on; says whether its disk layer had to stay (the machine's disk builds on it). */
   delete(machine: Pick<MachineHandle, 'stateDir'>, name: string): Promise<{layerKept: boolean}>

@@ -141,19 +141,20 @@ async function restoreLocked(
   machine: ResolvedMachine,
   opened: Opened,
   name: string,
+  consume = false,
 ): Promise<RestoredSnapshot> {
   const handle = await handleOf(opened, machine)
   const stage = context.progress.stage(`${machine.name}: restoring snapshot "${name}"`)
   const begun = Date.now()
   try {
-    // The old QEMU's ssh master goes with it, and so do the forwards forward_ports: auto added to it.
-    await closeSshMaster(opened.provider.sshControlPath({stateDir: opened.stateDir}))
+    // The old QEMU's ssh master goes with it (closed meanwhile, gone before a new one is made),
+    // and so do the forwards forward_ports: auto added to it.
+    const masterClosed = closeSshMaster(opened.provider.sshControlPath({stateDir: opened.stateDir}))
     const {startAutoForward, stopAutoForward} = await import('./auto-forward.js')
     await stopAutoForward(opened.stateDir)
-    const restored = await opened.snapshots.restore(handle, name, {
-      sshPort: opened.record.sshPort,
-      signal: context.signal,
-    })
+    const restored = await opened.snapshots
+      .restore(handle, name, {sshPort: opened.record.sshPort, signal: context.signal, consume})
+      .finally(() => masterClosed)
     if (!restored.started) {
       stage.done('disk restored; the machine is halted (start it with box up)')
       return {machine: machine.name, name, kind: restored.kind, running: false, restoreMs: Date.now() - begun}
@@ -203,28 +204,34 @@ async function resumeGuest(
       )
   }
   const withAgent = {...opened, record}
+  const target = sshTarget(opened.stateDir, record, opened.provider)
+  const sshUp = () =>
+    waitForSsh(target, {
+      timeoutMs: 120_000,
+      isAlive: started.isAlive,
+      serialLog: started.serialLog,
+      sshListening: started.sshListening,
+      signal: context.signal,
+    })
   if (agent && opened.provider.askAgent) {
-    await setGuestClock(withAgent)
+    // The RNG first: sshd seeds each connection's process from it. Then the ssh login, and the
+    // clock while it runs (asked second: the agent answers one question at a time, and the
+    // login waits for its "sshd listens").
     await opened.provider.askAgent({stateDir: opened.stateDir}, `reseed ${randomBytes(64).toString('hex')}`, {
       timeoutMs: 10_000,
     })
+    const login = sshUp()
+    await Promise.all([login, setGuestClock(withAgent)])
+    return record
   }
-  const target = sshTarget(opened.stateDir, record, opened.provider)
-  await waitForSsh(target, {
-    timeoutMs: 120_000,
-    isAlive: started.isAlive,
-    serialLog: started.serialLog,
-    sshListening: started.sshListening,
-    signal: context.signal,
+  // Without the agent, over ssh once it answers.
+  await sshUp()
+  await sshRun(target, ['sudo', 'date', '-u', '-s', `@${hostEpoch()}`], {purpose: 'setting the guest clock'})
+  // Mixed into the pool (no forced reseed without the agent's ioctl).
+  await sshRun(target, ['sudo', 'dd', 'of=/dev/urandom', 'status=none'], {
+    input: randomBytes(64).toString('hex'),
+    purpose: 'adding host randomness to the guest',
   })
-  if (!(agent && opened.provider.askAgent)) {
-    await sshRun(target, ['sudo', 'date', '-u', '-s', `@${hostEpoch()}`], {purpose: 'setting the guest clock'})
-    // Mixed into the pool (no forced reseed without the agent's ioctl).
-    await sshRun(target, ['sudo', 'dd', 'of=/dev/urandom', 'status=none'], {
-      input: randomBytes(64).toString('hex'),
-      purpose: 'adding host randomness to the guest',
-    })
-  }
   return record
 }
 
@@ -282,7 +289,7 @@ export async function pushSnapshot(context: MachineContext, machine: ResolvedMac
   return saveSnapshot(context, machine, name)
 }
 
-/** `pop`: restore the newest pushed snapshot and delete it (its layer stays under the disk). */
+/** `pop`: restore the newest pushed snapshot and delete it: the chain is as long as before its push. */
 export async function popSnapshot(context: MachineContext, machine: ResolvedMachine): Promise<RestoredSnapshot> {
   return withMachine(context, machine, async (opened) => {
     const pushed = (await opened.snapshots.list({stateDir: opened.stateDir})).filter((snapshot) =>
@@ -293,8 +300,6 @@ export async function popSnapshot(context: MachineContext, machine: ResolvedMach
       throw new BoxError(`machine ${machine.name} has no pushed snapshot to pop`, {
         suggestions: [`push one first: box snapshot push ${machine.name}`],
       })
-    const restored = await restoreLocked(context, machine, opened, newest.name)
-    await opened.snapshots.delete({stateDir: opened.stateDir}, newest.name)
-    return restored
+    return restoreLocked(context, machine, opened, newest.name, true)
   })
 }

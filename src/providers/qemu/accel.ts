@@ -1,9 +1,9 @@
-import {access, constants, mkdir, readFile, writeFile} from 'node:fs/promises'
+import {access, constants, mkdir, readFile, rename, stat, writeFile} from 'node:fs/promises'
 import {hostname, platform, release} from 'node:os'
 import {join} from 'node:path'
 
 import {BoxError, ExitCode} from '../../lib/core/errors.js'
-import {missingProgramError, spawn} from '../../lib/core/exec.js'
+import {findOnPath, missingProgramError, spawn} from '../../lib/core/exec.js'
 
 export type Accel = 'kvm' | 'hvf' | 'tcg'
 export const ACCELS: readonly Accel[] = ['kvm', 'hvf', 'tcg']
@@ -85,7 +85,9 @@ export async function resolveAccel(options: ProbeOptions): Promise<AccelResult> 
   }
   const qemu = options.qemuBinary ?? 'qemu-system-x86_64'
   const candidates = await candidateAccels()
-  const key = {host: hostname(), kernel: release(), qemu: await qemuVersion(qemu), candidates}
+  // The default binary's version from its stat-keyed cache: no QEMU spawned for it at every start.
+  const version = options.qemuBinary ? await qemuVersion(qemu) : (await hostQemu(options.cacheDir)).version
+  const key = {host: hostname(), kernel: release(), qemu: version, candidates}
   const cacheFile = join(options.cacheDir, 'accel.json')
   if (!options.refresh) {
     const cached = await readCache(cacheFile)
@@ -152,6 +154,40 @@ function probeMachineArgs(): string[] {
     '-device',
     'isa-debug-exit,iobase=0xf4,iosize=0x04',
   ]
+}
+
+const DEFAULT_QEMU = 'qemu-system-x86_64'
+
+export interface HostQemu {
+  version: string
+  /** The versioned machine type `-machine pc` stands for. */
+  pcMachineType: string
+}
+
+/**
+ * QEMU's version and what `pc` means, cached per binary (size and mtime: an upgrade
+ * replaces the file), so starting a worker does not spawn QEMU twice to ask.
+ */
+export async function hostQemu(cacheDir: string): Promise<HostQemu> {
+  const binary = (await findOnPath(DEFAULT_QEMU)) ?? DEFAULT_QEMU
+  const info = await stat(binary).catch(() => undefined)
+  const key = `${binary}:${info?.size}:${info?.mtimeMs}`
+  const cacheFile = join(cacheDir, 'qemu-host.json')
+  try {
+    const cached = JSON.parse(await readFile(cacheFile, 'utf8')) as {key: string} & HostQemu
+    if (cached.key === key) return {version: cached.version, pcMachineType: cached.pcMachineType}
+  } catch {}
+  const [version, machines] = await Promise.all([
+    qemuVersion(DEFAULT_QEMU),
+    spawn(DEFAULT_QEMU, ['-machine', 'help'], {timeout: 10_000}),
+  ])
+  // "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)"
+  const pcMachineType = /^pc\s.*\(alias of ([\w.-]+)\)/m.exec(String(machines.stdout))?.[1] ?? 'pc'
+  const result = {version, pcMachineType}
+  await writeFile(`${cacheFile}.${process.pid}`, JSON.stringify({key, ...result}))
+    .then(() => rename(`${cacheFile}.${process.pid}`, cacheFile))
+    .catch(() => {})
+  return result
 }
 
 export async function qemuVersion(qemu = 'qemu-system-x86_64'): Promise<string> {

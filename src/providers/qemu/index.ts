@@ -16,11 +16,11 @@ import type {
   StartOptions,
   Started,
 } from '../provider.js'
-import {resolveAccel} from './accel.js'
+import {hostQemu, resolveAccel} from './accel.js'
 import {AgentRefusal, askAgent} from './agent.js'
 import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles, type Booted} from './instance.js'
 import {QemuSnapshots, settleDisk, snapshotsDir} from './snapshot-chain.js'
-import {hostQemu, saveRunningState, startFromState} from './snapshot.js'
+import {saveRunningState, startFromState} from './snapshot.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
 import {hostfwd} from './argv.js'
 import {QmpClient} from './qmp.js'

@@ -1,3 +1,4 @@
+import {readdirSync, readFileSync} from 'node:fs'
 import {readFile, rm} from 'node:fs/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 
@@ -61,19 +62,48 @@ export async function runningPid(pidFile: string, qmpSocket: string): Promise<nu
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
-    return true
+  } catch {
+    return false
+  }
+  // A zombie whose threads are all gone has closed its files: its parent (init, for a
+  // daemonized QEMU) just has not reaped it yet. Only the leader being a zombie is not
+  // enough: QEMU's other threads may still be exiting, holding its files and image locks.
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat[stat.lastIndexOf(')') + 2] !== 'Z' || readdirSync(`/proc/${pid}/task`).length > 1
   } catch {
     return false
   }
 }
 
-export async function waitForExit(pid: number, timeoutMs: number): Promise<boolean> {
+export async function waitForExit(pid: number, timeoutMs: number, pollMs = 100): Promise<boolean> {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
     if (!isAlive(pid)) return true
-    await sleep(100)
+    await sleep(pollMs)
   }
   return !isAlive(pid)
+}
+
+/**
+ * SIGKILL, for a QEMU whose guest is thrown away (a snapshot restore replaces its disk and
+ * its RAM): nothing it holds is kept, so there is nothing to let it finish, and `quit`
+ * costs a QMP round trip and a coarse wait. Its disk layers below the running overlay were
+ * flushed when they were frozen (QMP `stop` flushes). Resolves once it is gone, so its host
+ * ports and files are free.
+ */
+export async function killQemu(options: {pidFile: string; qmpSocket: string}): Promise<boolean> {
+  const pid = await runningPid(options.pidFile, options.qmpSocket)
+  if (!pid) return false
+  try {
+    process.kill(pid, 'SIGKILL')
+  } catch {}
+  // Freeing 1 GiB of guest RAM takes a few milliseconds: poll finely.
+  if (!(await waitForExit(pid, 5000, 5)))
+    throw new BoxError(`QEMU (pid ${pid}) did not exit after SIGKILL`, {
+      suggestions: ['see whether the process is stuck in the kernel (ps -o stat,wchan -p PID)'],
+    })
+  return true
 }
 
 export interface StopResult {

@@ -22,23 +22,15 @@ import {join, relative} from 'node:path'
 
 import {BoxError} from '../../lib/core/errors.js'
 import {run} from '../../lib/core/exec.js'
-import type {
-  MachineHandle,
-  ProviderSnapshots,
-  SnapshotInfo,
-  SnapshotRestored,
-  SnapshotSaved,
-  Started,
-} from '../provider.js'
-import {resolveAccel} from './accel.js'
+import type {MachineHandle, ProviderSnapshots, SnapshotInfo, SnapshotRestored, SnapshotSaved} from '../provider.js'
+import {hostQemu, resolveAccel} from './accel.js'
 import {instanceFiles} from './instance.js'
-import {isAlive, runningPid, stopQemu} from './process.js'
+import {isAlive, killQemu, runningPid} from './process.js'
 import {
   checkStateFile,
   checkStateFits,
   compatFileOf,
   freezeHaltedDisk,
-  hostQemu,
   overlayOnLayer,
   readStateCompat,
   saveRunningState,
@@ -102,6 +94,20 @@ function ancestry(index: SnapshotIndex, layer: string | null): string[] {
   return chain
 }
 
+/** The snapshots that build on `entry` (its layer is in their ancestry): it cannot be deleted while they exist. */
+function dependentsOf(index: SnapshotIndex, entry: SnapshotEntry): string[] {
+  return index.snapshots
+    .filter((other) => other !== entry && ancestry(index, other.layer).includes(entry.layer))
+    .map((other) => other.name)
+}
+
+function dependedOnError(name: string, verb: 'deleted' | 'popped', dependents: string[]): BoxError {
+  return new BoxError(
+    `snapshot "${name}" cannot be ${verb}: ${dependents.map((other) => `"${other}"`).join(', ')} ${dependents.length === 1 ? 'builds' : 'build'} on it`,
+    {suggestions: [`delete ${dependents.length === 1 ? 'that one' : 'those'} first (newest first), then this one`]},
+  )
+}
+
 function findEntry(index: SnapshotIndex, name: string, machine: string): SnapshotEntry {
   const entry = index.snapshots.find((snapshot) => snapshot.name === name)
   if (!entry) {
@@ -126,9 +132,14 @@ async function collectGarbage(stateDir: string, index: SnapshotIndex): Promise<v
     await rm(join(stateDir, layer), {force: true})
     delete index.layers[layer]
   }
+  // And state files no snapshot names (a pop or delete cut short after the index was written).
+  const states = new Set(index.snapshots.flatMap((snapshot) => (snapshot.state ? [snapshot.state] : [])))
   const names = await readdir(snapshotsDir(stateDir)).catch(() => [] as string[])
-  for (const name of names.filter((file) => file.endsWith('.partial')))
-    await rm(join(snapshotsDir(stateDir), name), {force: true})
+  for (const name of names) {
+    const state = `snapshots/${name.replace(/\.json$/, '')}`
+    if (name.endsWith('.partial') || (/\.state(\.json)?$/.test(name) && !states.has(state)))
+      await rm(join(snapshotsDir(stateDir), name), {force: true})
+  }
 }
 
 /**
@@ -145,10 +156,18 @@ export async function settleDisk(stateDir: string): Promise<void> {
       ...(index.diskParent === DISK ? [index.active] : []),
     ]
     await rename(join(stateDir, DISK), join(stateDir, moved))
-    for (const child of children) {
-      await run('qemu-img', ['rebase', '-q', '-u', '-F', 'qcow2', '-b', join(stateDir, moved), join(stateDir, child)], {
-        purpose: 'pointing a snapshot layer at its moved backing file',
-      })
+    try {
+      for (const child of children) {
+        await run(
+          'qemu-img',
+          ['rebase', '-q', '-u', '-F', 'qcow2', '-b', join(stateDir, moved), join(stateDir, child)],
+          {purpose: 'pointing a snapshot layer at its moved backing file'},
+        )
+      }
+    } catch (error) {
+      // Back where the index says it is (a child already rebased points at a path that is gone, and is redone next time).
+      await rename(join(stateDir, moved), join(stateDir, DISK))
+      throw error
     }
     index.layers[moved] = index.layers[DISK]!
     delete index.layers[DISK]
@@ -253,66 +272,126 @@ export class QemuSnapshots implements ProviderSnapshots {
   async restore(
     machine: MachineHandle,
     name: string,
-    options: {sshPort?: number; signal?: AbortSignal},
+    options: {sshPort?: number; signal?: AbortSignal; consume?: boolean},
   ): Promise<SnapshotRestored> {
     const files = instanceFiles(machine.stateDir)
-    const entry = findEntry(await readIndex(machine.stateDir), name, machine.name)
+    const before = await readIndex(machine.stateDir)
+    const entry = findEntry(before, name, machine.name)
     const dir = machine.stateDir
     const what = `snapshot "${name}" of machine ${machine.name}`
-    let started: Started | undefined
-    let agent: boolean | undefined
-    if (entry.kind === 'running') {
-      const state = join(dir, entry.state!)
-      const {accel} = await resolveAccel({cacheDir: this.cacheDir})
-      const qemu = await hostQemu(this.cacheDir)
-      const common = {
-        name: machine.name,
-        files,
-        box: machine.box,
-        accel,
-        cpus: machine.cpus,
-        memoryMiB: machine.memoryMiB,
-        forwards: machine.forwardedPorts,
-        qemu,
-        what,
+    if (options.consume) {
+      const dependents = dependentsOf(before, entry)
+      if (dependents.length > 0) throw dependedOnError(name, 'popped', dependents)
+    }
+    if (entry.kind !== 'running') {
+      // The disk the machine has now is dropped: no need to let its QEMU finish.
+      await killQemu(files)
+      await rm(files.pidFile, {force: true})
+      const {index, layer, entry: settled} = await this.settled(machine.stateDir, name)
+      if (options.consume) await this.takeOver(dir, index, settled)
+      else {
+        await overlayOnLayer(files.overlay, layer)
+        index.diskParent = settled.layer
       }
-      // Refused before the running machine is touched.
-      const compat = await readStateCompat(state)
-      await checkStateFits(compat, common)
-      await checkStateFile(state, compat, what)
-      await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: 0, force: true})
-      const {index, layer} = await this.settled(machine.stateDir, name)
-      const result = await startFromState({
+      await collectGarbage(machine.stateDir, index)
+      await writeIndex(machine.stateDir, index)
+      return {kind: entry.kind}
+    }
+    const state = join(dir, entry.state!)
+    const [{accel}, qemu] = await Promise.all([resolveAccel({cacheDir: this.cacheDir}), hostQemu(this.cacheDir)])
+    const common = {
+      name: machine.name,
+      files,
+      box: machine.box,
+      accel,
+      cpus: machine.cpus,
+      memoryMiB: machine.memoryMiB,
+      forwards: machine.forwardedPorts,
+      qemu,
+      what,
+    }
+    // Refused before the running machine is touched.
+    const compat = await readStateCompat(state)
+    await checkStateFits(compat, common)
+    await checkStateFile(state, compat, what)
+    await killQemu(files)
+    await rm(files.pidFile, {force: true})
+    const {index, layer, entry: settled} = await this.settled(machine.stateDir, name)
+    // pop: the snapshot's own layer becomes the disk (the chain does not grow), given back if the load fails.
+    const takenOver = options.consume ? await this.takeOver(dir, index, settled) : undefined
+    let result: Awaited<ReturnType<typeof startFromState>>
+    try {
+      result = await startFromState({
         ...common,
         sshPort: options.sshPort,
         layer,
         state,
+        checked: compat,
+        diskIsLayer: takenOver !== undefined,
         signal: options.signal,
-        onDiskReplaced: async () => {
-          index.diskParent = findEntry(index, name, machine.name).layer
-          await writeIndex(machine.stateDir, index)
-        },
+        onDiskReplaced: takenOver
+          ? undefined
+          : async () => {
+              index.diskParent = settled.layer
+              await writeIndex(machine.stateDir, index)
+            },
       })
-      const {booted} = result
-      started = {
+    } catch (error) {
+      if (takenOver) await this.giveBack(dir, index, settled, takenOver, compat.diskVirtualSize)
+      throw error
+    }
+    const {booted} = result
+    if (takenOver) {
+      await rm(state, {force: true})
+      await rm(compatFileOf(state), {force: true})
+    }
+    await collectGarbage(machine.stateDir, index)
+    await writeIndex(machine.stateDir, index)
+    return {
+      kind: entry.kind,
+      started: {
         sshPort: booted.sshPort,
         forwardedPorts: booted.forwards,
         serialLog: files.serialLog,
         isAlive: () => isAlive(booted.pid),
-      }
-      agent = booted.agent
-      await collectGarbage(machine.stateDir, index)
-      await writeIndex(machine.stateDir, index)
-    } else {
-      await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: 0, force: true})
-      await rm(files.pidFile, {force: true})
-      const {index, layer, entry: settled} = await this.settled(machine.stateDir, name)
-      await overlayOnLayer(files.overlay, layer)
-      index.diskParent = settled.layer
-      await collectGarbage(machine.stateDir, index)
-      await writeIndex(machine.stateDir, index)
+      },
+      agent: booted.agent,
     }
-    return {kind: entry.kind, started, agent}
+  }
+
+  /**
+   * With no QEMU running: the snapshot's layer becomes the machine's disk (what it had is
+   * dropped) and the snapshot is deleted; the index says so first. Returns the layer's parent.
+   */
+  private async takeOver(
+    stateDir: string,
+    index: SnapshotIndex,
+    entry: SnapshotEntry,
+  ): Promise<{parent: string | null}> {
+    const parent = index.layers[entry.layer] ?? null
+    index.snapshots = index.snapshots.filter((other) => other !== entry)
+    delete index.layers[entry.layer]
+    index.diskParent = parent
+    await writeIndex(stateDir, index)
+    await rename(join(stateDir, entry.layer), join(stateDir, DISK))
+    return {parent}
+  }
+
+  /** A takeOver undone (the state did not load): the layer and the snapshot are back, the disk a new overlay on it. */
+  private async giveBack(
+    stateDir: string,
+    index: SnapshotIndex,
+    entry: SnapshotEntry,
+    taken: {parent: string | null},
+    virtualSize: number,
+  ): Promise<void> {
+    await rename(join(stateDir, DISK), join(stateDir, entry.layer))
+    index.layers[entry.layer] = taken.parent
+    index.snapshots.push(entry)
+    index.snapshots.sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+    await overlayOnLayer(join(stateDir, DISK), join(stateDir, entry.layer), virtualSize)
+    index.diskParent = entry.layer
+    await writeIndex(stateDir, index)
   }
 
   /** After the machine's QEMU stopped: the disk settled, the index and the snapshot's layer as they are now. */
@@ -329,17 +408,8 @@ export class QemuSnapshots implements ProviderSnapshots {
   async delete(machine: Pick<MachineHandle, 'stateDir'>, name: string): Promise<{layerKept: boolean}> {
     const index = await readIndex(machine.stateDir)
     const entry = findEntry(index, name, 'this machine')
-    const dependents = index.snapshots
-      .filter((other) => other !== entry && ancestry(index, other.layer).includes(entry.layer))
-      .map((other) => other.name)
-    if (dependents.length > 0) {
-      throw new BoxError(
-        `snapshot "${name}" cannot be deleted: ${dependents.map((other) => `"${other}"`).join(', ')} ${dependents.length === 1 ? 'builds' : 'build'} on it`,
-        {
-          suggestions: [`delete ${dependents.length === 1 ? 'that one' : 'those'} first (newest first), then this one`],
-        },
-      )
-    }
+    const dependents = dependentsOf(index, entry)
+    if (dependents.length > 0) throw dependedOnError(name, 'deleted', dependents)
     const dir = machine.stateDir
     index.snapshots = index.snapshots.filter((other) => other !== entry)
     // The index first: a crash after it leaves files that the next collection removes, never a name without files.

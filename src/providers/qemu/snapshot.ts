@@ -1,35 +1,36 @@
 /**
  * Saving a running QEMU machine and starting a new QEMU from what was saved (DESIGN §8,
- * measured under TCG with QEMU 7.2: there is no `file:` migration URI, `exec:` works).
+ * measured under TCG with QEMU 7.2: there is no `file:` migration URI; `unix:` and `exec:` work).
  *
- * Save, with the guest paused only: QMP `stop`; the machine's overlay is renamed into a
- * frozen layer and QEMU switched live (blockdev-snapshot) to a new empty overlay on top of
- * it, so the layer keeps exactly the disk the saved RAM knows; `migrate` streams RAM and
- * devices to `exec:cat > STATE.partial`; `cont`. The checksum and the compatibility record
- * are written after the guest runs again, then the `.partial` is renamed: a failed or
- * interrupted save leaves no state file, and the machine keeps running.
+ * Save, with the guest paused only: a new empty overlay is made and opened by QEMU while the
+ * guest still runs; QMP `stop`; QEMU is switched (blockdev-snapshot) onto that overlay, so
+ * the file under it keeps exactly the disk the saved RAM knows and is frozen where it is;
+ * `migrate` streams RAM and devices, without QEMU's speed limit, over a Unix socket to box,
+ * which hashes them as it writes `STATE.partial` (state-stream.ts); `cont` as soon as QEMU is
+ * done. A failed or interrupted save removes the `.partial` before the guest runs again (a
+ * full disk gets its space back first). Then the compatibility record with the checksum is
+ * written, the file synced and renamed into place: no state file is half-written.
  *
- * Start from a state: a new empty overlay over the frozen layer, QEMU with the machine's
- * argv plus `-incoming defer`, QMP `migrate-incoming exec:cat STATE`, the file's checksum
- * computed meanwhile, then `cont`. A state QEMU cannot load, or whose checksum is wrong,
- * ends with that QEMU stopped: no orphan.
+ * Start from a state: a new empty overlay over the frozen layer (or, for a pop, the layer
+ * itself), QEMU with the machine's argv plus `-incoming defer`, QMP `migrate-incoming` on a
+ * Unix socket box sends the file into, hashing it on the way, then `cont` only when QEMU
+ * loaded it and the checksum is the one recorded. A state QEMU cannot load, or whose
+ * checksum is wrong, ends with that QEMU killed: no orphan.
  */
-import {createHash} from 'node:crypto'
-import {createReadStream} from 'node:fs'
 import {open, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
-import {pipeline} from 'node:stream/promises'
 import {setTimeout as sleep} from 'node:timers/promises'
 import {join} from 'node:path'
 
 import {BoxError} from '../../lib/core/errors.js'
-import {findOnPath, run, spawn} from '../../lib/core/exec.js'
+import {run} from '../../lib/core/exec.js'
 import type {ForwardedPort} from '../../lib/core/ports.js'
-import {shQuote} from '../../lib/core/shell-quote.js'
-import {qemuVersion, type Accel} from './accel.js'
+import {socketPath} from '../../lib/core/short-socket.js'
+import type {Accel, HostQemu} from './accel.js'
 import type {BoxImage, ExtraDrive} from '../provider.js'
 import {bootInstance, launchSpecFor, type Booted, type InstanceFiles, type LaunchRecord} from './instance.js'
-import {QEMU_BINARY, stopQemu} from './process.js'
+import {killQemu} from './process.js'
 import {QmpClient} from './qmp.js'
+import {receiveState, sendState, type StateReceiver, type StreamedState} from './state-stream.js'
 import {
   compatProblems,
   devicesFingerprint,
@@ -44,38 +45,6 @@ import {
 /** A migration stream starts with "QEVM" and version 3 (QEMU's savevm.c). */
 const STATE_MAGIC = Buffer.from([0x51, 0x45, 0x56, 0x4d, 0x00, 0x00, 0x00, 0x03])
 
-export interface HostQemu {
-  version: string
-  /** The versioned machine type `-machine pc` stands for. */
-  pcMachineType: string
-}
-
-/**
- * QEMU's version and what `pc` means, cached per binary (size and mtime: an upgrade
- * replaces the file), so starting a worker does not spawn QEMU twice to ask.
- */
-export async function hostQemu(cacheDir: string): Promise<HostQemu> {
-  const binary = (await findOnPath(QEMU_BINARY)) ?? QEMU_BINARY
-  const info = await stat(binary).catch(() => undefined)
-  const key = `${binary}:${info?.size}:${info?.mtimeMs}`
-  const cacheFile = join(cacheDir, 'qemu-host.json')
-  try {
-    const cached = JSON.parse(await readFile(cacheFile, 'utf8')) as {key: string} & HostQemu
-    if (cached.key === key) return {version: cached.version, pcMachineType: cached.pcMachineType}
-  } catch {}
-  const [version, machines] = await Promise.all([
-    qemuVersion(QEMU_BINARY),
-    spawn(QEMU_BINARY, ['-machine', 'help'], {timeout: 10_000}),
-  ])
-  // "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)"
-  const pcMachineType = /^pc\s.*\(alias of ([\w.-]+)\)/m.exec(String(machines.stdout))?.[1] ?? 'pc'
-  const result = {version, pcMachineType}
-  await writeFile(`${cacheFile}.${process.pid}`, JSON.stringify({key, ...result}))
-    .then(() => rename(`${cacheFile}.${process.pid}`, cacheFile))
-    .catch(() => {})
-  return result
-}
-
 /** The box image a disk chain ends in, as the compatibility record names it (no hashing: stat only). */
 export async function boxIdentity(box: BoxImage): Promise<BoxIdentity> {
   const image = await stat(join(box.dir, 'box.img'))
@@ -86,12 +55,6 @@ export async function boxIdentity(box: BoxImage): Promise<BoxIdentity> {
     imageBytes: image.size,
     imageMtimeMs: Math.round(image.mtimeMs),
   }
-}
-
-export async function sha256File(file: string): Promise<string> {
-  const hash = createHash('sha256')
-  await pipeline(createReadStream(file, {highWaterMark: 1 << 20}), hash)
-  return hash.digest('hex')
 }
 
 async function readLaunchRecord(files: InstanceFiles): Promise<LaunchRecord> {
@@ -109,12 +72,31 @@ interface MigrationStatus {
   'error-desc'?: string
 }
 
-/** Poll until a migration (outgoing or incoming) is over; rejects with QEMU's reason. */
-async function waitForMigration(qmp: QmpClient, what: string, signal?: AbortSignal): Promise<void> {
+/**
+ * Poll until a migration (outgoing or incoming) is over; rejects with QEMU's reason, or at
+ * once with the error of `stream` (box's end of it) when that fails first.
+ */
+async function waitForMigration(
+  qmp: QmpClient,
+  what: string,
+  signal?: AbortSignal,
+  stream?: Promise<unknown>,
+): Promise<void> {
+  let streamError: unknown
+  stream?.catch((error: unknown) => {
+    streamError = error
+  })
   for (;;) {
+    if (streamError !== undefined) {
+      await qmp.execute('migrate_cancel').catch(() => {})
+      throw streamError
+    }
     const info = await qmp.execute<MigrationStatus>('query-migrate')
     if (info.status === 'completed') return
     if (info.status === 'failed' || info.status === 'cancelled') {
+      // A broken stream is seen by QEMU as a write error: box's own error says what broke.
+      if (stream) await Promise.race([stream.catch(() => {}), sleep(200)])
+      if (streamError !== undefined) throw streamError
       throw new BoxError(`${what} failed${info['error-desc'] ? `: ${info['error-desc']}` : ''}`)
     }
     if (signal?.aborted) {
@@ -155,6 +137,9 @@ export function compatFileOf(state: string): string {
   return `${state}.json`
 }
 
+/** QEMU's default migration speed limit (128 MiB/s) is for a guest that goes on running; this one is paused. */
+const UNLIMITED_BANDWIDTH = 1 << 30 // bytes/s: above what a copy to the page cache reaches
+
 /** Save a running machine's disk and RAM/devices; it keeps running on a new overlay over `layer`. */
 export async function saveRunningState(options: SaveRunningOptions): Promise<SavedRunning> {
   const {files} = options
@@ -165,6 +150,8 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
   let pauseMs = 0
   let diskVirtualSize = 0
   let frozen = ''
+  let receiver: StateReceiver | undefined
+  let streamed: StreamedState
   try {
     const blocks =
       await qmp.execute<
@@ -177,32 +164,43 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
     frozen = drive.file
     options.signal?.throwIfAborted()
     await rm(partial, {force: true})
+    await qmp.execute('migrate-set-parameters', {'max-bandwidth': UNLIMITED_BANDWIDTH})
+    receiver = await receiveState(socketPath(files.stateDir, 'migration.sock'), partial)
+    const receiving = receiver
+    const overlay = await prepareOverlay(qmp, frozen, options.next, diskVirtualSize)
     const paused = Date.now()
-    await qmp.execute('stop')
+    let switched = false
     try {
-      await switchToNewOverlay(qmp, frozen, options.next, drive['node-name'], diskVirtualSize)
+      await qmp.execute('stop')
+      // From here the guest's writes go to the new overlay: the file under it keeps the disk the saved RAM knows.
+      await qmp.execute('blockdev-snapshot', {node: drive['node-name'], overlay})
+      switched = true
       await options.onFrozen?.(frozen)
-      await qmp.execute('migrate', {uri: `exec:cat > ${shQuote(partial)}`})
-      await waitForMigration(qmp, 'saving the running state', options.signal)
+      await qmp.execute('migrate', {uri: receiving.uri})
+      await waitForMigration(qmp, 'saving the running state', options.signal, receiving.done)
+    } catch (error) {
+      if (!switched) await dropOverlay(qmp, overlay, options.next)
+      // Its space back before the guest runs: a guest write into a full disk would pause it again.
+      await receiving.close()
+      await rm(partial, {force: true})
+      throw error
     } finally {
       // The guest runs on whatever happened (a failed migration included).
       await qmp.execute('cont')
       pauseMs = Date.now() - paused
     }
+    // QEMU is done; box may still be writing its last megabytes while the guest runs.
+    streamed = await receiving.done
   } catch (error) {
+    await receiver?.close()
     await rm(partial, {force: true})
     if (options.signal?.aborted) throw options.signal.reason
-    throw error instanceof BoxError && /saving the running state failed/.test(error.message)
-      ? new BoxError(error.message, {
-          cause: error,
-          suggestions: ['check the free space where the machine lives (df -h .box)'],
-        })
-      : error
+    throw writeErrorOf(error, partial) ?? error
   } finally {
+    await receiver?.close()
     qmp.close()
   }
   try {
-    const bytes = (await stat(partial)).size
     const compat: StateCompat = {
       format: STATE_FORMAT,
       qemuVersion: options.qemu.version,
@@ -230,9 +228,10 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
           .map((forward) => ({guest: forward.guest, protocol: forward.protocol})),
       },
       diskVirtualSize,
-      state: {bytes, sha256: await sha256File(partial)},
+      state: streamed,
       savedAt: new Date().toISOString(),
     }
+    options.signal?.throwIfAborted()
     const compatFile = compatFileOf(options.state)
     await writeFile(`${compatFile}.partial`, `${JSON.stringify(compat, null, 2)}\n`, {mode: 0o600})
     const handle = await open(partial, 'r')
@@ -244,24 +243,46 @@ export async function saveRunningState(options: SaveRunningOptions): Promise<Sav
     await rm(partial, {force: true})
     await rm(`${compatFileOf(options.state)}.partial`, {force: true})
     await rm(compatFileOf(options.state), {force: true})
-    throw error
+    if (options.signal?.aborted) throw options.signal.reason
+    throw writeErrorOf(error, partial) ?? error
   }
 }
 
+/** A failed write of the state file (a full disk, a quota), said as such; undefined for other errors. */
+function writeErrorOf(error: unknown, file: string): BoxError | undefined {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'EFBIG' || code === 'EIO') {
+    const why = {
+      ENOSPC: 'no space left on the device',
+      EDQUOT: 'the disk quota is exceeded',
+      EFBIG: 'the file is too large for the file system',
+      EIO: 'an I/O error',
+    }[code]
+    return new BoxError(
+      `could not write the saved state (${file}): ${why}; nothing was kept, the machine goes on running`,
+      {
+        cause: error,
+        suggestions: ['free space where the machine lives (df -h .box), then save again'],
+      },
+    )
+  }
+  if (error instanceof BoxError && /saving the running state failed/.test(error.message))
+    return new BoxError(error.message, {
+      cause: error,
+      suggestions: ['check the free space where the machine lives (df -h .box)'],
+    })
+  return undefined
+}
+
 /**
- * While the guest is stopped: a new overlay over the file QEMU runs on takes the guest's
- * writes from now on (blockdev-snapshot), and that file is frozen where it is. It must not
- * be renamed while this QEMU lives: QEMU reopens a backing file by its path (read-only at
- * the switch, again when a migration hands the disks back), and a renamed path would give
- * it another file (snapshot-chain.ts moves files only while no QEMU runs).
+ * The overlay the guest goes on writing to, over the file QEMU runs on: made and opened by
+ * QEMU while the guest still runs (nothing uses it yet); `switchOverlay` puts it on top once
+ * the guest is stopped. The file under it is then frozen where it is. It must not be renamed
+ * while this QEMU lives: QEMU reopens a backing file by its path (read-only at the switch,
+ * again when a migration hands the disks back), and a renamed path would give it another
+ * file (snapshot-chain.ts moves files only while no QEMU runs).
  */
-async function switchToNewOverlay(
-  qmp: QmpClient,
-  current: string,
-  next: string,
-  activeNode: string,
-  virtualSize: number,
-): Promise<void> {
+async function prepareOverlay(qmp: QmpClient, current: string, next: string, virtualSize: number): Promise<string> {
   const node = `box-${Date.now().toString(36)}`
   try {
     // -u: the current file is QEMU's, locked; the size is given instead of read from it.
@@ -278,12 +299,16 @@ async function switchToNewOverlay(
       file: {driver: 'file', filename: next},
       backing: null,
     })
-    await qmp.execute('blockdev-snapshot', {node: activeNode, overlay: node})
+    return node
   } catch (error) {
-    await qmp.execute('blockdev-del', {'node-name': node}).catch(() => {})
-    await rm(next, {force: true})
+    await dropOverlay(qmp, node, next)
     throw error
   }
+}
+
+async function dropOverlay(qmp: QmpClient, node: string, next: string): Promise<void> {
+  await qmp.execute('blockdev-del', {'node-name': node}).catch(() => {})
+  await rm(next, {force: true})
 }
 
 /** A halted machine's disk snapshot: the overlay becomes `layer`, a new empty one goes on top. */
@@ -355,6 +380,10 @@ export interface StartFromStateOptions {
   what: string
   /** Called once the machine's disk is the new overlay over `layer` (whatever follows). */
   onDiskReplaced?: () => Promise<void>
+  /** The machine's disk already is `layer` itself (a pop takes the snapshot's layer over): no overlay is made. */
+  diskIsLayer?: boolean
+  /** The record, already read and checked by the caller (checkStateFits, checkStateFile). */
+  checked?: StateCompat
   signal?: AbortSignal
 }
 
@@ -369,7 +398,10 @@ export interface StartedFromState {
 /** The record's refusal for this machine, or nothing when the state may load. */
 export async function checkStateFits(
   compat: StateCompat,
-  options: Omit<StartFromStateOptions, 'layer' | 'state' | 'signal' | 'sshPort' | 'onDiskReplaced'>,
+  options: Omit<
+    StartFromStateOptions,
+    'layer' | 'state' | 'signal' | 'sshPort' | 'onDiskReplaced' | 'diskIsLayer' | 'checked'
+  >,
 ): Promise<void> {
   const spec = launchSpecFor(
     {
@@ -452,13 +484,21 @@ function corruptStateError(what: string, state: string, why: string): BoxError {
 /**
  * A new QEMU resumed from a saved state over a new empty overlay on the frozen layer. The
  * caller has checked the record (checkStateFits) and stopped any QEMU using the overlay.
+ * The state reaches QEMU through box (state-stream.ts), hashed on the way: the guest runs
+ * only once QEMU has loaded it and the checksum is the one recorded at save.
  */
 export async function startFromState(options: StartFromStateOptions): Promise<StartedFromState> {
-  const compat = await readStateCompat(options.state)
-  await checkStateFits(compat, options)
-  await checkStateFile(options.state, compat, options.what)
+  let compat = options.checked
+  if (!compat) {
+    compat = await readStateCompat(options.state)
+    await checkStateFits(compat, options)
+    await checkStateFile(options.state, compat, options.what)
+  }
   options.signal?.throwIfAborted()
-  await overlayOnLayer(options.files.overlay, options.layer, compat.diskVirtualSize)
+  const diskBytes = () => stat(options.files.overlay).then((info) => info.blocks * 512)
+  let bytesBefore = 0
+  if (options.diskIsLayer) bytesBefore = await diskBytes()
+  else await overlayOnLayer(options.files.overlay, options.layer, compat.diskVirtualSize)
   await options.onDiskReplaced?.()
   const launched = Date.now()
   const booted = await bootInstance({
@@ -478,12 +518,12 @@ export async function startFromState(options: StartFromStateOptions): Promise<St
     incoming: true,
   })
   let qmp: QmpClient | undefined
+  const socket = socketPath(options.files.stateDir, 'migration.sock')
   try {
     qmp = await QmpClient.connect(options.files.qmpSocket)
-    // Read alongside QEMU's load (the page cache serves both); checked before the guest runs.
-    const checksum = sha256File(options.state)
-    checksum.catch(() => {})
-    await qmp.execute('migrate-incoming', {uri: `exec:cat ${shQuote(options.state)}`})
+    await qmp.execute('migrate-incoming', {uri: `unix:${socket}`})
+    const sending = sendState(socket, options.state, options.signal)
+    sending.catch(() => {})
     try {
       await waitForMigration(qmp, 'loading the saved state', options.signal)
     } catch (error) {
@@ -494,18 +534,23 @@ export async function startFromState(options: StartFromStateOptions): Promise<St
         `QEMU could not load it (${(error as Error).message.replace(/^loading the saved state failed: ?/, '') || 'QEMU exited'})`,
       )
     }
-    if ((await checksum) !== compat.state.sha256)
+    // QEMU stops reading at the stream's end marker: a file that goes on after it was not saved so.
+    const sent = await sending.catch((error: Error) => {
+      throw corruptStateError(options.what, options.state, `QEMU did not take all of it (${error.message})`)
+    })
+    if (sent.sha256 !== compat.state.sha256 || sent.bytes !== compat.state.bytes)
       throw corruptStateError(options.what, options.state, 'its checksum is not the one recorded at save')
-    const overlayBytesBeforeRun = (await stat(options.files.overlay)).blocks * 512
+    const overlayBytesBeforeRun = (await diskBytes()) - bytesBefore
     options.signal?.throwIfAborted()
     await qmp.execute('cont')
     return {booted, loadMs: Date.now() - launched, overlayBytesBeforeRun}
   } catch (error) {
     // No orphan: whatever went wrong (Ctrl-C included), the QEMU started here goes.
-    await stopQemu({pidFile: options.files.pidFile, qmpSocket: options.files.qmpSocket, timeoutMs: 0, force: true})
+    await killQemu({pidFile: options.files.pidFile, qmpSocket: options.files.qmpSocket})
     await rm(options.files.pidFile, {force: true})
     throw error
   } finally {
     qmp?.close()
+    await rm(socket, {force: true})
   }
 }

@@ -103,7 +103,22 @@ export class VirtualBoxSnapshots implements ProviderSnapshots {
     return {...entry, current: true}
   }
 
-  async restore(machine: MachineHandle, name: string, options: {sshPort?: number}): Promise<SnapshotRestored> {
+  async restore(
+    machine: MachineHandle,
+    name: string,
+    options: {sshPort?: number; consume?: boolean},
+  ): Promise<SnapshotRestored> {
+    const restored = await this.restoreOnly(machine, name, options)
+    // pop: VirtualBox merges the snapshot's differencing disk into the current state.
+    if (options.consume) await this.delete(machine, name)
+    return restored
+  }
+
+  private async restoreOnly(
+    machine: MachineHandle,
+    name: string,
+    options: {sshPort?: number},
+  ): Promise<SnapshotRestored> {
     const vm = await this.vmOf(machine.stateDir)
     const snapshots = await this.list(machine)
     const snapshot = snapshots.find((candidate) => candidate.name === name)
