@@ -306,7 +306,9 @@ describe('Vagrant 2.4 architectures (architecture, default_architecture)', () =>
   })
 
   it('falls back to the entry marked architecture "unknown" and default_architecture, as Vagrant Cloud serves old uploads', () => {
-    expect(pick(withProviders([box('other.box', other, false), box('unknown.box', 'unknown', true)]))).toBe('unknown.box')
+    expect(pick(withProviders([box('other.box', other, false), box('unknown.box', 'unknown', true)]))).toBe(
+      'unknown.box',
+    )
     // "unknown" without the flag is no fallback, and neither is another architecture flagged default.
     expect(() => pick(withProviders([box('other.box', other, true), box('unknown.box', 'unknown', false)]))).toThrow(
       `no version of acme/multi matches any version, provider qemu, architecture ${host} (this host's)`,
@@ -322,7 +324,11 @@ describe('Vagrant 2.4 architectures (architecture, default_architecture)', () =>
   })
 
   it('with a named architecture takes exactly it; with null the default_architecture entry', () => {
-    const catalog = withProviders([box('host.box', host, false), box('other.box', other, true), box('s390x.box', 's390x')])
+    const catalog = withProviders([
+      box('host.box', host, false),
+      box('other.box', other, true),
+      box('s390x.box', 's390x'),
+    ])
     expect(pick(catalog, 's390x')).toBe('s390x.box')
     expect(pick(catalog, other)).toBe('other.box')
     expect(() => pick(withProviders([box('legacy.box')]), 'mips')).toThrow(
@@ -343,7 +349,10 @@ describe('Vagrant 2.4 architectures (architecture, default_architecture)', () =>
       },
       'multi.json',
     )
-    expect(resolveCatalog(catalog, {providers: ['qemu']})).toMatchObject({version: '1.0.0', provider: {url: '1-host.box'}})
+    expect(resolveCatalog(catalog, {providers: ['qemu']})).toMatchObject({
+      version: '1.0.0',
+      provider: {url: '1-host.box'},
+    })
   })
 })
 

@@ -132,11 +132,7 @@ async function upload(options: TransferOptions): Promise<TransferResult> {
 }
 
 /** The upload's name in the stream (`-` for stdin); a clear error for a source that does not exist, checked before the guest is reached. */
-async function checkUploadSource(
-  source: string,
-  destination: string | undefined,
-  machine: string,
-): Promise<string> {
+async function checkUploadSource(source: string, destination: string | undefined, machine: string): Promise<string> {
   if (source === '-') {
     if (destination === undefined)
       throw new BoxError('box upload - needs a destination: the guest path to write stdin to', {
