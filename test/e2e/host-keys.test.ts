@@ -6,6 +6,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {ensureBox} from '../../src/builder/index.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
+import {closeSshMaster} from '../../src/lib/machine/keys.js'
 import {QemuProvider} from '../../src/providers/qemu/index.js'
 import {testCacheDir} from '../support/cache.js'
 import {box, type CliEnv} from '../support/cli.js'
@@ -17,7 +18,12 @@ import {box, type CliEnv} from '../support/cli.js'
 async function guestKeys(env: CliEnv): Promise<string[]> {
   const read = await box(env, ['ssh', '-c', 'cat /persistent/ssh/ssh_host_*_key.pub'])
   expect(read.exitCode, read.stderr).toBe(0)
-  return read.stdout
+  return publicKeys(read.stdout)
+}
+
+/** "TYPE BLOB" of each public key line (comments dropped), sorted. */
+function publicKeys(text: string): string[] {
+  return text
     .split('\n')
     .filter(Boolean)
     .map((line) => line.split(' ').slice(0, 2).join(' '))
@@ -39,10 +45,9 @@ describe('host keys pinned at the first up and checked by every connection', {ti
   let stateDir: string
   let knownHosts: string
 
-  const closeMaster = () =>
-    execa('ssh', ['-o', `ControlPath=${new QemuProvider().sshControlPath({stateDir})}`, '-O', 'exit', 'box-machine'], {
-      reject: false,
-    })
+  // box's own closing (the one `up --reset-host-key` does): `ssh -O exit`, then the socket
+  // removed, so no connection of the next command can reach a master that is still exiting.
+  const closeMaster = () => closeSshMaster(new QemuProvider().sshControlPath({stateDir}))
 
   beforeAll(async () => {
     const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
@@ -113,18 +118,27 @@ describe('host keys pinned at the first up and checked by every connection', {ti
     const changed = await box(env, [
       'ssh',
       '-c',
-      'sudo sh -eu -c "rm -f /persistent/ssh/ssh_host_ed25519_key /persistent/ssh/ssh_host_ed25519_key.pub; ssh-keygen -q -t ed25519 -N \\"\\" -f /persistent/ssh/ssh_host_ed25519_key; systemctl restart ssh"',
+      'sudo sh -eu -c "rm -f /persistent/ssh/ssh_host_ed25519_key /persistent/ssh/ssh_host_ed25519_key.pub; ssh-keygen -q -t ed25519 -N \\"\\" -f /persistent/ssh/ssh_host_ed25519_key; systemctl restart ssh"; cat /persistent/ssh/ssh_host_*_key.pub',
     ])
     expect(changed.exitCode, changed.stderr).toBe(0)
-    // The master connection was made to the genuine guest; the next connections are new ones.
-    await closeMaster()
-    const served = await guestKeys(env)
+    // Read over the master connection, made to the genuine guest before the change: from
+    // here on every new connection meets the new key and must be refused, box ssh included.
+    const served = publicKeys(changed.stdout)
+    expect(served.length).toBeGreaterThan(0)
     expect(served).not.toEqual(before.keys)
+    await closeMaster()
 
     const refused = await box(env, ['ssh', '-c', 'touch /tmp/reached'])
     expect(refused.exitCode).not.toBe(0)
     expect(refused.stderr).toContain('the ssh host key of machine default is not the one pinned at its first `box up`')
     expect(refused.stderr).toContain('box up default --reset-host-key')
+    // The other connections box makes say the same (an upload's ssh under tar's pipe).
+    const upload = join(root, 'upload-me')
+    await writeFile(upload, 'not for this guest\n')
+    const uploaded = await box(env, ['upload', upload, '/tmp/reached'])
+    expect(uploaded.exitCode).not.toBe(0)
+    expect(uploaded.stderr).toContain('is not the one pinned')
+    expect(uploaded.stderr).toContain('box up default --reset-host-key')
     const config = join(root, 'ssh_config')
     // Written again: the port may have moved since (halt and up).
     await writeFile(config, (await box(env, ['ssh-config'])).stdout)
@@ -141,7 +155,9 @@ describe('host keys pinned at the first up and checked by every connection', {ti
     expect(reset.stderr).toContain("ssh host key pinned (told by the guest's agent)")
     expect((await pinned(knownHosts)).keys).toEqual(served)
     expect((await stat(knownHosts)).mode & 0o777).toBe(0o600)
-    // Nothing the refused connections asked for ran in the guest.
+    // A new connection (not the master the reset left) meets the new pin; nothing the
+    // refused connections asked for ran in the guest.
+    await closeMaster()
     const reached = await box(env, ['ssh', '-c', 'test ! -e /tmp/reached && echo never-reached'])
     expect(reached.exitCode, reached.stderr).toBe(0)
     expect(reached.stdout.trim()).toBe('never-reached')

@@ -203,7 +203,7 @@ export async function upMachine(
 function agentHostKeys(provider: Provider, stateDir: string): (() => Promise<HostKey[] | undefined>) | undefined {
   if (!provider.askAgent) return undefined
   return async () => {
-    const answer = await provider.askAgent!({stateDir}, 'host-keys', {timeoutMs: 5000}).catch(() => undefined)
+    const answer = await provider.askAgent!({stateDir}, 'host-keys', {timeoutMs: 10_000}).catch(() => undefined)
     return answer === undefined ? undefined : parseHostKeyPairs(answer)
   }
 }
