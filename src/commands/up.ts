@@ -18,6 +18,10 @@ export default class Up extends MachineCommand<typeof Up> {
       allowNo: true,
       description: 'Run provisioners even if they ran before (--no-provision skips them).',
     }),
+    'reset-host-key': Flags.boolean({
+      description:
+        "Forget the ssh host key pinned at the first up and learn the guest's current one (after you changed it yourself).",
+    }),
   }
 
   async run(): Promise<UpResult[]> {
@@ -28,6 +32,7 @@ export default class Up extends MachineCommand<typeof Up> {
         resnap: this.flags.resnap,
         base: this.flags.base,
         provision: this.flags.provision === undefined ? 'pending' : this.flags.provision ? 'all' : 'none',
+        resetHostKey: this.flags['reset-host-key'],
       })
       if (!result.alreadyRunning && !this.jsonEnabled()) {
         this.logToStderr(

@@ -13,7 +13,7 @@ import {BoxError} from '../core/errors.js'
 import {findOnPath, missingProgramError, spawn, toBoxError} from '../core/exec.js'
 import {shJoin} from '../core/shell-quote.js'
 import type {MachineContext} from './context.js'
-import {sshConfigBlock} from './ssh-config.js'
+import {sshConfigBlock, sshConfigOf} from './ssh-config.js'
 import type {SshTarget} from './ssh.js'
 
 /** The inventory (Ansible's YAML inventory format, written as JSON): the machine, and the groups that name it. */
@@ -67,16 +67,7 @@ export async function runAnsible(
   try {
     await chmod(dir, 0o700)
     const sshConfig = join(dir, 'ssh_config')
-    await writeFile(
-      sshConfig,
-      sshConfigBlock(machineName, {
-        host: target.host,
-        port: target.port,
-        user: target.user,
-        identityFile: target.keyFile,
-      }),
-      {mode: 0o600},
-    )
+    await writeFile(sshConfig, sshConfigBlock(machineName, sshConfigOf(target)), {mode: 0o600})
     const inventory = join(dir, 'inventory.json')
     await writeFile(inventory, JSON.stringify(ansibleInventory(machineName, sshConfig, provisioner), null, 2), {
       mode: 0o600,

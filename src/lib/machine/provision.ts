@@ -7,7 +7,7 @@ import {BoxError, ExternalError} from '../core/errors.js'
 import {spawn, toBoxError} from '../core/exec.js'
 import {machineDir, type MachineContext} from './context.js'
 import {shJoin} from '../core/shell-quote.js'
-import {sshArgs, sshRun, type SshTarget} from './ssh.js'
+import {hostKeyError, sshArgs, sshRun, type SshTarget} from './ssh.js'
 
 /** Which provisioners run now: `once` on the first up (or when asked), `always` every time, `never` only by name. */
 export function provisionersToRun(provisioners: Provisioner[], firstTime: boolean): Provisioner[] {
@@ -132,7 +132,11 @@ async function copyIn(target: SshTarget, source: string, destination: string): P
     const ssh = spawn('ssh', sshArgv, {reject: false, stdin: tar.stdout!})
     const [sshResult, tarResult] = await Promise.all([ssh, tar])
     // ssh first: when it fails, tar dies of the broken pipe and says nothing useful.
-    if (sshResult.failed) throw toBoxError('ssh', sshArgv, sshResult, `copying ${basename(source)} to ${destination}`)
+    if (sshResult.failed)
+      throw (
+        hostKeyError(target, sshResult) ??
+        toBoxError('ssh', sshArgv, sshResult, `copying ${basename(source)} to ${destination}`)
+      )
     if (tarResult.failed) throw toBoxError('tar', tarArgs, tarResult, `packing ${source} for the file provisioner`)
     return
   }
@@ -140,11 +144,14 @@ async function copyIn(target: SshTarget, source: string, destination: string): P
   const sshArgv = sshArgs(target, undefined, remote)
   const result = await spawn('ssh', sshArgv, {reject: false, inputFile: source})
   if (result.failed) {
-    throw new ExternalError(`copying ${basename(source)} to ${destination} failed`, {
-      command: 'ssh',
-      args: sshArgv,
-      cause: result,
-      detail: String(result.stderr ?? ''),
-    })
+    throw (
+      hostKeyError(target, result) ??
+      new ExternalError(`copying ${basename(source)} to ${destination} failed`, {
+        command: 'ssh',
+        args: sshArgv,
+        cause: result,
+        detail: String(result.stderr ?? ''),
+      })
+    )
   }
 }

@@ -3,10 +3,12 @@ import {providerFor} from '../../providers/index.js'
 import type {Provider} from '../../providers/provider.js'
 import type {ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, BugError, ExitCode} from '../core/errors.js'
-import {runAttached} from '../core/exec.js'
+import {runAttached, spawn} from '../core/exec.js'
 import {machineDir, machineFiles, readRecord, type MachineContext, type MachineRecord} from './context.js'
-import {sshArgs, type SshTarget} from './ssh.js'
+import {hostKeyAlias, knownHostsFile} from './host-keys.js'
+import {hostKeyError, sshArgs, type SshTarget} from './ssh.js'
 
+/** How box reaches a started machine: its own key, and its host key checked against the pin in its folder. */
 export function sshTarget(stateDir: string, record: MachineRecord, provider: Provider): SshTarget {
   if (!record.sshPort)
     throw new BoxError(`machine ${record.name} has never been started`, {suggestions: ['start it: box up']})
@@ -16,6 +18,7 @@ export function sshTarget(stateDir: string, record: MachineRecord, provider: Pro
     user: record.user,
     keyFile: record.privateKeyPath ?? machineFiles(stateDir).key,
     controlPath: provider.sshControlPath({stateDir}),
+    hostKeys: {knownHostsFile: knownHostsFile(stateDir), alias: hostKeyAlias(record), machine: record.name},
   }
 }
 
@@ -53,5 +56,16 @@ export async function sshSession(
   const target = await runningMachineTarget(context, machines[0]!)
   const args = sshArgs(target, options.words, options.command)
   const interactive = options.command === undefined && options.words.length === 0
-  return runAttached('ssh', interactive ? ['-t', ...args] : args)
+  const exitCode = await runAttached('ssh', interactive ? ['-t', ...args] : args)
+  // ssh's own failures are 255, and its message is on the terminal already; a host key it
+  // refused gets box's word on what happened and how to reset it (one more connection try,
+  // only on this failure, which a refused key makes fail the same way).
+  if (exitCode === 255) {
+    const refused = hostKeyError(
+      target,
+      await spawn('ssh', sshArgs(target, ['true']), {reject: false, stdin: 'ignore', timeout: 20_000}),
+    )
+    if (refused) throw refused
+  }
+  return exitCode
 }

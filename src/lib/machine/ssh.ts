@@ -2,9 +2,10 @@ import {chmod, copyFile, mkdir, readFile, stat} from 'node:fs/promises'
 import {dirname} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 
-import {BoxError, tail} from '../core/errors.js'
+import {BoxError, ExternalError, tail} from '../core/errors.js'
 import {run, spawn, type RunResult} from '../core/exec.js'
 import {shJoin} from '../core/shell-quote.js'
+import {hostKeyChangedError, isHostKeyFailure, type HostKeyPin} from './host-keys.js'
 
 export interface SshTarget {
   host: string
@@ -16,19 +17,46 @@ export interface SshTarget {
   moreKeyFiles?: string[]
   /** ControlMaster socket: repeated commands reuse one connection. */
   controlPath?: string
+  /**
+   * The machine's pinned host keys (host-keys.ts): checked strictly. Absent only for
+   * throw-away guests of tests and benches, which are not checked.
+   */
+  hostKeys?: HostKeyPin
+  /**
+   * Trust on first use: the first login of a machine whose key neither its agent nor its
+   * console told, accepting the key it is shown and recording it in the pin file.
+   */
+  firstUse?: boolean
 }
 
-/** OpenSSH options for a box machine: key-only, no host key prompts (the guest is local and new). */
+/** ssh's host key options: the machine's own known_hosts under its alias, checked strictly. */
+export function hostKeyOptions(target: Pick<SshTarget, 'hostKeys' | 'firstUse'>): string[] {
+  if (!target.hostKeys) return ['-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null']
+  return [
+    '-o',
+    `StrictHostKeyChecking=${target.firstUse ? 'accept-new' : 'yes'}`,
+    '-o',
+    `UserKnownHostsFile=${target.hostKeys.knownHostsFile}`,
+    '-o',
+    'GlobalKnownHostsFile=/dev/null',
+    '-o',
+    `HostKeyAlias=${target.hostKeys.alias}`,
+    // The file is box's: ssh neither hashes nor adds to it behind box's back.
+    '-o',
+    'HashKnownHosts=no',
+    '-o',
+    'UpdateHostKeys=no',
+  ]
+}
+
+/** OpenSSH options for a box machine: key-only, the pinned host key, no prompts. */
 export function sshOptions(target: SshTarget): string[] {
   const options = [
     '-o',
     'BatchMode=yes',
     '-o',
     'IdentitiesOnly=yes',
-    '-o',
-    'StrictHostKeyChecking=no',
-    '-o',
-    'UserKnownHostsFile=/dev/null',
+    ...hostKeyOptions(target),
     '-o',
     'LogLevel=ERROR',
     '-o',
@@ -60,12 +88,28 @@ export async function sshRun(
   command: string[],
   options: {input?: string; timeoutMs?: number; purpose?: string} = {},
 ): Promise<RunResult> {
-  return run('ssh', sshArgs(target, command), {
-    input: options.input,
-    stdin: options.input === undefined ? 'ignore' : undefined,
-    timeout: options.timeoutMs,
-    purpose: options.purpose ?? `running \`${command.join(' ')}\` in the guest`,
-  })
+  try {
+    return await run('ssh', sshArgs(target, command), {
+      input: options.input,
+      stdin: options.input === undefined ? 'ignore' : undefined,
+      timeout: options.timeoutMs,
+      purpose: options.purpose ?? `running \`${command.join(' ')}\` in the guest`,
+    })
+  } catch (error) {
+    throw hostKeyError(target, error) ?? error
+  }
+}
+
+/** The clear error for a connection ssh refused over the host key; undefined for any other failure. */
+export function hostKeyError(target: SshTarget, failure: unknown): BoxError | undefined {
+  if (!target.hostKeys || target.firstUse) return undefined
+  // An ExternalError from run() keeps ssh's own result as its cause; spawn() hands the result.
+  const result = (failure instanceof ExternalError ? failure.cause : failure) as
+    {exitCode?: number; stderr?: unknown} | undefined
+  // 255: ssh's own failure (a remote command's output may say anything).
+  if (result?.exitCode !== 255) return undefined
+  const stderr = typeof result.stderr === 'string' ? result.stderr : ''
+  return isHostKeyFailure(stderr) ? hostKeyChangedError(target.hostKeys, target.port, stderr) : undefined
 }
 
 /** Copy a key to `dest` with mode 0600, as OpenSSH requires (git does not keep file modes). */
@@ -90,6 +134,8 @@ export interface WaitForSshOptions {
   sshListening?: () => Promise<boolean | undefined>
   /** A guest whose agent has not answered at all by then is probed instead (its agent may be off); 60 s. */
   agentSilenceMs?: number
+  /** Already known (waitForSshListening ran): whether the agent said sshd listens. */
+  listening?: boolean
 }
 
 /**
@@ -106,42 +152,8 @@ export interface WaitForSshOptions {
  */
 export async function waitForSsh(target: SshTarget, options: WaitForSshOptions): Promise<number> {
   const started = Date.now()
-  const deadline = started + options.timeoutMs
-  const check = async () => {
-    if (options.isAlive && !(await options.isAlive())) {
-      throw new BoxError('the machine stopped while box waited for ssh', {
-        detail: await serialTail(options.serialLog),
-        suggestions: serialHint(options.serialLog),
-      })
-    }
-    if (Date.now() > deadline) {
-      throw new BoxError(`ssh did not answer within ${Math.round(options.timeoutMs / 1000)} s`, {
-        detail: await serialTail(options.serialLog),
-        suggestions: serialHint(options.serialLog),
-      })
-    }
-  }
-  let listening = false
-  let heard = false
-  const agentSilenceMs = options.agentSilenceMs ?? 60_000
-  while (options.sshListening && (heard || Date.now() - started < agentSilenceMs)) {
-    options.signal?.throwIfAborted()
-    options.onAttempt?.(Date.now() - started)
-    const answer = await options.sshListening().then(
-      (value) => {
-        heard = true
-        return value
-      },
-      () => false,
-    )
-    if (answer === undefined) break
-    if (answer) {
-      listening = true
-      break
-    }
-    await check()
-    await sleep(200)
-  }
+  const check = deadlineCheck(started, options)
+  const listening = options.listening ?? (await waitForSshListening(options, started))
   for (;;) {
     options.signal?.throwIfAborted()
     options.onAttempt?.(Date.now() - started)
@@ -155,8 +167,55 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
       cancelSignal: options.signal,
     })
     if (result.exitCode === 0) return Date.now() - started
+    // A key that is not the pinned one will not become it: no waiting out the timeout.
+    const refused = hostKeyError(target, result)
+    if (refused) throw refused
     await check()
     await sleep(250)
+  }
+}
+
+/**
+ * Wait until the guest's agent says sshd listens; resolves to whether it said so (false when
+ * the guest cannot tell or its agent stayed silent: then probes find out).
+ */
+export async function waitForSshListening(options: WaitForSshOptions, started = Date.now()): Promise<boolean> {
+  const check = deadlineCheck(started, options)
+  let heard = false
+  const agentSilenceMs = options.agentSilenceMs ?? 60_000
+  while (options.sshListening && (heard || Date.now() - started < agentSilenceMs)) {
+    options.signal?.throwIfAborted()
+    options.onAttempt?.(Date.now() - started)
+    const answer = await options.sshListening().then(
+      (value) => {
+        heard = true
+        return value
+      },
+      () => false,
+    )
+    if (answer === undefined) return false
+    if (answer) return true
+    await check()
+    await sleep(200)
+  }
+  return false
+}
+
+function deadlineCheck(started: number, options: WaitForSshOptions): () => Promise<void> {
+  const deadline = started + options.timeoutMs
+  return async () => {
+    if (options.isAlive && !(await options.isAlive())) {
+      throw new BoxError('the machine stopped while box waited for ssh', {
+        detail: await serialTail(options.serialLog),
+        suggestions: serialHint(options.serialLog),
+      })
+    }
+    if (Date.now() > deadline) {
+      throw new BoxError(`ssh did not answer within ${Math.round(options.timeoutMs / 1000)} s`, {
+        detail: await serialTail(options.serialLog),
+        suggestions: serialHint(options.serialLog),
+      })
+    }
   }
 }
 

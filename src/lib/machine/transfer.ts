@@ -21,7 +21,7 @@ import {run, spawn, toBoxError} from '../core/exec.js'
 import {formatBytes, type Progress} from '../core/progress.js'
 import {oneMachine} from './port.js'
 import {loadProjectBoxfile, openProject, type OpenProjectOptions} from './project.js'
-import {sshArgs, type SshTarget} from './ssh.js'
+import {hostKeyError, sshArgs, type SshTarget} from './ssh.js'
 import {runningMachineTarget} from './ssh-session.js'
 
 export interface TransferOptions {
@@ -119,6 +119,9 @@ async function upload(options: TransferOptions): Promise<TransferResult> {
     stage.fail()
     if (exitCode !== undefined && GUEST_REFUSED.has(exitCode))
       throw new BoxError(`upload to ${options.machine} refused: ${String(stderr).trim()}`)
+    // Before the feeder's error: a refused host key leaves tar writing into a closed pipe.
+    const refusedKey = hostKeyError(target, result.value)
+    if (refusedKey) throw refusedKey
     if (fed.status === 'rejected') throw fed.reason
     throw toBoxError('ssh', [], result.value, `upload of ${source} to ${options.machine}`)
   }
@@ -163,7 +166,7 @@ async function download(options: TransferOptions): Promise<TransferResult> {
   const refused = (result: {exitCode?: number; stderr?: unknown}) =>
     result.exitCode !== undefined && GUEST_REFUSED.has(result.exitCode)
       ? new BoxError(`download from ${options.machine} refused: ${String(result.stderr).trim()}`)
-      : toBoxError('ssh', [], result, `download of ${source} from ${options.machine}`)
+      : (hostKeyError(target, result) ?? toBoxError('ssh', [], result, `download of ${source} from ${options.machine}`))
 
   if (options.destination === '-') {
     const ssh = spawn('ssh', guest(true), {

@@ -17,7 +17,8 @@ import {
   type MachineContext,
   type MachineRecord,
 } from './context.js'
-import {waitForMachineSsh} from './keys.js'
+import {forgetHostKeys, parseHostKeyPairs, type HostKey} from './host-keys.js'
+import {closeSshMaster, waitForMachineSsh, type HostKeySource} from './keys.js'
 import {sshTarget} from './ssh-session.js'
 
 /** The box a machine wants: the newest installed one its box_version allows, else fetched from box_url. */
@@ -70,6 +71,8 @@ export interface UpOptions {
    */
   provision?: 'pending' | 'all' | 'none'
   sshTimeoutMs?: number
+  /** Forget the machine's pinned host key and learn it again (`--reset-host-key`), at once if it runs. */
+  resetHostKey?: boolean
 }
 
 export interface UpResult {
@@ -96,7 +99,19 @@ export async function upMachine(
     const provider = providerFor(machine.provider, context.cacheDir)
     let record = await readRecord(stateDir)
     let state = await provider.state({stateDir})
+    if (options.resetHostKey && (await forgetHostKeys(stateDir)))
+      context.progress.info(`${machine.name}: forgot the pinned ssh host key`)
     if (state === 'running' && record?.sshPort) {
+      if (options.resetHostKey) {
+        // No master may carry on past the forgotten key: the next login is the one that learns it.
+        await closeSshMaster(provider.sshControlPath({stateDir}))
+        const learned = await waitForMachineSsh(stateDir, sshTarget(stateDir, record, provider), record, {
+          timeoutMs: 60_000,
+          agentHostKeys: agentHostKeys(provider, stateDir),
+          listening: true,
+        })
+        reportHostKey(context, machine.name, learned.hostKeySource)
+      }
       context.progress.info(`${machine.name}: already running (ssh on 127.0.0.1:${record.sshPort})`)
       return {name: machine.name, state, sshPort: record.sshPort, alreadyRunning: true}
     }
@@ -143,18 +158,21 @@ export async function upMachine(
       const target = sshTarget(stateDir, record, provider)
       // One counter for the whole wait: a first boot waits twice (the box's key, then the machine's own), and each wait counts from 0.
       const waitStarted = Date.now()
-      record = await waitForMachineSsh(stateDir, target, record, {
+      const reached = await waitForMachineSsh(stateDir, target, record, {
         timeoutMs: options.sshTimeoutMs ?? 300_000,
         isAlive: booted.isAlive,
         serialLog: booted.serialLog,
         sshListening: booted.sshListening,
+        agentHostKeys: booted.sshListening ? agentHostKeys(provider, stateDir) : undefined,
         signal: context.signal,
         onAttempt: () =>
           boot.update(
             `waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round((Date.now() - waitStarted) / 1000)} s)`,
           ),
       })
+      record = reached.record
       boot.done(`ssh on 127.0.0.1:${record.sshPort}`)
+      reportHostKey(context, machine.name, reached.hostKeySource)
     } catch (error) {
       boot.fail()
       // No orphan QEMU: whatever went wrong (Ctrl-C included), stop what we started.
@@ -206,6 +224,35 @@ async function startAutoForwarding(
     return
   }
   await startAutoForward(stateDir, provider.name)
+}
+
+/** The guest's host keys from its box-agent (`host-keys`); undefined when the agent cannot tell (an older one refuses). */
+function agentHostKeys(provider: Provider, stateDir: string): (() => Promise<HostKey[] | undefined>) | undefined {
+  if (!provider.askAgent) return undefined
+  return async () => {
+    const answer = await provider.askAgent!({stateDir}, 'host-keys', {timeoutMs: 10_000}).catch(() => undefined)
+    return answer === undefined ? undefined : parseHostKeyPairs(answer)
+  }
+}
+
+function reportHostKey(context: MachineContext, name: string, source: HostKeySource): void {
+  switch (source) {
+    case 'agent': {
+      context.progress.info(`${name}: ssh host key pinned (told by the guest's agent)`)
+      break
+    }
+    case 'console': {
+      context.progress.info(`${name}: ssh host key pinned (the one its console printed)`)
+      break
+    }
+    case 'first-use': {
+      context.progress.warn(`${name}: ssh host key pinned on first use (the guest could not tell it beforehand)`)
+      break
+    }
+    case 'pinned': {
+      break
+    }
+  }
 }
 
 async function createMachine(
