@@ -120,6 +120,7 @@ export async function upMachine(
     const cloudInit = handle.box.metadata.box?.cloud_init === true
     const hostResnap = await prepareHostSide(context, provider, handle, machine, record, {
       resnap: choice.resnap,
+      asked: options.resnap === true,
       freshOverlay: created,
     })
     if (hostResnap.keyGone) record = {...record, keyInstalled: false, authorizedKeysFile: undefined}
@@ -250,7 +251,7 @@ interface HostSide {
 /**
  * Host-side resnap and the cloud-init seed, before a boot. A box without the LVM layout
  * cannot reset its root itself: with resnap, its overlay is thrown away and made again
- * (a cloud image always, other boxes when the Boxfile asks for `resnap: always` itself),
+ * (a cloud image always, other boxes when the Boxfile or the command asks for resnap by name),
  * and a small persistent disk, made at the first such boot, carries /persistent across.
  * A cloud image gets this boot's seed as a read-only drive.
  */
@@ -260,7 +261,7 @@ async function prepareHostSide(
   handle: MachineHandle,
   machine: ResolvedMachine,
   record: MachineRecord,
-  options: {resnap: boolean; freshOverlay: boolean},
+  options: {resnap: boolean; asked: boolean; freshOverlay: boolean},
 ): Promise<HostSide> {
   const info = handle.box.metadata.box
   const cloudInit = info?.cloud_init === true
@@ -269,7 +270,8 @@ async function prepareHostSide(
     throw new BoxError(`box ${record.box.name} is a cloud image, which box boots under QEMU only`, {
       suggestions: ['use provider: qemu for this machine'],
     })
-  const wanted = options.resnap && !info?.lvm && (cloudInit || machine.resnapSet === true)
+  // Asked for by name: the Boxfile's own `resnap: always`, or this command's (box resnap, up --resnap).
+  const wanted = options.resnap && !info?.lvm && (cloudInit || machine.resnapSet === true || options.asked)
   if (wanted && !provider.resetDisk)
     context.progress.warn(`${machine.name}: the ${provider.name} provider cannot reset the disk: resnap does nothing for this box`)
   const hostResnap = wanted && provider.resetDisk !== undefined
