@@ -138,6 +138,10 @@ export async function startFreshWorker(spec: WorkerSpec, options: FreshWorkerOpt
     )
   }
   const box = {dir: stored.path, metadata: BoxMetadataSchema.parse(stored.metadata)}
+  if (box.metadata.box?.cloud_init)
+    throw new BoxError(`box ${stored.name} is a cloud image: fresh workers hand it no cloud-init seed yet`, {
+      suggestions: ['use a box built by box (box build) for fresh workers'],
+    })
   const inputs = {
     box: stored.name,
     version: stored.version,
