@@ -141,7 +141,9 @@ describe('cloud images as boxes', () => {
     )
     expect(error).toBeInstanceOf(BoxError)
     expect((error as BoxError).message).toBe(`ssh did not answer within 5 s: ${CLOUD_INIT_SSH_TIMEOUT}`)
-    expect((error as BoxError).detail).toBe('(the serial console printed nothing)')
+    // The serial tail (firmware that finds no boot loader prints nothing there: then it says so).
+    expect((error as BoxError).detail).toMatch(/\S/)
+    console.log(`serial tail shown: ${(error as BoxError).detail}`)
     expect((error as BoxError).suggestions.join('\n')).toMatch(/the whole serial log: .*serial\.log/)
     // The failed up stopped its QEMU again.
     const status = await box({...env, cwd: project}, ['status', '--json'])
