@@ -65,8 +65,11 @@ describe('QEMU argv', () => {
     })
     const main = args.indexOf('virtio-blk-pci,drive=disk0,bootindex=0')
     expect(main).toBeGreaterThan(0)
-    expect(args[main - 2]).toBe('-drive')
-    expect(args[main - 1]).toMatch(/if=none,id=disk0,format=qcow2/)
+    expect(args.slice(main - 3, main)).toEqual([
+      '-drive',
+      expect.stringMatching(/if=none,id=disk0,format=qcow2/),
+      '-device',
+    ])
     expect(main).toBeLessThan(args.indexOf('virtio-blk-pci,drive=extra0,serial=box-cidata'))
     expect(args.join(' ')).not.toMatch(/if=virtio/)
   })
