@@ -5,11 +5,12 @@ import {downloadFlags} from '../cli/download-flags.js'
 
 export default class Add extends BaseCommand<typeof Add> {
   static summary = 'Add a box to the local store.'
-  static description = `SOURCE is a .box file or the URL of one (a tar in any dialect GNU tar or bsdtar writes, sparse entries included, plain or compressed with gzip, bzip2, xz or zstd, holding metadata.json and the disk image), or a box catalog (Vagrant's metadata JSON) by URL or path. A catalog can be given alone: its name is used. The box is stored as NAME/VERSION/PROVIDER; for a .box the version comes from --box-version, else metadata.json's box.version, else "0"; for a catalog --box-version is a constraint and the newest matching version is added. Downloads resume where an interrupted one stopped.
+  static description = `SOURCE is a .box file or the URL of one (a tar in any dialect GNU tar or bsdtar writes, sparse entries included, plain or compressed with gzip, bzip2, xz or zstd, holding metadata.json and the disk image), or a box catalog (Vagrant's metadata JSON) by URL or path. SOURCE may also be a bare cloud image on this machine (a qcow2, or a raw disk image named .img or .raw; not a file named .box): it is stored as a qemu box that box up configures through cloud-init (a NoCloud seed with the login user, the machine's key and the host name). A catalog can be given alone: its name is used. The box is stored as NAME/VERSION/PROVIDER; for a .box the version comes from --box-version, else metadata.json's box.version, else "0"; for a catalog --box-version is a constraint and the newest matching version is added. Downloads resume where an interrupted one stopped.
 
 The box is stored for every provider this host runs: a Vagrant VirtualBox box (OVF + VMDK) is kept as it is for VirtualBox and converted with qemu-img into a libvirt box (qcow2) for QEMU, box's default provider; a libvirt/qemu box gets a VirtualBox copy (VDI) when VBoxManage is on PATH (otherwise on the first \`box up\` of a VirtualBox machine). --no-convert stores the box only as it is.`
   static examples = [
     '<%= config.bin %> add debian/bookworm ./bookworm.box',
+    '<%= config.bin %> add debian-cloud ./debian-12-genericcloud-amd64.qcow2',
     '<%= config.bin %> add worker ./worker.box --box-version 1.2.0 --force',
     '<%= config.bin %> add worker https://example.org/worker.box --checksum 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08',
     '<%= config.bin %> add https://example.org/worker.json --box-version ">= 1.2, < 2"',

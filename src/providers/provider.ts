@@ -95,6 +95,12 @@ export interface Provider {
   readonly name: string
   create(machine: MachineHandle): Promise<void>
   start(machine: MachineHandle, options: StartOptions): Promise<Started>
+  /**
+   * Host-side resnap of a halted machine: throw its own disk layer away and make a new, empty
+   * one on what it built on, so the next boot starts from the box (or its last snapshot) as
+   * it is. Absent where the provider cannot.
+   */
+  resetDisk?(machine: MachineHandle): Promise<void>
   state(machine: Pick<MachineHandle, 'stateDir'>): Promise<MachineState>
   halt(machine: Pick<MachineHandle, 'stateDir'>, options: HaltOptions): Promise<'acpi' | 'forced' | 'not-running'>
   /** Stop whatever runs (forcefully) and delete the machine's disk; must succeed even half-created. */

@@ -56,6 +56,7 @@ describe('defaults', () => {
         cpus: 2,
         memoryMiB: 1024,
         resnap: 'always',
+        resnapSet: false,
         forwardedPorts: [],
         forwardPorts: 'off',
         syncedFolders: [],

@@ -57,6 +57,23 @@ describe('QEMU argv', () => {
     expect(args).toContain('virtio-blk-pci,drive=extra1,serial=box-job-out')
   })
 
+  it('a firmware boot with more disks names the machine disk as the one to boot (SeaBIOS boots the first disk it finds)', () => {
+    const args = buildQemuArgs({
+      ...spec,
+      directBoot: undefined,
+      drives: [{file: '/m/cloud-seed.iso', serial: 'box-cidata', readOnly: true}],
+    })
+    const main = args.indexOf('virtio-blk-pci,drive=disk0,bootindex=0')
+    expect(main).toBeGreaterThan(0)
+    expect(args.slice(main - 3, main)).toEqual([
+      '-drive',
+      expect.stringMatching(/if=none,id=disk0,format=qcow2/),
+      '-device',
+    ])
+    expect(main).toBeLessThan(args.indexOf('virtio-blk-pci,drive=extra0,serial=box-cidata'))
+    expect(args.join(' ')).not.toMatch(/if=virtio/)
+  })
+
   it('doubles commas in paths inside option lists, where a single one would start the next option', () => {
     const args = buildQemuArgs({
       ...spec,

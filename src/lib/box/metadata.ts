@@ -26,6 +26,11 @@ export const BoxInfoSchema = z.object({
   recipe_hash: z.string().optional(),
   /** Protocol version of box-agent, when the image runs it (status then asks it, not ssh + sudo). */
   agent: z.number().int().positive().optional(),
+  /**
+   * A bare cloud image (`box add NAME IMAGE.qcow2`): no login of its own, configured at each
+   * boot by cloud-init from the NoCloud seed box hands it (src/lib/box/cloud-init.ts).
+   */
+  cloud_init: z.boolean().optional(),
 })
 export type BoxInfo = z.infer<typeof BoxInfoSchema>
 

@@ -146,6 +146,7 @@ async function resolveBoxfile(loaded: LoadedYaml<BoxfileSettings>): Promise<Boxf
       cpus: settings.cpus ?? defaults.cpus ?? MACHINE_DEFAULTS.cpus,
       memoryMiB: settings.memory ?? defaults.memory ?? MACHINE_DEFAULTS.memoryMiB,
       resnap: settings.resnap ?? defaults.resnap ?? MACHINE_DEFAULTS.resnap,
+      resnapSet: (settings.resnap ?? defaults.resnap) !== undefined,
       forwardedPorts: ports.map(({value}) => ({
         guest: value.guest,
         host: value.host,

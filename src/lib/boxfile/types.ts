@@ -144,6 +144,12 @@ export interface ResolvedMachine {
   cpus: number
   memoryMiB: number
   resnap: ResnapPolicy
+  /**
+   * The Boxfile itself says `resnap` (not the default). A box with neither the LVM layout
+   * nor cloud-init gets host-side resnap only then: such boxes kept their root across boots
+   * before host-side resnap existed, default or not.
+   */
+  resnapSet?: boolean
   forwardedPorts: ForwardedPort[]
   /** auto: TCP ports that start listening in the guest are forwarded too, while it runs. */
   forwardPorts?: ForwardPortsMode

@@ -34,6 +34,13 @@ export const HOST_TOOLS: HostTool[] = [
   {command: 'zstd', package: 'zstd', versionArgs: ['--version'], purpose: 'zstd-compressed boxes', required: true},
   {command: 'xz', package: 'xz-utils', versionArgs: ['--version'], purpose: 'xz-compressed boxes', required: false},
   {command: 'bzip2', package: 'bzip2', purpose: 'bzip2-compressed boxes', required: false},
+  {
+    command: 'xorriso',
+    package: 'xorriso',
+    versionArgs: ['-version'],
+    purpose: 'cloud-init seeds for cloud-image boxes',
+    required: false,
+  },
   {command: 'debootstrap', package: 'debootstrap', versionArgs: ['--version'], purpose: 'box build', required: false},
   {
     command: 'mke2fs',

@@ -89,6 +89,11 @@ export function workersDir(cacheDir: string): string {
  * stops it again before the error goes on.
  */
 export const startResnapWorker: WorkerSource = async (spec, options) => {
+  // Jobs log in with box's own key (boxes built by box): a cloud image would never let them in.
+  if (spec.box.metadata.box?.cloud_init)
+    throw new BoxError('a cloud image box cannot run jobs yet: box run hands no cloud-init seed', {
+      suggestions: ['run jobs on a box built by box (box build)'],
+    })
   await mkdir(workersDir(options.cacheDir), {recursive: true, mode: 0o700})
   const stateDir = await mkdtemp(join(workersDir(options.cacheDir), `${spec.jobId}-`))
   const provider = providerFor('qemu', options.cacheDir)

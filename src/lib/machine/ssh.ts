@@ -132,6 +132,8 @@ export interface WaitForSshOptions {
    * tell, rejects when no answer came. Until it says true, no connection is tried.
    */
   sshListening?: () => Promise<boolean | undefined>
+  /** Said after "ssh did not answer within N s" when the wait runs out: what that most likely means for this box. */
+  timeoutReason?: string
   /** A guest whose agent has not answered at all by then is probed instead (its agent may be off); 60 s. */
   agentSilenceMs?: number
   /** Already known (waitForSshListening ran): whether the agent said sshd listens. */
@@ -211,7 +213,8 @@ function deadlineCheck(started: number, options: WaitForSshOptions): () => Promi
       })
     }
     if (Date.now() > deadline) {
-      throw new BoxError(`ssh did not answer within ${Math.round(options.timeoutMs / 1000)} s`, {
+      const why = options.timeoutReason ? `: ${options.timeoutReason}` : ''
+      throw new BoxError(`ssh did not answer within ${Math.round(options.timeoutMs / 1000)} s${why}`, {
         detail: await serialTail(options.serialLog),
         suggestions: serialHint(options.serialLog),
       })

@@ -17,8 +17,11 @@ import {
   type MachineContext,
   type MachineRecord,
 } from './context.js'
+import {persistentMountScript, seedHostname} from '../box/cloud-init.js'
+import {BoxError} from '../core/errors.js'
 import {forgetHostKeys, parseHostKeyPairs, type HostKey} from './host-keys.js'
 import {closeSshMaster, waitForMachineSsh, type HostKeySource} from './keys.js'
+import type {SshTarget} from './ssh.js'
 import {sshTarget} from './ssh-session.js'
 
 /** The box a machine wants: the newest installed one its box_version allows, else fetched from box_url. */
@@ -118,6 +121,7 @@ export async function upMachine(
     if (state === 'aborted') context.progress.warn(`${machine.name}: QEMU had died (aborted); starting it again`)
 
     let box: {path: string; metadata: StoredBox['metadata']}
+    const created = !record || state === 'not_created'
     if (!record || state === 'not_created') {
       const stored = await resolveBox(context, machine)
       box = stored
@@ -129,9 +133,16 @@ export async function upMachine(
     }
     const handle = await handleFor(stateDir, machine, box)
     const choice = {resnap: options.base ? false : (options.resnap ?? machine.resnap === 'always'), base: options.base}
+    const cloudInit = handle.box.metadata.box?.cloud_init === true
+    const hostResnap = await prepareHostSide(context, provider, handle, machine, record, {
+      resnap: choice.resnap,
+      asked: options.resnap === true,
+      freshOverlay: created,
+    })
+    if (hostResnap.keyGone) record = {...record, keyInstalled: false, authorizedKeysFile: undefined}
 
     const boot = context.progress.stage(
-      `${machine.name}: booting${choice.base ? ' the origin (--base)' : choice.resnap ? ' with resnap' : ''}`,
+      `${machine.name}: booting${choice.base ? ' the origin (--base)' : choice.resnap ? (hostResnap.reset ? ' with resnap (a fresh disk)' : ' with resnap') : ''}`,
     )
     const started = Date.now()
     let booted
@@ -165,6 +176,7 @@ export async function upMachine(
         sshListening: booted.sshListening,
         agentHostKeys: booted.sshListening ? agentHostKeys(provider, stateDir) : undefined,
         signal: context.signal,
+        timeoutReason: cloudInit ? CLOUD_INIT_SSH_TIMEOUT : undefined,
         onAttempt: () =>
           boot.update(
             `waiting for ssh on 127.0.0.1:${booted!.sshPort} (${Math.round((Date.now() - waitStarted) / 1000)} s)`,
@@ -181,6 +193,8 @@ export async function upMachine(
     }
     const bootMs = Date.now() - started
     if (machine.forwardPorts === 'auto') await startAutoForwarding(context, machine.name, provider, stateDir, booted)
+
+    if (hostResnap.mountPersistent) await mountPersistentOverSsh(sshTarget(stateDir, record, provider))
 
     if (machine.syncedFolders.some((folder) => !folder.disabled)) {
       const {syncFolders} = await import('./sync.js')
@@ -275,6 +289,8 @@ async function createMachine(
     provider: provider.name,
     box: {name: stored.name, version: stored.version, provider: stored.provider, path: stored.path},
     user: machine.ssh.username ?? stored.metadata.box?.user ?? 'vagrant',
+    // A cloud image gets the machine's key from its seed at every boot: there is no insecure key to replace.
+    keyInstalled: stored.metadata.box?.cloud_init === true ? true : undefined,
     provisioned: false,
     createdAt: new Date().toISOString(),
   }
@@ -291,4 +307,72 @@ async function createMachine(
   })
   stage.done('linked clone, own ssh key')
   return record
+}
+
+/** Why ssh never came to a cloud image: its cloud-init is what makes the user and installs the key. */
+export const CLOUD_INIT_SSH_TIMEOUT =
+  "this box is a cloud image, and only its cloud-init creates the login user with the machine's key from box's NoCloud seed: the image has no cloud-init, or it does not read a NoCloud seed (datasource_list without NoCloud), or it failed (see the serial console below)"
+
+interface HostSide {
+  /** The machine's disk was made afresh for this boot (host-side resnap). */
+  reset: boolean
+  /** The guest's root lost the machine key (a fresh disk of a box that is no cloud image): log in with the box's key again. */
+  keyGone: boolean
+  /** Mount the persistent disk over ssh (boxes that are no cloud image have no seed to do it). */
+  mountPersistent: boolean
+}
+
+/**
+ * Host-side resnap and the cloud-init seed, before a boot. A box without the LVM layout
+ * cannot reset its root itself: with resnap, its overlay is thrown away and made again
+ * (a cloud image always, other boxes when the Boxfile or the command asks for resnap by name),
+ * and a small persistent disk, made at the first such boot, carries /persistent across.
+ * A cloud image gets this boot's seed as a read-only drive.
+ */
+async function prepareHostSide(
+  context: MachineContext,
+  provider: Provider,
+  handle: MachineHandle,
+  machine: ResolvedMachine,
+  record: MachineRecord,
+  options: {resnap: boolean; asked: boolean; freshOverlay: boolean},
+): Promise<HostSide> {
+  const info = handle.box.metadata.box
+  const cloudInit = info?.cloud_init === true
+  const {persistentDrive, writeCloudSeed} = await import('./cloud-seed.js')
+  if (cloudInit && !provider.resetDisk)
+    throw new BoxError(`box ${record.box.name} is a cloud image, which box boots under QEMU only`, {
+      suggestions: ['use provider: qemu for this machine'],
+    })
+  // Asked for by name: the Boxfile's own `resnap: always`, or this command's (box resnap, up --resnap).
+  const wanted = options.resnap && !info?.lvm && (cloudInit || machine.resnapSet === true || options.asked)
+  if (wanted && !provider.resetDisk)
+    context.progress.warn(
+      `${machine.name}: the ${provider.name} provider cannot reset the disk: resnap does nothing for this box`,
+    )
+  const hostResnap = wanted && provider.resetDisk !== undefined
+  const reset = hostResnap && !options.freshOverlay
+  if (reset) await provider.resetDisk!(handle)
+  const drives = [...(handle.drives ?? [])]
+  const persistent = await persistentDrive(handle.stateDir, {create: hostResnap})
+  if (persistent) drives.push(persistent)
+  if (cloudInit) {
+    drives.push(
+      await writeCloudSeed(handle.stateDir, {
+        instanceId: `box-${record.id}`,
+        hostname: seedHostname(machine.hostname ?? machine.name),
+        user: record.user,
+        publicKeyFile: `${machine.ssh.privateKeyPath ?? machineFiles(handle.stateDir).key}.pub`,
+        persistent: persistent !== undefined,
+      }),
+    )
+  }
+  handle.drives = drives
+  return {reset, keyGone: reset && !cloudInit, mountPersistent: persistent !== undefined && !cloudInit}
+}
+
+/** What the seed's bootcmd does for a cloud image, over ssh for any other box. */
+async function mountPersistentOverSsh(target: SshTarget): Promise<void> {
+  const {sshRun} = await import('./ssh.js')
+  await sshRun(target, ['sudo', 'sh', '-c', persistentMountScript()], {purpose: 'mounting /persistent'})
 }

@@ -200,6 +200,10 @@ export async function ensureReadyState(spec: WorkerSpec, options: FreshWorkerOpt
   }
   if (spec.noInterface && box.metadata.box?.agent === undefined)
     throw new BoxError(`box ${stored.name} has no box-agent: a worker without a network interface needs it`)
+  if (box.metadata.box?.cloud_init)
+    throw new BoxError(`box ${stored.name} is a cloud image: fresh workers hand it no cloud-init seed yet`, {
+      suggestions: ['use a box built by box (box build) for fresh workers'],
+    })
   const inputs = {
     box: stored.name,
     version: stored.version,

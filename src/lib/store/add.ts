@@ -30,6 +30,8 @@ import {findBox, setCatalogUrl, type StoredBox} from './query.js'
 
 export type BoxSourceKind =
   | {kind: 'box-file'; path: string}
+  /** A bare cloud image (qcow2, or raw named .img/.raw): cloud-image.ts wraps it into a box. */
+  | {kind: 'disk-image'; path: string}
   | {kind: 'box-url'; url: string}
   | {kind: 'catalog'; location: string; catalog: Catalog}
 
@@ -75,18 +77,38 @@ export async function identifySource(
       suggestions: ['give the path of a .box or of a catalog JSON, or an http(s):// URL'],
     })
   }
-  if (await startsWithBrace(path)) return {kind: 'catalog', location: path, catalog: await loadCatalog(path, options)}
+  const head = await readHead(path)
+  if (head.toString('latin1').trimStart().startsWith('{'))
+    return {kind: 'catalog', location: path, catalog: await loadCatalog(path, options)}
+  // A file named .box is a box whatever it holds (a bare disk named so is refused saying what it is).
+  if (!/\.box$/i.test(path)) {
+    const {DISK_IMAGE_NAME} = await import('./cloud-image.js')
+    if (head.toString('latin1', 0, 4) === 'QFI\u00FB' || (DISK_IMAGE_NAME.test(path) && !looksCompressedOrTar(head)))
+      return {kind: 'disk-image', path}
+  }
   return {kind: 'box-file', path}
 }
 
-async function startsWithBrace(path: string): Promise<boolean> {
+async function readHead(path: string): Promise<Buffer> {
   const handle = await open(path, 'r')
   try {
     const {buffer, bytesRead} = await handle.read(Buffer.alloc(512), 0, 512, 0)
-    return buffer.subarray(0, bytesRead).toString('latin1').trimStart().startsWith('{')
+    return buffer.subarray(0, bytesRead)
   } finally {
     await handle.close()
   }
+}
+
+/** gzip, bzip2, xz, zstd or a ustar header: a .box someone named .img. */
+function looksCompressedOrTar(head: Buffer): boolean {
+  const magics = [
+    [0x1f, 0x8b],
+    [0x42, 0x5a, 0x68],
+    [0xfd, 0x37, 0x7a, 0x58, 0x5a],
+    [0x28, 0xb5, 0x2f, 0xfd],
+  ]
+  if (magics.some((magic) => magic.every((byte, index) => head[index] === byte))) return true
+  return head.length >= 262 && head.toString('latin1', 257, 262) === 'ustar'
 }
 
 /** `--checksum` (and `--checksum-type`, else guessed from the digest's length). */
@@ -179,6 +201,21 @@ export async function addBoxFromSource(options: AddFromSourceOptions): Promise<A
     })
   }
   validateBoxName(name)
+  if (source.kind === 'disk-image') {
+    if (options.checksum) await verifyFileChecksum(source.path, options.checksum, progress)
+    const {addCloudImage} = await import('./cloud-image.js')
+    const box = await addCloudImage({
+      dataDir: options.dataDir,
+      name,
+      file: source.path,
+      version: options.version,
+      provider: options.provider,
+      force: options.force,
+      progress,
+      signal,
+    })
+    return {box, converted: [], fetched: 0}
+  }
   const location = source.kind === 'box-url' ? source.url : source.path
   return importBox(options, {
     name,

@@ -137,6 +137,34 @@ export async function addBoxFromFile(options: AddBoxFromFileOptions): Promise<Im
   }
 }
 
+/**
+ * Bring a box another importer staged in `staged` (inside `scratch`, from `newScratch`) into
+ * place atomically, as addBoxFromFile does; the caller removes `scratch` afterwards.
+ */
+export async function placeStagedBox(options: {
+  dataDir: string
+  scratch: string
+  staged: string
+  box: {name: string; version: string; provider: string}
+  source: string
+  force: boolean
+}): Promise<StoredBox> {
+  const {dataDir, box} = options
+  if (!options.force && (await exists(boxPath(dataDir, box))))
+    throw alreadyInstalled(`${box.name} ${box.version} (${box.provider})`)
+  await writeStoreInfo(options.staged, {addedAt: new Date().toISOString(), source: options.source})
+  await moveAllIntoPlace(dataDir, [{staged: options.staged, box}], options.scratch, options.force)
+  return readStoredBox(dataDir, box.name, box.version, box.provider)
+}
+
+/** A new scratch directory inside the store (what a crash left there long ago is swept first). */
+export async function newScratch(dataDir: string): Promise<string> {
+  const root = boxesDir(dataDir)
+  await mkdir(root, {recursive: true})
+  await removeStaleScratch(root)
+  return mkdtemp(join(root, SCRATCH_PREFIX))
+}
+
 /** A box ready in scratch space and where it goes. */
 interface StagedMove {
   staged: string

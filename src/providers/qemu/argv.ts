@@ -48,6 +48,11 @@ export function optionValue(path: string): string {
   return path.replaceAll(',', ',,')
 }
 
+/** No direct kernel boot and more disks than the machine's own (a cloud image's seed, a persistent disk). */
+function firmwareBootWithDrives(spec: QemuLaunchSpec): boolean {
+  return !spec.directBoot && (spec.drives?.length ?? 0) > 0
+}
+
 export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
   const args = [
     '-name',
@@ -64,8 +69,17 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     '-display',
     'none',
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
-    '-drive',
-    `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`,
+    ...(firmwareBootWithDrives(spec)
+      ? [
+          // The firmware boots the first disk it finds, and -drive if=virtio devices are made after
+          // every -device: the machine's own disk must say it is the one (bootindex), or SeaBIOS
+          // tries the seed or the persistent disk and hangs silently.
+          '-drive',
+          `file=${optionValue(spec.disk)},if=none,id=disk0,format=qcow2,discard=unmap,detect-zeroes=unmap`,
+          '-device',
+          'virtio-blk-pci,drive=disk0,bootindex=0',
+        ]
+      : ['-drive', `file=${optionValue(spec.disk)},if=virtio,format=qcow2,discard=unmap,detect-zeroes=unmap`]),
     ...(spec.drives ?? []).flatMap((drive, index) => [
       '-drive',
       `file=${optionValue(drive.file)},if=none,id=extra${index},format=raw${drive.readOnly ? ',readonly=on' : ''}`,

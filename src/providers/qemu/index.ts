@@ -19,7 +19,7 @@ import type {
 import {hostQemu, resolveAccel} from './accel.js'
 import {AgentRefusal, askAgent} from './agent.js'
 import {GUEST_SSH_PORT, bootInstance, createOverlay, instanceFiles, type Booted} from './instance.js'
-import {QemuSnapshots, settleDisk, snapshotsDir} from './snapshot-chain.js'
+import {QemuSnapshots, diskParentLayer, settleDisk, snapshotsDir} from './snapshot-chain.js'
 import {saveRunningState, startFromState} from './snapshot.js'
 import {isAlive, runningPid, stopQemu} from './process.js'
 import {hostfwd} from './argv.js'
@@ -39,6 +39,17 @@ export class QemuProvider implements Provider {
 
   async create(machine: MachineHandle): Promise<void> {
     await createOverlay(machine.box, instanceFiles(machine.stateDir).overlay)
+  }
+
+  /** Host-side resnap: a new empty overlay on what the old one built on (the box image, or the last snapshot). */
+  async resetDisk(machine: MachineHandle): Promise<void> {
+    const files = instanceFiles(machine.stateDir)
+    await settleDisk(machine.stateDir)
+    const fresh = `${files.overlay}.fresh`
+    await rm(fresh, {force: true})
+    await createOverlay(machine.box, fresh, await diskParentLayer(machine.stateDir))
+    // rename(2) over the old one: a crash leaves either disk, never none.
+    await rename(fresh, files.overlay)
   }
 
   async start(machine: MachineHandle, options: StartOptions): Promise<Started> {

@@ -42,9 +42,9 @@ export function instanceFiles(stateDir: string): InstanceFiles {
 /** The guest's sshd port, forwarded from a free host port on 127.0.0.1. */
 export const GUEST_SSH_PORT = 22
 
-/** A linked clone: a qcow2 overlay whose backing file is the box's image, so nothing is copied. */
-export async function createOverlay(box: BoxImage, overlay: string): Promise<void> {
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', join(box.dir, 'box.img'), overlay], {
+/** A linked clone: a qcow2 overlay whose backing file is the box's image (or `backing`), so nothing is copied. */
+export async function createOverlay(box: BoxImage, overlay: string, backing = join(box.dir, 'box.img')): Promise<void> {
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, overlay], {
     purpose: 'creating the machine disk',
   })
 }

@@ -181,6 +181,12 @@ export async function settleDisk(stateDir: string): Promise<void> {
   await writeIndex(stateDir, index)
 }
 
+/** The frozen layer the machine's disk builds on (the last snapshot saved or restored); undefined: the box image. */
+export async function diskParentLayer(stateDir: string): Promise<string | undefined> {
+  const {diskParent} = await readIndex(stateDir)
+  return diskParent === null ? undefined : join(stateDir, diskParent)
+}
+
 const sizeOf = (file: string) =>
   stat(file).then(
     (info) => info.blocks * 512,
