@@ -5,7 +5,7 @@
  * finds nothing to boot. That last test starts QEMU: run this file under
  * `flock /tmp/box-qemu.lock`.
  */
-import {mkdir, readdir, readFile, writeFile} from 'node:fs/promises'
+import {mkdir, readdir, readFile, stat, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {execa} from 'execa'
@@ -107,7 +107,13 @@ describe('cloud images as boxes', () => {
     await execa('xorriso', ['-osirrox', 'on', '-indev', drive.file, '-extract', '/', out], {all: true})
     expect((await readdir(out)).sort()).toEqual(['meta-data', 'user-data'])
     const publicKey = (await readFile(join(stateDir, 'key.pub'), 'utf8')).trim()
-    const expected = cloudSeedFiles({...input, publicKey})
+    const hostKey = {
+      privateKey: await readFile(join(stateDir, 'guest_host_ed25519_key'), 'utf8'),
+      publicKey: await readFile(join(stateDir, 'guest_host_ed25519_key.pub'), 'utf8'),
+    }
+    expect((await stat(join(stateDir, 'guest_host_ed25519_key'))).mode & 0o777).toBe(0o600)
+    expect((await stat(drive.file)).mode & 0o777).toBe(0o600)
+    const expected = cloudSeedFiles({...input, publicKey, hostKey})
     expect(await readFile(join(out, 'user-data'), 'utf8')).toBe(expected['user-data'])
     const userData = JSON.parse(expected['user-data'].replace(/^#cloud-config\n/, ''))
     expect(userData.users).toEqual([

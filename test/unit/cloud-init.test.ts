@@ -11,6 +11,7 @@ describe('the NoCloud seed', () => {
     user: 'worker',
     publicKey: 'ssh-ed25519 AAAA key\n',
     persistent: false,
+    hostKey: {privateKey: 'PRIVATE\n', publicKey: 'ssh-ed25519 BBBB box-host\n'},
   }
 
   it('is cloud-config whose values stay values, whatever they hold', () => {
@@ -21,6 +22,8 @@ describe('the NoCloud seed', () => {
     expect(userData.users[0].name).toBe('a"b\n- evil: true')
     expect(userData.users[0].ssh_authorized_keys).toEqual(['ssh-ed25519 AAAA key'])
     expect(userData.ssh_pwauth).toBe(false)
+    // The machine's own host key, the same at every boot: no key of the image's, none generated.
+    expect(userData.ssh_keys).toEqual({ed25519_private: 'PRIVATE\n', ed25519_public: 'ssh-ed25519 BBBB box-host'})
     expect(userData.bootcmd).toBeUndefined()
   })
 

@@ -26,6 +26,11 @@ export interface CloudSeedInput {
   publicKey: string
   /** Mount the persistent disk (host-side resnap) at /persistent. */
   persistent: boolean
+  /**
+   * The machine's ssh host key (ed25519), made on the host once: every fresh root serves
+   * the same key, which box pinned before the first login.
+   */
+  hostKey: {privateKey: string; publicKey: string}
 }
 
 /**
@@ -70,6 +75,8 @@ export function cloudSeedFiles(input: CloudSeedInput): {'meta-data': string; 'us
         ssh_authorized_keys: [input.publicKey.trim()],
       },
     ],
+    // With keys given, cloud-init deletes the image's host keys and generates none.
+    ssh_keys: {ed25519_private: input.hostKey.privateKey, ed25519_public: input.hostKey.publicKey.trim()},
     ssh_pwauth: false,
     disable_root: true,
     growpart: {mode: 'auto', devices: ['/']},

@@ -9,7 +9,7 @@
  * read-only by nature, as the seed is. genisoimage (cdrkit) has had no release since 2010;
  * a vfat seed needs two tools (dosfstools, mtools) and a size chosen in advance.
  */
-import {mkdir, open, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
+import {chmod, mkdir, open, readFile, rename, rm, stat, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {cloudSeedFiles, PERSISTENT_SERIAL, SEED_LABEL, SEED_SERIAL, type CloudSeedInput} from '../box/cloud-init.js'
@@ -20,14 +20,38 @@ import type {ExtraDrive} from '../../providers/provider.js'
 /** Size of host-side resnap's persistent disk: a sparse file, so only what the guest writes takes space. */
 export const PERSISTENT_DISK_BYTES = 1024 ** 3
 
-export function cloudFiles(stateDir: string): {seed: string; persistentDisk: string} {
-  return {seed: join(stateDir, 'cloud-seed.iso'), persistentDisk: join(stateDir, 'persistent.img')}
+export function cloudFiles(stateDir: string): {seed: string; persistentDisk: string; hostKey: string} {
+  return {
+    seed: join(stateDir, 'cloud-seed.iso'),
+    persistentDisk: join(stateDir, 'persistent.img'),
+    hostKey: join(stateDir, 'guest_host_ed25519_key'),
+  }
+}
+
+/** The machine's ssh host key pair, made once (mode 0600): handed to the guest by the seed at every boot. */
+export async function cloudHostKey(stateDir: string): Promise<{privateKey: string; publicKey: string}> {
+  const {hostKey} = cloudFiles(stateDir)
+  const read = async () => ({
+    privateKey: await readFile(hostKey, 'utf8'),
+    publicKey: await readFile(`${hostKey}.pub`, 'utf8'),
+  })
+  const existing = await read().catch(() => undefined)
+  if (existing) return existing
+  await rm(`${hostKey}.new`, {force: true})
+  await rm(`${hostKey}.new.pub`, {force: true})
+  await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'box-host', '-f', `${hostKey}.new`], {
+    purpose: "making the machine's ssh host key",
+    stdin: 'ignore',
+  })
+  await rename(`${hostKey}.new.pub`, `${hostKey}.pub`)
+  await rename(`${hostKey}.new`, hostKey)
+  return read()
 }
 
 /** Write this boot's seed (replacing the last one) and return it as a read-only drive. */
 export async function writeCloudSeed(
   stateDir: string,
-  input: Omit<CloudSeedInput, 'publicKey'> & {publicKeyFile: string},
+  input: Omit<CloudSeedInput, 'publicKey' | 'hostKey'> & {publicKeyFile: string},
 ): Promise<ExtraDrive> {
   const {seed} = cloudFiles(stateDir)
   const publicKey = await readFile(input.publicKeyFile, 'utf8').catch((error: unknown) => {
@@ -38,7 +62,7 @@ export async function writeCloudSeed(
       ],
     })
   })
-  const files = cloudSeedFiles({...input, publicKey})
+  const files = cloudSeedFiles({...input, publicKey, hostKey: await cloudHostKey(stateDir)})
   const dir = join(stateDir, 'cloud-seed')
   await rm(dir, {recursive: true, force: true})
   await mkdir(dir, {mode: 0o700})
@@ -61,6 +85,8 @@ export async function writeCloudSeed(
       ],
       {purpose: 'writing the cloud-init seed', stdin: 'ignore'},
     )
+    // It holds the guest's private host key.
+    await chmod(`${seed}.tmp`, 0o600)
     await rename(`${seed}.tmp`, seed)
   } finally {
     await rm(dir, {recursive: true, force: true})

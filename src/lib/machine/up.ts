@@ -19,7 +19,7 @@ import {
 } from './context.js'
 import {persistentMountScript, seedHostname} from '../box/cloud-init.js'
 import {BoxError} from '../core/errors.js'
-import {forgetHostKeys, parseHostKeyPairs, type HostKey} from './host-keys.js'
+import {forgetHostKeys, parseHostKeyPairs, readKnownHosts, writeKnownHosts, type HostKey} from './host-keys.js'
 import {closeSshMaster, waitForMachineSsh, type HostKeySource} from './keys.js'
 import type {SshTarget} from './ssh.js'
 import {sshTarget} from './ssh-session.js'
@@ -167,6 +167,7 @@ export async function upMachine(
       }
       await writeRecord(stateDir, record)
       const target = sshTarget(stateDir, record, provider)
+      if (cloudInit) await pinSeedHostKey(context, machine.name, stateDir, target)
       // One counter for the whole wait: a first boot waits twice (the box's key, then the machine's own), and each wait counts from 0.
       const waitStarted = Date.now()
       const reached = await waitForMachineSsh(stateDir, target, record, {
@@ -369,6 +370,21 @@ async function prepareHostSide(
   }
   handle.drives = drives
   return {reset, keyGone: reset && !cloudInit, mountPersistent: persistent !== undefined && !cloudInit}
+}
+
+/** A cloud image serves the host key its seed hands it: pinned before the first login, never trusted on first use. */
+async function pinSeedHostKey(
+  context: MachineContext,
+  name: string,
+  stateDir: string,
+  target: SshTarget,
+): Promise<void> {
+  const pin = target.hostKeys
+  if (!pin || (await readKnownHosts(pin)).length > 0) return
+  const {cloudHostKey} = await import('./cloud-seed.js')
+  const {publicKey} = await cloudHostKey(stateDir)
+  await writeKnownHosts(pin, parseHostKeyPairs(publicKey.trim().split(/\s+/).slice(0, 2).join(' ')))
+  context.progress.info(`${name}: ssh host key pinned (the one box put in its cloud-init seed)`)
 }
 
 /** What the seed's bootcmd does for a cloud image, over ssh for any other box. */
