@@ -395,12 +395,13 @@ jobs:
     command: [sh, -c, exit 0]
     timeouts: {create: 100ms}
   - id: bob
-    command: "sh /tmp/grader/grade.sh"
+    command: "sleep 15; sh /tmp/grader/grade.sh"
     in: [submissions/bob:/tmp/job, grade.sh:/tmp/grader/grade.sh]
     out: [/tmp/job/feedback.txt]
 `
       await writeFile(join(project, 'jobs.yaml'), jobs)
       // Interrupted once the first job has finished: every worker stops, finished results stay.
+      // (bob waits first: restored workers are quick, and the batch must still be running at Ctrl-C.)
       const child = execa(join(process.cwd(), 'bin', 'box'), ['batch', 'jobs.yaml', '--parallel', '2'], {
         cwd: project,
         reject: false,
