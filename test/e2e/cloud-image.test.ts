@@ -87,7 +87,7 @@ describe('a bare cloud image as a box, with host-side resnap', {timeout: 900_000
       /^status: (done|error)$/,
     )
     // The host key is the one box put in the seed and pinned before the first login.
-    const served = await ssh('cat /etc/ssh/ssh_host_ed25519_key.pub')
+    const served = await ssh('sudo -n cat /etc/ssh/ssh_host_ed25519_key.pub')
     const seeded = await readFile(join(root, '.box', 'machines', 'default', 'guest_host_ed25519_key.pub'), 'utf8')
     expect(served.split(' ').slice(0, 2)).toEqual(seeded.trim().split(' ').slice(0, 2))
     expect(await ssh('sudo -n cloud-init query v1.platform')).toBe('nocloud')

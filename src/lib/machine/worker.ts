@@ -20,6 +20,7 @@ import {pipeline} from 'node:stream/promises'
 import type {BoxImage, ExtraDrive, MachineHandle, Provider, Started} from '../../providers/provider.js'
 import {BoxError} from '../core/errors.js'
 import {run} from '../core/exec.js'
+import {writeFileAtomic} from '../core/fs.js'
 import {acquireLock} from '../core/lock.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {createProgress, type Progress} from '../core/progress.js'
@@ -136,8 +137,8 @@ async function imageChecksum(cacheDir: string, image: string): Promise<string> {
   await pipeline(createReadStream(image, {highWaterMark: 1 << 20}), hash)
   const sha256 = hash.digest('hex')
   await mkdir(join(readyRoot(cacheDir), 'checksums'), {recursive: true})
-  await writeFile(`${file}.${process.pid}`, JSON.stringify({stamp, sha256}))
-  await rename(`${file}.${process.pid}`, file)
+  // Two jobs of one batch may get here at once: each writes a temporary file of its own.
+  await writeFileAtomic(file, JSON.stringify({stamp, sha256}))
   return sha256
 }
 
