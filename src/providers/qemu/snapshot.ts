@@ -395,6 +395,29 @@ export interface StartedFromState {
   overlayBytesBeforeRun: number
 }
 
+/**
+ * The machine a saved state is started as: the check before a restore and the restore
+ * itself must describe the same one, or a state would pass the check and boot otherwise.
+ */
+function machineFromState(
+  options: Pick<StartFromStateOptions, 'name' | 'files' | 'box' | 'accel' | 'cpus' | 'memoryMiB' | 'drives'>,
+  compat: StateCompat,
+) {
+  return {
+    name: options.name,
+    files: options.files,
+    box: options.box,
+    accel: options.accel,
+    cpus: options.cpus,
+    memoryMiB: options.memoryMiB,
+    drives: options.drives,
+    choice: compat.launch.choice,
+    firmwareBoot: compat.launch.firmwareBoot,
+    restrictNetwork: compat.launch.restrictNetwork,
+    noNetwork: compat.launch.noNetwork,
+  }
+}
+
 /** The record's refusal for this machine, or nothing when the state may load. */
 export async function checkStateFits(
   compat: StateCompat,
@@ -403,23 +426,7 @@ export async function checkStateFits(
     'layer' | 'state' | 'signal' | 'sshPort' | 'onDiskReplaced' | 'diskIsLayer' | 'checked'
   >,
 ): Promise<void> {
-  const spec = launchSpecFor(
-    {
-      name: options.name,
-      files: options.files,
-      box: options.box,
-      accel: options.accel,
-      cpus: options.cpus,
-      memoryMiB: options.memoryMiB,
-      choice: compat.launch.choice,
-      firmwareBoot: compat.launch.firmwareBoot,
-      restrictNetwork: compat.launch.restrictNetwork,
-      noNetwork: compat.launch.noNetwork,
-      drives: options.drives,
-    },
-    0,
-    options.forwards,
-  )
+  const spec = launchSpecFor(machineFromState(options, compat), 0, options.forwards)
   const target: CompatTarget = {
     qemuVersion: options.qemu.version,
     machineType: options.qemu.pcMachineType,
@@ -502,19 +509,9 @@ export async function startFromState(options: StartFromStateOptions): Promise<St
   await options.onDiskReplaced?.()
   const launched = Date.now()
   const booted = await bootInstance({
-    name: options.name,
-    files: options.files,
-    box: options.box,
-    accel: options.accel,
-    cpus: options.cpus,
-    memoryMiB: options.memoryMiB,
-    choice: compat.launch.choice,
-    firmwareBoot: compat.launch.firmwareBoot,
+    ...machineFromState(options, compat),
     sshPort: options.sshPort,
     forwards: options.forwards,
-    restrictNetwork: compat.launch.restrictNetwork,
-    noNetwork: compat.launch.noNetwork,
-    drives: options.drives,
     incoming: true,
   })
   let qmp: QmpClient | undefined
