@@ -286,17 +286,21 @@ export async function startFromReadyState(
     }
     const agentMs = Date.now() - begun
     if (ready.agent) await askAgent(`reseed ${randomBytes(64).toString('hex')}`, {timeoutMs: 10_000})
+    const worker = {
+      name: handle.name,
+      stateDir,
+      readyState: {dir: readyDir, key: readyState.key},
+      handle,
+      started: restored.started,
+      askAgent,
+      destroy,
+    }
+    const timings = {builtReadyState, loadMs: restored.loadMs, agentMs, diskBytesBeforeRun: restored.diskBytesBeforeRun}
     if (spec.noInterface) {
       return {
-        name: handle.name,
-        stateDir,
-        readyState: {dir: readyDir, key: readyState.key},
-        handle,
-        started: restored.started,
-        askAgent,
+        ...worker,
         sshReady: () => Promise.reject(new BoxError('this worker has no network interface: no ssh')),
-        timings: {builtReadyState, loadMs: restored.loadMs, agentMs, diskBytesBeforeRun: restored.diskBytesBeforeRun},
-        destroy,
+        timings,
       }
     }
     const ssh: SshTarget = {
@@ -319,24 +323,7 @@ export async function startFromReadyState(
       await sshReady()
       sshMs = Date.now() - begun
     }
-    return {
-      name: handle.name,
-      stateDir,
-      readyState: {dir: readyDir, key: readyState.key},
-      handle,
-      started: restored.started,
-      ssh,
-      askAgent,
-      sshReady,
-      timings: {
-        builtReadyState,
-        loadMs: restored.loadMs,
-        agentMs,
-        sshMs,
-        diskBytesBeforeRun: restored.diskBytesBeforeRun,
-      },
-      destroy,
-    }
+    return {...worker, ssh, sshReady, timings: {...timings, sshMs}}
   } catch (error) {
     await destroy()
     throw options.signal?.aborted ? options.signal.reason : error
