@@ -147,18 +147,19 @@ export async function checkOutdated(options: {
           installed: box.version,
           status: 'no-catalog',
         }))
+      const failed = (box: (typeof newestPerGroup)[number], error: unknown): OutdatedEntry => ({
+        name,
+        provider: box.provider,
+        installed: box.version,
+        catalogUrl,
+        status: 'error',
+        error: (error as Error).message,
+      })
       let catalog
       try {
         catalog = await loadCatalog(catalogUrl, {...options.http, signal: options.signal})
       } catch (error) {
-        return newestPerGroup.map((box): OutdatedEntry => ({
-          name,
-          provider: box.provider,
-          installed: box.version,
-          catalogUrl,
-          status: 'error',
-          error: (error as Error).message,
-        }))
+        return newestPerGroup.map((box) => failed(box, error))
       }
       return newestPerGroup.map((box): OutdatedEntry => {
         let latest: string | undefined
@@ -170,14 +171,7 @@ export async function checkOutdated(options: {
           // A newer version only for an "unknown" architecture is no update of a box for a known one (Vagrant's rule).
           latest = compatible ? resolved.version : box.version
         } catch (error) {
-          return {
-            name,
-            provider: box.provider,
-            installed: box.version,
-            catalogUrl,
-            status: 'error',
-            error: (error as Error).message,
-          }
+          return failed(box, error)
         }
         const newer = compatible && (isVersion(box.version) ? compareVersions(latest, box.version) > 0 : true)
         return {
