@@ -269,11 +269,11 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
   })
 
   it('cuts while lvremove and lvcreate recreate it (another lvsize), then boots with and without resnap', async () => {
-    // Each resnap boot asks for a size the snapshot has not had in the last two boots, so it
-    // recreates it (or creates it, when a cut left none) whichever way the last cut went.
-    const sizes = ['1G', '1536M', '2G', '1280M'].filter((size) => size !== boxSize).slice(0, 3)
+    // Each resnap boot asks for a size the snapshot has never had, so it recreates it (or
+    // creates it, when a cut left none) however many earlier cuts came before the change.
+    // (A cycle of three sizes once failed: two cuts before lvremove kept the size of three boots ago.)
     let next = 0
-    const size = () => sizes[next++ % sizes.length]!
+    const size = () => `${1024 + 32 * next++}M`
     // The first recreate is timed on the console (removing → creating → done) and cut at its end.
     const [removing, creating, done] = await cutBoot(
       {resnap: true},
