@@ -3,7 +3,7 @@ import {hostname, platform, release} from 'node:os'
 import {join} from 'node:path'
 
 import {BoxError, ExitCode} from '../../lib/core/errors.js'
-import {findOnPath, missingProgramError, spawn} from '../../lib/core/exec.js'
+import {findOnPath, missingProgramError, run, spawn} from '../../lib/core/exec.js'
 
 export type Accel = 'kvm' | 'hvf' | 'tcg'
 export const ACCELS: readonly Accel[] = ['kvm', 'hvf', 'tcg']
@@ -179,7 +179,7 @@ export async function hostQemu(cacheDir: string): Promise<HostQemu> {
   } catch {}
   const [version, machines] = await Promise.all([
     qemuVersion(DEFAULT_QEMU),
-    spawn(DEFAULT_QEMU, ['-machine', 'help'], {timeout: 10_000}),
+    run(DEFAULT_QEMU, ['-machine', 'help'], {timeout: 10_000, purpose: 'listing QEMU machine types'}),
   ])
   // "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)"
   const pcMachineType = /^pc\s.*\(alias of ([\w.-]+)\)/m.exec(String(machines.stdout))?.[1] ?? 'pc'
@@ -191,13 +191,9 @@ export async function hostQemu(cacheDir: string): Promise<HostQemu> {
 }
 
 export async function qemuVersion(qemu = 'qemu-system-x86_64'): Promise<string> {
-  try {
-    const stdout = String((await spawn(qemu, ['--version'], {timeout: 10_000})).stdout)
-    return /version ([\d.]+)/.exec(stdout)?.[1] ?? stdout.split('\n')[0]!
-  } catch (error) {
-    if ((error as {code?: string}).code === 'ENOENT') throw missingProgramError(qemu, error)
-    throw error
-  }
+  // run's errors are BoxErrors: a missing QEMU names its package, a failing one its command.
+  const {stdout} = await run(qemu, ['--version'], {timeout: 10_000, purpose: 'asking QEMU its version'})
+  return /version ([\d.]+)/.exec(stdout)?.[1] ?? stdout.split('\n')[0]!
 }
 
 async function readCache(file: string): Promise<{key: unknown; result: AccelResult} | undefined> {
