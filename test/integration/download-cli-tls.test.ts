@@ -26,6 +26,7 @@ let ca: TestCa
 let caCleanup: () => Promise<void>
 let good: {key: string; cert: string}
 let wrongHost: {key: string; cert: string}
+let expired: {key: string; cert: string}
 let dir: string
 let cleanup: () => Promise<void>
 const servers: TestServer[] = []
@@ -71,6 +72,11 @@ beforeAll(async () => {
   ca = await makeTestCa(made.dir)
   good = await ca.issue('localhost', {altNames: ['DNS:localhost', 'IP:127.0.0.1']})
   wrongHost = await ca.issue('other', {altNames: ['DNS:boxes.example.org']})
+  expired = await ca.issue('expired', {
+    altNames: ['DNS:localhost', 'IP:127.0.0.1'],
+    startDate: '20200101000000Z',
+    endDate: '20200201000000Z',
+  })
 })
 afterAll(async () => {
   await caCleanup()
@@ -122,6 +128,15 @@ describe('HTTPS with a local CA', () => {
     })
     expect(added.exitCode, added.stderr).toBe(0)
     expect(added.stdout).toContain('Added box w 0 (qemu)')
+  })
+
+  it('box add refuses an expired certificate of a trusted CA, naming it expired, exit 1, nothing stored', async () => {
+    const server = await serve({tls: expired})
+    await publish(server, {name: 'acme/worker', versions: []}, '1.0.0')
+    const result = await box(['add', server.url('/worker.json'), '--ca-cert', ca.certFile])
+    expect(result.exitCode).toBe(1)
+    expect(result.stderr).toContain(`Error: the TLS certificate of 127.0.0.1:${server.port} has expired`)
+    await expectNothingStored()
   })
 
   it('box add names a missing --ca-cert file as a usage error', async () => {
