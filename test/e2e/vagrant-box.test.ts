@@ -2,7 +2,8 @@
  * A box that knows only Vagrant's conventions (test/fixtures/vagrant-box.ts: plain Debian,
  * user vagrant, Vagrant's insecure keys in ~/.ssh/authorized_keys, ifupdown DHCP, the
  * disk's own GRUB, no box pieces), added and booted through the CLI with a Boxfile that
- * says nothing about ssh. One machine is shared by the tests of this file, in order.
+ * says nothing about ssh; then box's host-side resnap of a box without LVM, and a Boxfile
+ * naming ssh.private_key_path. One machine is shared by the tests of this file, in order.
  * Boots QEMU: run under `flock /tmp/box-qemu.lock`.
  */
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
@@ -157,6 +158,55 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
     const denied = await loginWith(insecureCopies[0]!)
     expect(denied.stderr).toMatch(/Permission denied \(publickey/)
     expect((await loginWith(machineKey)).exitCode).toBe(0)
+  })
+
+  it('box resnap on a box without LVM: a fresh disk from the host, the insecure key once more, a /persistent disk', async () => {
+    const changed = await box(env, ['ssh', '-c', 'echo changed | sudo tee /etc/box-host-resnap-marker >/dev/null'])
+    expect(changed.exitCode, changed.stderr).toBe(0)
+    const resnap = await box(env, ['resnap'])
+    expect(resnap.exitCode, `${resnap.stdout}\n${resnap.stderr}`).toBe(0)
+    expect(`${resnap.stdout}\n${resnap.stderr}`).toContain('booting with resnap (a fresh disk)')
+    const after = await box(env, [
+      'ssh',
+      '-c',
+      'test ! -e /etc/box-host-resnap-marker && echo marker-gone; findmnt -no TARGET /persistent; echo kept | sudo tee /persistent/kept >/dev/null && sync',
+    ])
+    expect(after.exitCode, after.stderr).toBe(0)
+    expect(after.stdout.trim().split('\n')).toEqual(['marker-gone', '/persistent'])
+    // The fresh disk trusts only the box's keys again: box got in with one, then put the machine key back.
+    const logins = await acceptedLogins()
+    const insecure = await Promise.all(VAGRANT_INSECURE_PUBLIC_KEYS.map(fingerprint))
+    expect(
+      insecure.some((print) => logins[0]!.includes(print)),
+      logins.join('\n'),
+    ).toBe(true)
+    const mine = await fingerprint(`${machineKey}.pub`)
+    for (const login of logins.slice(1)) expect(login).toContain(mine)
+  })
+
+  it("uses the Boxfile's ssh.private_key_path and ssh.username as they are, and no machine key", async () => {
+    // A site's own key, which the guest trusts (put there as a site's box would have it).
+    const siteKey = join(root, 'site-key')
+    await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'site', '-f', siteKey])
+    const uploaded = await box(env, ['upload', `${siteKey}.pub`, '/tmp/site-key.pub'])
+    expect(uploaded.exitCode, uploaded.stderr).toBe(0)
+    const trusted = await box(env, ['ssh', '-c', 'cat /tmp/site-key.pub >> ~/.ssh/authorized_keys'])
+    expect(trusted.exitCode, trusted.stderr).toBe(0)
+    expect((await box(env, ['halt'])).exitCode).toBe(0)
+    await writeFile(
+      join(root, 'Boxfile'),
+      'box: vagrant-plain\nmemory: 1024\nssh:\n  username: vagrant\n  private_key_path: site-key\n',
+    )
+    const up = await box(env, ['up'])
+    expect(up.exitCode, `${up.stdout}\n${up.stderr}`).toBe(0)
+    const logins = await acceptedLogins()
+    const site = await fingerprint(`${siteKey}.pub`)
+    expect(logins.length).toBeGreaterThan(0)
+    for (const login of logins) expect(login).toContain(site)
+    expect((await box(env, ['ssh-config'])).stdout).toContain(`IdentityFile ${siteKey}`)
+    // A boot without resnap keeps the disk, and mounts the persistent disk the resnap made.
+    const kept = await box(env, ['ssh', '-c', 'cat /persistent/kept'])
+    expect(kept.stdout.trim(), kept.stderr).toBe('kept')
   })
 
   it('destroys the machine', async () => {
