@@ -15,7 +15,8 @@ import {testCacheDir} from '../support/cache.js'
 import {BIN, box, type CliEnv} from '../support/cli.js'
 
 /**
- * The maintainer's loop on the reference box: `up --base` → change the origin →
+ * The maintainer's loop on the reference box: `up --base` → change the origin and
+ * regenerate its initramfs with static/makeinitrd, as after a kernel update →
  * `package --halt` → `add` under a new name → `up` elsewhere → the change is there after
  * a resnap boot, and resnap still throws away later changes. Plus the refusals, Vagrant
  * accepting the output, and box booting a box laid out as vagrant-libvirt's example box.
@@ -44,6 +45,8 @@ describe('box package: the maintainer loop on the reference box', () => {
   let consumer: CliEnv
   let packaged: string
   let catalog: string
+  /** sha256 of the origin's initrd after makeinitrd: the one the packaged box must ship. */
+  let regeneratedInitrd = ''
 
   beforeAll(async () => {
     const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir: testCacheDir()})
@@ -89,6 +92,25 @@ describe('box package: the maintainer loop on the reference box', () => {
       ])
       expect(changed.exitCode, changed.stderr).toBe(0)
       expect(changed.stdout.trim()).toMatch(/-root$/)
+      // The initramfs regenerated in the origin as after a kernel update, through
+      // static/makeinitrd (which ends in `update-initramfs -u -k all`): the round trip below
+      // boots that initrd, and its resnap boots still reset /.
+      const initrdTime = 'stat -c %Y /boot/initrd.img-$(uname -r)'
+      const before = await box(origin, ['ssh', '-c', initrdTime])
+      for (const source of [join(PROJECT_ROOT, 'static', 'makeinitrd'), join(PROJECT_ROOT, 'initramfs')]) {
+        const uploaded = await box(origin, ['upload', source, '/tmp'])
+        expect(uploaded.exitCode, uploaded.stderr).toBe(0)
+      }
+      const regenerated = await box(origin, [
+        'ssh',
+        '-c',
+        `sleep 1; sudo sh /tmp/makeinitrd /tmp/initramfs && ${initrdTime} && sha256sum /boot/initrd.img-$(uname -r)`,
+      ])
+      expect(regenerated.exitCode, regenerated.stderr).toBe(0)
+      expect(regenerated.stdout).toContain('makeinitrd: resnap installed')
+      const [time, sum] = regenerated.stdout.trim().split('\n').slice(-2)
+      expect(Number(time)).toBeGreaterThan(Number(before.stdout.trim()))
+      regeneratedInitrd = sum!.split(' ')[0]!
       const refused = await box(origin, ['package', '-o', packaged])
       expect(refused.exitCode).toBe(2)
       expect(refused.stderr).toMatch(/machine default is running/)
@@ -134,6 +156,8 @@ describe('box package: the maintainer loop on the reference box', () => {
       expect(listing).toEqual(
         expect.arrayContaining(['Vagrantfile', 'info.json', 'box.img', 'vmlinuz', 'initrd.img', 'include/NOTES.txt']),
       )
+      const shippedInitrd = await execa('sh', ['-c', 'tar --zstd -xOf "$1" initrd.img | sha256sum', 'sh', packaged])
+      expect(shippedInitrd.stdout.split(' ')[0]).toBe(regeneratedInitrd)
       expect((await execa('tar', ['--zstd', '-xOf', packaged, 'include/NOTES.txt'])).stdout).toBe(
         'shipped with the box',
       )
