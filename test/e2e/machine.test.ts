@@ -389,6 +389,51 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect((await box(env, ['destroy', '-f'])).exitCode).toBe(0)
   })
 
+  it('a root snapshot that overflows while running: status warns above 80 %, and the next resnap boot recovers', async () => {
+    // The reference box with a 320 MiB snapshot instead of its 2 GiB: the same image (hard links), another metadata.json.
+    const stored = join(env.dataDir, 'boxes', 'reference')
+    const [version] = await readdir(stored)
+    const small = join(env.dataDir, 'boxes', 'small-snapshot', version!)
+    await mkdir(small, {recursive: true})
+    await execa('cp', ['-al', join(stored, version!, 'libvirt'), join(small, 'libvirt')])
+    const metadataFile = join(small, 'libvirt', 'metadata.json')
+    const metadata = JSON.parse(await readFile(metadataFile, 'utf8'))
+    metadata.box.lvm.snapshot_size = '320M'
+    await rm(metadataFile)
+    await writeFile(metadataFile, JSON.stringify(metadata))
+    await writeFile(join(project, 'Boxfile'), 'box: small-snapshot\nmemory: 1024\ncpus: 2\n')
+    const up = await box(env, ['up'])
+    expect(up.exitCode, up.stderr).toBe(0)
+    const sizes = await box(env, ['ssh', '-c', 'sudo lvs --noheadings --units m -o lv_size box/root_snap'])
+    expect(sizes.stdout.trim()).toBe('320.00m')
+
+    // 280 MiB written to / fill the 320 MiB snapshot to about 88 %.
+    const fill = await box(env, ['ssh', '-c', 'dd if=/dev/zero of=/var/tmp/fill bs=1M count=280 conv=fsync status=none'])
+    expect(fill.exitCode, fill.stderr).toBe(0)
+    const warned = await box(env, ['status'])
+    expect(warned.exitCode, warned.stderr).toBe(0)
+    expect(warned.stderr).toMatch(/root snapshot is (8[0-9]|9[0-9])\.\d% full: at 100% it is invalidated; reboot with resnap \(box resnap\)/)
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].warning).toMatch(/root snapshot is/)
+
+    // Past 100 %: dm-snapshot drops the snapshot, and / with it (the writes fail; the command may never answer).
+    await box(env, ['ssh', '-c', 'dd if=/dev/zero of=/var/tmp/more bs=1M count=100 conv=fsync status=none; sync'], {
+      timeout: 120_000,
+    })
+    const full = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
+    expect(full.state).toBe('running')
+    if (full.snapshotUsedPercent !== undefined) expect(full.snapshotUsedPercent).toBe(100)
+
+    const resnap = await box(env, ['resnap'])
+    expect(resnap.exitCode, resnap.stderr).toBe(0)
+    const after = await box(env, ['ssh', '-c', 'findmnt -no SOURCE /; test -e /var/tmp/fill && echo fill-left || echo fill-gone'])
+    expect(after.exitCode, after.stderr).toBe(0)
+    expect(after.stdout).toMatch(/root_snap\nfill-gone/)
+    const fresh = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
+    expect(fresh.snapshotUsedPercent).toBeLessThan(20)
+    expect(fresh.warning).toBeUndefined()
+    expect((await box(env, ['destroy', '-f'])).exitCode).toBe(0)
+  })
+
   it('four machines of one project up at once: all boot, each on its own ports, each reached by its own key', async () => {
     const names = ['one', 'two', 'three', 'four']
     await writeFile(
@@ -420,8 +465,8 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
       names.map((name) => readFile(join(project, '.box', 'machines', name, 'id_ed25519.pub'), 'utf8')),
     )
     expect(new Set(keys).size).toBe(4)
-    const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout) as {name: string}[]
-    expect(global.map((m) => m.name).sort()).toEqual([...names].sort())
+    const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout) as {name: string; state: string}[]
+    expect(global.filter((m) => m.state === 'running').map((m) => m.name).sort()).toEqual([...names].sort())
     const destroy = await box(env, ['destroy', '-f'])
     expect(destroy.exitCode, destroy.stderr).toBe(0)
     expect(await qemuProcessesMentioning(project)).toEqual([])

@@ -327,4 +327,33 @@ describe('box package: the maintainer loop on the reference box', () => {
     },
     BOOT_TIMEOUT,
   )
+
+  it(
+    'QEMU killed mid-package (while package --halt trims and halts): the box is still written, with a warning, and QEMU is gone',
+    async () => {
+      const up = await box(consumer, ['up'])
+      expect(up.exitCode, up.stderr).toBe(0)
+      const output = join(root, 'out', 'killed.box')
+      const child = execa(BIN, ['package', '--halt', '-o', output, '--compression', 'gzip', '--no-color'], {
+        cwd: consumer.cwd,
+        reject: false,
+        env: {BOX_DATA_DIR: consumer.dataDir, BOX_CACHE_DIR: consumer.cacheDir},
+      })
+      let stderr = ''
+      child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+      for (let i = 0; i < 300 && !/trimming filesystems and halting/.test(stderr); i++) await sleep(100)
+      expect(stderr).toMatch(/trimming filesystems and halting/)
+      const pid = Number.parseInt(await readFile(join(consumer.cwd, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10)
+      process.kill(pid, 'SIGKILL')
+      const result = await child
+      expect(result.exitCode, String(result.stderr)).toBe(0)
+      expect(String(result.stderr)).toMatch(/QEMU died before the guest halted cleanly/)
+      expect((await execa('tar', ['-tzf', output])).stdout.split('\n')[0]).toBe('metadata.json')
+      expect(await readdir(join(root, 'out'))).toEqual(expect.not.arrayContaining([expect.stringMatching(/^\.box-package-/)]))
+      expect(JSON.parse((await box(consumer, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
+      expect(await qemuProcessesMentioning(consumer.cwd)).toEqual([])
+      await rm(output, {force: true})
+    },
+    BOOT_TIMEOUT,
+  )
 })
