@@ -195,6 +195,37 @@ describe('box package: the maintainer loop on the reference box', () => {
     }
   })
 
+  it("the output's disk filling up mid-package (another writer took the space): a clear error, nothing left", async (context) => {
+    const disk = join(origin.cwd, '.box', 'machines', 'default', 'disk.qcow2')
+    const measured = JSON.parse((await execa('qemu-img', ['measure', '--output=json', '-O', 'qcow2', disk])).stdout)
+    // Room for package's own check (twice the flattened disk and 64 MiB), no more.
+    const size = 2 * Number(measured.required) + 128 * 1024 * 1024
+    const filling = join(root, 'filling')
+    await mkdir(filling)
+    const mounted = await execa('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', filling], {reject: false})
+    if (mounted.exitCode !== 0) context.skip() // needs root to mount a tmpfs
+    try {
+      const child = execa(BIN, ['package', '-o', join(filling, 'x.box'), '--compression', 'gzip', '--no-color'], {
+        cwd: origin.cwd,
+        reject: false,
+        env: {BOX_DATA_DIR: origin.dataDir, BOX_CACHE_DIR: origin.cacheDir},
+      })
+      let stderr = ''
+      child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+      for (let i = 0; i < 600 && !/compressing/.test(stderr); i++) await sleep(100)
+      expect(stderr).toMatch(/compressing/)
+      const avail = Number((await execa('df', ['--output=avail', '-B1', filling])).stdout.split('\n')[1])
+      await execa('fallocate', ['-l', String(avail), join(filling, 'other-writer')], {reject: false})
+      const result = await child
+      expect(result.exitCode, String(result.stderr)).toBe(1)
+      expect(String(result.stderr)).toMatch(/no space left/i)
+      expect(String(result.stderr)).not.toMatch(/bug in box/i)
+      expect(await readdir(filling)).toEqual(['other-writer'])
+    } finally {
+      await execa('umount', [filling], {reject: false})
+    }
+  })
+
   it(
     'round trip: the new box has the change after a resnap boot, and resnap still throws later changes away',
     async () => {
