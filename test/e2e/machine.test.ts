@@ -380,7 +380,10 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
       if (!started) await sleep(500)
     }
     expect(started).toBe(true)
-    process.kill(Number.parseInt(await readFile(join(project, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10), 'SIGKILL')
+    process.kill(
+      Number.parseInt(await readFile(join(project, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10),
+      'SIGKILL',
+    )
     const result = await provision
     expect(result.exitCode).not.toBe(0)
     expect(result.stderr).toMatch(/machine default stopped while provisioner "slow" ran/)
@@ -408,11 +411,17 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(sizes.stdout.trim()).toBe('320.00m')
 
     // 280 MiB written to / fill the 320 MiB snapshot to about 88 %.
-    const fill = await box(env, ['ssh', '-c', 'dd if=/dev/zero of=/var/tmp/fill bs=1M count=280 conv=fsync status=none'])
+    const fill = await box(env, [
+      'ssh',
+      '-c',
+      'dd if=/dev/zero of=/var/tmp/fill bs=1M count=280 conv=fsync status=none',
+    ])
     expect(fill.exitCode, fill.stderr).toBe(0)
     const warned = await box(env, ['status'])
     expect(warned.exitCode, warned.stderr).toBe(0)
-    expect(warned.stderr).toMatch(/root snapshot is (8[0-9]|9[0-9])\.\d% full: at 100% it is invalidated; reboot with resnap \(box resnap\)/)
+    expect(warned.stderr).toMatch(
+      /root snapshot is (8[0-9]|9[0-9])\.\d% full: at 100% it is invalidated; reboot with resnap \(box resnap\)/,
+    )
     expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].warning).toMatch(/root snapshot is/)
 
     // Past 100 %: dm-snapshot drops the snapshot, and / with it (the writes fail; the command may never answer).
@@ -425,7 +434,11 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
 
     const resnap = await box(env, ['resnap'])
     expect(resnap.exitCode, resnap.stderr).toBe(0)
-    const after = await box(env, ['ssh', '-c', 'findmnt -no SOURCE /; test -e /var/tmp/fill && echo fill-left || echo fill-gone'])
+    const after = await box(env, [
+      'ssh',
+      '-c',
+      'findmnt -no SOURCE /; test -e /var/tmp/fill && echo fill-left || echo fill-gone',
+    ])
     expect(after.exitCode, after.stderr).toBe(0)
     expect(after.stdout).toMatch(/root_snap\nfill-gone/)
     const fresh = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
@@ -443,7 +456,11 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
         'memory: 512',
         'cpus: 1',
         'machines:',
-        ...names.flatMap((name, i) => [`  ${name}:`, '    forwarded_ports:', `      - {guest: 80, host: ${18180 + i}}`]),
+        ...names.flatMap((name, i) => [
+          `  ${name}:`,
+          '    forwarded_ports:',
+          `      - {guest: 80, host: ${18180 + i}}`,
+        ]),
         '',
       ].join('\n'),
     )
@@ -466,7 +483,12 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     )
     expect(new Set(keys).size).toBe(4)
     const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout) as {name: string; state: string}[]
-    expect(global.filter((m) => m.state === 'running').map((m) => m.name).sort()).toEqual([...names].sort())
+    expect(
+      global
+        .filter((m) => m.state === 'running')
+        .map((m) => m.name)
+        .sort(),
+    ).toEqual([...names].sort())
     const destroy = await box(env, ['destroy', '-f'])
     expect(destroy.exitCode, destroy.stderr).toBe(0)
     expect(await qemuProcessesMentioning(project)).toEqual([])

@@ -374,13 +374,18 @@ describe('box package: the maintainer loop on the reference box', () => {
       child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
       for (let i = 0; i < 300 && !/trimming filesystems and halting/.test(stderr); i++) await sleep(100)
       expect(stderr).toMatch(/trimming filesystems and halting/)
-      const pid = Number.parseInt(await readFile(join(consumer.cwd, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10)
+      const pid = Number.parseInt(
+        await readFile(join(consumer.cwd, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'),
+        10,
+      )
       process.kill(pid, 'SIGKILL')
       const result = await child
       expect(result.exitCode, String(result.stderr)).toBe(0)
       expect(String(result.stderr)).toMatch(/QEMU died before the guest halted cleanly/)
       expect((await execa('tar', ['-tzf', output])).stdout.split('\n')[0]).toBe('metadata.json')
-      expect(await readdir(join(root, 'out'))).toEqual(expect.not.arrayContaining([expect.stringMatching(/^\.box-package-/)]))
+      expect(await readdir(join(root, 'out'))).toEqual(
+        expect.not.arrayContaining([expect.stringMatching(/^\.box-package-/)]),
+      )
       expect(JSON.parse((await box(consumer, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
       expect(await qemuProcessesMentioning(consumer.cwd)).toEqual([])
       await rm(output, {force: true})

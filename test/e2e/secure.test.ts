@@ -285,7 +285,10 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     expect(await ssh('sudo cat /persistent/secure/password')).toBe(FIRST_PASSWORD)
 
     // The store (every box, disk images included) never saw it: grep reads the password from stdin, not argv.
-    const inStore = await execa('grep', ['-rlaF', '-f', '/dev/stdin', env.dataDir], {input: FIRST_PASSWORD, reject: false})
+    const inStore = await execa('grep', ['-rlaF', '-f', '/dev/stdin', env.dataDir], {
+      input: FIRST_PASSWORD,
+      reject: false,
+    })
     expect(inStore.exitCode, `the password is in the store: ${inStore.stdout}`).toBe(1)
 
     // Private keys: the machine's (host side) and the guest's ssh host key (guest side) stay where they are.
@@ -312,8 +315,10 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
       'serial log': await readFile(join(stateDir, 'machines', 'default', 'serial.log'), 'utf8'),
     }
     for (const [place, text] of Object.entries(keyPlaces)) {
-      for (const line of machineKey) expect(text.includes(line), `the machine's private key is in the ${place}`).toBe(false)
-      for (const line of hostKey) expect(text.includes(line), `the guest's host private key is in the ${place}`).toBe(false)
+      for (const line of machineKey)
+        expect(text.includes(line), `the machine's private key is in the ${place}`).toBe(false)
+      for (const line of hostKey)
+        expect(text.includes(line), `the guest's host private key is in the ${place}`).toBe(false)
     }
     const keysInStore = await execa('grep', ['-rlaF', '-f', '/dev/stdin', env.dataDir], {
       input: [...machineKey, ...hostKey].join('\n'),

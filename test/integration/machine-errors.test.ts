@@ -168,34 +168,37 @@ describe('machine commands: bad input', () => {
     expect(result.exitCode).toBe(1)
     expect(result.stderr).toContain(image)
     expect(result.stderr).toMatch(/cannot be read: it is damaged or not a qcow2 image/)
-    expect(result.stderr).toContain("box add --force")
+    expect(result.stderr).toContain('box add --force')
     expect(JSON.parse((await box(here, ['status', '--json'])).stdout)[0].state).toBe('not_created')
     const {stdout} = await execa('ps', ['-eo', 'args='])
     expect(stdout).not.toContain(project)
   })
 
-  it.runIf(process.getuid?.() === 0)("the project's disk full during up: a clear error, no QEMU, no half-made machine", async () => {
-    const project = join(dir, 'full-project')
-    await mkdir(project)
-    await execa('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', project])
-    try {
-      await writeFile(join(project, 'Boxfile'), 'box: tiny\n')
-      const here = {...env, cwd: project}
-      const result = await box(here, ['up'])
-      expect(result.exitCode).toBe(1)
-      expect(result.stderr).toMatch(/no space left on device/i)
-      expect(result.stderr).not.toMatch(/bug in box/i)
-      const {stdout} = await execa('ps', ['-eo', 'args='])
-      expect(stdout).not.toContain(project)
-      const status = await box(here, ['status', '--json'])
-      expect(status.exitCode, status.stderr).toBe(0)
-      expect(JSON.parse(status.stdout)[0].state).toMatch(/^(not_created|poweroff)$/)
-      // No disk and no record left to be taken for a machine (the key pair may stay, for the next up).
-      const left = await readdir(join(project, '.box', 'machines', 'default')).catch(() => [])
-      expect(left).not.toContain('disk.qcow2')
-      expect(left).not.toContain('machine.json')
-    } finally {
-      await execa('umount', [project], {reject: false})
-    }
-  })
+  it.runIf(process.getuid?.() === 0)(
+    "the project's disk full during up: a clear error, no QEMU, no half-made machine",
+    async () => {
+      const project = join(dir, 'full-project')
+      await mkdir(project)
+      await execa('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', project])
+      try {
+        await writeFile(join(project, 'Boxfile'), 'box: tiny\n')
+        const here = {...env, cwd: project}
+        const result = await box(here, ['up'])
+        expect(result.exitCode).toBe(1)
+        expect(result.stderr).toMatch(/no space left on device/i)
+        expect(result.stderr).not.toMatch(/bug in box/i)
+        const {stdout} = await execa('ps', ['-eo', 'args='])
+        expect(stdout).not.toContain(project)
+        const status = await box(here, ['status', '--json'])
+        expect(status.exitCode, status.stderr).toBe(0)
+        expect(JSON.parse(status.stdout)[0].state).toMatch(/^(not_created|poweroff)$/)
+        // No disk and no record left to be taken for a machine (the key pair may stay, for the next up).
+        const left = await readdir(join(project, '.box', 'machines', 'default')).catch(() => [])
+        expect(left).not.toContain('disk.qcow2')
+        expect(left).not.toContain('machine.json')
+      } finally {
+        await execa('umount', [project], {reject: false})
+      }
+    },
+  )
 })

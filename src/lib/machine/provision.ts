@@ -55,9 +55,14 @@ async function stoppedMachineError(
     .state({stateDir})
     .catch(() => undefined)
   if (state === undefined || state === 'running') return undefined
-  return new BoxError(`machine ${machine.name} stopped while provisioner "${provisioner}" ran (its state is now ${state})`, {
-    suggestions: [`start it again and rerun the provisioners: box up ${machine.name} && box provision ${machine.name}`],
-  })
+  return new BoxError(
+    `machine ${machine.name} stopped while provisioner "${provisioner}" ran (its state is now ${state})`,
+    {
+      suggestions: [
+        `start it again and rerun the provisioners: box up ${machine.name} && box provision ${machine.name}`,
+      ],
+    },
+  )
 }
 
 async function runShell(
