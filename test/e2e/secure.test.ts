@@ -284,8 +284,8 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     // It is where it belongs, exactly as typed.
     expect(await ssh('sudo cat /persistent/secure/password')).toBe(FIRST_PASSWORD)
 
-    // The store (every box, disk images included) never saw it: grep reads the password from stdin, not argv.
-    const inStore = await execa('grep', ['-rlaF', '-f', '/dev/stdin', env.dataDir], {
+    // The store (every box, disk images included) never saw it: grep reads the password from stdin (-f -), not argv.
+    const inStore = await execa('grep', ['-rlaF', '-f', '-', env.dataDir], {
       input: FIRST_PASSWORD,
       reject: false,
     })
@@ -322,7 +322,7 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
       for (const line of hostKey)
         expect(text.includes(line), `the guest's host private key is in the ${place}`).toBe(false)
     }
-    const keysInStore = await execa('grep', ['-rlaF', '-f', '/dev/stdin', env.dataDir], {
+    const keysInStore = await execa('grep', ['-rlaF', '-f', '-', env.dataDir], {
       input: [...machineKey, ...hostKey].join('\n'),
       reject: false,
     })
