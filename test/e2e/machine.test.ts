@@ -1,6 +1,6 @@
-import {mkdir, mkdtemp, readFile, rm, writeFile, copyFile, stat} from 'node:fs/promises'
+import {mkdir, mkdtemp, readFile, readdir, rm, writeFile, copyFile, lstat, stat} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
-import {join} from 'node:path'
+import {join, relative} from 'node:path'
 import {createServer} from 'node:net'
 import {once} from 'node:events'
 import {setTimeout as sleep} from 'node:timers/promises'
@@ -18,6 +18,26 @@ import {BIN, box, type CliEnv} from '../support/cli.js'
 async function qemuProcessesMentioning(text: string): Promise<string[]> {
   const {stdout} = await execa('ps', ['-eo', 'pid=,args='], {reject: false})
   return stdout.split('\n').filter((line) => line.includes('qemu-system') && line.includes(text))
+}
+
+/** Every TCP socket a process listens on, as ss prints its local address (e.g. 127.0.0.1:2222). */
+async function listeningAddressesOf(pid: number): Promise<string[]> {
+  const {stdout} = await execa('ss', ['-Hltnp'])
+  return stdout
+    .split('\n')
+    .filter((line) => line.includes(`pid=${pid},`))
+    .map((line) => line.trim().split(/\s+/)[3]!)
+}
+
+/** Modes (octal, e.g. "600") of every entry under `dir`, by path relative to it; sockets and FIFOs included. */
+async function modesUnder(dir: string): Promise<Record<string, string>> {
+  const modes: Record<string, string> = {'.': ((await stat(dir)).mode & 0o777).toString(8)}
+  for (const entry of await readdir(dir, {recursive: true, withFileTypes: true})) {
+    const path = join(entry.parentPath, entry.name)
+    const info = await lstat(path).catch(() => undefined)
+    if (info && !info.isSymbolicLink()) modes[relative(dir, path)] = (info.mode & 0o777).toString(8)
+  }
+  return modes
 }
 
 const BOXFILE = `box: reference
@@ -90,6 +110,23 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(info['backing-filename']).toMatch(/box\.img$/)
     const key = await stat(join(project, '.box', 'machines', 'default', 'id_ed25519'))
     expect(key.mode & 0o777).toBe(0o600)
+  })
+
+  it('every key and state file is private: the state dir 0700, keys, records and pins 0600, nothing writable by others', async () => {
+    const stateDir = join(project, '.box', 'machines', 'default')
+    const modes = await modesUnder(stateDir)
+    expect(modes['.']).toBe('700')
+    for (const file of ['id_ed25519', 'machine.json', 'known_hosts']) expect(modes[file], file).toBe('600')
+    for (const [path, mode] of Object.entries(modes)) {
+      // Nothing in it that another user may change (a disk, a socket, a log included).
+      expect(Number.parseInt(mode, 8) & 0o022, `${path} is ${mode}`).toBe(0)
+      // Anything holding a private key is for its owner alone.
+      const info = await stat(join(stateDir, path))
+      if (info.isFile() && info.size < 64 * 1024) {
+        const text = await readFile(join(stateDir, path), 'latin1')
+        if (text.includes('PRIVATE KEY-----')) expect(mode, `${path} holds a private key`).toBe('600')
+      }
+    }
   })
 
   it('up logged in twice: once with the insecure key, then with the machine key, whose connection ssh reuses', async () => {
@@ -167,6 +204,15 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     )
     const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout)
     expect(global).toEqual([expect.objectContaining({name: 'default', state: 'running', directory: project})])
+  })
+
+  it('QEMU listens on 127.0.0.1 only: ssh and every forwarded port, as the host sees its sockets', async () => {
+    const pid = Number.parseInt(await readFile(join(project, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10)
+    const status = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
+    const addresses = await listeningAddressesOf(pid)
+    expect(addresses.sort()).toEqual(
+      [status.ssh, ...status.forwardedPorts.map((p: {host: number}) => `127.0.0.1:${p.host}`)].sort(),
+    )
   })
 
   it('box-agent answers the snapshot fill as dmsetup sees it, and nothing but its fixed questions', async () => {
@@ -250,6 +296,29 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(await qemuProcessesMentioning(project)).toEqual([])
   })
 
+  it('QEMU killed mid-up (before ssh answers): up fails saying the machine stopped, shows the serial log, and the next up boots', async () => {
+    const pidFile = join(project, '.box', 'machines', 'default', 'qemu.pid')
+    const child = box(env, ['up'])
+    let pid = 0
+    for (let i = 0; i < 150 && !pid; i++) {
+      pid = Number.parseInt(await readFile(pidFile, 'utf8').catch(() => ''), 10) || 0
+      if (!pid) await sleep(200)
+    }
+    expect(pid).toBeGreaterThan(0)
+    await sleep(2000) // into the boot: the kernel is printing, sshd is not up yet
+    process.kill(pid, 'SIGKILL')
+    const up = await child
+    expect(up.exitCode).toBe(1)
+    expect(up.stderr).toMatch(/the machine stopped while box waited for ssh/)
+    expect(up.stderr).toContain('serial.log')
+    expect(await qemuProcessesMentioning(project)).toEqual([])
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toMatch(/^(poweroff|aborted)$/)
+    const again = await box(env, ['up'])
+    expect(again.exitCode, again.stderr).toBe(0)
+    expect((await box(env, ['ssh', '-c', 'findmnt -no SOURCE /'])).stdout.trim()).toMatch(/root_snap$/)
+    expect((await box(env, ['halt'])).exitCode).toBe(0)
+  })
+
   it('Ctrl-C during up leaves no QEMU behind', async () => {
     const child = execa(BIN, ['up'], {
       cwd: project,
@@ -298,4 +367,130 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(up.stdout).toContain('default: about to fail')
     expect(up.stderr).toMatch(/provisioner "breaks" of default failed with exit code 3/)
   })
+
+  it('QEMU killed mid-provision: provision fails saying the machine stopped, not blaming the script', async () => {
+    await writeFile(
+      join(project, 'Boxfile'),
+      'box: reference\nprovisioners:\n  - type: shell\n    name: slow\n    inline: |\n      touch /tmp/provision-started\n      sleep 300\n',
+    )
+    const provision = box(env, ['provision'])
+    let started = false
+    for (let i = 0; i < 60 && !started; i++) {
+      started = (await box(env, ['ssh', '-c', 'test -e /tmp/provision-started'])).exitCode === 0
+      if (!started) await sleep(500)
+    }
+    expect(started).toBe(true)
+    process.kill(
+      Number.parseInt(await readFile(join(project, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'), 10),
+      'SIGKILL',
+    )
+    const result = await provision
+    expect(result.exitCode).not.toBe(0)
+    expect(result.stderr).toMatch(/machine default stopped while provisioner "slow" ran/)
+    expect(result.stderr).not.toMatch(/fix the script/)
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('aborted')
+    expect((await box(env, ['destroy', '-f'])).exitCode).toBe(0)
+  })
+
+  it('a root snapshot that overflows while running: status warns above 80 %, and the next resnap boot recovers', async () => {
+    // The reference box with a 320 MiB snapshot instead of its 2 GiB: the same image (hard links), another metadata.json.
+    const stored = join(env.dataDir, 'boxes', 'reference')
+    const [version] = await readdir(stored)
+    const small = join(env.dataDir, 'boxes', 'small-snapshot', version!)
+    await mkdir(small, {recursive: true})
+    await execa('cp', ['-al', join(stored, version!, 'libvirt'), join(small, 'libvirt')])
+    const metadataFile = join(small, 'libvirt', 'metadata.json')
+    const metadata = JSON.parse(await readFile(metadataFile, 'utf8'))
+    metadata.box.lvm.snapshot_size = '320M'
+    await rm(metadataFile)
+    await writeFile(metadataFile, JSON.stringify(metadata))
+    await writeFile(join(project, 'Boxfile'), 'box: small-snapshot\nmemory: 1024\ncpus: 2\n')
+    const up = await box(env, ['up'])
+    expect(up.exitCode, up.stderr).toBe(0)
+    const sizes = await box(env, ['ssh', '-c', 'sudo lvs --noheadings --units m -o lv_size box/root_snap'])
+    expect(sizes.stdout.trim()).toBe('320.00m')
+
+    // 270 MiB written to / fill the 320 MiB snapshot to about 85 %.
+    const fill = await box(env, [
+      'ssh',
+      '-c',
+      'dd if=/dev/zero of=/var/tmp/fill bs=1M count=270 conv=fsync status=none',
+    ])
+    expect(fill.exitCode, fill.stderr).toBe(0)
+    const warned = await box(env, ['status'])
+    expect(warned.exitCode, warned.stderr).toBe(0)
+    expect(warned.stderr).toMatch(
+      /root snapshot is (8[0-9]|9[0-9])\.\d% full: at 100% it is invalidated; reboot with resnap \(box resnap\)/,
+    )
+    expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].warning).toMatch(/root snapshot is/)
+
+    // Past 100 %: dm-snapshot drops the snapshot, and / with it (the writes fail; the command may never answer).
+    await box(env, ['ssh', '-c', 'dd if=/dev/zero of=/var/tmp/more bs=1M count=100 conv=fsync status=none; sync'], {
+      timeout: 120_000,
+    })
+    const full = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
+    expect(full.state).toBe('running')
+    if (full.snapshotUsedPercent !== undefined) expect(full.snapshotUsedPercent).toBe(100)
+
+    const resnap = await box(env, ['resnap'])
+    expect(resnap.exitCode, resnap.stderr).toBe(0)
+    const after = await box(env, [
+      'ssh',
+      '-c',
+      'findmnt -no SOURCE /; test -e /var/tmp/fill && echo fill-left || echo fill-gone',
+    ])
+    expect(after.exitCode, after.stderr).toBe(0)
+    expect(after.stdout).toMatch(/root_snap\nfill-gone/)
+    const fresh = JSON.parse((await box(env, ['status', '--json'])).stdout)[0]
+    expect(fresh.snapshotUsedPercent).toBeLessThan(20)
+    expect(fresh.warning).toBeUndefined()
+    expect((await box(env, ['destroy', '-f'])).exitCode).toBe(0)
+  })
+
+  it('four machines of one project up at once: all boot, each on its own ports, each reached by its own key', async () => {
+    const names = ['one', 'two', 'three', 'four']
+    await writeFile(
+      join(project, 'Boxfile'),
+      [
+        'box: reference',
+        'memory: 512',
+        'cpus: 1',
+        'machines:',
+        ...names.flatMap((name, i) => [
+          `  ${name}:`,
+          '    forwarded_ports:',
+          `      - {guest: 80, host: ${18180 + i}}`,
+        ]),
+        '',
+      ].join('\n'),
+    )
+    const ups = await Promise.all(names.map((name) => box(env, ['up', name])))
+    for (const [i, up] of ups.entries()) expect(up.exitCode, `${names[i]}: ${up.stderr}`).toBe(0)
+    const statuses = JSON.parse((await box(env, ['status', '--json'])).stdout) as {
+      name: string
+      state: string
+      ssh: string
+    }[]
+    expect(statuses.map((s) => [s.name, s.state])).toEqual(names.map((name) => [name, 'running']))
+    expect(new Set(statuses.map((s) => s.ssh)).size).toBe(4)
+    for (const name of names) {
+      const hostname = await box(env, ['ssh', name, '-c', 'cat /etc/hostname; findmnt -no SOURCE /'])
+      expect(hostname.exitCode, hostname.stderr).toBe(0)
+      expect(hostname.stdout).toMatch(/root_snap$/m)
+    }
+    const keys = await Promise.all(
+      names.map((name) => readFile(join(project, '.box', 'machines', name, 'id_ed25519.pub'), 'utf8')),
+    )
+    expect(new Set(keys).size).toBe(4)
+    const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout) as {name: string; state: string}[]
+    expect(
+      global
+        .filter((m) => m.state === 'running')
+        .map((m) => m.name)
+        .sort(),
+    ).toEqual([...names].sort())
+    const destroy = await box(env, ['destroy', '-f'])
+    expect(destroy.exitCode, destroy.stderr).toBe(0)
+    expect(await qemuProcessesMentioning(project)).toEqual([])
+  }, 900_000)
 })

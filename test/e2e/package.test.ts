@@ -219,6 +219,37 @@ describe('box package: the maintainer loop on the reference box', () => {
     }
   })
 
+  it("the output's disk filling up mid-package (another writer took the space): a clear error, nothing left", async (context) => {
+    const disk = join(origin.cwd, '.box', 'machines', 'default', 'disk.qcow2')
+    const measured = JSON.parse((await execa('qemu-img', ['measure', '--output=json', '-O', 'qcow2', disk])).stdout)
+    // Room for package's own check (twice the flattened disk and 64 MiB), no more.
+    const size = 2 * Number(measured.required) + 128 * 1024 * 1024
+    const filling = join(root, 'filling')
+    await mkdir(filling)
+    const mounted = await execa('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', filling], {reject: false})
+    if (mounted.exitCode !== 0) context.skip() // needs root to mount a tmpfs
+    try {
+      const child = execa(BIN, ['package', '-o', join(filling, 'x.box'), '--compression', 'gzip', '--no-color'], {
+        cwd: origin.cwd,
+        reject: false,
+        env: {BOX_DATA_DIR: origin.dataDir, BOX_CACHE_DIR: origin.cacheDir},
+      })
+      let stderr = ''
+      child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+      for (let i = 0; i < 600 && !/compressing/.test(stderr); i++) await sleep(100)
+      expect(stderr).toMatch(/compressing/)
+      const avail = Number((await execa('df', ['--output=avail', '-B1', filling])).stdout.split('\n')[1])
+      await execa('fallocate', ['-l', String(avail), join(filling, 'other-writer')], {reject: false})
+      const result = await child
+      expect(result.exitCode, String(result.stderr)).toBe(1)
+      expect(String(result.stderr)).toMatch(/no space left/i)
+      expect(String(result.stderr)).not.toMatch(/bug in box/i)
+      expect(await readdir(filling)).toEqual(['other-writer'])
+    } finally {
+      await execa('umount', [filling], {reject: false})
+    }
+  })
+
   it(
     'round trip: the new box has the change after a resnap boot, and resnap still throws later changes away',
     async () => {
@@ -348,6 +379,40 @@ describe('box package: the maintainer loop on the reference box', () => {
         await box(project, ['destroy', '-f'])
       }
       expect(await qemuProcessesMentioning(project.cwd)).toEqual([])
+    },
+    BOOT_TIMEOUT,
+  )
+
+  it(
+    'QEMU killed mid-package (while package --halt trims and halts): the box is still written, with a warning, and QEMU is gone',
+    async () => {
+      const up = await box(consumer, ['up'])
+      expect(up.exitCode, up.stderr).toBe(0)
+      const output = join(root, 'out', 'killed.box')
+      const child = execa(BIN, ['package', '--halt', '-o', output, '--compression', 'gzip', '--no-color'], {
+        cwd: consumer.cwd,
+        reject: false,
+        env: {BOX_DATA_DIR: consumer.dataDir, BOX_CACHE_DIR: consumer.cacheDir},
+      })
+      let stderr = ''
+      child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+      for (let i = 0; i < 300 && !/trimming filesystems and halting/.test(stderr); i++) await sleep(100)
+      expect(stderr).toMatch(/trimming filesystems and halting/)
+      const pid = Number.parseInt(
+        await readFile(join(consumer.cwd, '.box', 'machines', 'default', 'qemu.pid'), 'utf8'),
+        10,
+      )
+      process.kill(pid, 'SIGKILL')
+      const result = await child
+      expect(result.exitCode, String(result.stderr)).toBe(0)
+      expect(String(result.stderr)).toMatch(/QEMU died before the guest halted cleanly/)
+      expect((await execa('tar', ['-tzf', output])).stdout.split('\n')[0]).toBe('metadata.json')
+      expect(await readdir(join(root, 'out'))).toEqual(
+        expect.not.arrayContaining([expect.stringMatching(/^\.box-package-/)]),
+      )
+      expect(JSON.parse((await box(consumer, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
+      expect(await qemuProcessesMentioning(consumer.cwd)).toEqual([])
+      await rm(output, {force: true})
     },
     BOOT_TIMEOUT,
   )

@@ -283,6 +283,50 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     }
     // It is where it belongs, exactly as typed.
     expect(await ssh('sudo cat /persistent/secure/password')).toBe(FIRST_PASSWORD)
+
+    // The store (every box, disk images included) never saw it: grep reads the password from stdin (-f -), not argv.
+    const inStore = await execa('grep', ['-rlaF', '-f', '-', env.dataDir], {
+      input: FIRST_PASSWORD,
+      reject: false,
+    })
+    expect(inStore.exitCode, `the password is in the store: ${inStore.stdout}`).toBe(1)
+
+    // Private keys: the machine's (host side) and the guest's ssh host key (guest side) stay where they are.
+    const machineKeyFile = join(stateDir, 'machines', 'default', 'id_ed25519')
+    const guestHostKey = await ssh('sudo cat /persistent/ssh/ssh_host_ed25519_key')
+    // The base64 lines of a key file but the first, which starts with a header every unencrypted OpenSSH key shares.
+    const keyLines = (text: string) =>
+      text
+        .split('\n')
+        .map((line) => line.trim())
+        .filter((line) => line.length >= 40 && !line.startsWith('-----'))
+        .slice(1)
+    const machineKey = keyLines(await readFile(machineKeyFile, 'utf8'))
+    const hostKey = keyLines(guestHostKey)
+    expect(machineKey.length).toBeGreaterThan(0)
+    expect(hostKey.length).toBeGreaterThan(0)
+    const otherStateFiles: string[] = []
+    for (const entry of await readdir(stateDir, {recursive: true, withFileTypes: true})) {
+      const path = join(entry.parentPath, entry.name)
+      if (entry.isFile() && entry.name !== 'disk.qcow2' && path !== machineKeyFile)
+        otherStateFiles.push(await readFile(path, 'latin1'))
+    }
+    const keyPlaces: Record<string, string> = {
+      ...places,
+      'state dir': otherStateFiles.join('\n'),
+      'serial log': await readFile(join(stateDir, 'machines', 'default', 'serial.log'), 'utf8'),
+    }
+    for (const [place, text] of Object.entries(keyPlaces)) {
+      for (const line of machineKey)
+        expect(text.includes(line), `the machine's private key is in the ${place}`).toBe(false)
+      for (const line of hostKey)
+        expect(text.includes(line), `the guest's host private key is in the ${place}`).toBe(false)
+    }
+    const keysInStore = await execa('grep', ['-rlaF', '-f', '-', env.dataDir], {
+      input: [...machineKey, ...hostKey].join('\n'),
+      reject: false,
+    })
+    expect(keysInStore.exitCode, `a private key is in the store: ${keysInStore.stdout}`).toBe(1)
   })
 
   it('locks the guest down: key-only sshd, a dropping firewall, private files, no password anywhere', async () => {

@@ -5,9 +5,10 @@
  * full recipe hash, so later runs — and the QEMU boot tests — reuse it.
  * Bad-input cases run the built CLI (dist/, `npm run build`).
  */
-import {mkdir, mkdtemp, rm, stat, writeFile} from 'node:fs/promises'
+import {mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -141,6 +142,43 @@ describe('box build: bad input (built CLI)', () => {
       await release()
     }
   })
+
+  it.skipIf(!isRoot)(
+    'Ctrl-C mid-debootstrap: exit 130, no output, no half tree in the cache, no process or mount left',
+    async () => {
+      const output = join(dir, 'interrupted.box')
+      const cache = join(dir, 'interrupted-cache')
+      const child = execa('node', [CLI, 'build', RECIPE, '--output', output], {
+        reject: false,
+        env: {BOX_CACHE_DIR: cache, BOX_DATA_DIR: join(dir, 'data'), NO_COLOR: '1'},
+        stdin: 'ignore',
+        timeout: 120_000,
+      })
+      // Mid-way: debootstrap has started filling its temporary tree.
+      const rootfsDir = join(cache, 'rootfs')
+      let temp: string | undefined
+      for (let i = 0; i < 300 && !temp; i++) {
+        temp = (await readdir(rootfsDir).catch(() => [])).find((name) => name.includes('.tmp-'))
+        if (!temp) await sleep(100)
+      }
+      expect(temp, 'debootstrap never started').toBeDefined()
+      await sleep(3000)
+      child.kill('SIGINT')
+      const result = await child
+      expect(result.exitCode, String(result.stderr)).toBe(130)
+      expect(String(result.stderr)).toMatch(/interrupted/)
+      await expect(stat(output)).rejects.toThrow()
+      await expect(stat(`${output}.partial`)).rejects.toThrow()
+      expect(await readdir(rootfsDir)).toEqual([])
+      // Nothing debootstrap started (wget, dpkg, chroot) goes on writing a tree that is gone.
+      await sleep(500)
+      const {stdout: processes} = await execa('ps', ['-eo', 'pid=,args='])
+      expect(processes.split('\n').filter((line) => line.includes(cache))).toEqual([])
+      expect((await readFile('/proc/self/mounts', 'utf8')).split('\n').filter((line) => line.includes(cache))).toEqual(
+        [],
+      )
+    },
+  )
 
   it.skipIf(!isRoot)('refuses to overwrite an existing output without --force', async () => {
     const output = join(dir, 'exists.box')

@@ -1,4 +1,4 @@
-import {mkdir, rm, symlink, writeFile} from 'node:fs/promises'
+import {mkdir, open, readdir, rm, symlink, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -152,4 +152,53 @@ describe('machine commands: bad input', () => {
     expect(result.stderr).toMatch(/apt-get install qemu-system-x86/)
     expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
   })
+
+  it('a corrupt qcow2 in the store: up names the image and how to replace the box, and makes no machine', async () => {
+    expect((await box(env, ['add', 'broken', join(dir, 'tiny.box')])).exitCode).toBe(0)
+    const image = join(env.dataDir, 'boxes', 'broken', '0', 'libvirt', 'box.img')
+    // A bad copy or a disk error: the header's first sector overwritten.
+    const handle = await open(image, 'r+')
+    await handle.write(Buffer.alloc(512, 0x5a), 0, 512, 0)
+    await handle.close()
+    const project = join(dir, 'broken-project')
+    await mkdir(project)
+    await writeFile(join(project, 'Boxfile'), 'box: broken\n')
+    const here = {...env, cwd: project}
+    const result = await box(here, ['up'])
+    expect(result.exitCode).toBe(1)
+    expect(result.stderr).toContain(image)
+    expect(result.stderr).toMatch(/cannot be read: it is damaged or not a qcow2 image/)
+    expect(result.stderr).toContain('box add --force')
+    expect(JSON.parse((await box(here, ['status', '--json'])).stdout)[0].state).toBe('not_created')
+    const {stdout} = await execa('ps', ['-eo', 'args='])
+    expect(stdout).not.toContain(project)
+  })
+
+  it.runIf(process.getuid?.() === 0)(
+    "the project's disk full during up: a clear error, no QEMU, no half-made machine",
+    async () => {
+      const project = join(dir, 'full-project')
+      await mkdir(project)
+      await execa('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', project])
+      try {
+        await writeFile(join(project, 'Boxfile'), 'box: tiny\n')
+        const here = {...env, cwd: project}
+        const result = await box(here, ['up'])
+        expect(result.exitCode).toBe(1)
+        expect(result.stderr).toMatch(/no space left on device/i)
+        expect(result.stderr).not.toMatch(/bug in box/i)
+        const {stdout} = await execa('ps', ['-eo', 'args='])
+        expect(stdout).not.toContain(project)
+        const status = await box(here, ['status', '--json'])
+        expect(status.exitCode, status.stderr).toBe(0)
+        expect(JSON.parse(status.stdout)[0].state).toMatch(/^(not_created|poweroff)$/)
+        // No disk and no record left to be taken for a machine (the key pair may stay, for the next up).
+        const left = await readdir(join(project, '.box', 'machines', 'default')).catch(() => [])
+        expect(left).not.toContain('disk.qcow2')
+        expect(left).not.toContain('machine.json')
+      } finally {
+        await execa('umount', [project], {reject: false})
+      }
+    },
+  )
 })

@@ -197,6 +197,51 @@ describe('box add / list / remove', () => {
     expect(await readdir(join(dataDir, 'boxes'))).toEqual([])
   })
 
+  it('two adds of the same box at once: one installs it, the other says it is installed; one copy, no scratch left', async () => {
+    const file = await makeBoxFile(dir, {imageBytes: 8 * 1024 * 1024})
+    const results = await Promise.all([box('add', 'twice', file), box('add', 'twice', file)])
+    const codes = results.map((result) => result.exitCode).sort()
+    expect(codes, results.map((result) => result.stderr).join('\n')).toEqual([0, 1])
+    const loser = results.find((result) => result.exitCode === 1)!
+    expect(loser.stderr).toMatch(/box twice 0 \(qemu\) is already installed/)
+    expect(await listJson()).toEqual([expect.objectContaining({name: 'twice', version: '0', provider: 'qemu'})])
+    expect(await readdir(join(dataDir, 'boxes'))).toEqual(['twice'])
+  })
+
+  it.runIf(process.getuid?.() === 0)(
+    "the store's disk full during add: a box too big is refused before writing, a disk that fills mid-way is reported; nothing left",
+    async () => {
+      await mkdir(dataDir)
+      await execa('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', dataDir])
+      try {
+        const free = async () => Number((await execa('df', ['--output=avail', '-B1', dataDir])).stdout.split('\n')[1])
+        const freeBefore = await free()
+        // Bigger than the disk: the sizes in the tar headers say so before a byte is written.
+        const big = await makeBoxFile(dir, {imageBytes: 6 * 1024 * 1024})
+        const tooBig = await box('add', 'big', big)
+        expect(tooBig.exitCode).toBe(1)
+        expect(tooBig.stderr).toMatch(/more than the .* left free in/)
+        expect(await readdir(join(dataDir, 'boxes'))).toEqual([])
+        // Small in bytes, big on the disk: 2000 one-byte files take a 4 KiB page each, and the disk fills while writing.
+        const source = join(dir, 'many')
+        await mkdir(join(source, 'files'), {recursive: true})
+        await writeFile(join(source, 'metadata.json'), '{"provider":"qemu"}')
+        await writeFile(join(source, 'box.img'), 'disk')
+        await Promise.all(Array.from({length: 2000}, (_, i) => writeFile(join(source, 'files', `f${i}`), 'x')))
+        const many = join(dir, 'many.box')
+        await execa('tar', ['-czf', many, '-C', source, 'metadata.json', 'box.img', 'files'])
+        const filled = await box('add', 'many', many)
+        expect(filled.exitCode).toBe(1)
+        expect(filled.stderr).toMatch(/no space left on the device/)
+        expect(filled.stderr).not.toMatch(/bug in box/i)
+        expect(await readdir(join(dataDir, 'boxes'))).toEqual([])
+        expect(await free()).toBe(freeBefore)
+      } finally {
+        await execa('umount', [dataDir], {reject: false})
+      }
+    },
+  )
+
   it('remove with several versions needs --box-version or --all', async () => {
     const file = await makeBoxFile(dir)
     for (const version of ['1', '2']) {

@@ -20,7 +20,9 @@ installkernel() {
 }
 
 install() {
-    inst_multiple lvm
-    # pre-mount hooks are sourced by dracut's init: resnap.sh must never `exit`.
+    inst_multiple lvm dmsetup
+    # Hooks are sourced by dracut's init: neither script may `exit`.
+    # A missing snapshot where root= points, made while dracut waits for root=.
+    inst_hook initqueue/settled 90 "$moddir/resnap-repair.sh"
     inst_hook pre-mount 10 "$moddir/resnap.sh"
 }

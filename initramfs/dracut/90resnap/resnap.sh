@@ -2,14 +2,15 @@
 # box resnap, dracut flavour: SOURCED as a pre-mount hook — never `exit`, only return
 # from the function. Same command line as the initramfs-tools script:
 #   volgroup=<vg> lvroot=<origin> lvsnap=<snap> lvsize=<size> resnap
-# Caveat: dracut waits for root= in its initqueue before pre-mount, so a missing
-# snapshot needs rd.lvm.vg=<vg> on the command line (activates the VG) and is
-# recreated here only if root= names the origin or the snapshot already exists.
+# dracut waits for root= in its initqueue before pre-mount: a missing snapshot is made
+# there by resnap-repair.sh (an initqueue/settled hook), and not made twice here.
 type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
 
 box_resnap() {
     getargbool 0 resnap || return 0
     local vg lvroot lvsnap lvsize tries
+    # Just made by resnap-repair.sh: already fresh.
+    [ -e /run/box-resnap-created ] && return 0
     vg=$(getarg volgroup=)
     lvroot=$(getarg lvroot=)
     lvsnap=$(getarg lvsnap=)

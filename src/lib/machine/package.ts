@@ -366,6 +366,11 @@ async function trimAndHalt(
     )
     const how = await haltMachine(context, machine, {timeoutMs: 90_000})
     if (how === 'forced') progress.warn(`${machine.name}: the guest did not power off in time and was stopped by force`)
+    // Gone before halt asked it to stop: QEMU died (killed, or the host ran out of memory) mid-way.
+    if (how === 'not-running')
+      progress.warn(
+        `${machine.name}: QEMU died before the guest halted cleanly; the filesystems will be checked at the next boot of the new box`,
+      )
     stage.done(how)
   } catch (error) {
     stage.fail()

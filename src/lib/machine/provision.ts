@@ -33,10 +33,36 @@ export async function runProvisioners(
       stage.done()
     } catch (error) {
       stage.fail()
-      throw error
+      throw (await stoppedMachineError(context, machine, provisioner.name)) ?? error
     }
   }
   return selected.length
+}
+
+/**
+ * A machine whose QEMU died under a provisioner makes ssh fail (255), which would read as
+ * the script failing: say what happened instead, and how to go on.
+ */
+async function stoppedMachineError(
+  context: MachineContext,
+  machine: ResolvedMachine,
+  provisioner: string,
+): Promise<BoxError | undefined> {
+  if (context.signal?.aborted) return undefined
+  const {providerFor} = await import('../../providers/index.js')
+  const stateDir = machineDir(context.projectDir, machine.name)
+  const state = await providerFor(machine.provider, context.cacheDir)
+    .state({stateDir})
+    .catch(() => undefined)
+  if (state === undefined || state === 'running') return undefined
+  return new BoxError(
+    `machine ${machine.name} stopped while provisioner "${provisioner}" ran (its state is now ${state})`,
+    {
+      suggestions: [
+        `start it again and rerun the provisioners: box up ${machine.name} && box provision ${machine.name}`,
+      ],
+    },
+  )
 }
 
 async function runShell(

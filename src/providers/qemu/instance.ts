@@ -44,9 +44,23 @@ export const GUEST_SSH_PORT = 22
 
 /** A linked clone: a qcow2 overlay whose backing file is the box's image (or `backing`), so nothing is copied. */
 export async function createOverlay(box: BoxImage, overlay: string, backing = join(box.dir, 'box.img')): Promise<void> {
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, overlay], {
-    purpose: 'creating the machine disk',
-  })
+  try {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, overlay], {
+      purpose: 'creating the machine disk',
+    })
+  } catch (error) {
+    // qemu-img reads the backing image's header to size the overlay: a damaged one fails here, before any boot.
+    if (error instanceof BoxError && /Could not open backing image/.test(error.detail ?? '')) {
+      throw new BoxError(`the box image ${backing} cannot be read: it is damaged or not a qcow2 image`, {
+        detail: error.detail,
+        suggestions: [
+          'add a good copy of the box over it: box add --force NAME FILE',
+          'or remove it (box remove NAME) and add it again',
+        ],
+      })
+    }
+    throw error
+  }
 }
 
 /**
