@@ -1,25 +1,33 @@
 /**
- * Machine loop figures (issue 4), on the reference box under whatever accelerator
+ * Machine loop figures (issues 4 and 18), on the reference box under whatever accelerator
  * the probe picks:
- *   - QEMU start → ssh ready, plain QEMU (same argv, hand-run) vs `box up`, alternating RUNS
- *     times (default 3);
+ *   - QEMU start → ssh ready, plain QEMU vs `box up`, alternating RUNS times (default 3) after
+ *     one uncounted boot each. Plain QEMU is box's argv on its own overlay of the box, started
+ *     by hand and waited for as a person without box would: `ssh -o ConnectTimeout=120 … true`
+ *     run again 1 s after each failure until it logs in (PLAIN_WAIT=banner: poll the port until
+ *     sshd's `SSH-` banner comes, 1 s between tries, then log in once). box's own wait
+ *     (box-agent, the kept master connection) is not used on that side;
  *   - `box ssh -c true` and `box status` on a running machine (median of 10 after a warm-up,
  *     with the host's load average: the machine is shared), beside plain ssh through the same
  *     master connection and `node -e 0` (the parts box cannot make faster);
  *   - `box halt`;
- *   - disk written by the creation of a second machine from the same box (before boot).
- * Run: npm run build && [RUNS=n] node --import tsx/esm bench/machine.ts
+ *   - the disk a second machine takes: `box up` of a second project on the same box, then the
+ *     allocated bytes of its machine folder (`du`) once ssh is ready and after `box halt`.
+ * Run (boots QEMU 2·RUNS + 3 times): npm run build && flock /tmp/box-qemu.lock env [RUNS=n]
+ *   [PLAIN_WAIT=ssh|banner] node --import tsx/esm bench/machine.ts
  */
 import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {connect} from 'node:net'
 import {availableParallelism, loadavg, tmpdir} from 'node:os'
 import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 import {execa} from 'execa'
 
 import {ensureBox} from '../src/builder/index.js'
 import {extractBoxArchive} from '../src/lib/box/archive.js'
 import {BoxMetadataSchema} from '../src/lib/box/metadata.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
-import {installPrivateKey, sshArgs, waitForSsh} from '../src/lib/machine/ssh.js'
+import {installPrivateKey, sshArgs} from '../src/lib/machine/ssh.js'
 import {resolveAccel} from '../src/providers/qemu/accel.js'
 import {QemuProvider} from '../src/providers/qemu/index.js'
 import {bootInstance, createOverlay, instanceFiles} from '../src/providers/qemu/instance.js'
@@ -41,12 +49,80 @@ const work = await mkdtemp(join(tmpdir(), 'box-bench-'))
 const cacheDir = testCacheDir()
 const env = {BOX_DATA_DIR: join(work, 'data'), BOX_CACHE_DIR: cacheDir}
 const {accel} = await resolveAccel({cacheDir})
-console.log(`accelerator: ${accel}`)
+const plainWait = process.env.PLAIN_WAIT ?? 'ssh'
+if (plainWait !== 'ssh' && plainWait !== 'banner') throw new Error(`PLAIN_WAIT must be ssh or banner, not ${plainWait}`)
+console.log(
+  `accelerator: ${accel}; plain QEMU waited for by ${plainWait === 'ssh' ? 'ssh retried' : 'polling the ssh banner'}`,
+)
+
+/** One login as a person types it: the box's published insecure key, no host key kept. */
+const sshByHand = (port: number, key: string, connectTimeoutS: number) =>
+  execa(
+    'ssh',
+    [
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      `ConnectTimeout=${connectTimeoutS}`,
+      '-o',
+      'StrictHostKeyChecking=no',
+      '-o',
+      'UserKnownHostsFile=/dev/null',
+      '-o',
+      'LogLevel=ERROR',
+      '-o',
+      'IdentitiesOnly=yes',
+      '-i',
+      key,
+      '-p',
+      String(port),
+      'box@127.0.0.1',
+      'true',
+    ],
+    {reject: false, stdin: 'ignore'},
+  )
+
+/** `until ssh -o ConnectTimeout=120 … true; do sleep 1; done` */
+async function waitBySshRetried(port: number, key: string, alive: () => boolean): Promise<void> {
+  while ((await sshByHand(port, key, 120)).exitCode !== 0) {
+    if (!alive()) throw new Error('plain QEMU exited before ssh answered')
+    await sleep(1000)
+  }
+}
+
+/** Whether a TCP connection to `port` is sent sshd's banner within `timeoutMs` (QEMU's user-mode network accepts at once and closes when the guest does not answer). */
+function sshBanner(port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    let received = ''
+    const socket = connect(port, '127.0.0.1')
+    const finish = (heard: boolean) => {
+      socket.destroy()
+      resolve(heard)
+    }
+    socket.setTimeout(timeoutMs, () => finish(false))
+    socket.on('data', (chunk) => {
+      received += chunk.toString('latin1')
+      if (received.startsWith('SSH-')) finish(true)
+      else if (received.length >= 4) finish(false)
+    })
+    socket.on('error', () => finish(false))
+    socket.on('close', () => finish(received.startsWith('SSH-')))
+  })
+}
+
+/** Poll for the banner without logging in, then log in once (again 1 s later should that fail). */
+async function waitByBanner(port: number, key: string, alive: () => boolean): Promise<void> {
+  while (!(await sshBanner(port, 120_000))) {
+    if (!alive()) throw new Error('plain QEMU exited before sshd answered')
+    await sleep(1000)
+  }
+  await waitBySshRetried(port, key, alive)
+}
 
 try {
-  // Plain QEMU: the same box, overlay and argv box uses, started and polled by hand (the
-  // ssh probe box uses for boxes without box-agent). Boots of a TCG guest vary by seconds,
-  // so plain and box up alternate, RUNS times each.
+  // Plain QEMU: the same box, overlay and argv box uses, started by hand and waited for
+  // without box (above). Boots of a TCG guest vary by seconds, so plain and box up
+  // alternate, RUNS times each.
   const boxDir = join(work, 'plain-box')
   await extractBoxArchive({file: boxFile, dest: boxDir})
   const metadata = BoxMetadataSchema.parse(JSON.parse(await readFile(join(boxDir, 'metadata.json'), 'utf8')))
@@ -65,10 +141,8 @@ try {
         memoryMiB: 1024,
         choice: {resnap: true},
       })
-      await waitForSsh(
-        {host: '127.0.0.1', port: booted.sshPort, user: 'box', keyFile: key},
-        {timeoutMs: 300_000, isAlive: () => isAlive(booted.pid)},
-      )
+      const wait = plainWait === 'ssh' ? waitBySshRetried : waitByBanner
+      await wait(booted.sshPort, key, () => isAlive(booted.pid))
     })
     await stopQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket, timeoutMs: 30_000})
     return ms
@@ -79,7 +153,10 @@ try {
   await writeFile(join(project, 'Boxfile'), 'box: reference\n')
   await execa(BIN, ['add', 'reference', boxFile], {env})
   const cli = (args: string[]) => execa(BIN, args, {cwd: project, env, stdin: 'ignore'})
-  // First up creates the machine and swaps the insecure key for its own: measure the later ones.
+  // One uncounted boot each: the plain overlay's first boot seeds /persistent (host keys),
+  // box's first up creates the machine and swaps the insecure key for its own; both warm the
+  // page cache with the box image.
+  await plainBoot()
   await cli(['up'])
   await cli(['halt'])
   const runs = Number(process.env.RUNS ?? 3)
@@ -134,19 +211,31 @@ try {
   const [, haltMs] = await timed(() => cli(['halt']))
   console.log(`box halt: ${seconds(haltMs)}`)
 
-  // A second machine from the same box: the linked clone and its key, before any boot.
+  // A second machine on the same box, made and booted by box up in a project of its own.
   const second = join(work, 'second')
   await mkdir(second)
-  const before = await du(join(work))
-  await createOverlay({dir: boxDir, metadata}, join(second, 'disk.qcow2'))
-  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', join(second, 'id_ed25519')])
-  console.log(`disk written creating a second machine: ${((await du(work)) - before) / 1024} KiB`)
+  await writeFile(join(second, 'Boxfile'), 'box: reference\n')
+  const secondCli = (args: string[]) => execa(BIN, args, {cwd: second, env, stdin: 'ignore'})
+  const secondDir = join(second, '.box', 'machines', 'default')
+  await secondCli(['up'])
+  const [runningFolder, runningDisk] = [
+    await allocatedKiB(secondDir),
+    await allocatedKiB(join(secondDir, 'disk.qcow2')),
+  ]
+  await secondCli(['halt'])
+  const [haltedFolder, haltedDisk] = [await allocatedKiB(secondDir), await allocatedKiB(join(secondDir, 'disk.qcow2'))]
+  console.log(
+    `second machine (box up of another project on the same box): machine folder ${runningFolder} KiB allocated once ssh is ready (disk.qcow2 ${runningDisk} KiB), ${haltedFolder} KiB after box halt (disk.qcow2 ${haltedDisk} KiB)`,
+  )
 } finally {
-  await execa(BIN, ['destroy', '-f'], {cwd: join(work, 'project'), env, reject: false})
+  for (const project of ['project', 'second']) {
+    await execa(BIN, ['destroy', '-f'], {cwd: join(work, project), env, reject: false})
+  }
   await rm(work, {recursive: true, force: true})
 }
 
-async function du(path: string): Promise<number> {
+/** Bytes the file system allocated to `path` (du's default: blocks, not apparent size), in KiB. */
+async function allocatedKiB(path: string): Promise<number> {
   const {stdout} = await execa('du', ['-sk', path])
-  return Number.parseInt(stdout, 10) * 1024
+  return Number.parseInt(stdout, 10)
 }

@@ -10,7 +10,7 @@ import {dirname, join, relative, resolve} from 'node:path'
 
 import {BoxError, ExitCode} from '../lib/core/errors.js'
 import {findOnPath, missingProgramError} from '../lib/core/exec.js'
-import {checkFreeSpace as checkFreeSpaceIn, freeSpace} from '../lib/core/fs.js'
+import {checkFreeSpace, freeSpace} from '../lib/core/fs.js'
 import {defaultCacheDir, PROJECT_ROOT} from '../lib/core/paths.js'
 import {createProgress, formatBytes, type Progress, type Stage} from '../lib/core/progress.js'
 import {makeApplianceInitrd, runAppliance} from './appliance.js'
@@ -112,7 +112,7 @@ export async function buildBox(options: BuildBoxOptions): Promise<BuildResult> {
         const cachedAlready = existsSync(
           join(rootfsCachePath(cacheDir, rootfsHash(recipe, mirror)), 'etc', 'os-release'),
         )
-        await checkFreeSpace(cacheDir, output, cachedAlready)
+        await checkBuildSpace(cacheDir, output, cachedAlready)
         return ensureRootfs({recipe, mirror, cacheDir, stage, signal})
       },
       (result) => (result.cached ? 'cached' : `debootstrap ${recipe.suite} from ${mirror}`),
@@ -338,7 +338,7 @@ async function checkOutput(output: string, force: boolean): Promise<void> {
 }
 
 /** Refuse to start when the cache or output filesystem cannot hold the build (a half-full disk fails late and messily). */
-export async function checkFreeSpace(cacheDir: string, output: string, rootfsCached: boolean): Promise<void> {
+async function checkBuildSpace(cacheDir: string, output: string, rootfsCached: boolean): Promise<void> {
   const [cache, out] = await Promise.all([freeSpace(cacheDir), freeSpace(dirname(output))])
   const boxEstimate = ROOTFS_ESTIMATE / 2
   const sameDevice = cache.device === out.device
@@ -346,6 +346,6 @@ export async function checkFreeSpace(cacheDir: string, output: string, rootfsCac
     needs: 'the build',
     suggestions: ['free some space, or set BOX_CACHE_DIR (and --output) to a larger filesystem'],
   }
-  await checkFreeSpaceIn(cacheDir, ROOTFS_ESTIMATE * (rootfsCached ? 4 : 5) + (sameDevice ? boxEstimate : 0), check)
-  if (!sameDevice) await checkFreeSpaceIn(dirname(output), boxEstimate, check)
+  await checkFreeSpace(cacheDir, ROOTFS_ESTIMATE * (rootfsCached ? 4 : 5) + (sameDevice ? boxEstimate : 0), check)
+  if (!sameDevice) await checkFreeSpace(dirname(output), boxEstimate, check)
 }

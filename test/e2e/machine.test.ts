@@ -150,27 +150,39 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     const insecure = join(env.cwd, '..', 'insecure')
     await copyFile(join(PROJECT_ROOT, 'static', 'insecure_key'), insecure)
     await execa('chmod', ['600', insecure])
-    const denied = await execa(
-      'ssh',
-      [
-        '-o',
-        'BatchMode=yes',
-        '-o',
-        'StrictHostKeyChecking=no',
-        '-o',
-        'UserKnownHostsFile=/dev/null',
-        '-o',
-        'IdentitiesOnly=yes',
-        '-i',
-        insecure,
-        '-p',
-        port,
-        'box@127.0.0.1',
-        'true',
-      ],
-      {reject: false},
-    )
-    expect(denied.exitCode).not.toBe(0)
+    const loginWith = (key: string) =>
+      execa(
+        'ssh',
+        [
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'ConnectTimeout=30',
+          '-o',
+          'StrictHostKeyChecking=no',
+          '-o',
+          'UserKnownHostsFile=/dev/null',
+          '-o',
+          'IdentitiesOnly=yes',
+          '-o',
+          'ControlPath=none',
+          '-i',
+          key,
+          '-p',
+          port,
+          'box@127.0.0.1',
+          'true',
+        ],
+        {reject: false, stdin: 'ignore'},
+      )
+    // The same login with the machine's key gets in: the port answers and only the key differs.
+    const admitted = await loginWith(join(project, '.box', 'machines', 'default', 'id_ed25519'))
+    expect(admitted.exitCode, admitted.stderr).toBe(0)
+    // sshd refused the key (ssh's 255 with the server's answer), not a connection that failed.
+    const denied = await loginWith(insecure)
+    expect(denied.exitCode, denied.stderr).toBe(255)
+    expect(denied.stderr).toMatch(/box@127\.0\.0\.1: Permission denied \(publickey/)
+    expect(denied.stderr).not.toMatch(/Connection (refused|timed out|closed)|kex_exchange_identification/)
     // Nor do Vagrant's published keys, which ~/.ssh starts with (for vagrant up): dropped at the machine key's first login.
     const vagrantKeys = (await readFile(join(PROJECT_ROOT, 'static', 'vagrant-insecure-keys.pub'), 'utf8'))
       .trim()
@@ -187,8 +199,10 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(await list()).toBe('./lib/code.txt\nversion 1')
     await writeFile(join(project, 'src', 'lib', 'code.txt'), 'version 2\n')
     await writeFile(join(project, 'src', 'new.txt'), 'new\n')
-    const sync = await box(env, ['rsync'])
+    const sync = await box(env, ['rsync', '--json'])
     expect(sync.exitCode, sync.stderr).toBe(0)
+    // stdout is one JSON document (JSON.parse takes all of it) saying what happened per machine.
+    expect(JSON.parse(sync.stdout)).toEqual([{name: 'default', outcome: 'synced', state: 'running', folders: 1}])
     expect(await list()).toBe('./lib/code.txt\n./new.txt\nversion 2')
   })
 
@@ -249,22 +263,47 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   })
 
   it('a second up of a running machine changes nothing; a resnap keeps the machine key and the once-provisioners do not rerun', async () => {
-    expect((await box(env, ['up'])).exitCode).toBe(0)
-    const resnap = await box(env, ['resnap'])
+    const pidFile = join(project, '.box', 'machines', 'default', 'qemu.pid')
+    const bootId = async () => {
+      const read = await box(env, ['ssh', '-c', 'cat /proc/sys/kernel/random/boot_id'])
+      expect(read.exitCode, read.stderr).toBe(0)
+      expect(read.stdout.trim()).toMatch(/^[0-9a-f-]{36}$/)
+      return read.stdout.trim()
+    }
+    const [pidBefore, bootBefore] = [await readFile(pidFile, 'utf8'), await bootId()]
+    const up = await box(env, ['up', '--json'])
+    expect(up.exitCode, up.stderr).toBe(0)
+    expect(JSON.parse(up.stdout)).toEqual([
+      expect.objectContaining({name: 'default', state: 'running', alreadyRunning: true}),
+    ])
+    // The same QEMU process, and the same boot of the guest inside it.
+    expect(await readFile(pidFile, 'utf8')).toBe(pidBefore)
+    expect(await bootId()).toBe(bootBefore)
+    const resnap = await box(env, ['resnap', '--json'])
     expect(resnap.exitCode, resnap.stderr).toBe(0)
-    expect(resnap.stdout).not.toContain('provisioned as')
-    expect(resnap.stdout).toContain('default: always runs')
+    const [resnapped] = JSON.parse(resnap.stdout)
+    expect(resnapped).toEqual(
+      expect.objectContaining({name: 'default', outcome: 'resnapped', state: 'running', alreadyRunning: false}),
+    )
+    expect(resnapped.sshPort).toBeGreaterThan(0)
+    expect(await bootId()).not.toBe(bootBefore)
+    // With --json the guest's output goes to stderr, out of the JSON document's way.
+    expect(resnap.stderr).not.toContain('provisioned as')
+    expect(resnap.stderr).toContain('default: always runs')
     expect((await box(env, ['ssh', '-c', 'cat /persistent/provision-count'])).stdout.trim()).toBe('once')
   })
 
   it('reload halts and boots again: running, the machine key still works, only the run: always provisioners rerun', async () => {
     const pidFile = join(project, '.box', 'machines', 'default', 'qemu.pid')
     const pidBefore = await readFile(pidFile, 'utf8')
-    const reload = await box(env, ['reload'])
+    const reload = await box(env, ['reload', '--json'])
     expect(reload.exitCode, reload.stderr).toBe(0)
     expect(await readFile(pidFile, 'utf8')).not.toBe(pidBefore)
-    expect(reload.stdout).toContain('default: always runs')
-    expect(reload.stdout).not.toContain('provisioned as')
+    expect(JSON.parse(reload.stdout)).toEqual([
+      expect.objectContaining({name: 'default', outcome: 'reloaded', state: 'running', alreadyRunning: false}),
+    ])
+    expect(reload.stderr).toContain('default: always runs')
+    expect(reload.stderr).not.toContain('provisioned as')
     expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('running')
     // box ssh offers the machine's own key and no other (IdentitiesOnly).
     const count = await box(env, ['ssh', '-c', 'cat /persistent/provision-count'])
@@ -275,6 +314,18 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     const sshdLog = await box(env, ['ssh', '-c', 'sudo journalctl -b -u ssh.service -o cat --no-pager'])
     expect(sshdLog.stdout).toContain('Accepted publickey')
     expect(sshdLog.stdout).not.toContain('[preauth]')
+  })
+
+  it('provision --json runs every provisioner again on the running machine', async () => {
+    const provision = await box(env, ['provision', '--json'])
+    expect(provision.exitCode, provision.stderr).toBe(0)
+    expect(JSON.parse(provision.stdout)).toEqual([
+      {name: 'default', outcome: 'provisioned', state: 'running', provisioners: 2},
+    ])
+    expect(provision.stderr).toContain('default: provisioned as root with GREETING=hi there')
+    expect(provision.stderr).toContain('default: always runs')
+    const count = await box(env, ['ssh', '-c', 'cat /persistent/provision-count'])
+    expect(count.stdout.trim()).toBe('once\nonce')
   })
 
   it('a QEMU killed with SIGKILL is reported aborted and up starts it again', async () => {
@@ -288,10 +339,10 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   })
 
   it('halt powers off through ACPI', async () => {
-    const halt = await box(env, ['halt'])
+    const halt = await box(env, ['halt', '--json'])
     expect(halt.exitCode, halt.stderr).toBe(0)
-    expect(halt.stdout).toContain('default: halted')
-    expect(halt.stdout).not.toContain('forced')
+    // "halted", not "forced": the guest powered itself off.
+    expect(JSON.parse(halt.stdout)).toEqual([{name: 'default', outcome: 'halted', state: 'poweroff'}])
     expect(JSON.parse((await box(env, ['status', '--json'])).stdout)[0].state).toBe('poweroff')
     expect(await qemuProcessesMentioning(project)).toEqual([])
   })
@@ -348,8 +399,9 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
   })
 
   it('destroy -f removes the machine and its state', async () => {
-    const destroy = await box(env, ['destroy', '-f'])
+    const destroy = await box(env, ['destroy', '-f', '--json'])
     expect(destroy.exitCode, destroy.stderr).toBe(0)
+    expect(JSON.parse(destroy.stdout)).toEqual([{name: 'default', outcome: 'destroyed', state: 'not_created'}])
     expect(await qemuProcessesMentioning(project)).toEqual([])
     await expect(stat(join(project, '.box', 'machines', 'default'))).rejects.toThrow()
     const global = await box(env, ['global-status', '--json'])

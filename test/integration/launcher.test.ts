@@ -1,10 +1,12 @@
-import {mkdir, symlink} from 'node:fs/promises'
+import {chmod, mkdir, symlink, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {makeTempDir} from '../fixtures/boxes.js'
 import {BIN} from '../support/cli.js'
+
+const SCRIPTS = join(BIN, '..', '..', 'scripts')
 
 /**
  * bin/box, the launcher npm puts on PATH. Node warns at start when the NODE_EXTRA_CA_CERTS
@@ -69,7 +71,98 @@ describe('the box launcher', () => {
   })
 
   it('scripts/check-node accepts this Node.js', async () => {
-    const result = await execa(join(BIN, '..', '..', 'scripts', 'check-node'), {reject: false})
+    const result = await execa(join(SCRIPTS, 'check-node'), {reject: false})
     expect(result.exitCode, result.stderr).toBe(0)
+  })
+
+  /**
+   * A folder whose `node` stands in for another Node.js version: a two-line script that answers
+   * `node --version` as that version does (all check-node asks), and fails on anything else.
+   */
+  const otherNodeVersion = async (version: string) => {
+    const folder = join(dir, `other-node-v${version}`)
+    await mkdir(folder, {recursive: true})
+    const standIn = join(folder, 'node')
+    await writeFile(
+      standIn,
+      `#!/bin/sh\n# Stands in for Node.js ${version}: answers --version only.\nif [ "$1" = --version ]; then echo v${version}; exit 0; fi\nexit 99\n`,
+    )
+    await chmod(standIn, 0o755)
+    return folder
+  }
+
+  it.each(['18.19.0', '20.18.3'])(
+    'scripts/check-node refuses Node.js %s with the fix, exit code 1',
+    async (version) => {
+      const folder = await otherNodeVersion(version)
+      const result = await execa(join(SCRIPTS, 'check-node'), {
+        reject: false,
+        env: {PATH: `${folder}:${process.env.PATH}`},
+      })
+      expect(result.exitCode).toBe(1)
+      expect(result.stderr).toContain(
+        `box needs Node.js >= 20.19; this machine has ${version} (${join(folder, 'node')}).`,
+      )
+      expect(result.stderr).toContain('Install Node.js 20.19 or newer (nodejs.org, NodeSource or nvm; Debian bookworm')
+    },
+  )
+
+  it.each(['20.19.0', '22.1.0'])('scripts/check-node accepts Node.js %s', async (version) => {
+    const folder = await otherNodeVersion(version)
+    const result = await execa(join(SCRIPTS, 'check-node'), {
+      reject: false,
+      env: {PATH: `${folder}:${process.env.PATH}`},
+    })
+    expect(result.exitCode, result.stderr).toBe(0)
+    expect(result.stderr).toBe('')
+  })
+
+  it('scripts/install-host-deps stops at the Node.js check, before apt-get', async () => {
+    // PATH: the stand-in for Node.js 18.19.0 and only what the script needs to reach its first
+    // line (bash, dirname). Had the check let it through, apt-get would be "command not found" (127).
+    const folder = await otherNodeVersion('18.19.0')
+    const tools = join(dir, 'install-tools')
+    await mkdir(tools, {recursive: true})
+    for (const tool of ['bash', 'dirname']) {
+      const {stdout: path} = await execa('sh', ['-c', `command -v ${tool}`])
+      await symlink(path, join(tools, tool)).catch(() => undefined)
+    }
+    const result = await execa(join(SCRIPTS, 'install-host-deps'), {
+      reject: false,
+      env: {PATH: `${folder}:${tools}`},
+      extendEnv: false,
+    })
+    expect(result.exitCode, result.stderr).toBe(1)
+    expect(result.stderr).toContain('box needs Node.js >= 20.19; this machine has 18.19.0')
+    expect(result.stderr).not.toMatch(/apt-get/)
+  })
+
+  it('bin/box refuses an older Node.js with the fix, exit code 1', async () => {
+    // bin/run.js judges the Node that runs it, so this stand-in is the real node with
+    // process.versions.node set to 18.19.0 before run.js loads (--import).
+    const folder = join(dir, 'node-reporting-v18.19.0')
+    await mkdir(folder, {recursive: true})
+    const preload = join(folder, 'report-v18.19.0.mjs')
+    await writeFile(
+      preload,
+      "Object.defineProperty(process, 'versions', {value: {...process.versions, node: '18.19.0'}})\n",
+    )
+    await writeFile(
+      join(folder, 'node'),
+      `#!/bin/sh\n# Stands in for Node.js 18.19.0 (see ${preload}).\nexec ${process.execPath} --import ${preload} "$@"\n`,
+    )
+    await chmod(join(folder, 'node'), 0o755)
+    for (const args of [['list'], ['status']]) {
+      const result = await execa(BIN, args, {
+        cwd: dir,
+        reject: false,
+        stdin: 'ignore',
+        env: {PATH: `${folder}:${process.env.PATH}`, BOX_DATA_DIR: join(dir, 'data')},
+      })
+      expect(result.exitCode).toBe(1)
+      expect(result.stderr).toContain(`Error: box needs Node.js >= 20.19; this is 18.19.0 (${process.execPath}).`)
+      expect(result.stderr).toContain('Install Node.js 20.19 or newer')
+      expect(result.stdout).toBe('')
+    }
   })
 })

@@ -23,7 +23,7 @@ import {lvRangesOnPv, readLvmOnDisk, zeroImageRanges, type ExtentRange} from '..
 
 import {BoxError, ExitCode} from '../core/errors.js'
 import {run} from '../core/exec.js'
-import {checkFreeSpace as checkFreeSpaceIn, readJsonWithSchema} from '../core/fs.js'
+import {checkFreeSpace, readJsonWithSchema} from '../core/fs.js'
 import {PROJECT_ROOT} from '../core/paths.js'
 import {lockMachine, machineDir, readRecord, type MachineContext, type MachineRecord} from './context.js'
 import {haltMachine} from './halt.js'
@@ -149,7 +149,7 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
   try {
     const disk = packagedDiskOf(provider, stateDir, machine.name)
     const sizes = await measureDisk(disk)
-    await checkFreeSpace(dirname(output), sizes.required * 2 + 64 * 1024 * 1024)
+    await checkPackageSpace(dirname(output), sizes.required * 2 + 64 * 1024 * 1024)
 
     const lvm = sourceMetadata.box?.lvm
     const layout = lvm ? await readLvmOnDisk(disk, 'qcow2') : undefined
@@ -379,8 +379,8 @@ async function trimAndHalt(
 }
 
 /** Refuse before starting when the output's filesystem cannot hold the flattened image and the archive. */
-export async function checkFreeSpace(dir: string, needed: number): Promise<void> {
-  await checkFreeSpaceIn(dir, needed, {
+async function checkPackageSpace(dir: string, needed: number): Promise<void> {
+  await checkFreeSpace(dir, needed, {
     needs: 'packaging (the flattened disk and the archive)',
     suggestions: ['free some space, or write the box elsewhere with --output'],
   })
