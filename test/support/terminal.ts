@@ -124,3 +124,10 @@ export function uncleanRow(rows: string[]): string | undefined {
   }
   return undefined
 }
+
+/** formatDuration's text ("7.1 s", "23 s", "2 min 5 s") back to milliseconds. */
+export function parseDuration(text: string): number {
+  const match = /^(?:(\d+) min )?(\d+(?:\.\d+)?) s$/.exec(text)
+  if (!match) throw new Error(`not a duration: ${text}`)
+  return (Number(match[1] ?? 0) * 60 + Number(match[2])) * 1000
+}
