@@ -133,10 +133,11 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     expect(addRows[0]).toMatch(/^✔ Extracting reference \(\d+(\.\d)? s\): \d+ MB$/)
     expect(addRows.at(-1)).toMatch(/^Added box reference \S+ \(\w+\), \d+ MB$/)
 
-    // Booting's live line: "⠹ default: booting (41 s) waiting for ssh on 127.0.0.1:2222 (12 s)".
+    // Booting's live line: "⠹ default: booting with resnap (27 s) waiting for ssh on 127.0.0.1:34087 (25 s)".
     const up = seen.up!
     const live = up.lines.filter((line) => /^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] default: booting /.test(line))
-    const shape = /^. default: booting \(([^)]+)\)(?: waiting for ssh on 127\.0\.0\.1:\d+ \((\d+) s\))?$/
+    const shape =
+      /^. default: booting(?: with resnap)? \(([^)]+)\)(?: waiting for ssh on 127\.0\.0\.1:\d+ \((\d+) s\))?$/
     for (const line of live) expect(line).toMatch(shape)
     const booting = live.map((line) => shape.exec(line)!)
     const waits = booting.filter((match) => match[2] !== undefined).map((match) => Number(match[2]))
@@ -148,7 +149,7 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     const upRows = screenRows(up.screen)
     expect(uncleanRow(upRows), up.screen).toBeUndefined()
     expect(upRows.filter((row) => row.startsWith('✔ default: booting'))).toEqual([
-      expect.stringMatching(/^✔ default: booting \(\d+(\.\d)? s\): ssh on 127\.0\.0\.1:\d+$/),
+      expect.stringMatching(/^✔ default: booting(?: with resnap)? \(\d+(\.\d)? s\): ssh on 127\.0\.0\.1:\d+$/),
     ])
     expect(
       upRows.some((row) => row.startsWith('✘')),
