@@ -14,7 +14,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {ensureBox} from '../../src/builder/index.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from '../support/cache.js'
-import {BIN, box, type CliEnv} from '../support/cli.js'
+import {box, type CliEnv} from '../support/cli.js'
+import {parseDuration, screenRows, Terminal, uncleanRow} from '../support/terminal.js'
 
 const BOXFILE = `box: reference
 site: example.org
@@ -60,75 +61,6 @@ function bannerWithin(port: number, ms: number): Promise<boolean> {
   })
 }
 
-/** A private tmux server: box secure runs in a real terminal and is answered key by key. */
-class Terminal {
-  private readonly socket = `box-secure-test-${process.pid}`
-  private session = ''
-
-  /** A new session running `box secure ARGS…`; box's exit code is written to `exitFile`. */
-  async start(session: string, env: CliEnv, exitFile: string, args: string[] = []): Promise<void> {
-    this.session = session
-    await this.tmux([
-      'new-session',
-      '-d',
-      '-s',
-      session,
-      '-x',
-      '160',
-      '-y',
-      '40',
-      '-c',
-      env.cwd,
-      '-e',
-      `BOX_DATA_DIR=${env.dataDir}`,
-      '-e',
-      `BOX_CACHE_DIR=${env.cacheDir}`,
-      '-e',
-      'NO_COLOR=1',
-      '-e',
-      `EXIT_FILE=${exitFile}`,
-      // The pane stays open after box exits, to be read.
-      'sh',
-      '-c',
-      '"$0" secure "$@"; echo $? > "$EXIT_FILE"; sleep 600',
-      BIN,
-      ...args,
-    ])
-  }
-
-  async tmux(args: string[], input?: string): Promise<string> {
-    return (await execa('tmux', ['-L', this.socket, ...args], input === undefined ? {stdin: 'ignore'} : {input})).stdout
-  }
-
-  screen(): Promise<string> {
-    return this.tmux(['capture-pane', '-p', '-t', this.session])
-  }
-
-  async waitFor(predicate: (screen: string) => boolean, what: string, timeoutMs = 60_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs
-    for (;;) {
-      const screen = await this.screen()
-      if (predicate(screen)) return screen
-      if (Date.now() > deadline) throw new Error(`the terminal never showed ${what}; it shows:\n${screen}`)
-      await sleep(200)
-    }
-  }
-
-  async keys(...keys: string[]): Promise<void> {
-    await this.tmux(['send-keys', '-t', this.session, ...keys])
-  }
-
-  /** Typed text that must not appear on any command line: through a paste buffer fed on stdin. */
-  async typeSecret(text: string): Promise<void> {
-    await this.tmux(['load-buffer', '-b', 'secret', '-'], text)
-    await this.tmux(['paste-buffer', '-d', '-b', 'secret', '-t', this.session])
-  }
-
-  async kill(): Promise<void> {
-    await execa('tmux', ['-L', this.socket, 'kill-server'], {reject: false})
-  }
-}
-
 /** The exit code box wrote to `file`, waiting for it. */
 async function exitCodeIn(file: string, timeoutMs: number): Promise<string | undefined> {
   const deadline = Date.now() + timeoutMs
@@ -146,7 +78,9 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
   let env: CliEnv
   let project: string
   let stateDir: string
-  const terminal = new Terminal()
+  const terminal = new Terminal('secure')
+  /** What the terminal showed during the first box add and box up: each bottom line sampled, and the screen after. */
+  const seen: Record<string, {lines: string[]; screen: string}> = {}
   const ssh = async (command: string) => {
     const result = await box(env, ['ssh', '-c', command])
     expect(result.exitCode, `${command}: ${result.stderr}`).toBe(0)
@@ -166,10 +100,19 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     await mkdir(project)
     stateDir = join(project, '.box')
     env = {cwd: project, dataDir: join(root, 'data'), cacheDir: testCacheDir()}
-    expect((await box(env, ['add', 'reference', boxFile])).exitCode).toBe(0)
-    await writeFile(join(project, 'Boxfile'), BOXFILE)
-    const up = await box(env, ['up'])
-    expect(up.exitCode, up.stderr).toBe(0)
+    // The real box add and first box up, in the terminal: their screens are read by the first test.
+    for (const [session, args] of [
+      ['add', ['add', 'reference', boxFile]],
+      ['up', ['up']],
+    ] as const) {
+      if (session === 'up') await writeFile(join(project, 'Boxfile'), BOXFILE)
+      const exitFile = join(root, `${session}-exit`)
+      await terminal.start(session, env, exitFile, [...args])
+      const {exitCode, lines} = await terminal.sampleUntilExit(exitFile, 600_000, session === 'up' ? 250 : 50)
+      const screen = await terminal.screen(true)
+      expect(exitCode, screen).toBe('0')
+      seen[session] = {lines, screen}
+    }
   })
 
   afterAll(async () => {
@@ -178,6 +121,40 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
       await box(env, ['destroy', '-f'])
       await rm(join(env.cwd, '..'), {recursive: true, force: true})
     }
+  })
+
+  it('box add and the first box up read cleanly in a terminal: no byte counter, one ssh wait counter that only goes up', () => {
+    const add = seen.add!
+    const extracting = add.lines.filter((line) => /^\S Extracting reference /.test(line) && !line.startsWith('✔'))
+    expect(extracting.length, add.lines.join('\n')).toBeGreaterThan(0)
+    for (const line of extracting) expect(line).toMatch(/^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] Extracting reference \(\d+(\.\d)? s\)$/)
+    const addRows = screenRows(add.screen)
+    expect(uncleanRow(addRows), add.screen).toBeUndefined()
+    expect(addRows[0]).toMatch(/^✔ Extracting reference \(\d+(\.\d)? s\): \d+ MB$/)
+    expect(addRows.at(-1)).toMatch(/^Added box reference \S+ \(\w+\), \d+ MB$/)
+
+    // Booting's live line: "⠹ default: booting with resnap (27 s) waiting for ssh on 127.0.0.1:34087 (25 s)".
+    const up = seen.up!
+    const live = up.lines.filter((line) => /^[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] default: booting /.test(line))
+    const shape =
+      /^. default: booting(?: with resnap)? \(([^)]+)\)(?: waiting for ssh on 127\.0\.0\.1:\d+ \((\d+) s\))?$/
+    for (const line of live) expect(line).toMatch(shape)
+    const booting = live.map((line) => shape.exec(line)!)
+    const waits = booting.filter((match) => match[2] !== undefined).map((match) => Number(match[2]))
+    expect(new Set(waits).size, up.lines.join('\n')).toBeGreaterThan(1)
+    // One counter for the whole wait (a first boot waits twice): it only goes up, never starts again at 0 s.
+    expect(waits, up.lines.join('\n')).toEqual([...waits].sort((a, b) => a - b))
+    const elapsed = booting.map((match) => parseDuration(match[1]!))
+    expect(elapsed).toEqual([...elapsed].sort((a, b) => a - b))
+    const upRows = screenRows(up.screen)
+    expect(uncleanRow(upRows), up.screen).toBeUndefined()
+    expect(upRows.filter((row) => row.startsWith('✔ default: booting'))).toEqual([
+      expect.stringMatching(/^✔ default: booting(?: with resnap)? \(\d+(\.\d)? s\): ssh on 127\.0\.0\.1:\d+$/),
+    ])
+    expect(
+      upRows.some((row) => row.startsWith('✘')),
+      up.screen,
+    ).toBe(false)
   })
 
   it('before securing: --status says so, and missing answers without a terminal name their flags', async () => {
@@ -206,7 +183,7 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
 
   it('Ctrl-C at a question ends box secure with 130 and changes nothing', async () => {
     const exitFile = join(project, '..', 'interrupted-exit')
-    await terminal.start('interrupted', env, exitFile)
+    await terminal.start('interrupted', env, exitFile, ['secure'])
     await terminal.waitFor((screen) => screen.includes('Worker or director?'), 'the role question')
     await terminal.keys('C-c')
     expect(await exitCodeIn(exitFile, 30_000), await terminal.screen()).toBe('130')
@@ -221,7 +198,7 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     )
     const hostProcesses = sampleHostProcesses()
     const exitFile = join(project, '..', 'secure-exit')
-    await terminal.start('secure', env, exitFile)
+    await terminal.start('secure', env, exitFile, ['secure'])
     await terminal.waitFor((screen) => screen.includes('Worker or director?'), 'the role question')
     await terminal.keys('Down', 'Enter')
     const siteQuestion = await terminal.waitFor((screen) => screen.includes('Site name?'), 'the site question')
@@ -252,6 +229,15 @@ describe('box secure on a real guest', {timeout: 420_000}, () => {
     const hostPs = await hostProcesses.stop()
     expect(exitCode, screen).toBe('0')
     expect(screen).toContain('default: secured as director of example.org (user alice)')
+    // Below the questions: the guest's lines, each on its own row above the stage's (never run together with it).
+    const rows = screenRows(await terminal.screen(true))
+    const output = rows.slice(rows.findIndex((row) => /^(✔ )?default: /.test(row)))
+    expect(uncleanRow(output), output.join('\n')).toBeUndefined()
+    for (const row of output) expect(row).toMatch(/^(✔ )?default: /)
+    expect(output.filter((row) => row.startsWith('✔'))).toEqual([
+      expect.stringMatching(/^✔ default: securing as director of example\.org \(\d+(\.\d)? s\)$/),
+    ])
+    expect(output.length, output.join('\n')).toBeGreaterThan(2) // guest lines came
 
     await ssh('kill $(cat /tmp/ps-sampler)')
     const guestPs = await ssh('cat /tmp/ps-samples')
