@@ -84,7 +84,8 @@ try {
       'sudo',
       'bash',
       '-c',
-      // bash takes no PS4 from the environment as root.
+      // bash takes no PS4 from the environment as root (the text is bash's, not a template).
+      // eslint-disable-next-line no-template-curly-in-string
       'PS4=\'+${EPOCHREALTIME} \'; set -x; source /usr/local/sbin/box-job "$@"',
       'box-job',
       'run',
