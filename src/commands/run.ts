@@ -6,7 +6,7 @@ import type {JobRecord} from '../lib/jobs/spec.js'
 
 export default class Run extends BaseCommand<typeof Run> {
   static summary = 'Run one command in a fresh worker and bring back its output.'
-  static description = `A new worker from the box (a resnap boot), the inputs copied in, the command run as an unprivileged job user with a timeout, an output limit, a process limit and a file-size limit, the outputs copied to ./box-run/<job-id>/ (result.json, stdout, stderr, the --out files), the worker thrown away.
+  static description = `A fresh worker restored from the box's ready state (the first run for these settings makes it with a resnap boot), the inputs copied in, the command run as an unprivileged job user with a timeout, an output limit, a process limit and a file-size limit, the outputs copied to ./box-run/<job-id>/ (result.json, stdout, stderr, the --out files), the worker thrown away.
 Exit code: the command's own; 124 when it timed out; 123 when it hit the output limit; 75 when the worker failed (it never came up or was lost; the record holds the serial log's tail).
 With --network off (the default) the worker has no network interface at all: inputs go in on a read-only disk image and outputs come back on another one, and box-agent starts the command; nothing needs ssh. With --network on they go over ssh, and --follow streams the output as it comes.`
   static examples = [

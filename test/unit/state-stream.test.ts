@@ -73,6 +73,27 @@ describe('state streams (the saved state between QEMU and its file, hashed on th
     expect(sha256(Buffer.concat(received))).toBe(sha256(data))
   })
 
+  it('sendState to a listener that hangs up as soon as it has every byte (QEMU at the end marker) succeeds', async () => {
+    const data = randomBytes(2 * 1024 * 1024 + 3)
+    const file = join(dir, 'state')
+    await writeFile(file, data)
+    const socket = join(dir, 'out.sock')
+    let got = 0
+    const server = createServer((peer: Socket) =>
+      peer.on('data', (chunk: Buffer) => {
+        got += chunk.length
+        // Closed at once, maybe before our end of the socket is shut down.
+        if (got === data.length) peer.destroy()
+      }),
+    )
+    await new Promise<void>((resolve) => server.listen(socket, resolve))
+    for (let i = 0; i < 5; i++) {
+      got = 0
+      expect(await sendState(socket, file)).toEqual({bytes: data.length, sha256: sha256(data)})
+    }
+    server.close()
+  })
+
   it('sendState to a listener that hangs up early fails', async () => {
     const file = join(dir, 'state')
     await writeFile(file, randomBytes(32 * 1024 * 1024))

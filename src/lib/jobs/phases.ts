@@ -81,6 +81,8 @@ export interface JobState {
 }
 
 const GUEST_DIR = '/run/box-job'
+/** How often a job without network is asked about (a question costs the guest no fork until the job is done). */
+const JOB_STATUS_POLL_MS = 100
 const BOX_JOB_SCRIPT = join(PROJECT_ROOT, 'provisioners', 'box-job')
 
 export function newJobState(context: JobContext): JobState {
@@ -341,7 +343,7 @@ export async function run(state: JobState): Promise<GuestStatus> {
         const answer = await worker.provider.askAgent!(worker.handle, 'job-start', {timeoutMs: 10_000})
         if (!answer.startsWith('started')) throw new InfrastructureError(`the agent did not start the job: ${answer}`)
         for (;;) {
-          await sleep(250, undefined, {signal})
+          await sleep(JOB_STATUS_POLL_MS, undefined, {signal})
           if (!worker.started.isAlive())
             throw new InfrastructureError('the worker stopped while the job ran (QEMU exited)')
           const status = await worker.provider.askAgent!(worker.handle, 'job-status', {timeoutMs: 5000}).catch(
@@ -514,14 +516,16 @@ export async function copyOut(state: JobState): Promise<void> {
 export async function destroy(state: JobState): Promise<void> {
   const started = Date.now()
   try {
-    if (state.ssh?.controlPath) {
-      await spawn('ssh', ['-o', `ControlPath=${state.ssh.controlPath}`, '-O', 'exit', 'box-worker'], {
-        reject: false,
-        stdin: 'ignore',
-        timeout: 3000,
-      })
-    }
-    if (state.worker) await destroyWorker(state.worker)
+    // At once: the master's connection ends with the guest anyway.
+    await Promise.all([
+      state.ssh?.controlPath &&
+        spawn('ssh', ['-o', `ControlPath=${state.ssh.controlPath}`, '-O', 'exit', 'box-worker'], {
+          reject: false,
+          stdin: 'ignore',
+          timeout: 3000,
+        }),
+      state.worker && destroyWorker(state.worker),
+    ])
     await rm(state.context.workDir, {recursive: true, force: true})
   } finally {
     state.phases.destroy = Date.now() - started

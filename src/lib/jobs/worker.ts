@@ -19,6 +19,7 @@ import {
 } from '../machine/worker.js'
 import type {SshTarget} from '../machine/ssh.js'
 import {providerFor} from '../../providers/index.js'
+import {DEFAULT_JOB_USER} from './spec.js'
 
 export interface WorkerSpec {
   jobId: string
@@ -136,6 +137,8 @@ export async function readyWorkerSpec(spec: WorkerSpec): Promise<ReadyWorkerSpec
       })),
     ),
     setup: spec.setup ?? [],
+    // Made once in the ready state; a job with another --user makes its own.
+    jobUser: DEFAULT_JOB_USER,
   }
 }
 

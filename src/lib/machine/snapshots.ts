@@ -212,6 +212,8 @@ async function resumeGuest(
       serialLog: started.serialLog,
       sshListening: started.sshListening,
       signal: context.signal,
+      // The first command (box ssh) has a session of its own: none for the probe.
+      masterOnly: true,
     })
   if (agent && opened.provider.askAgent) {
     // The RNG first: sshd seeds each connection's process from it. Then the ssh login, and the

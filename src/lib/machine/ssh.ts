@@ -1,4 +1,4 @@
-import {chmod, copyFile, mkdir, readFile, stat} from 'node:fs/promises'
+import {chmod, copyFile, mkdir, readFile, rm, stat} from 'node:fs/promises'
 import {dirname} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
 
@@ -138,6 +138,12 @@ export interface WaitForSshOptions {
   agentSilenceMs?: number
   /** Already known (waitForSshListening ran): whether the agent said sshd listens. */
   listening?: boolean
+  /**
+   * With the target's controlPath: the login that gets in only opens the master connection
+   * (`ssh -N`, put in the background by ControlPersist once authenticated), no session, so
+   * the first command is not kept waiting for a shell of the probe's own (half a second under TCG).
+   */
+  masterOnly?: boolean
 }
 
 /**
@@ -155,13 +161,24 @@ export interface WaitForSshOptions {
 export async function waitForSsh(target: SshTarget, options: WaitForSshOptions): Promise<number> {
   const started = Date.now()
   const check = deadlineCheck(started, options)
+  const masterOnly = options.masterOnly === true && target.controlPath !== undefined
+  // A master that is there already (ssh -N would not use it) is a login that works.
+  if (masterOnly) {
+    if (await masterAlive(target.controlPath!)) return 0
+    // A dead master's socket: with ControlMaster=yes ssh would go on without one, and -N never ends.
+    await rm(target.controlPath!, {force: true})
+  }
   const listening = options.listening ?? (await waitForSshListening(options, started))
   for (;;) {
     options.signal?.throwIfAborted()
     options.onAttempt?.(Date.now() - started)
     const connectTimeoutS = listening || Date.now() - started >= 60_000 ? 10 : 2
     // First: ssh takes an option's first value (sshOptions has its own ConnectTimeout).
-    const args = ['-o', `ConnectTimeout=${connectTimeoutS}`, ...sshArgs(target, ['true'])]
+    const args = [
+      '-o',
+      `ConnectTimeout=${connectTimeoutS}`,
+      ...(masterOnly ? ['-N', '-o', 'ControlMaster=yes', ...sshArgs(target)] : sshArgs(target, ['true'])),
+    ]
     const result = await spawn('ssh', args, {
       reject: false,
       stdin: 'ignore',
@@ -172,9 +189,21 @@ export async function waitForSsh(target: SshTarget, options: WaitForSshOptions):
     // A key that is not the pinned one will not become it: no waiting out the timeout.
     const refused = hostKeyError(target, result)
     if (refused) throw refused
+    // Another process may have made the master meanwhile (this probe then had none of its own).
+    if (masterOnly && (await masterAlive(target.controlPath!))) return Date.now() - started
     await check()
     await sleep(250)
   }
+}
+
+/** Whether an ssh master answers on `controlPath`. */
+async function masterAlive(controlPath: string): Promise<boolean> {
+  const result = await spawn('ssh', ['-o', `ControlPath=${controlPath}`, '-O', 'check', 'box-machine'], {
+    reject: false,
+    stdin: 'ignore',
+    timeout: 3000,
+  })
+  return result.exitCode === 0
 }
 
 /**

@@ -47,6 +47,12 @@ export interface WorkerSpec {
   drives?: DriveSlot[]
   /** Shell commands run as root, in order, once in the ready state before it is saved. */
   setup?: string[]
+  /**
+   * An unprivileged user made in the ready state for the jobs its workers run (box-job's
+   * `user`, which refuses one who is or can become root): making it costs a job a second
+   * or more under TCG. A box whose agent cannot make it (an older one) leaves it to the jobs.
+   */
+  jobUser?: string
   /** The box already resolved (box run/batch); without it `box` is looked up in the store. */
   image?: {name: string; version: string; box: BoxImage}
 }
@@ -217,6 +223,7 @@ export async function ensureReadyState(spec: WorkerSpec, options: FreshWorkerOpt
     ...(spec.noInterface ? {noInterface: true} : {}),
     ...(spec.drives?.length ? {drives: spec.drives.map((slot) => ({...slot, readOnly: slot.readOnly ?? false}))} : {}),
     setup: spec.setup ?? [],
+    ...(spec.jobUser ? {jobUser: spec.jobUser} : {}),
     host: await provider.runningStates.hostKey(),
   }
   const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 20)
@@ -339,6 +346,8 @@ function agentOf(provider: Provider, handle: MachineHandle): FreshWorker['askAge
 
 function sshWaitOptions(started: Started, signal?: AbortSignal): Parameters<typeof waitForSsh>[1] {
   return {
+    // The login stays as the master for the worker's commands; the probe needs no session.
+    masterOnly: true,
     timeoutMs: 120_000,
     isAlive: started.isAlive,
     serialLog: started.serialLog,
@@ -351,8 +360,11 @@ function makeDestroy(provider: Provider, handle: MachineHandle): () => Promise<v
   let done: Promise<void> | undefined
   return () =>
     (done ??= (async () => {
-      await closeSshMaster(provider.sshControlPath({stateDir: handle.stateDir}))
-      await provider.destroy({stateDir: handle.stateDir})
+      // At once: the master's connection ends with the guest anyway.
+      await Promise.all([
+        closeSshMaster(provider.sshControlPath({stateDir: handle.stateDir})),
+        provider.destroy({stateDir: handle.stateDir}),
+      ])
       if ((await provider.state({stateDir: handle.stateDir})) === 'running') {
         throw new BoxError(`worker ${handle.name} is still running after destroy`, {detail: handle.stateDir})
       }
@@ -408,6 +420,10 @@ async function buildReadyState(
       const started = await provider.start(handle, {choice: {resnap: true}, signal: options.signal})
       stage.update('waiting for the guest agent')
       await waitForAgentAndSshd(provider, handle, started, options.signal)
+      if (spec.jobUser)
+        await makeJobUser(spec.jobUser, {
+          agent: (request) => provider.askAgent!(handle, request, {timeoutMs: 60_000}),
+        })
       stage.update('saving the running state')
       const saved = await provider.runningStates!.save(handle, partialDir, {signal: options.signal})
       return await finishReady(partialDir, readyDir, build, {user, agent: true, stateBytes: saved.stateBytes}, stage)
@@ -439,6 +455,7 @@ async function buildReadyState(
         timeoutMs: 30 * 60_000,
       })
     }
+    if (spec.jobUser) await makeJobUser(spec.jobUser, {ssh: target})
     // Everything the guest wrote is in its page cache or on disk; sshd's connection must not be in the state.
     await sshRun(target, ['sync'], {purpose: "syncing the ready state's disk"})
     await closeSshMaster(controlPath)
@@ -452,6 +469,30 @@ async function buildReadyState(
   } finally {
     await destroy()
   }
+}
+
+/**
+ * The job user made in the worker being saved, by box-job: through box-agent (`job-user`)
+ * without an interface, else box's own box-job over ssh (so any box with sudo gets it). An
+ * agent older than the verb refuses it: its jobs make the user themselves, as before.
+ */
+async function makeJobUser(
+  user: string,
+  via: {agent: (request: string) => Promise<string>} | {ssh: SshTarget},
+): Promise<void> {
+  if ('agent' in via) {
+    try {
+      await via.agent(`job-user ${user}`)
+    } catch (error) {
+      // box-agent's own answer to a verb it does not have.
+      if (!/unknown request: job-user/.test((error as Error).message)) throw error
+    }
+    return
+  }
+  await sshRun(via.ssh, ['sudo', 'sh', '-s', '--', 'user', user], {
+    input: await readFile(join(PROJECT_ROOT, 'provisioners', 'box-job'), 'utf8'),
+    purpose: `making the job user ${user} in the ready state`,
+  })
 }
 
 async function finishReady(
