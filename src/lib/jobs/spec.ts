@@ -72,6 +72,19 @@ export interface PhaseTimes {
 }
 
 /** result.json: one per job. */
+/** How a worker started, for the job's record. */
+export interface WorkerStart {
+  how: 'restored' | 'resnap-boot'
+  /** The ready state's key (restored workers). */
+  readyState?: string
+  /** This job's start made the ready state first (its boot is in the create phase). */
+  madeReadyState?: boolean
+  /** From starting QEMU to the guest running again (restored workers). */
+  loadMs?: number
+  /** Why there was no ready state (resnap boots). */
+  why?: string
+}
+
 export interface JobRecord {
   id: string
   box: {name: string; version: string}
@@ -84,7 +97,7 @@ export interface JobRecord {
   /** Milliseconds per phase, in the order they ran. */
   phases: PhaseTimes
   /** How the worker started: restored from a ready state, or a resnap boot (and why). */
-  worker?: import('./worker.js').WorkerStart
+  worker?: WorkerStart
   network: boolean
   command: string[] | string
   startedAt: string

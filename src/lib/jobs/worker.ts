@@ -19,7 +19,7 @@ import {
 } from '../machine/worker.js'
 import type {SshTarget} from '../machine/ssh.js'
 import {providerFor} from '../../providers/index.js'
-import {DEFAULT_JOB_USER} from './spec.js'
+import {DEFAULT_JOB_USER, type WorkerStart} from './spec.js'
 
 export interface WorkerSpec {
   jobId: string
@@ -41,19 +41,6 @@ export interface WorkerSourceOptions {
   signal?: AbortSignal
   /** Shows the making of a ready state (a boot, once). */
   progress?: Progress
-}
-
-/** How a worker started, for the job's record. */
-export interface WorkerStart {
-  how: 'restored' | 'resnap-boot'
-  /** The ready state's key (restored workers). */
-  readyState?: string
-  /** This job's start made the ready state first (its boot is in the create phase). */
-  madeReadyState?: boolean
-  /** From starting QEMU to the guest running again (restored workers). */
-  loadMs?: number
-  /** Why there was no ready state (resnap boots). */
-  why?: string
 }
 
 /** A running worker: the handle the provider knows it by and what start reported. */
