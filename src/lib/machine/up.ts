@@ -235,6 +235,7 @@ function isLoopback(ip: string): boolean {
 async function setGuestHostname(target: SshTarget, name: string): Promise<void> {
   const script = [
     'set -e',
+    // eslint-disable-next-line no-template-curly-in-string -- shell parameter expansion, not a JS template
     'name=$1 short=${1%%.*}',
     'echo "$name" > /proc/sys/kernel/hostname',
     'echo "$name" > /etc/hostname',
