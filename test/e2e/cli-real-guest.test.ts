@@ -39,7 +39,7 @@ machines:
   web:
     hostname: web-1.example.test
     forwarded_ports:
-      - {guest: 5353, host: ${UDP_HOST_PORT}, protocol: udp}
+      - {guest: 9999, host: ${UDP_HOST_PORT}, protocol: udp}
       - {guest: 7000, host: ${TCP_HOST_PORT}, host_ip: 0.0.0.0}
     provisioners:
       - {type: file, name: config-file, source: files/app.conf, destination: ~/app.conf}
@@ -359,10 +359,10 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
 
   it('UDP through the forwarded port reaches a socket in the guest and the reply comes back', async () => {
     const [web] = await statuses()
-    expect(web!.forwardedPorts).toContainEqual({guest: 5353, host: UDP_HOST_PORT, hostIp: '127.0.0.1', protocol: 'udp'})
+    expect(web!.forwardedPorts).toContainEqual({guest: 9999, host: UDP_HOST_PORT, hostIp: '127.0.0.1', protocol: 'udp'})
     const listening = await execa('ss', ['-Hlun', `sport = :${UDP_HOST_PORT}`])
     expect(listening.stdout).toContain(`127.0.0.1:${UDP_HOST_PORT}`)
-    await ssh('web', 'setsid perl /tmp/conf.d/udp-echo.pl 5353 > /tmp/udp.log 2>&1 < /dev/null & echo started')
+    await ssh('web', 'setsid perl /tmp/conf.d/udp-echo.pl 9999 > /tmp/udp.log 2>&1 < /dev/null & echo started')
     const message = `ping-${NONCE}`
     const reply = await udpExchange(UDP_HOST_PORT, message, 30_000)
     expect(reply, `the guest's log: ${await ssh('web', 'cat /tmp/udp.log')}`).toBe(
@@ -379,7 +379,7 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
       `web: guest port 7000/tcp is forwarded from 0.0.0.0:${forward.host}, which other hosts can reach (the Boxfile's host_ip)`,
     )
     // Only that forward is warned about: the loopback UDP one is not.
-    expect(firstUp.stderr).not.toContain('guest port 5353/udp is forwarded from')
+    expect(firstUp.stderr).not.toContain('guest port 9999/udp is forwarded from')
     const listening = await execa('ss', ['-Hltn', `sport = :${forward.host}`])
     expect(listening.stdout).toMatch(new RegExp(`\\s0\\.0\\.0\\.0:${forward.host}\\s`))
 
