@@ -152,8 +152,11 @@ async function copyIn(target: SshTarget, source: string, destination: string): P
     const tarArgs = ['-C', source, '-cf', '-', '.']
     const sshArgv = sshArgs(target, undefined, remote)
     const tar = spawn('tar', tarArgs, {reject: false, stdin: 'ignore'})
-    const ssh = spawn('ssh', sshArgv, {reject: false, stdin: tar.stdout!})
-    const [sshResult, tarResult] = await Promise.all([ssh, tar])
+    const ssh = spawn('ssh', sshArgv, {reject: false})
+    // execa's own pipe: tar's stdout given as ssh's stdin option was never read (nothing
+    // was copied, and with no handle left node exited 0 in the middle of box up).
+    const piped = tar.pipe(ssh).catch(() => undefined) // each side's result is checked below
+    const [sshResult, tarResult] = await Promise.all([ssh, tar, piped])
     // ssh first: when it fails, tar dies of the broken pipe and says nothing useful.
     if (sshResult.failed)
       throw (
