@@ -218,6 +218,7 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
   let env: CliEnv
   let project: string
   let firstUp: Awaited<ReturnType<typeof box>>
+  const bootBeforeHalt: {web?: string; db?: string} = {}
   const terminal = new Terminal()
   const ssh = async (machine: string, command: string) => {
     const result = await box(env, ['ssh', machine, '-c', command])
@@ -273,6 +274,9 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
     expect(webBoot).toMatch(/^[0-9a-f-]{36}$/)
     expect(dbBoot).toMatch(/^[0-9a-f-]{36}$/)
     expect(webBoot).not.toBe(dbBoot)
+    // web resnaps (the default), db does not (resnap: never).
+    expect(firstUp.stderr).toContain('web: booting with resnap\n')
+    expect(firstUp.stderr).toContain('db: booting\n')
     const unnamed = await box(env, ['ssh', '-c', 'true'])
     expect(unnamed.exitCode).toBe(2)
     expect(unnamed.stderr).toContain('box ssh needs one machine; this Boxfile has web, db')
@@ -411,6 +415,8 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
   })
 
   it('halt -f powers web off at once; halt --timeout forces db after that many seconds when it ignores ACPI', async () => {
+    bootBeforeHalt.web = (await ssh('web', 'cat /proc/sys/kernel/random/boot_id')).trim()
+    bootBeforeHalt.db = (await ssh('db', 'cat /proc/sys/kernel/random/boot_id')).trim()
     // Flushed to disk: a forced power-off loses what is only in the guest's cache.
     await ssh('web', `echo "kept ${NONCE}" | sudo tee /root/no-resnap-marker > /dev/null && sync`)
     await ssh('db', `echo "kept ${NONCE}" | sudo tee /root/never-marker > /dev/null && sync`)
@@ -445,6 +451,8 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
   it('up --no-resnap keeps the previous boot of web; once-provisioners do not rerun', async () => {
     const up = await box(env, ['up', 'web', '--no-resnap'])
     expect(up.exitCode, up.stderr).toBe(0)
+    expect(up.stderr).toContain('web: booting\n')
+    expect((await ssh('web', 'cat /proc/sys/kernel/random/boot_id')).trim()).not.toBe(bootBeforeHalt.web)
     expect((await ssh('web', 'sudo cat /root/no-resnap-marker')).trim()).toBe(`kept ${NONCE}`)
     expect(up.stdout).toMatch(/^web: every-boot, boot [0-9a-f-]{36}$/m)
     expect(up.stdout).not.toContain('arg:')
@@ -457,6 +465,7 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
   it('db (resnap: never) kept its root across halt and up; up --provision ran its once-provisioners again', async () => {
     const up = await box(env, ['up', 'db', '--provision'])
     expect(up.exitCode, up.stderr).toBe(0)
+    expect((await ssh('db', 'cat /proc/sys/kernel/random/boot_id')).trim()).not.toBe(bootBeforeHalt.db)
     expect((await ssh('db', 'sudo cat /root/never-marker')).trim()).toBe(`kept ${NONCE}`)
     expect(up.stdout).toContain('db: db-once ran')
     expect(up.stdout).toMatch(/^db: unprivileged as box uid \d+$/m)
