@@ -3,24 +3,47 @@ import {basename} from 'node:path'
 import {createInterface} from 'node:readline'
 
 import type {Provisioner, ResolvedMachine} from '../boxfile/types.js'
-import {BoxError, ExternalError} from '../core/errors.js'
+import {BoxError, ExitCode, ExternalError} from '../core/errors.js'
 import {spawn, toBoxError} from '../core/exec.js'
 import {machineDir, type MachineContext} from './context.js'
 import {shJoin} from '../core/shell-quote.js'
 import {hostKeyError, sshArgs, sshRun, type SshTarget} from './ssh.js'
 
-/** Which provisioners run now: `once` on the first up (or when asked), `always` every time, `never` only by name. */
-export function provisionersToRun(provisioners: Provisioner[], firstTime: boolean): Provisioner[] {
+/** Which provisioners run now: `once` on the first up (or when asked), `always` every time, `never` only by name (`only`). */
+export function provisionersToRun(
+  provisioners: Provisioner[],
+  firstTime: boolean,
+  only?: readonly string[],
+): Provisioner[] {
+  if (only) return provisioners.filter((p) => only.includes(p.name))
   return provisioners.filter((p) => p.run === 'always' || (p.run === 'once' && firstTime))
+}
+
+/** `--provision-with` names that none of the machines has: a usage error before anything runs. */
+export function checkProvisionerNames(machines: ResolvedMachine[], names: readonly string[]): void {
+  const known = new Set(machines.flatMap((machine) => machine.provisioners.map((p) => p.name)))
+  const unknown = names.filter((name) => !known.has(name))
+  if (unknown.length === 0) return
+  throw new BoxError(
+    `no provisioner named ${unknown.map((name) => `"${name}"`).join(', ')} in ${machines.map((m) => m.name).join(', ')}`,
+    {
+      exitCode: ExitCode.USAGE,
+      suggestions: [
+        known.size > 0
+          ? `name one of: ${[...known].join(', ')}`
+          : 'add provisioners to the Boxfile (docs/boxfile.md, "provisioners items")',
+      ],
+    },
+  )
 }
 
 export async function runProvisioners(
   context: MachineContext,
   machine: ResolvedMachine,
   target: SshTarget,
-  options: {firstTime: boolean},
+  options: {firstTime: boolean; only?: readonly string[]},
 ): Promise<number> {
-  const selected = provisionersToRun(machine.provisioners, options.firstTime)
+  const selected = provisionersToRun(machine.provisioners, options.firstTime, options.only)
   for (const provisioner of selected) {
     context.signal?.throwIfAborted()
     const stage = context.progress.stage(`${machine.name}: provisioner ${provisioner.name}`)
@@ -155,8 +178,11 @@ async function copyIn(target: SshTarget, source: string, destination: string): P
     const tarArgs = ['-C', source, '-cf', '-', '.']
     const sshArgv = sshArgs(target, undefined, remote)
     const tar = spawn('tar', tarArgs, {reject: false, stdin: 'ignore'})
-    const ssh = spawn('ssh', sshArgv, {reject: false, stdin: tar.stdout!})
-    const [sshResult, tarResult] = await Promise.all([ssh, tar])
+    const ssh = spawn('ssh', sshArgv, {reject: false})
+    // execa's own pipe: tar's stdout given as ssh's stdin option was never read (nothing
+    // was copied, and with no handle left node exited 0 in the middle of box up).
+    const piped = tar.pipe(ssh).catch(() => undefined) // each side's result is checked below
+    const [sshResult, tarResult] = await Promise.all([ssh, tar, piped])
     // ssh first: when it fails, tar dies of the broken pipe and says nothing useful.
     if (sshResult.failed)
       throw (

@@ -21,7 +21,7 @@ import {persistentMountScript, seedHostname} from '../box/cloud-init.js'
 import {BoxError} from '../core/errors.js'
 import {forgetHostKeys, parseHostKeyPairs, readKnownHosts, writeKnownHosts, type HostKey} from './host-keys.js'
 import {closeSshMaster, waitForMachineSsh, type HostKeySource} from './keys.js'
-import type {SshTarget} from './ssh.js'
+import {sshRun, type SshTarget} from './ssh.js'
 import {sshTarget} from './ssh-session.js'
 
 /** The box a machine wants: the newest installed one its box_version allows, else fetched from box_url. */
@@ -158,6 +158,10 @@ export async function upMachine(
           context.progress.warn(
             `${machine.name}: host port ${wanted.host} is taken; guest port ${forward.guest} is forwarded from ${forward.hostIp}:${forward.host}`,
           )
+        if (!isLoopback(forward.hostIp))
+          context.progress.warn(
+            `${machine.name}: guest port ${forward.guest}/${forward.protocol} is forwarded from ${forward.hostIp}:${forward.host}, which other hosts can reach (the Boxfile's host_ip)`,
+          )
       }
       record = {
         ...record,
@@ -196,6 +200,8 @@ export async function upMachine(
     if (machine.forwardPorts === 'auto') await startAutoForwarding(context, machine.name, provider, stateDir, booted)
 
     if (hostResnap.mountPersistent) await mountPersistentOverSsh(sshTarget(stateDir, record, provider))
+    // A cloud image's seed names it; any other box is told at every boot (a resnap boot starts from the box's /etc).
+    if (machine.hostname && !cloudInit) await setGuestHostname(sshTarget(stateDir, record, provider), machine.hostname)
 
     if (machine.syncedFolders.some((folder) => !folder.disabled)) {
       const {syncFolders} = await import('./sync.js')
@@ -214,6 +220,34 @@ export async function upMachine(
   } finally {
     await release()
   }
+}
+
+/** 127.0.0.0/8 and ::1: a forward only this host can reach. */
+function isLoopback(ip: string): boolean {
+  return ip.startsWith('127.') || ip === '::1'
+}
+
+/**
+ * The Boxfile's hostname in the running guest, in /etc/hostname and as 127.0.1.1 in /etc/hosts
+ * (Debian's place for it: sudo and hostname -f resolve it). The name is a checked host name,
+ * passed as an argument, never spliced into the script.
+ */
+async function setGuestHostname(target: SshTarget, name: string): Promise<void> {
+  const script = [
+    'set -e',
+    // eslint-disable-next-line no-template-curly-in-string -- shell parameter expansion, not a JS template
+    'name=$1 short=${1%%.*}',
+    'echo "$name" > /proc/sys/kernel/hostname',
+    'echo "$name" > /etc/hostname',
+    'aliases=$name',
+    '[ "$short" = "$name" ] || aliases="$name $short"',
+    `{ grep -v '^127[.]0[.]1[.]1[[:space:]]' /etc/hosts || true; printf '127.0.1.1\\t%s\\n' "$aliases"; } > /etc/hosts.box`,
+    'mv /etc/hosts.box /etc/hosts',
+  ].join('\n')
+  await sshRun(target, ['sudo', '-n', 'sh', '-c', script, 'sh', name], {
+    timeoutMs: 60_000,
+    purpose: `setting the host name ${name}`,
+  })
 }
 
 /** forward_ports: auto — the watcher (auto-forward.ts), once the guest's agent has shown it can tell which ports listen. */
