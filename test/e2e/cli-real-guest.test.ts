@@ -21,7 +21,8 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {ensureBox} from '../../src/builder/index.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from '../support/cache.js'
-import {BIN, box, type CliEnv} from '../support/cli.js'
+import {box, type CliEnv} from '../support/cli.js'
+import {exitCodeIn, Terminal} from '../support/terminal.js'
 
 // Host ports of this run (the TCP one moves if taken; UDP ones do not, so pick away from others).
 const BASE_PORT = 30_000 + (process.pid % 5000) * 4
@@ -102,78 +103,6 @@ interface Status {
   forwardedPorts: Array<{guest: number; host: number; hostIp: string; protocol: string}>
 }
 
-/** A private tmux server, so `box ssh` gets a real terminal and is typed at. */
-class Terminal {
-  private readonly socket = `box-cli-guest-test-${process.pid}`
-  readonly session = 'ssh'
-
-  async start(env: CliEnv, exitFile: string, args: string[]): Promise<void> {
-    await this.tmux([
-      'new-session',
-      '-d',
-      '-s',
-      this.session,
-      '-x',
-      '160',
-      '-y',
-      '40',
-      '-c',
-      env.cwd,
-      '-e',
-      `BOX_DATA_DIR=${env.dataDir}`,
-      '-e',
-      `BOX_CACHE_DIR=${env.cacheDir}`,
-      '-e',
-      'NO_COLOR=1',
-      '-e',
-      `EXIT_FILE=${exitFile}`,
-      // The pane stays open after box exits, to be read.
-      'sh',
-      '-c',
-      '"$0" "$@"; echo $? > "$EXIT_FILE"; sleep 600',
-      BIN,
-      ...args,
-    ])
-  }
-
-  async tmux(args: string[]): Promise<string> {
-    return (await execa('tmux', ['-L', this.socket, ...args], {stdin: 'ignore'})).stdout
-  }
-
-  screen(): Promise<string> {
-    return this.tmux(['capture-pane', '-p', '-t', this.session])
-  }
-
-  async waitFor(predicate: (screen: string) => boolean, what: string, timeoutMs = 60_000): Promise<string> {
-    const deadline = Date.now() + timeoutMs
-    for (;;) {
-      const screen = await this.screen()
-      if (predicate(screen)) return screen
-      if (Date.now() > deadline) throw new Error(`the terminal never showed ${what}; it shows:\n${screen}`)
-      await sleep(200)
-    }
-  }
-
-  async type(text: string): Promise<void> {
-    await this.tmux(['send-keys', '-t', this.session, '-l', text])
-    await this.tmux(['send-keys', '-t', this.session, 'Enter'])
-  }
-
-  async kill(): Promise<void> {
-    await execa('tmux', ['-L', this.socket, 'kill-server'], {reject: false})
-  }
-}
-
-async function exitCodeIn(file: string, timeoutMs: number): Promise<string | undefined> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    const text = await readFile(file, 'utf8').catch(() => '')
-    if (text.endsWith('\n')) return text.trim()
-    await sleep(250)
-  }
-  return undefined
-}
-
 /** One datagram to the forwarded port, sent again each second until the guest answers (UDP may be lost). */
 async function udpExchange(port: number, message: string, timeoutMs: number): Promise<string | undefined> {
   const socket = createSocket('udp4')
@@ -219,7 +148,7 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
   let project: string
   let firstUp: Awaited<ReturnType<typeof box>>
   const bootBeforeHalt: {web?: string; db?: string} = {}
-  const terminal = new Terminal()
+  const terminal = new Terminal('cli-guest')
   const ssh = async (machine: string, command: string) => {
     const result = await box(env, ['ssh', machine, '-c', command])
     expect(result.exitCode, `${machine}: ${command}: ${result.stderr}`).toBe(0)
@@ -405,12 +334,14 @@ describe('a two-machine Boxfile through the CLI on real guests', {timeout: 300_0
 
   it('interactive box ssh in a terminal: a prompt, a command run, the exit code given back', async () => {
     const exitFile = join(project, '..', 'ssh-exit')
-    await terminal.start(env, exitFile, ['ssh', 'web'])
+    await terminal.start('ssh', env, exitFile, ['ssh', 'web'])
     await terminal.waitFor((screen) => /box@web-1:~\$ *$/m.test(screen), "web's shell prompt")
-    await terminal.type('tty; echo "sum=$((40+2))"')
+    await terminal.keys('-l', 'tty; echo "sum=$((40+2))"')
+    await terminal.keys('Enter')
     const screen = await terminal.waitFor((text) => text.includes('sum=42'), 'the command output')
     expect(screen).toMatch(/^\/dev\/pts\/\d+$/m) // a real TTY was allocated
-    await terminal.type('exit 3')
+    await terminal.keys('-l', 'exit 3')
+    await terminal.keys('Enter')
     expect(await exitCodeIn(exitFile, 30_000), await terminal.screen()).toBe('3')
   })
 

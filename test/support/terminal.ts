@@ -103,6 +103,17 @@ export class Terminal {
   }
 }
 
+/** The exit code a pane started by Terminal.start wrote to `file`, or undefined if none came in `timeoutMs`. */
+export async function exitCodeIn(file: string, timeoutMs: number): Promise<string | undefined> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const text = await readFile(file, 'utf8').catch(() => '')
+    if (text.endsWith('\n')) return text.trim()
+    await sleep(250)
+  }
+  return undefined
+}
+
 /** The non-empty rows of a screen. */
 export function screenRows(screen: string): string[] {
   return screen.split('\n').filter((row) => row.trim() !== '')
