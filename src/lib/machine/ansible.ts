@@ -87,7 +87,10 @@ export async function runAnsible(
         // Lines as they happen, not in 4 KiB blocks; no .retry files in the project.
         PYTHONUNBUFFERED: '1',
         ANSIBLE_RETRY_FILES_ENABLED: 'False',
-        ANSIBLE_HOST_KEY_CHECKING: 'False',
+        // False would make ansible add `-o StrictHostKeyChecking=no` to ssh's command line,
+        // which beats the Host block's `yes`: the machine's pinned key would go unchecked.
+        // Set, not left out, so that an ansible.cfg of the project cannot turn it off either.
+        ANSIBLE_HOST_KEY_CHECKING: 'True',
       },
     })
     let task: string | undefined
