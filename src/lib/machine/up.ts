@@ -423,6 +423,5 @@ async function pinSeedHostKey(
 
 /** What the seed's bootcmd does for a cloud image, over ssh for any other box. */
 async function mountPersistentOverSsh(target: SshTarget): Promise<void> {
-  const {sshRun} = await import('./ssh.js')
   await sshRun(target, ['sudo', 'sh', '-c', persistentMountScript()], {purpose: 'mounting /persistent'})
 }
