@@ -33,7 +33,6 @@ export async function sshConfigEntries(
   return entries
 }
 
-/** One machine's Host block, a blank line after it. The host key is checked against the machine's pin, as box checks it. */
 /** What a Host block says of a machine: its target, and the pinned host key it must show. */
 export function sshConfigOf(target: SshTarget): NonNullable<SshConfigEntry['ssh']> {
   if (!target.hostKeys)
@@ -48,6 +47,7 @@ export function sshConfigOf(target: SshTarget): NonNullable<SshConfigEntry['ssh'
   }
 }
 
+/** One machine's Host block, a blank line after it. The host key is checked against the machine's pin, as box checks it. */
 export function sshConfigBlock(name: string, ssh: NonNullable<SshConfigEntry['ssh']>): string {
   return [
     `Host ${name}`,
