@@ -78,7 +78,7 @@ export function hostKeysFromConsole(log: string): HostKey[] | undefined {
   return keys.length > 0 ? keys : undefined
 }
 
-export function knownHostsText(alias: string, keys: readonly HostKey[]): string {
+function knownHostsText(alias: string, keys: readonly HostKey[]): string {
   return keys.map((key) => `${alias} ${key.type} ${key.blob}\n`).join('')
 }
 
@@ -112,12 +112,10 @@ export async function readKnownHosts(pin: Pick<HostKeyPin, 'knownHostsFile' | 'a
   return keys
 }
 
+/** Remove the machine's pins; resolves to whether there were any to remove. */
 export async function forgetHostKeys(stateDir: string): Promise<boolean> {
   const file = knownHostsFile(stateDir)
-  const existed = await readFile(file).then(
-    () => true,
-    () => false,
-  )
+  const existed = existsSync(file)
   await rm(file, {force: true})
   return existed
 }
@@ -130,7 +128,7 @@ export function isHostKeyFailure(sshStderr: string): boolean {
 }
 
 /** The reset `box up --reset-host-key` performs, in the words every host key error ends with. */
-export function hostKeyResetHint(machine: string): string {
+function hostKeyResetHint(machine: string): string {
   return `if you changed the guest's host key yourself, forget the pinned one and learn the new one: box up ${machine} --reset-host-key (or start over: box destroy ${machine})`
 }
 
