@@ -16,9 +16,6 @@ import {loadBoxfileIfFound} from '../lib/boxfile/load.js'
 import {PROJECT_ROOT} from '../lib/core/paths.js'
 import {listBoxes} from '../lib/store/query.js'
 
-/** The hidden word the completion scripts call box with. */
-export const COMPLETE_COMMAND = '__complete'
-
 type Slot = 'machine' | 'machine-or-path' | 'box' | 'box-version' | 'box-provider' | 'none'
 
 interface Positionals {
