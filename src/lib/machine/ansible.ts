@@ -6,13 +6,13 @@
  */
 import {chmod, mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
-import {createInterface} from 'node:readline'
 
 import type {AnsibleProvisioner} from '../boxfile/types.js'
 import {BoxError} from '../core/errors.js'
 import {findOnPath, missingProgramError, spawn, toBoxError} from '../core/exec.js'
 import {shJoin} from '../core/shell-quote.js'
 import type {MachineContext} from './context.js'
+import {printChildLines} from './print-lines.js'
 import {sshConfigBlock, sshConfigOf} from './ssh-config.js'
 import type {SshTarget} from './ssh.js'
 
@@ -95,19 +95,13 @@ export async function runAnsible(
     })
     let task: string | undefined
     let failedTask: string | undefined
-    const onLine = (line: string) => {
+    await printChildLines(context, machineName, child, (line) => {
       const started = /^TASK \[(.*)\] \**$/.exec(line)
       if (started) task = started[1]
       else if (/^(fatal|failed): \[/.test(line) && failedTask === undefined) failedTask = task
       // Ansible separates its sections with blank lines: no prefixed empty lines.
-      if (!line.trim()) return
-      const shown = `${machineName}: ${line}`
-      if (context.output) context.output(shown)
-      else context.progress.print(shown)
-    }
-    const pump = (stream: NodeJS.ReadableStream | null) =>
-      stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', onLine).on('close', resolve))
-    await Promise.all([pump(child.stdout), pump(child.stderr)])
+      return line.trim() !== ''
+    })
     const result = await child
     if (result.isCanceled) throw context.signal?.reason ?? new BoxError('ansible-playbook was cancelled')
     if (result.exitCode === undefined) throw toBoxError('ansible-playbook', args, result, `running ${provisioner.name}`)

@@ -1,11 +1,11 @@
 import {readFile, stat} from 'node:fs/promises'
 import {basename} from 'node:path'
-import {createInterface} from 'node:readline'
 
 import type {Provisioner, ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, ExitCode, ExternalError} from '../core/errors.js'
 import {spawn, toBoxError} from '../core/exec.js'
 import {machineDir, type MachineContext} from './context.js'
+import {printChildLines} from './print-lines.js'
 import {shJoin} from '../core/shell-quote.js'
 import {hostKeyError, sshArgs, sshRun, type SshTarget} from './ssh.js'
 
@@ -156,11 +156,7 @@ export async function runGuestScript(
     cancelSignal: context.signal,
     ...(guestScript.input === undefined ? {stdin: 'ignore' as const} : {input: guestScript.input}),
   })
-  const prefix = (line: string) =>
-    context.output ? context.output(`${machineName}: ${line}`) : context.progress.print(`${machineName}: ${line}`)
-  const pump = (stream: NodeJS.ReadableStream | null) =>
-    stream && new Promise<void>((resolve) => createInterface({input: stream}).on('line', prefix).on('close', resolve))
-  await Promise.all([pump(child.stdout), pump(child.stderr)])
+  await printChildLines(context, machineName, child)
   const result = await child
   // ssh never started (not installed): no exit code to report, the user needs to know why.
   if (result.failed && result.exitCode === undefined && !result.isCanceled && !result.signal)
