@@ -1,6 +1,7 @@
 import {readFile, stat} from 'node:fs/promises'
 import {basename} from 'node:path'
 
+import {providerFor} from '../../providers/index.js'
 import type {Provisioner, ResolvedMachine} from '../boxfile/types.js'
 import {BoxError, ExitCode, ExternalError} from '../core/errors.js'
 import {spawn, toBoxError} from '../core/exec.js'
@@ -72,7 +73,6 @@ async function stoppedMachineError(
   provisioner: string,
 ): Promise<BoxError | undefined> {
   if (context.signal?.aborted) return undefined
-  const {providerFor} = await import('../../providers/index.js')
   const stateDir = machineDir(context.projectDir, machine.name)
   const state = await providerFor(machine.provider, context.cacheDir)
     .state({stateDir})
