@@ -6,7 +6,7 @@
  */
 import {createHash} from 'node:crypto'
 import {createReadStream, createWriteStream} from 'node:fs'
-import {rm} from 'node:fs/promises'
+import {rm, stat} from 'node:fs/promises'
 import {createConnection, createServer, type Server, type Socket} from 'node:net'
 import {Transform} from 'node:stream'
 import {pipeline} from 'node:stream/promises'
@@ -30,13 +30,6 @@ class Hashing extends Transform {
     callback(null, chunk)
   }
 
-  /** The whole source went through (it may still have been in flight to the next stream). */
-  ended = false
-
-  override _flush(callback: (error?: Error | null) => void) {
-    this.ended = true
-    callback()
-  }
 
   result(): StreamedState {
     return {bytes: this.bytes, sha256: this.hash.digest('hex')}
@@ -95,6 +88,7 @@ export async function receiveState(socket: string, file: string): Promise<StateR
  * listen); resolves with what was sent once all of it was.
  */
 export async function sendState(socket: string, file: string, signal?: AbortSignal): Promise<StreamedState> {
+  const {size} = await stat(file)
   const peer = await connectWhenListening(socket, signal)
   const hashing = new Hashing()
   try {
@@ -103,9 +97,10 @@ export async function sendState(socket: string, file: string, signal?: AbortSign
     // QEMU closes its end once it has read the stream's end marker, which may come before
     // our end of the socket is shut down: with every byte of the file sent, that is no
     // failure (the caller compares size and checksum with the record, and QEMU's status).
+    // Counted bytes, not the stream's end: the file's end may be signalled after the hang-up.
     const code = (error as NodeJS.ErrnoException).code
     const closedByPeer = code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'EPIPE' || code === 'ECONNRESET'
-    if (!closedByPeer || !hashing.ended || signal?.aborted) throw error
+    if (!closedByPeer || hashing.bytes !== size || signal?.aborted) throw error
   }
   return hashing.result()
 }
