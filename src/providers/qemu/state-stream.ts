@@ -30,7 +30,6 @@ class Hashing extends Transform {
     callback(null, chunk)
   }
 
-
   result(): StreamedState {
     return {bytes: this.bytes, sha256: this.hash.digest('hex')}
   }
