@@ -17,11 +17,11 @@ import {addBoxFromSource, downloadPath} from '../../src/lib/store/add.js'
 import {download, partPath, type DownloadProgress} from '../../src/lib/store/download.js'
 import {hostArchitecture, loadCatalog} from '../../src/lib/store/catalog.js'
 import {MAX_REDIRECTS} from '../../src/lib/store/http.js'
-import {BoxError} from '../../src/lib/core/errors.js'
 import {listBoxes} from '../../src/lib/store/query.js'
 import {checkOutdated, updateBoxes} from '../../src/lib/store/updates.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {makeTestCa, type TestCa} from '../support/tls.js'
+import {rejection} from '../support/rejection.js'
 import {startTestServer, type TestServer} from './download-server.js'
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
@@ -34,15 +34,6 @@ async function server(options?: Parameters<typeof startTestServer>[0]): Promise<
   const started = await startTestServer(options)
   servers.push(started)
   return started
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BoxError> {
-  const error = await promise.then(
-    () => undefined,
-    (error_: unknown) => error_,
-  )
-  expect(error).toBeInstanceOf(BoxError)
-  return error as BoxError
 }
 
 /** What a failed add must leave: no box, no import scratch (.tmp-*) in the store, nothing in the download folder. */
