@@ -345,17 +345,20 @@ describe('resume keyed by URL and checksum', () => {
       retryDelayMs: 10,
     })
     expect(checked.resumedFrom).toBe(half)
-    // And a part that does not make the file is caught at the end, not trusted.
+    // And a part whose bytes do not make the file is caught at the end, not trusted: the
+    // right checksum, the right length, other bytes on disk, resumed from there.
     origin.plan.push({cutAfter: half}, {status: 503}, {status: 503})
     await leavePart()
+    await writeFile(partPath(dest), randomBytes(half))
     const wrong = await rejection(
       download({
         url: origin.url('/r.box'),
         dest,
-        checksum: {type: 'sha256', value: sha256(randomBytes(8))},
+        checksum: {type: 'sha256', value: sha256(data)},
         retryDelayMs: 10,
       }),
     )
+    expect(origin.requests.at(-1)!.range).toBe(`bytes=${half}-`)
     expect(wrong.message).toBe(`checksum mismatch for ${origin.url('/r.box')}`)
   })
 
