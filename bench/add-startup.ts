@@ -12,7 +12,7 @@
  * The machine is shared: the load average is printed before and after.
  */
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
-import {loadavg, tmpdir} from 'node:os'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {pathToFileURL} from 'node:url'
 
@@ -20,22 +20,13 @@ import {execa} from 'execa'
 
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {makeBoxFile} from '../test/fixtures/boxes.js'
+import {loadAverages, median} from './stats.js'
 
 const pairs = Number(process.env.BOX_BENCH_PAIRS ?? 15)
 const before = process.env.BOX_BENCH_BEFORE
 const after = process.env.BOX_BENCH_AFTER ?? PROJECT_ROOT
 if (!before) throw new Error('set BOX_BENCH_BEFORE to a checkout of box with dist/ built')
 const dir = await mkdtemp(join(tmpdir(), 'box-bench-add-startup-'))
-
-const load = () =>
-  loadavg()
-    .map((value) => value.toFixed(2))
-    .join(' ')
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
 
 /** One `box add` by `checkout`: wall and CPU seconds (user + system). */
 async function addOnce(checkout: string, box: string, run: string): Promise<{wall: number; cpu: number}> {
@@ -86,7 +77,7 @@ export async function resolve(specifier, context, next) {
 }
 
 try {
-  console.log(`load before: ${load()}`)
+  console.log(`load before: ${loadAverages()}`)
   const box = await makeBoxFile(dir, {metadata: {provider: 'qemu'}, imageBytes: 64 * 1024})
   // A first run each, untimed: the page cache holds both builds from here on.
   await addOnce(before, box, 'warm-a')
@@ -106,7 +97,7 @@ try {
   console.log(
     `  got modules resolved by box add of a local file: before ${await gotModulesLoaded(before, box)}, after ${await gotModulesLoaded(after, box)}`,
   )
-  console.log(`load after: ${load()}`)
+  console.log(`load after: ${loadAverages()}`)
 } finally {
   await rm(dir, {recursive: true, force: true})
 }

@@ -14,27 +14,18 @@
  * The machine is shared: the load average is printed before and after; run it when quiet.
  */
 import {mkdir, mkdtemp, readFile, readdir, rm, stat} from 'node:fs/promises'
-import {homedir, loadavg, tmpdir} from 'node:os'
+import {homedir, tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {execa} from 'execa'
 
 import {extractBoxArchive} from '../src/lib/box/archive.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
+import {loadAverages, median} from './stats.js'
 
 const pairs = Number(process.env.BOX_BENCH_PAIRS ?? 3)
 const boxBin = join(PROJECT_ROOT, 'bin', 'box')
 const dir = await mkdtemp(join(tmpdir(), 'box-bench-import-'))
-
-const load = () =>
-  loadavg()
-    .map((value) => value.toFixed(2))
-    .join(' ')
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
 
 /** CPU seconds (user + system, children included) of each timed run, by label: steadier than wall time on a shared machine. */
 const cpuSeconds = new Map<string, number[]>()
@@ -94,7 +85,7 @@ async function paired(
     times.a.push(await a.run(i))
     times.b.push(await b.run(i))
     console.log(
-      `  pair ${i + 1}: ${a.name} ${times.a[i]!.toFixed(2)} s, ${b.name} ${times.b[i]!.toFixed(2)} s (ratio ${(times.a[i]! / times.b[i]!).toFixed(2)}) load ${load()}`,
+      `  pair ${i + 1}: ${a.name} ${times.a[i]!.toFixed(2)} s, ${b.name} ${times.b[i]!.toFixed(2)} s (ratio ${(times.a[i]! / times.b[i]!).toFixed(2)}) load ${loadAverages()}`,
     )
   }
   const ratios = times.a.map((time, i) => time / times.b[i]!)
@@ -105,7 +96,7 @@ async function paired(
 }
 
 try {
-  console.log(`load before: ${load()}`)
+  console.log(`load before: ${loadAverages()}`)
   const box = await referenceBox()
   console.log(
     `\n1. ${box} (${((await stat(box)).size / 1e6).toFixed(0)} MB): box add vs vagrant box add, ${pairs} pairs`,
@@ -217,7 +208,7 @@ try {
   )
   console.log('\nCPU seconds (user + system, children included), median:')
   for (const [label, values] of cpuSeconds) console.log(`  ${label}: ${median(values).toFixed(2)} s`)
-  console.log(`\nload after: ${load()}`)
+  console.log(`\nload after: ${loadAverages()}`)
 } finally {
   await rm(dir, {recursive: true, force: true})
 }

@@ -8,21 +8,18 @@
  * Run (it boots QEMU): flock /tmp/box-qemu.lock node --import tsx/esm bench/job-profile.ts
  */
 import {mkdtemp, rm} from 'node:fs/promises'
-import {loadavg, tmpdir} from 'node:os'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {startFreshWorker} from '../src/lib/machine/worker.js'
 import {sshRun} from '../src/lib/machine/ssh.js'
 import {runJob} from '../src/lib/jobs/job.js'
 import {jobSpec, referenceJobBox} from '../test/support/job-box.js'
+import {loadAverages} from './stats.js'
 
 const root = await mkdtemp(join(tmpdir(), 'box-bench-job-profile-'))
 const {box, dir} = await referenceJobBox()
-console.log(
-  `load before: ${loadavg()
-    .map((v) => v.toFixed(2))
-    .join(' ')}`,
-)
+console.log(`load before: ${loadAverages()}`)
 try {
   const spec = {
     box: {name: box.name, version: box.version},
@@ -140,11 +137,7 @@ try {
     console.log(`job without network: ${record.status}, ${Date.now() - started} ms: ${phases.join(', ')}`)
   }
 } finally {
-  console.log(
-    `load after: ${loadavg()
-      .map((v) => v.toFixed(2))
-      .join(' ')}`,
-  )
+  console.log(`load after: ${loadAverages()}`)
   await rm(root, {recursive: true, force: true})
   await rm(dir, {recursive: true, force: true})
 }

@@ -26,6 +26,7 @@ import {runBatch} from '../src/lib/jobs/batch.js'
 import type {JobRecord} from '../src/lib/jobs/spec.js'
 import {startResnapWorker, type WorkerSource} from '../src/lib/jobs/worker.js'
 import {testCacheDir} from '../test/support/cache.js'
+import {median} from './stats.js'
 
 const RUNS = Number(process.env.RUNS ?? 5)
 const JOBS = Number(process.env.JOBS ?? 40)
@@ -35,11 +36,6 @@ const RESNAP_PARALLEL = Number(process.env.RESNAP_PARALLEL ?? 2)
 
 const load = () => loadavg()[0]!.toFixed(1)
 const seconds = (ms: number) => (ms / 1000).toFixed(2)
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
 const phasesText = (record: JobRecord) =>
   Object.entries(record.phases)
     .map(([name, ms]) => `${name} ${seconds(ms!)}`)

@@ -15,16 +15,11 @@ import {addBoxFromFile} from '../src/lib/store/import.js'
 import {listBoxes} from '../src/lib/store/query.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {makeBoxFile} from '../test/fixtures/boxes.js'
+import {median} from './stats.js'
 
 const BOXES = 20
 const runs = Number(process.argv[2] ?? 9)
 const cli = process.env.BOX_BENCH_CLI ?? join(PROJECT_ROOT, 'bin', 'run.js')
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
-}
 
 interface Timing {
   wall: number[]

@@ -12,13 +12,14 @@
  */
 import {createHash, randomBytes} from 'node:crypto'
 import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
-import {loadavg, tmpdir} from 'node:os'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {execa} from 'execa'
 
 import {ensureBox} from '../src/builder/index.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {testCacheDir} from '../test/support/cache.js'
+import {loadAverages} from './stats.js'
 
 const N = Number(process.argv[2] ?? 100)
 if (!Number.isInteger(N) || N < 1) {
@@ -37,10 +38,6 @@ const spread = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b)
   return `min ${seconds(sorted[0]!)}, median ${seconds(sorted[Math.floor(sorted.length / 2)]!)}, max ${seconds(sorted.at(-1)!)} (n=${sorted.length})`
 }
-const load = () =>
-  loadavg()
-    .map((value) => value.toFixed(2))
-    .join(' ')
 
 const WATCHED =
   'find /root /usr/sbin /etc/issue /etc/passwd /etc/group /etc/fstab /etc/hostname /etc/ssh/sshd_config -xdev -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d" " -f1'
@@ -59,7 +56,7 @@ const resnapMs: number[] = []
 const bootMs: number[] = []
 const scriptMs: number[] = []
 const failures: string[] = []
-console.log(`resnap soak: ${N} cycles; load before: ${load()}`)
+console.log(`resnap soak: ${N} cycles; load before: ${loadAverages()}`)
 const started = Date.now()
 let cycles = 0
 
@@ -137,6 +134,6 @@ resnap soak: ${cycles} cycles${cycles < N ? ` of ${N} asked` : ''} (${cycles + 1
   box resnap (halt + boot to ssh): ${spread(resnapMs)}
   boot (QEMU start → ssh):         ${spread(bootMs)}
   resnap script in the initramfs:  ${spread(scriptMs)}
-  load after: ${load()}`)
+  load after: ${loadAverages()}`)
 for (const failure of failures) console.log(`  ${failure}`)
 process.exitCode = failures.length > 0 ? 1 : 0

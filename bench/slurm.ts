@@ -22,6 +22,7 @@ import {execa} from 'execa'
 import {ensureBox} from '../src/builder/index.js'
 import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {testCacheDir} from '../test/support/cache.js'
+import {median} from './stats.js'
 
 const mode = process.argv[2] ?? 'submit'
 const cli = join(PROJECT_ROOT, 'bin', 'run.js')
@@ -36,11 +37,6 @@ if (!slurmConf) {
 }
 const env = {BOX_DATA_DIR: join(root, 'data'), BOX_CACHE_DIR: join(root, 'cache'), NO_COLOR: '1', SLURM_CONF: slurmConf}
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`
 
 async function box(args: string[], cwd: string) {

@@ -13,7 +13,7 @@
  * (RUNS=N for more runs; RESNAP=0 without the resnap boots.)
  */
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
-import {loadavg, tmpdir} from 'node:os'
+import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {execa} from 'execa'
 
@@ -27,6 +27,7 @@ import {saveSnapshot} from '../src/lib/machine/snapshots.js'
 import {startFreshWorker} from '../src/lib/machine/worker.js'
 import {QemuProvider} from '../src/providers/qemu/index.js'
 import {testCacheDir} from '../test/support/cache.js'
+import {loadAverages} from './stats.js'
 
 const RUNS = Number(process.env.RUNS ?? 5)
 const BIN = join(PROJECT_ROOT, 'bin', 'box')
@@ -34,10 +35,6 @@ const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floo
 const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`
 const range = (values: number[]) =>
   `median ${seconds(median(values))} (${seconds(Math.min(...values))}–${seconds(Math.max(...values))}, n=${values.length})`
-const load = () =>
-  loadavg()
-    .map((value) => value.toFixed(2))
-    .join(' ')
 
 const cacheDir = testCacheDir()
 const {path: boxFile} = await ensureBox(join(PROJECT_ROOT, 'boxes', 'debian-bookworm'), {cacheDir})
@@ -52,7 +49,7 @@ const figure = (name: string, value: string) => {
   figures[name] = value
   console.log(`${name}: ${value}`)
 }
-console.log(`load before: ${load()}`)
+console.log(`load before: ${loadAverages()}`)
 
 try {
   await execa('mkdir', ['-p', project])
@@ -155,6 +152,6 @@ try {
   await rm(work, {recursive: true, force: true})
 }
 
-console.log(`load after: ${load()}`)
+console.log(`load after: ${loadAverages()}`)
 console.log('---')
 for (const [name, value] of Object.entries(figures)) console.log(`${name}: ${value}`)

@@ -15,7 +15,7 @@ import {ensureBox} from '../../src/builder/index.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from '../support/cache.js'
 import {box, type CliEnv} from '../support/cli.js'
-import {parseDuration, screenRows, Terminal, uncleanRow} from '../support/terminal.js'
+import {exitCodeIn, parseDuration, screenRows, Terminal, uncleanRow} from '../support/terminal.js'
 
 const BOXFILE = `box: reference
 site: example.org
@@ -59,17 +59,6 @@ function bannerWithin(port: number, ms: number): Promise<boolean> {
     socket.once('close', () => done(false))
     socket.setTimeout(ms, () => done(false))
   })
-}
-
-/** The exit code box wrote to `file`, waiting for it. */
-async function exitCodeIn(file: string, timeoutMs: number): Promise<string | undefined> {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    const text = await readFile(file, 'utf8').catch(() => '')
-    if (text.endsWith('\n')) return text.trim()
-    await sleep(500)
-  }
-  return undefined
 }
 
 const occurrences = (text: string, needle: string) => text.split(needle).length - 1

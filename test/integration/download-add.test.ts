@@ -8,9 +8,9 @@ import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
 import {addBoxFromSource, checksumFromFlags, downloadPath, identifySource} from '../../src/lib/store/add.js'
 import {partPath} from '../../src/lib/store/download.js'
-import {BoxError} from '../../src/lib/core/errors.js'
 import {getCatalogUrl, listBoxes} from '../../src/lib/store/query.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
+import {rejection} from '../support/rejection.js'
 import {startTestServer, type TestServer} from './download-server.js'
 
 /**
@@ -38,15 +38,6 @@ async function serveBox(
 
 function serveCatalog(path: string, catalog: unknown): void {
   server.files.set(path, {data: Buffer.from(JSON.stringify(catalog)), contentType: 'application/json', etag: '"c"'})
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BoxError> {
-  const error = await promise.then(
-    () => undefined,
-    (error_: unknown) => error_,
-  )
-  expect(error).toBeInstanceOf(BoxError)
-  return error as BoxError
 }
 
 beforeEach(async () => {

@@ -17,11 +17,11 @@ import {addBoxFromSource, downloadPath} from '../../src/lib/store/add.js'
 import {download, partPath, type DownloadProgress} from '../../src/lib/store/download.js'
 import {hostArchitecture, loadCatalog} from '../../src/lib/store/catalog.js'
 import {MAX_REDIRECTS} from '../../src/lib/store/http.js'
-import {BoxError} from '../../src/lib/core/errors.js'
 import {listBoxes} from '../../src/lib/store/query.js'
 import {checkOutdated, updateBoxes} from '../../src/lib/store/updates.js'
 import {makeBoxFile, makeTempDir} from '../fixtures/boxes.js'
 import {makeTestCa, type TestCa} from '../support/tls.js'
+import {rejection} from '../support/rejection.js'
 import {startTestServer, type TestServer} from './download-server.js'
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex')
@@ -34,15 +34,6 @@ async function server(options?: Parameters<typeof startTestServer>[0]): Promise<
   const started = await startTestServer(options)
   servers.push(started)
   return started
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BoxError> {
-  const error = await promise.then(
-    () => undefined,
-    (error_: unknown) => error_,
-  )
-  expect(error).toBeInstanceOf(BoxError)
-  return error as BoxError
 }
 
 /** What a failed add must leave: no box, no import scratch (.tmp-*) in the store, nothing in the download folder. */
@@ -354,17 +345,20 @@ describe('resume keyed by URL and checksum', () => {
       retryDelayMs: 10,
     })
     expect(checked.resumedFrom).toBe(half)
-    // And a part that does not make the file is caught at the end, not trusted.
+    // And a part whose bytes do not make the file is caught at the end, not trusted: the
+    // right checksum, the right length, other bytes on disk, resumed from there.
     origin.plan.push({cutAfter: half}, {status: 503}, {status: 503})
     await leavePart()
+    await writeFile(partPath(dest), randomBytes(half))
     const wrong = await rejection(
       download({
         url: origin.url('/r.box'),
         dest,
-        checksum: {type: 'sha256', value: sha256(randomBytes(8))},
+        checksum: {type: 'sha256', value: sha256(data)},
         retryDelayMs: 10,
       }),
     )
+    expect(origin.requests.at(-1)!.range).toBe(`bytes=${half}-`)
     expect(wrong.message).toBe(`checksum mismatch for ${origin.url('/r.box')}`)
   })
 

@@ -5,7 +5,6 @@ import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {BoxError} from '../../src/lib/core/errors.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {listMachines, machinesUsingBox, registerMachine, unregisterMachine} from '../../src/lib/store/machine-index.js'
 import {addBoxFromFile} from '../../src/lib/store/import.js'
@@ -13,6 +12,7 @@ import {boxesDir, escapeBoxName, unescapeBoxName, validateBoxName} from '../../s
 import {findBox, getCatalogUrl, listBoxes, setCatalogUrl} from '../../src/lib/store/query.js'
 import {removeBox} from '../../src/lib/store/remove.js'
 import {makeBoxFile, makeTempDir, sha256File, writeRawTar} from '../fixtures/boxes.js'
+import {rejection} from '../support/rejection.js'
 
 let dir: string
 let dataDir: string
@@ -29,15 +29,6 @@ afterEach(async () => {
 /** The store's top level: only box directories, never scratch left behind. */
 async function storeTopLevel(): Promise<string[]> {
   return (await readdir(boxesDir(dataDir)).catch(() => [])).sort()
-}
-
-async function rejection(promise: Promise<unknown>): Promise<BoxError> {
-  const error = await promise.then(
-    () => undefined,
-    (error_: unknown) => error_,
-  )
-  expect(error).toBeInstanceOf(BoxError)
-  return error as BoxError
 }
 
 describe('addBoxFromFile', () => {
