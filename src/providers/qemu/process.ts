@@ -4,10 +4,9 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {BoxError} from '../../lib/core/errors.js'
 import {run} from '../../lib/core/exec.js'
+import {QEMU_BINARY} from './accel.js'
 import {buildQemuArgs, optionValue, type QemuLaunchSpec} from './argv.js'
 import {QmpClient} from './qmp.js'
-
-export const QEMU_BINARY = 'qemu-system-x86_64'
 
 /** QEMU could not bind a forwarded host port; the caller may pick another one. */
 export class HostPortInUseError extends BoxError {}
