@@ -78,17 +78,17 @@ describe('state streams (the saved state between QEMU and its file, hashed on th
     const file = join(dir, 'state')
     await writeFile(file, data)
     const socket = join(dir, 'out.sock')
-    let got = 0
-    const server = createServer((peer: Socket) =>
+    const server = createServer((peer: Socket) => {
+      // Per connection: the last one's tail may still be read when the next one begins.
+      let got = 0
       peer.on('data', (chunk: Buffer) => {
         got += chunk.length
         // Closed at once, maybe before our end of the socket is shut down.
         if (got === data.length) peer.destroy()
-      }),
-    )
+      })
+    })
     await new Promise<void>((resolve) => server.listen(socket, resolve))
     for (let i = 0; i < 5; i++) {
-      got = 0
       expect(await sendState(socket, file)).toEqual({bytes: data.length, sha256: sha256(data)})
     }
     server.close()

@@ -105,24 +105,30 @@ async function timed<T>(
   work: () => Promise<T>,
 ): Promise<T> {
   const started = Date.now()
-  let timer: NodeJS.Timeout | undefined
   try {
-    const limit =
-      limitMs === undefined
-        ? undefined
-        : new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () =>
-                reject(
-                  new InfrastructureError(`the ${phase} phase did not finish within ${Math.round(limitMs / 1000)} s`),
-                ),
-              limitMs,
-            )
-          })
-    return await (limit ? Promise.race([work(), limit]) : work())
+    return await (limitMs === undefined
+      ? work()
+      : withinDeadline(
+          work(),
+          limitMs,
+          () => new InfrastructureError(`the ${phase} phase did not finish within ${Math.round(limitMs / 1000)} s`),
+        ))
+  } finally {
+    state.phases[phase] = Date.now() - started
+  }
+}
+
+/** `work`, or `error()` once `limitMs` has passed first (work goes on, its own failure then ignored). */
+async function withinDeadline<T>(work: Promise<T>, limitMs: number, error: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(error()), limitMs)
+  })
+  work.catch(() => undefined)
+  try {
+    return await Promise.race([work, limit])
   } finally {
     clearTimeout(timer)
-    state.phases[phase] = Date.now() - started
   }
 }
 
@@ -289,21 +295,14 @@ export async function wait(state: JobState): Promise<void> {
       if (worker.ssh) {
         // A restored worker: the ready state's own key; sshReady also sets the clock where no agent did.
         state.ssh = worker.ssh
-        const ready = worker.sshReady ? worker.sshReady() : Promise.resolve()
-        let timer: NodeJS.Timeout | undefined
-        const limit = new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () =>
-              reject(
-                new InfrastructureError(
-                  `the worker's ssh did not answer within ${Math.round(spec.phaseTimeouts.wait / 1000)} s`,
-                ),
-              ),
-            Math.max(1000, deadline - Date.now()),
-          )
-        })
-        ready.catch(() => undefined)
-        await Promise.race([ready, limit]).finally(() => clearTimeout(timer))
+        await withinDeadline(
+          worker.sshReady ? worker.sshReady() : Promise.resolve(),
+          Math.max(1000, deadline - Date.now()),
+          () =>
+            new InfrastructureError(
+              `the worker's ssh did not answer within ${Math.round(spec.phaseTimeouts.wait / 1000)} s`,
+            ),
+        )
         return
       }
       const keyFile = await installPrivateKey(join(PROJECT_ROOT, 'static', 'insecure_key'), files(state).key)

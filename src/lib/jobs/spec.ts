@@ -71,13 +71,12 @@ export interface PhaseTimes {
   destroy?: number
 }
 
-/** result.json: one per job. */
 /** How a worker started, for the job's record. */
 export interface WorkerStart {
   how: 'restored' | 'resnap-boot'
   /** The ready state's key (restored workers). */
   readyState?: string
-  /** This job's start made the ready state first (its boot is in the create phase). */
+  /** This job's start made the ready state first (its boot is the phase `ready`, or in `create` when the source has no prepare). */
   madeReadyState?: boolean
   /** From starting QEMU to the guest running again (restored workers). */
   loadMs?: number
@@ -85,6 +84,7 @@ export interface WorkerStart {
   why?: string
 }
 
+/** result.json: one per job. */
 export interface JobRecord {
   id: string
   box: {name: string; version: string}

@@ -108,7 +108,7 @@ export const startResnapWorker: WorkerSource = async (spec, options) => {
 }
 
 /** The ready state's view of a job worker: a job without network has no interface at all and two disk slots. */
-export async function readyWorkerSpec(spec: WorkerSpec): Promise<ReadyWorkerSpec> {
+async function readyWorkerSpec(spec: WorkerSpec): Promise<ReadyWorkerSpec> {
   return {
     box: {name: spec.boxName, version: spec.boxVersion},
     image: {name: spec.boxName, version: spec.boxVersion, box: spec.box},
@@ -141,9 +141,7 @@ const startReady = async (spec: WorkerSpec, options: WorkerSourceOptions): Promi
     options.progress?.stage(`job ${spec.jobId}: a resnap boot (${why})`).done()
     return {...worker, start: {how: 'resnap-boot', why}}
   }
-  const readySpec = await readyWorkerSpec(spec)
-  const common = {dataDir: '', cacheDir: options.cacheDir, provider, signal: options.signal, progress: options.progress}
-  const readyState = await ensureReadyState(readySpec, common)
+  const {readySpec, readyState, common} = await readyStateOf(spec, options, provider)
   const fresh = await startFromReadyState(readyState, readySpec, {...common, drives: spec.drives, waitForSsh: false})
   return {
     stateDir: fresh.stateDir,
@@ -162,18 +160,18 @@ const startReady = async (spec: WorkerSpec, options: WorkerSourceOptions): Promi
   }
 }
 
+/** The ready state for a job worker of `spec`, made now if there is none yet. */
+async function readyStateOf(spec: WorkerSpec, options: WorkerSourceOptions, provider: Provider) {
+  const readySpec = await readyWorkerSpec(spec)
+  const common = {dataDir: '', cacheDir: options.cacheDir, provider, signal: options.signal, progress: options.progress}
+  return {readySpec, common, readyState: await ensureReadyState(readySpec, common)}
+}
+
 export const startReadyWorker: WorkerSource = Object.assign(startReady, {
   prepare: async (spec: WorkerSpec, options: WorkerSourceOptions) => {
     const provider = providerFor('qemu', options.cacheDir)
     if (!canMakeReadyStates(provider)) return {made: false}
-    const readyState = await ensureReadyState(await readyWorkerSpec(spec), {
-      dataDir: '',
-      cacheDir: options.cacheDir,
-      provider,
-      signal: options.signal,
-      progress: options.progress,
-    })
-    return {made: readyState.built}
+    return {made: (await readyStateOf(spec, options, provider)).readyState.built}
   },
 })
 

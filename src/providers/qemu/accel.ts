@@ -5,6 +5,9 @@ import {join} from 'node:path'
 import {BoxError, ExitCode} from '../../lib/core/errors.js'
 import {findOnPath, missingProgramError, run, spawn} from '../../lib/core/exec.js'
 
+/** The QEMU every machine runs on (and whose accelerators and version are asked here). */
+export const QEMU_BINARY = 'qemu-system-x86_64'
+
 export type Accel = 'kvm' | 'hvf' | 'tcg'
 export const ACCELS: readonly Accel[] = ['kvm', 'hvf', 'tcg']
 
@@ -83,7 +86,7 @@ export async function resolveAccel(options: ProbeOptions): Promise<AccelResult> 
     }
     return {accel: forced as Accel, source: 'env', attempts: []}
   }
-  const qemu = options.qemuBinary ?? 'qemu-system-x86_64'
+  const qemu = options.qemuBinary ?? QEMU_BINARY
   const candidates = await candidateAccels()
   // The default binary's version from its stat-keyed cache: no QEMU spawned for it at every start.
   const version = options.qemuBinary ? await qemuVersion(qemu) : (await hostQemu(options.cacheDir)).version
@@ -156,8 +159,6 @@ function probeMachineArgs(): string[] {
   ]
 }
 
-const DEFAULT_QEMU = 'qemu-system-x86_64'
-
 export interface HostQemu {
   version: string
   /** The versioned machine type `-machine pc` stands for. */
@@ -169,7 +170,7 @@ export interface HostQemu {
  * replaces the file), so starting a worker does not spawn QEMU twice to ask.
  */
 export async function hostQemu(cacheDir: string): Promise<HostQemu> {
-  const binary = (await findOnPath(DEFAULT_QEMU)) ?? DEFAULT_QEMU
+  const binary = (await findOnPath(QEMU_BINARY)) ?? QEMU_BINARY
   const info = await stat(binary).catch(() => undefined)
   const key = `${binary}:${info?.size}:${info?.mtimeMs}`
   const cacheFile = join(cacheDir, 'qemu-host.json')
@@ -178,8 +179,8 @@ export async function hostQemu(cacheDir: string): Promise<HostQemu> {
     if (cached.key === key) return {version: cached.version, pcMachineType: cached.pcMachineType}
   } catch {}
   const [version, machines] = await Promise.all([
-    qemuVersion(DEFAULT_QEMU),
-    run(DEFAULT_QEMU, ['-machine', 'help'], {timeout: 10_000, purpose: 'listing QEMU machine types'}),
+    qemuVersion(QEMU_BINARY),
+    run(QEMU_BINARY, ['-machine', 'help'], {timeout: 10_000, purpose: 'listing QEMU machine types'}),
   ])
   // "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)"
   const pcMachineType = /^pc\s.*\(alias of ([\w.-]+)\)/m.exec(String(machines.stdout))?.[1] ?? 'pc'
@@ -190,7 +191,7 @@ export async function hostQemu(cacheDir: string): Promise<HostQemu> {
   return result
 }
 
-export async function qemuVersion(qemu = 'qemu-system-x86_64'): Promise<string> {
+async function qemuVersion(qemu: string): Promise<string> {
   // run's errors are BoxErrors: a missing QEMU names its package, a failing one its command.
   const {stdout} = await run(qemu, ['--version'], {timeout: 10_000, purpose: 'asking QEMU its version'})
   return /version ([\d.]+)/.exec(stdout)?.[1] ?? stdout.split('\n')[0]!

@@ -151,8 +151,7 @@ export class QemuProvider implements Provider {
     const files = instanceFiles(machine.stateDir)
     // Its disk goes with it: nothing to flush or let finish, so SIGKILL rather than a QMP
     // `quit` and its coarse wait (1–2 s under TCG, on the way of every job's result).
-    await killQemu({pidFile: files.pidFile, qmpSocket: files.qmpSocket})
-    await rm(files.pidFile, {force: true})
+    await killQemu(files)
     await rm(files.qmpSocket, {force: true})
     await rm(files.overlay, {force: true})
     await rm(snapshotsDir(machine.stateDir), {recursive: true, force: true})

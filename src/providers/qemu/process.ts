@@ -4,10 +4,9 @@ import {setTimeout as sleep} from 'node:timers/promises'
 
 import {BoxError} from '../../lib/core/errors.js'
 import {run} from '../../lib/core/exec.js'
+import {QEMU_BINARY} from './accel.js'
 import {buildQemuArgs, optionValue, type QemuLaunchSpec} from './argv.js'
 import {QmpClient} from './qmp.js'
-
-export const QEMU_BINARY = 'qemu-system-x86_64'
 
 /** QEMU could not bind a forwarded host port; the caller may pick another one. */
 export class HostPortInUseError extends BoxError {}
@@ -90,20 +89,22 @@ export async function waitForExit(pid: number, timeoutMs: number, pollMs = 100):
  * its RAM): nothing it holds is kept, so there is nothing to let it finish, and `quit`
  * costs a QMP round trip and a coarse wait. Its disk layers below the running overlay were
  * flushed when they were frozen (QMP `stop` flushes). Resolves once it is gone, so its host
- * ports and files are free.
+ * ports and files are free, and its pid file (stale or not) removed.
  */
 export async function killQemu(options: {pidFile: string; qmpSocket: string}): Promise<boolean> {
   const pid = await runningPid(options.pidFile, options.qmpSocket)
-  if (!pid) return false
-  try {
-    process.kill(pid, 'SIGKILL')
-  } catch {}
-  // Freeing 1 GiB of guest RAM takes a few milliseconds: poll finely.
-  if (!(await waitForExit(pid, 5000, 5)))
-    throw new BoxError(`QEMU (pid ${pid}) did not exit after SIGKILL`, {
-      suggestions: ['see whether the process is stuck in the kernel (ps -o stat,wchan -p PID)'],
-    })
-  return true
+  if (pid) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+    // Freeing 1 GiB of guest RAM takes a few milliseconds: poll finely.
+    if (!(await waitForExit(pid, 5000, 5)))
+      throw new BoxError(`QEMU (pid ${pid}) did not exit after SIGKILL`, {
+        suggestions: ['see whether the process is stuck in the kernel (ps -o stat,wchan -p PID)'],
+      })
+  }
+  await rm(options.pidFile, {force: true})
+  return pid !== undefined
 }
 
 export interface StopResult {

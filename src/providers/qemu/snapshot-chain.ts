@@ -292,7 +292,6 @@ export class QemuSnapshots implements ProviderSnapshots {
     if (entry.kind !== 'running') {
       // The disk the machine has now is dropped: no need to let its QEMU finish.
       await killQemu(files)
-      await rm(files.pidFile, {force: true})
       const {index, layer, entry: settled} = await this.settled(machine.stateDir, name)
       if (options.consume) await this.takeOver(dir, index, settled)
       else {
@@ -321,7 +320,6 @@ export class QemuSnapshots implements ProviderSnapshots {
     await checkStateFits(compat, common)
     await checkStateFile(state, compat, what)
     await killQemu(files)
-    await rm(files.pidFile, {force: true})
     const {index, layer, entry: settled} = await this.settled(machine.stateDir, name)
     // pop: the snapshot's own layer becomes the disk (the chain does not grow), given back if the load fails.
     const takenOver = options.consume ? await this.takeOver(dir, index, settled) : undefined

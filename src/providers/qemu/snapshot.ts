@@ -543,8 +543,7 @@ export async function startFromState(options: StartFromStateOptions): Promise<St
     return {booted, loadMs: Date.now() - launched, overlayBytesBeforeRun}
   } catch (error) {
     // No orphan: whatever went wrong (Ctrl-C included), the QEMU started here goes.
-    await killQemu({pidFile: options.files.pidFile, qmpSocket: options.files.qmpSocket})
-    await rm(options.files.pidFile, {force: true})
+    await killQemu(options.files)
     throw error
   } finally {
     qmp?.close()
