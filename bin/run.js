@@ -10,7 +10,7 @@ if (major < 20 || (major === 20 && minor < 19)) {
   process.exit(1)
 }
 
-// box ssh and box status answer without loading oclif when their arguments are plain (src/cli/fast-path.ts).
+// box ssh, status, snapshot restore and run answer without loading oclif when their arguments are plain (src/cli/fast-path.ts).
 const {runFastPath} = await import('../dist/lib/bundle/fast-path.js')
 if (!(await runFastPath(process.argv.slice(2)))) {
   const {execute, settings} = await import('@oclif/core')

@@ -2,6 +2,7 @@ import {Command, Flags, type Interfaces} from '@oclif/core'
 
 import {BoxError, boxErrorJson, ExitCode, formatBoxError} from '../lib/core/errors.js'
 import {createProgress, type Progress} from '../lib/core/progress.js'
+import {listenForInterrupt, type Interrupt} from './interrupt.js'
 
 export type FlagsOf<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 export type ArgsOf<T extends typeof Command> = Interfaces.InferredArgs<T['args']>
@@ -23,18 +24,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected args!: ArgsOf<T>
   /** Positional arguments as parsed (for commands with `strict = false`). */
   protected positionals: string[] = []
-  private readonly abortController = new AbortController()
-  private interrupted = false
+  private interrupt?: Interrupt
+  /** Until init listens for signals: a signal that never aborts. */
+  private readonly neverAborted = new AbortController().signal
 
   /** Aborted on the first Ctrl-C / SIGTERM; a second one exits at once. */
   protected get signal(): AbortSignal {
-    return this.abortController.signal
-  }
-
-  private readonly onSignal = (signal: NodeJS.Signals) => {
-    if (this.interrupted) process.exit(ExitCode.INTERRUPTED)
-    this.interrupted = true
-    this.abortController.abort(new BoxError(`interrupted (${signal})`, {exitCode: ExitCode.INTERRUPTED}))
+    return this.interrupt?.signal ?? this.neverAborted
   }
 
   public async init(): Promise<void> {
@@ -53,8 +49,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     this.flags = flags as FlagsOf<T>
     this.args = args as ArgsOf<T>
     this.positionals = argv as string[]
-    process.on('SIGINT', this.onSignal)
-    process.on('SIGTERM', this.onSignal)
+    this.interrupt = listenForInterrupt()
   }
 
   /** Rows as aligned columns, two spaces apart. */
@@ -83,7 +78,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     const boxError =
       error instanceof BoxError
         ? error
-        : (promptClosed ?? (reason instanceof BoxError && this.interrupted ? reason : undefined))
+        : (promptClosed ?? (reason instanceof BoxError && this.interrupt?.interrupted ? reason : undefined))
     if (!boxError) return super.catch(error)
     if (this.jsonEnabled()) this.logJson(boxErrorJson(boxError))
     else process.stderr.write(formatBoxError(boxError))
@@ -92,8 +87,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   }
 
   protected async finally(error: Error | undefined): Promise<unknown> {
-    process.off('SIGINT', this.onSignal)
-    process.off('SIGTERM', this.onSignal)
+    this.interrupt?.dispose()
     return super.finally(error)
   }
 }

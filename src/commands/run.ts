@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core'
 
 import {BaseCommand} from '../cli/base-command.js'
-import {runCommandJob} from '../lib/jobs/run.js'
+import {jobEndLine, runCommandJob} from '../lib/jobs/run.js'
 import type {JobRecord} from '../lib/jobs/spec.js'
 
 export default class Run extends BaseCommand<typeof Run> {
@@ -49,7 +49,7 @@ With --network off (the default) the worker has no network interface at all: inp
   async run(): Promise<JobRecord> {
     const separator = this.argv.indexOf('--')
     const command = separator === -1 ? this.positionals : this.argv.slice(separator + 1)
-    const {record, resultDir} = await runCommandJob({
+    const result = await runCommandJob({
       command,
       box: this.flags.box,
       machine: this.flags.machine,
@@ -70,18 +70,8 @@ With --network off (the default) the worker has no network interface at all: inp
       progress: this.progress(),
       signal: this.signal,
     })
-    if (!this.jsonEnabled()) {
-      const why =
-        record.status === 'infrastructure'
-          ? `: ${record.error?.message.split('\n')[0]}`
-          : record.outputLimitHit
-            ? ': output limit reached'
-            : record.timedOut
-              ? ': timed out'
-              : ''
-      this.logToStderr(`job ${record.id}: ${record.status}, exit ${record.exitCode}${why}; results in ${resultDir}`)
-    }
-    process.exitCode = record.exitCode
-    return record
+    if (!this.jsonEnabled()) this.logToStderr(jobEndLine(result))
+    process.exitCode = result.record.exitCode
+    return result.record
   }
 }

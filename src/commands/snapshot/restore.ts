@@ -1,4 +1,4 @@
-import {restoreSnapshot, type RestoredSnapshot} from '../../lib/machine/snapshots.js'
+import {restoredLine, restoreSnapshot, type RestoredSnapshot} from '../../lib/machine/snapshots.js'
 import {SnapshotCommand} from '../../cli/snapshot-command.js'
 
 export default class SnapshotRestore extends SnapshotCommand<typeof SnapshotRestore> {
@@ -11,11 +11,7 @@ export default class SnapshotRestore extends SnapshotCommand<typeof SnapshotRest
     const {machines, context, snapshot} = await this.snapshotTarget()
     const results: RestoredSnapshot[] = []
     for (const machine of machines) results.push(await restoreSnapshot(context, machine, snapshot))
-    if (!this.jsonEnabled())
-      for (const r of results)
-        this.log(
-          `${r.machine}: restored snapshot "${r.name}"${r.running ? `, running (ssh on 127.0.0.1:${r.sshPort})` : ', halted'}`,
-        )
+    if (!this.jsonEnabled()) for (const restored of results) this.log(restoredLine(restored))
     return results
   }
 }

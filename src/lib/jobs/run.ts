@@ -115,3 +115,16 @@ export async function runCommandJob(options: RunCommandOptions): Promise<RunComm
     throw error
   }
 }
+
+/** The line `box run` ends with on stderr (not with --json). */
+export function jobEndLine({record, resultDir}: RunCommandResult): string {
+  const why =
+    record.status === 'infrastructure'
+      ? `: ${record.error?.message.split('\n')[0]}`
+      : record.outputLimitHit
+        ? ': output limit reached'
+        : record.timedOut
+          ? ': timed out'
+          : ''
+  return `job ${record.id}: ${record.status}, exit ${record.exitCode}${why}; results in ${resultDir}`
+}

@@ -19,7 +19,7 @@ import {lockMachine, machineDir, readRecord, writeRecord, type MachineContext, t
 import {closeSshMaster} from './keys.js'
 import {sshTarget} from './ssh-session.js'
 import {handleFor} from './up.js'
-import {sshRun, waitForSsh} from './ssh.js'
+import {sshRun, waitForSsh, waitForSshListening} from './ssh.js'
 
 /** Names as Vagrant allows them in practice, and safe anywhere box shows them. */
 const SNAPSHOT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
@@ -128,6 +128,11 @@ export interface RestoredSnapshot {
   restoreMs: number
 }
 
+/** What `box snapshot restore` prints for one machine. */
+export function restoredLine(restored: RestoredSnapshot): string {
+  return `${restored.machine}: restored snapshot "${restored.name}"${restored.running ? `, running (ssh on 127.0.0.1:${restored.sshPort})` : ', halted'}`
+}
+
 export async function restoreSnapshot(
   context: MachineContext,
   machine: ResolvedMachine,
@@ -150,8 +155,10 @@ async function restoreLocked(
     // The old QEMU's ssh master goes with it (closed meanwhile, gone before a new one is made),
     // and so do the forwards forward_ports: auto added to it.
     const masterClosed = closeSshMaster(opened.provider.sshControlPath({stateDir: opened.stateDir}))
-    const {startAutoForward, stopAutoForward} = await import('./auto-forward.js')
-    await stopAutoForward(opened.stateDir)
+    // Only forward_ports: auto has a watcher (its module loads every provider: 0.1 s of a restore);
+    // one left from an earlier Boxfile ends with the QEMU it watched.
+    const autoForward = machine.forwardPorts === 'auto' ? await import('./auto-forward.js') : undefined
+    await autoForward?.stopAutoForward(opened.stateDir)
     const restored = await opened.snapshots
       .restore(handle, name, {sshPort: opened.record.sshPort, signal: context.signal, consume})
       .finally(() => masterClosed)
@@ -161,7 +168,7 @@ async function restoreLocked(
     }
     const record = await resumeGuest(context, machine, opened, handle, restored.started, restored.agent ?? false)
     // The restored guest's servers are found again by a watcher of the new QEMU.
-    if (machine.forwardPorts === 'auto' && restored.agent) await startAutoForward(opened.stateDir, opened.provider.name)
+    if (autoForward && restored.agent) await autoForward.startAutoForward(opened.stateDir, opened.provider.name)
     stage.done(`running again, ssh on 127.0.0.1:${record.sshPort}`)
     return {
       machine: machine.name,
@@ -205,29 +212,29 @@ async function resumeGuest(
   }
   const withAgent = {...opened, record}
   const target = sshTarget(opened.stateDir, record, opened.provider)
-  const sshUp = () =>
-    waitForSsh(target, {
-      timeoutMs: 120_000,
-      isAlive: started.isAlive,
-      serialLog: started.serialLog,
-      sshListening: started.sshListening,
-      signal: context.signal,
-      // The first command (box ssh) has a session of its own: none for the probe.
-      masterOnly: true,
-    })
+  const waitOptions = {
+    timeoutMs: 120_000,
+    isAlive: started.isAlive,
+    serialLog: started.serialLog,
+    sshListening: started.sshListening,
+    signal: context.signal,
+    // The first command (box ssh) has a session of its own: none for the probe.
+    masterOnly: true,
+  }
   if (agent && opened.provider.askAgent) {
-    // The RNG first: sshd seeds each connection's process from it. Then the ssh login, and the
-    // clock while it runs (asked second: the agent answers one question at a time, and the
-    // login waits for its "sshd listens").
+    // The RNG first: sshd seeds each connection's process from it. Then the agent is asked
+    // whether sshd listens before it sets the clock (it answers one question at a time, and
+    // the clock's `date` took 0.2 s after a restore), and the ssh login runs while it does.
     await opened.provider.askAgent({stateDir: opened.stateDir}, `reseed ${randomBytes(64).toString('hex')}`, {
       timeoutMs: 10_000,
     })
-    const login = sshUp()
-    await Promise.all([login, setGuestClock(withAgent)])
+    const listening = waitForSshListening(waitOptions)
+    const clockSet = setGuestClock(withAgent)
+    await Promise.all([listening.then((answer) => waitForSsh(target, {...waitOptions, listening: answer})), clockSet])
     return record
   }
   // Without the agent, over ssh once it answers.
-  await sshUp()
+  await waitForSsh(target, waitOptions)
   await sshRun(target, ['sudo', 'date', '-u', '-s', `@${hostEpoch()}`], {purpose: 'setting the guest clock'})
   // Mixed into the pool (no forced reseed without the agent's ioctl).
   await sshRun(target, ['sudo', 'dd', 'of=/dev/urandom', 'status=none'], {

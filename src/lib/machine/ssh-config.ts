@@ -3,7 +3,7 @@ import {providerFor} from '../../providers/index.js'
 import type {ResolvedMachine} from '../boxfile/types.js'
 import {BugError} from '../core/errors.js'
 import {machineDir, readRecord, type MachineContext} from './context.js'
-import type {SshTarget} from './ssh.js'
+import {SSH_KEX_ALGORITHMS, type SshTarget} from './ssh.js'
 import {sshTarget} from './ssh-session.js'
 
 export interface SshConfigEntry {
@@ -56,6 +56,7 @@ export function sshConfigBlock(name: string, ssh: NonNullable<SshConfigEntry['ss
     `  User ${ssh.user}`,
     `  IdentityFile ${quoteConfigValue(ssh.identityFile)}`,
     '  IdentitiesOnly yes',
+    `  KexAlgorithms ${SSH_KEX_ALGORITHMS}`,
     '  StrictHostKeyChecking yes',
     `  UserKnownHostsFile ${quoteConfigValue(ssh.knownHostsFile)}`,
     `  HostKeyAlias ${ssh.hostKeyAlias}`,
