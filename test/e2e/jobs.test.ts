@@ -124,7 +124,9 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       context(
         jobSpec({
           id: 'next',
-          command: 'cat /proc/sys/kernel/random/boot_id; ls /tmp/left-by-echo 2>/dev/null || echo absent',
+          // And the job's shell holds only its stdin, stdout and stderr: none of box-agent's (its virtio port, its root helper).
+          command:
+            'cat /proc/sys/kernel/random/boot_id; ls /tmp/left-by-echo 2>/dev/null || echo absent; ls /proc/$$/fd | sort -n | tr "\\n" " "',
         }),
         resultDir,
       ),
@@ -139,7 +141,11 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     })
     expect(Object.keys(record.phases)).toEqual(['copyIn', 'create', 'wait', 'run', 'copyOut', 'destroy'])
     // The same saved machine (one boot), yet a new disk and RAM as saved: the first job's file is gone.
-    expect((await readFile(join(resultDir, 'stdout'), 'utf8')).trim().split('\n')).toEqual([readyBootId, 'absent'])
+    expect((await readFile(join(resultDir, 'stdout'), 'utf8')).trim().split('\n')).toEqual([
+      readyBootId,
+      'absent',
+      '0 1 2',
+    ])
   })
 
   it('a command that never ends: killed at the timeout, exit 124, the worker destroyed', async () => {
