@@ -124,9 +124,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       context(
         jobSpec({
           id: 'next',
-          // And the job's shell holds only its stdin, stdout and stderr: none of box-agent's (its virtio port, its root helper).
+          // And the job's shell holds only its stdin, stdout and stderr, none of box-agent's (its
+          // virtio port, its root helper): the shell's own glob (a pipe would show its own end).
           command:
-            'cat /proc/sys/kernel/random/boot_id; ls /tmp/left-by-echo 2>/dev/null || echo absent; ls /proc/$$/fd | sort -n | tr "\\n" " "',
+            'cat /proc/sys/kernel/random/boot_id; ls /tmp/left-by-echo 2>/dev/null || echo absent; cd /proc/$$/fd && echo *',
         }),
         resultDir,
       ),
