@@ -124,10 +124,10 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
       context(
         jobSpec({
           id: 'next',
-          // And the job's shell holds only its stdin, stdout and stderr, none of box-agent's (its
-          // virtio port, its root helper): the shell's own glob (a pipe would show its own end).
+          // And a job's process holds only stdin, stdout and stderr, none of box-agent's (its virtio
+          // port, its root helper): ls lists its own, 3 being the folder it reads.
           command:
-            'cat /proc/sys/kernel/random/boot_id; ls /tmp/left-by-echo 2>/dev/null || echo absent; cd /proc/$$/fd && echo *',
+            'cat /proc/sys/kernel/random/boot_id; ls /tmp/left-by-echo 2>/dev/null || echo absent; echo $(ls /proc/self/fd)',
         }),
         resultDir,
       ),
@@ -145,7 +145,7 @@ describe('jobs in fresh workers', {timeout: 600_000}, () => {
     expect((await readFile(join(resultDir, 'stdout'), 'utf8')).trim().split('\n')).toEqual([
       readyBootId,
       'absent',
-      '0 1 2',
+      '0 1 2 3',
     ])
   })
 
