@@ -1,7 +1,7 @@
 import {spawn, type ChildProcess} from 'node:child_process'
 import {once} from 'node:events'
 import {closeSync, openSync} from 'node:fs'
-import {readFile, writeFile} from 'node:fs/promises'
+import {mkdir, readFile, writeFile} from 'node:fs/promises'
 import {createConnection, createServer, type AddressInfo} from 'node:net'
 import {userInfo} from 'node:os'
 import {join} from 'node:path'
@@ -62,6 +62,8 @@ describe('a pinned host key, checked by the real ssh client against a real sshd'
         '',
       ].join('\n'),
     )
+    // Its privilege-separation folder, which Debian's ssh.service makes at start (a host with no sshd running has none).
+    await mkdir('/run/sshd', {recursive: true, mode: 0o755}).catch(() => undefined) // not root: sshd says what is missing
     // Its log straight into a file (no pipe): the sessions it forks outlive the listener.
     const log = openSync(join(dir, 'sshd.log'), 'a')
     sshd = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', config], {stdio: ['ignore', 'ignore', log]})
