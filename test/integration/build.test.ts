@@ -5,7 +5,9 @@
  * full recipe hash, so later runs — and the QEMU boot tests — reuse it.
  * Bad-input cases run the built CLI (dist/, `npm run build`).
  */
-import {mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile} from 'node:fs/promises'
+import {createHash} from 'node:crypto'
+import {createReadStream} from 'node:fs'
+import {cp, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {setTimeout as sleep} from 'node:timers/promises'
@@ -13,32 +15,37 @@ import {setTimeout as sleep} from 'node:timers/promises'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
-import {ensureBox} from '../../src/builder/index.js'
+import {ensureBox, fullRecipeHash, loadRecipe, rootfsHash} from '../../src/builder/index.js'
 import {testCacheDir} from '../support/cache.js'
 import {lockOutput} from '../../src/builder/package.js'
 import {readArchiveFile} from '../../src/lib/box/archive.js'
 import {BoxMetadataSchema} from '../../src/lib/box/metadata.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
-import {createProgress} from '../../src/lib/core/progress.js'
+import {createProgress, type Progress} from '../../src/lib/core/progress.js'
+import {defaultMirror} from '../../src/builder/rootfs.js'
 
 const RECIPE = join(PROJECT_ROOT, 'boxes', 'debian-bookworm')
 const CLI = process.env.BOX_TEST_CLI ?? join(PROJECT_ROOT, 'bin', 'run.js')
 const isRoot = process.getuid?.() === 0
 
 let dir: string
+let mirror: string
+let referenceHash: string
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'box-build-'))
+  mirror = (await defaultMirror()).replace(/\/+$/, '')
+  referenceHash = await fullRecipeHash(await loadRecipe(RECIPE), mirror)
 })
 afterAll(async () => {
   await rm(dir, {recursive: true, force: true})
 })
 
-async function box(args: string[], env: Record<string, string> = {}) {
+async function box(args: string[], env: Record<string, string> = {}, timeout = 120_000) {
   const result = await execa('node', [CLI, ...args], {
     reject: false,
     env: {BOX_CACHE_DIR: join(dir, 'cache'), BOX_DATA_DIR: join(dir, 'data'), NO_COLOR: '1', ...env},
     stdin: 'ignore',
-    timeout: 120_000,
+    timeout,
   })
   return {exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr)}
 }
@@ -101,7 +108,137 @@ describe.skipIf(!isRoot)('box build boxes/debian-bookworm (real build, cached)',
     const again = await ensureBox(RECIPE, {cacheDir: testCacheDir()})
     expect(again).toMatchObject({path: boxPath, built: false})
   })
+
+  it('a copy of the recipe whose files only have new mtimes maps to the same box: reused', async () => {
+    const copy = await recipeCopy('touched')
+    const later = new Date(Date.now() + 3_600_000)
+    await utimes(join(copy, 'recipe.yaml'), later, later)
+    await utimes(join(copy, '..', '..', 'static', 'insecure_key.pub'), later, later)
+    expect(await hashOf(copy)).toBe(referenceHash)
+    expect(await ensureBox(copy, {cacheDir: testCacheDir()})).toMatchObject({path: boxPath, built: false})
+  })
+
+  it('one changed input of the recipe (a package, the hostname, a key file) gives another key', async () => {
+    const reference = await loadRecipe(RECIPE)
+    const withPackage = await recipeCopy('package', (yaml) => yaml.replace(/^( {2}- nftables.*)$/m, '$1\n  - less'))
+    expect(await hashOf(withPackage)).not.toBe(referenceHash)
+    // A package changes the debootstrapped tree too; the hostname and a key only what is configured on it.
+    expect(rootfsHash(await loadRecipe(withPackage), mirror)).not.toBe(rootfsHash(reference, mirror))
+    const renamed = await recipeCopy('hostname', renameHost)
+    expect(await hashOf(renamed)).not.toBe(referenceHash)
+    expect(rootfsHash(await loadRecipe(renamed), mirror)).toBe(rootfsHash(reference, mirror))
+    const otherKey = await recipeCopy('key')
+    const keyFile = join(otherKey, '..', '..', 'static', 'insecure_key.pub')
+    await rm(keyFile)
+    await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'other', '-f', keyFile.replace(/\.pub$/, '')])
+    expect(await hashOf(otherKey)).not.toBe(referenceHash)
+  })
+
+  it('the guest payload is in the key: a changed initramfs hook gives another, a touched one the same', async () => {
+    const root = join(dir, 'project-copy')
+    for (const part of ['src', 'initramfs', 'provisioners', 'static'])
+      await cp(join(PROJECT_ROOT, part), join(root, part), {recursive: true})
+    const hook = join(root, 'initramfs', 'hooks', 'resnap')
+    const later = new Date(Date.now() + 3_600_000)
+    await utimes(hook, later, later)
+    expect(await hashOf(RECIPE, root)).toBe(referenceHash)
+    await writeFile(hook, `${await readFile(hook, 'utf8')}# changed\n`)
+    expect(await hashOf(RECIPE, root)).not.toBe(referenceHash)
+  })
+
+  it('ensureBox builds (does not reuse the cached box) for a changed recipe', async () => {
+    const renamed = await recipeCopy('hostname-ensure', renameHost)
+    const hash = await hashOf(renamed)
+    // Stopped as the first stage starts: the decision is what is under test, the build itself below.
+    const controller = new AbortController()
+    const stages: string[] = []
+    const progress: Progress = {
+      ...createProgress({silent: true}),
+      stage(name) {
+        stages.push(name)
+        controller.abort()
+        return createProgress({silent: true}).stage(name)
+      },
+    }
+    await expect(ensureBox(renamed, {cacheDir: testCacheDir(), progress, signal: controller.signal})).rejects.toThrow()
+    expect(stages).toEqual(['rootfs'])
+    await expect(stat(join(testCacheDir(), 'boxes', `${hash}.box`))).rejects.toThrow()
+  })
+
+  it('box build through the CLI: the cached rootfs reused, every stage shown, the box written', async () => {
+    const output = join(dir, 'cli.box')
+    const started = Date.now()
+    const result = await box(['build', RECIPE, '--output', output], {BOX_CACHE_DIR: testCacheDir()}, 600_000)
+    console.log(`box build through the CLI (rootfs cached): ${Math.round((Date.now() - started) / 1000)} s`)
+    expect(result.exitCode, result.stderr).toBe(0)
+    const done = result.stderr.split('\n').filter((line) => line.startsWith('✔ '))
+    expect(done.map((line) => /^✔ (.+?) \((?:\d+ min )?[\d.]+ s\)/.exec(line)?.[1])).toEqual(BUILD_STAGES)
+    expect(done[0]).toMatch(/^✔ rootfs \([\d.]+ s\): cached$/)
+    for (const stage of BUILD_STAGES) expect(result.stderr).toContain(`==> ${stage}\n`)
+    const [path, summary] = result.stdout.trim().split('\n')
+    expect(path).toBe(output)
+    const sha256 = await sha256Of(output)
+    expect(summary).toMatch(new RegExp(`^sha256 ${sha256}  [\\d.]+ MB, built in `))
+    const listing = async (file: string) => (await execa('tar', ['--zstd', '-tf', file])).stdout.split('\n').sort()
+    expect(await listing(output)).toEqual(await listing(boxPath))
+    // Same recipe, same key: the metadata is the cached box's, byte for byte.
+    expect(String(await readArchiveFile(output, 'metadata.json'))).toBe(
+      String(await readArchiveFile(boxPath, 'metadata.json')),
+    )
+  }, 600_000)
+
+  it('box build --json of a changed recipe: rebuilt on the cached rootfs, the result as JSON', async () => {
+    const renamed = await recipeCopy('hostname-cli', renameHost)
+    const output = join(dir, 'renamed.box')
+    const started = Date.now()
+    const result = await box(['build', renamed, '--output', output, '--json'], {BOX_CACHE_DIR: testCacheDir()}, 600_000)
+    console.log(`box build --json through the CLI (rootfs cached): ${Math.round((Date.now() - started) / 1000)} s`)
+    expect(result.exitCode, result.stderr).toBe(0)
+    const json = JSON.parse(result.stdout) as Record<string, unknown>
+    expect(Object.keys(json).sort()).toEqual(['output', 'recipeHash', 'rootfsHash', 'sha256', 'size', 'timings'])
+    expect(json).toMatchObject({
+      output,
+      sha256: await sha256Of(output),
+      size: (await stat(output)).size,
+      recipeHash: await hashOf(renamed),
+      rootfsHash: rootfsHash(await loadRecipe(RECIPE), mirror),
+    })
+    expect(json.recipeHash).not.toBe(referenceHash)
+    const timings = json.timings as {stage: string; ms: number; cached?: boolean}[]
+    expect(timings.map((timing) => timing.stage)).toEqual(BUILD_STAGES)
+    expect(timings[0]!.cached).toBe(true)
+    expect(timings.slice(1).every((timing) => timing.cached === undefined && timing.ms > 0)).toBe(true)
+    const metadata = JSON.parse(String(await readArchiveFile(output, 'metadata.json')))
+    expect(metadata.box.recipe_hash).toBe(json.recipeHash)
+  }, 600_000)
 })
+
+const BUILD_STAGES = ['rootfs', 'configure', 'images', 'disk (builder VM)', 'package']
+
+const renameHost = (yaml: string) => yaml.replace(/^hostname: box$/m, 'hostname: box-renamed')
+
+/** A copy of the reference recipe laid out as in the checkout (its key path, ../../static/…, resolves alike). */
+async function recipeCopy(name: string, edit?: (yaml: string) => string): Promise<string> {
+  const top = join(dir, name)
+  const recipeDir = join(top, 'boxes', 'debian-bookworm')
+  await mkdir(recipeDir, {recursive: true})
+  await cp(join(PROJECT_ROOT, 'static', 'insecure_key.pub'), join(top, 'static', 'insecure_key.pub'))
+  const yaml = await readFile(join(RECIPE, 'recipe.yaml'), 'utf8')
+  const edited = edit ? edit(yaml) : yaml
+  if (edit) expect(edited).not.toBe(yaml)
+  await writeFile(join(recipeDir, 'recipe.yaml'), edited)
+  return recipeDir
+}
+
+async function hashOf(recipeDir: string, root?: string): Promise<string> {
+  return fullRecipeHash(await loadRecipe(recipeDir), mirror, root)
+}
+
+async function sha256Of(file: string): Promise<string> {
+  const hash = createHash('sha256')
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer)
+  return hash.digest('hex')
+}
 
 describe('box build: bad input (built CLI)', () => {
   it('unknown recipe path: exit 2, names it', async () => {

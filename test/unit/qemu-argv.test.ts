@@ -6,7 +6,7 @@ import {shJoin, shQuote} from '../../src/lib/core/shell-quote.js'
 import {socketPath} from '../../src/lib/core/short-socket.js'
 import {buildQemuArgs, type QemuLaunchSpec} from '../../src/providers/qemu/argv.js'
 import {probeFirmware} from '../../src/providers/qemu/accel.js'
-import {directBootFor, TCG_KERNEL_ARGS} from '../../src/providers/qemu/instance.js'
+import {directBootFor, launchSpecFor, TCG_KERNEL_ARGS} from '../../src/providers/qemu/instance.js'
 
 const spec: QemuLaunchSpec = {
   name: 'web',
@@ -214,5 +214,40 @@ describe('direct kernel boot command line', () => {
     expect(tcg.append).toBe(`${kvm.append} ${TCG_KERNEL_ARGS}`)
     expect(TCG_KERNEL_ARGS.split(' ')).toEqual(['mitigations=off', 'tsc=reliable'])
     expect(kvm.kernel).toBe('/b/vmlinuz')
+  })
+  describe('the boot choice on a firmware boot (SMBIOS type 1 SKU, read by the box grub)', () => {
+    const boot = (image: typeof box, choice: {resnap: boolean; base?: boolean}, firmwareBoot?: boolean) =>
+      launchSpecFor(
+        {
+          name: 'web',
+          files: {overlay: '/p/disk.qcow2', qmpSocket: '/p/qmp', serialLog: '/p/serial', pidFile: '/p/pid'},
+          box: image,
+          accel: 'tcg',
+          cpus: 1,
+          memoryMiB: 512,
+          choice,
+          firmwareBoot,
+        } as unknown as Parameters<typeof launchSpecFor>[0],
+        2222,
+        [],
+      )
+    const noKernel = {...box, metadata: {...box.metadata, box: {...box.metadata.box!, kernel: undefined}}}
+    const skuArg = (spec: QemuLaunchSpec) => {
+      const args = buildQemuArgs(spec)
+      return args.flatMap((arg, i) => (arg === '-smbios' && args[i + 1]!.startsWith('type=1,') ? [args[i + 1]] : []))
+    }
+
+    it('passes the entry for each choice when the box has no kernel for direct boot, or firmware boot is asked', () => {
+      expect(skuArg(boot(noKernel, {resnap: true}))).toEqual(['type=1,sku=box-boot=resnap'])
+      expect(skuArg(boot(noKernel, {resnap: false}))).toEqual(['type=1,sku=box-boot=keep'])
+      expect(skuArg(boot(noKernel, {resnap: false, base: true}))).toEqual(['type=1,sku=box-boot=origin'])
+      expect(skuArg(boot(box, {resnap: false}, true))).toEqual(['type=1,sku=box-boot=keep'])
+    })
+
+    it('passes none on a direct kernel boot (the command line says it) or for a box without the LVM layout', () => {
+      expect(skuArg(boot(box, {resnap: true}))).toEqual([])
+      const plain = {...noKernel, metadata: {...noKernel.metadata, box: {...noKernel.metadata.box!, lvm: undefined}}}
+      expect(skuArg(boot(plain, {resnap: false}))).toEqual([])
+    })
   })
 })

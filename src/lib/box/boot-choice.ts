@@ -1,10 +1,12 @@
 /**
- * Resnap under VirtualBox. VirtualBox cannot pass a kernel command line, so the box's
- * grub decides which entry boots. The host tells grub its choice for one boot through
- * SMBIOS: VirtualBox's DMI "System SKU" (extradata, set while the VM is off) is read by
- * grub's `smbios` command. A guest can still pick the next boot itself with grub's
- * `next_entry` (`grub-reboot origin`), kept in grubenv on the plain /boot partition;
- * that one-shot choice wins over the host's.
+ * Resnap through the box's own grub: under VirtualBox, and under QEMU when it boots
+ * the disk's firmware (a box without a kernel for direct boot). Neither passes a kernel
+ * command line then, so the box's grub decides which entry boots. The host tells grub
+ * its choice for one boot through SMBIOS: VirtualBox's DMI "System SKU" (extradata, set
+ * while the VM is off) or QEMU's `-smbios type=1,sku=…`, read by grub's `smbios` command.
+ * A guest can still pick the next boot itself with grub's `next_entry` (`grub-reboot
+ * origin`), kept in grubenv on the plain /boot partition; that one-shot choice wins over
+ * the host's.
  */
 import type {BootChoice} from './resnap.js'
 

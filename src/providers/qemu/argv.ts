@@ -31,6 +31,8 @@ export interface QemuLaunchSpec {
   agentFifo?: string
   /** systemd credentials handed to the guest through SMBIOS type 11 (no secrets: visible in the process list). */
   smbiosCredentials?: Record<string, string>
+  /** SMBIOS type 1 SKU: the boot choice the box's grub reads on a firmware boot (boot-choice.ts). */
+  smbiosSku?: string
   /** Fork into the background once the guest is set up (the parent exits with QEMU's startup status). */
   daemonize?: boolean
   /** Guest without a network: user-mode networking isolated from host and outside (forwards still reach it). */
@@ -130,6 +132,7 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     if (spec.directBoot.initrd) args.push('-initrd', spec.directBoot.initrd)
     args.push('-append', spec.directBoot.append)
   }
+  if (spec.smbiosSku) args.push('-smbios', `type=1,sku=${optionValue(spec.smbiosSku)}`)
   for (const [name, value] of Object.entries(spec.smbiosCredentials ?? {})) {
     args.push('-smbios', `type=11,value=io.systemd.credential:${name}=${value}`)
   }

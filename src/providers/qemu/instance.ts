@@ -8,6 +8,7 @@ import {run} from '../../lib/core/exec.js'
 import {availableForwards, freePort, isPortFree, type ForwardedPort} from '../../lib/core/ports.js'
 import {socketPath} from '../../lib/core/short-socket.js'
 import {bootCommandLine, type BootChoice} from '../../lib/box/resnap.js'
+import {dmiSkuFor} from '../../lib/box/boot-choice.js'
 import type {Accel} from './accel.js'
 import {agentFifos} from './agent.js'
 import type {DirectBoot, QemuLaunchSpec} from './argv.js'
@@ -128,13 +129,16 @@ export interface Booted {
 
 /** The QEMU a boot with `options` starts, with these host ports (a pure function: a restore compares it with a saved one). */
 export function launchSpecFor(options: BootOptions, sshPort: number, forwards: ForwardedPort[]): QemuLaunchSpec {
+  const directBoot = options.firmwareBoot ? undefined : directBootFor(options.box, options.choice, options.accel)
+  // No kernel command line on a firmware boot: the box's grub takes the choice from the SMBIOS SKU, as under VirtualBox.
+  const smbiosSku = !directBoot && options.box.metadata.box?.lvm ? dmiSkuFor(options.choice) : undefined
   return {
     name: options.name,
     accel: options.accel,
     cpus: options.cpus,
     memoryMiB: options.memoryMiB,
     disk: options.files.overlay,
-    directBoot: options.firmwareBoot ? undefined : directBootFor(options.box, options.choice, options.accel),
+    directBoot,
     forwards: [{guest: GUEST_SSH_PORT, host: sshPort, hostIp: '127.0.0.1', protocol: 'tcp'}, ...forwards],
     qmpSocket: options.files.qmpSocket,
     serialLog: options.files.serialLog,
@@ -144,6 +148,7 @@ export function launchSpecFor(options: BootOptions, sshPort: number, forwards: F
     noNetwork: options.noNetwork,
     drives: options.drives,
     incoming: options.incoming,
+    smbiosSku,
   }
 }
 
