@@ -69,8 +69,8 @@ export async function splitBoot(root: string, bootDir: string, recipe: RecipeFie
 /**
  * grub.cfg: the default entry boots the snapshot with resnap; `keep` boots it without
  * resnap and `origin` the origin (maintainers changing the base box). Same command
- * lines as direct kernel boot. Providers without a kernel command line (VirtualBox)
- * pick the entry for one boot through the SMBIOS SKU (src/lib/boot-choice.ts).
+ * lines as direct kernel boot. A boot through the firmware (VirtualBox, and QEMU for a box
+ * without a kernel of its own) picks the entry by the SMBIOS SKU (src/lib/box/boot-choice.ts).
  */
 export function grubConfig(recipe: RecipeFields): string {
   const lvm = lvmLayout(recipe)
