@@ -183,7 +183,7 @@ export interface RunningStateStart {
 }
 
 export interface ProviderRunningStates {
-  /** What a saved state depends on besides the machine (hypervisor version, machine type): part of a cache key. */
+  /** What a saved state depends on besides the machine (hypervisor version, machine type, the provider's device layout): part of a cache key. */
   hostKey(): Promise<string>
   /** Save the running machine into `dir` (its disk frozen there); the machine goes on running. */
   save(machine: MachineHandle, dir: string, options: {signal?: AbortSignal}): Promise<RunningStateInfo>

@@ -126,21 +126,17 @@ describe('a Vagrant-convention box on QEMU', {timeout: 900_000}, () => {
     }
   })
 
-  it('gets its address by DHCP on the interface the box configures', async () => {
+  it('gets its address by DHCP on enp0s3, the name its VirtualBox-made config expects', async () => {
     const net = await box(env, [
       'ssh',
       '-c',
-      'ip -o -4 addr show; udevadm test-builtin net_id /sys/class/net/eth0 2>/dev/null | grep ^ID_NET_NAME || true',
+      'ip -o -4 addr show; udevadm test-builtin net_id /sys/class/net/enp0s3 2>/dev/null | grep ^ID_NET_NAME',
     ])
     expect(net.exitCode, net.stderr).toBe(0)
-    expect(net.stdout).toMatch(/^\d+: eth0 +inet 10\.0\.2\.15\//m)
-    // What the interface would be called without net.ifnames=0 under box's QEMU (for the record).
-    console.log(
-      `predictable names of eth0 under box's QEMU:\n${net.stdout
-        .split('\n')
-        .filter((line) => line.startsWith('ID_NET_NAME'))
-        .join('\n')}`,
-    )
+    expect(net.stdout).toMatch(/^\d+: enp0s3 +inet 10\.0\.2\.15\//m)
+    // By PCI path alone: no slot name (ens3) that would win over it.
+    expect(net.stdout).toMatch(/^ID_NET_NAME_PATH=enp0s3$/m)
+    expect(net.stdout).not.toMatch(/^ID_NET_NAME_SLOT=/m)
   })
 
   it('halts, and the next up uses the machine key only', async () => {

@@ -40,6 +40,22 @@ describe('QEMU argv', () => {
     expect(args).not.toContain('-daemonize')
   })
 
+  it('puts the NIC at 00:03.0 without ACPI slot numbers, before any other PCI device (enp0s3, as under VirtualBox)', () => {
+    for (const variant of [
+      spec,
+      {...spec, directBoot: undefined, drives: [{file: '/m/seed.iso', serial: 'box-cidata', readOnly: true}]},
+    ]) {
+      const args = buildQemuArgs(variant)
+      const nic = args.indexOf('virtio-net-pci,netdev=net0,romfile=,addr=0x3')
+      expect(nic).toBeGreaterThan(0)
+      expect(args.indexOf('-device')).toBe(nic - 1)
+      expect(args.slice(args.indexOf('-global'), args.indexOf('-global') + 2)).toEqual([
+        '-global',
+        'PIIX4_PM.acpi-root-pci-hotplug=off',
+      ])
+    }
+  })
+
   it('a job worker without network has no NIC at all, and its job disks carry their serials', () => {
     const args = buildQemuArgs({
       ...spec,

@@ -70,6 +70,24 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
     '-no-user-config',
     '-display',
     'none',
+    // No ACPI hotplug on the root bus (box never hotplugs): QEMU then gives its slots no _SUN,
+    // so a guest names its NIC by PCI path alone, and the NIC sits at 00:03.0 as VirtualBox
+    // puts it: enp0s3, the name a guest installed on VirtualBox wrote in its network config
+    // (with _SUN it would be ens3). Made before every other PCI device so no automatically
+    // placed one takes slot 3 first.
+    '-global',
+    'PIIX4_PM.acpi-root-pci-hotplug=off',
+    ...(spec.noNetwork
+      ? []
+      : [
+          '-netdev',
+          ['user', 'id=net0', ...(spec.restrictNetwork ? ['restrict=on'] : []), ...spec.forwards.map(hostfwd)].join(
+            ',',
+          ),
+          // romfile= skips the iPXE option ROM: nothing boots from the network.
+          '-device',
+          'virtio-net-pci,netdev=net0,romfile=,addr=0x3',
+        ]),
     // discard=unmap lets an lvremove in the guest give blocks back to the overlay.
     ...(firmwareBootWithDrives(spec)
       ? [
@@ -88,17 +106,6 @@ export function buildQemuArgs(spec: QemuLaunchSpec): string[] {
       '-device',
       `virtio-blk-pci,drive=extra${index},serial=${drive.serial}`,
     ]),
-    ...(spec.noNetwork
-      ? []
-      : [
-          '-netdev',
-          ['user', 'id=net0', ...(spec.restrictNetwork ? ['restrict=on'] : []), ...spec.forwards.map(hostfwd)].join(
-            ',',
-          ),
-          // romfile= skips the iPXE option ROM: nothing boots from the network.
-          '-device',
-          'virtio-net-pci,netdev=net0,romfile=',
-        ]),
     // sshd and the kernel want entropy early; without it a TCG boot can stall.
     '-device',
     'virtio-rng-pci',

@@ -24,6 +24,7 @@ import {saveRunningState, startFromState} from './snapshot.js'
 import {isAlive, killQemu, runningPid, stopQemu} from './process.js'
 import {hostfwd} from './argv.js'
 import {QmpClient} from './qmp.js'
+import {layoutFingerprint} from './state-compat.js'
 import {access} from 'node:fs/promises'
 
 /** The files of a running state saved for fresh workers: the frozen disk, the state and its record (`state.json`). */
@@ -165,7 +166,7 @@ export class QemuProvider implements Provider {
     hostKey: async () => {
       const {accel} = await resolveAccel({cacheDir: this.cacheDir})
       const qemu = await hostQemu(this.cacheDir)
-      return `qemu ${qemu.version} ${qemu.pcMachineType} ${accel}`
+      return `qemu ${qemu.version} ${qemu.pcMachineType} ${accel} layout ${layoutFingerprint(accel)}`
     },
     save: async (machine, dir, options) => {
       const {accel} = await resolveAccel({cacheDir: this.cacheDir})

@@ -86,6 +86,26 @@ export function devicesFingerprint(spec: QemuLaunchSpec): string {
   return createHash('sha256').update(buildQemuArgs(normal).join('\0')).digest('hex')
 }
 
+/**
+ * box's own QEMU options (device layout, globals) as one short hash, over a fixed machine:
+ * part of a ready state's cache key, so a box with other options makes a new ready state
+ * instead of finding the old one and refusing it.
+ */
+export function layoutFingerprint(accel: Accel): string {
+  return devicesFingerprint({
+    name: 'machine',
+    accel,
+    cpus: 1,
+    memoryMiB: 1024,
+    disk: 'DISK',
+    forwards: [],
+    qmpSocket: 'QMP',
+    serialLog: 'SERIAL',
+    pidFile: 'PID',
+    agentFifo: 'AGENT',
+  }).slice(0, 12)
+}
+
 /** What differs between the record and the machine a restore would start; empty when it may load. */
 export function compatProblems(saved: StateCompat, target: CompatTarget): string[] {
   const problems: string[] = []
