@@ -42,7 +42,7 @@ export type InitramfsKind = (typeof INITRAMFS_KINDS)[number]
 export const SNAPSHOT_KINDS = ['classic'] as const
 export type SnapshotKind = (typeof SNAPSHOT_KINDS)[number]
 
-/** The Debian package each initramfs kind needs: the builder adds it, and leaves the other one out. */
+/** The Debian package of each initramfs kind: the builder installs it (a recipe's packages name neither). */
 export const INITRAMFS_PACKAGE: Record<InitramfsKind, string> = {'initramfs-tools': 'initramfs-tools', dracut: 'dracut'}
 
 export const RecipeSchema = z.strictObject({
