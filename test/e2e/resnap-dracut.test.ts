@@ -42,7 +42,7 @@ describe('dracut box: resnap through initramfs/dracut/90resnap', {timeout: 420_0
     expect(result.exitCode, `${result.stdout}\n${result.stderr}`).toBe(0)
     const lines = await resnapLines()
     // Guest uptime when sshd answered: comparable with the reference box's figures (README, Machines).
-    const uptime = (await ssh('systemctl show -P ActiveEnterTimestampMonotonic ssh.service')).trim()
+    const uptime = (await ssh('sudo -n systemctl show -P ActiveEnterTimestampMonotonic ssh.service')).trim()
     console.log(
       `dracut box: up ${args.join(' ')} → ssh ${((Date.now() - started) / 1000).toFixed(1)} s (sshd up at ${(Number(uptime) / 1e6).toFixed(1)} s of guest uptime); ${lines.join('; ') || 'no resnap line'}`,
     )
