@@ -297,7 +297,16 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   step('lvm.conf')
   await put(root, 'etc/lvm/lvm.conf', tuneLvmConf(await readFile(join(root, 'etc/lvm/lvm.conf'), 'utf8')))
 
-  step('initramfs')
+  step(`initramfs (${recipe.initramfs})`)
+  if (recipe.initramfs === 'dracut') await configureDracut(root, signal)
+  else await configureInitramfsTools(root, signal)
+
+  step('shrinking')
+  await shrinkTree(root)
+}
+
+/** initramfs-tools with box's local-top resnap script and a small, narrowly coldplugged initramfs. */
+async function configureInitramfsTools(root: string, signal?: AbortSignal): Promise<void> {
   await install(root, projectFile('initramfs', 'hooks', 'resnap'), 'etc/initramfs-tools/hooks/resnap', 0o755)
   await install(
     root,
@@ -318,10 +327,42 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
   )
   if (udevScript) await put(root, 'etc/initramfs-tools/scripts/init-top/udev', udevScript, 0o755)
   await chroot(root, ['update-initramfs', '-u', '-k', 'all'], 'update-initramfs in the rootfs', signal)
-
-  step('shrinking')
-  await shrinkTree(root)
 }
+
+/**
+ * dracut with box's resnap module (initramfs/dracut/90resnap) and only the dracut modules a
+ * QEMU worker needs to find an LVM root: dracut's own shell init (no systemd in the
+ * initramfs), and the kernel modules of INITRAMFS_MODULES only (`drivers=` replaces
+ * kernel-modules' generic set of every block and input driver). The file in dracut.conf.d and
+ * the module in /usr/lib/dracut/modules.d are picked up by every later dracut run (Debian's
+ * kernel postinst hook included).
+ */
+async function configureDracut(root: string, signal?: AbortSignal): Promise<void> {
+  const module = projectFile('initramfs', 'dracut', '90resnap')
+  for (const name of await readdir(module))
+    await install(root, join(module, name), `usr/lib/dracut/modules.d/90resnap/${name}`, 0o755)
+  await put(root, 'etc/dracut.conf.d/90-box.conf', DRACUT_CONF)
+  const versions = (await readdir(join(root, 'lib/modules')).catch(() => [] as string[])).filter((name) =>
+    /^[0-9][A-Za-z0-9._+-]*$/.test(name),
+  )
+  if (versions.length === 0) throw new BoxError('the rootfs has no kernel modules in /lib/modules for dracut')
+  for (const version of versions)
+    await chroot(
+      root,
+      ['dracut', '--force', `/boot/initrd.img-${version}`, version],
+      `dracut in the rootfs (${version})`,
+      signal,
+    )
+}
+
+export const DRACUT_CONF = `# box: a small generic initramfs for QEMU/libvirt workers, with box's resnap module
+hostonly="no"
+dracutmodules=" bash base udev-rules kernel-modules rootfs-block fs-lib dm lvm resnap "
+drivers=" ${INITRAMFS_MODULES.join(' ')} "
+# fsck.mode=skip: a fresh snapshot needs no check, and the initramfs no fsck
+nofscks="yes"
+compress="zstd"
+`
 
 /** fstab for the resnap layout: / is the snapshot, /boot by label, the rest by mapper path and nofail. */
 export function fstab(recipe: Pick<Recipe, 'lvm'>): string {

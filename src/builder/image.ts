@@ -42,7 +42,7 @@ export async function splitBoot(root: string, bootDir: string, recipe: RecipeFie
   const version = (await kernelVersions(bootDir)).at(-1)
   if (!version)
     throw new BoxError('the rootfs has no kernel and initrd in /boot', {
-      suggestions: ['the recipe must install a linux-image-* package and initramfs-tools'],
+      suggestions: ['the recipe must install a linux-image-* package (its initramfs kind makes the initrd)'],
     })
   for (const [link, target] of [
     ['vmlinuz', `vmlinuz-${version}`],

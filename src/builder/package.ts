@@ -32,6 +32,8 @@ export function boxMetadata(recipe: RecipeFields, recipeHash: string): BoxMetada
       initrd: 'initrd.img',
       kernel_args: recipe.kernel_args,
       lvm: lvmLayout(recipe),
+      initramfs: recipe.initramfs,
+      snapshot: recipe.snapshot,
       recipe_hash: recipeHash,
       agent: AGENT_PROTOCOL,
     },

@@ -32,6 +32,19 @@ const lvmName = z
 const userName = z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a user name ([a-z_][a-z0-9_-]*)')
 const packageName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'a Debian package name')
 
+/**
+ * How the box's initramfs resnaps: Debian's initramfs-tools with box's local-top script
+ * (initramfs/scripts, initramfs/hooks), or dracut with box's module (initramfs/dracut/90resnap).
+ */
+export const INITRAMFS_KINDS = ['initramfs-tools', 'dracut'] as const
+export type InitramfsKind = (typeof INITRAMFS_KINDS)[number]
+/** What root_snap is: a classic (copy-on-write, sized) LVM snapshot of the origin. */
+export const SNAPSHOT_KINDS = ['classic'] as const
+export type SnapshotKind = (typeof SNAPSHOT_KINDS)[number]
+
+/** The Debian package of each initramfs kind: the builder installs it (a recipe's packages name neither). */
+export const INITRAMFS_PACKAGE: Record<InitramfsKind, string> = {'initramfs-tools': 'initramfs-tools', dracut: 'dracut'}
+
 export const RecipeSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'a box name ([a-z0-9._-])'),
   version: z.string().regex(/^\d+(\.\d+)*([-+][0-9A-Za-z.-]+)?$/, 'a version such as 1.0.0'),
@@ -39,6 +52,10 @@ export const RecipeSchema = z.strictObject({
   /** Debian mirror; default: the host's own apt source when it is Debian, else deb.debian.org. */
   mirror: z.url({protocol: /^https?$/}).optional(),
   packages: z.array(packageName).min(1),
+  /** The initramfs generator and its resnap hook; its package is installed by the builder. */
+  initramfs: z.enum(INITRAMFS_KINDS, {error: `one of ${INITRAMFS_KINDS.join(', ')}`}).default('initramfs-tools'),
+  /** The kind of snapshot root_snap is (lvm.snapshot names it). */
+  snapshot: z.enum(SNAPSHOT_KINDS, {error: `one of ${SNAPSHOT_KINDS.join(', ')}`}).default('classic'),
   hostname: z
     .string()
     .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, 'a host name')
@@ -120,6 +137,17 @@ export async function loadRecipe(recipeDir: string): Promise<Recipe> {
 
 /** Semantic checks the schema cannot express: LV names distinct, swap size with swap, everything fits. */
 export function checkLayout(loaded: LoadedYaml<RecipeFields>): void {
+  const {initramfs, packages} = loaded.value
+  for (const [index, name] of packages.entries()) {
+    const kind = INITRAMFS_KINDS.find((other) => other !== initramfs && INITRAMFS_PACKAGE[other] === name)
+    if (kind)
+      throw configError(
+        loaded,
+        ['packages', index],
+        `${name} is the initramfs of \`initramfs: ${kind}\`, and this recipe says \`initramfs: ${initramfs}\` (the builder installs its package itself)`,
+        'recipe',
+      )
+  }
   const {lvm} = loaded.value
   const names = [lvm.root, lvm.snapshot, lvm.persistent, lvm.swap].filter(Boolean)
   if (new Set(names).size !== names.length)
@@ -157,15 +185,27 @@ export function lvmLayout(recipe: RecipeFields): LvmLayout {
 }
 
 /**
+ * What debootstrap installs: the recipe's packages and initramfs-tools, whatever the kind. The
+ * kernel package depends on `initramfs-tools | linux-initramfs-tool`, debootstrap's resolver
+ * always takes the first alternative (`--exclude` does not stop it), and dracut conflicts with
+ * initramfs-tools: a dracut tree is switched over by apt afterwards (rootfs.ts).
+ */
+export function debootstrapPackages(recipe: Pick<RecipeFields, 'packages'>): string[] {
+  return [...new Set([...recipe.packages, INITRAMFS_PACKAGE['initramfs-tools']])]
+}
+
+/**
  * Hash of what the rootfs stage depends on (suite, mirror, packages) — a change
  * elsewhere in the recipe reuses the cached debootstrap.
  */
-export function rootfsHash(recipe: Pick<RecipeFields, 'suite' | 'packages'>, mirror: string): string {
+export function rootfsHash(recipe: Pick<RecipeFields, 'suite' | 'packages' | 'initramfs'>, mirror: string): string {
   const input = {
     stage: 'rootfs/debootstrap-minbase/1',
     suite: recipe.suite,
     mirror: mirror.replace(/\/+$/, ''),
-    packages: [...new Set(recipe.packages)].sort(),
+    packages: debootstrapPackages(recipe).sort(),
+    // Only for another kind: the hash of an initramfs-tools tree stays what it was.
+    ...(recipe.initramfs && recipe.initramfs !== 'initramfs-tools' ? {initramfs: recipe.initramfs} : {}),
   }
   return createHash('sha256').update(JSON.stringify(input)).digest('hex').slice(0, 16)
 }

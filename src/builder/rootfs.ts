@@ -7,10 +7,10 @@ import {mkdir, readdir, readFile, rename} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {BoxError, tail} from '../lib/core/errors.js'
-import {spawn, toBoxError} from '../lib/core/exec.js'
+import {run, spawn, toBoxError} from '../lib/core/exec.js'
 import type {Stage} from '../lib/core/progress.js'
 import {removeTree} from './mounts.js'
-import {rootfsHash, type RecipeFields} from './recipe.js'
+import {debootstrapPackages, INITRAMFS_PACKAGE, rootfsHash, type InitramfsKind, type RecipeFields} from './recipe.js'
 
 export const FALLBACK_MIRROR = 'http://deb.debian.org/debian'
 
@@ -86,7 +86,7 @@ export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult
   const temp = `${path}.tmp-${process.pid}-${Date.now()}`
   const args = [
     '--variant=minbase',
-    `--include=${recipe.packages.join(',')}`,
+    `--include=${debootstrapPackages(recipe).join(',')}`,
     '--components=main',
     recipe.suite,
     temp,
@@ -122,6 +122,13 @@ export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult
       detail: log ? tail(log) : failure.detail,
     })
   }
+  if (recipe.initramfs !== undefined && recipe.initramfs !== 'initramfs-tools') {
+    stage?.update(`installing ${INITRAMFS_PACKAGE[recipe.initramfs]} in place of initramfs-tools (apt)`)
+    await switchInitramfs(temp, recipe.initramfs, signal).catch(async (error: unknown) => {
+      await removeTree(temp)
+      throw error
+    })
+  }
   try {
     await rename(temp, path)
   } catch (error) {
@@ -130,4 +137,21 @@ export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult
     if (!existsSync(join(path, 'etc', 'os-release'))) throw error
   }
   return {path, hash, cached: false}
+}
+
+/**
+ * apt installs the kind's package in the debootstrapped tree, which removes initramfs-tools
+ * (its package conflicts with it and provides linux-initramfs-tool for the kernel). From the
+ * mirror debootstrap wrote into the tree's sources.list; its trigger's initrd is replaced in
+ * the configure stage.
+ */
+async function switchInitramfs(root: string, kind: InitramfsKind, signal?: AbortSignal): Promise<void> {
+  const env = {DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C', PATH: '/usr/sbin:/usr/bin:/sbin:/bin'}
+  const apt = async (args: string[], purpose: string) =>
+    run('chroot', [root, 'apt-get', '-q', ...args], {purpose, cancelSignal: signal, env, stdin: 'ignore'})
+  await apt(['update'], 'apt-get update in the rootfs')
+  await apt(
+    ['install', '-y', '--no-install-recommends', INITRAMFS_PACKAGE[kind]],
+    `installing ${INITRAMFS_PACKAGE[kind]} in the rootfs`,
+  )
 }

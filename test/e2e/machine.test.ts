@@ -214,7 +214,7 @@ describe('machines on QEMU through the CLI', {timeout: 420_000}, () => {
     expect(typeof status.snapshotUsedPercent).toBe('number')
     // Through the oclif command (--no-color) the same as through the fast path.
     expect((await box(env, ['status', '--no-color'])).stdout).toMatch(
-      /^default +running +ssh 127\.0\.0\.1:\d+ +ports 127\.0\.0\.1:\d+→8080\/tcp +root snapshot \d+\.\d% used$/,
+      /^default +running +ssh 127\.0\.0\.1:\d+ +ports 127\.0\.0\.1:\d+→8080\/tcp +root snapshot \d+\.\d% used \(classic, resnap by initramfs-tools\)$/,
     )
     const global = JSON.parse((await box(env, ['global-status', '--json'])).stdout)
     expect(global).toEqual([expect.objectContaining({name: 'default', state: 'running', directory: project})])

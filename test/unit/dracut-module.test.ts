@@ -1,7 +1,7 @@
 /**
- * The dracut module (initramfs/dracut/90resnap), checked statically: no dracut box is built
- * yet, so it never boots in the suite. Its hooks are sourced by dracut's init, so a syntax
- * error or an `exit` in one would stop the boot.
+ * The dracut module (initramfs/dracut/90resnap), checked statically; test/e2e/resnap-dracut.test.ts
+ * boots it in boxes/debian-bookworm-dracut. Its hooks (and their helpers) are sourced by
+ * dracut's init, so a syntax error or an `exit` in one would stop the boot.
  */
 import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
@@ -12,7 +12,7 @@ import {describe, expect, it} from 'vitest'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 
 const MODULE = join(PROJECT_ROOT, 'initramfs', 'dracut', '90resnap')
-const HOOKS = ['resnap.sh', 'resnap-repair.sh']
+const HOOKS = ['resnap.sh', 'resnap-repair.sh', 'box-resnap-lib.sh']
 
 /** Lines of shell code, comments and blank lines left out. */
 async function codeLines(file: string): Promise<string[]> {
@@ -39,6 +39,8 @@ describe('the dracut resnap module', () => {
     const setup = await codeLines('module-setup.sh')
     expect(setup).toContain('inst_hook initqueue/settled 90 "$moddir/resnap-repair.sh"')
     expect(setup).toContain('inst_hook pre-mount 10 "$moddir/resnap.sh"')
+    // The helpers both hooks source, where they look for them.
+    expect(setup).toContain('inst_simple "$moddir/box-resnap-lib.sh" /lib/box-resnap-lib.sh')
     const repair = (await codeLines('resnap-repair.sh')).join('\n')
     // Only where root= is the snapshot, and only when device-mapper has no snapshot there.
     expect(repair).toContain('[ "$rootdev" = "/dev/mapper/$snapdm" ]')

@@ -9,7 +9,7 @@ import {fstab, systemdDeviceUnit, tuneLvmConf, withoutDynamicMotd} from '../../s
 import {grubConfig} from '../../src/builder/image.js'
 import {fullRecipeHash} from '../../src/builder/index.js'
 import {boxMetadata} from '../../src/builder/package.js'
-import {loadRecipe, parseSize, rootfsHash} from '../../src/builder/recipe.js'
+import {debootstrapPackages, loadRecipe, parseSize, rootfsHash} from '../../src/builder/recipe.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 
@@ -90,6 +90,49 @@ describe('loadRecipe', () => {
     const error = await loadError(recipeDir)
     const line = lineOf(await readFile(join(recipeDir, 'recipe.yaml'), 'utf8'), 'flavour:')
     expect(error.message).toContain(`recipe.yaml:${line}:1: unknown field "flavour"`)
+  })
+
+  it('refuses an unknown initramfs or snapshot kind at its line, naming the kinds', async () => {
+    for (const [field, bad, accepted] of [
+      ['initramfs', 'mkinitcpio', 'one of initramfs-tools, dracut'],
+      ['snapshot', 'zfs', 'one of classic'],
+    ] as const) {
+      const recipeDir = await writeRecipe((text) => text.replace(new RegExp(`^${field}: .*$`, 'm'), `${field}: ${bad}`))
+      const error = await loadError(recipeDir)
+      const file = join(recipeDir, 'recipe.yaml')
+      const line = lineOf(await readFile(file, 'utf8'), `${field}: ${bad}`)
+      expect(error.message).toContain(`${file}:${line}:${field.length + 3}: ${field}: ${accepted}`)
+    }
+  })
+
+  it("refuses another kind's initramfs package in packages, at its list item", async () => {
+    const recipeDir = await writeRecipe((text) =>
+      text
+        .replace('initramfs: initramfs-tools', 'initramfs: dracut')
+        .replace('  - lvm2\n', '  - lvm2\n  - initramfs-tools\n'),
+    )
+    const error = await loadError(recipeDir)
+    const line = lineOf(await readFile(join(recipeDir, 'recipe.yaml'), 'utf8'), '- initramfs-tools')
+    expect(error.message).toMatch(
+      new RegExp(`recipe\\.yaml:${line}:\\d+: .*initramfs-tools is the initramfs of \`initramfs: initramfs-tools\``),
+    )
+  })
+
+  it('loads the dracut recipe: the reference recipe but for its name and initramfs', async () => {
+    const [reference, dracut] = await Promise.all([
+      loadRecipe(REFERENCE),
+      loadRecipe(join(PROJECT_ROOT, 'boxes', 'debian-bookworm-dracut')),
+    ])
+    expect(dracut).toMatchObject({name: 'debian-bookworm-dracut', initramfs: 'dracut', snapshot: 'classic'})
+    expect(reference).toMatchObject({initramfs: 'initramfs-tools', snapshot: 'classic'})
+    const {name: _a, initramfs: _b, dir: _c, file: _d, authorizedKeyFiles: _e, ...sharedDracut} = dracut
+    const {name: _f, initramfs: _g, dir: _h, file: _i, authorizedKeyFiles: _j, ...sharedReference} = reference
+    expect(sharedDracut).toEqual(sharedReference)
+    // debootstrap gets initramfs-tools either way (the kernel's first alternative); apt switches a dracut tree.
+    expect(debootstrapPackages(dracut)).toEqual([...dracut.packages, 'initramfs-tools'])
+    expect(debootstrapPackages(reference)).toEqual([...reference.packages, 'initramfs-tools'])
+    expect(rootfsHash(dracut, MIRROR)).not.toBe(rootfsHash(reference, MIRROR))
+    expect(boxMetadata(dracut, 'abc').box).toMatchObject({initramfs: 'dracut', snapshot: 'classic'})
   })
 
   it('rejects LVM names that would need quoting', async () => {
@@ -239,6 +282,8 @@ describe('generated files', () => {
       initrd: 'initrd.img',
       recipe_hash: 'abc',
       lvm: {vg: 'box', snapshot_size: '2G'},
+      initramfs: 'initramfs-tools',
+      snapshot: 'classic',
     })
   })
 

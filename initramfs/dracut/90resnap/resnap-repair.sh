@@ -8,30 +8,12 @@
 # asked for resnap (resnap.sh, the pre-mount hook, then leaves the new one alone). Not when
 # root= is the origin (a maintainer's boot): a snapshot would only slow its writes.
 type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
-
-# The device-mapper name of <vg>/<lv>: dashes inside either name doubled.
-box_resnap_dm_escape() {
-    local left escaped
-    left=$1
-    escaped=
-    while :; do
-        case "$left" in
-        *-*)
-            escaped="$escaped${left%%-*}--"
-            left=${left#*-}
-            ;;
-        *)
-            printf '%s' "$escaped$left"
-            return 0
-            ;;
-        esac
-    done
-}
+type box_resnap_say >/dev/null 2>&1 || . /lib/box-resnap-lib.sh
 
 box_resnap_repair() {
     # Once a boot: the settled hooks run at every turn of dracut's wait.
     [ -e /run/box-resnap-repair.done ] && return 0
-    local vg lvroot lvsnap lvsize rootdev snapdm table attr note
+    local vg lvroot lvsnap lvsize rootdev snapdm table attr note start
     vg=$(getarg volgroup=)
     lvroot=$(getarg lvroot=)
     lvsnap=$(getarg lvsnap=)
@@ -47,6 +29,7 @@ box_resnap_repair() {
     # The disk may still be probing: look again at the next turn.
     lvm lvs "$vg/$lvroot" >/dev/null 2>&1 || return 0
     : >/run/box-resnap-repair.done
+    start=$(box_resnap_uptime_cs)
     lvm vgchange -ay "$vg" >/dev/null 2>&1
     table=$(dmsetup table "$snapdm" 2>/dev/null)
     case "$table" in
@@ -66,8 +49,7 @@ box_resnap_repair() {
     : >/run/box-resnap-created
     note=
     getargbool 0 resnap || note=" (no resnap asked, but it was missing or half made)"
-    info "resnap: created missing $vg/$lvsnap ($lvsize) from $vg/$lvroot$note"
-    echo "resnap: created missing $vg/$lvsnap ($lvsize) from $vg/$lvroot$note" >/dev/kmsg
+    box_resnap_say "resnap: created missing $vg/$lvsnap ($lvsize) from $vg/$lvroot in $(box_resnap_since "$start") s$note"
     return 0
 }
 

@@ -23,6 +23,13 @@ export const BoxInfoSchema = z.object({
   /** Kernel arguments besides root/resnap ones ("console=ttyS0 quiet"). */
   kernel_args: z.string().default(''),
   lvm: LvmLayoutSchema.optional(),
+  /**
+   * What resets the root snapshot at boot, as the recipe named it (`initramfs-tools`, `dracut`),
+   * and what kind of snapshot it is (`classic`). A string, not an enum: a box built by a newer
+   * box may name a kind this one does not know, and still boots.
+   */
+  initramfs: z.string().optional(),
+  snapshot: z.string().optional(),
   recipe_hash: z.string().optional(),
   /** Protocol version of box-agent, when the image runs it (status then asks it, not ssh + sudo). */
   agent: z.number().int().positive().optional(),

@@ -12,6 +12,7 @@ import {machineDir, readRecord, type MachineContext, type MachineRecord} from '.
 import {sshTarget} from './ssh-session.js'
 import {providerFor} from '../../providers/index.js'
 import {mapperName} from '../box/resnap.js'
+import type {BoxMetadata} from '../box/metadata.js'
 import {sshRun} from './ssh.js'
 
 export interface MachineStatus {
@@ -23,6 +24,10 @@ export interface MachineStatus {
   forwardedPorts: Array<{guest: number; host: number; hostIp: string; protocol: string}>
   /** Fill of the root snapshot's copy-on-write area, percent (running resnap boxes only). */
   snapshotUsedPercent?: number
+  /** What resets the root snapshot at boot (`initramfs-tools`, `dracut`), from the box's metadata (running machines). */
+  initramfs?: string
+  /** The root snapshot's kind (`classic`), from the box's metadata (running machines). */
+  snapshotKind?: string
   warning?: string
 }
 
@@ -45,7 +50,10 @@ export async function machineStatus(
     forwardedPorts: state === 'running' && record?.forwardedPorts ? record.forwardedPorts : machine.forwardedPorts,
   }
   if (state === 'running' && record) {
-    status.snapshotUsedPercent = await snapshotUsage(provider, stateDir, record)
+    const metadata = await readMetadata(record)
+    if (metadata?.box?.initramfs) status.initramfs = metadata.box.initramfs
+    if (metadata?.box?.snapshot) status.snapshotKind = metadata.box.snapshot
+    status.snapshotUsedPercent = await snapshotUsage(provider, stateDir, record, metadata)
     if (status.snapshotUsedPercent !== undefined && status.snapshotUsedPercent > SNAPSHOT_WARNING_PERCENT) {
       status.warning = `root snapshot is ${status.snapshotUsedPercent.toFixed(1)}% full: at 100% it is invalidated; reboot with resnap (box resnap) or use a bigger lvsize`
     }
@@ -72,22 +80,43 @@ function formatStatus(status: MachineStatus): string {
     status.state,
     status.ssh && status.state === 'running' ? `ssh ${status.ssh}` : undefined,
     ports.length > 0 ? `ports ${ports.join(', ')}` : undefined,
-    status.snapshotUsedPercent === undefined
-      ? undefined
-      : `root snapshot ${status.snapshotUsedPercent.toFixed(1)}% used`,
+    status.snapshotUsedPercent !== undefined
+      ? `root snapshot ${status.snapshotUsedPercent.toFixed(1)}% used${resnapKinds(status)}`
+      : status.initramfs || status.snapshotKind
+        ? `root snapshot${resnapKinds(status)}`
+        : undefined,
   ]
   return `${status.name.padEnd(16)} ${parts.filter(Boolean).join('  ')}`
+}
+
+/** " (classic, resnap by dracut)": what the box's metadata says about its snapshot; empty for boxes built before it did. */
+function resnapKinds(status: MachineStatus): string {
+  const kinds = [status.snapshotKind, status.initramfs ? `resnap by ${status.initramfs}` : undefined].filter(Boolean)
+  return kinds.length > 0 ? ` (${kinds.join(', ')})` : ''
+}
+
+/** The stored box's metadata.json, undefined when it cannot be read (status still shows the rest). */
+async function readMetadata(record: MachineRecord): Promise<BoxMetadata | undefined> {
+  try {
+    return JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8')) as BoxMetadata
+  } catch {
+    return undefined
+  }
 }
 
 /**
  * The snapshot's Data% from device-mapper rather than lvs: under TCG, `sudo lvs` takes
  * about 0.5 s longer than `sudo dmsetup status`. Unknown (undefined) when the guest cannot say.
  */
-async function snapshotUsage(provider: Provider, stateDir: string, record: MachineRecord): Promise<number | undefined> {
+async function snapshotUsage(
+  provider: Provider,
+  stateDir: string,
+  record: MachineRecord,
+  metadata: BoxMetadata | undefined,
+): Promise<number | undefined> {
   try {
-    const metadata = JSON.parse(await readFile(join(record.box.path, 'metadata.json'), 'utf8'))
-    const lvm = metadata.box?.lvm
-    if (!lvm) return undefined
+    const lvm = metadata?.box?.lvm
+    if (!lvm || !metadata.box) return undefined
     const device = mapperName(lvm.vg, lvm.snapshot)
     if (metadata.box.agent !== undefined && provider.askAgent) {
       // A machine started before its box had the agent has no port: ssh answers instead.
