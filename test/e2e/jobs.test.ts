@@ -10,6 +10,7 @@
 import {lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile} from 'node:fs/promises'
 import {homedir, tmpdir} from 'node:os'
 import {join} from 'node:path'
+import {setTimeout as sleep} from 'node:timers/promises'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
@@ -452,6 +453,44 @@ jobs:
       expect(resumed.exitCode).toBe(75)
       expect(result.skipped.length + result.records.length).toBe(3)
       expect(result.skipped.sort()).toEqual(finishedFirst.sort())
+      expect(await qemuMentioning(cacheDir)).toEqual([])
+    })
+
+    it("box run through the CLI: the job's own exit code, its record, outputs in box-run/<id>/; Ctrl-C stops the worker", async () => {
+      // The machine's settings are the batch's (1 CPU, 768 MiB): its ready state is restored.
+      await writeFile(join(project, 'Boxfile'), 'box: reference\nmemory: 768\ncpus: 1\n')
+      const ran = await cli(env, [
+        'run',
+        '--machine',
+        'default',
+        '--in',
+        'submissions/alice:/tmp/job',
+        '--out',
+        '/tmp/job/answer',
+        '--json',
+        '--',
+        'cat /tmp/job/answer; exit 3',
+      ])
+      expect(ran.exitCode, ran.stderr).toBe(3)
+      const record = JSON.parse(ran.stdout) as JobRecord
+      expect(record).toMatchObject({status: 'failed', exitCode: 3, timedOut: false, worker: {how: 'restored'}})
+      const resultDir = join(project, 'box-run', record.id)
+      expect(await readRecord(resultDir)).toEqual(record)
+      expect(await readFile(join(resultDir, 'stdout'), 'utf8')).toBe('42\n')
+      expect(await readFile(join(resultDir, 'answer'), 'utf8')).toBe('42\n')
+
+      const child = execa(join(process.cwd(), 'bin', 'box'), ['run', '--machine', 'default', '--', 'sleep 120'], {
+        cwd: project,
+        reject: false,
+        env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir, NO_COLOR: '1'},
+      })
+      // Interrupted once its worker runs (the job's QEMU is up).
+      const deadline = Date.now() + 120_000
+      while ((await qemuMentioning(cacheDir)).length === 0 && Date.now() < deadline) await sleep(100)
+      expect(await qemuMentioning(cacheDir)).not.toEqual([])
+      child.kill('SIGINT')
+      const interrupted = await child
+      expect(interrupted.exitCode, interrupted.stderr).toBe(130)
       expect(await qemuMentioning(cacheDir)).toEqual([])
     })
   })
