@@ -13,8 +13,8 @@ import {BoxError, tail} from '../lib/core/errors.js'
 import {run, spawn} from '../lib/core/exec.js'
 import {formatDuration} from '../lib/core/progress.js'
 import type {Stage} from '../lib/core/progress.js'
-import {projectFile} from './configure.js'
-import {parseSize, type RecipeFields} from './recipe.js'
+import {projectFile, THIN_MODULES} from './configure.js'
+import {parseSize, THIN_METADATA_SIZE, type RecipeFields} from './recipe.js'
 
 /** Modules the builder needs (the disk and device-mapper); ext4 is built into Debian's cloud kernel. */
 export const BUILDER_MODULES = ['virtio_pci', 'virtio_blk', 'dm_mod', 'dm_snapshot']
@@ -69,7 +69,11 @@ export function builderParams(recipe: RecipeFields): Record<string, string> {
     root: lvm.root,
     root_size: lvm.root_size,
     snapshot: lvm.snapshot,
-    snapshot_size: lvm.snapshot_size,
+    snapshot_kind: recipe.snapshot,
+    snapshot_size: lvm.snapshot_size ?? '',
+    pool: lvm.pool ?? '',
+    pool_size: lvm.pool_size ?? '',
+    pool_metadata_size: THIN_METADATA_SIZE,
     persistent: lvm.persistent,
     persistent_size: lvm.persistent_size,
     swap: lvm.swap ?? '',
@@ -92,7 +96,10 @@ export async function makeApplianceInitrd(options: ApplianceInitrdOptions): Prom
   const {root, kernelVersion, recipe, workDir, signal} = options
   const tree = join(workDir, 'appliance-initrd')
   const modulesDir = join(root, 'lib', 'modules', kernelVersion)
-  const modules = resolveModules(await readFile(join(modulesDir, 'modules.dep'), 'utf8'), BUILDER_MODULES)
+  const modules = resolveModules(await readFile(join(modulesDir, 'modules.dep'), 'utf8'), [
+    ...BUILDER_MODULES,
+    ...(recipe.snapshot === 'thin' ? THIN_MODULES : []),
+  ])
   const busybox = await findBusybox()
   await mkdir(join(tree, 'bin'), {recursive: true})
   await mkdir(join(tree, 'lib', 'modules'), {recursive: true})

@@ -31,6 +31,8 @@ export const INITRAMFS_MODULES = [
   'button',
   'virtio_console',
 ]
+/** And for a box whose root_snap is a thin snapshot (`snapshot: thin`). */
+export const THIN_MODULES = ['dm_thin_pool']
 
 /**
  * systemd generators a worker box never needs (no GPT auto-root, LUKS, verity, integrity,
@@ -299,14 +301,14 @@ export async function configureRootfs(options: ConfigureOptions): Promise<void> 
 
   step(`initramfs (${recipe.initramfs})`)
   if (recipe.initramfs === 'dracut') await configureDracut(root, signal)
-  else await configureInitramfsTools(root, signal)
+  else await configureInitramfsTools(root, recipe.snapshot === 'thin', signal)
 
   step('shrinking')
   await shrinkTree(root)
 }
 
 /** initramfs-tools with box's local-top resnap script and a small, narrowly coldplugged initramfs. */
-async function configureInitramfsTools(root: string, signal?: AbortSignal): Promise<void> {
+async function configureInitramfsTools(root: string, thin: boolean, signal?: AbortSignal): Promise<void> {
   await install(root, projectFile('initramfs', 'hooks', 'resnap'), 'etc/initramfs-tools/hooks/resnap', 0o755)
   await install(
     root,
@@ -314,10 +316,11 @@ async function configureInitramfsTools(root: string, signal?: AbortSignal): Prom
     'etc/initramfs-tools/scripts/local-top/resnap',
     0o755,
   )
+  const modules = thin ? [...INITRAMFS_MODULES, ...THIN_MODULES] : INITRAMFS_MODULES
   await put(
     root,
     'etc/initramfs-tools/modules',
-    `# box: only what a QEMU/libvirt worker needs (MODULES=list)\n${INITRAMFS_MODULES.join('\n')}\n`,
+    `# box: only what a QEMU/libvirt worker needs (MODULES=list)\n${modules.join('\n')}\n`,
   )
   await put(root, 'etc/initramfs-tools/conf.d/box.conf', '# box: small initramfs\nMODULES=list\nCOMPRESS=zstd\n')
   // Swap is not a resume device: without this the initramfs may wait for it.

@@ -115,7 +115,12 @@ export async function buildBox(options: BuildBoxOptions): Promise<BuildResult> {
         await checkBuildSpace(cacheDir, output, cachedAlready)
         return ensureRootfs({recipe, mirror, cacheDir, stage, signal})
       },
-      (result) => (result.cached ? 'cached' : `debootstrap ${recipe.suite} from ${mirror}`),
+      (result) =>
+        result.cached
+          ? 'cached'
+          : result.added
+            ? `the plain tree with ${result.added.join(', ')} (apt)`
+            : `debootstrap ${recipe.suite} from ${mirror}`,
     )
     await mkdir(join(cacheDir, 'tmp'), {recursive: true})
     workDir = await mkdtemp(join(cacheDir, 'tmp', 'build-'))

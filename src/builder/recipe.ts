@@ -38,12 +38,18 @@ const packageName = z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'a Debian package
  */
 export const INITRAMFS_KINDS = ['initramfs-tools', 'dracut'] as const
 export type InitramfsKind = (typeof INITRAMFS_KINDS)[number]
-/** What root_snap is: a classic (copy-on-write, sized) LVM snapshot of the origin. */
-export const SNAPSHOT_KINDS = ['classic'] as const
+/**
+ * What root_snap is: a classic LVM snapshot of the origin (a copy-on-write area of
+ * `snapshot_size`, invalidated when it fills up), or a thin snapshot in a thin pool that
+ * holds root too (no size of its own; the pool's `pool_size` bounds both).
+ */
+export const SNAPSHOT_KINDS = ['classic', 'thin'] as const
 export type SnapshotKind = (typeof SNAPSHOT_KINDS)[number]
 
 /** The Debian package of each initramfs kind: the builder installs it (a recipe's packages name neither). */
 export const INITRAMFS_PACKAGE: Record<InitramfsKind, string> = {'initramfs-tools': 'initramfs-tools', dracut: 'dracut'}
+/** thin_check and its initramfs hook: LVM runs it when it activates a thin pool. */
+export const THIN_PACKAGE = 'thin-provisioning-tools'
 
 export const RecipeSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'a box name ([a-z0-9._-])'),
@@ -67,7 +73,11 @@ export const RecipeSchema = z.strictObject({
     root: lvmName,
     root_size: size,
     snapshot: lvmName,
-    snapshot_size: size,
+    /** Classic snapshots only: the copy-on-write area for one boot's changes to /. */
+    snapshot_size: size.optional(),
+    /** Thin snapshots only: the thin pool holding root and root_snap, and its size. */
+    pool: lvmName.optional(),
+    pool_size: size.optional(),
     persistent: lvmName,
     persistent_size: size,
     swap: lvmName.optional(),
@@ -103,6 +113,8 @@ export const RECIPE_FILE = 'recipe.yaml'
 
 /** Fixed overheads of the disk layout: MBR gap, LVM metadata and extent rounding (4 MiB per LV). */
 const LAYOUT_OVERHEAD = 1 * MiB + 1 * MiB + 4 * 4 * MiB
+/** The pool metadata LV builds make (build-disk's lvcreate --poolmetadatasize), far more than a root's few GiB need. */
+export const THIN_METADATA_SIZE = '16M'
 
 /** Load and check boxes/<name>/recipe.yaml; throws a BoxError naming file:line:col. */
 export async function loadRecipe(recipeDir: string): Promise<Recipe> {
@@ -148,10 +160,38 @@ export function checkLayout(loaded: LoadedYaml<RecipeFields>): void {
         'recipe',
       )
   }
-  const {lvm} = loaded.value
-  const names = [lvm.root, lvm.snapshot, lvm.persistent, lvm.swap].filter(Boolean)
+  const {lvm, snapshot} = loaded.value
+  const names = [lvm.root, lvm.snapshot, lvm.pool, lvm.persistent, lvm.swap].filter(Boolean)
   if (new Set(names).size !== names.length)
-    throw configError(loaded, ['lvm'], 'root, snapshot, persistent and swap need distinct names', 'recipe')
+    throw configError(loaded, ['lvm'], 'root, snapshot, pool, persistent and swap need distinct names', 'recipe')
+  if (snapshot === 'thin') {
+    if (initramfs === 'dracut')
+      throw configError(
+        loaded,
+        ['snapshot'],
+        'thin snapshots are resnapped by the initramfs-tools script only: say `initramfs: initramfs-tools`, or `snapshot: classic` with dracut',
+        'recipe',
+      )
+    if (lvm.snapshot_size)
+      throw configError(
+        loaded,
+        ['lvm', 'snapshot_size'],
+        'a thin snapshot has no size of its own (it shares the pool): remove snapshot_size, or say `snapshot: classic`',
+        'recipe',
+      )
+    if (!lvm.pool || !lvm.pool_size)
+      throw configError(
+        loaded,
+        ['lvm'],
+        '`snapshot: thin` needs pool and pool_size (the thin pool root_snap lives in)',
+        'recipe',
+      )
+  } else {
+    if (!lvm.snapshot_size)
+      throw configError(loaded, ['lvm'], '`snapshot: classic` needs snapshot_size (its copy-on-write area)', 'recipe')
+    const thinKey = lvm.pool ? 'pool' : lvm.pool_size ? 'pool_size' : undefined
+    if (thinKey) throw configError(loaded, ['lvm', thinKey], `${thinKey} is for \`snapshot: thin\` only`, 'recipe')
+  }
   if (lvm.swap && !lvm.swap_size) throw configError(loaded, ['lvm', 'swap'], 'swap needs swap_size', 'recipe')
   if (!lvm.swap && lvm.swap_size) throw configError(loaded, ['lvm', 'swap_size'], 'swap_size without swap', 'recipe')
   const boot = parseSize(loaded.value.boot_size)
@@ -160,28 +200,43 @@ export function checkLayout(loaded: LoadedYaml<RecipeFields>): void {
   const root = parseSize(lvm.root_size)
   if (root < 512 * MiB)
     throw configError(loaded, ['lvm', 'root_size'], 'at least 512M is needed for the root filesystem', 'recipe')
+  // root can hold root_size of data and one boot's changes can rewrite all of it: a pool of
+  // twice that never runs out, so the snapshot's writes never fail for want of space.
+  if (snapshot === 'thin' && parseSize(lvm.pool_size!) < 2 * root)
+    throw configError(
+      loaded,
+      ['lvm', 'pool_size'],
+      `${lvm.pool_size} is less than twice root_size (${lvm.root_size}): root and one boot's changes to / can each fill root_size, so a smaller pool could run out`,
+      'recipe',
+    )
+  // Thin: root and root_snap live in the pool, which also needs its metadata LV and LVM's spare copy of it.
+  const rootAndSnapshot =
+    snapshot === 'thin'
+      ? parseSize(lvm.pool_size!) + 2 * parseSize(THIN_METADATA_SIZE)
+      : root + parseSize(lvm.snapshot_size!)
   const needed =
     boot +
-    root +
-    parseSize(lvm.snapshot_size) +
+    rootAndSnapshot +
     parseSize(lvm.persistent_size) +
     (lvm.swap_size ? parseSize(lvm.swap_size) : 0) +
     LAYOUT_OVERHEAD
   const disk = parseSize(loaded.value.disk_size)
   if (needed > disk) {
+    const parts = snapshot === 'thin' ? 'boot + pool (and its metadata)' : 'boot + root + snapshot'
     throw configError(
       loaded,
       ['disk_size'],
-      `${loaded.value.disk_size} is too small: boot + root + snapshot + persistent + swap need ${Math.ceil(needed / MiB)} MiB`,
+      `${loaded.value.disk_size} is too small: ${parts} + persistent + swap need ${Math.ceil(needed / MiB)} MiB`,
       'recipe',
     )
   }
 }
 
-/** The layout as metadata.json and kernelCommandLine take it. */
+/** The layout as metadata.json and kernelCommandLine take it: the snapshot's size (classic) or its pool (thin). */
 export function lvmLayout(recipe: RecipeFields): LvmLayout {
-  const {vg, root, snapshot, snapshot_size, persistent, swap} = recipe.lvm
-  return {vg, root, snapshot, snapshot_size, persistent, ...(swap ? {swap} : {})}
+  const {vg, root, snapshot, snapshot_size, pool, persistent, swap} = recipe.lvm
+  const snapshotPlace = recipe.snapshot === 'thin' ? {pool: pool!} : {snapshot_size: snapshot_size!}
+  return {vg, root, snapshot, ...snapshotPlace, persistent, ...(swap ? {swap} : {})}
 }
 
 /**
@@ -194,18 +249,34 @@ export function debootstrapPackages(recipe: Pick<RecipeFields, 'packages'>): str
   return [...new Set([...recipe.packages, INITRAMFS_PACKAGE['initramfs-tools']])]
 }
 
+/** What the rootfs stage reads of a recipe. */
+export type RootfsInputs = Pick<RecipeFields, 'suite' | 'packages' | 'initramfs' | 'snapshot'>
+
 /**
- * Hash of what the rootfs stage depends on (suite, mirror, packages) — a change
- * elsewhere in the recipe reuses the cached debootstrap.
+ * The packages the recipe's kinds need besides its own: another initramfs than
+ * initramfs-tools, thin_check for a thin pool. apt installs them in a copy of the plain
+ * tree (rootfs.ts), so every kind shares one debootstrap.
  */
-export function rootfsHash(recipe: Pick<RecipeFields, 'suite' | 'packages' | 'initramfs'>, mirror: string): string {
+export function kindPackages(recipe: Pick<RecipeFields, 'initramfs' | 'snapshot'>): string[] {
+  return [
+    ...(recipe.initramfs !== 'initramfs-tools' ? [INITRAMFS_PACKAGE[recipe.initramfs]] : []),
+    ...(recipe.snapshot === 'thin' ? [THIN_PACKAGE] : []),
+  ]
+}
+
+/**
+ * Hash of what the rootfs stage depends on (suite, mirror, packages, the kinds' packages) —
+ * a change elsewhere in the recipe reuses the cached tree.
+ */
+export function rootfsHash(recipe: RootfsInputs, mirror: string): string {
+  const kinds = kindPackages(recipe)
   const input = {
     stage: 'rootfs/debootstrap-minbase/1',
     suite: recipe.suite,
     mirror: mirror.replace(/\/+$/, ''),
     packages: debootstrapPackages(recipe).sort(),
-    // Only for another kind: the hash of an initramfs-tools tree stays what it was.
-    ...(recipe.initramfs && recipe.initramfs !== 'initramfs-tools' ? {initramfs: recipe.initramfs} : {}),
+    // Only when there are some: the hash of a plain tree stays what it was.
+    ...(kinds.length > 0 ? {kind_packages: kinds} : {}),
   }
   return createHash('sha256').update(JSON.stringify(input)).digest('hex').slice(0, 16)
 }

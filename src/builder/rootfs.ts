@@ -1,6 +1,7 @@
 /**
  * Stage "rootfs": a debootstrap'ed Debian tree, cached under <cacheDir>/rootfs/<hash>
- * where the hash covers only suite, mirror and packages.
+ * where the hash covers only suite, mirror and packages (and the kinds' packages: a
+ * dracut or thin tree is the plain tree, copied, with those installed by apt).
  */
 import {existsSync} from 'node:fs'
 import {mkdir, readdir, readFile, rename} from 'node:fs/promises'
@@ -10,7 +11,7 @@ import {BoxError, tail} from '../lib/core/errors.js'
 import {run, spawn, toBoxError} from '../lib/core/exec.js'
 import type {Stage} from '../lib/core/progress.js'
 import {removeTree} from './mounts.js'
-import {debootstrapPackages, INITRAMFS_PACKAGE, rootfsHash, type InitramfsKind, type RecipeFields} from './recipe.js'
+import {debootstrapPackages, kindPackages, rootfsHash, type RootfsInputs} from './recipe.js'
 
 export const FALLBACK_MIRROR = 'http://deb.debian.org/debian'
 
@@ -56,7 +57,7 @@ export async function checkMirror(mirror: string, suite: string, signal?: AbortS
 }
 
 export interface RootfsOptions {
-  recipe: RecipeFields
+  recipe: RootfsInputs
   mirror: string
   cacheDir: string
   stage?: Stage
@@ -68,22 +69,65 @@ export interface RootfsResult {
   hash: string
   /** True when an earlier build's tree was reused. */
   cached: boolean
+  /** The kinds' packages apt installed in a copy of the plain tree (a new tree of another kind). */
+  added?: string[]
 }
 
 export function rootfsCachePath(cacheDir: string, hash: string): string {
   return join(cacheDir, 'rootfs', hash)
 }
 
-/** debootstrap into a temp dir next to the cache entry, then rename it into place (atomic). */
+/**
+ * The tree the recipe needs, made in a temp dir next to the cache entry and renamed into
+ * place (atomic): debootstrap for a plain tree; for other kinds, a copy of the plain tree
+ * (made first if it is not cached) with the kinds' packages installed by apt.
+ */
 export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult> {
   const {recipe, mirror, cacheDir, stage, signal} = options
   const hash = rootfsHash(recipe, mirror)
   const path = rootfsCachePath(cacheDir, hash)
   if (existsSync(join(path, 'etc', 'os-release'))) return {path, hash, cached: true}
 
-  await checkMirror(mirror, recipe.suite, signal)
+  const extra = kindPackages(recipe)
+  const plain =
+    extra.length > 0
+      ? await ensureRootfs({...options, recipe: {...recipe, initramfs: 'initramfs-tools', snapshot: 'classic'}})
+      : undefined
   await mkdir(join(cacheDir, 'rootfs'), {recursive: true})
   const temp = `${path}.tmp-${process.pid}-${Date.now()}`
+  try {
+    if (plain) {
+      stage?.update(`copying the plain tree, then installing ${extra.join(', ')} (apt)`)
+      await run('cp', ['-a', '--reflink=auto', plain.path, temp], {
+        purpose: 'copying the plain rootfs',
+        cancelSignal: signal,
+      })
+      await installKindPackages(temp, extra, signal)
+    } else {
+      await debootstrap(recipe, mirror, temp, stage, signal)
+    }
+  } catch (error) {
+    await removeTree(temp)
+    throw error
+  }
+  try {
+    await rename(temp, path)
+  } catch (error) {
+    // Another build finished the same tree first: use theirs.
+    await removeTree(temp)
+    if (!existsSync(join(path, 'etc', 'os-release'))) throw error
+  }
+  return {path, hash, cached: false, ...(plain ? {added: extra} : {})}
+}
+
+async function debootstrap(
+  recipe: RootfsInputs,
+  mirror: string,
+  temp: string,
+  stage?: Stage,
+  signal?: AbortSignal,
+): Promise<void> {
+  await checkMirror(mirror, recipe.suite, signal)
   const args = [
     '--variant=minbase',
     `--include=${debootstrapPackages(recipe).join(',')}`,
@@ -111,7 +155,6 @@ export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult
     await child
   } catch (error) {
     const log = await readFile(join(temp, 'debootstrap', 'debootstrap.log'), 'utf8').catch(() => '')
-    await removeTree(temp)
     signal?.throwIfAborted()
     const failure = toBoxError('debootstrap', args, error, `debootstrap of ${recipe.suite} from ${mirror}`, [
       'check that the mirror serves this suite and every package in the recipe exists there (--mirror URL to use another)',
@@ -122,36 +165,21 @@ export async function ensureRootfs(options: RootfsOptions): Promise<RootfsResult
       detail: log ? tail(log) : failure.detail,
     })
   }
-  if (recipe.initramfs !== undefined && recipe.initramfs !== 'initramfs-tools') {
-    stage?.update(`installing ${INITRAMFS_PACKAGE[recipe.initramfs]} in place of initramfs-tools (apt)`)
-    await switchInitramfs(temp, recipe.initramfs, signal).catch(async (error: unknown) => {
-      await removeTree(temp)
-      throw error
-    })
-  }
-  try {
-    await rename(temp, path)
-  } catch (error) {
-    // Another build finished the same tree first: use theirs.
-    await removeTree(temp)
-    if (!existsSync(join(path, 'etc', 'os-release'))) throw error
-  }
-  return {path, hash, cached: false}
 }
 
 /**
- * apt installs the kind's package in the debootstrapped tree, which removes initramfs-tools
- * (its package conflicts with it and provides linux-initramfs-tool for the kernel). From the
- * mirror debootstrap wrote into the tree's sources.list; its trigger's initrd is replaced in
- * the configure stage.
+ * apt installs the kinds' packages in the copied tree, from the mirror debootstrap wrote
+ * into its sources.list. dracut's removes initramfs-tools (it conflicts with it and provides
+ * linux-initramfs-tool for the kernel); the initrd their triggers make is replaced in the
+ * configure stage.
  */
-async function switchInitramfs(root: string, kind: InitramfsKind, signal?: AbortSignal): Promise<void> {
+async function installKindPackages(root: string, packages: string[], signal?: AbortSignal): Promise<void> {
   const env = {DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C', PATH: '/usr/sbin:/usr/bin:/sbin:/bin'}
   const apt = async (args: string[], purpose: string) =>
     run('chroot', [root, 'apt-get', '-q', ...args], {purpose, cancelSignal: signal, env, stdin: 'ignore'})
   await apt(['update'], 'apt-get update in the rootfs')
   await apt(
-    ['install', '-y', '--no-install-recommends', INITRAMFS_PACKAGE[kind]],
-    `installing ${INITRAMFS_PACKAGE[kind]} in the rootfs`,
+    ['install', '-y', '--no-install-recommends', ...packages],
+    `installing ${packages.join(', ')} in the rootfs`,
   )
 }

@@ -69,7 +69,7 @@ describe('resnap survives power cuts', {timeout: 600_000}, () => {
     guest = await TestGuest.fromBox(boxFile)
     const lvm = guest.box.metadata.box!.lvm!
     rootSnap = mapperPath(lvm.vg, lvm.snapshot)
-    boxSize = lvm.snapshot_size
+    boxSize = lvm.snapshot_size!
   })
 
   afterAll(async () => {

@@ -22,7 +22,7 @@ import {readArchiveFile} from '../../src/lib/box/archive.js'
 import {BoxMetadataSchema} from '../../src/lib/box/metadata.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {createProgress, type Progress} from '../../src/lib/core/progress.js'
-import {defaultMirror} from '../../src/builder/rootfs.js'
+import {defaultMirror, ensureRootfs, rootfsCachePath} from '../../src/builder/rootfs.js'
 
 const RECIPE = join(PROJECT_ROOT, 'boxes', 'debian-bookworm')
 const CLI = process.env.BOX_TEST_CLI ?? join(PROJECT_ROOT, 'bin', 'run.js')
@@ -210,6 +210,52 @@ describe.skipIf(!isRoot)('box build boxes/debian-bookworm (real build, cached)',
     expect(timings.slice(1).every((timing) => timing.cached === undefined && timing.ms > 0)).toBe(true)
     const metadata = JSON.parse(String(await readArchiveFile(output, 'metadata.json')))
     expect(metadata.box.recipe_hash).toBe(json.recipeHash)
+  }, 600_000)
+
+  it('a thin or dracut tree is the plain tree copied, with the kinds’ packages installed by apt: no second debootstrap', async () => {
+    // A cache holding only a copy of the plain tree the reference box was built on.
+    const cacheDir = join(dir, 'derived-cache')
+    const reference = await loadRecipe(RECIPE)
+    const plainPath = rootfsCachePath(cacheDir, rootfsHash(reference, mirror))
+    await mkdir(join(cacheDir, 'rootfs'), {recursive: true})
+    await execa('cp', [
+      '-a',
+      '--reflink=auto',
+      rootfsCachePath(testCacheDir(), rootfsHash(reference, mirror)),
+      plainPath,
+    ])
+    const thin = await loadRecipe(join(PROJECT_ROOT, 'boxes', 'debian-bookworm-thin'))
+    const steps: string[] = []
+    const started = Date.now()
+    const derived = await ensureRootfs({
+      recipe: thin,
+      mirror,
+      cacheDir,
+      stage: {update: (text) => steps.push(text), done: () => undefined, fail: () => undefined},
+    })
+    console.log(`thin tree from the plain one: ${Math.round((Date.now() - started) / 1000)} s`)
+    expect(derived).toMatchObject({hash: rootfsHash(thin, mirror), cached: false, added: ['thin-provisioning-tools']})
+    expect(steps).toEqual(['copying the plain tree, then installing thin-provisioning-tools (apt)'])
+    // dpkg-query's own field syntax, not a template.
+    // eslint-disable-next-line no-template-curly-in-string
+    const statusFormat = '${db:Status-Status}'
+    const installed = async (root: string) =>
+      (
+        await execa('chroot', [root, 'dpkg-query', '-W', '-f', statusFormat, 'thin-provisioning-tools'], {
+          reject: false,
+        })
+      ).stdout
+    expect(await installed(derived.path)).toBe('installed')
+    // thin_check, which LVM runs when it activates the pool (in the builder VM and the guest's initramfs).
+    expect((await stat(join(derived.path, 'usr', 'sbin', 'thin_check'))).mode & 0o111).not.toBe(0)
+    // The plain tree is left as it was, and no temp tree is left beside them.
+    expect(await installed(plainPath)).not.toBe('installed')
+    expect((await readdir(join(cacheDir, 'rootfs'))).sort()).toEqual(
+      [rootfsHash(reference, mirror), derived.hash].sort(),
+    )
+    // The next build of the same kind reuses it.
+    expect(await ensureRootfs({recipe: thin, mirror, cacheDir})).toMatchObject({cached: true, path: derived.path})
+    await rm(cacheDir, {recursive: true, force: true})
   }, 600_000)
 })
 

@@ -4,12 +4,19 @@ import {join} from 'node:path'
 
 import {afterEach, beforeEach, describe, expect, it} from 'vitest'
 
-import {resolveModules, sfdiskLayout} from '../../src/builder/appliance.js'
+import {builderParams, resolveModules, sfdiskLayout} from '../../src/builder/appliance.js'
 import {fstab, systemdDeviceUnit, tuneLvmConf, withoutDynamicMotd} from '../../src/builder/configure.js'
 import {grubConfig} from '../../src/builder/image.js'
 import {fullRecipeHash} from '../../src/builder/index.js'
 import {boxMetadata} from '../../src/builder/package.js'
-import {debootstrapPackages, loadRecipe, parseSize, rootfsHash} from '../../src/builder/recipe.js'
+import {
+  debootstrapPackages,
+  kindPackages,
+  loadRecipe,
+  lvmLayout,
+  parseSize,
+  rootfsHash,
+} from '../../src/builder/recipe.js'
 import {BoxError} from '../../src/lib/core/errors.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 
@@ -135,6 +142,95 @@ describe('loadRecipe', () => {
     expect(boxMetadata(dracut, 'abc').box).toMatchObject({initramfs: 'dracut', snapshot: 'classic'})
   })
 
+  it('loads the thin recipe: root and root_snap in a pool, no snapshot size; its tree adds thin-provisioning-tools', async () => {
+    const [reference, thin] = await Promise.all([
+      loadRecipe(REFERENCE),
+      loadRecipe(join(PROJECT_ROOT, 'boxes', 'debian-bookworm-thin')),
+    ])
+    expect(thin).toMatchObject({name: 'debian-bookworm-thin', initramfs: 'initramfs-tools', snapshot: 'thin'})
+    expect(thin.lvm).toMatchObject({pool: 'pool', pool_size: '6G', root_size: '3G', snapshot: 'root_snap'})
+    expect(thin.lvm.snapshot_size).toBeUndefined()
+    expect(thin.packages).toEqual(reference.packages)
+    expect(kindPackages(thin)).toEqual(['thin-provisioning-tools'])
+    expect(kindPackages(reference)).toEqual([])
+    expect(kindPackages({initramfs: 'dracut', snapshot: 'classic'})).toEqual(['dracut'])
+    expect(rootfsHash(thin, MIRROR)).not.toBe(rootfsHash(reference, MIRROR))
+    // The metadata and the kernel command line name the pool, not a size.
+    expect(lvmLayout(thin)).toEqual({
+      vg: 'box',
+      root: 'root',
+      snapshot: 'root_snap',
+      pool: 'pool',
+      persistent: 'persistent',
+      swap: 'swap',
+    })
+    expect(boxMetadata(thin, 'abc').box).toMatchObject({snapshot: 'thin', lvm: {pool: 'pool'}})
+    expect(builderParams(thin)).toMatchObject({snapshot_kind: 'thin', pool: 'pool', pool_size: '6G', snapshot_size: ''})
+    expect(builderParams(reference)).toMatchObject({snapshot_kind: 'classic', pool: '', snapshot_size: '2G'})
+  })
+
+  it.each([
+    [
+      'a thin snapshot with a size',
+      (t: string) =>
+        t
+          .replace('snapshot: classic', 'snapshot: thin')
+          .replace('snapshot_size: 2G', 'snapshot_size: 2G\n  pool: pool\n  pool_size: 6G'),
+      'snapshot_size:',
+      /lvm\.snapshot_size: a thin snapshot has no size of its own/,
+    ],
+    [
+      'a thin snapshot without a pool',
+      (t: string) => t.replace('snapshot: classic', 'snapshot: thin').replace(/\n  snapshot_size: 2G[^\n]*/, ''),
+      '  vg: box',
+      /lvm: `snapshot: thin` needs pool and pool_size/,
+    ],
+    [
+      'a classic snapshot with a pool',
+      (t: string) => t.replace('snapshot_size: 2G', 'snapshot_size: 2G\n  pool: pool'),
+      'pool: pool',
+      /lvm\.pool: pool is for `snapshot: thin` only/,
+    ],
+    [
+      'a classic snapshot without a size',
+      (t: string) => t.replace(/\n  snapshot_size: 2G[^\n]*/, ''),
+      '  vg: box',
+      /lvm: `snapshot: classic` needs snapshot_size/,
+    ],
+    [
+      'a thin pool smaller than twice root',
+      (t: string) =>
+        t
+          .replace('snapshot: classic', 'snapshot: thin')
+          .replace(/snapshot_size: 2G[^\n]*/, 'pool: pool\n  pool_size: 5G'),
+      'pool_size: 5G',
+      /lvm\.pool_size: 5G is less than twice root_size \(3G\)/,
+    ],
+    [
+      'thin with dracut',
+      (t: string) =>
+        t
+          .replace('snapshot: classic', 'snapshot: thin')
+          .replace('initramfs: initramfs-tools', 'initramfs: dracut')
+          .replace(/snapshot_size: 2G[^\n]*/, 'pool: pool\n  pool_size: 6G'),
+      'snapshot: thin',
+      /snapshot: thin snapshots are resnapped by the initramfs-tools script only/,
+    ],
+    [
+      'an unknown snapshot kind',
+      (t: string) => t.replace('snapshot: classic', 'snapshot: zfs'),
+      'snapshot: zfs',
+      /snapshot: one of classic, thin/,
+    ],
+  ])('rejects %s, naming file:line', async (_name, edit, needle, message) => {
+    const recipeDir = await writeRecipe(edit)
+    const file = join(recipeDir, 'recipe.yaml')
+    const error = await loadError(recipeDir)
+    const line = lineOf(await readFile(file, 'utf8'), needle)
+    expect(error.message).toMatch(new RegExp(`${file}:${line}:\\d+: `))
+    expect(error.message).toMatch(message)
+  })
+
   it('rejects LVM names that would need quoting', async () => {
     const recipeDir = await writeRecipe((text) => text.replace('vg: box', 'vg: "box; rm -rf /"'))
     const error = await loadError(recipeDir)
@@ -162,7 +258,7 @@ describe('loadRecipe', () => {
 
   it('rejects duplicate LV names and swap without a size', async () => {
     const dup = await loadError(await writeRecipe((text) => text.replace('persistent: persistent', 'persistent: root')))
-    expect(dup.message).toContain('lvm: root, snapshot, persistent and swap need distinct names')
+    expect(dup.message).toContain('lvm: root, snapshot, pool, persistent and swap need distinct names')
     const noSize = await loadError(await writeRecipe((text) => text.replace(/^ {2}swap_size: .*$/m, '')))
     expect(noSize.message).toMatch(/lvm\.swap: swap needs swap_size/)
   })

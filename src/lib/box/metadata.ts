@@ -1,15 +1,24 @@
 import {z} from 'zod'
 
 /** The LVM layout a resnap box was built with (box's own key in metadata.json). */
-export const LvmLayoutSchema = z.strictObject({
-  vg: z.string().regex(/^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$/, 'a volume group name ([A-Za-z0-9+_.-])'),
-  root: z.string(),
-  snapshot: z.string(),
-  /** Size of the classic snapshot's copy-on-write area, as lvcreate -L takes it ("2G"). */
-  snapshot_size: z.string().regex(/^\d+(\.\d+)?[KMGT]$/i, 'a size such as 512M or 2G'),
-  persistent: z.string(),
-  swap: z.string().optional(),
-})
+export const LvmLayoutSchema = z
+  .strictObject({
+    vg: z.string().regex(/^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$/, 'a volume group name ([A-Za-z0-9+_.-])'),
+    root: z.string(),
+    snapshot: z.string(),
+    /** Size of the classic snapshot's copy-on-write area, as lvcreate -L takes it ("2G"). */
+    snapshot_size: z
+      .string()
+      .regex(/^\d+(\.\d+)?[KMGT]$/i, 'a size such as 512M or 2G')
+      .optional(),
+    /** The thin pool holding root and its thin snapshot (a thin box has this instead of snapshot_size). */
+    pool: z.string().optional(),
+    persistent: z.string(),
+    swap: z.string().optional(),
+  })
+  .refine((lvm) => lvm.snapshot_size !== undefined || lvm.pool !== undefined, {
+    message: 'needs snapshot_size (a classic snapshot) or pool (a thin one)',
+  })
 export type LvmLayout = z.infer<typeof LvmLayoutSchema>
 
 /** box's own part of metadata.json: what a provider needs to boot and log in. */
@@ -25,7 +34,7 @@ export const BoxInfoSchema = z.object({
   lvm: LvmLayoutSchema.optional(),
   /**
    * What resets the root snapshot at boot, as the recipe named it (`initramfs-tools`, `dracut`),
-   * and what kind of snapshot it is (`classic`). A string, not an enum: a box built by a newer
+   * and what kind of snapshot it is (`classic`, `thin`). A string, not an enum: a box built by a newer
    * box may name a kind this one does not know, and still boots.
    */
   initramfs: z.string().optional(),

@@ -18,7 +18,8 @@ export interface BootChoice {
 
 /**
  * The kernel command line of a resnap box, as grub and direct kernel boot both use it:
- * `root=/dev/mapper/<vg>-root_snap ro volgroup=<vg> lvroot=root lvsnap=root_snap lvsize=<size> [resnap]`.
+ * `root=/dev/mapper/<vg>-root_snap ro volgroup=<vg> lvroot=root lvsnap=root_snap lvsize=<size> [resnap]`,
+ * with `lvpool=<pool>` in place of `lvsize=` for a thin snapshot (it has no size).
  * With `base`, root is the origin and no snapshot is touched.
  */
 export function kernelCommandLine(lvm: LvmLayout, choice: BootChoice, extraArgs = ''): string {
@@ -29,7 +30,7 @@ export function kernelCommandLine(lvm: LvmLayout, choice: BootChoice, extraArgs 
     `volgroup=${lvm.vg}`,
     `lvroot=${lvm.root}`,
     `lvsnap=${lvm.snapshot}`,
-    `lvsize=${lvm.snapshot_size}`,
+    lvm.pool ? `lvpool=${lvm.pool}` : `lvsize=${lvm.snapshot_size}`,
   ]
   if (choice.resnap && !choice.base) args.push('resnap')
   if (extraArgs.trim()) args.push(extraArgs.trim())

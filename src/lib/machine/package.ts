@@ -107,6 +107,16 @@ export async function packageMachine(options: PackageOptions): Promise<PackageRe
     })
   }
   const sourceMetadata = await readSourceMetadata(record)
+  // The scrub finds root, root_snap and persistent by their extents on the PV; thin volumes
+  // have none of their own (they live in the pool's data LV, block by block).
+  if (sourceMetadata.box?.lvm?.pool)
+    throw new BoxError(
+      `machine ${machine.name} runs a thin-snapshot box (${record.box.name}): box package cannot package one yet`,
+      {
+        exitCode: ExitCode.USAGE,
+        suggestions: ['change its recipe and build it again: box build RECIPE_DIR (docs/building.md)'],
+      },
+    )
   const version = options.version ?? nextVersion(record.box.version)
   if (!isVersion(version))
     throw new BoxError(`"${version}" is not a box version (such as 1.2.3)`, {exitCode: ExitCode.USAGE})

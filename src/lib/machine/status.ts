@@ -22,8 +22,11 @@ export interface MachineStatus {
   box?: string
   ssh?: string
   forwardedPorts: Array<{guest: number; host: number; hostIp: string; protocol: string}>
-  /** Fill of the root snapshot's copy-on-write area, percent (running resnap boxes only). */
+  /** Fill of the root snapshot's copy-on-write area, percent (running resnap boxes with a classic snapshot). */
   snapshotUsedPercent?: number
+  /** Fill of the thin pool's data and metadata, percent (running resnap boxes with a thin snapshot). */
+  poolDataPercent?: number
+  poolMetadataPercent?: number
   /** What resets the root snapshot at boot (`initramfs-tools`, `dracut`), from the box's metadata (running machines). */
   initramfs?: string
   /** The root snapshot's kind (`classic`), from the box's metadata (running machines). */
@@ -31,7 +34,7 @@ export interface MachineStatus {
   warning?: string
 }
 
-/** Above this fill status warns: at 100 % the snapshot is invalidated and the root is lost. */
+/** Above this fill status warns: at 100 % a classic snapshot is invalidated and the root is lost, a full thin pool fails writes. */
 export const SNAPSHOT_WARNING_PERCENT = 80
 
 export async function machineStatus(
@@ -53,10 +56,9 @@ export async function machineStatus(
     const metadata = await readMetadata(record)
     if (metadata?.box?.initramfs) status.initramfs = metadata.box.initramfs
     if (metadata?.box?.snapshot) status.snapshotKind = metadata.box.snapshot
-    status.snapshotUsedPercent = await snapshotUsage(provider, stateDir, record, metadata)
-    if (status.snapshotUsedPercent !== undefined && status.snapshotUsedPercent > SNAPSHOT_WARNING_PERCENT) {
-      status.warning = `root snapshot is ${status.snapshotUsedPercent.toFixed(1)}% full: at 100% it is invalidated; reboot with resnap (box resnap) or use a bigger lvsize`
-    }
+    Object.assign(status, await snapshotFill(provider, stateDir, record, metadata))
+    const warning = fillWarning(status)
+    if (warning) status.warning = warning
   }
   return status
 }
@@ -82,9 +84,11 @@ function formatStatus(status: MachineStatus): string {
     ports.length > 0 ? `ports ${ports.join(', ')}` : undefined,
     status.snapshotUsedPercent !== undefined
       ? `root snapshot ${status.snapshotUsedPercent.toFixed(1)}% used${resnapKinds(status)}`
-      : status.initramfs || status.snapshotKind
-        ? `root snapshot${resnapKinds(status)}`
-        : undefined,
+      : status.poolDataPercent !== undefined && status.poolMetadataPercent !== undefined
+        ? `thin pool ${status.poolDataPercent.toFixed(1)}% data, ${status.poolMetadataPercent.toFixed(1)}% metadata used${resnapKinds(status)}`
+        : status.initramfs || status.snapshotKind
+          ? `root snapshot${resnapKinds(status)}`
+          : undefined,
   ]
   return `${status.name.padEnd(16)} ${parts.filter(Boolean).join('  ')}`
 }
@@ -104,33 +108,82 @@ async function readMetadata(record: MachineRecord): Promise<BoxMetadata | undefi
   }
 }
 
+/** Why status warns: the classic snapshot or the thin pool above SNAPSHOT_WARNING_PERCENT. */
+export function fillWarning(status: MachineStatus): string | undefined {
+  const snapshot = status.snapshotUsedPercent
+  if (snapshot !== undefined && snapshot > SNAPSHOT_WARNING_PERCENT)
+    return `root snapshot is ${snapshot.toFixed(1)}% full: at 100% it is invalidated; reboot with resnap (box resnap) or use a bigger lvsize`
+  const pool = Math.max(status.poolDataPercent ?? 0, status.poolMetadataPercent ?? 0)
+  if (pool > SNAPSHOT_WARNING_PERCENT)
+    return `thin pool is ${pool.toFixed(1)}% full: at 100% writes to / fail (the origin root is kept); reboot with resnap (box resnap) or use a bigger pool_size`
+  return undefined
+}
+
 /**
- * The snapshot's Data% from device-mapper rather than lvs: under TCG, `sudo lvs` takes
- * about 0.5 s longer than `sudo dmsetup status`. Unknown (undefined) when the guest cannot say.
+ * The root snapshot's fill from device-mapper rather than lvs (under TCG, `sudo lvs` takes
+ * about 0.5 s longer than `sudo dmsetup status`): the classic snapshot's Data%, or the thin
+ * pool's data and metadata. Empty when the guest cannot say.
  */
-async function snapshotUsage(
+async function snapshotFill(
   provider: Provider,
   stateDir: string,
   record: MachineRecord,
   metadata: BoxMetadata | undefined,
-): Promise<number | undefined> {
+): Promise<Pick<MachineStatus, 'snapshotUsedPercent' | 'poolDataPercent' | 'poolMetadataPercent'>> {
+  const lvm = metadata?.box?.lvm
+  if (!lvm || !metadata.box) return {}
+  // A thin pool's own target is its -tpool device (the pool LV is a linear layer over it).
+  const device = lvm.pool ? `${mapperName(lvm.vg, lvm.pool)}-tpool` : mapperName(lvm.vg, lvm.snapshot)
+  const dmStatus = await askDmStatus(provider, stateDir, record, metadata.box.agent !== undefined, device)
+  if (dmStatus === undefined) return {}
+  if (!lvm.pool) return {snapshotUsedPercent: snapshotDataPercent(dmStatus)}
+  const pool = thinPoolPercents(dmStatus)
+  return pool ? {poolDataPercent: pool.data, poolMetadataPercent: pool.metadata} : {}
+}
+
+/** `dmsetup status DEVICE` in the guest, from box-agent when the box has it, else over ssh + sudo. */
+async function askDmStatus(
+  provider: Provider,
+  stateDir: string,
+  record: MachineRecord,
+  hasAgent: boolean,
+  device: string,
+): Promise<string | undefined> {
   try {
-    const lvm = metadata?.box?.lvm
-    if (!lvm || !metadata.box) return undefined
-    const device = mapperName(lvm.vg, lvm.snapshot)
-    if (metadata.box.agent !== undefined && provider.askAgent) {
+    if (hasAgent && provider.askAgent) {
       // A machine started before its box had the agent has no port: ssh answers instead.
       const answer = await provider
         .askAgent({stateDir}, `dm-status ${device}`, {timeoutMs: 3000})
         .catch(() => undefined)
-      if (answer !== undefined) return snapshotDataPercent(answer)
+      if (answer !== undefined) return answer
     }
     const {stdout} = await sshRun(sshTarget(stateDir, record, provider), ['sudo', '-n', 'dmsetup', 'status', device], {
       timeoutMs: 5000,
     })
-    return snapshotDataPercent(stdout)
+    return stdout
   } catch {
     return undefined
+  }
+}
+
+const percent = (used: string, total: string) => Math.round((Number(used) / Number(total)) * 10_000) / 100
+
+/**
+ * A thin pool's data and metadata fill from its `dmsetup status` line:
+ * "0 10485760 thin-pool 3 171/4096 9640/81920 - rw no_discard_passdown error_if_no_space - 1024"
+ * is the transaction id, then metadata blocks used/total, then data blocks used/total.
+ * A pool that failed is "Fail": 100 %, as is a pool out of data space.
+ */
+export function thinPoolPercents(dmStatus: string): {data: number; metadata: number} | undefined {
+  const [, , target, transaction, metadata, data, , mode] = dmStatus.trim().split(/\s+/)
+  if (target !== 'thin-pool') return undefined
+  if (transaction === 'Fail') return {data: 100, metadata: 100}
+  const meta = /^(\d+)\/(\d+)$/.exec(metadata ?? '')
+  const blocks = /^(\d+)\/(\d+)$/.exec(data ?? '')
+  if (!meta || !blocks || Number(meta[2]) === 0 || Number(blocks[2]) === 0) return undefined
+  return {
+    data: mode === 'out_of_data_space' ? 100 : percent(blocks[1]!, blocks[2]!),
+    metadata: percent(meta[1]!, meta[2]!),
   }
 }
 
@@ -145,5 +198,5 @@ export function snapshotDataPercent(dmStatus: string): number | undefined {
   if (usage === 'Invalid' || usage === 'Overflow') return 100
   const match = /^(\d+)\/(\d+)$/.exec(usage ?? '')
   if (!match || Number(match[2]) === 0) return undefined
-  return Math.round((Number(match[1]) / Number(match[2])) * 10_000) / 100
+  return percent(match[1]!, match[2]!)
 }
