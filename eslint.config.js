@@ -17,6 +17,30 @@ const mochaOff = Object.fromEntries(
     .map((rule) => [rule, 'off']),
 )
 
+/** no-restricted-imports as oclif's set has it (Node's deprecated modules): the block for src/ below adds to it. */
+const inheritedRestrictedImports = oclif
+  .flatMap((config) => config.rules?.['no-restricted-imports'] ?? [])
+  .filter((option) => typeof option === 'string' && option !== 'error' && option !== 'warn')
+
+/**
+ * Child processes in src/ only through src/lib/core/exec.ts (run, spawn, runAttached): a program
+ * and an argument array, never a shell string built from input (README, Layout).
+ */
+const CHILD_PROCESS_MESSAGE =
+  'box starts programs only through src/lib/core/exec.ts (run, spawn, runAttached), with argument arrays'
+const childProcessModules = ['execa', 'child_process', 'node:child_process']
+const childProcessSelector = `/^(${childProcessModules.join('|')})$/`
+/** import('execa'), require('node:child_process'), a createRequire()'d require of them: what an import declaration rule misses. */
+const childProcessLoads = [
+  {selector: `ImportExpression[source.value=${childProcessSelector}]`, message: CHILD_PROCESS_MESSAGE},
+  {selector: `CallExpression[arguments.0.value=${childProcessSelector}]`, message: CHILD_PROCESS_MESSAGE},
+]
+/** execa's and node's shell option: the program runs under /bin/sh -c, its arguments joined into a string. */
+const noShell = {
+  selector: "Property[key.name='shell'][value.value=true], Property[key.value='shell'][value.value=true]",
+  message: 'no shell: true: pass the program and an argument array (src/lib/core/exec.ts)',
+}
+
 export default [
   {ignores: ['dist/', 'node_modules/', 'oclif.manifest.json']},
   ...oclif,
@@ -131,6 +155,26 @@ export default [
       // cannot see that, so it checks conditions and spreads only.
       '@typescript-eslint/no-misused-promises': ['error', {checksVoidReturn: {arguments: false, properties: false}}],
     },
+  },
+  {
+    files: ['src/**'],
+    ignores: ['src/lib/core/exec.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: [
+            ...inheritedRestrictedImports,
+            ...childProcessModules.map((name) => ({name, message: CHILD_PROCESS_MESSAGE})),
+          ],
+        },
+      ],
+      'no-restricted-syntax': ['error', ...childProcessLoads, noShell],
+    },
+  },
+  {
+    files: ['src/lib/core/exec.ts'],
+    rules: {'no-restricted-syntax': ['error', noShell]},
   },
   {
     files: ['**/*.cjs'],

@@ -227,4 +227,14 @@ describe('ansible provisioner and forward_ports: auto on a real guest', {timeout
     expect(await running(newPid)).toBe(true)
     expect((await forwards()).filter((forward) => forward.auto)).toEqual([])
   })
+
+  it('destroy stops the watcher at once, before its next round could notice the machine is gone', async () => {
+    const stateDir = join(env.cwd, '.box', 'machines', 'default')
+    const pid = Number((await readFile(join(stateDir, 'auto-forward.pid'), 'utf8')).trim())
+    expect(await running(pid)).toBe(true)
+    await ok(['destroy', '-f'])
+    // Not waited for: left alone, the watcher would end by itself only at its next poll (2 s).
+    expect(await running(pid)).toBe(false)
+    await expect(readdir(stateDir)).rejects.toThrow(/ENOENT/)
+  })
 })

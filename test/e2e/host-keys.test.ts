@@ -6,7 +6,10 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {ensureBox} from '../../src/builder/index.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
+import {readRecord} from '../../src/lib/machine/context.js'
 import {closeSshMaster} from '../../src/lib/machine/keys.js'
+import {sshArgs} from '../../src/lib/machine/ssh.js'
+import {sshTarget} from '../../src/lib/machine/ssh-session.js'
 import {QemuProvider} from '../../src/providers/qemu/index.js'
 import {testCacheDir} from '../support/cache.js'
 import {box, type CliEnv} from '../support/cli.js'
@@ -28,6 +31,11 @@ function publicKeys(text: string): string[] {
     .filter(Boolean)
     .map((line) => line.split(' ').slice(0, 2).join(' '))
     .sort()
+}
+
+/** The key exchange an `ssh -v` run negotiated ("debug1: kex: algorithm: NAME"). */
+function kexOf(stderr: string): string | undefined {
+  return /^debug1: kex: algorithm: (\S+)$/m.exec(stderr)?.[1]
 }
 
 /** The "TYPE BLOB" keys pinned in a known_hosts file, and the names they are pinned under. */
@@ -95,6 +103,35 @@ describe('host keys pinned at the first up and checked by every connection', {ti
     })
     expect(viaConfig.stderr).toBe('')
     expect(viaConfig.stdout.trim()).toBe('reached')
+  })
+
+  it("box's ssh and ssh-config leave out sntrup761x25519 (ssh's first choice with this guest): curve25519-sha256 is used", async () => {
+    // Fresh connections (no ControlMaster), with -v: ssh prints the key exchange it agreed on.
+    const record = await readRecord(stateDir)
+    const target = {...sshTarget(stateDir, record!, new QemuProvider()), controlPath: undefined}
+    const own = await execa('ssh', ['-v', ...sshArgs(target, ['true'])], {reject: false, stdin: 'ignore'})
+    expect(own.exitCode, own.stderr).toBe(0)
+    expect(kexOf(own.stderr)).toBe('curve25519-sha256')
+    expect(own.stderr).not.toMatch(/kex: algorithm: sntrup/)
+    const configFile = join(root, 'ssh_config')
+    await writeFile(configFile, (await box(env, ['ssh-config'])).stdout)
+    const viaConfig = await execa('ssh', ['-v', '-F', configFile, '-o', 'BatchMode=yes', 'default', 'true'], {
+      reject: false,
+      stdin: 'ignore',
+    })
+    expect(viaConfig.exitCode, viaConfig.stderr).toBe(0)
+    expect(kexOf(viaConfig.stderr)).toBe('curve25519-sha256')
+    expect(viaConfig.stderr).not.toMatch(/kex: algorithm: sntrup/)
+    // ssh's own default list (the command line's option comes before the config file's): the
+    // guest agrees to sntrup761x25519, so the two answers above are box's doing.
+    const byDefault = await execa(
+      'ssh',
+      ['-v', '-F', configFile, '-o', 'BatchMode=yes', '-o', 'KexAlgorithms=+curve25519-sha256', 'default', 'true'],
+      {reject: false, stdin: 'ignore'},
+    )
+    expect(byDefault.exitCode, byDefault.stderr).toBe(0)
+    // (Named sntrup761x25519-sha512 by a bookworm OpenSSH since 9.2p1-2+deb12u4, with @openssh.com before.)
+    expect(kexOf(byDefault.stderr)).toMatch(/^sntrup761x25519-sha512(@openssh\.com)?$/)
   })
 
   it('resnap, halt and up keep the guest key (it lives on /persistent): strict checking still connects', async () => {

@@ -1,10 +1,11 @@
 /**
  * `box doctor` through the built CLI with a PATH made for the test: a folder of links to
  * the host's real tools, minus the ones a test hides. Its lines, its --json report and its
- * exit code are checked against what the hidden tool changes (nothing is booted: BOX_ACCEL
- * names the accelerator, so no probe guest starts).
+ * exit code are checked against what the hidden tool changes (BOX_ACCEL names the
+ * accelerator, so no probe guest starts; only the --reprobe test runs QEMU's tiny probe guest,
+ * a second or two, 3 s more for a KVM that hangs).
  */
-import {mkdir, symlink} from 'node:fs/promises'
+import {mkdir, readFile, symlink, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -56,7 +57,8 @@ describe('box doctor with tools hidden from PATH', () => {
     return bin
   }
 
-  function doctor(path: string, args: string[] = []) {
+  /** box doctor; `probe`: without BOX_ACCEL, so the accelerator comes from the cache or a probe guest, in `probe`'s cache dir. */
+  function doctor(path: string, args: string[] = [], probe?: {cacheDir: string}) {
     return execa(BIN, ['doctor', ...args], {
       reject: false,
       stdin: 'ignore',
@@ -64,9 +66,9 @@ describe('box doctor with tools hidden from PATH', () => {
       env: {
         PATH: path,
         HOME: dir,
-        BOX_CACHE_DIR: join(dir, 'cache'),
+        BOX_CACHE_DIR: probe?.cacheDir ?? join(dir, 'cache'),
         BOX_DATA_DIR: join(dir, 'data'),
-        BOX_ACCEL: 'tcg',
+        ...(probe ? {} : {BOX_ACCEL: 'tcg'}),
         NO_COLOR: '1',
       },
     })
@@ -144,6 +146,32 @@ describe('box doctor with tools hidden from PATH', () => {
       /^ {2}missing +xz +install: sudo apt-get install xz-utils +\(xz-compressed boxes, optional\)$/m,
     )
     expect(result.stdout).toContain('box is ready to run machines.')
+  })
+
+  it('--reprobe probes the accelerator again instead of using the cached answer', async () => {
+    // A probe guest runs (well under a second under TCG; 3 s at most per accelerator that hangs).
+    const path = await pathWithout('reprobe', [])
+    const probe = {cacheDir: join(dir, 'probe-cache')}
+    const accelFile = join(probe.cacheDir, 'accel.json')
+    const first = await doctor(path, [], probe)
+    expect(first.exitCode, first.stdout).toBe(0)
+    const found = /^acceleration: (kvm|tcg) \(probe\)/m.exec(first.stdout)?.[1]
+    expect(found, first.stdout).toBeDefined()
+    // The cached answer, changed by hand: what a plain doctor reports, and --reprobe does not.
+    const cached = JSON.parse(await readFile(accelFile, 'utf8'))
+    expect(cached.result.accel).toBe(found)
+    await writeFile(accelFile, JSON.stringify({...cached, result: {accel: 'hvf', source: 'probe', attempts: []}}))
+    const fromCache = await doctor(path, [], probe)
+    expect(fromCache.exitCode, fromCache.stdout).toBe(0)
+    expect(fromCache.stdout).toMatch(/^acceleration: hvf \(cache\)$/m)
+    const reprobed = await doctor(path, ['--reprobe'], probe)
+    expect(reprobed.exitCode, reprobed.stdout).toBe(0)
+    expect(reprobed.stdout).toMatch(new RegExp(`^acceleration: ${found} \\(probe\\)`, 'm'))
+    // Its answer replaces the cached one.
+    const rewritten = JSON.parse(await readFile(accelFile, 'utf8'))
+    expect(rewritten.result.accel).toBe(found)
+    expect(Date.parse(rewritten.probedAt)).toBeGreaterThan(Date.parse(cached.probedAt))
+    expect((await doctor(path, [], probe)).stdout).toMatch(new RegExp(`^acceleration: ${found} \\(cache\\)`, 'm'))
   })
 
   it('mke2fs hidden: fine for machines, but --jobs fails on it', async () => {

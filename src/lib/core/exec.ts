@@ -55,8 +55,8 @@ export async function run(command: string, args: readonly string[], options: Run
   }
 }
 
-/** Like run, but the child and its result are the caller's (execa's options as they are: reject, stdio, lifetime). */
-export function spawn(command: string, args: readonly string[], options: Options = {}): ResultPromise {
+/** Like run, but the child and its result are the caller's (execa's options as they are: reject, stdio, lifetime; never a shell). */
+export function spawn(command: string, args: readonly string[], options: Omit<Options, 'shell'> = {}): ResultPromise {
   return loadExeca()(command, args, options)
 }
 

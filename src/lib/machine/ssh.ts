@@ -55,9 +55,11 @@ export function hostKeyOptions(target: Pick<SshTarget, 'hostKeys' | 'firstUse'>)
  * first choice): under TCG its key generation and decapsulation took 0.3 s of each 0.9 s login
  * (client and guest), against a few ms for curve25519, next in the default list. What it guards
  * against, traffic recorded now and decrypted by a future quantum computer, does not apply to
- * a loopback connection into a local VM.
+ * a loopback connection into a local VM. A pattern: it goes by two names, and bookworm's
+ * OpenSSH since 9.2p1-2+deb12u4 (Debian #1088873) puts the suffix-less RFC one,
+ * sntrup761x25519-sha512, first, before sntrup761x25519-sha512@openssh.com.
  */
-export const SSH_KEX_ALGORITHMS = '-sntrup761x25519-sha512@openssh.com'
+export const SSH_KEX_ALGORITHMS = '-sntrup761x25519-sha512*'
 
 export function sshOptions(target: SshTarget): string[] {
   const options = [
