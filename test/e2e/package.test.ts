@@ -39,6 +39,14 @@ async function qemuProcessesMentioning(text: string): Promise<string[]> {
   return stdout.split('\n').filter((line) => line.includes('qemu-system') && line.includes(text))
 }
 
+/** The names of a machine's snapshots (box snapshot list --json). */
+async function snapshotNames(env: CliEnv): Promise<string[]> {
+  const listed = await box(env, ['snapshot', 'list', '--json'])
+  expect(listed.exitCode, listed.stderr).toBe(0)
+  const [entry] = JSON.parse(listed.stdout) as Array<{snapshots: Array<{name: string}>}>
+  return entry!.snapshots.map((snapshot) => snapshot.name)
+}
+
 describe('box package: the maintainer loop on the reference box', () => {
   let root: string
   let origin: CliEnv
@@ -121,6 +129,28 @@ describe('box package: the maintainer loop on the reference box', () => {
   )
 
   it(
+    'a snapshot saved on the running origin, then one file removed and one added after it',
+    async () => {
+      const before = await box(origin, [
+        'ssh',
+        '-c',
+        'echo kept | sudo tee /etc/box-before-snapshot /etc/box-removed-after-snapshot >/dev/null && sync',
+      ])
+      expect(before.exitCode, before.stderr).toBe(0)
+      const saved = await box(origin, ['snapshot', 'save', 'before-package'])
+      expect(saved.exitCode, saved.stderr).toBe(0)
+      const after = await box(origin, [
+        'ssh',
+        '-c',
+        'sudo rm /etc/box-removed-after-snapshot && echo after | sudo tee /etc/box-after-snapshot >/dev/null && sync',
+      ])
+      expect(after.exitCode, after.stderr).toBe(0)
+      expect((await snapshotNames(origin)).sort()).toEqual(['before-package'])
+    },
+    BOOT_TIMEOUT,
+  )
+
+  it(
     'package --halt writes a Vagrant-format box, prints its sha256 and adds it to a catalog',
     async () => {
       const url = `file://${packaged}`
@@ -177,6 +207,47 @@ describe('box package: the maintainer loop on the reference box', () => {
     },
     BOOT_TIMEOUT,
   )
+
+  it('the box holds the disk as it is now and none of the snapshots: no snapshot member, layer or state, the later changes in', async () => {
+    const listing = (await execa('tar', ['--zstd', '-tf', packaged])).stdout.split('\n').filter(Boolean)
+    expect(listing.sort()).toEqual(
+      [
+        'Vagrantfile',
+        'box.img',
+        'include/',
+        'include/NOTES.txt',
+        'info.json',
+        'initrd.img',
+        'metadata.json',
+        'vmlinuz',
+      ].sort(),
+    )
+    const unpacked = join(root, 'from-origin')
+    await mkdir(unpacked)
+    try {
+      await execa('tar', ['--zstd', '-xf', packaged, '-C', unpacked, 'box.img'])
+      const image = join(unpacked, 'box.img')
+      // One standalone qcow2: no backing layer (the snapshot's frozen one), no internal snapshots.
+      const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', image])).stdout)
+      expect(info['backing-filename']).toBeUndefined()
+      expect(info.snapshots).toBeUndefined()
+      expect((await execa('qemu-img', ['snapshot', '-l', image])).stdout).toBe('')
+      const lvm = (await readLvmOnDisk(image, 'qcow2'))!
+      const [rootRange] = lvRangesOnPv(lvm.metadata, 'box', 'root', lvm.pvUuid)!
+      const rootFs = join(unpacked, 'root.raw')
+      await copyImageRange(image, 'qcow2', lvm.pvOffset + rootRange!.offset, rootRange!.size, rootFs)
+      const look = async (path: string) =>
+        (await execa('debugfs', ['-R', `stat ${path}`, rootFs], {reject: false})).stderr
+      expect(await look('/etc/box-before-snapshot')).not.toMatch(/not found/)
+      expect(await look('/etc/box-after-snapshot')).not.toMatch(/not found/)
+      // In the snapshot, removed after it: the snapshot's disk would still have it.
+      expect(await look('/etc/box-removed-after-snapshot')).toMatch(/not found/)
+    } finally {
+      await rm(unpacked, {recursive: true, force: true})
+    }
+    // The machine keeps its snapshot: packaging neither ships nor drops it.
+    expect(await snapshotNames(origin)).toEqual(['before-package'])
+  })
 
   it('refuses an existing output unless --force', async () => {
     const refused = await box(origin, ['package', '-o', packaged])
