@@ -6,7 +6,7 @@
  *     with the host's load average (the machine is shared);
  *   - the host-side resnap step alone (the provider's resetDisk on the halted machine),
  *     median of 10.
- * Each boot holds the QEMU lock (BENCH_LOCK, default /tmp/box-qemu.lock).
+ * Each up + halt pair holds the QEMU lock (bench/lock.ts; BENCH_LOCK, default /tmp/box-qemu.lock).
  * Run: npm run build && [RUNS=n] node --import tsx/esm bench/cloud-image.ts
  */
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
@@ -19,40 +19,41 @@ import {PROJECT_ROOT} from '../src/lib/core/paths.js'
 import {QemuProvider} from '../src/providers/qemu/index.js'
 import {testCacheDir} from '../test/support/cache.js'
 import {ensureCloudImage} from '../test/support/debian-cloud-image.js'
+import {withQemuLock} from './lock.js'
 
 const BIN = join(PROJECT_ROOT, 'bin', 'box')
-const LOCK = process.env.BENCH_LOCK ?? '/tmp/box-qemu.lock'
 const RUNS = Number(process.env.RUNS ?? 3)
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`
 const load = () => loadavg()[0]!.toFixed(2)
 
-const image = await ensureCloudImage({log: (line) => console.log(line)})
+// A missing image is built first, with the lock held (debootstrap is heavy on a shared host).
+const image = await withQemuLock(() => ensureCloudImage({log: (line) => console.log(line)}))
 const work = await mkdtemp(join(tmpdir(), 'box-bench-cloud-'))
 const env = {BOX_DATA_DIR: join(work, 'data'), BOX_CACHE_DIR: testCacheDir(), NO_COLOR: '1'}
 const box = (args: string[]) => execa(BIN, args, {cwd: work, env, stdin: 'ignore', all: true})
-/** A box command holding the QEMU lock, timed. */
-const lockedBox = async (args: string[]) => {
-  const started = performance.now()
-  await execa('flock', [LOCK, BIN, ...args], {cwd: work, env, stdin: 'ignore', all: true})
-  return performance.now() - started
-}
+/** `box up` timed, then `box halt`, with the QEMU lock held from before up until the guest is down. */
+const upThenHalt = () =>
+  withQemuLock(async () => {
+    const started = performance.now()
+    await box(['up'])
+    const ms = performance.now() - started
+    await box(['halt'])
+    return ms
+  })
 
 try {
   await box(['add', 'bench-cloud', image])
   await writeFile(join(work, 'Boxfile'), 'box: bench-cloud\nmemory: 1024\nresnap: always\n')
-  // The wait for the lock is not the boot's: take it, then time inside (flock -c would count it).
-  const first = await lockedBox(['up'])
+  const first = await upThenHalt()
   console.log(`first up (create, seed, boot → ssh): ${seconds(first)}, load ${load()}`)
   const again: number[] = []
   for (let run = 0; run < RUNS; run++) {
-    await box(['halt'])
-    const ms = await lockedBox(['up'])
+    const ms = await upThenHalt()
     again.push(ms)
     console.log(`halt + up with host-side resnap #${run + 1}: up ${seconds(ms)}, load ${load()}`)
   }
   console.log(`up with host-side resnap: median ${seconds(median(again))} of ${RUNS}`)
-  await box(['halt'])
 
   const stateDir = join(work, '.box', 'machines', 'default')
   const record = JSON.parse(await readFile(join(stateDir, 'machine.json'), 'utf8'))
