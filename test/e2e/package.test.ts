@@ -214,7 +214,7 @@ describe('box package: the maintainer loop on the reference box', () => {
       [
         'Vagrantfile',
         'box.img',
-        'include/',
+        'include',
         'include/NOTES.txt',
         'info.json',
         'initrd.img',
