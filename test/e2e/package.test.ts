@@ -208,7 +208,7 @@ describe('box package: the maintainer loop on the reference box', () => {
     BOOT_TIMEOUT,
   )
 
-  it('the box holds the disk as it is now and none of the snapshots: no snapshot member, layer or state, the later changes in', async () => {
+  it('the box holds the disk as it is now and none of the snapshots: no snapshot member, layer or state; the changes made after it are in', async () => {
     const listing = (await execa('tar', ['--zstd', '-tf', packaged])).stdout.split('\n').filter(Boolean)
     expect(listing.sort()).toEqual(
       [
