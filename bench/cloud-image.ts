@@ -20,10 +20,10 @@ import {QemuProvider} from '../src/providers/qemu/index.js'
 import {testCacheDir} from '../test/support/cache.js'
 import {ensureCloudImage} from '../test/support/debian-cloud-image.js'
 import {withQemuLock} from './lock.js'
+import {median} from './stats.js'
 
 const BIN = join(PROJECT_ROOT, 'bin', 'box')
 const RUNS = Number(process.env.RUNS ?? 3)
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`
 const load = () => loadavg()[0]!.toFixed(2)
 

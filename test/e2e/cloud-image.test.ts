@@ -13,7 +13,7 @@ import {join} from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 
 import {testCacheDir} from '../support/cache.js'
-import {box, type CliEnv} from '../support/cli.js'
+import {box, type CliEnv, sshStdout} from '../support/cli.js'
 import {ensureCloudImage} from '../support/debian-cloud-image.js'
 
 describe('a bare cloud image as a box, with host-side resnap', {timeout: 900_000}, () => {
@@ -22,11 +22,7 @@ describe('a bare cloud image as a box, with host-side resnap', {timeout: 900_000
   let machineKey: string
   let storedBoxDir: string
 
-  const ssh = async (command: string) => {
-    const result = await box(env, ['ssh', '-c', command])
-    expect(result.exitCode, `${result.stdout}\n${result.stderr}`).toBe(0)
-    return result.stdout.trim()
-  }
+  const ssh = (command: string) => sshStdout(env, command)
 
   beforeAll(async () => {
     const image = await ensureCloudImage({log: (line) => console.log(line)})

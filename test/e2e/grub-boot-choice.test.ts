@@ -16,7 +16,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {ensureBox} from '../../src/builder/index.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from '../support/cache.js'
-import {box, type CliEnv} from '../support/cli.js'
+import {box, type CliEnv, sshStdout} from '../support/cli.js'
 
 /** The reference recipe's grub entries' arguments (boxes/debian-bookworm: vg box, 2G snapshot). */
 const ENTRY_ARGS = {
@@ -30,11 +30,7 @@ const ENTRY_ARGS = {
 describe('the boot choice through grub on a firmware boot under QEMU', {timeout: 600_000}, () => {
   let root: string
   let env: CliEnv
-  const ssh = async (command: string) => {
-    const result = await box(env, ['ssh', '-c', command])
-    expect(result.exitCode, `${command}: ${result.stderr}`).toBe(0)
-    return result.stdout.trim()
-  }
+  const ssh = (command: string) => sshStdout(env, command)
   const up = async (...flags: string[]) => {
     const result = await box(env, ['up', ...flags])
     expect(result.exitCode, `${result.stdout}\n${result.stderr}`).toBe(0)

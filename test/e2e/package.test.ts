@@ -12,7 +12,7 @@ import {copyImageRange, lvRangesOnPv, readLvmOnDisk} from '../../src/lib/box/dis
 import {findOnPath} from '../../src/lib/core/exec.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {testCacheDir} from '../support/cache.js'
-import {BIN, box, type CliEnv} from '../support/cli.js'
+import {BIN, box, type CliEnv, sshStdout} from '../support/cli.js'
 
 /**
  * The maintainer's loop on the reference box: `up --base` → change the origin and
@@ -131,20 +131,16 @@ describe('box package: the maintainer loop on the reference box', () => {
   it(
     'a snapshot saved on the running origin, then one file removed and one added after it',
     async () => {
-      const before = await box(origin, [
-        'ssh',
-        '-c',
+      await sshStdout(
+        origin,
         'echo kept | sudo tee /etc/box-before-snapshot /etc/box-removed-after-snapshot >/dev/null && sync',
-      ])
-      expect(before.exitCode, before.stderr).toBe(0)
+      )
       const saved = await box(origin, ['snapshot', 'save', 'before-package'])
       expect(saved.exitCode, saved.stderr).toBe(0)
-      const after = await box(origin, [
-        'ssh',
-        '-c',
+      await sshStdout(
+        origin,
         'sudo rm /etc/box-removed-after-snapshot && echo after | sudo tee /etc/box-after-snapshot >/dev/null && sync',
-      ])
-      expect(after.exitCode, after.stderr).toBe(0)
+      )
       expect((await snapshotNames(origin)).sort()).toEqual(['before-package'])
     },
     BOOT_TIMEOUT,
@@ -236,12 +232,14 @@ describe('box package: the maintainer loop on the reference box', () => {
       const [rootRange] = lvRangesOnPv(lvm.metadata, 'box', 'root', lvm.pvUuid)!
       const rootFs = join(unpacked, 'root.raw')
       await copyImageRange(image, 'qcow2', lvm.pvOffset + rootRange!.offset, rootRange!.size, rootFs)
-      const look = async (path: string) =>
-        (await execa('debugfs', ['-R', `stat ${path}`, rootFs], {reject: false})).stderr
-      expect(await look('/etc/box-before-snapshot')).not.toMatch(/not found/)
-      expect(await look('/etc/box-after-snapshot')).not.toMatch(/not found/)
+      const look = async (path: string) => execa('debugfs', ['-R', `stat ${path}`, rootFs], {reject: false})
+      for (const present of ['/etc/box-before-snapshot', '/etc/box-after-snapshot']) {
+        const found = await look(present)
+        expect(found.stderr).not.toMatch(/not found/)
+        expect(found.stdout, present).toMatch(/^Inode: \d+/m)
+      }
       // In the snapshot, removed after it: the snapshot's disk would still have it.
-      expect(await look('/etc/box-removed-after-snapshot')).toMatch(/not found/)
+      expect((await look('/etc/box-removed-after-snapshot')).stderr).toMatch(/not found/)
     } finally {
       await rm(unpacked, {recursive: true, force: true})
     }

@@ -11,7 +11,7 @@ import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {instanceFiles} from '../../src/providers/qemu/instance.js'
 import {QmpClient} from '../../src/providers/qemu/qmp.js'
 import {testCacheDir} from '../support/cache.js'
-import {BIN, box, type CliEnv} from '../support/cli.js'
+import {BIN, box, type CliEnv, sshStdout} from '../support/cli.js'
 
 /** QEMU processes whose command line mentions `text` (pgrep, as a user would check for orphans). */
 async function qemuProcessesMentioning(text: string): Promise<string[]> {
@@ -39,11 +39,7 @@ describe('box snapshot faults on QEMU', {timeout: 600_000}, () => {
   let stateDir: string
   let onTmpfs = false
 
-  const ssh = async (command: string) => {
-    const result = await box(env, ['ssh', '-c', command])
-    expect(result.exitCode, result.stderr).toBe(0)
-    return result.stdout.trim()
-  }
+  const ssh = (command: string) => sshStdout(env, command)
   const qmp = async <T>(command: string): Promise<T> => {
     const client = await QmpClient.connect(instanceFiles(stateDir).qmpSocket)
     try {

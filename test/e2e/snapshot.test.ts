@@ -11,7 +11,7 @@ import {QemuProvider} from '../../src/providers/qemu/index.js'
 import {instanceFiles} from '../../src/providers/qemu/instance.js'
 import {QmpClient} from '../../src/providers/qemu/qmp.js'
 import {testCacheDir} from '../support/cache.js'
-import {box, type CliEnv} from '../support/cli.js'
+import {box, type CliEnv, sshStdout} from '../support/cli.js'
 
 /** QEMU processes whose command line mentions `text` (pgrep, as a user would check for orphans). */
 async function qemuProcessesMentioning(text: string): Promise<string[]> {
@@ -41,11 +41,7 @@ describe('box snapshot on QEMU', {timeout: 600_000}, () => {
   let stateDir: string
   const provider = new QemuProvider(testCacheDir())
 
-  const ssh = async (command: string) => {
-    const result = await box(env, ['ssh', '-c', command])
-    expect(result.exitCode, result.stderr).toBe(0)
-    return result.stdout.trim()
-  }
+  const ssh = (command: string) => sshStdout(env, command)
   const generationId = async () => {
     const qmp = await QmpClient.connect(instanceFiles(stateDir).qmpSocket)
     try {

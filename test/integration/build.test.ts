@@ -212,7 +212,7 @@ describe.skipIf(!isRoot)('box build boxes/debian-bookworm (real build, cached)',
     expect(metadata.box.recipe_hash).toBe(json.recipeHash)
   }, 600_000)
 
-  it('a thin or dracut tree is the plain tree copied, with the kinds’ packages installed by apt: no second debootstrap', async () => {
+  it('a thin tree, like any kind’s, is the plain tree copied with the kinds’ packages installed by apt: no second debootstrap', async () => {
     // A cache holding only a copy of the plain tree the reference box was built on.
     const cacheDir = join(dir, 'derived-cache')
     const reference = await loadRecipe(RECIPE)

@@ -3,7 +3,7 @@
  * reports that vitest itself writes (a real nested `vitest run` on a folder of small test
  * files), so the report's format is vitest's, not a hand-made copy of it.
  */
-import {writeFile} from 'node:fs/promises'
+import {mkdir, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {execa} from 'execa'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -36,7 +36,7 @@ describe('scripts/ci-summary.mjs on the JSON report vitest writes', () => {
   /** vitest run (globals: the folder has no node_modules to import vitest from) on one test file; the report's path. */
   async function report(name: string, source: string): Promise<string> {
     const root = join(dir, name)
-    await execa('mkdir', [root])
+    await mkdir(root)
     await writeFile(join(root, `${name}.test.js`), source)
     const output = join(dir, `${name}.json`)
     const run = await execa(VITEST, ['run', '--globals', '--root', root, '--reporter=json', `--outputFile=${output}`], {

@@ -1,5 +1,6 @@
 import {join} from 'node:path'
 import {execa, type ResultPromise} from 'execa'
+import {expect} from 'vitest'
 
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 
@@ -26,4 +27,11 @@ export function box(
     timeout: options.timeout ?? 600_000,
     env: {BOX_DATA_DIR: env.dataDir, BOX_CACHE_DIR: env.cacheDir, NO_COLOR: '1'},
   }) as ResultPromise<{reject: false}>
+}
+
+/** `box ssh -c COMMAND` in the project, which must exit 0 (its output is the failure's message); its stdout, trimmed. */
+export async function sshStdout(env: CliEnv, command: string): Promise<string> {
+  const result = await box(env, ['ssh', '-c', command])
+  expect(result.exitCode, `${command}\n${result.stdout}\n${result.stderr}`).toBe(0)
+  return result.stdout.trim()
 }

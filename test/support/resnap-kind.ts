@@ -16,7 +16,7 @@ import {ensureBox} from '../../src/builder/index.js'
 import {PROJECT_ROOT} from '../../src/lib/core/paths.js'
 import {createProgress} from '../../src/lib/core/progress.js'
 import {testCacheDir} from './cache.js'
-import {box, type CliEnv} from './cli.js'
+import {box, type CliEnv, sshStdout} from './cli.js'
 
 export interface ResnapKind {
   /** The recipe under boxes/. */
@@ -54,11 +54,7 @@ export function describeResnapKind(kind: ResnapKind): void {
     let env: CliEnv
     let serialLog: string
 
-    const ssh = async (command: string) => {
-      const result = await box(env, ['ssh', '-c', command])
-      expect(result.exitCode, `${result.stdout}\n${result.stderr}`).toBe(0)
-      return result.stdout.trim()
-    }
+    const ssh = (command: string) => sshStdout(env, command)
     /** The resnap lines of the serial log (QEMU starts it afresh at every boot). */
     const resnapLines = async () =>
       [...(await readFile(serialLog, 'utf8')).matchAll(kind.resnapLine)].map((match) => match[0])

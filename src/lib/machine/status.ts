@@ -29,7 +29,7 @@ export interface MachineStatus {
   poolMetadataPercent?: number
   /** What resets the root snapshot at boot (`initramfs-tools`, `dracut`), from the box's metadata (running machines). */
   initramfs?: string
-  /** The root snapshot's kind (`classic`), from the box's metadata (running machines). */
+  /** The root snapshot's kind (`classic`, `thin`), from the box's metadata (running machines). */
   snapshotKind?: string
   warning?: string
 }
@@ -166,7 +166,12 @@ async function askDmStatus(
   }
 }
 
-const percent = (used: string, total: string) => Math.round((Number(used) / Number(total)) * 10_000) / 100
+/** "used/total" (sectors or blocks) as a percent with two decimals, as lvs shows it; undefined if it is not one. */
+function usedPercent(fraction: string | undefined): number | undefined {
+  const match = /^(\d+)\/(\d+)$/.exec(fraction ?? '')
+  if (!match || Number(match[2]) === 0) return undefined
+  return Math.round((Number(match[1]) / Number(match[2])) * 10_000) / 100
+}
 
 /**
  * A thin pool's data and metadata fill from its `dmsetup status` line:
@@ -178,13 +183,9 @@ export function thinPoolPercents(dmStatus: string): {data: number; metadata: num
   const [, , target, transaction, metadata, data, , mode] = dmStatus.trim().split(/\s+/)
   if (target !== 'thin-pool') return undefined
   if (transaction === 'Fail') return {data: 100, metadata: 100}
-  const meta = /^(\d+)\/(\d+)$/.exec(metadata ?? '')
-  const blocks = /^(\d+)\/(\d+)$/.exec(data ?? '')
-  if (!meta || !blocks || Number(meta[2]) === 0 || Number(blocks[2]) === 0) return undefined
-  return {
-    data: mode === 'out_of_data_space' ? 100 : percent(blocks[1]!, blocks[2]!),
-    metadata: percent(meta[1]!, meta[2]!),
-  }
+  const [dataPercent, metadataPercent] = [usedPercent(data), usedPercent(metadata)]
+  if (dataPercent === undefined || metadataPercent === undefined) return undefined
+  return {data: mode === 'out_of_data_space' ? 100 : dataPercent, metadata: metadataPercent}
 }
 
 /**
@@ -196,7 +197,5 @@ export function snapshotDataPercent(dmStatus: string): number | undefined {
   const [, , target, usage] = dmStatus.trim().split(/\s+/)
   if (target !== 'snapshot') return undefined
   if (usage === 'Invalid' || usage === 'Overflow') return 100
-  const match = /^(\d+)\/(\d+)$/.exec(usage ?? '')
-  if (!match || Number(match[2]) === 0) return undefined
-  return percent(match[1]!, match[2]!)
+  return usedPercent(usage)
 }
